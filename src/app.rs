@@ -1,0 +1,245 @@
+//! Builds the service and runs it until a shutdown signal.
+//!
+//! [`Application::build`] does everything that can fail before serving: connect the store,
+//! migrate it, bind the port (port 0 picks a free one, which tests rely on). [`Application::run`]
+//! then serves until SIGTERM or Ctrl-C, and shuts down in this order:
+//!
+//! 1. health turns NOT_SERVING, so load balancers stop sending new calls;
+//! 2. the server stops accepting connections and tells clients to go away (HTTP/2 GOAWAY),
+//!    while calls in flight run to completion;
+//! 3. streams are told to end (the shutdown [`watch`] channel), so they do not hold the drain;
+//! 4. after the grace period whatever is left is cut off; the store is closed last.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    config::ServeArgs,
+    grpc::{PipelineControlService, pb},
+    sagemaker::SageMaker,
+    store::{self, Store},
+};
+
+/// The gRPC service name health reports on, besides the whole server ("").
+const SERVICE_NAME: &str = "pipelinecontrol.v1.PipelineControl";
+
+/// A service ready to run: store migrated, port bound.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    store: Arc<dyn Store>,
+    sagemaker: SageMaker,
+    args: ServeArgs,
+}
+
+impl Application {
+    /// Connects and migrates the store, builds the SageMaker client and binds the listen
+    /// address. Fails (without serving anything) when any of that fails.
+    pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
+        let store = store::connect(&args.database).await?;
+        store.migrate().await?;
+        tracing::info!(backend = ?store.backend(), "database ready");
+
+        let sagemaker = SageMaker::from_args(&args.sagemaker).await;
+        tracing::info!(
+            region = sagemaker.region().unwrap_or("(none)"),
+            endpoint = sagemaker.endpoint().unwrap_or("(AWS default)"),
+            "SageMaker client ready"
+        );
+        if sagemaker.region().is_none() {
+            tracing::warn!("no AWS region found; set --aws-region or AWS_REGION");
+        }
+
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let local_addr = listener
+            .local_addr()
+            .context("cannot read the bound address")?;
+        Ok(Self {
+            listener,
+            local_addr,
+            store,
+            sagemaker,
+            args,
+        })
+    }
+
+    /// The address the server is bound to (the real port when `--listen` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let signal = shutdown_signal()?;
+        self.run_until(signal).await
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully (see the module doc).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            local_addr,
+            store,
+            sagemaker: _sagemaker,
+            args,
+        } = self;
+
+        // Health answers from the first call on: SERVING only if the (migrated) store answers now.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut checker = HealthChecker::new(store.clone(), health.clone());
+        checker.check().await;
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+        let mut health_task =
+            tokio::spawn(checker.run(args.health_check_interval, stopping_rx.clone()));
+
+        // grpcurl 1.8.6 speaks only v1alpha; newer clients speak v1. Each lists every service,
+        // the other reflection version included.
+        let reflection_v1 = reflection()
+            .build_v1()
+            .context("cannot build reflection (v1)")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("cannot build reflection (v1alpha)")?;
+
+        let service = PipelineControlService::new();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut server_stop = stopping_rx.clone();
+        let server = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(pb::pipeline_control_server::PipelineControlServer::new(
+                service,
+            ))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = server_stop.wait_for(|stopping| *stopping).await;
+            });
+        tokio::pin!(server);
+        tracing::info!(address = %local_addr, "serving gRPC");
+
+        let served = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown => None,
+        };
+        let result = match served {
+            // The server ended on its own: only an error can do that.
+            Some(result) => result.context("the gRPC server failed"),
+            None => {
+                tracing::info!(grace = ?args.shutdown_grace, "shutting down: draining calls in flight");
+                // Stop the server accepting and the health checker checking, then report
+                // NOT_SERVING: once the checker has ended nothing can set SERVING again.
+                let _ = stopping_tx.send(true);
+                let _ = (&mut health_task).await;
+                set_health(&health, ServingStatus::NotServing).await;
+                match tokio::time::timeout(args.shutdown_grace, &mut server).await {
+                    Ok(result) => result.context("the gRPC server failed while draining"),
+                    Err(_) => {
+                        tracing::warn!(grace = ?args.shutdown_grace, "calls still in flight after the grace period were cut off");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let _ = stopping_tx.send(true);
+        if !health_task.is_finished() {
+            let _ = health_task.await;
+        }
+        store.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Server reflection over every service this server offers.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does
+/// not. Logs each change once, not each failed check.
+struct HealthChecker {
+    store: Arc<dyn Store>,
+    health: HealthReporter,
+    healthy: Option<bool>,
+}
+
+impl HealthChecker {
+    fn new(store: Arc<dyn Store>, health: HealthReporter) -> Self {
+        Self {
+            store,
+            health,
+            healthy: None,
+        }
+    }
+
+    async fn check(&mut self) {
+        let healthy = match self.store.ping().await {
+            Ok(()) => true,
+            Err(error) => {
+                if self.healthy != Some(false) {
+                    tracing::warn!(%error, "database check failed; health is NOT_SERVING");
+                }
+                false
+            }
+        };
+        if self.healthy == Some(healthy) {
+            return;
+        }
+        if healthy && self.healthy.is_some() {
+            tracing::info!("database reachable again; health is SERVING");
+        }
+        let status = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_health(&self.health, status).await;
+        self.healthy = Some(healthy);
+    }
+
+    /// Checks every `interval` until shutdown starts. Shutdown itself sets NOT_SERVING, and a
+    /// check finishing late must not undo that, hence the test after each check.
+    async fn run(mut self, interval: Duration, mut stopping: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stopping.wait_for(|stopping| *stopping) => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            tokio::select! {
+                _ = stopping.wait_for(|stopping| *stopping) => return,
+                () = self.check() => {}
+            }
+        }
+    }
+}
+
+/// Listens for SIGTERM and Ctrl-C (SIGINT) from now on, and returns a future that completes
+/// when either arrives. The handlers are installed before this returns, so a signal sent as
+/// soon as the service says it is serving is never lost (nor kills the process outright).
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+            _ = interrupt.recv() => tracing::info!("received Ctrl-C"),
+        }
+    })
+}

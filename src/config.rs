@@ -1,0 +1,179 @@
+//! The command line: every setting is a flag with an environment-variable equivalent and a doc
+//! line, so `pipeline-control <command> --help` is the complete reference.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Stop Amazon SageMaker pipeline executions safely: durable idempotency, honest progress,
+/// upstream economy.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline-control", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines (one object a line).
+    #[arg(long, env = "PIPELINE_CONTROL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Which logs to write, as a tracing filter (`info`, `debug`, `pipeline_control=debug,info`).
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_LOG",
+        default_value = "info",
+        global = true
+    )]
+    pub log_filter: String,
+
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands of the one binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC service (applies pending migrations first).
+    Serve(ServeArgs),
+    /// Apply pending database migrations, then exit.
+    Migrate(DatabaseArgs),
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Settings of `serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the gRPC server listens on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub listen: SocketAddr,
+
+    /// How long a shutdown (SIGTERM, Ctrl-C) waits for in-flight calls before cutting them off.
+    #[arg(long, env = "PIPELINE_CONTROL_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often the health checker pings the database; health turns NOT_SERVING while it fails.
+    #[arg(long, env = "PIPELINE_CONTROL_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub health_check_interval: Duration,
+
+    /// The database.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// SageMaker.
+    #[command(flatten)]
+    pub sagemaker: SageMakerArgs,
+}
+
+/// Where the stop-request store lives.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: `postgres://user:password@host/db` for Postgres; `sqlite://path`, or a plain
+    /// file path, for an embedded SQLite file (created if missing).
+    #[arg(long, env = "DATABASE_URL", default_value = "pipeline-control.db")]
+    pub database_url: String,
+
+    /// Maximum open database connections.
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10
+    )]
+    pub database_max_connections: u32,
+
+    /// How long to wait for a database connection (at start and per query) before giving up.
+    #[arg(long, env = "PIPELINE_CONTROL_DATABASE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub database_timeout: Duration,
+}
+
+/// How to reach SageMaker.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SageMakerArgs {
+    /// SageMaker endpoint override (an emulator, a VPC endpoint); else the AWS default.
+    #[arg(long, env = "SAGEMAKER_ENDPOINT_URL")]
+    pub sagemaker_endpoint: Option<String>,
+
+    /// AWS region; else the AWS default chain (AWS_REGION, profile, instance metadata).
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// Settings for `url` with the defaults of the command line.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            database_url: url.into(),
+            database_max_connections: 10,
+            database_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The defaults of `serve`, with the given database: a starting point for tests and embedders.
+    pub fn new(database: DatabaseArgs) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            shutdown_grace: Duration::from_secs(20),
+            health_check_interval: Duration::from_secs(5),
+            database,
+            sagemaker: SageMakerArgs::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults_match_the_contract() {
+        let cli = Cli::try_parse_from(["pipeline-control", "serve"]).map_err(|e| e.to_string());
+        let Ok(Cli {
+            command: Command::Serve(args),
+            ..
+        }) = cli
+        else {
+            panic!("serve did not parse: {cli:?}");
+        };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(args.database.database_url, "pipeline-control.db");
+        assert_eq!(args.shutdown_grace, Duration::from_secs(20));
+        let built = ServeArgs::new(DatabaseArgs::new("pipeline-control.db"));
+        assert_eq!(built.listen, args.listen);
+        assert_eq!(built.shutdown_grace, args.shutdown_grace);
+        assert_eq!(
+            built.database.database_timeout,
+            args.database.database_timeout
+        );
+    }
+
+    #[test]
+    fn durations_take_units() {
+        let cli = Cli::try_parse_from(["pipeline-control", "serve", "--shutdown-grace", "1500ms"])
+            .map_err(|e| e.to_string());
+        let Ok(Cli {
+            command: Command::Serve(args),
+            ..
+        }) = cli
+        else {
+            panic!("serve did not parse: {cli:?}");
+        };
+        assert_eq!(args.shutdown_grace, Duration::from_millis(1500));
+    }
+}

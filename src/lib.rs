@@ -1,0 +1,25 @@
+//! pipeline-control: a gRPC service that stops Amazon SageMaker pipeline executions safely.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line; every setting is a flag with an environment variable.
+//! - [`app`]: builds the service (store migrated, port bound) and runs it until shutdown.
+//! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC, and the
+//!   generated contract ([`grpc::pb`]).
+//! - `error`: the service's errors and the only conversion to `tonic::Status`.
+//! - [`store`]: the stop-request store, one trait over Postgres and SQLite pools.
+//! - `sagemaker`: the only code that touches the AWS SDK.
+//! - [`telemetry`]: logging, as text or JSON.
+//!
+//! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
+
+pub mod app;
+pub mod config;
+mod error;
+pub mod grpc;
+mod hooks;
+mod sagemaker;
+pub mod store;
+pub mod telemetry;
+
+pub use error::ERROR_DOMAIN;

@@ -1,0 +1,38 @@
+//! The `pipeline-control` binary: parse the command line, start logging, run the subcommand.
+//! A failure ends the process with status 1 and one line on standard error.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use pipeline_control::{
+    app::Application,
+    config::{Cli, Command},
+    store, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_filter);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("pipeline-control: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => Application::build(args).await?.run().await,
+        Command::Migrate(args) => {
+            let store = store::connect(&args).await?;
+            store.migrate().await?;
+            store.close().await;
+            tracing::info!(backend = ?store.backend(), "migrations applied");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! The store on both databases: connecting, migrating (twice, and concurrently), and the
+//! schema the idempotency contract needs.
+
+mod common;
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use common::{Backend, TestDb, admin_url, with_database};
+use pipeline_control::{
+    config::DatabaseArgs,
+    store::{self, PostgresStore, SqliteStore, Store, StoreError},
+};
+use sqlx::{Row as _, postgres::PgConnectOptions};
+
+fn migration_count(backend: &str) -> i64 {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    std::fs::read_dir(dir)
+        .expect("the migrations folder")
+        .filter(|entry| {
+            entry
+                .as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql"))
+        })
+        .count() as i64
+}
+
+#[tokio::test]
+async fn migrations_run_twice_are_harmless_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let options = PgConnectOptions::from_str(&db.url).unwrap();
+    let store = PostgresStore::connect_with(options, &db.args())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, migration_count("postgres"));
+    assert!(applied >= 1);
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn migrations_run_twice_are_harmless_on_sqlite() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = SqliteStore::connect(&db.url, &db.args()).await.unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, migration_count("sqlite"));
+    assert!(applied >= 1);
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn replicas_migrating_at_once_all_succeed_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let mut replicas = Vec::new();
+    for _ in 0..4 {
+        let args = db.args();
+        replicas.push(tokio::spawn(async move {
+            let store = store::connect(&args).await?;
+            store.migrate().await?;
+            store.close().await;
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for replica in replicas {
+        replica.await.unwrap().unwrap();
+    }
+}
+
+/// Every column the idempotency contract needs exists, with the database's defaults and
+/// checks: a claimed row, then a completed one; a completed row without an outcome is refused.
+#[tokio::test]
+async fn schema_holds_the_idempotency_record_and_audit_trail_on_postgres() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let store =
+        PostgresStore::connect_with(PgConnectOptions::from_str(&db.url).unwrap(), &db.args())
+            .await
+            .unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pool();
+
+    sqlx::query(
+        "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
+             pipeline_execution_arn, reason, upstream_token, lease_owner, lease_expires_at,
+             expires_at)
+         VALUES ('anonymous', 'tok-1', 'f', 'StopExecution', 'arn:x', 'why', 'u', 'replica-a',
+             now() + interval '30 seconds', now() + interval '30 days')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let row = sqlx::query(
+        "SELECT state, epoch, attempts, created_at <= now() AS past FROM stop_requests",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("state"), "pending");
+    assert_eq!(row.get::<i64, _>("epoch"), 1);
+    assert_eq!(row.get::<i32, _>("attempts"), 0);
+    assert!(row.get::<bool, _>("past"));
+
+    // The same key twice is refused by the primary key.
+    let duplicate = sqlx::query(
+        "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
+             pipeline_execution_arn, upstream_token, expires_at)
+         VALUES ('anonymous', 'tok-1', 'g', 'StopExecution', 'arn:y', 'u', now())",
+    )
+    .execute(pool)
+    .await;
+    assert!(duplicate.is_err());
+
+    // Completed without outcome or error: refused by the completion check.
+    let incomplete = sqlx::query(
+        "UPDATE stop_requests SET state = 'completed', completed_at = now() WHERE client_token = 'tok-1'",
+    )
+    .execute(pool)
+    .await;
+    assert!(incomplete.is_err());
+    sqlx::query(
+        "UPDATE stop_requests SET state = 'completed', outcome = 'STOP_REQUESTED',
+             execution_status = 'Stopping', completed_at = now(), epoch = epoch + 1
+         WHERE client_token = 'tok-1' AND epoch = 1",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+
+    sqlx::query(
+        "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason, event, outcome, epoch, worker)
+         VALUES ('anonymous', 'tok-1', 'arn:x', 'why', 'completed', 'STOP_REQUESTED', 1, 'replica-a')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM stop_audit WHERE at <= now()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 1);
+}
+
+#[tokio::test]
+async fn schema_holds_the_idempotency_record_and_audit_trail_on_sqlite() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = SqliteStore::connect(&db.url, &db.args()).await.unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pool();
+    const NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
+             pipeline_execution_arn, reason, upstream_token, lease_owner, lease_expires_at,
+             expires_at)
+         VALUES ('anonymous', 'tok-1', 'f', 'StopExecution', 'arn:x', 'why', 'u', 'replica-a',
+             {NOW} + 30000, {NOW} + 2592000000)"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT state, epoch, attempts, created_at <= {NOW} AS past,
+                created_at > {NOW} - 60000 AS recent
+         FROM stop_requests"
+    )))
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("state"), "pending");
+    assert_eq!(row.get::<i64, _>("epoch"), 1);
+    assert_eq!(row.get::<i64, _>("attempts"), 0);
+    assert!(row.get::<bool, _>("past"));
+    assert!(
+        row.get::<bool, _>("recent"),
+        "times are milliseconds since the epoch"
+    );
+
+    let duplicate = sqlx::query(
+        "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
+             pipeline_execution_arn, upstream_token, expires_at)
+         VALUES ('anonymous', 'tok-1', 'g', 'StopExecution', 'arn:y', 'u', 0)",
+    )
+    .execute(pool)
+    .await;
+    assert!(duplicate.is_err());
+
+    // STRICT tables refuse a time that is not an integer.
+    let text_time = sqlx::query(
+        "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
+             pipeline_execution_arn, upstream_token, expires_at)
+         VALUES ('anonymous', 'tok-2', 'g', 'StopExecution', 'arn:y', 'u', 'tomorrow')",
+    )
+    .execute(pool)
+    .await;
+    assert!(text_time.is_err());
+
+    let incomplete = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE stop_requests SET state = 'completed', completed_at = {NOW} WHERE client_token = 'tok-1'"
+    )))
+    .execute(pool)
+    .await;
+    assert!(incomplete.is_err());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE stop_requests SET state = 'completed', error_code = 'EXECUTION_NOT_FOUND',
+             completed_at = {NOW}, epoch = epoch + 1
+         WHERE client_token = 'tok-1' AND epoch = 1"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+
+    sqlx::query(
+        "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason, event, error_code, epoch, worker)
+         VALUES ('anonymous', 'tok-1', 'arn:x', 'why', 'completed', 'EXECUTION_NOT_FOUND', 1, 'replica-a')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM stop_audit")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(audited, 1);
+}
+
+#[tokio::test]
+async fn connect_picks_the_backend_from_the_url() {
+    let pg = TestDb::new(Backend::Postgres).await;
+    let store = store::connect(&pg.args()).await.unwrap();
+    assert_eq!(store.backend(), store::Backend::Postgres);
+    store.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let plain_path = dir.path().join("plain.db");
+    for url in [
+        plain_path.display().to_string(),
+        format!("sqlite://{}", dir.path().join("url.db").display()),
+    ] {
+        let store = store::connect(&DatabaseArgs::new(url.clone()))
+            .await
+            .unwrap();
+        assert_eq!(store.backend(), store::Backend::Sqlite, "{url}");
+        store.migrate().await.unwrap();
+        store.close().await;
+    }
+    assert!(plain_path.exists(), "a missing SQLite file is created");
+}
+
+#[tokio::test]
+async fn bad_database_urls_fail_with_a_clear_error() {
+    for url in ["", "mysql://root@localhost/db", "postgres://user@[::1/db"] {
+        let error = store::connect(&DatabaseArgs::new(url)).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::InvalidUrl(_)),
+            "{url:?}: {error}"
+        );
+        assert!(
+            error.to_string().starts_with("invalid database URL"),
+            "{error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_within_the_timeout() {
+    // A database that does not exist on the test server: the server answers, and refuses.
+    let missing = with_database(&admin_url(), "no_such_database_here");
+    // Nothing listens on port 1 of the loopback address.
+    let closed = "postgres://user:secret@127.0.0.1:1/db".to_string();
+    for url in [missing, closed] {
+        let mut args = DatabaseArgs::new(url.clone());
+        args.database_timeout = Duration::from_secs(2);
+        let result = tokio::time::timeout(Duration::from_secs(60), store::connect(&args))
+            .await
+            .expect("connect gives up by itself");
+        let error = result.unwrap_err();
+        assert!(
+            matches!(error, StoreError::Connect { .. }),
+            "{url}: {error}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with("cannot connect to postgres database"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("secret"),
+            "the password is never shown: {message}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let inside_missing_dir = dir.path().join("missing").join("x.db");
+    let error = store::connect(&DatabaseArgs::new(inside_missing_dir.display().to_string()))
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot connect to sqlite database"),
+        "{error}"
+    );
+}
