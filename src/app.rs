@@ -14,6 +14,8 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::StreamExt as _;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -21,6 +23,7 @@ use crate::{
     config::ServeArgs,
     grpc::{PipelineControlService, pb},
     sagemaker::SageMaker,
+    shutdown::{self, CutOffIo},
     store::{self, Store},
 };
 
@@ -77,7 +80,7 @@ impl Application {
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
     pub async fn run(self) -> anyhow::Result<()> {
-        let signal = shutdown_signal()?;
+        let signal = shutdown::signal()?;
         self.run_until(signal).await
     }
 
@@ -109,7 +112,13 @@ impl Application {
             .context("cannot build reflection (v1alpha)")?;
 
         let service = PipelineControlService::new();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let cut_off = CancellationToken::new();
+        let incoming = {
+            let cut_off = cut_off.clone();
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |accepted| accepted.map(|io| CutOffIo::new(io, &cut_off)))
+        };
         let mut server_stop = stopping_rx.clone();
         let server = Server::builder()
             .add_service(health_service)
@@ -142,6 +151,7 @@ impl Application {
                     Ok(result) => result.context("the gRPC server failed while draining"),
                     Err(_) => {
                         tracing::warn!(grace = ?args.shutdown_grace, "calls still in flight after the grace period were cut off");
+                        cut_off.cancel();
                         Ok(())
                     }
                 }
@@ -227,19 +237,4 @@ impl HealthChecker {
             }
         }
     }
-}
-
-/// Listens for SIGTERM and Ctrl-C (SIGINT) from now on, and returns a future that completes
-/// when either arrives. The handlers are installed before this returns, so a signal sent as
-/// soon as the service says it is serving is never lost (nor kills the process outright).
-pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("received SIGTERM"),
-            _ = interrupt.recv() => tracing::info!("received Ctrl-C"),
-        }
-    })
 }

@@ -141,32 +141,58 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// The defaults as declared (the environment, which tests may set, plays no part).
+    fn declared_default(subcommand: &str, id: &str) -> String {
+        let command = Cli::command();
+        let arg = command
+            .find_subcommand(subcommand)
+            .and_then(|c| c.get_arguments().find(|a| a.get_id() == id))
+            .unwrap_or_else(|| panic!("{subcommand} has no argument {id}"));
+        let values: Vec<_> = arg.get_default_values().iter().collect();
+        assert_eq!(values.len(), 1, "{id} has one default");
+        values[0].to_string_lossy().into_owned()
+    }
+
     #[test]
     fn serve_defaults_match_the_contract() {
-        let cli = Cli::try_parse_from(["pipeline-control", "serve"]).map_err(|e| e.to_string());
-        let Ok(Cli {
-            command: Command::Serve(args),
-            ..
-        }) = cli
-        else {
-            panic!("serve did not parse: {cli:?}");
-        };
-        assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(args.database.database_url, "pipeline-control.db");
-        assert_eq!(args.shutdown_grace, Duration::from_secs(20));
-        let built = ServeArgs::new(DatabaseArgs::new("pipeline-control.db"));
-        assert_eq!(built.listen, args.listen);
-        assert_eq!(built.shutdown_grace, args.shutdown_grace);
+        assert_eq!(declared_default("serve", "listen"), "127.0.0.1:50051");
+        assert_eq!(
+            declared_default("serve", "database_url"),
+            "pipeline-control.db"
+        );
+        assert_eq!(
+            declared_default("migrate", "database_url"),
+            "pipeline-control.db"
+        );
+        // ServeArgs::new agrees with the command line.
+        let built = ServeArgs::new(DatabaseArgs::new("x"));
+        assert_eq!(built.listen.to_string(), declared_default("serve", "listen"));
+        assert_eq!(
+            built.shutdown_grace,
+            humantime::parse_duration(&declared_default("serve", "shutdown_grace")).unwrap()
+        );
         assert_eq!(
             built.database.database_timeout,
-            args.database.database_timeout
+            humantime::parse_duration(&declared_default("serve", "database_timeout")).unwrap()
+        );
+        assert_eq!(
+            built.health_check_interval,
+            humantime::parse_duration(&declared_default("serve", "health_check_interval"))
+                .unwrap()
         );
     }
 
     #[test]
     fn durations_take_units() {
-        let cli = Cli::try_parse_from(["pipeline-control", "serve", "--shutdown-grace", "1500ms"])
-            .map_err(|e| e.to_string());
+        let cli = Cli::try_parse_from([
+            "pipeline-control",
+            "serve",
+            "--shutdown-grace",
+            "1500ms",
+            "--database-url",
+            "x.db",
+        ])
+        .map_err(|e| e.to_string());
         let Ok(Cli {
             command: Command::Serve(args),
             ..
@@ -175,5 +201,6 @@ mod tests {
             panic!("serve did not parse: {cli:?}");
         };
         assert_eq!(args.shutdown_grace, Duration::from_millis(1500));
+        assert_eq!(args.database.database_url, "x.db");
     }
 }

@@ -6,9 +6,19 @@
 
 use std::time::Duration;
 
-/// Held while a gRPC handler of ours starts: a test configures it with `return(<ms>)` to keep
-/// a call in flight for that long.
-pub(crate) const HANDLER_ENTRY: &str = "grpc::handler_entry";
+/// Reached as each gRPC handler of ours starts: a test configures a callback to learn that a
+/// call is in flight.
+pub(crate) const HANDLER_ENTERED: &str = "grpc::handler_entered";
+
+/// Right after [`HANDLER_ENTERED`]: a test configures it with `return(<ms>)` to keep the call
+/// in flight for that long.
+pub(crate) const HANDLER_PAUSE: &str = "grpc::handler_pause";
+
+/// Runs whatever a test configured at hook `name` (typically a callback); nothing otherwise.
+pub(crate) fn reached(name: &'static str) {
+    let _ = name; // unused when hooks are compiled out
+    fail::fail_point!(name);
+}
 
 /// Waits for as long as a test configured hook `name` to (`return(<milliseconds>)`); nothing
 /// otherwise.
@@ -25,4 +35,10 @@ fn configured_delay(name: &'static str) -> Option<Duration> {
             .map(Duration::from_millis)
     });
     None
+}
+
+/// The hooks every gRPC handler of ours passes as it starts.
+pub(crate) async fn handler_entry() {
+    reached(HANDLER_ENTERED);
+    pause(HANDLER_PAUSE).await;
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`config`]: the command line; every setting is a flag with an environment variable.
 //! - [`app`]: builds the service (store migrated, port bound) and runs it until shutdown.
+//! - [`shutdown`]: the signals that start a shutdown, and connections cut off after its grace.
 //! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC, and the
 //!   generated contract ([`grpc::pb`]).
 //! - `error`: the service's errors and the only conversion to `tonic::Status`.
@@ -19,6 +20,7 @@ mod error;
 pub mod grpc;
 mod hooks;
 mod sagemaker;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 

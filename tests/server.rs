@@ -1,5 +1,6 @@
 //! The server's surface through a real tonic client: reflection (v1 and v1alpha), health, the
 //! contract's RPCs, and health following the database.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The store on both databases: connecting, migrating (twice, and concurrently), and the
 //! schema the idempotency contract needs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 mod common;
 

@@ -41,7 +41,7 @@ impl PipelineControl for PipelineControlService {
         &self,
         _request: Request<pb::StopExecutionRequest>,
     ) -> Result<Response<pb::StopExecutionResponse>, Status> {
-        hooks::pause(hooks::HANDLER_ENTRY).await;
+        hooks::handler_entry().await;
         Err(Error::NotImplemented(
             "StopExecution is part of the contract but this server does not serve it yet.",
         )
@@ -52,7 +52,7 @@ impl PipelineControl for PipelineControlService {
         &self,
         _request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
-        hooks::pause(hooks::HANDLER_ENTRY).await;
+        hooks::handler_entry().await;
         Err(Error::NotImplemented(
             "GetExecution is part of the contract but this server does not serve it yet.",
         )
@@ -65,7 +65,7 @@ impl PipelineControl for PipelineControlService {
         &self,
         _request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
-        hooks::pause(hooks::HANDLER_ENTRY).await;
+        hooks::handler_entry().await;
         Err(Error::NotImplemented(
             "WatchExecution is part of the contract but this server does not serve it yet.",
         )
@@ -76,7 +76,7 @@ impl PipelineControl for PipelineControlService {
         &self,
         _request: Request<pb::GetStopRequestRequest>,
     ) -> Result<Response<pb::StopRequest>, Status> {
-        hooks::pause(hooks::HANDLER_ENTRY).await;
+        hooks::handler_entry().await;
         Err(Error::NotImplemented(
             "GetStopRequest is part of the contract but this server does not serve it yet.",
         )

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: fresh databases (Postgres and SQLite) and a real
 //! server started on port 0 with a tonic client.
-#![allow(dead_code, unreachable_pub)] // each test binary uses a different part of this module
+// Each test binary uses a different part of this module; helpers panic with a message, as tests do.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     net::SocketAddr,
