@@ -166,7 +166,10 @@ mod tests {
         );
         // ServeArgs::new agrees with the command line.
         let built = ServeArgs::new(DatabaseArgs::new("x"));
-        assert_eq!(built.listen.to_string(), declared_default("serve", "listen"));
+        assert_eq!(
+            built.listen.to_string(),
+            declared_default("serve", "listen")
+        );
         assert_eq!(
             built.shutdown_grace,
             humantime::parse_duration(&declared_default("serve", "shutdown_grace")).unwrap()
@@ -177,8 +180,7 @@ mod tests {
         );
         assert_eq!(
             built.health_check_interval,
-            humantime::parse_duration(&declared_default("serve", "health_check_interval"))
-                .unwrap()
+            humantime::parse_duration(&declared_default("serve", "health_check_interval")).unwrap()
         );
     }
 

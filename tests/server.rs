@@ -162,6 +162,10 @@ async fn reflection_describes_the_contract_with_its_doc_comments() {
     // Health is described too (grpcurl describe grpc.health.v1.Health).
     let health = file_containing_v1alpha(&app, "grpc.health.v1.Health").await;
     assert_eq!(health.package(), "grpc.health.v1");
+
+    // So are the error details errors carry, which grpcurl decodes through reflection.
+    let details = file_containing_v1alpha(&app, "google.rpc.ErrorInfo").await;
+    assert_eq!(details.package(), "google.rpc");
     app.shutdown().await.unwrap();
 }
 

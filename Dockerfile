@@ -1,0 +1,40 @@
+# syntax=docker/dockerfile:1
+#
+# Multi-stage build: compile in the Rust image, run in a small Debian image as a non-root user.
+#   docker build -t pipeline-control .
+#   docker run --rm -p 50051:50051 -e DATABASE_URL=postgres://... pipeline-control
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# Build the dependencies first, in a layer of their own, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src \
+    && echo 'fn main() {}' > src/main.rs \
+    && echo '' > src/lib.rs \
+    && echo 'fn main() {}' > build.rs \
+    && cargo build --release --locked \
+    && rm -rf src build.rs target/release/.fingerprint/pipeline-control-* \
+              target/release/deps/pipeline_control-* target/release/deps/libpipeline_control-* \
+              target/release/pipeline-control
+COPY build.rs ./
+COPY proto proto
+COPY migrations migrations
+COPY src src
+RUN cargo build --release --locked && strip target/release/pipeline-control
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/pipeline-control \
+               --create-home --shell /usr/sbin/nologin pipeline-control
+COPY --from=build /src/target/release/pipeline-control /usr/local/bin/pipeline-control
+USER 10001:10001
+# The embedded SQLite default lands here; set DATABASE_URL to use Postgres.
+WORKDIR /var/lib/pipeline-control
+ENV PIPELINE_CONTROL_LISTEN=0.0.0.0:50051 \
+    PIPELINE_CONTROL_LOG_FORMAT=json
+EXPOSE 50051
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/pipeline-control"]
+CMD ["serve"]

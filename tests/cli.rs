@@ -1,0 +1,280 @@
+//! The binary as an operator meets it: `--help`, `migrate`, bad database URLs, and signals.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Backend, TestDb, admin_url, with_database};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pipeline-control");
+
+/// The binary with a clean environment for the settings it reads.
+fn command() -> Command {
+    let mut command = Command::new(BIN);
+    for var in [
+        "DATABASE_URL",
+        "PIPELINE_CONTROL_LISTEN",
+        "PIPELINE_CONTROL_LOG_FORMAT",
+        "PIPELINE_CONTROL_LOG",
+        "SAGEMAKER_ENDPOINT_URL",
+        "RUST_BACKTRACE",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("AWS_REGION", "us-east-1");
+    command.stdin(Stdio::null());
+    command
+}
+
+/// Waits for the child to exit; a hang fails the test after a minute instead of blocking it.
+fn wait_bounded(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`wait_bounded`] off the async runtime, so that the test's own connections keep being served
+/// (a graceful shutdown waits for clients to acknowledge it).
+async fn wait_bounded_async(mut child: Child) -> (Child, ExitStatus) {
+    tokio::task::spawn_blocking(move || {
+        let status = wait_bounded(&mut child);
+        (child, status)
+    })
+    .await
+    .unwrap()
+}
+
+fn run_bounded(command: &mut Command) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(&mut child);
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts a clean failure: exit status 1, exactly one line on stderr that starts as expected,
+/// no panic or backtrace anywhere.
+fn assert_clean_failure(output: &Output, expected_start: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {stderr}");
+    assert!(
+        lines[0].starts_with(expected_start),
+        "stderr {:?} should start with {expected_start:?}",
+        lines[0]
+    );
+    for text in [&stderr, &stdout] {
+        assert!(!text.contains("panicked"), "{text}");
+        assert!(!text.contains("backtrace"), "{text}");
+    }
+}
+
+#[test]
+fn help_documents_every_setting_with_its_environment_variable() {
+    let output = run_bounded(command().args(["serve", "--help"]));
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "--listen",
+        "PIPELINE_CONTROL_LISTEN",
+        "127.0.0.1:50051",
+        "--database-url",
+        "DATABASE_URL",
+        "pipeline-control.db",
+        "--sagemaker-endpoint",
+        "SAGEMAKER_ENDPOINT_URL",
+        "--shutdown-grace",
+        "--log-format",
+        "PIPELINE_CONTROL_LOG_FORMAT",
+    ] {
+        assert!(help.contains(expected), "{expected} missing from:\n{help}");
+    }
+    let top = run_bounded(command().arg("--help"));
+    let top = String::from_utf8_lossy(&top.stdout);
+    assert!(top.contains("serve") && top.contains("migrate"), "{top}");
+}
+
+#[test]
+fn a_malformed_database_url_fails_with_one_line() {
+    for url in ["mysql://root@localhost/db", "postgres://user@[::1/db"] {
+        let output = run_bounded(command().args(["serve", "--database-url", url]));
+        assert_clean_failure(&output, "pipeline-control: error: invalid database URL");
+    }
+}
+
+#[test]
+fn an_unreachable_database_fails_with_one_line() {
+    let output = run_bounded(command().args([
+        "serve",
+        "--database-url",
+        "postgres://user:secret@127.0.0.1:1/db",
+        "--database-timeout",
+        "2s",
+    ]));
+    assert_clean_failure(
+        &output,
+        "pipeline-control: error: cannot connect to postgres database `db` at 127.0.0.1:1",
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("secret"));
+
+    let missing = with_database(&admin_url(), "no_such_database_here");
+    let output = run_bounded(command().args([
+        "migrate",
+        "--database-url",
+        &missing,
+        "--database-timeout",
+        "2s",
+    ]));
+    assert_clean_failure(
+        &output,
+        "pipeline-control: error: cannot connect to postgres database `no_such_database_here`",
+    );
+}
+
+#[tokio::test]
+async fn migrate_twice_succeeds_on_both_databases() {
+    for backend in [Backend::Postgres, Backend::Sqlite] {
+        let db = TestDb::new(backend).await;
+        for _ in 0..2 {
+            let output = run_bounded(command().args(["migrate", "--database-url", &db.url]));
+            assert!(
+                output.status.success(),
+                "{backend:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            assert!(output.stderr.is_empty());
+        }
+    }
+}
+
+/// Starts `serve` on a free port and returns the child with the address it logged.
+fn spawn_server(
+    db: &TestDb,
+    extra: &[&str],
+) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
+    let mut child = command()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &db.url,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("serve exited before listening:\n{seen}");
+        }
+        seen.push_str(&line);
+        if line.contains("serving gRPC") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("address="))
+                .or_else(|| {
+                    line.split("\"address\":\"")
+                        .nth(1)
+                        .and_then(|rest| rest.split('"').next())
+                })
+                .expect("the log line names the address");
+            break addr.parse().unwrap();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    let rest = std::thread::spawn(move || {
+        let mut rest = seen;
+        for line in stdout.lines().map_while(Result::ok) {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+    (child, addr, rest)
+}
+
+async fn health(addr: SocketAddr) -> ServingStatus {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    client
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+}
+
+#[tokio::test]
+async fn sigterm_and_ctrl_c_shut_down_cleanly_with_status_zero() {
+    for signal in ["-TERM", "-INT"] {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let (child, addr, logs) = spawn_server(&db, &[]);
+        assert_eq!(health(addr).await, ServingStatus::Serving);
+
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let (mut child, status) = wait_bounded_async(child).await;
+        let logs = logs.join().unwrap();
+        assert_eq!(status.code(), Some(0), "{signal}: {logs}");
+        assert!(logs.contains("shutting down"), "{logs}");
+        assert!(logs.contains("stopped"), "{logs}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(stderr.is_empty(), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (child, addr, logs) = spawn_server(&db, &["--log-format", "json"]);
+    assert_eq!(health(addr).await, ServingStatus::Serving);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
+    let logs = logs.join().unwrap();
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(lines.len() >= 3, "{logs}");
+    for line in lines {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":"),
+            "not a JSON log line: {line}"
+        );
+    }
+}
