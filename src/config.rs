@@ -35,6 +35,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply pending database migrations, then exit.
     Migrate(DatabaseArgs),
+    /// Run the SageMaker Pipelines emulator alone (SageMaker's wire protocol on HTTP).
+    Emulator(EmulatorArgs),
 }
 
 /// How logs are written.
@@ -72,6 +74,92 @@ pub struct ServeArgs {
     /// SageMaker.
     #[command(flatten)]
     pub sagemaker: SageMakerArgs,
+
+    /// Start the SageMaker Pipelines emulator in-process on a free port, point the SageMaker
+    /// client at it (dummy credentials) and seed demo executions: a local demo with no account.
+    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR")]
+    pub emulator: bool,
+
+    /// The emulator's settings (with --emulator).
+    #[command(flatten)]
+    pub emulator_settings: EmulatorSettings,
+}
+
+/// Settings of `emulator`.
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorArgs {
+    /// Address the emulator listens on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_EMULATOR_LISTEN",
+        default_value = "127.0.0.1:9380"
+    )]
+    pub listen: SocketAddr,
+
+    /// The region in the ARNs it makes.
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_EMULATOR_REGION",
+        default_value = "us-east-1"
+    )]
+    pub region: String,
+
+    /// The emulator's behaviour.
+    #[command(flatten)]
+    pub settings: EmulatorSettings,
+}
+
+/// How the emulator runs, for `emulator` and `serve --emulator`.
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorSettings {
+    /// Emulated seconds per real second: 60 runs a one-minute step in one second.
+    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_TIME_SCALE", default_value_t = 1.0, value_parser = positive_scale)]
+    pub time_scale: f64,
+
+    /// Seed for the ids it makes: the same calls in the same order give the same ids.
+    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_SEED")]
+    pub seed: Option<u64>,
+
+    /// The 12-digit account id in the ARNs it makes.
+    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_ACCOUNT_ID", default_value = "123456789012", value_parser = account_id)]
+    pub account_id: String,
+}
+
+impl Default for EmulatorSettings {
+    fn default() -> Self {
+        Self {
+            time_scale: 1.0,
+            seed: None,
+            account_id: "123456789012".into(),
+        }
+    }
+}
+
+fn positive_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1_000_000.0 => Ok(f),
+        _ => Err("must be a number greater than 0 and at most 1000000".into()),
+    }
+}
+
+fn account_id(text: &str) -> Result<String, String> {
+    if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_string())
+    } else {
+        Err("must be 12 digits".into())
+    }
+}
+
+impl EmulatorSettings {
+    /// The emulator's options for `region`.
+    pub fn options(&self, region: &str) -> crate::emulator::EmulatorOptions {
+        crate::emulator::EmulatorOptions {
+            time_scale: self.time_scale,
+            seed: self.seed,
+            region: region.to_string(),
+            account_id: self.account_id.clone(),
+        }
+    }
 }
 
 /// Where the stop-request store lives.
@@ -127,6 +215,8 @@ impl ServeArgs {
             health_check_interval: Duration::from_secs(5),
             database,
             sagemaker: SageMakerArgs::default(),
+            emulator: false,
+            emulator_settings: EmulatorSettings::default(),
         }
     }
 }
@@ -181,6 +271,40 @@ mod tests {
         assert_eq!(
             built.health_check_interval,
             humantime::parse_duration(&declared_default("serve", "health_check_interval")).unwrap()
+        );
+    }
+
+    #[test]
+    fn emulator_settings_are_checked() {
+        for bad in [
+            vec!["pipeline-control", "emulator", "--time-scale", "0"],
+            vec!["pipeline-control", "emulator", "--time-scale", "-2"],
+            vec!["pipeline-control", "emulator", "--account-id", "12345"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "pipeline-control",
+            "emulator",
+            "--time-scale",
+            "60",
+            "--seed",
+            "7",
+        ])
+        .map_err(|e| e.to_string());
+        let Ok(Cli {
+            command: Command::Emulator(args),
+            ..
+        }) = cli
+        else {
+            panic!("emulator did not parse: {cli:?}");
+        };
+        assert_eq!(args.settings.time_scale, 60.0);
+        assert_eq!(args.settings.seed, Some(7));
+        assert_eq!(declared_default("emulator", "listen"), "127.0.0.1:9380");
+        assert_eq!(
+            EmulatorSettings::default().time_scale.to_string(),
+            declared_default("emulator", "time_scale")
         );
     }
 

@@ -12,10 +12,12 @@
 //! - `sagemaker`: the only code that touches the AWS SDK.
 //! - [`telemetry`]: logging, as text or JSON.
 //!
+//! - [`emulator`]: a SageMaker Pipelines emulator speaking SageMaker's wire protocol.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 
 pub mod app;
 pub mod config;
+pub mod emulator;
 mod error;
 pub mod grpc;
 mod hooks;

@@ -3,11 +3,13 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use pipeline_control::{
     app::Application,
     config::{Cli, Command},
-    store, telemetry,
+    emulator::EmulatorServer,
+    shutdown, store, telemetry,
 };
 
 #[tokio::main]
@@ -32,6 +34,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             store.migrate().await?;
             store.close().await;
             tracing::info!(backend = ?store.backend(), "migrations applied");
+            Ok(())
+        }
+        Command::Emulator(args) => {
+            let server = EmulatorServer::bind(args.listen, &args.settings.options(&args.region))
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            tracing::info!(
+                endpoint = %server.endpoint_url(),
+                time_scale = args.settings.time_scale,
+                "SageMaker Pipelines emulator serving"
+            );
+            let signal = shutdown::signal()?;
+            server.run_until(signal).await?;
+            tracing::info!("stopped");
             Ok(())
         }
     }

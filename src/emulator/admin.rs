@@ -1,0 +1,130 @@
+//! The admin surface under `/_emulator/` (JSON), for tests and people:
+//!
+//! - `GET /_emulator/stats`: calls received per operation, `{"StopPipelineExecution": 3, ...}`;
+//!   `DELETE` resets them.
+//! - `GET /_emulator/callbacks[?pipelineExecutionArn=ARN]`: the messages Callback steps would
+//!   have sent to SQS (the first one, and the `"status": "Stopping"` one on stop), oldest first.
+//! - `GET /_emulator/faults`: the faults in force. `PUT /_emulator/faults/{Operation}` (or `*`
+//!   for every operation) with `{"throttle": {"count": 3}, "internalError": {"fraction": 0.5},
+//!   "conflict": {"count": 1}, "latencyMs": 200}` (any subset) sets them; `DELETE` clears one
+//!   operation's, or all.
+//! - `GET /_emulator/config`: region, account, time scale.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{faults::FaultConfig, state::Emulator};
+
+pub(crate) async fn stats(State(emulator): State<Arc<Emulator>>) -> Json<BTreeMap<String, u64>> {
+    Json(
+        emulator
+            .call_counts()
+            .into_iter()
+            .map(|(op, n)| (op.name().to_string(), n))
+            .collect(),
+    )
+}
+
+pub(crate) async fn reset_stats(State(emulator): State<Arc<Emulator>>) -> StatusCode {
+    emulator.reset_call_counts();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallbackFilter {
+    pipeline_execution_arn: Option<String>,
+}
+
+pub(crate) async fn callbacks(
+    State(emulator): State<Arc<Emulator>>,
+    Query(filter): Query<CallbackFilter>,
+) -> Response {
+    let now = emulator.clock.now();
+    let cells: Vec<_> = match &filter.pipeline_execution_arn {
+        Some(arn) => match emulator.executions.get(arn) {
+            Some(cell) => vec![cell.clone()],
+            None => {
+                return (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({ "error": format!("no execution {arn}") })),
+                )
+                    .into_response();
+            }
+        },
+        None => emulator
+            .executions
+            .iter()
+            .map(|e| e.value().clone())
+            .collect(),
+    };
+    let mut messages: Vec<(f64, Value)> = Vec::new();
+    for cell in cells {
+        let execution = cell.lock_at(now, &emulator.ids);
+        for m in &execution.state.messages {
+            messages.push((
+                m.sent_at,
+                json!({
+                    "queueUrl": m.queue_url,
+                    "pipelineExecutionArn": cell.arn,
+                    "stepName": m.step_name,
+                    "sentAt": m.sent_at,
+                    "body": m.body,
+                }),
+            ));
+        }
+    }
+    messages.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Json(messages.into_iter().map(|(_, m)| m).collect::<Vec<_>>()).into_response()
+}
+
+pub(crate) async fn list_faults(
+    State(emulator): State<Arc<Emulator>>,
+) -> Json<BTreeMap<String, FaultConfig>> {
+    Json(emulator.faults.snapshot().into_iter().collect())
+}
+
+pub(crate) async fn set_fault(
+    State(emulator): State<Arc<Emulator>>,
+    Path(operation): Path<String>,
+    Json(config): Json<FaultConfig>,
+) -> Response {
+    if operation != "*" && super::state::Operation::from_name(&operation).is_none() {
+        let message = format!("unknown operation {operation}");
+        return (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response();
+    }
+    if let Err(message) = config.check() {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
+    }
+    emulator.faults.set(&operation, &config);
+    (StatusCode::OK, Json(config)).into_response()
+}
+
+pub(crate) async fn clear_fault(
+    State(emulator): State<Arc<Emulator>>,
+    Path(operation): Path<String>,
+) -> StatusCode {
+    emulator.faults.clear(Some(&operation));
+    StatusCode::NO_CONTENT
+}
+
+pub(crate) async fn clear_faults(State(emulator): State<Arc<Emulator>>) -> StatusCode {
+    emulator.faults.clear(None);
+    StatusCode::NO_CONTENT
+}
+
+pub(crate) async fn config(State(emulator): State<Arc<Emulator>>) -> Json<Value> {
+    Json(json!({
+        "region": emulator.region,
+        "accountId": emulator.account_id,
+        "timeScale": emulator.clock.scale(),
+    }))
+}

@@ -1,0 +1,283 @@
+//! Fault injection, set and cleared per operation through the admin surface, so tests can
+//! drive a client's error paths: ThrottlingException, HTTP 500 and ConflictException for the
+//! next N calls or for a fraction of calls, and added latency. Rules for `*` apply to every
+//! operation. A faulted call has no other effect.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::clock::Ids;
+
+/// When a fault applies: to the next `count` calls, or to each call with probability
+/// `fraction`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct FaultRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) count: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) fraction: Option<f64>,
+}
+
+/// The faults of one operation (or of `*`), as the admin surface reads and writes them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct FaultConfig {
+    /// Answer `ThrottlingException` ("Rate exceeded").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) throttle: Option<FaultRule>,
+    /// Answer HTTP 500 `InternalFailure`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) internal_error: Option<FaultRule>,
+    /// Answer `ConflictException`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) conflict: Option<FaultRule>,
+    /// Delay every call by this many (real) milliseconds before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) latency_ms: Option<u64>,
+}
+
+impl FaultConfig {
+    /// Checks the rules make sense; the error is for the admin caller.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for (name, rule) in [
+            ("throttle", &self.throttle),
+            ("internalError", &self.internal_error),
+            ("conflict", &self.conflict),
+        ] {
+            let Some(rule) = rule else { continue };
+            match (rule.count, rule.fraction) {
+                (Some(_), None) => {}
+                (None, Some(f)) if (0.0..=1.0).contains(&f) => {}
+                (None, Some(_)) => return Err(format!("{name}.fraction must be between 0 and 1")),
+                _ => return Err(format!("{name} needs exactly one of count and fraction")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fault that a call may trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    Throttle,
+    InternalError,
+    Conflict,
+}
+
+#[derive(Debug)]
+struct LiveRule {
+    remaining: Option<AtomicU64>,
+    fraction: Option<f64>,
+}
+
+impl LiveRule {
+    fn new(rule: &FaultRule) -> Self {
+        Self {
+            remaining: rule.count.map(AtomicU64::new),
+            fraction: rule.fraction,
+        }
+    }
+
+    fn fires(&self, ids: &Ids) -> bool {
+        if let Some(remaining) = &self.remaining {
+            return remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+        }
+        self.fraction.is_some_and(|f| ids.fraction() < f)
+    }
+
+    fn snapshot(&self) -> FaultRule {
+        FaultRule {
+            count: self.remaining.as_ref().map(|n| n.load(Ordering::Relaxed)),
+            fraction: self.fraction,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LiveFaults {
+    throttle: Option<LiveRule>,
+    internal_error: Option<LiveRule>,
+    conflict: Option<LiveRule>,
+    latency: Option<Duration>,
+}
+
+/// The fault rules in force. Read on every call (a shared read lock, held only to clone two
+/// `Arc`s); written only by the admin surface.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    rules: RwLock<HashMap<String, Arc<LiveFaults>>>,
+}
+
+/// What to do to one call.
+#[derive(Debug, Default)]
+pub(crate) struct Verdict {
+    pub(crate) latency: Option<Duration>,
+    pub(crate) fault: Option<Fault>,
+}
+
+impl Faults {
+    pub(crate) fn set(&self, operation: &str, config: &FaultConfig) {
+        let live = LiveFaults {
+            throttle: config.throttle.as_ref().map(LiveRule::new),
+            internal_error: config.internal_error.as_ref().map(LiveRule::new),
+            conflict: config.conflict.as_ref().map(LiveRule::new),
+            latency: config.latency_ms.map(Duration::from_millis),
+        };
+        self.write().insert(operation.to_string(), Arc::new(live));
+    }
+
+    pub(crate) fn clear(&self, operation: Option<&str>) {
+        let mut rules = self.write();
+        match operation {
+            Some(op) => {
+                rules.remove(op);
+            }
+            None => rules.clear(),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> HashMap<String, FaultConfig> {
+        self.read()
+            .iter()
+            .map(|(op, live)| {
+                (
+                    op.clone(),
+                    FaultConfig {
+                        throttle: live.throttle.as_ref().map(LiveRule::snapshot),
+                        internal_error: live.internal_error.as_ref().map(LiveRule::snapshot),
+                        conflict: live.conflict.as_ref().map(LiveRule::snapshot),
+                        latency_ms: live.latency.map(|d| d.as_millis() as u64),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Decides the fate of one call to `operation`.
+    pub(crate) fn judge(&self, operation: &str, ids: &Ids) -> Verdict {
+        let applicable: Vec<Arc<LiveFaults>> = {
+            let rules = self.read();
+            [rules.get(operation), rules.get("*")]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect()
+        };
+        let mut verdict = Verdict::default();
+        for live in applicable {
+            verdict.latency = verdict.latency.max(live.latency);
+            if verdict.fault.is_some() {
+                continue;
+            }
+            for (rule, fault) in [
+                (&live.internal_error, Fault::InternalError),
+                (&live.throttle, Fault::Throttle),
+                (&live.conflict, Fault::Conflict),
+            ] {
+                if rule.as_ref().is_some_and(|r| r.fires(ids)) {
+                    verdict.fault = Some(fault);
+                    break;
+                }
+            }
+        }
+        verdict
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<LiveFaults>>> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<LiveFaults>>> {
+        self.rules.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counted_fault_fires_exactly_that_many_times() {
+        let faults = Faults::default();
+        let ids = Ids::new(Some(1));
+        faults.set(
+            "StopPipelineExecution",
+            &FaultConfig {
+                throttle: Some(FaultRule {
+                    count: Some(2),
+                    fraction: None,
+                }),
+                ..Default::default()
+            },
+        );
+        let fired: Vec<_> = (0..4)
+            .map(|_| faults.judge("StopPipelineExecution", &ids).fault)
+            .collect();
+        assert_eq!(
+            fired,
+            [Some(Fault::Throttle), Some(Fault::Throttle), None, None]
+        );
+        assert_eq!(faults.judge("DescribePipelineExecution", &ids).fault, None);
+        let left = faults.snapshot()["StopPipelineExecution"].clone();
+        assert_eq!(left.throttle.and_then(|r| r.count), Some(0));
+    }
+
+    #[test]
+    fn wildcard_rules_and_fractions() {
+        let faults = Faults::default();
+        let ids = Ids::new(Some(2));
+        faults.set(
+            "*",
+            &FaultConfig {
+                internal_error: Some(FaultRule {
+                    count: None,
+                    fraction: Some(0.5),
+                }),
+                latency_ms: Some(5),
+                ..Default::default()
+            },
+        );
+        let hits = (0..1000)
+            .filter(|_| faults.judge("DescribePipeline", &ids).fault == Some(Fault::InternalError))
+            .count();
+        assert!((400..600).contains(&hits), "{hits}");
+        assert_eq!(
+            faults.judge("X", &ids).latency,
+            Some(Duration::from_millis(5))
+        );
+        faults.clear(None);
+        assert!(faults.snapshot().is_empty());
+    }
+
+    #[test]
+    fn configs_are_checked() {
+        let both = FaultConfig {
+            conflict: Some(FaultRule {
+                count: Some(1),
+                fraction: Some(0.5),
+            }),
+            ..Default::default()
+        };
+        assert!(both.check().is_err());
+        let bad_fraction = FaultConfig {
+            conflict: Some(FaultRule {
+                count: None,
+                fraction: Some(1.5),
+            }),
+            ..Default::default()
+        };
+        assert!(bad_fraction.check().is_err());
+        assert!(FaultConfig::default().check().is_ok());
+    }
+}

@@ -1,0 +1,168 @@
+//! A SageMaker Pipelines emulator that speaks SageMaker's real wire protocol (awsJson1_1), so
+//! the official AWS SDKs and CLI talk to it unchanged through an endpoint override.
+//!
+//! It serves CreatePipeline, DescribePipeline, StartPipelineExecution,
+//! DescribePipelineExecution, ListPipelineExecutions, ListPipelineExecutionSteps,
+//! StopPipelineExecution, SendPipelineExecutionStepSuccess/Failure and RetryPipelineExecution,
+//! with SageMaker's validation, error shapes and stop semantics. Pipelines run real definition
+//! documents as simulated work, scripted per step (see [`definition`] for the keys), in
+//! emulated time that `time_scale` speeds up. A small admin surface under `/_emulator/` counts
+//! calls, shows the messages Callback steps would have sent, and injects faults.
+//!
+//! - [`wire`]: the HTTP protocol; [`ops`]: the operations; [`validate`]: AWS-style validation.
+//! - [`definition`]: pipeline definitions; [`engine`]: the execution state machine.
+//! - [`state`]: the data, in sharded maps with a lock per execution; [`clock`]: time and ids.
+//! - [`faults`] and [`admin`]: fault injection and the admin surface.
+
+mod admin;
+mod clock;
+pub mod definition;
+mod engine;
+mod faults;
+mod ops;
+mod state;
+mod validate;
+mod wire;
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    routing::{get, post, put},
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use state::Emulator;
+
+/// How an emulator behaves.
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// Emulated seconds per real second (60 runs a one-minute step in one second).
+    pub time_scale: f64,
+    /// Seed for identifiers: the same calls in the same order give the same ids.
+    pub seed: Option<u64>,
+    /// The region in ARNs.
+    pub region: String,
+    /// The 12-digit account id in ARNs.
+    pub account_id: String,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        Self {
+            time_scale: 1.0,
+            seed: None,
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+        }
+    }
+}
+
+fn router(emulator: Arc<Emulator>) -> Router {
+    Router::new()
+        .route("/", post(wire::handle))
+        .route(
+            "/_emulator/stats",
+            get(admin::stats).delete(admin::reset_stats),
+        )
+        .route("/_emulator/callbacks", get(admin::callbacks))
+        .route(
+            "/_emulator/faults",
+            get(admin::list_faults).delete(admin::clear_faults),
+        )
+        .route(
+            "/_emulator/faults/{operation}",
+            put(admin::set_fault).delete(admin::clear_fault),
+        )
+        .route("/_emulator/config", get(admin::config))
+        .with_state(emulator)
+}
+
+/// An emulator bound to its port, ready to serve.
+#[derive(Debug)]
+pub struct EmulatorServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    emulator: Arc<Emulator>,
+}
+
+impl EmulatorServer {
+    /// Binds `addr` (port 0 picks a free port).
+    pub async fn bind(addr: SocketAddr, options: &EmulatorOptions) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            emulator: Arc::new(Emulator::new(options)),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The endpoint URL to give an SDK (`http://127.0.0.1:PORT`).
+    pub fn endpoint_url(&self) -> String {
+        format!("http://{}", self.local_addr)
+    }
+
+    /// Serves until `shutdown` completes.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        axum::serve(self.listener, router(self.emulator))
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Serves on a task of its own until the returned handle is stopped or dropped.
+    pub fn spawn(self) -> RunningEmulator {
+        let endpoint_url = self.endpoint_url();
+        let local_addr = self.local_addr;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.run_until(async {
+            let _ = stopped.await;
+        }));
+        RunningEmulator {
+            local_addr,
+            endpoint_url,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
+
+/// An emulator serving in the background.
+#[derive(Debug)]
+pub struct RunningEmulator {
+    /// Where it listens.
+    pub local_addr: SocketAddr,
+    /// The endpoint URL to give an SDK.
+    pub endpoint_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RunningEmulator {
+    /// Stops serving and waits for the server to end.
+    pub async fn stop(mut self) -> io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The emulator's data: pipelines, executions, callback tokens, idempotency records, call
+//! counts and faults. Every map is sharded (DashMap) and every execution has its own lock, so
+//! requests about different executions never wait for each other: there is no global lock on
+//! the request path.
+
+use std::sync::{
+    Arc, Mutex, MutexGuard,
+    atomic::{AtomicU64, Ordering},
+};
+
+use dashmap::DashMap;
+use serde_json::Value;
+
+use super::{
+    EmulatorOptions,
+    clock::{Clock, Ids, VTime},
+    definition::PipelineSpec,
+    engine::ExecutionState,
+    faults::Faults,
+};
+
+/// The operations the emulator serves, in the order stats list them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Operation {
+    CreatePipeline,
+    DescribePipeline,
+    StartPipelineExecution,
+    DescribePipelineExecution,
+    ListPipelineExecutions,
+    ListPipelineExecutionSteps,
+    StopPipelineExecution,
+    SendPipelineExecutionStepSuccess,
+    SendPipelineExecutionStepFailure,
+    RetryPipelineExecution,
+}
+
+impl Operation {
+    pub(crate) const ALL: [Operation; 10] = [
+        Self::CreatePipeline,
+        Self::DescribePipeline,
+        Self::StartPipelineExecution,
+        Self::DescribePipelineExecution,
+        Self::ListPipelineExecutions,
+        Self::ListPipelineExecutionSteps,
+        Self::StopPipelineExecution,
+        Self::SendPipelineExecutionStepSuccess,
+        Self::SendPipelineExecutionStepFailure,
+        Self::RetryPipelineExecution,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::CreatePipeline => "CreatePipeline",
+            Self::DescribePipeline => "DescribePipeline",
+            Self::StartPipelineExecution => "StartPipelineExecution",
+            Self::DescribePipelineExecution => "DescribePipelineExecution",
+            Self::ListPipelineExecutions => "ListPipelineExecutions",
+            Self::ListPipelineExecutionSteps => "ListPipelineExecutionSteps",
+            Self::StopPipelineExecution => "StopPipelineExecution",
+            Self::SendPipelineExecutionStepSuccess => "SendPipelineExecutionStepSuccess",
+            Self::SendPipelineExecutionStepFailure => "SendPipelineExecutionStepFailure",
+            Self::RetryPipelineExecution => "RetryPipelineExecution",
+        }
+    }
+
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|op| op.name() == name)
+    }
+}
+
+/// A pipeline as CreatePipeline made it.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    pub(crate) name: String,
+    pub(crate) arn: String,
+    pub(crate) display_name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) definition: String,
+    pub(crate) spec: Arc<PipelineSpec>,
+    pub(crate) role_arn: String,
+    pub(crate) parallelism: Option<u32>,
+    pub(crate) creation_time: VTime,
+    /// Its executions' ARNs, oldest first, and when each was last started.
+    pub(crate) runs: Mutex<PipelineRuns>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct PipelineRuns {
+    pub(crate) executions: Vec<Arc<ExecutionCell>>,
+    pub(crate) last_run_time: Option<VTime>,
+}
+
+/// One execution and what it was started with.
+#[derive(Debug)]
+pub(crate) struct Execution {
+    pub(crate) pipeline_arn: String,
+    pub(crate) pipeline_name: String,
+    pub(crate) execution_id: String,
+    pub(crate) display_name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) parallelism: Option<u32>,
+    pub(crate) spec: Arc<PipelineSpec>,
+    pub(crate) state: ExecutionState,
+}
+
+/// An execution behind its own lock. Critical sections are short and never await.
+#[derive(Debug)]
+pub(crate) struct ExecutionCell {
+    pub(crate) arn: String,
+    pub(crate) creation_time: VTime,
+    inner: Mutex<Execution>,
+}
+
+impl ExecutionCell {
+    pub(crate) fn new(arn: String, creation_time: VTime, execution: Execution) -> Self {
+        Self {
+            arn,
+            creation_time,
+            inner: Mutex::new(execution),
+        }
+    }
+
+    /// Locks the execution and advances it to `now` (see the engine's module doc).
+    pub(crate) fn lock_at(&self, now: VTime, ids: &Ids) -> MutexGuard<'_, Execution> {
+        // A panic while holding the lock cannot leave the state half-updated in a way the
+        // engine cannot continue from, so a poisoned lock is still used.
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let execution = &mut *guard;
+        let spec = execution.spec.clone();
+        execution.state.advance(&spec, now, ids);
+        guard
+    }
+}
+
+/// A successful answer kept for a ClientRequestToken, with the request it answered.
+#[derive(Debug, Clone)]
+pub(crate) struct IdempotentAnswer {
+    pub(crate) request: Value,
+    pub(crate) response: Value,
+}
+
+/// Everything the emulator holds.
+#[derive(Debug)]
+pub(crate) struct Emulator {
+    pub(crate) clock: Clock,
+    pub(crate) ids: Ids,
+    pub(crate) region: String,
+    pub(crate) account_id: String,
+    /// By lowercase name (pipeline names are unique regardless of case).
+    pub(crate) pipelines: DashMap<String, Arc<Pipeline>>,
+    pub(crate) executions: DashMap<String, Arc<ExecutionCell>>,
+    /// Callback token → the execution holding it.
+    pub(crate) callback_tokens: DashMap<String, Arc<ExecutionCell>>,
+    pub(crate) idempotency: DashMap<(Operation, String), IdempotentAnswer>,
+    calls: [AtomicU64; 10],
+    pub(crate) faults: Faults,
+}
+
+impl Emulator {
+    pub(crate) fn new(options: &EmulatorOptions) -> Self {
+        Self {
+            clock: Clock::new(options.time_scale),
+            ids: Ids::new(options.seed),
+            region: options.region.clone(),
+            account_id: options.account_id.clone(),
+            pipelines: DashMap::new(),
+            executions: DashMap::new(),
+            callback_tokens: DashMap::new(),
+            idempotency: DashMap::new(),
+            calls: Default::default(),
+            faults: Faults::default(),
+        }
+    }
+
+    pub(crate) fn count_call(&self, op: Operation) {
+        self.calls[op as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn call_counts(&self) -> Vec<(Operation, u64)> {
+        Operation::ALL
+            .into_iter()
+            .map(|op| (op, self.calls[op as usize].load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    pub(crate) fn reset_call_counts(&self) {
+        for count in &self.calls {
+            count.store(0, Ordering::Relaxed);
+        }
+    }
+}

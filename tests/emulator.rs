@@ -1,0 +1,1044 @@
+//! The SageMaker Pipelines emulator, driven only through the real aws-sdk-sagemaker client
+//! (and, for what an SDK cannot send, plain HTTP): lifecycles, stop semantics, errors,
+//! pagination, faults and scale.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use aws_sdk_sagemaker::{error::ProvideErrorMetadata as _, types::StepStatus};
+use common::{
+    Admin, all_steps, create_pipeline, execution_status, sagemaker_client, spawn_emulator,
+    start_execution, token, wait_for_status,
+};
+use serde_json::json;
+
+fn step<'a>(
+    steps: &'a [aws_sdk_sagemaker::types::PipelineExecutionStep],
+    name: &str,
+) -> &'a aws_sdk_sagemaker::types::PipelineExecutionStep {
+    steps
+        .iter()
+        .find(|s| s.step_name() == Some(name))
+        .unwrap_or_else(|| panic!("no step {name} in {steps:?}"))
+}
+
+#[tokio::test]
+async fn an_execution_runs_its_steps_in_order_to_success() {
+    let emulator = spawn_emulator(200.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = create_pipeline(
+        &client,
+        json!([
+            {"Name": "Prepare", "Type": "Processing", "Arguments": {"Emulator": {"DurationSeconds": 2}}},
+            {"Name": "Train", "Type": "Training", "DisplayName": "Train the model",
+             "Arguments": {"Input": {"Get": "Steps.Prepare.ProcessingOutputConfig.Outputs['train']"},
+                           "Emulator": {"DurationSeconds": 4}}}
+        ]),
+    )
+    .await;
+    let arn = start_execution(&client, &pipeline).await;
+    assert!(
+        arn.starts_with(&format!(
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/{}/execution/",
+            pipeline.to_lowercase()
+        )),
+        "{arn}"
+    );
+    let id = arn.rsplit('/').next().unwrap();
+    assert_eq!(id.len(), 12);
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    );
+
+    let described = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.pipeline_execution_status().unwrap().as_str(),
+        "Executing"
+    );
+    assert!(described.creation_time().is_some());
+
+    wait_for_status(&client, &arn, "Succeeded").await;
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(steps.len(), 2);
+    // Most recent first, as SageMaker lists them.
+    assert_eq!(steps[0].step_name(), Some("Train"));
+    let (prepare, train) = (step(&steps, "Prepare"), step(&steps, "Train"));
+    assert_eq!(prepare.step_status(), Some(&StepStatus::Succeeded));
+    assert_eq!(train.step_status(), Some(&StepStatus::Succeeded));
+    assert_eq!(train.step_display_name(), Some("Train the model"));
+    assert_eq!(train.attempt_count(), Some(1));
+    let secs = |t: Option<&aws_sdk_sagemaker::primitives::DateTime>| t.unwrap().as_secs_f64();
+    assert!((secs(prepare.end_time()) - secs(prepare.start_time()) - 2.0).abs() < 0.01);
+    assert_eq!(secs(train.start_time()), secs(prepare.end_time()));
+    assert!((secs(train.end_time()) - secs(train.start_time()) - 4.0).abs() < 0.01);
+    let job = train
+        .metadata()
+        .unwrap()
+        .training_job()
+        .unwrap()
+        .arn()
+        .unwrap();
+    assert!(
+        job.starts_with(&format!(
+            "arn:aws:sagemaker:us-east-1:123456789012:training-job/pipelines-{id}-Train-"
+        )),
+        "{job}"
+    );
+    let done = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(secs(done.last_modified_time()), secs(train.end_time()));
+
+    let described = client
+        .describe_pipeline()
+        .pipeline_name(&pipeline)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.pipeline_name(), Some(pipeline.as_str()));
+    assert_eq!(described.pipeline_status().unwrap().as_str(), "Active");
+    assert!(described.last_run_time().is_some());
+    assert!(
+        described
+            .pipeline_definition()
+            .unwrap()
+            .contains("2020-12-01")
+    );
+}
+
+#[tokio::test]
+async fn a_callback_step_holds_a_stop_until_it_is_answered() {
+    let emulator = spawn_emulator(1000.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let admin = Admin::new(&emulator.endpoint_url);
+    let queue = "https://sqs.us-east-1.amazonaws.com/123456789012/approvals";
+    let pipeline = create_pipeline(
+        &client,
+        json!([
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": queue,
+             "Arguments": {"model": {"Get": "Parameters.InputUri"}},
+             "OutputParameters": [{"OutputName": "decision", "OutputType": "String"}]},
+            {"Name": "Deploy", "Type": "Model", "DependsOn": ["Approve"]}
+        ]),
+    )
+    .await;
+    let arn = start_execution(&client, &pipeline).await;
+    let steps = all_steps(&client, &arn).await;
+    let callback = step(&steps, "Approve")
+        .metadata()
+        .unwrap()
+        .callback()
+        .unwrap()
+        .clone();
+    let callback_token = callback.callback_token().unwrap().to_string();
+    assert_eq!(callback_token.len(), 10);
+    assert!(callback_token.bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_eq!(callback.sqs_queue_url(), Some(queue));
+
+    let stopped = client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stopped.pipeline_execution_arn(), Some(arn.as_str()));
+    assert_eq!(execution_status(&client, &arn).await, "Stopping");
+
+    // No timeout: an hour of emulated time later it is still Stopping.
+    tokio::time::sleep(Duration::from_millis(3600)).await;
+    assert_eq!(execution_status(&client, &arn).await, "Stopping");
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(
+        step(&steps, "Approve").step_status(),
+        Some(&StepStatus::Stopping)
+    );
+    assert_eq!(steps.len(), 1, "Deploy never starts");
+
+    let messages = admin.callbacks(&arn).await;
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert_eq!(messages[0]["queueUrl"], queue);
+    assert_eq!(messages[0]["body"]["token"], callback_token.as_str());
+    assert_eq!(messages[0]["body"]["pipelineExecutionArn"], arn.as_str());
+    assert_eq!(
+        messages[0]["body"]["arguments"]["model"]["Get"],
+        "Parameters.InputUri"
+    );
+    assert!(messages[0]["body"].get("status").is_none());
+    assert_eq!(messages[1]["body"]["status"], "Stopping");
+    assert_eq!(messages[1]["body"]["token"], callback_token.as_str());
+
+    let again = client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Some("ValidationException"));
+    assert!(
+        again
+            .message()
+            .unwrap()
+            .contains("Only pipelines with 'Executing' status can be stopped"),
+        "{again:?}"
+    );
+
+    let answered = client
+        .send_pipeline_execution_step_success()
+        .callback_token(&callback_token)
+        .output_parameters(
+            aws_sdk_sagemaker::types::OutputParameter::builder()
+                .name("decision")
+                .value("stop")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.pipeline_execution_arn(), Some(arn.as_str()));
+    assert_eq!(execution_status(&client, &arn).await, "Stopped");
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(
+        step(&steps, "Approve").step_status(),
+        Some(&StepStatus::Stopped)
+    );
+    assert!(step(&steps, "Approve").end_time().is_some());
+
+    let late = client
+        .send_pipeline_execution_step_success()
+        .callback_token(&callback_token)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Some("ValidationException"));
+}
+
+#[tokio::test]
+async fn a_callback_answered_without_a_stop_lets_the_pipeline_go_on() {
+    let emulator = spawn_emulator(1000.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = create_pipeline(
+        &client,
+        json!([
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs/q", "Arguments": {}},
+            {"Name": "Deploy", "Type": "Model", "DependsOn": ["Approve"], "Arguments": {"Emulator": {"DurationSeconds": 1}}}
+        ]),
+    )
+    .await;
+    let arn = start_execution(&client, &pipeline).await;
+    let steps = all_steps(&client, &arn).await;
+    let callback_token = step(&steps, "Approve")
+        .metadata()
+        .unwrap()
+        .callback()
+        .unwrap()
+        .callback_token()
+        .unwrap()
+        .to_string();
+    client
+        .send_pipeline_execution_step_failure()
+        .callback_token(&callback_token)
+        .failure_reason("rejected by a reviewer")
+        .send()
+        .await
+        .unwrap();
+    wait_for_status(&client, &arn, "Failed").await;
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(
+        step(&steps, "Approve").failure_reason(),
+        Some("rejected by a reviewer")
+    );
+    let described = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.failure_reason(),
+        Some("Step failure: One or multiple steps failed.")
+    );
+
+    // Retried, the callback step waits again with a new token; answered, the pipeline succeeds.
+    client
+        .retry_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    let steps = all_steps(&client, &arn).await;
+    let approve = step(&steps, "Approve");
+    assert_eq!(approve.attempt_count(), Some(2));
+    let second_token = approve
+        .metadata()
+        .unwrap()
+        .callback()
+        .unwrap()
+        .callback_token()
+        .unwrap()
+        .to_string();
+    assert_ne!(second_token, callback_token);
+    client
+        .send_pipeline_execution_step_success()
+        .callback_token(&second_token)
+        .send()
+        .await
+        .unwrap();
+    wait_for_status(&client, &arn, "Succeeded").await;
+}
+
+#[tokio::test]
+async fn a_lambda_step_runs_on_after_a_stop_then_stops_or_times_out() {
+    let emulator = spawn_emulator(1000.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let lambda = |duration: u32, timeout: u32| {
+        json!([{"Name": "Evaluate", "Type": "Lambda",
+                "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:evaluate",
+                "Arguments": {"Emulator": {"DurationSeconds": duration, "TimeoutSeconds": timeout}}}])
+    };
+
+    // Finishes within its timeout: Stopped.
+    let pipeline = create_pipeline(&client, lambda(300, 600)).await;
+    let arn = start_execution(&client, &pipeline).await;
+    client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(execution_status(&client, &arn).await, "Stopping");
+    let steps = all_steps(&client, &arn).await;
+    let evaluate = step(&steps, "Evaluate");
+    assert_eq!(evaluate.step_status(), Some(&StepStatus::Stopping));
+    assert_eq!(
+        evaluate.metadata().unwrap().lambda().unwrap().arn(),
+        Some("arn:aws:lambda:us-east-1:123456789012:function:evaluate")
+    );
+    wait_for_status(&client, &arn, "Stopped").await;
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(
+        step(&steps, "Evaluate").step_status(),
+        Some(&StepStatus::Stopped)
+    );
+
+    // Runs past its timeout: Failed, with the timeout as the reason.
+    let pipeline = create_pipeline(&client, lambda(900, 120)).await;
+    let arn = start_execution(&client, &pipeline).await;
+    client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    wait_for_status(&client, &arn, "Failed").await;
+    let steps = all_steps(&client, &arn).await;
+    let evaluate = step(&steps, "Evaluate");
+    assert_eq!(evaluate.step_status(), Some(&StepStatus::Failed));
+    assert!(
+        evaluate
+            .failure_reason()
+            .unwrap()
+            .contains("timeout of 120 seconds"),
+        "{evaluate:?}"
+    );
+    let secs = |t: Option<&aws_sdk_sagemaker::primitives::DateTime>| t.unwrap().as_secs_f64();
+    assert!((secs(evaluate.end_time()) - secs(evaluate.start_time()) - 120.0).abs() < 0.01);
+}
+
+#[tokio::test]
+async fn other_steps_stop_promptly() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = create_pipeline(
+        &client,
+        json!([{"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 3600}}},
+               {"Name": "Later", "Type": "Transform", "DependsOn": ["Train"]}]),
+    )
+    .await;
+    let arn = start_execution(&client, &pipeline).await;
+    client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(execution_status(&client, &arn).await, "Stopped");
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(steps.len(), 1);
+    assert_eq!(
+        step(&steps, "Train").step_status(),
+        Some(&StepStatus::Stopped)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_execution_retries_under_the_same_arn() {
+    let emulator = spawn_emulator(500.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = create_pipeline(
+        &client,
+        json!([{"Name": "Flaky", "Type": "Processing",
+                "Arguments": {"Emulator": {"DurationSeconds": 1, "FailAttempts": 1, "FailureReason": "ClientError: out of memory"}}}]),
+    )
+    .await;
+    let arn = start_execution(&client, &pipeline).await;
+    let early = client
+        .retry_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Some("ValidationException"));
+
+    wait_for_status(&client, &arn, "Failed").await;
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(
+        step(&steps, "Flaky").failure_reason(),
+        Some("ClientError: out of memory")
+    );
+    let retried = client
+        .retry_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.pipeline_execution_arn(), Some(arn.as_str()));
+    assert_eq!(execution_status(&client, &arn).await, "Executing");
+    wait_for_status(&client, &arn, "Succeeded").await;
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(step(&steps, "Flaky").attempt_count(), Some(2));
+    assert_eq!(step(&steps, "Flaky").failure_reason(), None);
+}
+
+#[tokio::test]
+async fn errors_have_sagemakers_shapes_and_messages() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let missing = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/nope/execution/abcdefghijkl";
+
+    let e = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(missing)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(missing)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    assert_eq!(e.raw_response().unwrap().status().as_u16(), 400);
+
+    let e = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn("nope")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    assert_eq!(
+        e.message(),
+        Some(
+            r"1 validation error detected: Value 'nope' at 'pipelineExecutionArn' failed to satisfy constraint: Member must satisfy regular expression pattern: arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:pipeline\/.*\/execution\/.*"
+        )
+    );
+
+    let e = client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(missing)
+        .client_request_token("short")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.message(),
+        Some(
+            "1 validation error detected: Value 'short' at 'clientRequestToken' failed to satisfy constraint: Member must have length greater than or equal to 32"
+        )
+    );
+    let long_arn = format!("{missing}{}", "x".repeat(2048));
+    let e = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(&long_arn)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .unwrap()
+            .contains("Member must have length less than or equal to 2048"),
+        "{e:?}"
+    );
+
+    let e = client
+        .send_pipeline_execution_step_success()
+        .callback_token("abc")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.message().unwrap().contains("at 'callbackToken' failed to satisfy constraint: Member must have length greater than or equal to 10"), "{e:?}");
+    let e = client
+        .send_pipeline_execution_step_success()
+        .callback_token("abc-def-gh")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .unwrap()
+            .contains("Member must satisfy regular expression pattern: [a-zA-Z0-9]+"),
+        "{e:?}"
+    );
+    let e = client
+        .send_pipeline_execution_step_failure()
+        .callback_token("AAAAAAAAAA")
+        .failure_reason("x".repeat(257))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.message().unwrap().contains("at 'failureReason' failed to satisfy constraint: Member must have length less than or equal to 256"), "{e:?}");
+    let e = client
+        .send_pipeline_execution_step_success()
+        .callback_token("AAAAAAAAAA")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+
+    // CreatePipeline: names, roles, definitions, duplicates, several violations at once.
+    let e = client
+        .create_pipeline()
+        .pipeline_name("-bad_name")
+        .role_arn("not-a-role-but-long-enough")
+        .pipeline_definition("{}")
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    let message = e.message().unwrap();
+    assert!(
+        message.starts_with("2 validation errors detected: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("at 'pipelineName'") && message.contains("at 'roleArn'"),
+        "{message}"
+    );
+    let e = client
+        .create_pipeline()
+        .pipeline_name("good")
+        .role_arn("arn:aws:iam::123456789012:role/R")
+        .pipeline_definition(
+            r#"{"Version": "2020-12-01", "Steps": [{"Name": "A", "Type": "Teleport"}]}"#,
+        )
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    assert!(
+        e.message().unwrap().contains("unknown Type 'Teleport'"),
+        "{e:?}"
+    );
+    let name = create_pipeline(&client, json!([{"Name": "A", "Type": "Training"}])).await;
+    let e = client
+        .create_pipeline()
+        .pipeline_name(&name)
+        .role_arn("arn:aws:iam::123456789012:role/R")
+        .pipeline_definition(
+            r#"{"Version": "2020-12-01", "Steps": [{"Name": "A", "Type": "Training"}]}"#,
+        )
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.message().unwrap().contains("already exists"), "{e:?}");
+    let e = client
+        .describe_pipeline()
+        .pipeline_name("missing-pipeline")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .start_pipeline_execution()
+        .pipeline_name("missing-pipeline")
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .start_pipeline_execution()
+        .pipeline_name(&name)
+        .client_request_token(token())
+        .pipeline_parameters(
+            aws_sdk_sagemaker::types::Parameter::builder()
+                .name("Undeclared")
+                .value("v")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .unwrap()
+            .contains("Parameter 'Undeclared' is not defined"),
+        "{e:?}"
+    );
+    for bad in [0, 101] {
+        let e = client
+            .list_pipeline_executions()
+            .pipeline_name(&name)
+            .max_results(bad)
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            e.message()
+                .unwrap()
+                .contains("at 'maxResults' failed to satisfy constraint"),
+            "{e:?}"
+        );
+    }
+    let e = client
+        .list_pipeline_executions()
+        .pipeline_name(&name)
+        .next_token("garbage")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+}
+
+#[tokio::test]
+async fn a_client_request_token_replays_the_first_answer() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let admin = Admin::new(&emulator.endpoint_url);
+    let pipeline = create_pipeline(
+        &client,
+        json!([{"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 3600, "StopSeconds": 600}}}]),
+    )
+    .await;
+
+    let start_token = token();
+    let mut arns = HashSet::new();
+    for _ in 0..3 {
+        let arn = client
+            .start_pipeline_execution()
+            .pipeline_name(&pipeline)
+            .client_request_token(&start_token)
+            .send()
+            .await
+            .unwrap()
+            .pipeline_execution_arn()
+            .unwrap()
+            .to_string();
+        arns.insert(arn);
+    }
+    assert_eq!(arns.len(), 1, "one execution for one token");
+    let listed = client
+        .list_pipeline_executions()
+        .pipeline_name(&pipeline)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.pipeline_execution_summaries().len(), 1);
+    let arn = arns.into_iter().next().unwrap();
+
+    let stop_token = token();
+    for _ in 0..2 {
+        let answer = client
+            .stop_pipeline_execution()
+            .pipeline_execution_arn(&arn)
+            .client_request_token(&stop_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.pipeline_execution_arn(), Some(arn.as_str()));
+        assert_eq!(execution_status(&client, &arn).await, "Stopping");
+    }
+    assert_eq!(admin.calls("StopPipelineExecution").await, 2);
+
+    // The same token on another execution is not the same request.
+    let other = start_execution(&client, &pipeline).await;
+    let e = client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&other)
+        .client_request_token(&stop_token)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    assert_eq!(execution_status(&client, &other).await, "Executing");
+}
+
+#[tokio::test]
+async fn lists_paginate_with_next_token_and_max_results() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = create_pipeline(&client, json!([{"Name": "A", "Type": "Training"}])).await;
+    let mut started = Vec::new();
+    for _ in 0..25 {
+        started.push(start_execution(&client, &pipeline).await);
+    }
+    let first = client
+        .list_pipeline_executions()
+        .pipeline_name(&pipeline)
+        .max_results(10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.pipeline_execution_summaries().len(), 10);
+    assert!(first.next_token().is_some());
+    let default_page = client
+        .list_pipeline_executions()
+        .pipeline_name(&pipeline)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(default_page.pipeline_execution_summaries().len(), 10);
+
+    let all: Vec<_> = client
+        .list_pipeline_executions()
+        .pipeline_name(&pipeline)
+        .max_results(10)
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .unwrap();
+    let listed: Vec<String> = all
+        .iter()
+        .map(|s| s.pipeline_execution_arn().unwrap().to_string())
+        .collect();
+    let newest_first: Vec<String> = started.iter().rev().cloned().collect();
+    assert_eq!(listed, newest_first);
+    let ascending = client
+        .list_pipeline_executions()
+        .pipeline_name(&pipeline)
+        .sort_order(aws_sdk_sagemaker::types::SortOrder::Ascending)
+        .max_results(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ascending.pipeline_execution_summaries()[0].pipeline_execution_arn(),
+        Some(started[0].as_str())
+    );
+
+    // 120 parallel steps: two pages of steps at 100 a page.
+    let steps: Vec<_> = (0..120)
+        .map(|i| json!({"Name": format!("S{i:03}"), "Type": "Processing"}))
+        .collect();
+    let wide = create_pipeline(&client, json!(steps)).await;
+    let arn = start_execution(&client, &wide).await;
+    let page = client
+        .list_pipeline_execution_steps()
+        .pipeline_execution_arn(&arn)
+        .max_results(100)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.pipeline_execution_steps().len(), 100);
+    let rest = client
+        .list_pipeline_execution_steps()
+        .pipeline_execution_arn(&arn)
+        .max_results(100)
+        .next_token(page.next_token().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.pipeline_execution_steps().len(), 20);
+    assert!(rest.next_token().is_none());
+    let names: HashSet<String> = page
+        .pipeline_execution_steps()
+        .iter()
+        .chain(rest.pipeline_execution_steps())
+        .map(|s| s.step_name().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 120);
+}
+
+#[tokio::test]
+async fn injected_faults_surface_as_the_sdk_sees_them() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let admin = Admin::new(&emulator.endpoint_url);
+    let no_retries = sagemaker_client(&emulator.endpoint_url, 1);
+    let three_attempts = sagemaker_client(&emulator.endpoint_url, 3);
+    let pipeline = create_pipeline(&no_retries, json!([{"Name": "A", "Type": "Training"}])).await;
+    let arn = start_execution(&no_retries, &pipeline).await;
+    let describe = |client: &aws_sdk_sagemaker::Client| {
+        client
+            .describe_pipeline_execution()
+            .pipeline_execution_arn(&arn)
+            .send()
+    };
+
+    // Throttling for the next 2 calls: the SDK retries it and succeeds on the third attempt.
+    admin.reset_stats().await;
+    admin
+        .set_fault(
+            "DescribePipelineExecution",
+            json!({"throttle": {"count": 2}}),
+        )
+        .await;
+    describe(&three_attempts).await.unwrap();
+    assert_eq!(admin.calls("DescribePipelineExecution").await, 3);
+
+    // More throttling than attempts: the SDK gives up with ThrottlingException.
+    admin
+        .set_fault(
+            "DescribePipelineExecution",
+            json!({"throttle": {"count": 5}}),
+        )
+        .await;
+    let e = describe(&three_attempts).await.unwrap_err();
+    assert_eq!(e.code(), Some("ThrottlingException"));
+    assert_eq!(e.message(), Some("Rate exceeded"));
+    admin.clear_faults().await;
+
+    // HTTP 500, every call: the SDK sees InternalFailure with status 500.
+    admin
+        .set_fault("*", json!({"internalError": {"fraction": 1.0}}))
+        .await;
+    let e = describe(&no_retries).await.unwrap_err();
+    assert_eq!(e.code(), Some("InternalFailure"));
+    assert_eq!(e.raw_response().unwrap().status().as_u16(), 500);
+    admin.clear_faults().await;
+
+    // ConflictException on stop: modeled, and not retried by the SDK.
+    admin.reset_stats().await;
+    admin
+        .set_fault("StopPipelineExecution", json!({"conflict": {"count": 1}}))
+        .await;
+    let e = three_attempts
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_conflict_exception(),
+        "{e:?}"
+    );
+    assert_eq!(admin.calls("StopPipelineExecution").await, 1);
+    assert_eq!(
+        execution_status(&no_retries, &arn).await,
+        "Executing",
+        "a faulted call has no effect"
+    );
+
+    // Added latency delays the answer by at least that much.
+    admin
+        .set_fault("DescribePipelineExecution", json!({"latencyMs": 300}))
+        .await;
+    let started = std::time::Instant::now();
+    describe(&no_retries).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    admin.clear_faults().await;
+
+    let faults: serde_json::Value =
+        reqwest::get(format!("{}/_emulator/faults", emulator.endpoint_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(faults, json!({}));
+}
+
+#[tokio::test]
+async fn the_wire_protocol_answers_what_an_sdk_cannot_send() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let http = reqwest::Client::new();
+    let post = |target: &str, body: &str| {
+        http.post(format!("{}/", emulator.endpoint_url))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("X-Amz-Target", target)
+            .body(body.to_string())
+            .send()
+    };
+
+    let response = post("SageMaker.DeletePipeline", "{}").await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    assert!(response.headers().get("x-amzn-requestid").is_some());
+    assert_eq!(
+        response.headers()["x-amzn-errortype"],
+        "UnknownOperationException"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["__type"], "UnknownOperationException");
+
+    let response = post("SageMaker.DescribePipelineExecution", "{not json")
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["__type"], "SerializationException");
+
+    // A member of the wrong type is a serialization error too.
+    let response = post(
+        "SageMaker.ListPipelineExecutions",
+        r#"{"PipelineName": "p", "MaxResults": "ten"}"#,
+    )
+    .await
+    .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["__type"], "SerializationException");
+
+    // An empty body is an empty input: here, a missing required member.
+    let response = post("SageMaker.DescribePipelineExecution", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/x-amz-json-1.1"
+    );
+    assert_eq!(
+        response.headers()["x-amzn-errortype"],
+        "ValidationException"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["Message"],
+        "1 validation error detected: Value null at 'pipelineExecutionArn' failed to satisfy constraint: Member must not be null"
+    );
+
+    let stats: serde_json::Value =
+        reqwest::get(format!("{}/_emulator/stats", emulator.endpoint_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(stats["DescribePipelineExecution"], 2);
+    assert_eq!(stats["ListPipelineExecutions"], 1);
+    assert_eq!(stats["StopPipelineExecution"], 0);
+}
+
+#[tokio::test]
+async fn a_seed_makes_ids_repeatable() {
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let emulator = spawn_emulator(1.0, Some(42)).await;
+        let client = sagemaker_client(&emulator.endpoint_url, 1);
+        let definition = json!({"Version": "2020-12-01", "Steps": [{"Name": "A", "Type": "Callback", "SqsQueueUrl": "https://sqs/q"}]});
+        client
+            .create_pipeline()
+            .pipeline_name("seeded")
+            .pipeline_definition(definition.to_string())
+            .role_arn("arn:aws:iam::123456789012:role/R")
+            .client_request_token(token())
+            .send()
+            .await
+            .unwrap();
+        let arn = start_execution(&client, "seeded").await;
+        let steps = all_steps(&client, &arn).await;
+        let token = step(&steps, "A")
+            .metadata()
+            .unwrap()
+            .callback()
+            .unwrap()
+            .callback_token()
+            .unwrap()
+            .to_string();
+        runs.push((arn, token));
+    }
+    assert_eq!(runs[0], runs[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_executions_and_hundreds_of_clients() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = create_pipeline(
+        &client,
+        json!([{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs/q"},
+               {"Name": "Train", "Type": "Training"}]),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let client = client.clone();
+        let pipeline = pipeline.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut arns = Vec::new();
+            for _ in 0..10 {
+                let arn = start_execution(&client, &pipeline).await;
+                assert_eq!(execution_status(&client, &arn).await, "Executing");
+                arns.push(arn);
+            }
+            client
+                .stop_pipeline_execution()
+                .pipeline_execution_arn(&arns[0])
+                .client_request_token(token())
+                .send()
+                .await
+                .unwrap();
+            arns
+        }));
+    }
+    let mut all = HashSet::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    assert_eq!(all.len(), 2000);
+    let listed: Vec<_> = client
+        .list_pipeline_executions()
+        .pipeline_name(&pipeline)
+        .max_results(100)
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2000);
+    let stopping = listed
+        .iter()
+        .filter(|s| s.pipeline_execution_status().map(|s| s.as_str()) == Some("Stopping"))
+        .count();
+    assert_eq!(stopping, 200);
+}
