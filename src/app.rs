@@ -21,6 +21,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::ServeArgs,
+    demo::{self, Demo},
+    emulator::{EmulatorServer, RunningEmulator},
     grpc::{PipelineControlService, pb},
     sagemaker::SageMaker,
     shutdown::{self, CutOffIo},
@@ -37,6 +39,9 @@ pub struct Application {
     local_addr: SocketAddr,
     store: Arc<dyn Store>,
     sagemaker: SageMaker,
+    /// With `--emulator`: the in-process emulator, and the demo executions it holds.
+    emulator: Option<RunningEmulator>,
+    demo: Option<Demo>,
     args: ServeArgs,
 }
 
@@ -48,7 +53,20 @@ impl Application {
         store.migrate().await?;
         tracing::info!(backend = ?store.backend(), "database ready");
 
-        let sagemaker = SageMaker::from_args(&args.sagemaker).await;
+        let (emulator, sagemaker) = if args.emulator {
+            let region = args.sagemaker.aws_region.as_deref().unwrap_or("us-east-1");
+            let emulator = EmulatorServer::bind(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                &args.emulator_settings.options(region),
+            )
+            .await
+            .context("cannot start the SageMaker emulator")?
+            .spawn();
+            let sagemaker = SageMaker::for_emulator(&emulator.endpoint_url, region);
+            (Some(emulator), sagemaker)
+        } else {
+            (None, SageMaker::from_args(&args.sagemaker).await)
+        };
         tracing::info!(
             region = sagemaker.region().unwrap_or("(none)"),
             endpoint = sagemaker.endpoint().unwrap_or("(AWS default)"),
@@ -57,6 +75,23 @@ impl Application {
         if sagemaker.region().is_none() {
             tracing::warn!("no AWS region found; set --aws-region or AWS_REGION");
         }
+
+        let demo = match &emulator {
+            Some(emulator) => {
+                let region = sagemaker.region().unwrap_or("us-east-1").to_string();
+                let demo = demo::seed(&sagemaker, emulator, &region)
+                    .await
+                    .context("cannot seed the demo executions")?;
+                tracing::info!(
+                    emulator = %demo.emulator_url,
+                    callback_execution = %demo.callback_execution,
+                    lambda_execution = %demo.lambda_execution,
+                    "SageMaker emulator running with demo executions"
+                );
+                Some(demo)
+            }
+            None => None,
+        };
 
         let listener = TcpListener::bind(args.listen)
             .await
@@ -69,6 +104,8 @@ impl Application {
             local_addr,
             store,
             sagemaker,
+            emulator,
+            demo,
             args,
         })
     }
@@ -91,6 +128,8 @@ impl Application {
             local_addr,
             store,
             sagemaker: _sagemaker,
+            emulator,
+            demo,
             args,
         } = self;
 
@@ -132,6 +171,10 @@ impl Application {
             });
         tokio::pin!(server);
         tracing::info!(address = %local_addr, "serving gRPC");
+        if let Some(demo) = &demo {
+            // For the person who ran the demo; standard output stays for logs.
+            eprintln!("{}", demo.banner(&local_addr.to_string()));
+        }
 
         let served = tokio::select! {
             result = &mut server => Some(result),
@@ -160,6 +203,11 @@ impl Application {
         let _ = stopping_tx.send(true);
         if !health_task.is_finished() {
             let _ = health_task.await;
+        }
+        if let Some(emulator) = emulator {
+            if let Err(error) = emulator.stop().await {
+                tracing::warn!(%error, "the SageMaker emulator did not stop cleanly");
+            }
         }
         store.close().await;
         tracing::info!("stopped");

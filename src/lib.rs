@@ -12,11 +12,13 @@
 //! - `sagemaker`: the only code that touches the AWS SDK.
 //! - [`telemetry`]: logging, as text or JSON.
 //!
+//! - `demo`: `serve --emulator`, the emulator in-process with demo executions.
 //! - [`emulator`]: a SageMaker Pipelines emulator speaking SageMaker's wire protocol.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 
 pub mod app;
 pub mod config;
+mod demo;
 pub mod emulator;
 mod error;
 pub mod grpc;

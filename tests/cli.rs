@@ -278,3 +278,133 @@ async fn json_logs_are_one_object_a_line() {
         );
     }
 }
+
+/// Reads lines from `reader` until one contains `marker`; returns everything read.
+fn read_until(reader: &mut impl std::io::BufRead, marker: &str) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("the output ended before {marker:?}:\n{seen}");
+        }
+        seen.push_str(&line);
+        if line.contains(marker) {
+            return seen;
+        }
+    }
+}
+
+fn word_following<'a>(text: &'a str, flag: &str) -> &'a str {
+    let mut words = text.split_whitespace();
+    words.by_ref().find(|w| *w == flag);
+    words
+        .next()
+        .unwrap_or_else(|| panic!("nothing follows {flag} in {text}"))
+}
+
+fn word_after<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+}
+
+#[tokio::test]
+async fn serve_with_the_emulator_is_a_complete_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let mut child = command()
+        .args([
+            "serve",
+            "--emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--time-scale",
+            "100",
+        ])
+        .args(["--database-url", db.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let logs = read_until(&mut stdout, "serving gRPC");
+    let addr: SocketAddr = word_after(&logs, "address=").parse().unwrap();
+    let banner = read_until(&mut stderr, "callback-token");
+    let endpoint = word_following(&banner, "--endpoint-url");
+    let callback_token = word_following(&banner, "--callback-token").to_string();
+    let arn_after = |label: &str| {
+        banner
+            .lines()
+            .find(|l| l.contains(label))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_else(|| panic!("no {label} in {banner}"))
+            .to_string()
+    };
+    let callback_arn = arn_after("demo-callback execution");
+    let lambda_arn = arn_after("demo-lambda execution");
+    assert!(banner.contains("grpcurl -plaintext"), "{banner}");
+    assert!(
+        banner.contains(&format!(
+            "{addr} pipelinecontrol.v1.PipelineControl/StopExecution"
+        )),
+        "{banner}"
+    );
+
+    // The demo executions are real, in the emulator the banner names.
+    let client = common::sagemaker_client(endpoint, 1);
+    assert_eq!(
+        common::execution_status(&client, &callback_arn).await,
+        "Executing"
+    );
+    assert_eq!(
+        common::execution_status(&client, &lambda_arn).await,
+        "Executing"
+    );
+    let steps = common::all_steps(&client, &callback_arn).await;
+    let token = steps[0]
+        .metadata()
+        .unwrap()
+        .callback()
+        .unwrap()
+        .callback_token()
+        .unwrap();
+    assert_eq!(token, callback_token);
+    let lambda_steps = common::all_steps(&client, &lambda_arn).await;
+    assert!(lambda_steps[0].metadata().unwrap().lambda().is_some());
+    assert_eq!(health(addr).await, ServingStatus::Serving);
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let (_, status) = wait_bounded_async(child).await;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn the_emulator_runs_alone() {
+    let mut child = command()
+        .args(["emulator", "--listen", "127.0.0.1:0", "--seed", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let logs = read_until(&mut stdout, "emulator serving");
+    let endpoint = word_after(&logs, "endpoint=").to_string();
+    let client = common::sagemaker_client(&endpoint, 1);
+    let name = common::create_pipeline(
+        &client,
+        serde_json::json!([{"Name": "A", "Type": "Training"}]),
+    )
+    .await;
+    let arn = common::start_execution(&client, &name).await;
+    assert_eq!(common::execution_status(&client, &arn).await, "Executing");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let (_, status) = wait_bounded_async(child).await;
+    assert_eq!(status.code(), Some(0));
+}

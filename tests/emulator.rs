@@ -133,7 +133,22 @@ async fn a_callback_step_holds_a_stop_until_it_is_answered() {
         ]),
     )
     .await;
-    let arn = start_execution(&client, &pipeline).await;
+    let arn = client
+        .start_pipeline_execution()
+        .pipeline_name(&pipeline)
+        .client_request_token(token())
+        .pipeline_parameters(
+            aws_sdk_sagemaker::types::Parameter::builder()
+                .name("InputUri")
+                .value("s3://bucket/chosen-model")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .pipeline_execution_arn()
+        .unwrap()
+        .to_string();
     let steps = all_steps(&client, &arn).await;
     let callback = step(&steps, "Approve")
         .metadata()
@@ -171,9 +186,14 @@ async fn a_callback_step_holds_a_stop_until_it_is_answered() {
     assert_eq!(messages[0]["queueUrl"], queue);
     assert_eq!(messages[0]["body"]["token"], callback_token.as_str());
     assert_eq!(messages[0]["body"]["pipelineExecutionArn"], arn.as_str());
+    // References are resolved as SageMaker resolves them: here, the execution's parameter.
     assert_eq!(
-        messages[0]["body"]["arguments"]["model"]["Get"],
-        "Parameters.InputUri"
+        messages[0]["body"]["arguments"]["model"],
+        "s3://bucket/chosen-model"
+    );
+    assert_eq!(
+        messages[1]["body"]["arguments"]["model"],
+        "s3://bucket/chosen-model"
     );
     assert!(messages[0]["body"].get("status").is_none());
     assert_eq!(messages[1]["body"]["status"], "Stopping");

@@ -48,18 +48,27 @@ pub(crate) async fn callbacks(
     State(emulator): State<Arc<Emulator>>,
     Query(filter): Query<CallbackFilter>,
 ) -> Response {
+    match callback_messages(&emulator, filter.pipeline_execution_arn.as_deref()) {
+        Some(messages) => Json(messages).into_response(),
+        None => {
+            let message = format!(
+                "no execution {}",
+                filter.pipeline_execution_arn.unwrap_or_default()
+            );
+            (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response()
+        }
+    }
+}
+
+/// The callback messages of one execution (`None` if it does not exist), or of all, oldest
+/// first.
+pub(crate) fn callback_messages(
+    emulator: &Emulator,
+    execution_arn: Option<&str>,
+) -> Option<Vec<Value>> {
     let now = emulator.clock.now();
-    let cells: Vec<_> = match &filter.pipeline_execution_arn {
-        Some(arn) => match emulator.executions.get(arn) {
-            Some(cell) => vec![cell.clone()],
-            None => {
-                return (
-                    StatusCode::NOT_FOUND,
-                    Json(json!({ "error": format!("no execution {arn}") })),
-                )
-                    .into_response();
-            }
-        },
+    let cells: Vec<_> = match execution_arn {
+        Some(arn) => vec![emulator.executions.get(arn)?.clone()],
         None => emulator
             .executions
             .iter()
@@ -83,7 +92,7 @@ pub(crate) async fn callbacks(
         }
     }
     messages.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Json(messages.into_iter().map(|(_, m)| m).collect::<Vec<_>>()).into_response()
+    Some(messages.into_iter().map(|(_, m)| m).collect())
 }
 
 pub(crate) async fn list_faults(

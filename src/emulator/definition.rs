@@ -33,8 +33,8 @@ use serde_json::Value;
 pub(crate) struct PipelineSpec {
     /// Every step, nested branch steps included, in definition order.
     pub(crate) steps: Vec<StepSpec>,
-    /// Declared parameter names.
-    pub(crate) parameters: Vec<String>,
+    /// Declared parameters: name and default value (as a string), if any.
+    pub(crate) parameters: Vec<(String, Option<String>)>,
 }
 
 /// What a step is, as far as running it goes.
@@ -124,10 +124,12 @@ pub(crate) fn parse(text: &str) -> Result<PipelineSpec, String> {
         Some(Value::Array(items)) => items
             .iter()
             .map(|p| {
-                p.get("Name")
+                let name = p
+                    .get("Name")
                     .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .ok_or_else(|| "Every pipeline parameter must have a Name.".to_string())
+                    .ok_or_else(|| "Every pipeline parameter must have a Name.".to_string())?;
+                let default = p.get("DefaultValue").map(value_string);
+                Ok::<_, String>((name.to_string(), default))
             })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err("Pipeline definition Parameters must be a list.".into()),
@@ -337,7 +339,7 @@ impl Parser {
         Ok(index)
     }
 
-    fn finish(mut self, parameters: Vec<String>) -> Result<PipelineSpec, String> {
+    fn finish(mut self, parameters: Vec<(String, Option<String>)>) -> Result<PipelineSpec, String> {
         let by_name: HashMap<String, usize> = self
             .steps
             .iter()
@@ -383,6 +385,77 @@ impl Parser {
             parameters,
         })
     }
+}
+
+/// A JSON value as the string SageMaker would substitute for it.
+pub(crate) fn value_string(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What references in a step's arguments resolve against at run time.
+pub(crate) struct Bindings<'a> {
+    pub(crate) parameters: &'a [(String, String)],
+    pub(crate) execution_arn: &'a str,
+    pub(crate) execution_id: &'a str,
+    /// Output parameters of steps that have them, by step name.
+    pub(crate) outputs: &'a dyn Fn(&str, &str) -> Option<String>,
+}
+
+/// `value` with `{"Get": ...}` references and `Std:Join` resolved where they can be (pipeline
+/// parameters, execution variables, step output parameters); anything else is kept as written.
+pub(crate) fn resolve(value: &Value, bindings: &Bindings<'_>) -> Value {
+    match value {
+        Value::Object(map) if map.len() == 1 => {
+            if let Some(Value::String(path)) = map.get("Get") {
+                return lookup(path, bindings).map_or_else(|| value.clone(), Value::String);
+            }
+            if let Some(join) = map.get("Std:Join") {
+                let on = join.get("On").and_then(Value::as_str).unwrap_or_default();
+                if let Some(Value::Array(items)) = join.get("Values") {
+                    let parts: Vec<String> = items
+                        .iter()
+                        .map(|item| value_string(&resolve(item, bindings)))
+                        .collect();
+                    return Value::String(parts.join(on));
+                }
+            }
+            Value::Object(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), resolve(v, bindings)))
+                    .collect(),
+            )
+        }
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), resolve(v, bindings)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| resolve(v, bindings)).collect()),
+        other => other.clone(),
+    }
+}
+
+fn lookup(path: &str, bindings: &Bindings<'_>) -> Option<String> {
+    if let Some(name) = path.strip_prefix("Parameters.") {
+        return bindings
+            .parameters
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone());
+    }
+    match path {
+        "Execution.PipelineExecutionArn" => return Some(bindings.execution_arn.to_string()),
+        "Execution.PipelineExecutionId" => return Some(bindings.execution_id.to_string()),
+        _ => {}
+    }
+    // Steps.<name>.OutputParameters['<output>']
+    let rest = path.strip_prefix("Steps.")?;
+    let (step, rest) = rest.split_once(".OutputParameters['")?;
+    let output = rest.strip_suffix("']")?;
+    (bindings.outputs)(step, output)
 }
 
 /// Every step named by a `{"Get": "Steps.<name>..."}` inside `value`.
@@ -458,7 +531,10 @@ mod tests {
             ]
         });
         let spec = parse(&doc.to_string()).unwrap();
-        assert_eq!(spec.parameters, ["InputUri"]);
+        assert_eq!(
+            spec.parameters,
+            [("InputUri".to_string(), Some("s3://b/k".to_string()))]
+        );
         assert_eq!(spec.steps.len(), 3);
         assert_eq!(spec.steps[0].duration, 5.0);
         assert_eq!(names(&spec, &spec.steps[1].depends_on), ["Prepare"]);
@@ -494,6 +570,37 @@ mod tests {
             StepKind::Fail {
                 error_message: "bad model".into()
             }
+        );
+    }
+
+    #[test]
+    fn references_resolve_against_parameters_execution_and_outputs() {
+        let parameters = [("Threshold".to_string(), "0.8".to_string())];
+        let outputs = |step: &str, name: &str| {
+            (step == "Approve" && name == "decision").then(|| "go".to_string())
+        };
+        let bindings = Bindings {
+            parameters: &parameters,
+            execution_arn: "arn:x/execution/abc",
+            execution_id: "abc",
+            outputs: &outputs,
+        };
+        let arguments = json!({
+            "threshold": {"Get": "Parameters.Threshold"},
+            "run": {"Std:Join": {"On": "/", "Values": ["s3://b", {"Get": "Execution.PipelineExecutionId"}]}},
+            "decision": {"Get": "Steps.Approve.OutputParameters['decision']"},
+            "unknown": {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"},
+            "list": [{"Get": "Execution.PipelineExecutionArn"}, 3]
+        });
+        assert_eq!(
+            resolve(&arguments, &bindings),
+            json!({
+                "threshold": "0.8",
+                "run": "s3://b/abc",
+                "decision": "go",
+                "unknown": {"Get": "Steps.Train.ModelArtifacts.S3ModelArtifacts"},
+                "list": ["arn:x/execution/abc", 3]
+            })
         );
     }
 

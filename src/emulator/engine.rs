@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::{
     clock::{Ids, VTime},
-    definition::{PipelineSpec, StepKind},
+    definition::{Bindings, PipelineSpec, StepKind, resolve},
 };
 
 /// SageMaker's PipelineExecutionStatus.
@@ -89,6 +89,8 @@ pub(crate) struct StepRun {
     pub(crate) condition_outcome: Option<bool>,
     /// The job name (Training, Processing, ... steps), fixed at the first attempt.
     pub(crate) job_name: Option<String>,
+    /// A Callback step's arguments with references resolved, as its messages carry them.
+    arguments: Option<Value>,
     /// On a branch that was not taken: never runs.
     pub(crate) skipped: bool,
     ends_at: Option<VTime>,
@@ -130,6 +132,8 @@ pub(crate) struct ExecutionState {
     pub(crate) max_parallel: Option<u32>,
     /// The execution id (for job names).
     execution_id: String,
+    /// Parameter values: the definition's defaults overridden by StartPipelineExecution's.
+    parameters: Vec<(String, String)>,
 }
 
 /// The failure reason SageMaker gives an execution whose steps failed.
@@ -141,11 +145,13 @@ impl ExecutionState {
         arn: String,
         execution_id: String,
         spec: &PipelineSpec,
+        parameters: Vec<(String, String)>,
         max_parallel: Option<u32>,
         now: VTime,
         ids: &Ids,
     ) -> Self {
         let mut state = Self {
+            parameters,
             arn,
             status: ExecutionStatus::Executing,
             failure_reason: None,
@@ -291,9 +297,30 @@ impl ExecutionState {
         }
     }
 
+    /// A step's arguments with the references resolved that can be by now.
+    fn resolved_arguments(&self, spec: &PipelineSpec, i: usize) -> Value {
+        let outputs = |step: &str, name: &str| {
+            let j = spec.steps.iter().position(|s| s.name == step)?;
+            self.steps[j]
+                .outputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let bindings = Bindings {
+            parameters: &self.parameters,
+            execution_arn: &self.arn,
+            execution_id: &self.execution_id,
+            outputs: &outputs,
+        };
+        resolve(&spec.steps[i].arguments, &bindings)
+    }
+
     fn start_step(&mut self, spec: &PipelineSpec, i: usize, at: VTime, ids: &Ids) {
         let def = &spec.steps[i];
         let execution_id = self.execution_id.clone();
+        let arguments =
+            matches!(def.kind, StepKind::Callback { .. }).then(|| self.resolved_arguments(spec, i));
         let step = &mut self.steps[i];
         step.attempt_count += 1;
         step.status = Some(StepStatus::Executing);
@@ -313,6 +340,7 @@ impl ExecutionState {
                 step.callback_token = Some(token.clone());
                 step.ends_at = None;
                 step.ending = None;
+                step.arguments = arguments.clone();
                 self.messages.push(CallbackMessage {
                     queue_url: sqs_queue_url.clone(),
                     step_name: def.name.clone(),
@@ -320,7 +348,7 @@ impl ExecutionState {
                     body: json!({
                         "token": token,
                         "pipelineExecutionArn": self.arn,
-                        "arguments": def.arguments,
+                        "arguments": arguments.unwrap_or_default(),
                     }),
                 });
             }
@@ -384,7 +412,7 @@ impl ExecutionState {
                         body: json!({
                             "token": token,
                             "pipelineExecutionArn": self.arn,
-                            "arguments": def.arguments,
+                            "arguments": step.arguments.clone().unwrap_or_default(),
                             "status": "Stopping",
                         }),
                     });
@@ -512,7 +540,15 @@ mod tests {
     }
 
     fn start(spec: &PipelineSpec, ids: &Ids) -> ExecutionState {
-        ExecutionState::start(ARN.into(), "abcdefghijkl".into(), spec, None, 1000.0, ids)
+        ExecutionState::start(
+            ARN.into(),
+            "abcdefghijkl".into(),
+            spec,
+            Vec::new(),
+            None,
+            1000.0,
+            ids,
+        )
     }
 
     fn status(state: &ExecutionState, i: usize) -> Option<StepStatus> {
@@ -730,7 +766,15 @@ mod tests {
             {"Name": "B", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 10}}},
             {"Name": "C", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 10}}}
         ]));
-        let mut state = ExecutionState::start(ARN.into(), "x".into(), &spec, Some(2), 0.0, &ids);
+        let mut state = ExecutionState::start(
+            ARN.into(),
+            "x".into(),
+            &spec,
+            Vec::new(),
+            Some(2),
+            0.0,
+            &ids,
+        );
         assert_eq!(status(&state, 2), None);
         state.advance(&spec, 10.0, &ids);
         assert_eq!(state.steps[2].start_time, Some(10.0));

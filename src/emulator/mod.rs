@@ -122,6 +122,7 @@ impl EmulatorServer {
     pub fn spawn(self) -> RunningEmulator {
         let endpoint_url = self.endpoint_url();
         let local_addr = self.local_addr;
+        let emulator = self.emulator.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(self.run_until(async {
             let _ = stopped.await;
@@ -129,6 +130,7 @@ impl EmulatorServer {
         RunningEmulator {
             local_addr,
             endpoint_url,
+            emulator,
             stop: Some(stop),
             task: Some(task),
         }
@@ -142,11 +144,29 @@ pub struct RunningEmulator {
     pub local_addr: SocketAddr,
     /// The endpoint URL to give an SDK.
     pub endpoint_url: String,
+    emulator: Arc<Emulator>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
 }
 
 impl RunningEmulator {
+    /// The callback tokens an execution's Callback steps are waiting with, by step name (from
+    /// the messages they sent), or `None` if there is no such execution.
+    pub fn callback_tokens(&self, execution_arn: &str) -> Option<Vec<(String, String)>> {
+        let messages = admin::callback_messages(&self.emulator, Some(execution_arn))?;
+        let mut tokens: Vec<(String, String)> = Vec::new();
+        for message in messages {
+            let step = message["stepName"].as_str().unwrap_or_default().to_string();
+            let token = message["body"]["token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            tokens.retain(|(s, _)| *s != step);
+            tokens.push((step, token));
+        }
+        Some(tokens)
+    }
+
     /// Stops serving and waits for the server to end.
     pub async fn stop(mut self) -> io::Result<()> {
         if let Some(stop) = self.stop.take() {

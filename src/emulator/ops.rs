@@ -425,7 +425,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
             .spec
             .parameters
             .iter()
-            .any(|declared| declared == name)
+            .any(|(declared, _)| declared == name)
         {
             return Err(AwsError::validation(format!(
                 "Parameter '{name}' is not defined in the pipeline definition of {}.",
@@ -444,10 +444,25 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
             let now = emulator.clock.now();
             let max_parallel =
                 parallelism(input.parallelism_configuration.as_ref()).or(pipeline.parallelism);
+            let mut parameters: Vec<(String, String)> = pipeline
+                .spec
+                .parameters
+                .iter()
+                .filter_map(|(name, default)| default.clone().map(|d| (name.clone(), d)))
+                .collect();
+            for p in input.pipeline_parameters.iter().flatten() {
+                let (name, value) = (
+                    p.name.clone().unwrap_or_default(),
+                    p.value.clone().unwrap_or_default(),
+                );
+                parameters.retain(|(n, _)| *n != name);
+                parameters.push((name, value));
+            }
             let state = ExecutionState::start(
                 arn.clone(),
                 execution_id.clone(),
                 &pipeline.spec,
+                parameters,
                 max_parallel,
                 now,
                 &emulator.ids,
