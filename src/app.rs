@@ -204,10 +204,10 @@ impl Application {
         if !health_task.is_finished() {
             let _ = health_task.await;
         }
-        if let Some(emulator) = emulator {
-            if let Err(error) = emulator.stop().await {
-                tracing::warn!(%error, "the SageMaker emulator did not stop cleanly");
-            }
+        if let Some(emulator) = emulator
+            && let Err(error) = emulator.stop().await
+        {
+            tracing::warn!(%error, "the SageMaker emulator did not stop cleanly");
         }
         store.close().await;
         tracing::info!("stopped");
