@@ -644,6 +644,40 @@ async fn errors_have_sagemakers_shapes_and_messages() {
             .contains("Parameter 'Undeclared' is not defined"),
         "{e:?}"
     );
+    let selective = aws_sdk_sagemaker::types::SelectiveExecutionConfig::builder()
+        .set_selected_steps(Some(vec![]))
+        .build();
+    let e = client
+        .start_pipeline_execution()
+        .pipeline_name(&name)
+        .client_request_token(token())
+        .selective_execution_config(selective)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().unwrap().contains("at 'selectiveExecutionConfig.selectedSteps' failed to satisfy constraint: Member must have length greater than or equal to 1"),
+        "{e:?}"
+    );
+    let outputs: Vec<_> = (0..51)
+        .map(|i| {
+            aws_sdk_sagemaker::types::OutputParameter::builder()
+                .name(format!("o{i}"))
+                .value("v")
+                .build()
+        })
+        .collect();
+    let e = client
+        .send_pipeline_execution_step_success()
+        .callback_token("AAAAAAAAAA")
+        .set_output_parameters(Some(outputs))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.message().unwrap().contains("at 'outputParameters' failed to satisfy constraint: Member must have length less than or equal to 50"),
+        "{e:?}"
+    );
     for bad in [0, 101] {
         let e = client
             .list_pipeline_executions()

@@ -6,12 +6,13 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use super::clock::Ids;
@@ -112,11 +113,11 @@ struct LiveFaults {
     latency: Option<Duration>,
 }
 
-/// The fault rules in force. Read on every call (a shared read lock, held only to clone two
-/// `Arc`s); written only by the admin surface.
+/// The fault rules in force, by operation name. Read on every call (two sharded-map lookups,
+/// no lock shared by all calls); written only by the admin surface.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
-    rules: RwLock<HashMap<String, Arc<LiveFaults>>>,
+    rules: DashMap<String, Arc<LiveFaults>>,
 }
 
 /// What to do to one call.
@@ -134,23 +135,23 @@ impl Faults {
             conflict: config.conflict.as_ref().map(LiveRule::new),
             latency: config.latency_ms.map(Duration::from_millis),
         };
-        self.write().insert(operation.to_string(), Arc::new(live));
+        self.rules.insert(operation.to_string(), Arc::new(live));
     }
 
     pub(crate) fn clear(&self, operation: Option<&str>) {
-        let mut rules = self.write();
         match operation {
             Some(op) => {
-                rules.remove(op);
+                self.rules.remove(op);
             }
-            None => rules.clear(),
+            None => self.rules.clear(),
         }
     }
 
     pub(crate) fn snapshot(&self) -> HashMap<String, FaultConfig> {
-        self.read()
+        self.rules
             .iter()
-            .map(|(op, live)| {
+            .map(|entry| {
+                let (op, live) = (entry.key(), entry.value());
                 (
                     op.clone(),
                     FaultConfig {
@@ -166,14 +167,10 @@ impl Faults {
 
     /// Decides the fate of one call to `operation`.
     pub(crate) fn judge(&self, operation: &str, ids: &Ids) -> Verdict {
-        let applicable: Vec<Arc<LiveFaults>> = {
-            let rules = self.read();
-            [rules.get(operation), rules.get("*")]
-                .into_iter()
-                .flatten()
-                .cloned()
-                .collect()
-        };
+        let applicable: Vec<Arc<LiveFaults>> = [operation, "*"]
+            .into_iter()
+            .filter_map(|key| self.rules.get(key).map(|live| live.clone()))
+            .collect();
         let mut verdict = Verdict::default();
         for live in applicable {
             verdict.latency = verdict.latency.max(live.latency);
@@ -192,14 +189,6 @@ impl Faults {
             }
         }
         verdict
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<LiveFaults>>> {
-        self.rules.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<LiveFaults>>> {
-        self.rules.write().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -184,7 +184,7 @@ fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult 
             Some(patterns::ROLE_ARN),
         );
     }
-    v.list_len("Tags", input.tags.as_ref().map(Vec::len), 50);
+    v.list_len("Tags", input.tags.as_ref().map(Vec::len), 0, 50);
     for (i, tag) in input.tags.iter().flatten().enumerate() {
         let key = format!("Tags.{}.member.Key", i + 1);
         if v.required(&key, tag.key.as_ref()) {
@@ -353,6 +353,22 @@ struct StartExecutionInput {
     pipeline_execution_description: Option<String>,
     client_request_token: Option<String>,
     parallelism_configuration: Option<ParallelismConfiguration>,
+    selective_execution_config: Option<SelectiveExecutionConfig>,
+    pipeline_version_id: Option<i64>,
+    mlflow_experiment_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SelectiveExecutionConfig {
+    source_pipeline_execution_arn: Option<String>,
+    selected_steps: Option<Vec<SelectedStep>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SelectedStep {
+    step_name: Option<String>,
 }
 
 fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
@@ -393,6 +409,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
     v.list_len(
         "PipelineParameters",
         input.pipeline_parameters.as_ref().map(Vec::len),
+        0,
         200,
     );
     for (i, p) in input.pipeline_parameters.iter().flatten().enumerate() {
@@ -416,8 +433,45 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
         "ParallelismConfiguration",
         input.parallelism_configuration.as_ref(),
     );
+    if let Some(selective) = &input.selective_execution_config {
+        v.string(
+            "SelectiveExecutionConfig.SourcePipelineExecutionArn",
+            selective.source_pipeline_execution_arn.as_deref(),
+            0,
+            2048,
+            Some(patterns::PIPELINE_EXECUTION_ARN),
+        );
+        let steps = "SelectiveExecutionConfig.SelectedSteps";
+        if v.required(steps, selective.selected_steps.as_ref()) {
+            v.list_len(
+                steps,
+                selective.selected_steps.as_ref().map(Vec::len),
+                1,
+                50,
+            );
+            for (i, step) in selective.selected_steps.iter().flatten().enumerate() {
+                let name = format!("{steps}.{}.member.StepName", i + 1);
+                if v.required(&name, step.step_name.as_ref()) {
+                    v.string(&name, step.step_name.as_deref(), 0, 256, None);
+                }
+            }
+        }
+    }
+    v.range("PipelineVersionId", input.pipeline_version_id, 1, None);
+    v.string(
+        "MlflowExperimentName",
+        input.mlflow_experiment_name.as_deref(),
+        1,
+        256,
+        None,
+    );
     validation(v)?;
 
+    if input.selective_execution_config.is_some() {
+        return Err(AwsError::validation(
+            "SelectiveExecutionConfig is not supported by this emulator; start a full execution.",
+        ));
+    }
     let pipeline = find_pipeline(emulator, input.pipeline_name.as_deref().unwrap_or_default())?;
     for p in input.pipeline_parameters.iter().flatten() {
         let name = p.name.as_deref().unwrap_or_default();
@@ -952,6 +1006,7 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
     v.list_len(
         "OutputParameters",
         input.output_parameters.as_ref().map(Vec::len),
+        0,
         50,
     );
     for (i, p) in input.output_parameters.iter().flatten().enumerate() {

@@ -148,8 +148,16 @@ impl Validator {
     }
 
     /// A list's length.
-    pub(crate) fn list_len(&mut self, path: &str, len: Option<usize>, max: usize) {
-        if let Some(len) = len.filter(|&n| n > max) {
+    pub(crate) fn list_len(&mut self, path: &str, len: Option<usize>, min: usize, max: usize) {
+        let Some(len) = len else { return };
+        if len < min {
+            self.violation(
+                &format!("'[{len} items]'"),
+                path,
+                &format!("Member must have length greater than or equal to {min}"),
+            );
+        }
+        if len > max {
             self.violation(
                 &format!("'[{len} items]'"),
                 path,
