@@ -1096,3 +1096,42 @@ async fn thousands_of_executions_and_hundreds_of_clients() {
         .count();
     assert_eq!(stopping, 200);
 }
+
+#[tokio::test]
+async fn a_callback_step_that_starts_later_can_be_answered_once_seen() {
+    let emulator = spawn_emulator(1000.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = create_pipeline(
+        &client,
+        json!([
+            {"Name": "Prepare", "Type": "Processing", "Arguments": {"Emulator": {"DurationSeconds": 60}}},
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs/q", "DependsOn": ["Prepare"]}
+        ]),
+    )
+    .await;
+    let arn = start_execution(&client, &pipeline).await;
+    // Nobody looks while Prepare runs; Approve starts in the meantime.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let steps = all_steps(&client, &arn).await;
+    let approve = step(&steps, "Approve");
+    assert_eq!(approve.step_status(), Some(&StepStatus::Executing));
+    let secs = |t: Option<&aws_sdk_sagemaker::primitives::DateTime>| t.unwrap().as_secs_f64();
+    assert_eq!(
+        secs(approve.start_time()),
+        secs(step(&steps, "Prepare").end_time())
+    );
+    let callback_token = approve
+        .metadata()
+        .unwrap()
+        .callback()
+        .unwrap()
+        .callback_token()
+        .unwrap();
+    client
+        .send_pipeline_execution_step_success()
+        .callback_token(callback_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(execution_status(&client, &arn).await, "Succeeded");
+}

@@ -66,7 +66,6 @@ pub(crate) fn callback_messages(
     emulator: &Emulator,
     execution_arn: Option<&str>,
 ) -> Option<Vec<Value>> {
-    let now = emulator.clock.now();
     let cells: Vec<_> = match execution_arn {
         Some(arn) => vec![emulator.executions.get(arn)?.clone()],
         None => emulator
@@ -77,7 +76,7 @@ pub(crate) fn callback_messages(
     };
     let mut messages: Vec<(f64, Value)> = Vec::new();
     for cell in cells {
-        let execution = cell.lock_at(now, &emulator.ids);
+        let execution = emulator.lock(&cell);
         for m in &execution.state.messages {
             messages.push((
                 m.sent_at,

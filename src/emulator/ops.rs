@@ -533,9 +533,10 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
                 parallelism: max_parallel,
                 spec: pipeline.spec.clone(),
                 state,
+                registered_messages: 0,
             };
             let cell = Arc::new(ExecutionCell::new(arn.clone(), now, execution));
-            register_callback_tokens(emulator, &cell, now);
+            drop(emulator.lock(&cell)); // registers the callback tokens of its first steps
             emulator.executions.insert(arn.clone(), cell.clone());
             let mut runs = pipeline.runs.lock().unwrap_or_else(|e| e.into_inner());
             runs.executions.push(cell);
@@ -543,25 +544,6 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
             Ok(json!({ "PipelineExecutionArn": arn }))
         },
     )
-}
-
-/// Makes every callback token the execution has issued so far findable by Send*.
-fn register_callback_tokens(emulator: &Emulator, cell: &Arc<ExecutionCell>, now: f64) {
-    let tokens: Vec<String> = {
-        let execution = cell.lock_at(now, &emulator.ids);
-        execution
-            .state
-            .steps
-            .iter()
-            .filter_map(|s| s.callback_token.clone())
-            .collect()
-    };
-    for token in tokens {
-        emulator
-            .callback_tokens
-            .entry(token)
-            .or_insert_with(|| cell.clone());
-    }
 }
 
 fn check_execution_arn(v: &mut Validator, arn: Option<&String>) {
@@ -598,8 +580,7 @@ fn describe_execution(emulator: &Emulator, input: ExecutionArnInput) -> OpResult
         emulator,
         input.pipeline_execution_arn.as_deref().unwrap_or_default(),
     )?;
-    let now = emulator.clock.now();
-    let execution = cell.lock_at(now, &emulator.ids);
+    let execution = emulator.lock(&cell);
     let state = &execution.state;
     let mut out = json!({
         "PipelineArn": execution.pipeline_arn,
@@ -700,13 +681,12 @@ fn list_executions(emulator: &Emulator, input: ListExecutionsInput) -> OpResult 
     }
     let start = page_start(input.next_token.as_deref())?;
     let size = input.max_results.map_or(DEFAULT_PAGE, |n| n as usize);
-    let now = emulator.clock.now();
     let summaries: Vec<Value> = cells
         .iter()
         .skip(start)
         .take(size)
         .map(|cell| {
-            let execution = cell.lock_at(now, &emulator.ids);
+            let execution = emulator.lock(cell);
             let mut summary = json!({
                 "PipelineExecutionArn": cell.arn,
                 "StartTime": execution.state.creation_time,
@@ -761,8 +741,7 @@ fn list_steps(emulator: &Emulator, input: ListStepsInput) -> OpResult {
     )?;
     let start = page_start(input.next_token.as_deref())?;
     let size = input.max_results.map_or(DEFAULT_PAGE, |n| n as usize);
-    let now = emulator.clock.now();
-    let execution = cell.lock_at(now, &emulator.ids);
+    let execution = emulator.lock(&cell);
     // Steps that have started, by start time (then definition order).
     let mut started: Vec<(usize, &StepRun)> = execution
         .state
@@ -932,8 +911,8 @@ fn stop_execution(emulator: &Emulator, raw: Value) -> OpResult {
         input.client_request_token.as_deref(),
         &raw,
         || {
-            let now = emulator.clock.now();
-            let mut execution = cell.lock_at(now, &emulator.ids);
+            let mut execution = emulator.lock(&cell);
+            let now = execution.now;
             let spec = execution.spec.clone();
             execution
                 .state
@@ -955,20 +934,16 @@ fn retry_execution(emulator: &Emulator, raw: Value) -> OpResult {
         input.client_request_token.as_deref(),
         &raw,
         || {
-            let now = emulator.clock.now();
-            {
-                let mut execution = cell.lock_at(now, &emulator.ids);
-                let spec = execution.spec.clone();
-                if let Some(n) = parallelism(input.parallelism_configuration.as_ref()) {
-                    execution.parallelism = Some(n);
-                    execution.state.max_parallel = Some(n);
-                }
-                execution
-                    .state
-                    .retry(&spec, now, &emulator.ids)
-                    .map_err(refusal)?;
+            let mut execution = emulator.lock(&cell);
+            let (now, spec) = (execution.now, execution.spec.clone());
+            if let Some(n) = parallelism(input.parallelism_configuration.as_ref()) {
+                execution.parallelism = Some(n);
+                execution.state.max_parallel = Some(n);
             }
-            register_callback_tokens(emulator, &cell, now);
+            execution
+                .state
+                .retry(&spec, now, &emulator.ids)
+                .map_err(refusal)?;
             Ok(json!({ "PipelineExecutionArn": arn }))
         },
     )
@@ -1036,20 +1011,12 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
     validation(v)?;
 
     let token = input.callback_token.clone().unwrap_or_default();
-    // Tokens issued since the execution was last looked at are registered as it advances.
-    let cell = match emulator.callback_tokens.get(&token).map(|c| c.clone()) {
-        Some(cell) => cell,
-        None => {
-            refresh_callback_tokens(emulator);
-            emulator
-                .callback_tokens
-                .get(&token)
-                .map(|c| c.clone())
-                .ok_or_else(|| {
-                    AwsError::not_found(format!("Callback token '{token}' does not exist."))
-                })?
-        }
-    };
+    // A token is registered as soon as anyone can have seen it (see `state::Locked`).
+    let cell = emulator
+        .callback_tokens
+        .get(&token)
+        .map(|c| c.clone())
+        .ok_or_else(|| AwsError::not_found(format!("Callback token '{token}' does not exist.")))?;
     let op = if success {
         Operation::SendPipelineExecutionStepSuccess
     } else {
@@ -1061,8 +1028,8 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
         input.client_request_token.as_deref(),
         &raw,
         || {
-            let now = emulator.clock.now();
-            let mut execution = cell.lock_at(now, &emulator.ids);
+            let mut execution = emulator.lock(&cell);
+            let now = execution.now;
             let spec = execution.spec.clone();
             let answer = if success {
                 Ok(input
@@ -1083,23 +1050,7 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
                 .state
                 .answer_callback(&spec, &token, answer, now, &emulator.ids)
                 .map_err(refusal)?;
-            drop(execution);
-            register_callback_tokens(emulator, &cell, now);
             Ok(json!({ "PipelineExecutionArn": cell.arn }))
         },
     )
-}
-
-/// Advances every execution that may have issued callback tokens nobody has registered yet.
-/// Only reached for a token not found at once, so its cost is paid by unknown tokens.
-pub(crate) fn refresh_callback_tokens(emulator: &Emulator) {
-    let now = emulator.clock.now();
-    let cells: Vec<Arc<ExecutionCell>> = emulator
-        .executions
-        .iter()
-        .map(|e| e.value().clone())
-        .collect();
-    for cell in cells {
-        register_callback_tokens(emulator, &cell, now);
-    }
 }

@@ -101,6 +101,8 @@ pub(crate) struct Execution {
     pub(crate) parallelism: Option<u32>,
     pub(crate) spec: Arc<PipelineSpec>,
     pub(crate) state: ExecutionState,
+    /// How many of `state.messages` have had their callback tokens registered.
+    pub(crate) registered_messages: usize,
 }
 
 /// An execution behind its own lock. Critical sections are short and never await.
@@ -119,16 +121,47 @@ impl ExecutionCell {
             inner: Mutex::new(execution),
         }
     }
+}
 
-    /// Locks the execution and advances it to `now` (see the engine's module doc).
-    pub(crate) fn lock_at(&self, now: VTime, ids: &Ids) -> MutexGuard<'_, Execution> {
-        // A panic while holding the lock cannot leave the state half-updated in a way the
-        // engine cannot continue from, so a poisoned lock is still used.
-        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let execution = &mut *guard;
-        let spec = execution.spec.clone();
-        execution.state.advance(&spec, now, ids);
-        guard
+/// An execution locked and advanced to `now`. When it is released, the callback tokens its
+/// steps issued meanwhile become findable by SendPipelineExecutionStep*, so a token is known
+/// from the moment anyone can have seen it.
+pub(crate) struct Locked<'a> {
+    execution: MutexGuard<'a, Execution>,
+    cell: &'a Arc<ExecutionCell>,
+    emulator: &'a Emulator,
+    /// Emulated time at the moment the lock was taken: every change made under this lock
+    /// happens at this time, so an execution's times never go backwards.
+    pub(crate) now: VTime,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Execution;
+    fn deref(&self) -> &Execution {
+        &self.execution
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Execution {
+        &mut self.execution
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // Lock order: an execution, then a shard of the token map; nothing takes them the
+        // other way round.
+        let execution = &mut *self.execution;
+        for message in &execution.state.messages[execution.registered_messages..] {
+            if let Some(token) = message.body.get("token").and_then(|t| t.as_str()) {
+                self.emulator
+                    .callback_tokens
+                    .entry(token.to_string())
+                    .or_insert_with(|| self.cell.clone());
+            }
+        }
+        execution.registered_messages = execution.state.messages.len();
     }
 }
 
@@ -169,6 +202,22 @@ impl Emulator {
             idempotency: DashMap::new(),
             calls: Default::default(),
             faults: Faults::default(),
+        }
+    }
+
+    /// Locks an execution and advances it to now (see the engine's module doc).
+    pub(crate) fn lock<'a>(&'a self, cell: &'a Arc<ExecutionCell>) -> Locked<'a> {
+        // A panic while holding the lock cannot leave the state half-updated in a way the
+        // engine cannot continue from, so a poisoned lock is still used.
+        let mut execution = cell.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now();
+        let spec = execution.spec.clone();
+        execution.state.advance(&spec, now, &self.ids);
+        Locked {
+            execution,
+            cell,
+            emulator: self,
+            now,
         }
     }
 
