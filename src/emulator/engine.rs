@@ -379,6 +379,19 @@ impl ExecutionState {
         }
     }
 
+    /// Refuses an action that only an execution in status `wanted` allows, in SageMaker's words.
+    fn require(&self, wanted: ExecutionStatus, action: &str) -> Result<(), Refusal> {
+        if self.status == wanted {
+            return Ok(());
+        }
+        Err(Refusal::WrongStatus(format!(
+            "Pipeline execution with ARN {} status is {}. Only pipelines with '{}' status can be {action}.",
+            self.arn,
+            self.status.as_str(),
+            wanted.as_str()
+        )))
+    }
+
     /// StopPipelineExecution at `now`.
     pub(crate) fn stop(
         &mut self,
@@ -387,13 +400,7 @@ impl ExecutionState {
         ids: &Ids,
     ) -> Result<(), Refusal> {
         self.advance(spec, now, ids);
-        if self.status != ExecutionStatus::Executing {
-            return Err(Refusal::WrongStatus(format!(
-                "Pipeline execution with ARN {} status is {}. Only pipelines with 'Executing' status can be stopped.",
-                self.arn,
-                self.status.as_str()
-            )));
-        }
+        self.require(ExecutionStatus::Executing, "stopped")?;
         self.status = ExecutionStatus::Stopping;
         self.last_modified_time = now;
         for (i, def) in spec.steps.iter().enumerate() {
@@ -480,13 +487,7 @@ impl ExecutionState {
         ids: &Ids,
     ) -> Result<(), Refusal> {
         self.advance(spec, now, ids);
-        if self.status != ExecutionStatus::Failed {
-            return Err(Refusal::WrongStatus(format!(
-                "Pipeline execution with ARN {} status is {}. Only pipelines with 'Failed' status can be retried.",
-                self.arn,
-                self.status.as_str()
-            )));
-        }
+        self.require(ExecutionStatus::Failed, "retried")?;
         for step in &mut self.steps {
             if matches!(
                 step.status,

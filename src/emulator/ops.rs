@@ -136,15 +136,13 @@ fn parallelism(p: Option<&ParallelismConfiguration>) -> Option<u32> {
 
 fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult {
     let mut v = Validator::default();
-    if v.required("PipelineName", input.pipeline_name.as_ref()) {
-        v.string(
-            "PipelineName",
-            input.pipeline_name.as_deref(),
-            1,
-            256,
-            Some(patterns::PIPELINE_NAME),
-        );
-    }
+    v.required_string(
+        "PipelineName",
+        input.pipeline_name.as_deref(),
+        1,
+        256,
+        Some(patterns::PIPELINE_NAME),
+    );
     v.string(
         "PipelineDisplayName",
         input.pipeline_display_name.as_deref(),
@@ -166,34 +164,26 @@ fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult 
         3072,
         None,
     );
-    if v.required("ClientRequestToken", input.client_request_token.as_ref()) {
-        v.string(
-            "ClientRequestToken",
-            input.client_request_token.as_deref(),
-            32,
-            128,
-            None,
-        );
-    }
-    if v.required("RoleArn", input.role_arn.as_ref()) {
-        v.string(
-            "RoleArn",
-            input.role_arn.as_deref(),
-            20,
-            2048,
-            Some(patterns::ROLE_ARN),
-        );
-    }
+    v.required_string(
+        "ClientRequestToken",
+        input.client_request_token.as_deref(),
+        32,
+        128,
+        None,
+    );
+    v.required_string(
+        "RoleArn",
+        input.role_arn.as_deref(),
+        20,
+        2048,
+        Some(patterns::ROLE_ARN),
+    );
     v.list_len("Tags", input.tags.as_ref().map(Vec::len), 0, 50);
     for (i, tag) in input.tags.iter().flatten().enumerate() {
         let key = format!("Tags.{}.member.Key", i + 1);
-        if v.required(&key, tag.key.as_ref()) {
-            v.string(&key, tag.key.as_deref(), 1, 128, Some(patterns::TAG));
-        }
+        v.required_string(&key, tag.key.as_deref(), 1, 128, Some(patterns::TAG));
         let value = format!("Tags.{}.member.Value", i + 1);
-        if v.required(&value, tag.value.as_ref()) {
-            v.string(&value, tag.value.as_deref(), 0, 256, Some(patterns::TAG));
-        }
+        v.required_string(&value, tag.value.as_deref(), 0, 256, Some(patterns::TAG));
     }
     check_parallelism(
         &mut v,
@@ -293,15 +283,13 @@ struct DescribePipelineInput {
 
 fn describe_pipeline(emulator: &Emulator, input: DescribePipelineInput) -> OpResult {
     let mut v = Validator::default();
-    if v.required("PipelineName", input.pipeline_name.as_ref()) {
-        v.string(
-            "PipelineName",
-            input.pipeline_name.as_deref(),
-            1,
-            2048,
-            Some(patterns::PIPELINE_NAME_OR_ARN),
-        );
-    }
+    v.required_string(
+        "PipelineName",
+        input.pipeline_name.as_deref(),
+        1,
+        2048,
+        Some(patterns::PIPELINE_NAME_OR_ARN),
+    );
     v.range("PipelineVersionId", input.pipeline_version_id, 1, None);
     validation(v)?;
     let pipeline = find_pipeline(emulator, input.pipeline_name.as_deref().unwrap_or_default())?;
@@ -374,15 +362,13 @@ struct SelectedStep {
 fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
     let input: StartExecutionInput = parse(raw.clone())?;
     let mut v = Validator::default();
-    if v.required("PipelineName", input.pipeline_name.as_ref()) {
-        v.string(
-            "PipelineName",
-            input.pipeline_name.as_deref(),
-            1,
-            2048,
-            Some(patterns::PIPELINE_NAME_OR_ARN),
-        );
-    }
+    v.required_string(
+        "PipelineName",
+        input.pipeline_name.as_deref(),
+        1,
+        2048,
+        Some(patterns::PIPELINE_NAME_OR_ARN),
+    );
     v.string(
         "PipelineExecutionDisplayName",
         input.pipeline_execution_display_name.as_deref(),
@@ -397,15 +383,13 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
         3072,
         None,
     );
-    if v.required("ClientRequestToken", input.client_request_token.as_ref()) {
-        v.string(
-            "ClientRequestToken",
-            input.client_request_token.as_deref(),
-            32,
-            128,
-            None,
-        );
-    }
+    v.required_string(
+        "ClientRequestToken",
+        input.client_request_token.as_deref(),
+        32,
+        128,
+        None,
+    );
     v.list_len(
         "PipelineParameters",
         input.pipeline_parameters.as_ref().map(Vec::len),
@@ -414,19 +398,15 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
     );
     for (i, p) in input.pipeline_parameters.iter().flatten().enumerate() {
         let name = format!("PipelineParameters.{}.member.Name", i + 1);
-        if v.required(&name, p.name.as_ref()) {
-            v.string(
-                &name,
-                p.name.as_deref(),
-                1,
-                256,
-                Some(patterns::PIPELINE_PARAMETER_NAME),
-            );
-        }
+        v.required_string(
+            &name,
+            p.name.as_deref(),
+            1,
+            256,
+            Some(patterns::PIPELINE_PARAMETER_NAME),
+        );
         let value = format!("PipelineParameters.{}.member.Value", i + 1);
-        if v.required(&value, p.value.as_ref()) {
-            v.string(&value, p.value.as_deref(), 0, 1024, None);
-        }
+        v.required_string(&value, p.value.as_deref(), 0, 1024, None);
     }
     check_parallelism(
         &mut v,
@@ -451,9 +431,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
             );
             for (i, step) in selective.selected_steps.iter().flatten().enumerate() {
                 let name = format!("{steps}.{}.member.StepName", i + 1);
-                if v.required(&name, step.step_name.as_ref()) {
-                    v.string(&name, step.step_name.as_deref(), 0, 256, None);
-                }
+                v.required_string(&name, step.step_name.as_deref(), 0, 256, None);
             }
         }
     }
@@ -640,15 +618,13 @@ const DEFAULT_PAGE: usize = 10;
 
 fn list_executions(emulator: &Emulator, input: ListExecutionsInput) -> OpResult {
     let mut v = Validator::default();
-    if v.required("PipelineName", input.pipeline_name.as_ref()) {
-        v.string(
-            "PipelineName",
-            input.pipeline_name.as_deref(),
-            1,
-            2048,
-            Some(patterns::PIPELINE_NAME_OR_ARN),
-        );
-    }
+    v.required_string(
+        "PipelineName",
+        input.pipeline_name.as_deref(),
+        1,
+        2048,
+        Some(patterns::PIPELINE_NAME_OR_ARN),
+    );
     v.one_of(
         "SortBy",
         input.sort_by.as_deref(),
@@ -877,15 +853,13 @@ struct ExecutionActionInput {
 fn check_action(input: &ExecutionActionInput) -> Result<(), AwsError> {
     let mut v = Validator::default();
     check_execution_arn(&mut v, input.pipeline_execution_arn.as_ref());
-    if v.required("ClientRequestToken", input.client_request_token.as_ref()) {
-        v.string(
-            "ClientRequestToken",
-            input.client_request_token.as_deref(),
-            32,
-            128,
-            None,
-        );
-    }
+    v.required_string(
+        "ClientRequestToken",
+        input.client_request_token.as_deref(),
+        32,
+        128,
+        None,
+    );
     check_parallelism(
         &mut v,
         "ParallelismConfiguration",
@@ -969,15 +943,13 @@ fn send_failure(emulator: &Emulator, raw: Value) -> OpResult {
 fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
     let input: SendInput = parse(raw.clone())?;
     let mut v = Validator::default();
-    if v.required("CallbackToken", input.callback_token.as_ref()) {
-        v.string(
-            "CallbackToken",
-            input.callback_token.as_deref(),
-            10,
-            10,
-            Some(patterns::CALLBACK_TOKEN),
-        );
-    }
+    v.required_string(
+        "CallbackToken",
+        input.callback_token.as_deref(),
+        10,
+        10,
+        Some(patterns::CALLBACK_TOKEN),
+    );
     v.list_len(
         "OutputParameters",
         input.output_parameters.as_ref().map(Vec::len),
@@ -986,13 +958,9 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
     );
     for (i, p) in input.output_parameters.iter().flatten().enumerate() {
         let name = format!("OutputParameters.{}.member.Name", i + 1);
-        if v.required(&name, p.name.as_ref()) {
-            v.string(&name, p.name.as_deref(), 0, 256, None);
-        }
+        v.required_string(&name, p.name.as_deref(), 0, 256, None);
         let value = format!("OutputParameters.{}.member.Value", i + 1);
-        if v.required(&value, p.value.as_ref()) {
-            v.string(&value, p.value.as_deref(), 0, 1024, None);
-        }
+        v.required_string(&value, p.value.as_deref(), 0, 1024, None);
     }
     v.string(
         "FailureReason",

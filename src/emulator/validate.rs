@@ -89,6 +89,20 @@ impl Validator {
         }
     }
 
+    /// A required string, with its length and pattern.
+    pub(crate) fn required_string(
+        &mut self,
+        path: &str,
+        value: Option<&str>,
+        min: usize,
+        max: usize,
+        pattern: Option<&'static str>,
+    ) {
+        if self.required(path, value.as_ref()) {
+            self.string(path, value, min, max, pattern);
+        }
+    }
+
     /// A string's length (in characters) and pattern.
     pub(crate) fn string(
         &mut self,
