@@ -24,8 +24,9 @@ use crate::{
     demo::{self, Demo},
     emulator::{EmulatorServer, RunningEmulator},
     grpc::{PipelineControlService, pb},
-    sagemaker::SageMaker,
+    sagemaker::{CallPolicy, SageMaker},
     shutdown::{self, CutOffIo},
+    stop::{StopSettings, Stopper},
     store::{self, Store},
 };
 
@@ -127,11 +128,25 @@ impl Application {
             listener,
             local_addr,
             store,
-            sagemaker: _sagemaker,
+            sagemaker,
             emulator,
             demo,
             args,
         } = self;
+
+        let stopper = Arc::new(Stopper::new(
+            store.clone(),
+            sagemaker.with_policy(CallPolicy {
+                max_attempts: args.upstream_attempts,
+                ..CallPolicy::default()
+            }),
+            StopSettings {
+                lease: args.lease,
+                retention: args.idempotency_retention,
+                duplicate_wait: args.duplicate_wait,
+            },
+            worker_id(),
+        ));
 
         // Health answers from the first call on: SERVING only if the (migrated) store answers now.
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -150,7 +165,13 @@ impl Application {
             .build_v1alpha()
             .context("cannot build reflection (v1alpha)")?;
 
-        let service = PipelineControlService::new();
+        let service = PipelineControlService::new(stopper.clone());
+        let maintenance = tokio::spawn(maintain(
+            stopper,
+            args.completer_interval,
+            args.retention_interval,
+            stopping_rx.clone(),
+        ));
         let cut_off = CancellationToken::new();
         let incoming = {
             let cut_off = cut_off.clone();
@@ -204,6 +225,7 @@ impl Application {
         if !health_task.is_finished() {
             let _ = health_task.await;
         }
+        let _ = maintenance.await;
         if let Some(emulator) = emulator
             && let Err(error) = emulator.stop().await
         {
@@ -212,6 +234,63 @@ impl Application {
         store.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Names this process in leases and the audit trail: host, process id and a random suffix
+/// (two processes on one host never share an id).
+fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
+}
+
+/// Expired records are deleted at most this many per statement.
+const RETENTION_BATCH: u32 = 1000;
+
+/// Background maintenance until shutdown: finishes stop requests whose owner died, and deletes
+/// expired records in bounded batches.
+async fn maintain(
+    stopper: Arc<Stopper>,
+    completer_interval: Duration,
+    retention_interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut completer = tokio::time::interval(completer_interval);
+    let mut sweeper = tokio::time::interval(retention_interval);
+    completer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        tokio::select! {
+            // The flag only ever turns true; any change (or a closed channel) means stop.
+            _ = stopping.changed() => return,
+            _ = completer.tick() => {
+                match stopper.complete_abandoned(100).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(completed = n, "completed abandoned stop requests"),
+                    Err(error) => tracing::warn!(%error, "the completer could not run"),
+                }
+            }
+            _ = sweeper.tick() => {
+                loop {
+                    match stopper.delete_expired(RETENTION_BATCH).await {
+                        Ok(n) if n == u64::from(RETENTION_BATCH) => continue,
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "deleted expired stop requests"),
+                        Err(error) => tracing::warn!(%error, "could not delete expired stop requests"),
+                    }
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub struct Cli {
 
 /// The subcommands of the one binary.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; boxing would only add noise
 pub enum Command {
     /// Run the gRPC service (applies pending migrations first).
     Serve(ServeArgs),
@@ -66,6 +67,34 @@ pub struct ServeArgs {
     /// How often the health checker pings the database; health turns NOT_SERVING while it fails.
     #[arg(long, env = "PIPELINE_CONTROL_HEALTH_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub health_check_interval: Duration,
+
+    /// How long stop requests are remembered: a retry with the same token replays the answer
+    /// until then; afterwards the record is deleted and the token may be used afresh.
+    #[arg(long, env = "PIPELINE_CONTROL_IDEMPOTENCY_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
+    pub idempotency_retention: Duration,
+
+    /// How long a replica holds a claimed stop request before another may take it over (after
+    /// a crash, say). Longer than a stop takes, retries included.
+    #[arg(long, env = "PIPELINE_CONTROL_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+
+    /// The longest a duplicate request waits for the first one's outcome before answering
+    /// ABORTED (it never waits past the caller's own deadline).
+    #[arg(long, env = "PIPELINE_CONTROL_DUPLICATE_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duplicate_wait: Duration,
+
+    /// How often the background completer looks for stop requests whose owner died.
+    #[arg(long, env = "PIPELINE_CONTROL_COMPLETER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub completer_interval: Duration,
+
+    /// How often expired stop requests are deleted (in batches).
+    #[arg(long, env = "PIPELINE_CONTROL_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Attempts per SageMaker call: throttling, 5xx and network errors are retried with
+    /// exponential backoff and jitter.
+    #[arg(long, env = "PIPELINE_CONTROL_UPSTREAM_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub upstream_attempts: u32,
 
     /// The database.
     #[command(flatten)]
@@ -193,6 +222,11 @@ pub struct SageMakerArgs {
     /// AWS region; else the AWS default chain (AWS_REGION, profile, instance metadata).
     #[arg(long, env = "AWS_REGION")]
     pub aws_region: Option<String>,
+
+    /// Fixed credentials (access key id, secret) instead of the AWS default chain: for
+    /// programs that embed the service against an emulator. Not a command-line setting.
+    #[arg(skip)]
+    pub static_credentials: Option<(String, String)>,
 }
 
 impl DatabaseArgs {
@@ -213,6 +247,12 @@ impl ServeArgs {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             shutdown_grace: Duration::from_secs(20),
             health_check_interval: Duration::from_secs(5),
+            idempotency_retention: Duration::from_secs(30 * 24 * 3600),
+            lease: Duration::from_secs(30),
+            duplicate_wait: Duration::from_secs(10),
+            completer_interval: Duration::from_secs(5),
+            retention_interval: Duration::from_secs(60),
+            upstream_attempts: 3,
             database,
             sagemaker: SageMakerArgs::default(),
             emulator: false,

@@ -4,10 +4,12 @@
 //! UPPER_SNAKE reason that programs can match on. Internal causes (database, AWS) are logged
 //! here and never sent to the caller.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation as ProtoFieldViolation, StatusExt};
+
+use crate::{domain::FieldViolation, store::StoreError};
 
 /// The `domain` of every ErrorInfo this service sends.
 pub const ERROR_DOMAIN: &str = "pipelinecontrol.v1";
@@ -18,26 +20,149 @@ pub(crate) enum Error {
     /// The RPC exists in the contract but is not served by this version.
     #[error("{0}")]
     NotImplemented(&'static str),
+    /// Fields of the request are malformed.
+    #[error("the request is invalid: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// SageMaker has no such execution.
+    #[error("the pipeline execution does not exist")]
+    ExecutionNotFound,
+    /// The execution ended (Succeeded, Failed, CompletedWithFailures): nothing to stop.
+    #[error("the pipeline execution already ended with status {status}; it cannot be stopped")]
+    ExecutionAlreadyTerminal { status: String },
+    /// The token was used before with another execution or reason.
+    #[error(
+        "this client_request_token was already used with a different request (another execution or reason); use a new token"
+    )]
+    IdempotencyKeyReused,
+    /// An earlier request with the same token is still being carried out.
+    #[error(
+        "a request with this client_request_token is still in progress; retry with the same token"
+    )]
+    RequestInProgress { retry_after: Duration },
+    /// SageMaker could not be reached or kept refusing (throttling, errors, conflicts).
+    #[error("SageMaker is unavailable; retry with the same client_request_token")]
+    UpstreamUnavailable { retry_after: Duration },
+    /// The database could not be used.
+    #[error("the request store is unavailable; retry with the same client_request_token")]
+    StoreUnavailable(#[source] StoreError),
+    /// No stop request recorded under this token for the caller.
+    #[error("no stop request is recorded under this client_request_token for the caller")]
+    StopRequestNotFound,
+    /// A bug: logged, never detailed to the caller.
+    #[error("internal error")]
+    Internal(String),
+    /// Work abandoned at a test hook, as a crash would leave it.
+    #[error("the server abandoned the request")]
+    #[allow(dead_code)] // made only by hooks, which release builds compile out
+    Abandoned(&'static str),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{} {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<StoreError> for Error {
+    fn from(error: StoreError) -> Self {
+        Error::StoreUnavailable(error)
+    }
 }
 
 impl Error {
     /// The stable ErrorInfo reason.
-    fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Error::NotImplemented(_) => "NOT_IMPLEMENTED",
+            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::ExecutionNotFound => "EXECUTION_NOT_FOUND",
+            Error::ExecutionAlreadyTerminal { .. } => "EXECUTION_ALREADY_TERMINAL",
+            Error::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Error::RequestInProgress { .. } => "IDEMPOTENCY_REQUEST_IN_PROGRESS",
+            Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
+            Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Error::StopRequestNotFound => "STOP_REQUEST_NOT_FOUND",
+            Error::Internal(_) => "INTERNAL",
+            Error::Abandoned(_) => "ABANDONED",
         }
     }
 
     fn code(&self) -> Code {
         match self {
             Error::NotImplemented(_) => Code::Unimplemented,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::ExecutionNotFound | Error::StopRequestNotFound => Code::NotFound,
+            Error::ExecutionAlreadyTerminal { .. } | Error::IdempotencyKeyReused => {
+                Code::FailedPrecondition
+            }
+            Error::RequestInProgress { .. } => Code::Aborted,
+            Error::UpstreamUnavailable { .. }
+            | Error::StoreUnavailable(_)
+            | Error::Abandoned(_) => Code::Unavailable,
+            Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The error a recorded `error_code` replays as.
+    pub(crate) fn from_recorded(code: &str, status: Option<&str>) -> Self {
+        match code {
+            "EXECUTION_NOT_FOUND" => Error::ExecutionNotFound,
+            "EXECUTION_ALREADY_TERMINAL" => Error::ExecutionAlreadyTerminal {
+                status: status.unwrap_or_default().to_string(),
+            },
+            other => Error::Internal(format!("unknown recorded error code {other}")),
         }
     }
 }
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
-        let details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, HashMap::new());
+        // Causes are for operators: logged here, never sent.
+        match &error {
+            Error::StoreUnavailable(cause) => tracing::warn!(%cause, "store unavailable"),
+            Error::Internal(cause) => tracing::error!(%cause, "internal error"),
+            Error::Abandoned(hook) => tracing::warn!(hook, "request abandoned at a test hook"),
+            _ => {}
+        }
+        let mut metadata = HashMap::new();
+        if let Error::ExecutionAlreadyTerminal { status } = &error {
+            metadata.insert("status".to_string(), status.clone());
+        }
+        let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
+        match &error {
+            Error::InvalidArgument(violations) => {
+                details.set_bad_request(
+                    violations
+                        .iter()
+                        .map(|v| ProtoFieldViolation::new(v.field, v.description.clone()))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            Error::ExecutionAlreadyTerminal { status } => {
+                details.add_precondition_failure_violation(
+                    "EXECUTION_STATUS",
+                    "pipeline_execution_arn",
+                    format!("the execution is {status}; only Executing executions can be stopped"),
+                );
+            }
+            Error::IdempotencyKeyReused => {
+                details.add_precondition_failure_violation(
+                    "IDEMPOTENCY_KEY",
+                    "client_request_token",
+                    "the token was first used with another execution or reason",
+                );
+            }
+            Error::RequestInProgress { retry_after }
+            | Error::UpstreamUnavailable { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            Error::StoreUnavailable(_) | Error::Abandoned(_) => {
+                details.set_retry_info(Some(Duration::from_secs(1)));
+            }
+            _ => {}
+        }
         Status::with_error_details(error.code(), error.to_string(), details)
     }
 }

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use crate::error::Error;
+
 /// Reached as each gRPC handler of ours starts: a test configures a callback to learn that a
 /// call is in flight.
 pub(crate) const HANDLER_ENTERED: &str = "grpc::handler_entered";
@@ -13,6 +15,21 @@ pub(crate) const HANDLER_ENTERED: &str = "grpc::handler_entered";
 /// Right after [`HANDLER_ENTERED`]: a test configures it with `return(<ms>)` to keep the call
 /// in flight for that long.
 pub(crate) const HANDLER_PAUSE: &str = "grpc::handler_pause";
+
+/// After a stop request is claimed, before SageMaker is called.
+pub(crate) const STOP_AFTER_CLAIM: &str = "stop::after_claim";
+/// After SageMaker answered a stop, before the outcome is recorded.
+pub(crate) const STOP_AFTER_UPSTREAM: &str = "stop::after_upstream";
+/// After the outcome is recorded, before the caller is answered.
+pub(crate) const STOP_AFTER_RECORD: &str = "stop::after_record";
+
+/// Abandons the work in hand, as a crash would (the lease is left to run out), when a test
+/// configured hook `name` with `return`.
+pub(crate) fn abandon_if_set(name: &'static str) -> Result<(), Error> {
+    let _ = name; // unused when hooks are compiled out
+    fail::fail_point!(name, |_| Err(Error::Abandoned(name)));
+    Ok(())
+}
 
 /// Runs whatever a test configured at hook `name` (typically a callback); nothing otherwise.
 pub(crate) fn reached(name: &'static str) {

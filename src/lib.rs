@@ -8,6 +8,8 @@
 //! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC, and the
 //!   generated contract ([`grpc::pb`]).
 //! - `error`: the service's errors and the only conversion to `tonic::Status`.
+//! - `stop`: StopExecution and GetStopRequest, the idempotency contract.
+//! - `domain`: checked values (ARN, token, reason) and statuses, free of SDK and proto types.
 //! - [`store`]: the stop-request store, one trait over Postgres and SQLite pools.
 //! - `sagemaker`: the only code that touches the AWS SDK.
 //! - [`telemetry`]: logging, as text or JSON.
@@ -19,12 +21,14 @@
 pub mod app;
 pub mod config;
 mod demo;
+mod domain;
 pub mod emulator;
 mod error;
 pub mod grpc;
 mod hooks;
 mod sagemaker;
 pub mod shutdown;
+mod stop;
 pub mod store;
 pub mod telemetry;
 

@@ -2,11 +2,105 @@
 //! (endpoint override, region, the AWS default credential chain) and, as the RPCs arrive,
 //! speaks domain types in and out so nothing else depends on the SDK's shapes.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sagemaker::config::Credentials;
+use aws_sdk_sagemaker::{
+    config::{Credentials, retry::RetryConfig, timeout::TimeoutConfig},
+    error::{ProvideErrorMetadata as _, SdkError},
+};
 
-use crate::config::SageMakerArgs;
+use crate::{
+    config::SageMakerArgs,
+    domain::{ExecutionArn, ExecutionStatus},
+};
+
+/// What StopPipelineExecution said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StopResult {
+    /// Accepted: the execution is now Stopping (or a replay of our own accepted stop).
+    Requested,
+    /// Refused because the execution is not Executing (Describe tells what it is).
+    NotExecuting,
+    /// No such execution.
+    NotFound,
+}
+
+/// A failure to get an answer from SageMaker. All are transient: a later attempt may succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// ThrottlingException and its relatives, after the SDK's own retries.
+    #[error("SageMaker throttled the call ({0})")]
+    Throttled(String),
+    /// ConflictException: a stop raced a transition between steps.
+    #[error("SageMaker reported a conflict ({0})")]
+    Conflict(String),
+    /// 5xx, network, timeout, or an answer this service does not expect.
+    #[error("SageMaker did not answer usefully ({0})")]
+    Unavailable(String),
+}
+
+/// How long and how often the SDK tries one call (throttling, 5xx and network errors are
+/// retried by the SDK, with exponential backoff and jitter).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallPolicy {
+    pub(crate) max_attempts: u32,
+    pub(crate) initial_backoff: Duration,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) operation_timeout: Duration,
+}
+
+impl Default for CallPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(200),
+            attempt_timeout: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl CallPolicy {
+    fn retry(&self) -> RetryConfig {
+        RetryConfig::standard()
+            .with_max_attempts(self.max_attempts.max(1))
+            .with_initial_backoff(self.initial_backoff)
+    }
+
+    fn timeouts(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .operation_attempt_timeout(self.attempt_timeout)
+            .operation_timeout(self.operation_timeout)
+            .build()
+    }
+}
+
+/// Sorts an SDK failure into what the service does about it. `E` is the operation's error.
+fn classify<E, R>(error: &SdkError<E, R>) -> UpstreamError
+where
+    E: aws_sdk_sagemaker::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let code = error.code().unwrap_or_default();
+    let message = error
+        .message()
+        .map(str::to_string)
+        .unwrap_or_else(|| aws_sdk_sagemaker::error::DisplayErrorContext(error).to_string());
+    match code {
+        "ThrottlingException"
+        | "ThrottledException"
+        | "RequestLimitExceeded"
+        | "TooManyRequestsException"
+        | "ProvisionedThroughputExceededException" => {
+            UpstreamError::Throttled(format!("{code}: {message}"))
+        }
+        "ConflictException" => UpstreamError::Conflict(message),
+        "" => UpstreamError::Unavailable(message),
+        _ => UpstreamError::Unavailable(format!("{code}: {message}")),
+    }
+}
 
 /// A SageMaker client with what we know about where it points.
 #[derive(Debug, Clone)]
@@ -24,9 +118,21 @@ impl SageMaker {
             loader = loader.region(Region::new(region.clone()));
         }
         let shared = loader.load().await;
-        let mut config = aws_sdk_sagemaker::config::Builder::from(&shared);
+        let policy = CallPolicy::default();
+        let mut config = aws_sdk_sagemaker::config::Builder::from(&shared)
+            .retry_config(policy.retry())
+            .timeout_config(policy.timeouts());
         if let Some(endpoint) = &args.sagemaker_endpoint {
             config = config.endpoint_url(endpoint);
+        }
+        if let Some((key, secret)) = &args.static_credentials {
+            config = config.credentials_provider(Credentials::new(
+                key.clone(),
+                secret.clone(),
+                None,
+                None,
+                "static",
+            ));
         }
         Self {
             client: aws_sdk_sagemaker::Client::from_conf(config.build()),
@@ -36,7 +142,10 @@ impl SageMaker {
 
     /// A client for an emulator at `endpoint`, with dummy credentials.
     pub(crate) fn for_emulator(endpoint: &str, region: &str) -> Self {
+        let policy = CallPolicy::default();
         let config = aws_sdk_sagemaker::Config::builder()
+            .retry_config(policy.retry())
+            .timeout_config(policy.timeouts())
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .credentials_provider(Credentials::new(
@@ -89,6 +198,91 @@ impl SageMaker {
             .pipeline_execution_arn()
             .map(str::to_string)
             .context("StartPipelineExecution returned no execution ARN")
+    }
+
+    /// The same client with another call policy (tests and tuning).
+    pub(crate) fn with_policy(&self, policy: CallPolicy) -> Self {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .retry_config(policy.retry())
+            .timeout_config(policy.timeouts())
+            .build();
+        Self {
+            client: aws_sdk_sagemaker::Client::from_conf(config),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// StopPipelineExecution with our own upstream token (never one the SDK makes up, so
+    /// every attempt for one request is the same request to SageMaker).
+    pub(crate) async fn stop_execution(
+        &self,
+        arn: &ExecutionArn,
+        upstream_token: &str,
+    ) -> Result<StopResult, UpstreamError> {
+        let result = self
+            .client
+            .stop_pipeline_execution()
+            .pipeline_execution_arn(arn.as_str())
+            .client_request_token(upstream_token)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(StopResult::Requested),
+            Err(error) => {
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found())
+                {
+                    return Ok(StopResult::NotFound);
+                }
+                if error.code() == Some("ValidationException")
+                    && error
+                        .message()
+                        .is_some_and(|m| m.contains("'Executing' status"))
+                {
+                    return Ok(StopResult::NotExecuting);
+                }
+                let classified = classify(&error);
+                tracing::warn!(execution = %arn, error = %classified, "StopPipelineExecution failed");
+                Err(classified)
+            }
+        }
+    }
+
+    /// DescribePipelineExecution's status; `None` when there is no such execution.
+    pub(crate) async fn execution_status(
+        &self,
+        arn: &ExecutionArn,
+    ) -> Result<Option<ExecutionStatus>, UpstreamError> {
+        let result = self
+            .client
+            .describe_pipeline_execution()
+            .pipeline_execution_arn(arn.as_str())
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(
+                output
+                    .pipeline_execution_status()
+                    .map(|s| ExecutionStatus::parse(s.as_str()))
+                    .unwrap_or_else(|| ExecutionStatus::Unknown(String::new())),
+            )),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found()) =>
+            {
+                Ok(None)
+            }
+            Err(error) => {
+                let classified = classify(&error);
+                tracing::warn!(execution = %arn, error = %classified, "DescribePipelineExecution failed");
+                Err(classified)
+            }
+        }
     }
 
     /// The region the client signs for, if one was found.

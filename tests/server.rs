@@ -223,17 +223,6 @@ async fn rpcs_not_served_yet_answer_unimplemented_with_a_sentence() {
 
     let statuses = [
         (
-            "StopExecution",
-            client
-                .stop_execution(pb::StopExecutionRequest {
-                    pipeline_execution_arn: arn.into(),
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
-                .unwrap_err(),
-        ),
-        (
             "GetExecution",
             client
                 .get_execution(pb::GetExecutionRequest {
@@ -248,16 +237,6 @@ async fn rpcs_not_served_yet_answer_unimplemented_with_a_sentence() {
             client
                 .watch_execution(pb::WatchExecutionRequest {
                     pipeline_execution_arn: arn.into(),
-                })
-                .await
-                .map(|_| ())
-                .unwrap_err(),
-        ),
-        (
-            "GetStopRequest",
-            client
-                .get_stop_request(pb::GetStopRequestRequest {
-                    client_request_token: "t".into(),
                 })
                 .await
                 .map(|_| ())

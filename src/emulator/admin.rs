@@ -4,6 +4,8 @@
 //!   `DELETE` resets them.
 //! - `GET /_emulator/callbacks[?pipelineExecutionArn=ARN]`: the messages Callback steps would
 //!   have sent to SQS (the first one, and the `"status": "Stopping"` one on stop), oldest first.
+//! - `GET /_emulator/stop-requests?pipelineExecutionArn=ARN`: every StopPipelineExecution the
+//!   execution received (replays included), with its ClientRequestToken, oldest first.
 //! - `GET /_emulator/faults`: the faults in force. `PUT /_emulator/faults/{Operation}` (or `*`
 //!   for every operation) with `{"throttle": {"count": 3}, "internalError": {"fraction": 0.5},
 //!   "conflict": {"count": 1}, "latencyMs": 200}` (any subset) sets them; `DELETE` clears one
@@ -92,6 +94,24 @@ pub(crate) fn callback_messages(
     }
     messages.sort_by(|a, b| a.0.total_cmp(&b.0));
     Some(messages.into_iter().map(|(_, m)| m).collect())
+}
+
+pub(crate) async fn stop_requests(
+    State(emulator): State<Arc<Emulator>>,
+    Query(filter): Query<CallbackFilter>,
+) -> Response {
+    let arn = filter.pipeline_execution_arn.unwrap_or_default();
+    let Some(cell) = emulator.executions.get(&arn).map(|c| c.clone()) else {
+        let message = format!("no execution {arn}");
+        return (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response();
+    };
+    let execution = emulator.lock(&cell);
+    let requests: Vec<Value> = execution
+        .stop_requests
+        .iter()
+        .map(|(token, at)| json!({ "clientRequestToken": token, "receivedAt": at }))
+        .collect();
+    Json(requests).into_response()
 }
 
 pub(crate) async fn list_faults(

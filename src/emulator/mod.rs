@@ -66,6 +66,7 @@ fn router(emulator: Arc<Emulator>) -> Router {
             get(admin::stats).delete(admin::reset_stats),
         )
         .route("/_emulator/callbacks", get(admin::callbacks))
+        .route("/_emulator/stop-requests", get(admin::stop_requests))
         .route(
             "/_emulator/faults",
             get(admin::list_faults).delete(admin::clear_faults),

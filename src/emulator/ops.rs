@@ -512,6 +512,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
                 spec: pipeline.spec.clone(),
                 state,
                 registered_messages: 0,
+                stop_requests: Vec::new(),
             };
             let cell = Arc::new(ExecutionCell::new(arn.clone(), now, execution));
             drop(emulator.lock(&cell)); // registers the callback tokens of its first steps
@@ -879,6 +880,13 @@ fn stop_execution(emulator: &Emulator, raw: Value) -> OpResult {
     check_action(&input)?;
     let arn = input.pipeline_execution_arn.clone().unwrap_or_default();
     let cell = find_execution(emulator, &arn)?;
+    {
+        // What this execution was sent, replays included (the admin surface shows it).
+        let mut execution = emulator.lock(&cell);
+        let at = execution.now;
+        let token = input.client_request_token.clone().unwrap_or_default();
+        execution.stop_requests.push((token, at));
+    }
     idempotent(
         emulator,
         Operation::StopPipelineExecution,

@@ -103,6 +103,8 @@ pub(crate) struct Execution {
     pub(crate) state: ExecutionState,
     /// How many of `state.messages` have had their callback tokens registered.
     pub(crate) registered_messages: usize,
+    /// Every StopPipelineExecution it received: ClientRequestToken and time.
+    pub(crate) stop_requests: Vec<(String, VTime)>,
 }
 
 /// An execution behind its own lock. Critical sections are short and never await.

@@ -2,12 +2,20 @@
 //! method per RPC (validate, call the domain, convert to proto). Errors become `Status` only
 //! in [`crate::error`].
 
-use std::pin::Pin;
+mod convert;
+
+use std::{pin::Pin, sync::Arc};
 
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataValue};
 
-use crate::{error::Error, hooks};
+use crate::{
+    domain::{ClientToken, ExecutionArn, Principal, Reason},
+    error::Error,
+    hooks,
+    stop::{Answer, StopInput, Stopper},
+    store::StopRecord,
+};
 
 /// The generated messages, server and client of `proto/pipelinecontrol/v1`.
 pub mod pb {
@@ -23,13 +31,54 @@ pub mod pb {
 use pb::pipeline_control_server::PipelineControl;
 
 /// The `pipelinecontrol.v1.PipelineControl` service.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PipelineControlService {}
+#[derive(Debug, Clone)]
+pub(crate) struct PipelineControlService {
+    stopper: Arc<Stopper>,
+}
 
 impl PipelineControlService {
-    pub(crate) fn new() -> Self {
-        Self {}
+    pub(crate) fn new(stopper: Arc<Stopper>) -> Self {
+        Self { stopper }
     }
+}
+
+/// The calling principal. Without authentication configured every caller is `anonymous`.
+fn principal<T>(_request: &Request<T>) -> Principal {
+    Principal::anonymous()
+}
+
+/// The idempotency metadata every StopExecution answer carries.
+fn idempotency_metadata(
+    metadata: &mut tonic::metadata::MetadataMap,
+    record: &StopRecord,
+    replayed: bool,
+) {
+    metadata.insert(
+        "idempotency-replayed",
+        MetadataValue::from_static(if replayed { "true" } else { "false" }),
+    );
+    let expires = record
+        .expires_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if let Ok(value) = expires.parse() {
+        metadata.insert("idempotency-expires-at", value);
+    }
+}
+
+/// A completed record as StopExecution answers it: the recorded outcome, or the recorded error.
+fn answer(answer: Answer) -> Result<Response<pb::StopExecutionResponse>, Status> {
+    let Answer { record, replayed } = answer;
+    if let Some(code) = &record.error_code {
+        let mut status = Status::from(Error::from_recorded(
+            code,
+            record.execution_status.as_deref(),
+        ));
+        idempotency_metadata(status.metadata_mut(), &record, replayed);
+        return Err(status);
+    }
+    let mut response = Response::new(convert::stop_response(&record, replayed));
+    idempotency_metadata(response.metadata_mut(), &record, replayed);
+    Ok(response)
 }
 
 type WatchStream =
@@ -39,13 +88,36 @@ type WatchStream =
 impl PipelineControl for PipelineControlService {
     async fn stop_execution(
         &self,
-        _request: Request<pb::StopExecutionRequest>,
+        request: Request<pb::StopExecutionRequest>,
     ) -> Result<Response<pb::StopExecutionResponse>, Status> {
         hooks::handler_entry().await;
-        Err(Error::NotImplemented(
-            "StopExecution is part of the contract but this server does not serve it yet.",
-        )
-        .into())
+        let principal = principal(&request);
+        let deadline = convert::deadline(request.metadata())
+            .map(|timeout| tokio::time::Instant::now() + timeout);
+        let message = request.into_inner();
+        let arn = ExecutionArn::parse(&message.pipeline_execution_arn);
+        let token = if message.client_request_token.is_empty() {
+            Ok(ClientToken::generate())
+        } else {
+            ClientToken::parse(&message.client_request_token)
+        };
+        let reason = Reason::parse(&message.reason);
+        let (arn, token, reason) = match (arn, token, reason) {
+            (Ok(arn), Ok(token), Ok(reason)) => (arn, token, reason),
+            (arn, token, reason) => {
+                let violations = [arn.err(), token.err(), reason.err()];
+                return Err(
+                    Error::InvalidArgument(violations.into_iter().flatten().collect()).into(),
+                );
+            }
+        };
+        let input = StopInput {
+            principal,
+            arn,
+            token,
+            reason,
+        };
+        answer(self.stopper.stop(&input, deadline).await?)
     }
 
     async fn get_execution(
@@ -74,12 +146,14 @@ impl PipelineControl for PipelineControlService {
 
     async fn get_stop_request(
         &self,
-        _request: Request<pb::GetStopRequestRequest>,
+        request: Request<pb::GetStopRequestRequest>,
     ) -> Result<Response<pb::StopRequest>, Status> {
         hooks::handler_entry().await;
-        Err(Error::NotImplemented(
-            "GetStopRequest is part of the contract but this server does not serve it yet.",
-        )
-        .into())
+        let principal = principal(&request);
+        let message = request.into_inner();
+        let token = ClientToken::parse(&message.client_request_token)
+            .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+        let record = self.stopper.get(&principal, &token).await?;
+        Ok(Response::new(convert::stop_request(&record)))
     }
 }

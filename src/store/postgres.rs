@@ -1,15 +1,18 @@
 //! The Postgres store: production, shared by every replica. Uses the database clock for leases
 //! and expiry; migrations are serialized across replicas by sqlx's advisory lock.
 
-use std::str::FromStr;
+use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool, Row as _,
+    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
 };
 
-use super::{Backend, Store, StoreError};
+use super::{
+    Backend, Completion, NewStopRequest, RecordState, RequestKey, StopRecord, Store, StoreError,
+    seconds,
+};
 use crate::config::DatabaseArgs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -86,4 +89,246 @@ impl Store for PostgresStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+
+    async fn insert_new(
+        &self,
+        request: &NewStopRequest,
+        owner: &str,
+        lease: Duration,
+        retention: Duration,
+    ) -> Result<Option<StopRecord>, StoreError> {
+        let key = &request.key;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM stop_requests
+             WHERE principal = $1 AND client_token = $2 AND expires_at <= now()",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
+                 pipeline_execution_arn, reason, upstream_token, state, lease_owner,
+                 lease_expires_at, epoch, attempts, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8,
+                 now() + make_interval(secs => $9), 1, 1, now() + make_interval(secs => $10))
+             ON CONFLICT (principal, client_token) DO NOTHING
+             RETURNING *",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(&request.fingerprint)
+        .bind(&request.method)
+        .bind(&request.pipeline_execution_arn)
+        .bind(&request.reason)
+        .bind(&request.upstream_token)
+        .bind(owner)
+        .bind(seconds(lease))
+        .bind(seconds(retention))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = inserted else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let record = record(&row)?;
+        insert_audit(&mut tx, &record, "received", owner).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn take_over(
+        &self,
+        key: &RequestKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<StopRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE stop_requests
+             SET lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
+                 epoch = epoch + 1, attempts = attempts + 1, updated_at = now()
+             WHERE principal = $1 AND client_token = $2 AND state = 'pending'
+               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+               AND expires_at > now()
+             RETURNING *",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(owner)
+        .bind(seconds(lease))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let record = record(&row)?;
+        insert_audit(&mut tx, &record, "taken_over", owner).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn complete(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        completion: &Completion,
+    ) -> Result<Option<StopRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE stop_requests
+             SET state = 'completed', outcome = $4, error_code = $5, execution_status = $6,
+                 completed_at = now(), updated_at = now(), lease_owner = NULL,
+                 lease_expires_at = NULL
+             WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
+             RETURNING *",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(epoch)
+        .bind(&completion.outcome)
+        .bind(&completion.error_code)
+        .bind(&completion.execution_status)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let record = record(&row)?;
+        insert_audit(&mut tx, &record, "completed", owner).await?;
+        tx.commit().await?;
+        Ok(Some(record))
+    }
+
+    async fn release(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE stop_requests
+             SET lease_owner = NULL, lease_expires_at = now(), last_error = $4, updated_at = now()
+             WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
+             RETURNING *",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(epoch)
+        .bind(error)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let record = record(&row)?;
+        insert_audit(&mut tx, &record, "failed_transient", owner).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT * FROM stop_requests
+             WHERE principal = $1 AND client_token = $2 AND expires_at > now()",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(record).transpose()?)
+    }
+
+    async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT principal, client_token FROM stop_requests
+             WHERE state = 'pending' AND lease_expires_at <= now() AND expires_at > now()
+             ORDER BY lease_expires_at
+             LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RequestKey {
+                    principal: row.try_get("principal")?,
+                    token: row.try_get("client_token")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_expired(&self, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM stop_requests WHERE ctid IN (
+                 SELECT ctid FROM stop_requests WHERE expires_at <= now()
+                 ORDER BY expires_at LIMIT $1)",
+        )
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn audit(&self, record: &StopRecord, event: &str, owner: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_audit(&mut conn, record, event, owner).await
+    }
+}
+
+async fn insert_audit(
+    conn: &mut sqlx::PgConnection,
+    record: &StopRecord,
+    event: &str,
+    owner: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
+             event, outcome, error_code, epoch, worker)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(&record.key.principal)
+    .bind(&record.key.token)
+    .bind(&record.pipeline_execution_arn)
+    .bind(&record.reason)
+    .bind(event)
+    .bind(&record.outcome)
+    .bind(&record.error_code)
+    .bind(record.epoch)
+    .bind(owner)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn record(row: &PgRow) -> Result<StopRecord, sqlx::Error> {
+    Ok(StopRecord {
+        key: RequestKey {
+            principal: row.try_get("principal")?,
+            token: row.try_get("client_token")?,
+        },
+        fingerprint: row.try_get("fingerprint")?,
+        method: row.try_get("method")?,
+        pipeline_execution_arn: row.try_get("pipeline_execution_arn")?,
+        reason: row.try_get("reason")?,
+        upstream_token: row.try_get("upstream_token")?,
+        state: RecordState::parse(row.try_get("state")?),
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        epoch: row.try_get("epoch")?,
+        attempts: i64::from(row.try_get::<i32, _>("attempts")?),
+        outcome: row.try_get("outcome")?,
+        error_code: row.try_get("error_code")?,
+        execution_status: row.try_get("execution_status")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        completed_at: row.try_get("completed_at")?,
+        expires_at: row.try_get("expires_at")?,
+    })
 }

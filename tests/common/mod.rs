@@ -430,3 +430,117 @@ pub async fn all_steps(
         .await
         .expect("list the steps")
 }
+
+pub mod proxy;
+
+/// The whole service for one test: a database, the emulator, the server (pointed at the
+/// emulator, possibly through a proxy), and clients.
+pub struct Stack {
+    pub db: TestDb,
+    pub emulator: pipeline_control::emulator::RunningEmulator,
+    pub app: TestApp,
+    pub sagemaker: aws_sdk_sagemaker::Client,
+    pub admin: Admin,
+    pub client: pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient<
+        tonic::transport::Channel,
+    >,
+}
+
+/// Serve settings pointing at `endpoint` with dummy credentials and quick timings.
+pub fn stack_args(db: &TestDb, endpoint: &str) -> ServeArgs {
+    let mut args = test_args(db);
+    args.sagemaker.sagemaker_endpoint = Some(endpoint.to_string());
+    args.sagemaker.static_credentials = Some(("AKIDTEST".into(), "secret".into()));
+    args.lease = Duration::from_secs(5);
+    args.duplicate_wait = Duration::from_secs(20);
+    args
+}
+
+impl Stack {
+    /// A stack on `backend` with an emulator at `time_scale`; `tweak` adjusts the settings.
+    pub async fn start(
+        backend: Backend,
+        time_scale: f64,
+        tweak: impl FnOnce(&mut ServeArgs),
+    ) -> Self {
+        let db = TestDb::new(backend).await;
+        let emulator = spawn_emulator(time_scale, None).await;
+        let mut args = stack_args(&db, &emulator.endpoint_url);
+        tweak(&mut args);
+        let app = TestApp::spawn(args).await;
+        let client =
+            pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::new(
+                app.channel().await,
+            );
+        Self {
+            sagemaker: sagemaker_client(&emulator.endpoint_url, 1),
+            admin: Admin::new(&emulator.endpoint_url),
+            db,
+            emulator,
+            app,
+            client,
+        }
+    }
+
+    /// Starts an execution of a fresh pipeline made of `steps`.
+    pub async fn execution(&self, steps: serde_json::Value) -> String {
+        let pipeline = create_pipeline(&self.sagemaker, steps).await;
+        start_execution(&self.sagemaker, &pipeline).await
+    }
+
+    /// An execution that stays Stopping once stopped (a Callback step waits).
+    pub async fn callback_execution(&self) -> String {
+        self.execution(serde_json::json!([
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q"},
+            {"Name": "Train", "Type": "Training", "DependsOn": ["Approve"]}
+        ]))
+        .await
+    }
+
+    /// Rows in `stop_requests`, straight from the database.
+    pub async fn stored_requests(&self) -> i64 {
+        count_rows(&self.db, "stop_requests").await
+    }
+}
+
+/// Rows in `table` of the test database.
+pub async fn count_rows(db: &TestDb, table: &str) -> i64 {
+    use sqlx::Connection as _;
+    let sql = format!("SELECT count(*) FROM {table}");
+    match db.backend {
+        Backend::Postgres => {
+            let mut conn = PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+impl Admin {
+    /// The ClientRequestTokens of every StopPipelineExecution the execution received.
+    pub async fn stop_tokens(&self, execution_arn: &str) -> Vec<String> {
+        let requests: Vec<serde_json::Value> = self
+            .http
+            .get(format!("{}/stop-requests", self.base))
+            .query(&[("pipelineExecutionArn", execution_arn)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        requests
+            .iter()
+            .map(|r| r["clientRequestToken"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
