@@ -312,3 +312,197 @@ async fn an_unreachable_database_fails_within_the_timeout() {
         "{error}"
     );
 }
+
+mod records {
+    //! The stop-request records on both databases: claims, take-overs, fencing, principals.
+    use std::time::Duration;
+
+    use super::common::{Backend, TestDb};
+    use pipeline_control::store::{
+        self, Claim, Completion, NewStopRequest, RecordState, RequestKey, Store,
+    };
+
+    fn request(principal: &str, token: &str) -> NewStopRequest {
+        NewStopRequest {
+            key: RequestKey {
+                principal: principal.into(),
+                token: token.into(),
+            },
+            fingerprint: "f".repeat(64),
+            method: "StopExecution".into(),
+            pipeline_execution_arn:
+                "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl".into(),
+            reason: "test".into(),
+            upstream_token: "u".repeat(64),
+        }
+    }
+
+    fn done() -> Completion {
+        Completion {
+            outcome: Some("STOP_REQUESTED".into()),
+            error_code: None,
+            execution_status: Some("Stopping".into()),
+        }
+    }
+
+    async fn open(backend: Backend) -> (TestDb, std::sync::Arc<dyn Store>) {
+        let db = TestDb::new(backend).await;
+        let store = store::connect(&db.args()).await.unwrap();
+        store.migrate().await.unwrap();
+        (db, store)
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    async fn a_stale_owner_cannot_overwrite_a_newer_epoch(backend: Backend) {
+        let (_db, store) = open(backend).await;
+        let req = request("anonymous", "t");
+        let Claim::Acquired(first) = store
+            .claim(&req, "replica-a", Duration::from_millis(100), LONG)
+            .await
+            .unwrap()
+        else {
+            panic!("a new key is acquired");
+        };
+        assert_eq!((first.epoch, first.attempts), (1, 1));
+
+        // While the lease lives, nobody else gets it.
+        assert!(
+            store
+                .take_over(&req.key, "replica-b", LONG)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(matches!(
+            store.claim(&req, "replica-b", LONG, LONG).await.unwrap(),
+            Claim::Existing(_)
+        ));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let second = store
+            .take_over(&req.key, "replica-b", LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((second.epoch, second.attempts), (2, 2));
+        assert_eq!(second.lease_owner.as_deref(), Some("replica-b"));
+
+        // Replica A wakes up: its writes are fenced off.
+        assert!(
+            store
+                .complete(&req.key, 1, "replica-a", &done())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            !store
+                .release(&req.key, 1, "replica-a", "late")
+                .await
+                .unwrap()
+        );
+        let current = store.get(&req.key).await.unwrap().unwrap();
+        assert_eq!(current.state, RecordState::Pending);
+        assert_eq!(current.epoch, 2);
+
+        let completed = store
+            .complete(&req.key, 2, "replica-b", &done())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(completed.state, RecordState::Completed);
+        assert_eq!(completed.outcome.as_deref(), Some("STOP_REQUESTED"));
+        assert!(completed.completed_at.is_some());
+        assert_eq!(completed.lease_owner, None);
+        // Completed records are never taken over.
+        assert!(
+            store
+                .take_over(&req.key, "replica-c", LONG)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    async fn two_principals_with_one_token_do_not_collide(backend: Backend) {
+        let (_db, store) = open(backend).await;
+        let mut theirs = request("alice", "shared");
+        theirs.fingerprint = "a".repeat(64);
+        let claims = [
+            store
+                .claim(&request("anonymous", "shared"), "w", LONG, LONG)
+                .await
+                .unwrap(),
+            store.claim(&theirs, "w", LONG, LONG).await.unwrap(),
+        ];
+        for claim in &claims {
+            assert!(
+                matches!(claim, Claim::Acquired(r) if r.epoch == 1),
+                "{claim:?}"
+            );
+        }
+        let alice = store
+            .get(&RequestKey {
+                principal: "alice".into(),
+                token: "shared".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(alice.fingerprint, "a".repeat(64));
+    }
+
+    async fn expired_leases_are_listed_and_expired_records_deleted(backend: Backend) {
+        let (_db, store) = open(backend).await;
+        store
+            .claim(&request("p", "leased"), "w", LONG, LONG)
+            .await
+            .unwrap();
+        store
+            .claim(&request("p", "lapsed"), "w", Duration::ZERO, LONG)
+            .await
+            .unwrap();
+        store
+            .claim(&request("p", "expired"), "w", LONG, Duration::ZERO)
+            .await
+            .unwrap();
+        let lapsed = store.expired_leases(10).await.unwrap();
+        assert_eq!(
+            lapsed,
+            vec![RequestKey {
+                principal: "p".into(),
+                token: "lapsed".into()
+            }]
+        );
+        assert!(
+            store
+                .get(&request("p", "expired").key)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.delete_expired(10).await.unwrap(), 1);
+        assert_eq!(store.delete_expired(10).await.unwrap(), 0);
+    }
+
+    macro_rules! on_both_databases {
+        ($($test:ident),* $(,)?) => {$(
+            mod $test {
+                #[tokio::test]
+                async fn postgres() {
+                    super::$test(super::Backend::Postgres).await
+                }
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$test(super::Backend::Sqlite).await
+                }
+            }
+        )*};
+    }
+
+    on_both_databases!(
+        a_stale_owner_cannot_overwrite_a_newer_epoch,
+        two_principals_with_one_token_do_not_collide,
+        expired_leases_are_listed_and_expired_records_deleted,
+    );
+}
