@@ -40,6 +40,7 @@ on_both_databases!(
     a_repeat_replays_the_answer_without_calling_sagemaker,
     a_token_reused_for_another_request_is_refused,
     concurrent_duplicates_cause_one_stop_and_identical_answers,
+    a_duplicate_waits_no_longer_than_its_deadline_or_the_limit,
     throttling_and_errors_leave_the_request_resumable,
     conflicts_are_retried_a_few_times,
     sagemaker_down_answers_unavailable_and_recovers,
@@ -636,4 +637,51 @@ async fn expired_records_are_deleted_and_their_tokens_freed(backend: Backend) {
         .into_inner();
     assert_eq!(answer.outcome(), pb::StopOutcome::AlreadyStopping);
     assert!(!answer.replayed);
+}
+
+async fn a_duplicate_waits_no_longer_than_its_deadline_or_the_limit(backend: Backend) {
+    let stack = Stack::start(backend, 1000.0, |args| {
+        args.duplicate_wait = Duration::from_millis(300);
+    })
+    .await;
+    let arn = stack.callback_execution().await;
+    // SageMaker answers the first attempt slowly.
+    stack
+        .admin
+        .set_fault("StopPipelineExecution", json!({"latencyMs": 3000}))
+        .await;
+    let mut first_client = stack.client.clone();
+    let first_request = stop_request(&arn, "slow", "");
+    let first = tokio::spawn(async move { first_client.stop_execution(first_request).await });
+    // Let the first attempt claim the key.
+    for _ in 0..100 {
+        if stack.stored_requests().await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Bounded by the caller's deadline: answered before it, not cut off by it.
+    let mut request = tonic::Request::new(stop_request(&arn, "slow", ""));
+    request.set_timeout(Duration::from_millis(250));
+    let error = stack
+        .client
+        .clone()
+        .stop_execution(request)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Aborted, "{error:?}");
+    assert_eq!(reason_of(&error), "IDEMPOTENCY_REQUEST_IN_PROGRESS");
+    assert!(retry_delay(&error).is_some());
+
+    // Bounded by --duplicate-wait without a deadline.
+    let error = stop(&stack, &arn, "slow", "").await.unwrap_err();
+    assert_eq!(error.code(), Code::Aborted, "{error:?}");
+
+    // The first attempt still finishes, and then the duplicates get its answer.
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert_eq!(first.outcome(), pb::StopOutcome::StopRequested);
+    let later = stop(&stack, &arn, "slow", "").await.unwrap().into_inner();
+    assert!(later.replayed);
+    assert_eq!(stack.admin.calls("StopPipelineExecution").await, 1);
 }

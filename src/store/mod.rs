@@ -176,13 +176,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lease: Duration,
         retention: Duration,
     ) -> Result<Claim, StoreError> {
-        // Twice at most: a record can vanish between the insert and the read only by expiring.
+        // Read first: replays, the common repeat, then cost one query and no write. Twice at
+        // most: a record can vanish between the insert and the read only by expiring.
         for _ in 0..2 {
-            if let Some(record) = self.insert_new(request, owner, lease, retention).await? {
-                return Ok(Claim::Acquired(record));
-            }
-            let Some(existing) = self.get(&request.key).await? else {
-                continue;
+            let existing = match self.get(&request.key).await? {
+                Some(existing) => existing,
+                None => match self.insert_new(request, owner, lease, retention).await? {
+                    Some(record) => return Ok(Claim::Acquired(record)),
+                    None => match self.get(&request.key).await? {
+                        Some(existing) => existing,
+                        None => continue,
+                    },
+                },
             };
             if existing.state == RecordState::Pending && existing.fingerprint == request.fingerprint
             {

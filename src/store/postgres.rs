@@ -276,8 +276,15 @@ impl Store for PostgresStore {
     }
 
     async fn audit(&self, record: &StopRecord, event: &str, owner: &str) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_audit(&mut conn, record, event, owner).await
+        // Events that change no record (replays, reused keys) do not wait for the WAL flush:
+        // losing the last few of them in a crash is acceptable; slowing every replay is not.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit TO OFF")
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, record, event, owner).await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

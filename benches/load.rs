@@ -1,0 +1,380 @@
+//! The load generator behind `scripts/bench`: starts the release server (`serve --emulator`) on
+//! the Postgres in DATABASE_URL, and measures on that one server, in one run:
+//!
+//! - `grpc.health.v1.Health/Check`, the baseline: what the server does for a call that does
+//!   nothing;
+//! - StopExecution first calls: a new token on a new execution each (claim, SageMaker, record);
+//! - StopExecution replays: the same requests again (read, answer, audit);
+//! - the database alone doing a first call's writes (two transactions with the same rows), to
+//!   show what bounds first calls: if they run at the speed of their commits, the database is
+//!   the limit, not the service.
+//!
+//! Each is run at a fixed concurrency and reported as requests per second, p50 and p99
+//! latency, and the ratio of its throughput to the baseline's. Environment: BENCH_SERVER (the
+//! binary), DATABASE_URL, BENCH_CONCURRENCY (16), BENCH_SECONDS (8 per phase).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops at the first failure
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use pipeline_control::grpc::pb;
+use sqlx::{Connection as _, postgres::PgPoolOptions};
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+struct Phase {
+    name: &'static str,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Phase {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort();
+        if sorted.is_empty() {
+            return Duration::ZERO;
+        }
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `work(worker, i)` from `concurrency` workers until `duration` passes or a worker's
+/// `work` returns false; every call's latency is kept.
+async fn run<F, Fut>(name: &'static str, concurrency: usize, duration: Duration, work: F) -> Phase
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let work = Arc::new(work);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let work = work.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let begun = Instant::now();
+                if !work(worker, i).await {
+                    break;
+                }
+                latencies.push(begun.elapsed());
+                i += 1;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    Phase {
+        name,
+        latencies,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn start_server(binary: &str, database_url: &str) -> (Child, String, String) {
+    let mut child = Command::new(binary)
+        .args(["serve", "--emulator", "--listen", "127.0.0.1:0"])
+        .args([
+            "--database-url",
+            database_url,
+            "--database-max-connections",
+            "32",
+        ])
+        .env("PIPELINE_CONTROL_LOG", "warn,pipeline_control::app=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the server");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let address = loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the server exited"
+        );
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let emulator = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no emulator banner"
+        );
+        if let Some(rest) = line.split("emulator: ").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    // Keep draining both pipes so the server never blocks on them.
+    std::thread::spawn(move || for _ in stdout.lines() {});
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    (child, address, emulator)
+}
+
+async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
+    use aws_sdk_sagemaker::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_sagemaker::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
+        .endpoint_url(emulator)
+        .build();
+    let client = aws_sdk_sagemaker::Client::from_conf(config);
+    let definition = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/bench"}]}"#;
+    client
+        .create_pipeline()
+        .pipeline_name("bench")
+        .pipeline_definition(definition)
+        .role_arn("arn:aws:iam::123456789012:role/Bench")
+        .client_request_token("bench-create-0000000000000000000000000")
+        .send()
+        .await
+        .unwrap();
+    let arns = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let client = client.clone();
+        let arns = arns.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..count).step_by(16) {
+                let arn = client
+                    .start_pipeline_execution()
+                    .pipeline_name("bench")
+                    .client_request_token(format!("bench-start-{i:032}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .pipeline_execution_arn()
+                    .unwrap()
+                    .to_string();
+                arns.lock().await.push(arn);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(arns).unwrap().into_inner()
+}
+
+async fn xact_commits(database_url: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(database_url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let binary =
+        std::env::var("BENCH_SERVER").unwrap_or_else(|_| "target/release/pipeline-control".into());
+    let database_url = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench sets it)");
+    let concurrency = env_or("BENCH_CONCURRENCY", 16) as usize;
+    let seconds = Duration::from_secs(env_or("BENCH_SECONDS", 8));
+
+    let (mut server, address, emulator) = start_server(&binary, &database_url);
+    let url = format!("http://{address}");
+    let channels: Vec<Channel> = {
+        let mut channels = Vec::new();
+        for _ in 0..4 {
+            channels.push(
+                Channel::from_shared(url.clone())
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+        }
+        channels
+    };
+    let channel = move |worker: usize| channels[worker % 4].clone();
+    let channel = Arc::new(channel);
+
+    // Enough executions for every first call the run can make.
+    let executions = Arc::new(create_executions(&emulator, 30_000).await);
+    eprintln!("bench: {} executions ready", executions.len());
+
+    let health = {
+        let channel = channel.clone();
+        move |worker: usize, _i: usize| {
+            let mut client = HealthClient::new(channel(worker));
+            async move {
+                client.check(HealthCheckRequest::default()).await.unwrap();
+                true
+            }
+        }
+    };
+    let _warmup = run(
+        "warm-up",
+        concurrency,
+        Duration::from_secs(2),
+        health.clone(),
+    )
+    .await;
+    let baseline = run("Health/Check (baseline)", concurrency, seconds, health).await;
+
+    // First calls: worker w takes executions w, w + c, w + 2c, ...
+    let before = xact_commits(&database_url).await;
+    let first = {
+        let channel = channel.clone();
+        let executions = executions.clone();
+        move |worker: usize, i: usize| {
+            let mut client =
+                pb::pipeline_control_client::PipelineControlClient::new(channel(worker));
+            let index = worker + i * concurrency;
+            let arn = executions.get(index).cloned();
+            async move {
+                let Some(arn) = arn else { return false };
+                let answer = client
+                    .stop_execution(pb::StopExecutionRequest {
+                        pipeline_execution_arn: arn,
+                        client_request_token: format!("bench-{index}"),
+                        reason: "bench".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_eq!(answer.outcome(), pb::StopOutcome::StopRequested);
+                true
+            }
+        }
+    };
+    let first_calls = run("StopExecution, first calls", concurrency, seconds, first).await;
+    let commits = xact_commits(&database_url).await - before;
+    let done = first_calls.latencies.len();
+
+    let replay = {
+        let channel = channel.clone();
+        let executions = executions.clone();
+        move |worker: usize, i: usize| {
+            let mut client =
+                pb::pipeline_control_client::PipelineControlClient::new(channel(worker));
+            let index = (worker * 7919 + i * 104_729) % done;
+            let arn = executions[index].clone();
+            async move {
+                let answer = client
+                    .stop_execution(pb::StopExecutionRequest {
+                        pipeline_execution_arn: arn,
+                        client_request_token: format!("bench-{index}"),
+                        reason: "bench".into(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(answer.replayed);
+                true
+            }
+        }
+    };
+    let replays = run("StopExecution, replays", concurrency, seconds, replay).await;
+
+    // The database alone doing a first call's writes: two transactions, as the service does.
+    let pool = PgPoolOptions::new()
+        .max_connections(concurrency as u32)
+        .connect(&database_url)
+        .await
+        .unwrap();
+    let db_only = {
+        let pool = pool.clone();
+        move |worker: usize, i: usize| {
+            let pool = pool.clone();
+            async move {
+                let token = format!("db-only-{worker}-{i}");
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("INSERT INTO stop_requests (principal, client_token, fingerprint, method, pipeline_execution_arn, reason, upstream_token, state, lease_owner, lease_expires_at, epoch, attempts, expires_at) VALUES ('bench', $1, 'f', 'StopExecution', 'arn', 'bench', 'u', 'pending', 'w', now() + interval '30 seconds', 1, 1, now() + interval '30 days')")
+                    .bind(&token).execute(&mut *tx).await.unwrap();
+                sqlx::query("INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason, event, epoch, worker) VALUES ('bench', $1, 'arn', 'bench', 'received', 1, 'w')")
+                    .bind(&token).execute(&mut *tx).await.unwrap();
+                tx.commit().await.unwrap();
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("UPDATE stop_requests SET state = 'completed', outcome = 'STOP_REQUESTED', completed_at = now() WHERE principal = 'bench' AND client_token = $1 AND epoch = 1")
+                    .bind(&token).execute(&mut *tx).await.unwrap();
+                sqlx::query("INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason, event, epoch, worker) VALUES ('bench', $1, 'arn', 'bench', 'completed', 1, 'w')")
+                    .bind(&token).execute(&mut *tx).await.unwrap();
+                tx.commit().await.unwrap();
+                true
+            }
+        }
+    };
+    let database = run(
+        "database alone: a first call's 2 commits",
+        concurrency,
+        seconds,
+        db_only,
+    )
+    .await;
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+
+    println!();
+    println!(
+        "machine: {}; concurrency {concurrency}; {} s per phase",
+        machine(),
+        seconds.as_secs()
+    );
+    println!();
+    println!("| scenario | requests | req/s | p50 ms | p99 ms | throughput vs baseline |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for phase in [&baseline, &first_calls, &replays, &database] {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} % |",
+            phase.name,
+            phase.latencies.len(),
+            phase.rate(),
+            phase.percentile(0.50).as_secs_f64() * 1000.0,
+            phase.percentile(0.99).as_secs_f64() * 1000.0,
+            100.0 * phase.rate() / baseline.rate()
+        );
+    }
+    println!();
+    println!(
+        "first calls: {:.2} database commits each; {:.0} % of the rate at which the database alone commits a first call's writes",
+        commits as f64 / done.max(1) as f64,
+        100.0 * first_calls.rate() / database.rate()
+    );
+}
