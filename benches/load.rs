@@ -257,10 +257,13 @@ async fn main() {
 
     // First calls: worker w takes executions w, w + c, w + 2c, ...
     let before = xact_commits(&database_url).await;
+    let stopped = Arc::new(std::sync::Mutex::new(Vec::new()));
     let first = {
         let channel = channel.clone();
         let executions = executions.clone();
+        let stopped = stopped.clone();
         move |worker: usize, i: usize| {
+            let stopped = stopped.clone();
             let mut client =
                 pb::pipeline_control_client::PipelineControlClient::new(channel(worker));
             let index = worker + i * concurrency;
@@ -277,6 +280,7 @@ async fn main() {
                     .unwrap()
                     .into_inner();
                 assert_eq!(answer.outcome(), pb::StopOutcome::StopRequested);
+                stopped.lock().unwrap().push(index);
                 true
             }
         }
@@ -284,14 +288,16 @@ async fn main() {
     let first_calls = run("StopExecution, first calls", concurrency, seconds, first).await;
     let commits = xact_commits(&database_url).await - before;
     let done = first_calls.latencies.len();
+    let stopped: Arc<Vec<usize>> = Arc::new(std::mem::take(&mut *stopped.lock().unwrap()));
 
     let replay = {
         let channel = channel.clone();
         let executions = executions.clone();
+        let stopped = stopped.clone();
         move |worker: usize, i: usize| {
             let mut client =
                 pb::pipeline_control_client::PipelineControlClient::new(channel(worker));
-            let index = (worker * 7919 + i * 104_729) % done;
+            let index = stopped[(worker * 7919 + i * 104_729) % stopped.len()];
             let arn = executions[index].clone();
             async move {
                 let answer = client

@@ -167,7 +167,7 @@ impl Application {
 
         let service = PipelineControlService::new(stopper.clone());
         let maintenance = tokio::spawn(maintain(
-            stopper,
+            stopper.clone(),
             args.completer_interval,
             args.retention_interval,
             stopping_rx.clone(),
@@ -226,6 +226,7 @@ impl Application {
             let _ = health_task.await;
         }
         let _ = maintenance.await;
+        stopper.shutdown().await;
         if let Some(emulator) = emulator
             && let Err(error) = emulator.stop().await
         {

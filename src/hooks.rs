@@ -1,8 +1,8 @@
 //! Named hooks on the paths whose timing and failure handling matter: tests use them to hold a
 //! call in flight, or to abandon work at a precise point, and check what the service does.
 //!
-//! Built on the `fail` crate: a hook is a `fail_point!`, which compiles to nothing unless the
-//! crate's `failpoints` feature is on. Only the test build turns it on (see Cargo.toml).
+//! Built on the `fail` crate: a hook is a `fail_point!`, which compiles to nothing unless this
+//! crate's `test-hooks` feature (and so `fail/failpoints`) is on. Only scripts/test turns it on.
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@
 //! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC, and the
 //!   generated contract ([`grpc::pb`]).
 //! - `error`: the service's errors and the only conversion to `tonic::Status`.
+//! - `audit`: write-behind of audit events that change no record (replays).
 //! - `stop`: StopExecution and GetStopRequest, the idempotency contract.
 //! - `domain`: checked values (ARN, token, reason) and statuses, free of SDK and proto types.
 //! - [`store`]: the stop-request store, one trait over Postgres and SQLite pools.
@@ -19,6 +20,7 @@
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 
 pub mod app;
+mod audit;
 pub mod config;
 mod demo;
 mod domain;

@@ -18,11 +18,14 @@ use sha2::{Digest as _, Sha256};
 use tokio::{sync::Notify, time::Instant};
 
 use crate::{
+    audit::AuditLog,
     domain::{ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StopOutcome},
     error::Error,
     hooks,
     sagemaker::{SageMaker, StopResult, UpstreamError},
-    store::{Claim, Completion, NewStopRequest, RecordState, RequestKey, StopRecord, Store},
+    store::{
+        AuditEvent, Claim, Completion, NewStopRequest, RecordState, RequestKey, StopRecord, Store,
+    },
 };
 
 /// The RPC name in fingerprints and records.
@@ -34,6 +37,9 @@ const CONFLICT_PAUSE: Duration = Duration::from_millis(300);
 
 /// How often a waiting duplicate re-reads the store (another replica may hold the lease).
 const WAIT_POLL: Duration = Duration::from_millis(100);
+
+/// Completed records kept in memory for replays.
+const REPLAY_CACHE: usize = 50_000;
 
 /// Tuning of the idempotency machinery.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +78,11 @@ pub(crate) struct Stopper {
     worker: String,
     /// Waiters on keys being worked on in this process.
     inflight: DashMap<RequestKey, Arc<Notify>>,
+    /// Completed records by key. A completed record never changes until it expires, so any
+    /// replica may answer a replay from memory; an entry is trusted only until its expiry.
+    completed: quick_cache::sync::Cache<RequestKey, StopRecord>,
+    /// Replays and reused keys, written behind.
+    audit: AuditLog,
 }
 
 /// SHA-256 of the parts, each length-prefixed so that no two lists of parts collide; hex.
@@ -109,11 +120,35 @@ impl Stopper {
         worker: String,
     ) -> Self {
         Self {
+            audit: AuditLog::start(store.clone()),
             store,
             sagemaker,
             settings,
             worker,
             inflight: DashMap::new(),
+            completed: quick_cache::sync::Cache::new(REPLAY_CACHE),
+        }
+    }
+
+    /// Writes the queued audit events; call once serving has stopped.
+    pub(crate) async fn shutdown(&self) {
+        self.audit.flush_and_stop().await;
+    }
+
+    /// The completed record under `key` from memory, if it is there and not expired.
+    fn cached(&self, key: &RequestKey) -> Option<StopRecord> {
+        let record = self.completed.get(key)?;
+        if record.expires_at > chrono::Utc::now() {
+            Some(record)
+        } else {
+            self.completed.remove(key);
+            None
+        }
+    }
+
+    fn remember(&self, record: &StopRecord) {
+        if record.state == RecordState::Completed {
+            self.completed.insert(record.key.clone(), record.clone());
         }
     }
 
@@ -135,6 +170,9 @@ impl Stopper {
             pipeline_execution_arn: input.arn.as_str().to_string(),
             reason: input.reason.as_str().to_string(),
         };
+        if let Some(record) = self.cached(&request.key) {
+            return self.existing(record, &request.fingerprint);
+        }
         let claim = self
             .store
             .claim(
@@ -146,19 +184,30 @@ impl Stopper {
             .await?;
         match claim {
             Claim::Acquired(record) => self.carry_out(record).await,
-            Claim::Existing(record) if record.fingerprint != request.fingerprint => {
-                self.audit(&record, "key_reused").await;
-                Err(Error::IdempotencyKeyReused)
+            Claim::Existing(record)
+                if record.state == RecordState::Pending
+                    && record.fingerprint == request.fingerprint =>
+            {
+                self.wait_for(record, deadline).await
             }
-            Claim::Existing(record) if record.state == RecordState::Completed => {
-                self.audit(&record, "replayed").await;
-                Ok(Answer {
-                    record,
-                    replayed: true,
-                })
+            Claim::Existing(record) => {
+                self.remember(&record);
+                self.existing(record, &request.fingerprint)
             }
-            Claim::Existing(record) => self.wait_for(record, deadline).await,
         }
+    }
+
+    /// Answers from a record that stands: a replay, or a reused key.
+    fn existing(&self, record: StopRecord, fingerprint: &str) -> Result<Answer, Error> {
+        if record.fingerprint != fingerprint {
+            self.audit(&record, "key_reused");
+            return Err(Error::IdempotencyKeyReused);
+        }
+        self.audit(&record, "replayed");
+        Ok(Answer {
+            record,
+            replayed: true,
+        })
     }
 
     /// GetStopRequest: the caller's own record.
@@ -205,10 +254,9 @@ impl Stopper {
         Ok(self.store.delete_expired(batch).await?)
     }
 
-    async fn audit(&self, record: &StopRecord, event: &str) {
-        if let Err(error) = self.store.audit(record, event, &self.worker).await {
-            tracing::warn!(%error, event, "could not append to the audit trail");
-        }
+    fn audit(&self, record: &StopRecord, event: &str) {
+        self.audit
+            .record(AuditEvent::about(record, event, &self.worker));
     }
 
     fn notifier(&self, key: &RequestKey) -> Arc<Notify> {
@@ -259,10 +307,13 @@ impl Stopper {
             .complete(&record.key, record.epoch, &self.worker, &completion)
             .await?;
         let answer = match done {
-            Some(record) => Answer {
-                record,
-                replayed: false,
-            },
+            Some(record) => {
+                self.remember(&record);
+                Answer {
+                    record,
+                    replayed: false,
+                }
+            }
             None => {
                 // Fenced: a newer epoch holds (or finished) the request. Its answer stands.
                 tracing::info!(
@@ -346,6 +397,20 @@ impl Stopper {
     /// dies; bounded by the caller's deadline and `duplicate_wait`.
     async fn wait_for(
         &self,
+        record: StopRecord,
+        deadline: Option<Instant>,
+    ) -> Result<Answer, Error> {
+        let key = record.key.clone();
+        let result = self.wait_for_inner(record, deadline).await;
+        // The owner may be another replica, which never wakes this process's waiters: the
+        // last waiter to leave removes the entry, so waiting leaves nothing behind.
+        self.inflight
+            .remove_if(&key, |_, notify| Arc::strong_count(notify) == 1);
+        result
+    }
+
+    async fn wait_for_inner(
+        &self,
         mut record: StopRecord,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
@@ -364,7 +429,8 @@ impl Stopper {
             notified.as_mut().enable();
             match self.store.get(&key).await? {
                 Some(current) if current.state == RecordState::Completed => {
-                    self.audit(&current, "replayed").await;
+                    self.remember(&current);
+                    self.audit(&current, "replayed");
                     return Ok(Answer {
                         record: current,
                         replayed: true,

@@ -293,6 +293,17 @@ async fn a_repeat_replays_the_answer_without_calling_sagemaker(backend: Backend)
     assert_eq!(stack.admin.calls("StopPipelineExecution").await, 1);
     assert_eq!(stack.admin.calls("DescribePipelineExecution").await, 0);
 
+    // Each replay reaches the audit trail, written behind in batches.
+    let mut replays = 0;
+    for _ in 0..100 {
+        replays = common::count_where(&stack.db, "stop_audit", "event = 'replayed'").await;
+        if replays == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(replays, 3);
+
     // Kept for the default retention: about 30 days.
     let expiry = chrono::DateTime::parse_from_rfc3339(&first_expiry).unwrap();
     let days = (expiry.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_days();

@@ -158,7 +158,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Records a new request as pending under a lease held by `owner` (its first attempt),
     /// with the `received` audit event, unless the key has a live record (`None`). A record
-    /// past its expiry is deleted first: it counts as absent.
+    /// past its expiry counts as absent: it is replaced, with a higher epoch.
     async fn insert_new(
         &self,
         request: &NewStopRequest,
@@ -176,18 +176,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lease: Duration,
         retention: Duration,
     ) -> Result<Claim, StoreError> {
-        // Read first: replays, the common repeat, then cost one query and no write. Twice at
-        // most: a record can vanish between the insert and the read only by expiring.
+        // Twice at most: a record can vanish between the insert and the read only by being
+        // swept after its expiry, and then the next insert succeeds.
         for _ in 0..2 {
-            let existing = match self.get(&request.key).await? {
-                Some(existing) => existing,
-                None => match self.insert_new(request, owner, lease, retention).await? {
-                    Some(record) => return Ok(Claim::Acquired(record)),
-                    None => match self.get(&request.key).await? {
-                        Some(existing) => existing,
-                        None => continue,
-                    },
-                },
+            if let Some(record) = self.insert_new(request, owner, lease, retention).await? {
+                return Ok(Claim::Acquired(record));
+            }
+            let Some(existing) = self.get(&request.key).await? else {
+                continue;
             };
             if existing.state == RecordState::Pending && existing.fingerprint == request.fingerprint
             {
@@ -239,9 +235,47 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes up to `limit` records past their expiry; returns how many.
     async fn delete_expired(&self, limit: u32) -> Result<u64, StoreError>;
 
-    /// Appends an event that changes no record (a replay, a reused key) to the audit trail.
-    async fn audit(&self, record: &StopRecord, event: &str, owner: &str) -> Result<(), StoreError>;
+    /// Appends events that change no record (replays, reused keys) to the audit trail, in one
+    /// statement. They do not wait for the disk: losing the last few in a crash is acceptable,
+    /// slowing every replay is not.
+    async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
 }
+
+/// One audit-trail row written outside a record's own transactions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub at: DateTime<Utc>,
+    pub principal: String,
+    pub token: String,
+    pub pipeline_execution_arn: String,
+    pub reason: String,
+    pub event: String,
+    pub outcome: Option<String>,
+    pub error_code: Option<String>,
+    pub epoch: i64,
+    pub worker: String,
+}
+
+impl AuditEvent {
+    /// `event` about `record`, now, by `worker`.
+    pub fn about(record: &StopRecord, event: &str, worker: &str) -> Self {
+        Self {
+            at: Utc::now(),
+            principal: record.key.principal.clone(),
+            token: record.key.token.clone(),
+            pipeline_execution_arn: record.pipeline_execution_arn.clone(),
+            reason: record.reason.clone(),
+            event: event.to_string(),
+            outcome: record.outcome.clone(),
+            error_code: record.error_code.clone(),
+            epoch: record.epoch,
+            worker: worker.to_string(),
+        }
+    }
+}
+
+/// Audit events per INSERT statement.
+const AUDIT_ROWS_PER_STATEMENT: usize = 500;
 
 fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()

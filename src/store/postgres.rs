@@ -10,8 +10,8 @@ use sqlx::{
 };
 
 use super::{
-    Backend, Completion, NewStopRequest, RecordState, RequestKey, StopRecord, Store, StoreError,
-    seconds,
+    AUDIT_ROWS_PER_STATEMENT, AuditEvent, Backend, Completion, NewStopRequest, RecordState,
+    RequestKey, StopRecord, Store, StoreError, seconds,
 };
 use crate::config::DatabaseArgs;
 
@@ -99,21 +99,24 @@ impl Store for PostgresStore {
     ) -> Result<Option<StopRecord>, StoreError> {
         let key = &request.key;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "DELETE FROM stop_requests
-             WHERE principal = $1 AND client_token = $2 AND expires_at <= now()",
-        )
-        .bind(&key.principal)
-        .bind(&key.token)
-        .execute(&mut *tx)
-        .await?;
+        // One statement: a new row, or a fresh start in place of an expired one (its epoch
+        // keeps rising, so a worker of the old incarnation stays fenced off).
         let inserted = sqlx::query(
             "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
                  pipeline_execution_arn, reason, upstream_token, state, lease_owner,
                  lease_expires_at, epoch, attempts, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8,
                  now() + make_interval(secs => $9), 1, 1, now() + make_interval(secs => $10))
-             ON CONFLICT (principal, client_token) DO NOTHING
+             ON CONFLICT (principal, client_token) DO UPDATE SET
+                 fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method,
+                 pipeline_execution_arn = EXCLUDED.pipeline_execution_arn,
+                 reason = EXCLUDED.reason, upstream_token = EXCLUDED.upstream_token,
+                 state = 'pending', lease_owner = EXCLUDED.lease_owner,
+                 lease_expires_at = EXCLUDED.lease_expires_at, epoch = stop_requests.epoch + 1,
+                 attempts = 1, outcome = NULL, error_code = NULL, execution_status = NULL,
+                 last_error = NULL, created_at = now(), updated_at = now(), completed_at = NULL,
+                 expires_at = EXCLUDED.expires_at
+             WHERE stop_requests.expires_at <= now()
              RETURNING *",
         )
         .bind(&key.principal)
@@ -129,7 +132,7 @@ impl Store for PostgresStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
-            tx.commit().await?;
+            tx.rollback().await?;
             return Ok(None);
         };
         let record = record(&row)?;
@@ -275,15 +278,31 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
-    async fn audit(&self, record: &StopRecord, event: &str, owner: &str) -> Result<(), StoreError> {
-        // Events that change no record (replays, reused keys) do not wait for the WAL flush:
-        // losing the last few of them in a crash is acceptable; slowing every replay is not.
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit TO OFF")
-            .execute(&mut *tx)
-            .await?;
-        insert_audit(&mut tx, record, event, owner).await?;
-        tx.commit().await?;
+    async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET LOCAL synchronous_commit TO OFF")
+                .execute(&mut *tx)
+                .await?;
+            let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO stop_audit (at, principal, client_token, pipeline_execution_arn,
+                     reason, event, outcome, error_code, epoch, worker) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(e.at)
+                    .push_bind(&e.principal)
+                    .push_bind(&e.token)
+                    .push_bind(&e.pipeline_execution_arn)
+                    .push_bind(&e.reason)
+                    .push_bind(&e.event)
+                    .push_bind(&e.outcome)
+                    .push_bind(&e.error_code)
+                    .push_bind(e.epoch)
+                    .push_bind(&e.worker);
+            });
+            insert.build().execute(&mut *tx).await?;
+            tx.commit().await?;
+        }
         Ok(())
     }
 }

@@ -14,7 +14,8 @@ use sqlx::{
 };
 
 use super::{
-    Backend, Completion, NewStopRequest, RecordState, RequestKey, StopRecord, Store, StoreError,
+    AUDIT_ROWS_PER_STATEMENT, AuditEvent, Backend, Completion, NewStopRequest, RecordState,
+    RequestKey, StopRecord, Store, StoreError,
 };
 
 /// The database clock in milliseconds since the epoch (see the migration's header).
@@ -103,20 +104,23 @@ impl Store for SqliteStore {
         // IMMEDIATE: take the write lock at BEGIN (waiting out the busy timeout), so the
         // transaction never fails upgrading a read lock under concurrent writers.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DELETE FROM stop_requests
-             WHERE principal = ?1 AND client_token = ?2 AND expires_at <= {NOW}"
-        )))
-        .bind(&key.principal)
-        .bind(&key.token)
-        .execute(&mut *tx)
-        .await?;
+        // One statement: a new row, or a fresh start in place of an expired one (its epoch
+        // keeps rising, so a worker of the old incarnation stays fenced off).
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
                  pipeline_execution_arn, reason, upstream_token, state, lease_owner,
                  lease_expires_at, epoch, attempts, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, {NOW} + ?9, 1, 1, {NOW} + ?10)
-             ON CONFLICT (principal, client_token) DO NOTHING
+             ON CONFLICT (principal, client_token) DO UPDATE SET
+                 fingerprint = excluded.fingerprint, method = excluded.method,
+                 pipeline_execution_arn = excluded.pipeline_execution_arn,
+                 reason = excluded.reason, upstream_token = excluded.upstream_token,
+                 state = 'pending', lease_owner = excluded.lease_owner,
+                 lease_expires_at = excluded.lease_expires_at, epoch = stop_requests.epoch + 1,
+                 attempts = 1, outcome = NULL, error_code = NULL, execution_status = NULL,
+                 last_error = NULL, created_at = {NOW}, updated_at = {NOW}, completed_at = NULL,
+                 expires_at = excluded.expires_at
+             WHERE stop_requests.expires_at <= {NOW}
              RETURNING *"
         )))
         .bind(&key.principal)
@@ -132,7 +136,7 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
-            tx.commit().await?;
+            tx.rollback().await?;
             return Ok(None);
         };
         let record = record(&row)?;
@@ -278,9 +282,27 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn audit(&self, record: &StopRecord, event: &str, owner: &str) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_audit(&mut conn, record, event, owner).await
+    async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO stop_audit (at, principal, client_token, pipeline_execution_arn,
+                     reason, event, outcome, error_code, epoch, worker) ",
+            );
+            insert.push_values(chunk, |mut row, e| {
+                row.push_bind(e.at.timestamp_millis())
+                    .push_bind(&e.principal)
+                    .push_bind(&e.token)
+                    .push_bind(&e.pipeline_execution_arn)
+                    .push_bind(&e.reason)
+                    .push_bind(&e.event)
+                    .push_bind(&e.outcome)
+                    .push_bind(&e.error_code)
+                    .push_bind(e.epoch)
+                    .push_bind(&e.worker);
+            });
+            insert.build().execute(&self.pool).await?;
+        }
+        Ok(())
     }
 }
 

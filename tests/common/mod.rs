@@ -505,8 +505,13 @@ impl Stack {
 
 /// Rows in `table` of the test database.
 pub async fn count_rows(db: &TestDb, table: &str) -> i64 {
+    count_where(db, table, "true").await
+}
+
+/// Rows in `table` of the test database that satisfy `condition`.
+pub async fn count_where(db: &TestDb, table: &str, condition: &str) -> i64 {
     use sqlx::Connection as _;
-    let sql = format!("SELECT count(*) FROM {table}");
+    let sql = format!("SELECT count(*) FROM {table} WHERE {condition}");
     match db.backend {
         Backend::Postgres => {
             let mut conn = PgConnection::connect(&db.url).await.unwrap();

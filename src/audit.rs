@@ -1,0 +1,111 @@
+//! Write-behind for audit events that change no record (replays, reused keys): they are queued
+//! and written in batches, one statement per batch, so that a replay costs no database write
+//! of its own. Events that change a record are written in that record's own transaction
+//! (see `store`), never here.
+//!
+//! The queue is bounded: when the database cannot keep up, events are dropped and counted
+//! rather than letting memory grow; a warning says how many.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{AuditEvent, Store};
+
+/// Events queued at most; past that, new ones are dropped (and counted).
+const QUEUE: usize = 50_000;
+/// Events written per batch at most.
+const BATCH: usize = 2_000;
+/// How long an event waits for company before its batch is written.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// The queue's sending side.
+#[derive(Debug)]
+pub(crate) struct AuditLog {
+    tx: mpsc::Sender<AuditEvent>,
+    dropped: Arc<AtomicU64>,
+    stop: CancellationToken,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AuditLog {
+    /// Starts the writer task.
+    pub(crate) fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let stop = CancellationToken::new();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer = tokio::spawn(write(store, rx, stop.clone(), dropped.clone()));
+        Self {
+            tx,
+            dropped,
+            stop,
+            writer: std::sync::Mutex::new(Some(writer)),
+        }
+    }
+
+    /// Queues an event; never waits.
+    pub(crate) fn record(&self, event: AuditEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes what is queued and stops the writer.
+    pub(crate) async fn flush_and_stop(&self) {
+        self.stop.cancel();
+        let writer = self.writer.lock().ok().and_then(|mut w| w.take());
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+}
+
+async fn write(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<AuditEvent>,
+    stop: CancellationToken,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let stopping = tokio::select! {
+            received = rx.recv_many(&mut batch, BATCH) => received == 0,
+            () = stop.cancelled() => true,
+        };
+        if !stopping && batch.len() < BATCH {
+            // Let a burst gather into one statement.
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+        }
+        if stopping {
+            while let Ok(event) = rx.try_recv() {
+                batch.push(event);
+            }
+        }
+        if !batch.is_empty() {
+            if let Err(error) = store.audit(&batch).await {
+                tracing::warn!(%error, events = batch.len(), "could not write audit events");
+            }
+            batch.clear();
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(lost, "audit events dropped: the database could not keep up");
+        }
+        if stopping {
+            return;
+        }
+    }
+}
