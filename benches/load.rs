@@ -5,9 +5,9 @@
 //!   nothing;
 //! - StopExecution first calls: a new token on a new execution each (claim, SageMaker, record);
 //! - StopExecution replays: the same requests again (read, answer, audit);
-//! - the database alone doing a first call's writes (two transactions with the same rows), to
-//!   show what bounds first calls: if they run at the speed of their commits, the database is
-//!   the limit, not the service.
+//! - the database alone doing a first call's writes (the same two statements), and first calls
+//!   again with commits that do not wait for the disk, to show what bounds first calls;
+//! - the CPU each process spends per request (service, emulator, Postgres), from /proc.
 //!
 //! Each is run at a fixed concurrency and reported as requests per second, p50 and p99
 //! latency, and the ratio of its throughput to the baseline's. Environment: BENCH_SERVER (the
@@ -93,47 +93,88 @@ where
     }
 }
 
-fn start_server(binary: &str, database_url: &str) -> (Child, String, String) {
+/// Starts `binary` with `args` and returns it with the value of `key=` in the first log
+/// line that has it.
+fn start(binary: &str, args: &[&str], key: &str) -> (Child, String) {
     let mut child = Command::new(binary)
-        .args(["serve", "--emulator", "--listen", "127.0.0.1:0"])
-        .args([
-            "--database-url",
-            database_url,
-            "--database-max-connections",
-            "32",
-        ])
-        .env("PIPELINE_CONTROL_LOG", "warn,pipeline_control::app=info")
+        .args(args)
+        .env("PIPELINE_CONTROL_LOG", "warn,pipeline_control=info")
+        .env("AWS_ACCESS_KEY_ID", "bench")
+        .env("AWS_SECRET_ACCESS_KEY", "bench")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
-        .expect("start the server");
+        .expect("start the process");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
-    let address = loop {
+    let value = loop {
         line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the server exited"
-        );
-        if let Some(rest) = line.split("address=").nth(1) {
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "{args:?} exited");
+        if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
-    let emulator = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no emulator banner"
-        );
-        if let Some(rest) = line.split("emulator: ").nth(1) {
-            break rest.trim().to_string();
-        }
-    };
-    // Keep draining both pipes so the server never blocks on them.
+    // Keep draining the pipe so the process never blocks on it.
     std::thread::spawn(move || for _ in stdout.lines() {});
-    std::thread::spawn(move || for _ in stderr.lines() {});
-    (child, address, emulator)
+    (child, value)
+}
+
+/// CPU time (user + system) used so far by the processes `pick` chooses, by their
+/// `/proc/<pid>/stat`.
+fn cpu_time(pick: impl Fn(u32, &str) -> bool) -> Duration {
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !pick(pid, &stat[open + 1..close]) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // After the command: state is field 3; utime and stime are fields 14 and 15.
+        let utime: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0);
+        let stime: u64 = fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+        ticks += utime + stime;
+    }
+    Duration::from_secs_f64(ticks as f64 / ticks_per_second)
+}
+
+/// CPU used by the service, the emulator and Postgres.
+#[derive(Clone, Copy)]
+struct Cpu {
+    service: Duration,
+    emulator: Duration,
+    postgres: Duration,
+}
+
+impl Cpu {
+    fn now(service: u32, emulator: u32) -> Self {
+        Self {
+            service: cpu_time(|pid, _| pid == service),
+            emulator: cpu_time(|pid, _| pid == emulator),
+            postgres: cpu_time(|_, command| command == "postgres"),
+        }
+    }
+
+    /// Microseconds per request of each, between `self` and `later`.
+    fn per_request(&self, later: &Cpu, requests: usize) -> String {
+        let per = |a: Duration, b: Duration| {
+            (b.saturating_sub(a)).as_secs_f64() * 1e6 / requests.max(1) as f64
+        };
+        format!(
+            "service {:.0} µs, emulator {:.0} µs, Postgres {:.0} µs",
+            per(self.service, later.service),
+            per(self.emulator, later.emulator),
+            per(self.postgres, later.postgres)
+        )
+    }
 }
 
 async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
@@ -233,7 +274,30 @@ async fn main() {
     let concurrency = env_or("BENCH_CONCURRENCY", 16) as usize;
     let seconds = Duration::from_secs(env_or("BENCH_SECONDS", 8));
 
-    let (mut server, address, emulator) = start_server(&binary, &database_url);
+    // The emulator in a process of its own, so each one's CPU can be told apart.
+    let (mut emulator_process, emulator) = start(
+        &binary,
+        &["emulator", "--listen", "127.0.0.1:0"],
+        "endpoint",
+    );
+    let (mut server, address) = start(
+        &binary,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &database_url,
+            "--database-max-connections",
+            "32",
+            "--sagemaker-endpoint",
+            &emulator,
+            "--aws-region",
+            "us-east-1",
+        ],
+        "address",
+    );
+    let (service_pid, emulator_pid) = (server.id(), emulator_process.id());
     let url = format!("http://{address}");
     let channels: Vec<Channel> = {
         let mut channels = Vec::new();
@@ -304,6 +368,7 @@ async fn main() {
         }
     };
     let before = xact_commits(&database_url).await;
+    let cpu_before = Cpu::now(service_pid, emulator_pid);
     let first_calls = run(
         "StopExecution, first calls",
         concurrency,
@@ -312,6 +377,10 @@ async fn main() {
     )
     .await;
     let commits = xact_commits(&database_url).await - before;
+    let first_cpu = cpu_before.per_request(
+        &Cpu::now(service_pid, emulator_pid),
+        first_calls.latencies.len(),
+    );
     let done = first_calls.latencies.len();
     let stopped: Arc<Vec<usize>> = Arc::new(std::mem::take(&mut *stopped.lock().unwrap()));
 
@@ -339,7 +408,12 @@ async fn main() {
             }
         }
     };
+    let cpu_before = Cpu::now(service_pid, emulator_pid);
     let replays = run("StopExecution, replays", concurrency, seconds, replay).await;
+    let replay_cpu = cpu_before.per_request(
+        &Cpu::now(service_pid, emulator_pid),
+        replays.latencies.len(),
+    );
 
     // The database alone doing a first call's writes: two transactions, as the service does.
     let pool = PgPoolOptions::new()
@@ -353,18 +427,10 @@ async fn main() {
             let pool = pool.clone();
             async move {
                 let token = format!("db-only-{worker}-{i}");
-                let mut tx = pool.begin().await.unwrap();
-                sqlx::query("INSERT INTO stop_requests (principal, client_token, fingerprint, method, pipeline_execution_arn, reason, upstream_token, state, lease_owner, lease_expires_at, epoch, attempts, expires_at) VALUES ('bench', $1, 'f', 'StopExecution', 'arn', 'bench', 'u', 'pending', 'w', now() + interval '30 seconds', 1, 1, now() + interval '30 days')")
-                    .bind(&token).execute(&mut *tx).await.unwrap();
-                sqlx::query("INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason, event, epoch, worker) VALUES ('bench', $1, 'arn', 'bench', 'received', 1, 'w')")
-                    .bind(&token).execute(&mut *tx).await.unwrap();
-                tx.commit().await.unwrap();
-                let mut tx = pool.begin().await.unwrap();
-                sqlx::query("UPDATE stop_requests SET state = 'completed', outcome = 'STOP_REQUESTED', completed_at = now() WHERE principal = 'bench' AND client_token = $1 AND epoch = 1")
-                    .bind(&token).execute(&mut *tx).await.unwrap();
-                sqlx::query("INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason, event, epoch, worker) VALUES ('bench', $1, 'arn', 'bench', 'completed', 1, 'w')")
-                    .bind(&token).execute(&mut *tx).await.unwrap();
-                tx.commit().await.unwrap();
+                sqlx::query("WITH changed AS (INSERT INTO stop_requests (principal, client_token, fingerprint, method, pipeline_execution_arn, reason, upstream_token, state, lease_owner, lease_expires_at, epoch, attempts, expires_at) VALUES ('bench', $1, 'f', 'StopExecution', 'arn', 'bench', 'u', 'pending', 'w', now() + interval '30 seconds', 1, 1, now() + interval '30 days') RETURNING *), audited AS (INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason, event, epoch, worker) SELECT principal, client_token, pipeline_execution_arn, reason, 'received', epoch, 'w' FROM changed) SELECT * FROM changed")
+                    .bind(&token).fetch_one(&pool).await.unwrap();
+                sqlx::query("WITH changed AS (UPDATE stop_requests SET state = 'completed', outcome = 'STOP_REQUESTED', completed_at = now() WHERE principal = 'bench' AND client_token = $1 AND epoch = 1 RETURNING *), audited AS (INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason, event, outcome, epoch, worker) SELECT principal, client_token, pipeline_execution_arn, reason, 'completed', outcome, epoch, 'w' FROM changed) SELECT * FROM changed")
+                    .bind(&token).fetch_one(&pool).await.unwrap();
                 true
             }
         }
@@ -398,10 +464,12 @@ async fn main() {
         None
     };
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
+    for child in [&mut server, &mut emulator_process] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
 
     println!();
     println!(
@@ -431,6 +499,8 @@ async fn main() {
         commits as f64 / done.max(1) as f64,
         100.0 * first_calls.rate() / database.rate()
     );
+    println!("CPU per first call: {first_cpu}");
+    println!("CPU per replay: {replay_cpu}");
     if let Some(unflushed) = &unflushed {
         println!(
             "first calls with commits not waiting for the disk: {:.2}x the rate of durable ones",

@@ -1,7 +1,7 @@
 //! The Postgres store: production, shared by every replica. Uses the database clock for leases
 //! and expiry; migrations are serialized across replicas by sqlx's advisory lock.
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
@@ -98,11 +98,11 @@ impl Store for PostgresStore {
         retention: Duration,
     ) -> Result<Option<StopRecord>, StoreError> {
         let key = &request.key;
-        let mut tx = self.pool.begin().await?;
-        // One statement: a new row, or a fresh start in place of an expired one (its epoch
-        // keeps rising, so a worker of the old incarnation stays fenced off).
-        let inserted = sqlx::query(
-            "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
+        // One statement, with its audit row: a new row, or a fresh start in place of an expired
+        // one (its epoch keeps rising, so a worker of the old incarnation stays fenced off).
+        static INSERT: LazyLock<String> = LazyLock::new(|| {
+            with_audit(
+                "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
                  pipeline_execution_arn, reason, upstream_token, state, lease_owner,
                  lease_expires_at, epoch, attempts, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8,
@@ -118,27 +118,24 @@ impl Store for PostgresStore {
                  expires_at = EXCLUDED.expires_at
              WHERE stop_requests.expires_at <= now()
              RETURNING *",
-        )
-        .bind(&key.principal)
-        .bind(&key.token)
-        .bind(&request.fingerprint)
-        .bind(&request.method)
-        .bind(&request.pipeline_execution_arn)
-        .bind(&request.reason)
-        .bind(&request.upstream_token)
-        .bind(owner)
-        .bind(seconds(lease))
-        .bind(seconds(retention))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = inserted else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        let record = record(&row)?;
-        insert_audit(&mut tx, &record, "received", owner).await?;
-        tx.commit().await?;
-        Ok(Some(record))
+                "received",
+                8,
+            )
+        });
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(INSERT.as_str()))
+            .bind(&key.principal)
+            .bind(&key.token)
+            .bind(&request.fingerprint)
+            .bind(&request.method)
+            .bind(&request.pipeline_execution_arn)
+            .bind(&request.reason)
+            .bind(&request.upstream_token)
+            .bind(owner)
+            .bind(seconds(lease))
+            .bind(seconds(retention))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(inserted.as_ref().map(record).transpose()?)
     }
 
     async fn take_over(
@@ -147,29 +144,27 @@ impl Store for PostgresStore {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<StopRecord>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE stop_requests
-             SET lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
-                 epoch = epoch + 1, attempts = attempts + 1, updated_at = now()
-             WHERE principal = $1 AND client_token = $2 AND state = 'pending'
-               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
-               AND expires_at > now()
-             RETURNING *",
-        )
-        .bind(&key.principal)
-        .bind(&key.token)
-        .bind(owner)
-        .bind(seconds(lease))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let record = record(&row)?;
-        insert_audit(&mut tx, &record, "taken_over", owner).await?;
-        tx.commit().await?;
-        Ok(Some(record))
+        static TAKE_OVER: LazyLock<String> = LazyLock::new(|| {
+            with_audit(
+                "UPDATE stop_requests
+                 SET lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
+                     epoch = epoch + 1, attempts = attempts + 1, updated_at = now()
+                 WHERE principal = $1 AND client_token = $2 AND state = 'pending'
+                   AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+                   AND expires_at > now()
+                 RETURNING *",
+                "taken_over",
+                3,
+            )
+        });
+        let row = sqlx::query(sqlx::AssertSqlSafe(TAKE_OVER.as_str()))
+            .bind(&key.principal)
+            .bind(&key.token)
+            .bind(owner)
+            .bind(seconds(lease))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(record).transpose()?)
     }
 
     async fn complete(
@@ -179,30 +174,29 @@ impl Store for PostgresStore {
         owner: &str,
         completion: &Completion,
     ) -> Result<Option<StopRecord>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE stop_requests
-             SET state = 'completed', outcome = $4, error_code = $5, execution_status = $6,
-                 completed_at = now(), updated_at = now(), lease_owner = NULL,
-                 lease_expires_at = NULL
-             WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
-             RETURNING *",
-        )
-        .bind(&key.principal)
-        .bind(&key.token)
-        .bind(epoch)
-        .bind(&completion.outcome)
-        .bind(&completion.error_code)
-        .bind(&completion.execution_status)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let record = record(&row)?;
-        insert_audit(&mut tx, &record, "completed", owner).await?;
-        tx.commit().await?;
-        Ok(Some(record))
+        static COMPLETE: LazyLock<String> = LazyLock::new(|| {
+            with_audit(
+                "UPDATE stop_requests
+                 SET state = 'completed', outcome = $4, error_code = $5, execution_status = $6,
+                     completed_at = now(), updated_at = now(), lease_owner = NULL,
+                     lease_expires_at = NULL
+                 WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
+                 RETURNING *",
+                "completed",
+                7,
+            )
+        });
+        let row = sqlx::query(sqlx::AssertSqlSafe(COMPLETE.as_str()))
+            .bind(&key.principal)
+            .bind(&key.token)
+            .bind(epoch)
+            .bind(&completion.outcome)
+            .bind(&completion.error_code)
+            .bind(&completion.execution_status)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(record).transpose()?)
     }
 
     async fn release(
@@ -212,26 +206,26 @@ impl Store for PostgresStore {
         owner: &str,
         error: &str,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "UPDATE stop_requests
-             SET lease_owner = NULL, lease_expires_at = now(), last_error = $4, updated_at = now()
-             WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
-             RETURNING *",
-        )
-        .bind(&key.principal)
-        .bind(&key.token)
-        .bind(epoch)
-        .bind(error)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(false);
-        };
-        let record = record(&row)?;
-        insert_audit(&mut tx, &record, "failed_transient", owner).await?;
-        tx.commit().await?;
-        Ok(true)
+        static RELEASE: LazyLock<String> = LazyLock::new(|| {
+            with_audit(
+                "UPDATE stop_requests
+                 SET lease_owner = NULL, lease_expires_at = now(), last_error = $4,
+                     updated_at = now()
+                 WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
+                 RETURNING *",
+                "failed_transient",
+                5,
+            )
+        });
+        let row = sqlx::query(sqlx::AssertSqlSafe(RELEASE.as_str()))
+            .bind(&key.principal)
+            .bind(&key.token)
+            .bind(epoch)
+            .bind(error)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
     }
 
     async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError> {
@@ -307,29 +301,20 @@ impl Store for PostgresStore {
     }
 }
 
-async fn insert_audit(
-    conn: &mut sqlx::PgConnection,
-    record: &StopRecord,
-    event: &str,
-    owner: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
-             event, outcome, error_code, epoch, worker)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+/// `statement` (an INSERT or UPDATE `... RETURNING *` of `stop_requests`) with the audit row
+/// of what it changed, as one statement: one round trip, one implicit transaction, and no
+/// audit row when nothing changed. `owner` is the number of the parameter naming the worker.
+fn with_audit(statement: &str, event: &'static str, owner: usize) -> String {
+    format!(
+        "WITH changed AS ({statement}),
+         audited AS (
+             INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
+                 event, outcome, error_code, epoch, worker)
+             SELECT principal, client_token, pipeline_execution_arn, reason, '{event}',
+                 outcome, error_code, epoch, ${owner}
+             FROM changed)
+         SELECT * FROM changed"
     )
-    .bind(&record.key.principal)
-    .bind(&record.key.token)
-    .bind(&record.pipeline_execution_arn)
-    .bind(&record.reason)
-    .bind(event)
-    .bind(&record.outcome)
-    .bind(&record.error_code)
-    .bind(record.epoch)
-    .bind(owner)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 fn record(row: &PgRow) -> Result<StopRecord, sqlx::Error> {
