@@ -177,7 +177,7 @@ impl Cpu {
     }
 }
 
-async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
+fn sagemaker(emulator: &str) -> aws_sdk_sagemaker::Client {
     use aws_sdk_sagemaker::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_sagemaker::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -185,7 +185,11 @@ async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
         .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
         .endpoint_url(emulator)
         .build();
-    let client = aws_sdk_sagemaker::Client::from_conf(config);
+    aws_sdk_sagemaker::Client::from_conf(config)
+}
+
+async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
+    let client = sagemaker(emulator);
     let definition = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/bench"}]}"#;
     client
         .create_pipeline()
@@ -443,6 +447,36 @@ async fn main() {
     )
     .await;
 
+    // The SageMaker SDK alone, from this process: one call, as a first call makes (the CPU it
+    // costs here is what it costs inside the service).
+    let sdk = sagemaker(&emulator);
+    let me = std::process::id();
+    let sdk_cpu_before = cpu_time(|pid, _| pid == me);
+    let sdk_only = {
+        let executions = executions.clone();
+        move |worker: usize, i: usize| {
+            let sdk = sdk.clone();
+            let arn = executions[(worker + i * 31) % executions.len()].clone();
+            async move {
+                sdk.describe_pipeline_execution()
+                    .pipeline_execution_arn(arn)
+                    .send()
+                    .await
+                    .unwrap();
+                true
+            }
+        }
+    };
+    let sdk_alone = run(
+        "SageMaker SDK alone: one call",
+        concurrency,
+        seconds,
+        sdk_only,
+    )
+    .await;
+    let sdk_cpu = (cpu_time(|pid, _| pid == me).saturating_sub(sdk_cpu_before)).as_secs_f64() * 1e6
+        / sdk_alone.latencies.len().max(1) as f64;
+
     // The same first calls with commits that do not wait for the disk: if first calls were
     // bound by the service, this would not speed them up.
     let relaxed = set_synchronous_commit(&database_url, "off").await;
@@ -480,7 +514,7 @@ async fn main() {
     println!();
     println!("| scenario | requests | req/s | p50 ms | p99 ms | throughput vs baseline |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
-    let mut phases = vec![&baseline, &first_calls, &replays, &database];
+    let mut phases = vec![&baseline, &first_calls, &replays, &database, &sdk_alone];
     phases.extend(unflushed.as_ref());
     for phase in phases {
         println!(
@@ -500,6 +534,9 @@ async fn main() {
         100.0 * first_calls.rate() / database.rate()
     );
     println!("CPU per first call: {first_cpu}");
+    println!(
+        "CPU per SageMaker SDK call, client side (load generator, which also times it): {sdk_cpu:.0} µs"
+    );
     println!("CPU per replay: {replay_cpu}");
     if let Some(unflushed) = &unflushed {
         println!(
