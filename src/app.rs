@@ -165,7 +165,7 @@ impl Application {
             .build_v1alpha()
             .context("cannot build reflection (v1alpha)")?;
 
-        let service = PipelineControlService::new(stopper.clone());
+        let service = PipelineControlService::new(stopper.clone(), sagemaker.clone());
         let maintenance = tokio::spawn(maintain(
             stopper.clone(),
             args.completer_interval,

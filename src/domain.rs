@@ -263,6 +263,73 @@ mod tests {
         assert!(Reason::parse(&"x".repeat(1025)).is_err());
     }
 
+    fn step(detail: StepDetail, status: &str) -> StepSnapshot {
+        StepSnapshot {
+            name: "S".into(),
+            display_name: String::new(),
+            step_type: "Callback".into(),
+            status: StepStatus::parse(status),
+            start_time: chrono::DateTime::from_timestamp(1_800_000_000, 0),
+            end_time: None,
+            failure_reason: String::new(),
+            attempt_count: 1,
+            detail,
+        }
+    }
+
+    fn execution(status: ExecutionStatus) -> ExecutionSnapshot {
+        ExecutionSnapshot {
+            arn: ARN.into(),
+            pipeline_arn: String::new(),
+            display_name: String::new(),
+            status,
+            failure_reason: String::new(),
+            creation_time: None,
+            last_modified_time: None,
+            steps: Vec::new(),
+            observed_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn only_running_callback_and_lambda_steps_of_a_stopping_execution_block_it() {
+        let callback = StepDetail::Callback {
+            token: "AbCdEfGhIj".into(),
+            queue_url: "https://sqs/q".into(),
+        };
+        let lambda = StepDetail::Lambda {
+            function_arn: "arn:aws:lambda:us-east-1:123456789012:function:f".into(),
+        };
+        let stopping = execution(ExecutionStatus::Stopping);
+        let reason = stopping.blocking_reason(&step(callback.clone(), "Stopping"));
+        assert!(
+            reason.contains("AbCdEfGhIj") && reason.contains("https://sqs/q"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("SendPipelineExecutionStepSuccess"),
+            "{reason}"
+        );
+        let reason = stopping.blocking_reason(&step(lambda.clone(), "Stopping"));
+        assert!(
+            reason.contains("function:f") && reason.contains("2027-01-15T08:00:00Z"),
+            "{reason}"
+        );
+        assert!(reason.contains("time out"), "{reason}");
+
+        assert_eq!(
+            stopping.blocking_reason(&step(callback.clone(), "Stopped")),
+            ""
+        );
+        assert_eq!(
+            stopping.blocking_reason(&step(StepDetail::Job { arn: "j".into() }, "Stopping")),
+            ""
+        );
+        let executing = execution(ExecutionStatus::Executing);
+        assert_eq!(executing.blocking_reason(&step(callback, "Executing")), "");
+        assert_eq!(executing.blocking_reason(&step(lambda, "Executing")), "");
+    }
+
     #[test]
     fn statuses_round_trip_and_unknown_ones_are_not_terminal() {
         for s in [
@@ -279,5 +346,109 @@ mod tests {
         assert!(!ExecutionStatus::parse("Paused").is_terminal_unstopped());
         assert!(ExecutionStatus::CompletedWithFailures.is_terminal_unstopped());
         assert!(!ExecutionStatus::Stopped.is_terminal_unstopped());
+    }
+}
+
+/// A step's status, as SageMaker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StepStatus {
+    Starting,
+    Executing,
+    Stopping,
+    Stopped,
+    Failed,
+    Succeeded,
+    /// A status this service does not know.
+    Unknown(String),
+}
+
+impl StepStatus {
+    pub(crate) fn parse(value: &str) -> Self {
+        match value {
+            "Starting" => Self::Starting,
+            "Executing" => Self::Executing,
+            "Stopping" => Self::Stopping,
+            "Stopped" => Self::Stopped,
+            "Failed" => Self::Failed,
+            "Succeeded" => Self::Succeeded,
+            other => Self::Unknown(other.to_string()),
+        }
+    }
+
+    /// Still running: what a stop waits for.
+    pub(crate) fn is_running(&self) -> bool {
+        matches!(self, Self::Starting | Self::Executing | Self::Stopping)
+    }
+}
+
+/// What a step's metadata says about the work it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum StepDetail {
+    /// A Callback step: answered with SendPipelineExecutionStep* and this token.
+    Callback { token: String, queue_url: String },
+    /// A Lambda step: runs this function, which cannot be interrupted.
+    Lambda { function_arn: String },
+    /// A job (training, processing, ...) with this ARN.
+    Job { arn: String },
+    #[default]
+    None,
+}
+
+/// One step of an execution, as SageMaker lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StepSnapshot {
+    pub(crate) name: String,
+    pub(crate) display_name: String,
+    /// From the metadata: `Callback`, `Lambda`, `Training`, `Processing`, ...
+    pub(crate) step_type: String,
+    pub(crate) status: StepStatus,
+    pub(crate) start_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) end_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) failure_reason: String,
+    pub(crate) attempt_count: i32,
+    pub(crate) detail: StepDetail,
+}
+
+/// An execution and its steps, as read from SageMaker at `observed_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExecutionSnapshot {
+    pub(crate) arn: String,
+    pub(crate) pipeline_arn: String,
+    pub(crate) display_name: String,
+    pub(crate) status: ExecutionStatus,
+    pub(crate) failure_reason: String,
+    pub(crate) creation_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) last_modified_time: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) steps: Vec<StepSnapshot>,
+    pub(crate) observed_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl ExecutionSnapshot {
+    /// Why `step` keeps this execution from stopping, if it does: only a running Callback or
+    /// Lambda step of a Stopping execution does (other steps stop promptly).
+    pub(crate) fn blocking_reason(&self, step: &StepSnapshot) -> String {
+        if self.status != ExecutionStatus::Stopping || !step.status.is_running() {
+            return String::new();
+        }
+        match &step.detail {
+            StepDetail::Callback { token, queue_url } => format!(
+                "Callback step waits for SendPipelineExecutionStepSuccess or SendPipelineExecutionStepFailure with callback token {token} (its messages go to {queue_url}); the execution stays Stopping until one is sent"
+            ),
+            StepDetail::Lambda { function_arn } => {
+                let started = step
+                    .start_time
+                    .map(|t| {
+                        format!(
+                            " started at {}",
+                            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "Lambda step cannot be interrupted: the pipeline waits for function {function_arn}{started} to finish (then Stopped) or to time out (then Failed)"
+                )
+            }
+            _ => String::new(),
+        }
     }
 }

@@ -13,8 +13,79 @@ use aws_sdk_sagemaker::{
 
 use crate::{
     config::SageMakerArgs,
-    domain::{ExecutionArn, ExecutionStatus},
+    domain::{
+        ExecutionArn, ExecutionSnapshot, ExecutionStatus, StepDetail, StepSnapshot, StepStatus,
+    },
 };
+
+/// Steps per ListPipelineExecutionSteps page: the most SageMaker gives.
+const STEPS_PAGE: i32 = 100;
+
+fn time(
+    t: Option<&aws_sdk_sagemaker::primitives::DateTime>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    let t = t?;
+    chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
+/// A step's type and details, from which member of its metadata is set.
+fn step_kind(
+    metadata: Option<&aws_sdk_sagemaker::types::PipelineExecutionStepMetadata>,
+) -> (String, StepDetail) {
+    let Some(m) = metadata else {
+        return (String::new(), StepDetail::None);
+    };
+    let job = |arn: Option<&str>| StepDetail::Job {
+        arn: arn.unwrap_or_default().to_string(),
+    };
+    let (kind, detail) = if let Some(c) = m.callback() {
+        (
+            "Callback",
+            StepDetail::Callback {
+                token: c.callback_token().unwrap_or_default().to_string(),
+                queue_url: c.sqs_queue_url().unwrap_or_default().to_string(),
+            },
+        )
+    } else if let Some(l) = m.lambda() {
+        (
+            "Lambda",
+            StepDetail::Lambda {
+                function_arn: l.arn().unwrap_or_default().to_string(),
+            },
+        )
+    } else if let Some(j) = m.training_job() {
+        ("Training", job(j.arn()))
+    } else if let Some(j) = m.processing_job() {
+        ("Processing", job(j.arn()))
+    } else if let Some(j) = m.transform_job() {
+        ("Transform", job(j.arn()))
+    } else if let Some(j) = m.tuning_job() {
+        ("Tuning", job(j.arn()))
+    } else if let Some(j) = m.auto_ml_job() {
+        ("AutoML", job(j.arn()))
+    } else if let Some(j) = m.model() {
+        ("Model", job(j.arn()))
+    } else if let Some(j) = m.register_model() {
+        ("RegisterModel", job(j.arn()))
+    } else if m.condition().is_some() {
+        ("Condition", StepDetail::None)
+    } else if m.fail().is_some() {
+        ("Fail", StepDetail::None)
+    } else if m.emr().is_some() {
+        ("EMR", StepDetail::None)
+    } else if let Some(q) = m.quality_check() {
+        ("QualityCheck", job(q.check_job_arn()))
+    } else if let Some(c) = m.clarify_check() {
+        ("ClarifyCheck", job(c.check_job_arn()))
+    } else if let Some(e) = m.endpoint() {
+        ("Endpoint", job(e.arn()))
+    } else if let Some(e) = m.endpoint_config() {
+        ("EndpointConfig", job(e.arn()))
+    } else {
+        ("", StepDetail::None)
+    };
+    (kind.to_string(), detail)
+}
 
 /// What StopPipelineExecution said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +354,100 @@ impl SageMaker {
                 Err(classified)
             }
         }
+    }
+
+    /// DescribePipelineExecution and every page of ListPipelineExecutionSteps; `None` when there
+    /// is no such execution.
+    pub(crate) async fn execution(
+        &self,
+        arn: &ExecutionArn,
+    ) -> Result<Option<ExecutionSnapshot>, UpstreamError> {
+        let described = self
+            .client
+            .describe_pipeline_execution()
+            .pipeline_execution_arn(arn.as_str())
+            .send()
+            .await;
+        let described = match described {
+            Ok(output) => output,
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found()) =>
+            {
+                return Ok(None);
+            }
+            Err(error) => {
+                let classified = classify(&error);
+                tracing::warn!(execution = %arn, error = %classified, "DescribePipelineExecution failed");
+                return Err(classified);
+            }
+        };
+        let observed_at = chrono::Utc::now();
+        let mut steps = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_pipeline_execution_steps()
+                .pipeline_execution_arn(arn.as_str())
+                .max_results(STEPS_PAGE)
+                .set_next_token(next_token.take())
+                .send()
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(error)
+                    if error
+                        .as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found()) =>
+                {
+                    return Ok(None);
+                }
+                Err(error) => {
+                    let classified = classify(&error);
+                    tracing::warn!(execution = %arn, error = %classified, "ListPipelineExecutionSteps failed");
+                    return Err(classified);
+                }
+            };
+            for step in page.pipeline_execution_steps() {
+                let (step_type, detail) = step_kind(step.metadata());
+                steps.push(StepSnapshot {
+                    name: step.step_name().unwrap_or_default().to_string(),
+                    display_name: step.step_display_name().unwrap_or_default().to_string(),
+                    step_type,
+                    status: StepStatus::parse(
+                        step.step_status().map(|s| s.as_str()).unwrap_or_default(),
+                    ),
+                    start_time: time(step.start_time()),
+                    end_time: time(step.end_time()),
+                    failure_reason: step.failure_reason().unwrap_or_default().to_string(),
+                    attempt_count: step.attempt_count().unwrap_or_default(),
+                    detail,
+                });
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => break,
+            }
+        }
+        Ok(Some(ExecutionSnapshot {
+            arn: arn.as_str().to_string(),
+            pipeline_arn: described.pipeline_arn().unwrap_or_default().to_string(),
+            display_name: described
+                .pipeline_execution_display_name()
+                .unwrap_or_default()
+                .to_string(),
+            status: described
+                .pipeline_execution_status()
+                .map(|s| ExecutionStatus::parse(s.as_str()))
+                .unwrap_or_else(|| ExecutionStatus::Unknown(String::new())),
+            failure_reason: described.failure_reason().unwrap_or_default().to_string(),
+            creation_time: time(described.creation_time()),
+            last_modified_time: time(described.last_modified_time()),
+            steps,
+            observed_at,
+        }))
     }
 
     /// The region the client signs for, if one was found.

@@ -221,28 +221,16 @@ async fn rpcs_not_served_yet_answer_unimplemented_with_a_sentence() {
     let mut client = pb::pipeline_control_client::PipelineControlClient::new(app.channel().await);
     let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl";
 
-    let statuses = [
-        (
-            "GetExecution",
-            client
-                .get_execution(pb::GetExecutionRequest {
-                    pipeline_execution_arn: arn.into(),
-                })
-                .await
-                .map(|_| ())
-                .unwrap_err(),
-        ),
-        (
-            "WatchExecution",
-            client
-                .watch_execution(pb::WatchExecutionRequest {
-                    pipeline_execution_arn: arn.into(),
-                })
-                .await
-                .map(|_| ())
-                .unwrap_err(),
-        ),
-    ];
+    let statuses = [(
+        "WatchExecution",
+        client
+            .watch_execution(pb::WatchExecutionRequest {
+                pipeline_execution_arn: arn.into(),
+            })
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+    )];
     for (method, status) in statuses {
         assert_eq!(status.code(), Code::Unimplemented, "{method}");
         assert!(

@@ -8,7 +8,7 @@ use tonic::metadata::MetadataMap;
 
 use super::pb;
 use crate::{
-    domain::{ExecutionStatus, StopOutcome},
+    domain::{ExecutionSnapshot, ExecutionStatus, StepDetail, StepStatus, StopOutcome},
     store::{RecordState, StopRecord},
 };
 
@@ -29,6 +29,62 @@ pub(crate) fn execution_status(status: Option<&str>) -> pb::ExecutionStatus {
         Some(ExecutionStatus::Succeeded) => P::Succeeded,
         Some(ExecutionStatus::CompletedWithFailures) => P::CompletedWithFailures,
         Some(ExecutionStatus::Unknown(_)) | None => P::Unspecified,
+    }
+}
+
+fn step_status(status: &StepStatus) -> pb::StepStatus {
+    match status {
+        StepStatus::Starting => pb::StepStatus::Starting,
+        StepStatus::Executing => pb::StepStatus::Executing,
+        StepStatus::Stopping => pb::StepStatus::Stopping,
+        StepStatus::Stopped => pb::StepStatus::Stopped,
+        StepStatus::Failed => pb::StepStatus::Failed,
+        StepStatus::Succeeded => pb::StepStatus::Succeeded,
+        StepStatus::Unknown(_) => pb::StepStatus::Unspecified,
+    }
+}
+
+/// An execution snapshot as the Execution message, with each step's blocking reason.
+pub(crate) fn execution(snapshot: &ExecutionSnapshot) -> pb::Execution {
+    pb::Execution {
+        pipeline_execution_arn: snapshot.arn.clone(),
+        pipeline_arn: snapshot.pipeline_arn.clone(),
+        display_name: snapshot.display_name.clone(),
+        status: execution_status(Some(snapshot.status.as_str())).into(),
+        failure_reason: snapshot.failure_reason.clone(),
+        creation_time: snapshot.creation_time.map(timestamp),
+        last_modified_time: snapshot.last_modified_time.map(timestamp),
+        steps: snapshot
+            .steps
+            .iter()
+            .map(|step| pb::Step {
+                name: step.name.clone(),
+                display_name: step.display_name.clone(),
+                r#type: step.step_type.clone(),
+                status: step_status(&step.status).into(),
+                start_time: step.start_time.map(timestamp),
+                end_time: step.end_time.map(timestamp),
+                failure_reason: step.failure_reason.clone(),
+                attempt_count: step.attempt_count,
+                blocking_reason: snapshot.blocking_reason(step),
+                metadata: match &step.detail {
+                    StepDetail::Callback { token, queue_url } => {
+                        Some(pb::step::Metadata::Callback(pb::CallbackMetadata {
+                            callback_token: token.clone(),
+                            sqs_queue_url: queue_url.clone(),
+                        }))
+                    }
+                    StepDetail::Lambda { function_arn } => {
+                        Some(pb::step::Metadata::Lambda(pb::LambdaMetadata {
+                            function_arn: function_arn.clone(),
+                        }))
+                    }
+                    StepDetail::Job { arn } => Some(pb::step::Metadata::JobArn(arn.clone())),
+                    StepDetail::None => None,
+                },
+            })
+            .collect(),
+        observed_at: Some(timestamp(snapshot.observed_at)),
     }
 }
 

@@ -13,6 +13,7 @@ use crate::{
     domain::{ClientToken, ExecutionArn, Principal, Reason},
     error::Error,
     hooks,
+    sagemaker::SageMaker,
     stop::{Answer, StopInput, Stopper},
     store::StopRecord,
 };
@@ -34,11 +35,12 @@ use pb::pipeline_control_server::PipelineControl;
 #[derive(Debug, Clone)]
 pub(crate) struct PipelineControlService {
     stopper: Arc<Stopper>,
+    sagemaker: SageMaker,
 }
 
 impl PipelineControlService {
-    pub(crate) fn new(stopper: Arc<Stopper>) -> Self {
-        Self { stopper }
+    pub(crate) fn new(stopper: Arc<Stopper>, sagemaker: SageMaker) -> Self {
+        Self { stopper, sagemaker }
     }
 }
 
@@ -122,13 +124,20 @@ impl PipelineControl for PipelineControlService {
 
     async fn get_execution(
         &self,
-        _request: Request<pb::GetExecutionRequest>,
+        request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         hooks::handler_entry().await;
-        Err(Error::NotImplemented(
-            "GetExecution is part of the contract but this server does not serve it yet.",
-        )
-        .into())
+        let arn = ExecutionArn::parse(&request.get_ref().pipeline_execution_arn)
+            .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+        let snapshot = self
+            .sagemaker
+            .execution(&arn)
+            .await
+            .map_err(|_| Error::UpstreamUnavailable {
+                retry_after: std::time::Duration::from_secs(1),
+            })?
+            .ok_or(Error::ExecutionNotFound)?;
+        Ok(Response::new(convert::execution(&snapshot)))
     }
 
     type WatchExecutionStream = WatchStream;

@@ -1,0 +1,202 @@
+//! GetExecution against the emulator through the real SDK: the execution with all its steps
+//! (every page), each step's type from its metadata, and what holds a stop up.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Stack};
+use pipeline_control::grpc::pb;
+use serde_json::json;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+async fn get(stack: &Stack, arn: &str) -> Result<pb::Execution, tonic::Status> {
+    stack
+        .client
+        .clone()
+        .get_execution(pb::GetExecutionRequest {
+            pipeline_execution_arn: arn.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn stop(stack: &Stack, arn: &str) {
+    stack
+        .client
+        .clone()
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+fn step<'a>(execution: &'a pb::Execution, name: &str) -> &'a pb::Step {
+    execution
+        .steps
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("no step {name}"))
+}
+
+#[tokio::test]
+async fn a_callback_step_is_named_as_what_holds_a_stop_up() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |_| {}).await;
+    let queue = "https://sqs.us-east-1.amazonaws.com/123456789012/approvals";
+    let arn = stack
+        .execution(json!([
+            {"Name": "Prepare", "Type": "Processing", "DisplayName": "Prepare data",
+             "Arguments": {"Emulator": {"DurationSeconds": 1}}},
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": queue, "DependsOn": ["Prepare"]}
+        ]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let execution = get(&stack, &arn).await.unwrap();
+    assert_eq!(execution.pipeline_execution_arn, arn);
+    assert_eq!(
+        execution.pipeline_arn,
+        arn[..arn.find("/execution/").unwrap()]
+    );
+    assert_eq!(execution.status(), pb::ExecutionStatus::Executing);
+    assert!(execution.creation_time.is_some() && execution.observed_at.is_some());
+    let prepare = step(&execution, "Prepare");
+    assert_eq!(prepare.r#type, "Processing");
+    assert_eq!(prepare.display_name, "Prepare data");
+    assert_eq!(prepare.status(), pb::StepStatus::Succeeded);
+    assert!(
+        matches!(&prepare.metadata, Some(pb::step::Metadata::JobArn(a)) if a.contains(":processing-job/"))
+    );
+    let approve = step(&execution, "Approve");
+    assert_eq!(approve.r#type, "Callback");
+    assert_eq!(approve.status(), pb::StepStatus::Executing);
+    assert_eq!(
+        approve.blocking_reason, "",
+        "nothing is held up while nobody stops"
+    );
+    let Some(pb::step::Metadata::Callback(callback)) = &approve.metadata else {
+        panic!("callback metadata: {approve:?}");
+    };
+    let token = callback.callback_token.clone();
+    assert_eq!(callback.sqs_queue_url, queue);
+
+    stop(&stack, &arn).await;
+    let execution = get(&stack, &arn).await.unwrap();
+    assert_eq!(execution.status(), pb::ExecutionStatus::Stopping);
+    let approve = step(&execution, "Approve");
+    assert_eq!(approve.status(), pb::StepStatus::Stopping);
+    assert!(
+        approve.blocking_reason.contains(&token),
+        "{}",
+        approve.blocking_reason
+    );
+    assert!(approve.blocking_reason.contains(queue));
+    assert!(
+        approve
+            .blocking_reason
+            .contains("SendPipelineExecutionStepSuccess")
+    );
+    assert_eq!(step(&execution, "Prepare").blocking_reason, "");
+
+    stack
+        .sagemaker
+        .send_pipeline_execution_step_success()
+        .callback_token(&token)
+        .send()
+        .await
+        .unwrap();
+    let execution = get(&stack, &arn).await.unwrap();
+    assert_eq!(execution.status(), pb::ExecutionStatus::Stopped);
+    assert!(execution.steps.iter().all(|s| s.blocking_reason.is_empty()));
+}
+
+#[tokio::test]
+async fn a_lambda_step_is_named_until_its_function_ends() {
+    let stack = Stack::start(Backend::Sqlite, 100.0, |_| {}).await;
+    let function = "arn:aws:lambda:us-east-1:123456789012:function:evaluate";
+    let arn = stack
+        .execution(
+            json!([{"Name": "Evaluate", "Type": "Lambda", "FunctionArn": function,
+            "Arguments": {"Emulator": {"DurationSeconds": 100, "TimeoutSeconds": 300}}}]),
+        )
+        .await;
+    stop(&stack, &arn).await;
+    let execution = get(&stack, &arn).await.unwrap();
+    assert_eq!(execution.status(), pb::ExecutionStatus::Stopping);
+    let evaluate = step(&execution, "Evaluate");
+    assert_eq!(evaluate.r#type, "Lambda");
+    assert!(
+        evaluate.blocking_reason.contains(function),
+        "{}",
+        evaluate.blocking_reason
+    );
+    assert!(evaluate.blocking_reason.contains("started at"));
+    assert!(
+        matches!(&evaluate.metadata, Some(pb::step::Metadata::Lambda(l)) if l.function_arn == function)
+    );
+    common::wait_for_status(&stack.sagemaker, &arn, "Stopped").await;
+    let execution = get(&stack, &arn).await.unwrap();
+    assert_eq!(
+        step(&execution, "Evaluate").status(),
+        pb::StepStatus::Stopped
+    );
+    assert_eq!(step(&execution, "Evaluate").blocking_reason, "");
+}
+
+#[tokio::test]
+async fn every_step_is_returned_across_pages() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let steps: Vec<_> = (0..230)
+        .map(|i| json!({"Name": format!("S{i:03}"), "Type": "Training"}))
+        .collect();
+    let arn = stack.execution(json!(steps)).await;
+    stack.admin.reset_stats().await;
+    let execution = get(&stack, &arn).await.unwrap();
+    assert_eq!(execution.steps.len(), 230);
+    assert!(execution.steps.iter().all(|s| s.r#type == "Training"));
+    assert_eq!(
+        stack.admin.calls("ListPipelineExecutionSteps").await,
+        3,
+        "100 a page"
+    );
+    assert_eq!(stack.admin.calls("DescribePipelineExecution").await, 1);
+}
+
+#[tokio::test]
+async fn errors_are_invalid_argument_not_found_and_unavailable() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let error = get(&stack, "nope").await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(
+        error.get_details_bad_request().unwrap().field_violations[0].field,
+        "pipeline_execution_arn"
+    );
+    assert_eq!(stack.admin.calls("DescribePipelineExecution").await, 0);
+
+    let missing = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/none/execution/abcdefghijkl";
+    let error = get(&stack, missing).await.unwrap_err();
+    assert_eq!(error.code(), Code::NotFound);
+    assert_eq!(
+        error.get_details_error_info().unwrap().reason,
+        "EXECUTION_NOT_FOUND"
+    );
+
+    let arn = stack.callback_execution().await;
+    stack
+        .admin
+        .set_fault(
+            "ListPipelineExecutionSteps",
+            json!({"throttle": {"count": 100}}),
+        )
+        .await;
+    let error = get(&stack, &arn).await.unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable);
+    assert_eq!(
+        error.get_details_error_info().unwrap().reason,
+        "UPSTREAM_UNAVAILABLE"
+    );
+    assert!(error.get_details_retry_info().is_some());
+}
