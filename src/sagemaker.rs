@@ -21,11 +21,29 @@ use crate::{
 /// Steps per ListPipelineExecutionSteps page: the most SageMaker gives.
 const STEPS_PAGE: i32 = 100;
 
+/// SageMaker's times arrive as fractional epoch seconds, so their nanoseconds carry float noise
+/// (.121000051): rounded to the microsecond, finer than SageMaker ever is.
 fn time(
     t: Option<&aws_sdk_sagemaker::primitives::DateTime>,
 ) -> Option<chrono::DateTime<chrono::Utc>> {
     let t = t?;
-    chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+    let micros = (i64::from(t.subsec_nanos()) + 500) / 1000;
+    chrono::DateTime::from_timestamp(t.secs(), 0)
+        .map(|whole| whole + chrono::Duration::microseconds(micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_lose_their_float_noise() {
+        let noisy = aws_sdk_sagemaker::primitives::DateTime::from_secs_f64(1_795_672_038.121);
+        let t = time(Some(&noisy)).unwrap();
+        assert_eq!(t.timestamp(), 1_795_672_038);
+        assert_eq!(t.timestamp_subsec_nanos(), 121_000_000);
+        assert_eq!(time(None), None);
+    }
 }
 
 /// A step's type and details, from which member of its metadata is set.
