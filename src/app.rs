@@ -28,6 +28,7 @@ use crate::{
     shutdown::{self, CutOffIo},
     stop::{StopSettings, Stopper},
     store::{self, Store},
+    watch::{WatchSettings, Watcher},
 };
 
 /// The gRPC service name health reports on, besides the whole server ("").
@@ -134,12 +135,14 @@ impl Application {
             args,
         } = self;
 
+        // One client, with the configured attempts, for stops, reads and pollers alike.
+        let sagemaker = sagemaker.with_policy(CallPolicy {
+            max_attempts: args.upstream_attempts,
+            ..CallPolicy::default()
+        });
         let stopper = Arc::new(Stopper::new(
             store.clone(),
-            sagemaker.with_policy(CallPolicy {
-                max_attempts: args.upstream_attempts,
-                ..CallPolicy::default()
-            }),
+            sagemaker.clone(),
             StopSettings {
                 lease: args.lease,
                 retention: args.idempotency_retention,
@@ -165,7 +168,18 @@ impl Application {
             .build_v1alpha()
             .context("cannot build reflection (v1alpha)")?;
 
-        let service = PipelineControlService::new(stopper.clone(), sagemaker.clone());
+        let watcher = Watcher::new(
+            sagemaker.clone(),
+            WatchSettings {
+                poll_interval: args.poll_interval,
+                max_backoff: Duration::from_secs(30),
+                heartbeat: args.heartbeat_interval,
+                linger: args.poller_linger,
+                max_streams: args.max_watch_streams,
+            },
+            stopping_rx.clone(),
+        );
+        let service = PipelineControlService::new(stopper.clone(), sagemaker.clone(), watcher);
         let maintenance = tokio::spawn(maintain(
             stopper.clone(),
             args.completer_interval,

@@ -96,6 +96,27 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_CONTROL_UPSTREAM_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub upstream_attempts: u32,
 
+    /// How often a watched execution is read from SageMaker (once per interval however many
+    /// watch it; with jitter, and backing off up to 30 s while SageMaker throttles or fails).
+    #[arg(long, env = "PIPELINE_CONTROL_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
+
+    /// A watch stream with nothing new sends a heartbeat after this long.
+    #[arg(long, env = "PIPELINE_CONTROL_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// How long a poller goes on after its last watcher left, for a quick reconnect.
+    #[arg(long, env = "PIPELINE_CONTROL_POLLER_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub poller_linger: Duration,
+
+    /// Concurrent WatchExecution streams at most; more answer RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_MAX_WATCH_STREAMS",
+        default_value_t = 10_000
+    )]
+    pub max_watch_streams: usize,
+
     /// The database.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -253,6 +274,10 @@ impl ServeArgs {
             completer_interval: Duration::from_secs(5),
             retention_interval: Duration::from_secs(60),
             upstream_attempts: 3,
+            poll_interval: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(15),
+            poller_linger: Duration::from_secs(5),
+            max_watch_streams: 10_000,
             database,
             sagemaker: SageMakerArgs::default(),
             emulator: false,

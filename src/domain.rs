@@ -183,6 +183,11 @@ impl ExecutionStatus {
         }
     }
 
+    /// Ended: nothing about the execution will change any more.
+    pub(crate) fn is_terminal(&self) -> bool {
+        self.is_terminal_unstopped() || *self == Self::Stopped
+    }
+
     /// Ended without being stopped: a stop can no longer apply.
     pub(crate) fn is_terminal_unstopped(&self) -> bool {
         matches!(
@@ -424,6 +429,22 @@ pub(crate) struct ExecutionSnapshot {
 }
 
 impl ExecutionSnapshot {
+    /// What watchers are told about: status, failure reasons and each step's status. Two
+    /// snapshots with the same digest are the same news.
+    pub(crate) fn digest(&self) -> Vec<String> {
+        let mut digest = vec![
+            self.status.as_str().to_string(),
+            self.failure_reason.clone(),
+        ];
+        for step in &self.steps {
+            digest.push(format!(
+                "{}\u{1f}{:?}\u{1f}{}",
+                step.name, step.status, step.failure_reason
+            ));
+        }
+        digest
+    }
+
     /// Why `step` keeps this execution from stopping, if it does: only a running Callback or
     /// Lambda step of a Stopping execution does (other steps stop promptly).
     pub(crate) fn blocking_reason(&self, step: &StepSnapshot) -> String {

@@ -17,9 +17,6 @@ pub const ERROR_DOMAIN: &str = "pipelinecontrol.v1";
 /// Something a call could not do.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
-    /// The RPC exists in the contract but is not served by this version.
-    #[error("{0}")]
-    NotImplemented(&'static str),
     /// Fields of the request are malformed.
     #[error("the request is invalid: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),
@@ -48,6 +45,12 @@ pub(crate) enum Error {
     /// No stop request recorded under this token for the caller.
     #[error("no stop request is recorded under this client_request_token for the caller")]
     StopRequestNotFound,
+    /// Over a configured limit.
+    #[error("too many {what}; retry later")]
+    LimitExceeded {
+        what: &'static str,
+        retry_after: Duration,
+    },
     /// A bug: logged, never detailed to the caller.
     #[error("internal error")]
     Internal(String),
@@ -75,7 +78,6 @@ impl Error {
     /// The stable ErrorInfo reason.
     pub(crate) fn reason(&self) -> &'static str {
         match self {
-            Error::NotImplemented(_) => "NOT_IMPLEMENTED",
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::ExecutionNotFound => "EXECUTION_NOT_FOUND",
             Error::ExecutionAlreadyTerminal { .. } => "EXECUTION_ALREADY_TERMINAL",
@@ -84,6 +86,7 @@ impl Error {
             Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::StopRequestNotFound => "STOP_REQUEST_NOT_FOUND",
+            Error::LimitExceeded { .. } => "LIMIT_EXCEEDED",
             Error::Internal(_) => "INTERNAL",
             Error::Abandoned(_) => "ABANDONED",
         }
@@ -91,7 +94,6 @@ impl Error {
 
     fn code(&self) -> Code {
         match self {
-            Error::NotImplemented(_) => Code::Unimplemented,
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::ExecutionNotFound | Error::StopRequestNotFound => Code::NotFound,
             Error::ExecutionAlreadyTerminal { .. } | Error::IdempotencyKeyReused => {
@@ -101,6 +103,7 @@ impl Error {
             Error::UpstreamUnavailable { .. }
             | Error::StoreUnavailable(_)
             | Error::Abandoned(_) => Code::Unavailable,
+            Error::LimitExceeded { .. } => Code::ResourceExhausted,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -155,7 +158,8 @@ impl From<Error> for Status {
                 );
             }
             Error::RequestInProgress { retry_after }
-            | Error::UpstreamUnavailable { retry_after } => {
+            | Error::UpstreamUnavailable { retry_after }
+            | Error::LimitExceeded { retry_after, .. } => {
                 details.set_retry_info(Some(*retry_after));
             }
             Error::StoreUnavailable(_) | Error::Abandoned(_) => {
@@ -172,16 +176,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn not_implemented_is_unimplemented_with_error_info() {
-        let status = Status::from(Error::NotImplemented("GetExecution is not served yet."));
-        assert_eq!(status.code(), Code::Unimplemented);
-        assert_eq!(status.message(), "GetExecution is not served yet.");
+    fn every_status_carries_error_info_and_the_right_details() {
+        let status = Status::from(Error::LimitExceeded {
+            what: "concurrent watch streams",
+            retry_after: Duration::from_secs(5),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
         let info = status
             .get_details_error_info()
-            .map(|info| (info.reason, info.domain));
+            .map(|i| (i.reason, i.domain));
         assert_eq!(
             info,
-            Some(("NOT_IMPLEMENTED".to_string(), ERROR_DOMAIN.to_string()))
+            Some(("LIMIT_EXCEEDED".to_string(), ERROR_DOMAIN.to_string()))
         );
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(5))
+        );
+        let status = Status::from(Error::ExecutionAlreadyTerminal {
+            status: "Failed".into(),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            status.get_details_error_info().unwrap().metadata["status"],
+            "Failed"
+        );
+        assert!(status.get_details_precondition_failure().is_some());
     }
 }

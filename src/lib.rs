@@ -13,6 +13,7 @@
 //! - `domain`: checked values (ARN, token, reason) and statuses, free of SDK and proto types.
 //! - [`store`]: the stop-request store, one trait over Postgres and SQLite pools.
 //! - `sagemaker`: the only code that touches the AWS SDK.
+//! - `watch`: WatchExecution's shared pollers and streams.
 //! - [`telemetry`]: logging, as text or JSON.
 //!
 //! - `demo`: `serve --emulator`, the emulator in-process with demo executions.
@@ -33,5 +34,6 @@ pub mod shutdown;
 mod stop;
 pub mod store;
 pub mod telemetry;
+mod watch;
 
 pub use error::ERROR_DOMAIN;

@@ -7,14 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, TestApp, TestDb, test_args};
-use pipeline_control::{ERROR_DOMAIN, grpc::pb};
 use prost::Message as _;
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tonic_reflection::pb::{v1, v1alpha};
-use tonic_types::StatusExt as _;
 
 const SERVICE: &str = "pipelinecontrol.v1.PipelineControl";
 
@@ -211,36 +209,5 @@ async fn health_turns_not_serving_when_the_database_goes_away() {
     }
     assert_eq!(status, ServingStatus::NotServing);
     assert_eq!(check(&app, "").await.unwrap(), ServingStatus::NotServing);
-    app.shutdown().await.unwrap();
-}
-
-#[tokio::test]
-async fn rpcs_not_served_yet_answer_unimplemented_with_a_sentence() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let app = TestApp::spawn(test_args(&db)).await;
-    let mut client = pb::pipeline_control_client::PipelineControlClient::new(app.channel().await);
-    let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl";
-
-    let statuses = [(
-        "WatchExecution",
-        client
-            .watch_execution(pb::WatchExecutionRequest {
-                pipeline_execution_arn: arn.into(),
-            })
-            .await
-            .map(|_| ())
-            .unwrap_err(),
-    )];
-    for (method, status) in statuses {
-        assert_eq!(status.code(), Code::Unimplemented, "{method}");
-        assert!(
-            status.message().starts_with(method) && status.message().ends_with('.'),
-            "{method}: {}",
-            status.message()
-        );
-        let info = status.get_details_error_info().expect("an ErrorInfo");
-        assert_eq!(info.domain, ERROR_DOMAIN);
-        assert_eq!(info.reason, "NOT_IMPLEMENTED");
-    }
     app.shutdown().await.unwrap();
 }

@@ -19,7 +19,6 @@ use tonic_health::pb::{
 
 const ENTERED: &str = "grpc::handler_entered";
 const PAUSE: &str = "grpc::handler_pause";
-const ARN: &str = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl";
 
 #[tokio::test]
 async fn shutdown_lets_a_call_in_flight_finish_then_exits() {
@@ -36,8 +35,8 @@ async fn shutdown_lets_a_call_in_flight_finish_then_exits() {
     let mut client = pb::pipeline_control_client::PipelineControlClient::new(app.channel().await);
     let call = tokio::spawn(async move {
         client
-            .get_execution(pb::GetExecutionRequest {
-                pipeline_execution_arn: ARN.into(),
+            .get_stop_request(pb::GetStopRequestRequest {
+                client_request_token: "never-used".into(),
             })
             .await
     });
@@ -48,7 +47,7 @@ async fn shutdown_lets_a_call_in_flight_finish_then_exits() {
     let answer = call.await.unwrap();
     // The handler ran to its end: its own answer, not a transport error or UNAVAILABLE.
     let status = answer.map(|_| ()).unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
     app.shutdown().await.unwrap();
 
     // The port is closed once the server has exited.

@@ -4,9 +4,10 @@
 
 mod convert;
 
-use std::{pin::Pin, sync::Arc};
+pub(crate) use convert::{execution as execution_message, timestamp};
 
-use tokio_stream::Stream;
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
@@ -16,6 +17,7 @@ use crate::{
     sagemaker::SageMaker,
     stop::{Answer, StopInput, Stopper},
     store::StopRecord,
+    watch::{WatchStream, Watcher},
 };
 
 /// The generated messages, server and client of `proto/pipelinecontrol/v1`.
@@ -36,11 +38,16 @@ use pb::pipeline_control_server::PipelineControl;
 pub(crate) struct PipelineControlService {
     stopper: Arc<Stopper>,
     sagemaker: SageMaker,
+    watcher: Arc<Watcher>,
 }
 
 impl PipelineControlService {
-    pub(crate) fn new(stopper: Arc<Stopper>, sagemaker: SageMaker) -> Self {
-        Self { stopper, sagemaker }
+    pub(crate) fn new(stopper: Arc<Stopper>, sagemaker: SageMaker, watcher: Arc<Watcher>) -> Self {
+        Self {
+            stopper,
+            sagemaker,
+            watcher,
+        }
     }
 }
 
@@ -82,9 +89,6 @@ fn answer(answer: Answer) -> Result<Response<pb::StopExecutionResponse>, Status>
     idempotency_metadata(response.metadata_mut(), &record, replayed);
     Ok(response)
 }
-
-type WatchStream =
-    Pin<Box<dyn Stream<Item = Result<pb::WatchExecutionResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl PipelineControl for PipelineControlService {
@@ -144,13 +148,12 @@ impl PipelineControl for PipelineControlService {
 
     async fn watch_execution(
         &self,
-        _request: Request<pb::WatchExecutionRequest>,
+        request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
         hooks::handler_entry().await;
-        Err(Error::NotImplemented(
-            "WatchExecution is part of the contract but this server does not serve it yet.",
-        )
-        .into())
+        let arn = ExecutionArn::parse(&request.get_ref().pipeline_execution_arn)
+            .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+        Ok(Response::new(self.watcher.watch(arn).await?))
     }
 
     async fn get_stop_request(

@@ -1,0 +1,347 @@
+//! WatchExecution through a real tonic client against the emulator in scaled time: snapshots,
+//! heartbeats, the end of a stream, shared pollers and their economy, backoff, limits and
+//! shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Stack};
+use pipeline_control::grpc::pb::{self, watch_execution_response::Event};
+use serde_json::json;
+use tonic::{Code, Streaming};
+use tonic_types::StatusExt as _;
+
+fn quick(args: &mut pipeline_control::config::ServeArgs) {
+    args.poll_interval = Duration::from_millis(50);
+    args.heartbeat_interval = Duration::from_secs(3600);
+    args.poller_linger = Duration::from_millis(100);
+}
+
+async fn watch(
+    stack: &Stack,
+    arn: &str,
+) -> Result<Streaming<pb::WatchExecutionResponse>, tonic::Status> {
+    stack
+        .client
+        .clone()
+        .watch_execution(pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.to_string(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The next message, which must come within 30 s.
+async fn next(
+    stream: &mut Streaming<pb::WatchExecutionResponse>,
+) -> Option<pb::WatchExecutionResponse> {
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("a message in time")
+        .unwrap()
+}
+
+fn snapshot(message: &pb::WatchExecutionResponse) -> &pb::Execution {
+    match &message.event {
+        Some(Event::Execution(execution)) => execution,
+        other => panic!("expected a snapshot, got {other:?}"),
+    }
+}
+
+/// Reads snapshots until one has `status`; returns it. Every sequence number follows the last.
+async fn until(
+    stream: &mut Streaming<pb::WatchExecutionResponse>,
+    sequence: &mut u64,
+    status: pb::ExecutionStatus,
+) -> pb::Execution {
+    loop {
+        let message = next(stream).await.expect("the stream goes on");
+        *sequence += 1;
+        assert_eq!(message.sequence, *sequence);
+        let execution = snapshot(&message).clone();
+        if execution.status() == status {
+            return execution;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_callback_execution_streams_to_stopped_then_ends() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, quick).await;
+    let arn = stack.callback_execution().await;
+    let mut stream = watch(&stack, &arn).await.unwrap();
+    let first = next(&mut stream).await.unwrap();
+    assert_eq!(first.sequence, 1);
+    assert_eq!(snapshot(&first).status(), pb::ExecutionStatus::Executing);
+    let mut sequence = 1;
+
+    stack
+        .client
+        .clone()
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let stopping = until(&mut stream, &mut sequence, pb::ExecutionStatus::Stopping).await;
+    let approve = stopping.steps.iter().find(|s| s.name == "Approve").unwrap();
+    assert!(
+        approve
+            .blocking_reason
+            .contains("SendPipelineExecutionStepSuccess")
+    );
+    let Some(pb::step::Metadata::Callback(callback)) = &approve.metadata else {
+        panic!("{approve:?}");
+    };
+
+    // Nothing changes while the callback waits: no more snapshots.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack
+        .sagemaker
+        .send_pipeline_execution_step_success()
+        .callback_token(&callback.callback_token)
+        .send()
+        .await
+        .unwrap();
+    let stopped = next(&mut stream).await.unwrap();
+    assert_eq!(
+        stopped.sequence,
+        sequence + 1,
+        "no duplicate snapshot in between"
+    );
+    assert_eq!(snapshot(&stopped).status(), pb::ExecutionStatus::Stopped);
+    assert!(
+        next(&mut stream).await.is_none(),
+        "the stream ends with OK after a terminal snapshot"
+    );
+}
+
+#[tokio::test]
+async fn lambda_steps_end_stopped_or_failed_on_timeout() {
+    let stack = Stack::start(Backend::Sqlite, 100.0, quick).await;
+    for (duration, timeout, end) in [
+        (100, 300, pb::ExecutionStatus::Stopped),
+        (900, 120, pb::ExecutionStatus::Failed),
+    ] {
+        let arn = stack
+            .execution(json!([{"Name": "Evaluate", "Type": "Lambda",
+                "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:f",
+                "Arguments": {"Emulator": {"DurationSeconds": duration, "TimeoutSeconds": timeout}}}]))
+            .await;
+        let mut stream = watch(&stack, &arn).await.unwrap();
+        let mut sequence = 0;
+        until(&mut stream, &mut sequence, pb::ExecutionStatus::Executing).await;
+        stack
+            .client
+            .clone()
+            .stop_execution(pb::StopExecutionRequest {
+                pipeline_execution_arn: arn.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let stopping = until(&mut stream, &mut sequence, pb::ExecutionStatus::Stopping).await;
+        assert!(stopping.steps[0].blocking_reason.contains("function:f"));
+        let last = until(&mut stream, &mut sequence, end).await;
+        if end == pb::ExecutionStatus::Failed {
+            assert!(last.failure_reason.contains("Step failure"), "{last:?}");
+            assert!(
+                last.steps[0]
+                    .failure_reason
+                    .contains("timeout of 120 seconds")
+            );
+        }
+        assert!(next(&mut stream).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn quiet_streams_get_heartbeats() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |args| {
+        quick(args);
+        args.heartbeat_interval = Duration::from_millis(100);
+    })
+    .await;
+    let arn = stack.callback_execution().await;
+    let mut stream = watch(&stack, &arn).await.unwrap();
+    snapshot(&next(&mut stream).await.unwrap());
+    for sequence in 2..5 {
+        let message = next(&mut stream).await.unwrap();
+        assert_eq!(message.sequence, sequence);
+        let Some(Event::Heartbeat(heartbeat)) = message.event else {
+            panic!("a heartbeat expected: {message:?}");
+        };
+        assert!(heartbeat.last_observed_at.is_some());
+    }
+}
+
+#[tokio::test]
+async fn bad_and_missing_executions_are_errors() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, quick).await;
+    let error = watch(&stack, "nope").await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let error = watch(
+        &stack,
+        "arn:aws:sagemaker:us-east-1:123456789012:pipeline/x/execution/abcdefghijkl",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), Code::NotFound);
+    assert_eq!(
+        error.get_details_error_info().unwrap().reason,
+        "EXECUTION_NOT_FOUND"
+    );
+}
+
+/// DescribePipelineExecution calls the emulator receives during `window`.
+async fn describes_during(stack: &Stack, window: Duration) -> u64 {
+    let before = stack.admin.calls("DescribePipelineExecution").await;
+    tokio::time::sleep(window).await;
+    stack.admin.calls("DescribePipelineExecution").await - before
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_watchers_cost_sagemaker_what_one_does() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |args| {
+        quick(args);
+        args.poll_interval = Duration::from_millis(200);
+    })
+    .await;
+    let arn = stack.callback_execution().await;
+
+    let mut one = watch(&stack, &arn).await.unwrap();
+    next(&mut one).await.unwrap();
+    let alone = describes_during(&stack, Duration::from_secs(2)).await;
+
+    let mut crowd = Vec::new();
+    for _ in 0..999 {
+        let mut stream = watch(&stack, &arn).await.unwrap();
+        next(&mut stream).await.unwrap();
+        crowd.push(stream);
+    }
+    let together = describes_during(&stack, Duration::from_secs(2)).await;
+    // About 10 polls in 2 s either way; the same poller serves all 1,000.
+    assert!((5..=15).contains(&alone), "{alone}");
+    assert!(
+        together <= alone + 3,
+        "one watcher: {alone}, a thousand: {together}"
+    );
+
+    // A change reaches every watcher.
+    stack
+        .client
+        .clone()
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for stream in crowd.iter_mut().chain(std::iter::once(&mut one)) {
+        let message = next(stream).await.unwrap();
+        assert_eq!(snapshot(&message).status(), pb::ExecutionStatus::Stopping);
+    }
+
+    // Everyone leaves: the poller ends after its linger.
+    drop(crowd);
+    drop(one);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(describes_during(&stack, Duration::from_secs(1)).await, 0);
+}
+
+#[tokio::test]
+async fn executions_get_pollers_of_their_own() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |args| {
+        quick(args);
+        args.poll_interval = Duration::from_millis(200);
+    })
+    .await;
+    let first = stack.callback_execution().await;
+    let second = stack.callback_execution().await;
+    let mut a = watch(&stack, &first).await.unwrap();
+    let mut b = watch(&stack, &second).await.unwrap();
+    next(&mut a).await.unwrap();
+    next(&mut b).await.unwrap();
+    let both = describes_during(&stack, Duration::from_secs(2)).await;
+    assert!(
+        (12..=30).contains(&both),
+        "two pollers, about 20 polls: {both}"
+    );
+}
+
+#[tokio::test]
+async fn throttling_backs_the_poller_off_and_it_recovers() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |args| {
+        quick(args);
+        args.upstream_attempts = 1;
+    })
+    .await;
+    let arn = stack.callback_execution().await;
+    let mut stream = watch(&stack, &arn).await.unwrap();
+    next(&mut stream).await.unwrap();
+    stack
+        .admin
+        .set_fault(
+            "DescribePipelineExecution",
+            json!({"throttle": {"fraction": 1.0}}),
+        )
+        .await;
+    // At 50 ms a poll, 2 s would be 40 polls; backing off (100, 200, 400, 800 ms...) it is a
+    // handful.
+    let throttled = describes_during(&stack, Duration::from_secs(2)).await;
+    assert!(throttled <= 8, "{throttled}");
+    stack.admin.clear_faults().await;
+    stack
+        .client
+        .clone()
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut sequence = 1;
+    until(&mut stream, &mut sequence, pb::ExecutionStatus::Stopping).await;
+}
+
+#[tokio::test]
+async fn streams_beyond_the_limit_are_refused() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |args| {
+        quick(args);
+        args.max_watch_streams = 2;
+    })
+    .await;
+    let arn = stack.callback_execution().await;
+    let mut a = watch(&stack, &arn).await.unwrap();
+    let mut b = watch(&stack, &arn).await.unwrap();
+    next(&mut a).await.unwrap();
+    next(&mut b).await.unwrap();
+    let error = watch(&stack, &arn).await.unwrap_err();
+    assert_eq!(error.code(), Code::ResourceExhausted);
+    assert_eq!(
+        error.get_details_error_info().unwrap().reason,
+        "LIMIT_EXCEEDED"
+    );
+    assert!(error.get_details_retry_info().is_some());
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = watch(&stack, &arn).await.unwrap();
+    next(&mut c).await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams_with_unavailable() {
+    let mut stack = Stack::start(Backend::Sqlite, 1000.0, quick).await;
+    let arn = stack.callback_execution().await;
+    let mut stream = watch(&stack, &arn).await.unwrap();
+    next(&mut stream).await.unwrap();
+    stack.app.begin_shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable);
+}
