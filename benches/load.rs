@@ -189,14 +189,18 @@ fn sagemaker(emulator: &str) -> aws_sdk_sagemaker::Client {
 }
 
 async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
+    create_executions_named(emulator, "bench", count).await
+}
+
+async fn create_executions_named(emulator: &str, pipeline: &str, count: usize) -> Vec<String> {
     let client = sagemaker(emulator);
     let definition = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/bench"}]}"#;
     client
         .create_pipeline()
-        .pipeline_name("bench")
+        .pipeline_name(pipeline)
         .pipeline_definition(definition)
         .role_arn("arn:aws:iam::123456789012:role/Bench")
-        .client_request_token("bench-create-0000000000000000000000000")
+        .client_request_token(format!("{pipeline}-create-0000000000000000000000000000"))
         .send()
         .await
         .unwrap();
@@ -205,12 +209,13 @@ async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
     for worker in 0..16 {
         let client = client.clone();
         let arns = arns.clone();
+        let pipeline = pipeline.to_string();
         tasks.push(tokio::spawn(async move {
             for i in (worker..count).step_by(16) {
                 let arn = client
                     .start_pipeline_execution()
-                    .pipeline_name("bench")
-                    .client_request_token(format!("bench-start-{i:032}"))
+                    .pipeline_name(&pipeline)
+                    .client_request_token(format!("{pipeline}-start-{i:032}"))
                     .send()
                     .await
                     .unwrap()
@@ -235,6 +240,136 @@ async fn xact_commits(database_url: &str) -> i64 {
     .fetch_one(&mut conn)
     .await
     .unwrap()
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn emulator_calls(emulator: &str, operation: &str) -> u64 {
+    let stats: serde_json::Value = reqwest::get(format!("{emulator}/_emulator/stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats[operation].as_u64().unwrap_or(0)
+}
+
+/// `streams` watchers of one execution: what SageMaker sees per poll interval (2 s), the
+/// server's memory per stream, and how long a change takes from the poll that saw it to each
+/// stream. One table row.
+async fn watch_scenario(url: &str, emulator: &str, server: u32, streams: usize) -> String {
+    let arn = create_executions_named(emulator, &format!("watch{streams}"), 1)
+        .await
+        .remove(0);
+    // Many connections: a connection carries a bounded number of concurrent streams.
+    let mut channels = Vec::new();
+    for _ in 0..(streams / 100).max(1) {
+        channels.push(
+            Channel::from_shared(url.to_string())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let count_window = |emulator: String| async move {
+        let before = emulator_calls(&emulator, "DescribePipelineExecution").await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let after = emulator_calls(&emulator, "DescribePipelineExecution").await;
+        (after - before) as f64 / 3.0
+    };
+
+    // One stream first: the calls a single watcher costs.
+    let mut first = pb::pipeline_control_client::PipelineControlClient::new(channels[0].clone())
+        .watch_execution(pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    first.message().await.unwrap().unwrap();
+    let alone = count_window(emulator.to_string()).await;
+
+    let memory_before = rss_kib(server);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(streams);
+    let (latency_tx, mut latency_rx) = tokio::sync::mpsc::channel::<Duration>(streams);
+    let mut tasks = Vec::new();
+    for i in 1..streams {
+        let channel = channels[i % channels.len()].clone();
+        let arn = arn.clone();
+        let ready_tx = ready_tx.clone();
+        let latency_tx = latency_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = pb::pipeline_control_client::PipelineControlClient::new(channel);
+            let mut stream = client
+                .watch_execution(pb::WatchExecutionRequest {
+                    pipeline_execution_arn: arn,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            stream.message().await.unwrap().unwrap();
+            ready_tx.send(()).await.unwrap();
+            while let Ok(Some(message)) = stream.message().await {
+                if let Some(pb::watch_execution_response::Event::Execution(execution)) =
+                    message.event
+                {
+                    if execution.status() == pb::ExecutionStatus::Stopping {
+                        let observed = execution.observed_at.unwrap();
+                        let observed = std::time::UNIX_EPOCH
+                            + Duration::new(observed.seconds as u64, observed.nanos as u32);
+                        let lag = std::time::SystemTime::now()
+                            .duration_since(observed)
+                            .unwrap_or_default();
+                        latency_tx.send(lag).await.unwrap();
+                        break;
+                    }
+                }
+            }
+        }));
+    }
+    for _ in 1..streams {
+        ready_rx.recv().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_stream = (rss_kib(server).saturating_sub(memory_before)) as f64 / streams as f64;
+    let together = count_window(emulator.to_string()).await;
+
+    pb::pipeline_control_client::PipelineControlClient::new(channels[0].clone())
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut lags = Vec::with_capacity(streams);
+    for _ in 1..streams {
+        lags.push(latency_rx.recv().await.unwrap());
+    }
+    lags.sort();
+    for task in tasks {
+        let _ = task.await;
+    }
+    drop(first);
+    let pct = |p: f64| lags[((lags.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0;
+    format!(
+        "| {streams} | {alone:.1} → {together:.1} | {per_stream:.1} KiB | {:.0} / {:.0} / {:.0} ms |",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    )
 }
 
 /// Sets `synchronous_commit` server-wide (superuser only); whether it worked.
@@ -292,6 +427,8 @@ async fn main() {
             "127.0.0.1:0",
             "--database-url",
             &database_url,
+            "--max-watch-streams",
+            "20000",
             "--database-max-connections",
             "32",
             "--sagemaker-endpoint",
@@ -498,6 +635,12 @@ async fn main() {
         None
     };
 
+    // Watching: N streams on one execution.
+    let mut watch_rows = Vec::new();
+    for streams in [1_000usize, 10_000] {
+        watch_rows.push(watch_scenario(&url, &emulator, server.id(), streams).await);
+    }
+
     for child in [&mut server, &mut emulator_process] {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -533,6 +676,15 @@ async fn main() {
         commits as f64 / done.max(1) as f64,
         100.0 * first_calls.rate() / database.rate()
     );
+    println!();
+    println!(
+        "| watch streams on one execution | upstream calls per poll interval (1 stream → N) | server memory per stream | change reaches streams, p50 / p99 / max |"
+    );
+    println!("| ---: | ---: | ---: | ---: |");
+    for row in &watch_rows {
+        println!("{row}");
+    }
+    println!();
     println!("CPU per first call: {first_cpu}");
     println!(
         "CPU per SageMaker SDK call, client side (load generator, which also times it): {sdk_cpu:.0} µs"
