@@ -325,17 +325,16 @@ async fn watch_scenario(url: &str, emulator: &str, server: u32, streams: usize) 
             while let Ok(Some(message)) = stream.message().await {
                 if let Some(pb::watch_execution_response::Event::Execution(execution)) =
                     message.event
+                    && execution.status() == pb::ExecutionStatus::Stopping
                 {
-                    if execution.status() == pb::ExecutionStatus::Stopping {
-                        let observed = execution.observed_at.unwrap();
-                        let observed = std::time::UNIX_EPOCH
-                            + Duration::new(observed.seconds as u64, observed.nanos as u32);
-                        let lag = std::time::SystemTime::now()
-                            .duration_since(observed)
-                            .unwrap_or_default();
-                        latency_tx.send(lag).await.unwrap();
-                        break;
-                    }
+                    let observed = execution.observed_at.unwrap();
+                    let observed = std::time::UNIX_EPOCH
+                        + Duration::new(observed.seconds as u64, observed.nanos as u32);
+                    let lag = std::time::SystemTime::now()
+                        .duration_since(observed)
+                        .unwrap_or_default();
+                    latency_tx.send(lag).await.unwrap();
+                    break;
                 }
             }
         }));
