@@ -345,3 +345,64 @@ async fn shutdown_ends_streams_with_unavailable() {
         .unwrap_err();
     assert_eq!(ended.code(), Code::Unavailable);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_stops_reading_gets_the_latest_snapshot_not_a_backlog() {
+    let stack = Stack::start(Backend::Sqlite, 100.0, |args| {
+        quick(args);
+        args.poll_interval = Duration::from_millis(20);
+    })
+    .await;
+    // 200 parallel steps ending one after another over two seconds: a change at nearly every
+    // poll, and every snapshot lists all 200 steps, so the transport's buffers fill fast.
+    let steps: Vec<_> = (0..200)
+        .map(|i| {
+            json!({"Name": format!("S{i:03}"), "Type": "Processing",
+                "Arguments": {"Emulator": {"DurationSeconds": 1 + i}}})
+        })
+        .collect();
+    let arn = stack.execution(json!(steps)).await;
+    let mut eager = watch(&stack, &arn).await.unwrap();
+    // The lagging client keeps HTTP/2's smallest windows, so that the transport buffers only a
+    // few snapshots for it and the rest is up to the server.
+    let small_windows = tonic::transport::Endpoint::from_shared(stack.app.url())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut lagging = pb::pipeline_control_client::PipelineControlClient::new(small_windows)
+        .watch_execution(pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next(&mut lagging).await.unwrap();
+
+    // One watcher reads everything as it comes...
+    let mut eagerly_received = 0;
+    while let Some(message) = next(&mut eager).await {
+        eagerly_received += 1;
+        assert_eq!(message.sequence, eagerly_received);
+    }
+    // ...the other stopped reading meanwhile, and now catches up.
+    let mut received = 1;
+    let mut last = None;
+    while let Some(message) = next(&mut lagging).await {
+        received += 1;
+        assert_eq!(message.sequence, received, "no gaps in the numbering");
+        last = Some(message);
+    }
+    let last = last.expect("at least the final snapshot");
+    assert_eq!(snapshot(&last).status(), pb::ExecutionStatus::Succeeded);
+    assert_eq!(snapshot(&last).steps.len(), 200);
+    // It got the latest, not every snapshot the eager one saw (those beyond what the
+    // transport buffered were never queued for it).
+    assert!(eagerly_received >= 20, "{eagerly_received}");
+    assert!(
+        received * 2 <= eagerly_received,
+        "lagging {received}, eager {eagerly_received}: a backlog was kept"
+    );
+}
