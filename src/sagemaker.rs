@@ -166,6 +166,17 @@ impl CallPolicy {
     }
 }
 
+/// Classifies a failed call and logs it (with the cause, which callers never see).
+fn failed<E, R>(operation: &str, arn: &ExecutionArn, error: &SdkError<E, R>) -> UpstreamError
+where
+    E: aws_sdk_sagemaker::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let classified = classify(error);
+    tracing::warn!(execution = %arn, error = %classified, "{operation} failed");
+    classified
+}
+
 /// Sorts an SDK failure into what the service does about it. `E` is the operation's error.
 fn classify<E, R>(error: &SdkError<E, R>) -> UpstreamError
 where
@@ -334,10 +345,35 @@ impl SageMaker {
                 {
                     return Ok(StopResult::NotExecuting);
                 }
-                let classified = classify(&error);
-                tracing::warn!(execution = %arn, error = %classified, "StopPipelineExecution failed");
-                Err(classified)
+                Err(failed("StopPipelineExecution", arn, &error))
             }
+        }
+    }
+
+    /// DescribePipelineExecution; `None` when there is no such execution.
+    async fn describe(
+        &self,
+        arn: &ExecutionArn,
+    ) -> Result<
+        Option<aws_sdk_sagemaker::operation::describe_pipeline_execution::DescribePipelineExecutionOutput>,
+        UpstreamError,
+    >{
+        let result = self
+            .client
+            .describe_pipeline_execution()
+            .pipeline_execution_arn(arn.as_str())
+            .send()
+            .await;
+        match result {
+            Ok(output) => Ok(Some(output)),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found()) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(failed("DescribePipelineExecution", arn, &error)),
         }
     }
 
@@ -346,32 +382,12 @@ impl SageMaker {
         &self,
         arn: &ExecutionArn,
     ) -> Result<Option<ExecutionStatus>, UpstreamError> {
-        let result = self
-            .client
-            .describe_pipeline_execution()
-            .pipeline_execution_arn(arn.as_str())
-            .send()
-            .await;
-        match result {
-            Ok(output) => Ok(Some(
-                output
-                    .pipeline_execution_status()
-                    .map(|s| ExecutionStatus::parse(s.as_str()))
-                    .unwrap_or_else(|| ExecutionStatus::Unknown(String::new())),
-            )),
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found()) =>
-            {
-                Ok(None)
-            }
-            Err(error) => {
-                let classified = classify(&error);
-                tracing::warn!(execution = %arn, error = %classified, "DescribePipelineExecution failed");
-                Err(classified)
-            }
-        }
+        Ok(self.describe(arn).await?.map(|output| {
+            output
+                .pipeline_execution_status()
+                .map(|s| ExecutionStatus::parse(s.as_str()))
+                .unwrap_or_else(|| ExecutionStatus::Unknown(String::new()))
+        }))
     }
 
     /// DescribePipelineExecution and every page of ListPipelineExecutionSteps; `None` when there
@@ -380,26 +396,8 @@ impl SageMaker {
         &self,
         arn: &ExecutionArn,
     ) -> Result<Option<ExecutionSnapshot>, UpstreamError> {
-        let described = self
-            .client
-            .describe_pipeline_execution()
-            .pipeline_execution_arn(arn.as_str())
-            .send()
-            .await;
-        let described = match described {
-            Ok(output) => output,
-            Err(error)
-                if error
-                    .as_service_error()
-                    .is_some_and(|e| e.is_resource_not_found()) =>
-            {
-                return Ok(None);
-            }
-            Err(error) => {
-                let classified = classify(&error);
-                tracing::warn!(execution = %arn, error = %classified, "DescribePipelineExecution failed");
-                return Err(classified);
-            }
+        let Some(described) = self.describe(arn).await? else {
+            return Ok(None);
         };
         let observed_at = chrono::Utc::now();
         let mut steps = Vec::new();
@@ -422,11 +420,7 @@ impl SageMaker {
                 {
                     return Ok(None);
                 }
-                Err(error) => {
-                    let classified = classify(&error);
-                    tracing::warn!(execution = %arn, error = %classified, "ListPipelineExecutionSteps failed");
-                    return Err(classified);
-                }
+                Err(error) => return Err(failed("ListPipelineExecutionSteps", arn, &error)),
             };
             for step in page.pipeline_execution_steps() {
                 let (step_type, detail) = step_kind(step.metadata());

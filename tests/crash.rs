@@ -7,6 +7,7 @@
 //! binary runs them one at a time; no other test binary sees the hooks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -15,21 +16,6 @@ use common::{Backend, Stack, TestApp};
 use pipeline_control::grpc::pb;
 use tonic::Code;
 use tonic_types::StatusExt as _;
-
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$test(super::Backend::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$test(super::Backend::Sqlite).await
-            }
-        }
-    )*};
-}
 
 on_both_databases!(
     abandoned_work_is_finished_by_a_retry_on_either_server,

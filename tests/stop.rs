@@ -3,6 +3,7 @@
 //! faults, outages and retention.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
+#[macro_use]
 mod common;
 
 use std::{collections::HashSet, str::FromStr, time::Duration};
@@ -15,22 +16,6 @@ use pipeline_control::{ERROR_DOMAIN, grpc::pb};
 use serde_json::json;
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt as _;
-
-/// Runs `$test(backend)` once on Postgres and once on SQLite, as two tests.
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::$test(super::Backend::Postgres).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$test(super::Backend::Sqlite).await
-            }
-        }
-    )*};
-}
 
 on_both_databases!(
     outcomes_follow_the_execution_status,

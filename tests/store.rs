@@ -2,6 +2,7 @@
 //! schema the idempotency contract needs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
+#[macro_use]
 mod common;
 
 use std::{path::Path, str::FromStr, time::Duration};
@@ -483,21 +484,6 @@ mod records {
         );
         assert_eq!(store.delete_expired(10).await.unwrap(), 1);
         assert_eq!(store.delete_expired(10).await.unwrap(), 0);
-    }
-
-    macro_rules! on_both_databases {
-        ($($test:ident),* $(,)?) => {$(
-            mod $test {
-                #[tokio::test]
-                async fn postgres() {
-                    super::$test(super::Backend::Postgres).await
-                }
-                #[tokio::test]
-                async fn sqlite() {
-                    super::$test(super::Backend::Sqlite).await
-                }
-            }
-        )*};
     }
 
     on_both_databases!(

@@ -20,6 +20,24 @@ use sqlx::{
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
+/// Runs `$test(backend)` once on Postgres and once on SQLite, as two tests named
+/// `$test::postgres` and `$test::sqlite`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test(super::Backend::Postgres).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test(super::Backend::Sqlite).await
+            }
+        }
+    )*};
+}
+
 /// The two databases every store test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
