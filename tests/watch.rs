@@ -265,10 +265,31 @@ async fn executions_get_pollers_of_their_own() {
     let mut b = watch(&stack, &second).await.unwrap();
     next(&mut a).await.unwrap();
     next(&mut b).await.unwrap();
-    let both = describes_during(&stack, Duration::from_secs(2)).await;
+    // One poller at 200 ms (± 10 %) polls at most 23 times in 4 s; two poll about 40 times.
+    let both = describes_during(&stack, Duration::from_secs(4)).await;
     assert!(
-        (12..=30).contains(&both),
-        "two pollers, about 20 polls: {both}"
+        (24..=50).contains(&both),
+        "two pollers, about 40 polls: {both}"
+    );
+    // And each follows its own execution.
+    stack
+        .client
+        .clone()
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: second.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        snapshot(&next(&mut b).await.unwrap()).status(),
+        pb::ExecutionStatus::Stopping
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), a.message())
+            .await
+            .is_err(),
+        "the other execution did not change"
     );
 }
 
