@@ -9,7 +9,7 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation as ProtoFieldViolation, StatusExt};
 
-use crate::{domain::FieldViolation, store::StoreError};
+use crate::{domain::FieldViolation, sagemaker::UpstreamError, store::StoreError};
 
 /// The `domain` of every ErrorInfo this service sends.
 pub const ERROR_DOMAIN: &str = "pipelinecontrol.v1";
@@ -45,6 +45,9 @@ pub(crate) enum Error {
     /// No stop request recorded under this token for the caller.
     #[error("no stop request is recorded under this client_request_token for the caller")]
     StopRequestNotFound,
+    /// The server is shutting down: reconnect, possibly to another replica.
+    #[error("the server is shutting down; reconnect, possibly to another replica")]
+    ShuttingDown,
     /// Over a configured limit.
     #[error("too many {what}; retry later")]
     LimitExceeded {
@@ -68,6 +71,18 @@ fn describe(violations: &[FieldViolation]) -> String {
         .join("; ")
 }
 
+impl From<UpstreamError> for Error {
+    /// Every SageMaker failure that reaches a caller is transient: retry later, longer when
+    /// SageMaker throttles. The cause was logged where it happened.
+    fn from(error: UpstreamError) -> Self {
+        let retry_after = match error {
+            UpstreamError::Throttled(_) => Duration::from_secs(5),
+            UpstreamError::Conflict(_) | UpstreamError::Unavailable(_) => Duration::from_secs(1),
+        };
+        Error::UpstreamUnavailable { retry_after }
+    }
+}
+
 impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
         Error::StoreUnavailable(error)
@@ -87,6 +102,7 @@ impl Error {
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::StopRequestNotFound => "STOP_REQUEST_NOT_FOUND",
             Error::LimitExceeded { .. } => "LIMIT_EXCEEDED",
+            Error::ShuttingDown => "SHUTTING_DOWN",
             Error::Internal(_) => "INTERNAL",
             Error::Abandoned(_) => "ABANDONED",
         }
@@ -104,6 +120,7 @@ impl Error {
             | Error::StoreUnavailable(_)
             | Error::Abandoned(_) => Code::Unavailable,
             Error::LimitExceeded { .. } => Code::ResourceExhausted,
+            Error::ShuttingDown => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
     }
@@ -162,7 +179,7 @@ impl From<Error> for Status {
             | Error::LimitExceeded { retry_after, .. } => {
                 details.set_retry_info(Some(*retry_after));
             }
-            Error::StoreUnavailable(_) | Error::Abandoned(_) => {
+            Error::StoreUnavailable(_) | Error::Abandoned(_) | Error::ShuttingDown => {
                 details.set_retry_info(Some(Duration::from_secs(1)));
             }
             _ => {}

@@ -18,6 +18,7 @@
 //!
 //! - `demo`: `serve --emulator`, the emulator in-process with demo executions.
 //! - [`emulator`]: a SageMaker Pipelines emulator speaking SageMaker's wire protocol.
+//! - `jitter`: spreading retries and polls.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 
 pub mod app;
@@ -29,6 +30,7 @@ pub mod emulator;
 mod error;
 pub mod grpc;
 mod hooks;
+mod jitter;
 mod sagemaker;
 pub mod shutdown;
 mod stop;

@@ -22,6 +22,7 @@ use crate::{
     domain::{ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StopOutcome},
     error::Error,
     hooks,
+    jitter::jittered,
     sagemaker::{SageMaker, StopResult, UpstreamError},
     store::{
         AuditEvent, Claim, Completion, NewStopRequest, RecordState, RequestKey, StopRecord, Store,
@@ -287,10 +288,6 @@ impl Stopper {
         let completion = match self.ask_sagemaker(&arn, &record.upstream_token).await {
             Ok(completion) => completion,
             Err(error) => {
-                let retry_after = match error {
-                    UpstreamError::Throttled(_) => Duration::from_secs(5),
-                    _ => Duration::from_secs(1),
-                };
                 let released = self
                     .store
                     .release(&record.key, record.epoch, &self.worker, &error.to_string())
@@ -298,7 +295,7 @@ impl Stopper {
                 if let Err(store_error) = released {
                     tracing::warn!(%store_error, "could not release a lease after a transient failure; it will run out");
                 }
-                return Err(Error::UpstreamUnavailable { retry_after });
+                return Err(error.into());
             }
         };
         hooks::abandon_if_set(hooks::STOP_AFTER_UPSTREAM)?;
@@ -389,7 +386,7 @@ impl Stopper {
                 }
                 Err(other) => return Err(other),
             }
-            tokio::time::sleep(jittered(CONFLICT_PAUSE)).await;
+            tokio::time::sleep(jittered(CONFLICT_PAUSE, 0.2)).await;
         }
     }
 
@@ -488,16 +485,6 @@ fn error(code: &str, status: Option<ExecutionStatus>) -> Completion {
     }
 }
 
-/// `base`, give or take a fifth, so that retries from many callers spread out.
-fn jittered(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    let factor = 0.8 + 0.4 * (f64::from(nanos % 1000) / 1000.0);
-    base.mul_f64(factor)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,16 +537,5 @@ mod tests {
             )
         );
         assert!((32..=128).contains(&alice.len()));
-    }
-
-    #[test]
-    fn jitter_stays_within_a_fifth() {
-        for _ in 0..100 {
-            let d = jittered(Duration::from_millis(300));
-            assert!(
-                d >= Duration::from_millis(240) && d <= Duration::from_millis(360),
-                "{d:?}"
-            );
-        }
     }
 }

@@ -28,6 +28,7 @@ use crate::{
     domain::{ExecutionArn, ExecutionSnapshot},
     error::Error,
     grpc::{execution_message, pb, timestamp},
+    jitter::jittered,
     sagemaker::{SageMaker, UpstreamError},
 };
 
@@ -219,7 +220,7 @@ impl Watcher {
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(jittered(delay)) => {}
+                () = tokio::time::sleep(jittered(delay, 0.1)) => {}
                 _ = stopping.changed() => break,
             }
         }
@@ -294,18 +295,6 @@ impl StreamState {
 
     fn unavailable(mut self) -> Option<(Item, Self)> {
         self.done = true;
-        let status = Status::unavailable(
-            "the server is shutting down; reconnect (possibly to another replica)",
-        );
-        Some((Err(status), self))
+        Some((Err(Error::ShuttingDown.into()), self))
     }
-}
-
-/// `base`, give or take a tenth, so pollers of many executions spread out.
-fn jittered(base: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    base.mul_f64(0.9 + 0.2 * (f64::from(nanos % 1000) / 1000.0))
 }

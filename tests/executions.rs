@@ -23,18 +23,6 @@ async fn get(stack: &Stack, arn: &str) -> Result<pb::Execution, tonic::Status> {
         .map(tonic::Response::into_inner)
 }
 
-async fn stop(stack: &Stack, arn: &str) {
-    stack
-        .client
-        .clone()
-        .stop_execution(pb::StopExecutionRequest {
-            pipeline_execution_arn: arn.to_string(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 fn step<'a>(execution: &'a pb::Execution, name: &str) -> &'a pb::Step {
     execution
         .steps
@@ -83,7 +71,7 @@ async fn a_callback_step_is_named_as_what_holds_a_stop_up() {
     let token = callback.callback_token.clone();
     assert_eq!(callback.sqs_queue_url, queue);
 
-    stop(&stack, &arn).await;
+    stack.stop(&arn).await;
     let execution = get(&stack, &arn).await.unwrap();
     assert_eq!(execution.status(), pb::ExecutionStatus::Stopping);
     let approve = step(&execution, "Approve");
@@ -123,7 +111,7 @@ async fn a_lambda_step_is_named_until_its_function_ends() {
             "Arguments": {"Emulator": {"DurationSeconds": 100, "TimeoutSeconds": 300}}}]),
         )
         .await;
-    stop(&stack, &arn).await;
+    stack.stop(&arn).await;
     let execution = get(&stack, &arn).await.unwrap();
     assert_eq!(execution.status(), pb::ExecutionStatus::Stopping);
     let evaluate = step(&execution, "Evaluate");

@@ -77,15 +77,7 @@ async fn a_stopped_callback_execution_streams_to_stopped_then_ends() {
     assert_eq!(snapshot(&first).status(), pb::ExecutionStatus::Executing);
     let mut sequence = 1;
 
-    stack
-        .client
-        .clone()
-        .stop_execution(pb::StopExecutionRequest {
-            pipeline_execution_arn: arn.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    stack.stop(&arn).await;
     let stopping = until(&mut stream, &mut sequence, pb::ExecutionStatus::Stopping).await;
     let approve = stopping.steps.iter().find(|s| s.name == "Approve").unwrap();
     assert!(
@@ -134,15 +126,7 @@ async fn lambda_steps_end_stopped_or_failed_on_timeout() {
         let mut stream = watch(&stack, &arn).await.unwrap();
         let mut sequence = 0;
         until(&mut stream, &mut sequence, pb::ExecutionStatus::Executing).await;
-        stack
-            .client
-            .clone()
-            .stop_execution(pb::StopExecutionRequest {
-                pipeline_execution_arn: arn.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        stack.stop(&arn).await;
         let stopping = until(&mut stream, &mut sequence, pb::ExecutionStatus::Stopping).await;
         assert!(stopping.steps[0].blocking_reason.contains("function:f"));
         let last = until(&mut stream, &mut sequence, end).await;
@@ -231,15 +215,7 @@ async fn a_thousand_watchers_cost_sagemaker_what_one_does() {
     );
 
     // A change reaches every watcher.
-    stack
-        .client
-        .clone()
-        .stop_execution(pb::StopExecutionRequest {
-            pipeline_execution_arn: arn.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    stack.stop(&arn).await;
     for stream in crowd.iter_mut().chain(std::iter::once(&mut one)) {
         let message = next(stream).await.unwrap();
         assert_eq!(snapshot(&message).status(), pb::ExecutionStatus::Stopping);
@@ -272,15 +248,7 @@ async fn executions_get_pollers_of_their_own() {
         "two pollers, about 40 polls: {both}"
     );
     // And each follows its own execution.
-    stack
-        .client
-        .clone()
-        .stop_execution(pb::StopExecutionRequest {
-            pipeline_execution_arn: second.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    stack.stop(&second).await;
     assert_eq!(
         snapshot(&next(&mut b).await.unwrap()).status(),
         pb::ExecutionStatus::Stopping
@@ -315,15 +283,7 @@ async fn throttling_backs_the_poller_off_and_it_recovers() {
     let throttled = describes_during(&stack, Duration::from_secs(2)).await;
     assert!(throttled <= 8, "{throttled}");
     stack.admin.clear_faults().await;
-    stack
-        .client
-        .clone()
-        .stop_execution(pb::StopExecutionRequest {
-            pipeline_execution_arn: arn.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    stack.stop(&arn).await;
     let mut sequence = 1;
     until(&mut stream, &mut sequence, pb::ExecutionStatus::Stopping).await;
 }
@@ -365,6 +325,11 @@ async fn shutdown_ends_streams_with_unavailable() {
         .unwrap()
         .unwrap_err();
     assert_eq!(ended.code(), Code::Unavailable);
+    assert_eq!(
+        ended.get_details_error_info().unwrap().reason,
+        "SHUTTING_DOWN"
+    );
+    assert!(ended.get_details_retry_info().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

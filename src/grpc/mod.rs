@@ -137,9 +137,7 @@ impl PipelineControl for PipelineControlService {
             .sagemaker
             .execution(&arn)
             .await
-            .map_err(|_| Error::UpstreamUnavailable {
-                retry_after: std::time::Duration::from_secs(1),
-            })?
+            .map_err(Error::from)?
             .ok_or(Error::ExecutionNotFound)?;
         Ok(Response::new(convert::execution(&snapshot)))
     }

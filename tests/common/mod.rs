@@ -515,6 +515,19 @@ impl Stack {
         .await
     }
 
+    /// StopExecution with a generated token; panics unless it succeeds.
+    pub async fn stop(&self, arn: &str) -> pipeline_control::grpc::pb::StopExecutionResponse {
+        self.client
+            .clone()
+            .stop_execution(pipeline_control::grpc::pb::StopExecutionRequest {
+                pipeline_execution_arn: arn.to_string(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Rows in `stop_requests`, straight from the database.
     pub async fn stored_requests(&self) -> i64 {
         count_rows(&self.db, "stop_requests").await
