@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         .build_client(true)
         .emit_rerun_if_changed(false)
+        // prost's codec, but a request that does not decode is the caller's fault.
+        .codec_path("crate::grpc::codec::Codec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

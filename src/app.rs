@@ -16,14 +16,15 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    config::ServeArgs,
+    auth::{Auth, AuthSettings},
+    config::{SecurityArgs, ServeArgs},
     demo::{self, Demo},
     emulator::{EmulatorServer, RunningEmulator},
-    grpc::{PipelineControlService, pb},
+    grpc::{Guard, GuardSettings, PipelineControlService, pb},
     sagemaker::{CallPolicy, SageMaker},
     shutdown::{self, CutOffIo},
     stop::{StopSettings, Stopper},
@@ -44,6 +45,10 @@ pub struct Application {
     /// With `--emulator`: the in-process emulator, and the demo executions it holds.
     emulator: Option<RunningEmulator>,
     demo: Option<Demo>,
+    auth: Arc<Auth>,
+    tls: Option<ServerTlsConfig>,
+    /// SIGHUP, listened for from the start (its default action would end the process).
+    hangup: tokio::signal::unix::Signal,
     args: ServeArgs,
 }
 
@@ -51,6 +56,32 @@ impl Application {
     /// Connects and migrates the store, builds the SageMaker client and binds the listen
     /// address. Fails (without serving anything) when any of that fails.
     pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
+        // Credentials first: a bad file or a missing requirement stops the start at once.
+        let auth = Arc::new(
+            Auth::load(AuthSettings {
+                client_certificates: args.security.tls_client_ca.is_some(),
+                tokens_file: args.security.auth_tokens_file.clone(),
+                policy_file: args.security.policy_file.clone(),
+            })
+            .context("cannot load the authentication settings")?,
+        );
+        if args.security.require_auth && !auth.authenticates() {
+            anyhow::bail!(
+                "--require-auth is set but no authentication is configured: give --tls-client-ca (with --tls-cert and --tls-key) or --auth-tokens-file"
+            );
+        }
+        // With tokens as well, a client certificate is optional at the handshake (but verified
+        // when presented): a caller may identify with either.
+        let tls = tls_config(&args.security, args.security.auth_tokens_file.is_some())?;
+        if tls.is_none() && args.security.auth_tokens_file.is_some() {
+            tracing::warn!(
+                "bearer tokens are accepted over plaintext: configure --tls-cert and --tls-key unless a proxy in front terminates TLS"
+            );
+        }
+        auth.log_summary();
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+
         let store = store::connect(&args.database).await?;
         store.migrate().await?;
         tracing::info!(backend = ?store.backend(), "database ready");
@@ -108,6 +139,9 @@ impl Application {
             sagemaker,
             emulator,
             demo,
+            auth,
+            tls,
+            hangup,
             args,
         })
     }
@@ -132,6 +166,9 @@ impl Application {
             sagemaker,
             emulator,
             demo,
+            auth,
+            tls,
+            hangup,
             args,
         } = self;
 
@@ -179,7 +216,20 @@ impl Application {
             },
             stopping_rx.clone(),
         );
-        let service = PipelineControlService::new(stopper.clone(), sagemaker.clone(), watcher);
+        let service =
+            PipelineControlService::new(stopper.clone(), sagemaker.clone(), watcher, auth.clone());
+        let limits = &args.limits;
+        let guard = Arc::new(Guard::new(
+            auth.clone(),
+            GuardSettings {
+                max_message_size: limits.max_message_size as usize,
+                request_timeout: limits.request_timeout,
+                max_concurrent_requests: limits.max_concurrent_requests as usize,
+                stop_rate: (limits.stop_rate_limit > 0.0)
+                    .then_some((limits.stop_rate_limit, limits.stop_rate_burst)),
+            },
+        ));
+        let reloader = tokio::spawn(reload_on_hangup(auth, hangup, stopping_rx.clone()));
         let maintenance = tokio::spawn(maintain(
             stopper.clone(),
             args.completer_interval,
@@ -194,13 +244,25 @@ impl Application {
                 .map(move |accepted| accepted.map(|io| CutOffIo::new(io, &cut_off)))
         };
         let mut server_stop = stopping_rx.clone();
-        let server = Server::builder()
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(
+                Some(limits.http2_keepalive_interval).filter(|interval| !interval.is_zero()),
+            )
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).context("cannot configure TLS")?;
+        }
+        let server = builder
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(pb::pipeline_control_server::PipelineControlServer::new(
-                service,
-            ))
+            .add_service(
+                guard.wrap(
+                    pb::pipeline_control_server::PipelineControlServer::new(service)
+                        // The guard refuses larger messages first, with a clearer error.
+                        .max_decoding_message_size(limits.max_message_size as usize),
+                ),
+            )
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = server_stop.wait_for(|stopping| *stopping).await;
             });
@@ -240,6 +302,7 @@ impl Application {
             let _ = health_task.await;
         }
         let _ = maintenance.await;
+        let _ = reloader.await;
         stopper.shutdown().await;
         if let Some(emulator) = emulator
             && let Err(error) = emulator.stop().await
@@ -250,6 +313,57 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// Reloads the token and policy files on each SIGHUP, until shutdown.
+async fn reload_on_hangup(
+    auth: Arc<Auth>,
+    mut hangup: tokio::signal::unix::Signal,
+    mut stopping: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+            received = hangup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                tracing::info!("received SIGHUP: reloading the token and policy files");
+                auth.reload();
+            }
+        }
+    }
+}
+
+/// The TLS settings, read and checked now so that a bad file stops the start. `None` without
+/// `--tls-cert`.
+fn tls_config(
+    security: &SecurityArgs,
+    client_certificate_optional: bool,
+) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &security.tls_client_ca {
+        config = config
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(client_certificate_optional);
+    }
+    Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| anyhow::anyhow!("{e}: {:?}", std::error::Error::source(&e)))
+        .with_context(|| {
+            format!(
+                "the TLS certificate ({}), key ({}) or client CA cannot be used",
+                cert.display(),
+                key.display()
+            )
+        })?;
+    Ok(Some(config))
 }
 
 /// Names this process in leases and the audit trail: host, process id and a random suffix

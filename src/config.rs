@@ -1,7 +1,7 @@
 //! The command line: every setting is a flag with an environment-variable equivalent and a doc
 //! line, so `pipeline-control <command> --help` is the complete reference.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -117,6 +117,14 @@ pub struct ServeArgs {
     )]
     pub max_watch_streams: usize,
 
+    /// TLS, authentication and authorization.
+    #[command(flatten)]
+    pub security: SecurityArgs,
+
+    /// Limits that keep one caller from exhausting the service for the others.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
     /// The database.
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -133,6 +141,93 @@ pub struct ServeArgs {
     /// The emulator's settings (with --emulator).
     #[command(flatten)]
     pub emulator_settings: EmulatorSettings,
+}
+
+/// TLS on the gRPC port, who callers are, and what each may do.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SecurityArgs {
+    /// PEM certificate chain the server presents; turns TLS on (with --tls-key).
+    #[arg(long, env = "PIPELINE_CONTROL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PIPELINE_CONTROL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s) that client certificates must chain to: turns on mutual TLS. The
+    /// caller is the certificate's URI SAN, else its first DNS SAN, else its CN.
+    #[arg(long, env = "PIPELINE_CONTROL_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// TOML file of `[[token]]` tables (`principal`, `sha256` = hex SHA-256 of the token):
+    /// callers send `authorization: Bearer <token>`. Reloaded on SIGHUP.
+    #[arg(long, env = "PIPELINE_CONTROL_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// TOML file of `[[allow]]` tables (`principal`, `stop` and `read` lists of glob patterns
+    /// over execution ARNs); everything not allowed is denied. Reloaded on SIGHUP.
+    #[arg(long, env = "PIPELINE_CONTROL_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+
+    /// Refuse to start unless client certificates or tokens are configured.
+    #[arg(long, env = "PIPELINE_CONTROL_REQUIRE_AUTH")]
+    pub require_auth: bool,
+}
+
+/// Limits on what callers can ask of the service.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Largest request message accepted, in bytes; larger ones answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PIPELINE_CONTROL_MAX_MESSAGE_SIZE", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(512..=4_194_304))]
+    pub max_message_size: u32,
+
+    /// Longest a call may take in the server (unary calls, and a stream until its first
+    /// message); longer ones answer DEADLINE_EXCEEDED. A caller's shorter deadline wins.
+    #[arg(long, env = "PIPELINE_CONTROL_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Calls in progress at most, all callers together (streams count until their first
+    /// message); more answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PIPELINE_CONTROL_MAX_CONCURRENT_REQUESTS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
+    /// StopExecution calls per second per principal (sustained); more answer
+    /// RESOURCE_EXHAUSTED with a RetryInfo. 0 turns the limit off.
+    #[arg(long, env = "PIPELINE_CONTROL_STOP_RATE_LIMIT", default_value_t = 50.0, value_parser = rate)]
+    pub stop_rate_limit: f64,
+
+    /// StopExecution calls a principal may make at once above the sustained rate.
+    #[arg(long, env = "PIPELINE_CONTROL_STOP_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub stop_rate_burst: u32,
+
+    /// HTTP/2 PING interval on idle connections, to find dead peers (0s turns it off).
+    #[arg(long, env = "PIPELINE_CONTROL_HTTP2_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, env = "PIPELINE_CONTROL_HTTP2_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        Self {
+            max_message_size: 65_536,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1_000,
+            stop_rate_limit: 50.0,
+            stop_rate_burst: 100,
+            http2_keepalive_interval: Duration::from_secs(60),
+            http2_keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && (0.0..=1_000_000.0).contains(&f) => Ok(f),
+        _ => Err("must be a number from 0 (no limit) to 1000000".into()),
+    }
 }
 
 /// Settings of `emulator`.
@@ -278,6 +373,8 @@ impl ServeArgs {
             heartbeat_interval: Duration::from_secs(15),
             poller_linger: Duration::from_secs(5),
             max_watch_streams: 10_000,
+            security: SecurityArgs::default(),
+            limits: LimitArgs::default(),
             database,
             sagemaker: SageMakerArgs::default(),
             emulator: false,
@@ -333,6 +430,39 @@ mod tests {
             built.database.database_timeout,
             humantime::parse_duration(&declared_default("serve", "database_timeout")).unwrap()
         );
+        let limits = LimitArgs::default();
+        assert_eq!(
+            limits.max_message_size.to_string(),
+            declared_default("serve", "max_message_size")
+        );
+        assert_eq!(
+            limits.request_timeout,
+            humantime::parse_duration(&declared_default("serve", "request_timeout")).unwrap()
+        );
+        assert_eq!(
+            limits.max_concurrent_requests.to_string(),
+            declared_default("serve", "max_concurrent_requests")
+        );
+        assert_eq!(
+            limits.stop_rate_limit,
+            declared_default("serve", "stop_rate_limit")
+                .parse::<f64>()
+                .unwrap()
+        );
+        assert_eq!(
+            limits.stop_rate_burst.to_string(),
+            declared_default("serve", "stop_rate_burst")
+        );
+        assert_eq!(
+            limits.http2_keepalive_interval,
+            humantime::parse_duration(&declared_default("serve", "http2_keepalive_interval"))
+                .unwrap()
+        );
+        assert_eq!(
+            limits.http2_keepalive_timeout,
+            humantime::parse_duration(&declared_default("serve", "http2_keepalive_timeout"))
+                .unwrap()
+        );
         assert_eq!(
             built.health_check_interval,
             humantime::parse_duration(&declared_default("serve", "health_check_interval")).unwrap()
@@ -371,6 +501,22 @@ mod tests {
             EmulatorSettings::default().time_scale.to_string(),
             declared_default("emulator", "time_scale")
         );
+    }
+
+    #[test]
+    fn tls_flags_come_in_the_pairs_they_need() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["pipeline-control", "serve"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|_| ()).map_err(|e| e.kind())
+        };
+        assert!(parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).is_ok());
+        assert!(parse(&["--tls-cert", "c.pem"]).is_err());
+        assert!(parse(&["--tls-key", "k.pem"]).is_err());
+        assert!(parse(&["--tls-client-ca", "ca.pem"]).is_err());
+        assert!(parse(&["--stop-rate-limit", "-1"]).is_err());
+        assert!(parse(&["--max-message-size", "10"]).is_err());
+        assert!(parse(&["--stop-rate-limit", "0", "--auth-tokens-file", "t.toml"]).is_ok());
     }
 
     #[test]

@@ -9,15 +9,24 @@ use regex::Regex;
 /// A field that failed validation: which, and why (for a BadRequest field violation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FieldViolation {
-    pub(crate) field: &'static str,
+    pub(crate) field: std::borrow::Cow<'static, str>,
     pub(crate) description: String,
 }
 
 impl FieldViolation {
     fn new(field: &'static str, description: impl Into<String>) -> Self {
         Self {
-            field,
+            field: field.into(),
             description: description.into(),
+        }
+    }
+
+    /// A field of a request message that could not be decoded at all (`""` when the fault is
+    /// not in one field).
+    pub(crate) fn undecodable(field: &str, description: &str) -> Self {
+        Self {
+            field: field.to_string().into(),
+            description: format!("cannot be decoded: {description}"),
         }
     }
 }
@@ -45,7 +54,9 @@ impl ExecutionArn {
                 "must be at most 2048 characters",
             ));
         }
-        if !EXECUTION_ARN.is_match(value) {
+        // The model's pattern lets any character but `/` into the names; real ARNs are
+        // printable ASCII, and control characters (NUL above all) have no place in a database.
+        if !value.bytes().all(|b| b.is_ascii_graphic()) || !EXECUTION_ARN.is_match(value) {
             return Err(FieldViolation::new(
                 Self::FIELD,
                 "must be a SageMaker pipeline execution ARN: arn:aws:sagemaker:REGION:ACCOUNT:pipeline/NAME/execution/ID",
@@ -115,6 +126,16 @@ impl Reason {
                 "must be at most 1024 characters",
             ));
         }
+        // Kept in the audit trail: text, not control characters (Postgres refuses NUL).
+        if value
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        {
+            return Err(FieldViolation::new(
+                Self::FIELD,
+                "must not contain control characters other than tab and line breaks",
+            ));
+        }
         Ok(Self(value.to_string()))
     }
 
@@ -139,8 +160,34 @@ impl Principal {
         Self(name.into())
     }
 
+    /// A principal named by a token file or a client certificate: 1 to 512 characters, no
+    /// control characters (it is part of the idempotency key and of every log line).
+    pub(crate) fn parse(name: &str) -> Result<Self, String> {
+        if name.is_empty() {
+            return Err("a principal must not be empty".into());
+        }
+        if name.chars().count() > Self::MAX_CHARS {
+            return Err(format!(
+                "a principal must be at most {} characters",
+                Self::MAX_CHARS
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err("a principal must not contain control characters".into());
+        }
+        Ok(Self(name.to_string()))
+    }
+
+    const MAX_CHARS: usize = 512;
+
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -243,9 +290,21 @@ mod tests {
             "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p",
             &format!("{ARN}/extra"),
             &format!("{ARN}{}", "x".repeat(2048)),
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p\0/execution/x",
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p q/execution/x",
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/pé/execution/x",
         ] {
             let violation = ExecutionArn::parse(bad).unwrap_err();
             assert_eq!(violation.field, "pipeline_execution_arn", "{bad}");
+        }
+    }
+
+    #[test]
+    fn principals_are_checked() {
+        assert!(Principal::parse("spiffe://example.org/ns/prod/sa/stopper").is_ok());
+        assert!(Principal::parse(&"p".repeat(512)).is_ok());
+        for bad in ["", "new\nline", "nul\0", &"p".repeat(513)] {
+            assert!(Principal::parse(bad).is_err(), "{bad:?}");
         }
     }
 
@@ -266,6 +325,10 @@ mod tests {
     fn reasons_are_bounded_in_characters() {
         assert!(Reason::parse(&"é".repeat(1024)).is_ok());
         assert!(Reason::parse(&"x".repeat(1025)).is_err());
+        assert!(Reason::parse("line one\nline two\ttabbed\r\n").is_ok());
+        for bad in ["nul\0", "bell\u{7}", "escape\u{1b}[31m", "c1\u{85}"] {
+            assert!(Reason::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     fn step(detail: StepDetail, status: &str) -> StepSnapshot {

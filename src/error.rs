@@ -9,7 +9,12 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation as ProtoFieldViolation, StatusExt};
 
-use crate::{domain::FieldViolation, sagemaker::UpstreamError, store::StoreError};
+use crate::{
+    auth::Action,
+    domain::{FieldViolation, Principal},
+    sagemaker::UpstreamError,
+    store::StoreError,
+};
 
 /// The `domain` of every ErrorInfo this service sends.
 pub const ERROR_DOMAIN: &str = "pipelinecontrol.v1";
@@ -54,6 +59,26 @@ pub(crate) enum Error {
         what: &'static str,
         retry_after: Duration,
     },
+    /// The call carries no credentials, or bad ones.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// The policy does not allow this principal to do this.
+    #[error("{principal} may not {} this pipeline execution", action_verb(*.action))]
+    PermissionDenied {
+        principal: Principal,
+        action: Action,
+    },
+    /// The request message is larger than `--max-message-size`.
+    #[error("the request message is larger than the server's limit of {limit} bytes")]
+    MessageTooLarge { limit: usize },
+    /// The call took longer than `--request-timeout`.
+    #[error(
+        "the call took longer than the server allows ({0:?}); retry with the same client_request_token"
+    )]
+    DeadlineExceeded(Duration),
+    /// The request's body could not be read: the caller went away or broke the stream.
+    #[error("the request could not be read")]
+    Cancelled,
     /// A bug: logged, never detailed to the caller.
     #[error("internal error")]
     Internal(String),
@@ -61,6 +86,13 @@ pub(crate) enum Error {
     #[error("the server abandoned the request")]
     #[allow(dead_code)] // made only by hooks, which release builds compile out
     Abandoned(&'static str),
+}
+
+fn action_verb(action: Action) -> &'static str {
+    match action {
+        Action::Stop => "stop",
+        Action::Read => "read",
+    }
 }
 
 fn describe(violations: &[FieldViolation]) -> String {
@@ -101,7 +133,11 @@ impl Error {
             Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::StopRequestNotFound => "STOP_REQUEST_NOT_FOUND",
-            Error::LimitExceeded { .. } => "LIMIT_EXCEEDED",
+            Error::LimitExceeded { .. } | Error::MessageTooLarge { .. } => "LIMIT_EXCEEDED",
+            Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::PermissionDenied { .. } => "PERMISSION_DENIED",
+            Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
+            Error::Cancelled => "CANCELLED",
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::Internal(_) => "INTERNAL",
             Error::Abandoned(_) => "ABANDONED",
@@ -119,7 +155,11 @@ impl Error {
             Error::UpstreamUnavailable { .. }
             | Error::StoreUnavailable(_)
             | Error::Abandoned(_) => Code::Unavailable,
-            Error::LimitExceeded { .. } => Code::ResourceExhausted,
+            Error::LimitExceeded { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Cancelled => Code::Cancelled,
             Error::ShuttingDown => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
         }
@@ -147,8 +187,18 @@ impl From<Error> for Status {
             _ => {}
         }
         let mut metadata = HashMap::new();
-        if let Error::ExecutionAlreadyTerminal { status } = &error {
-            metadata.insert("status".to_string(), status.clone());
+        match &error {
+            Error::ExecutionAlreadyTerminal { status } => {
+                metadata.insert("status".to_string(), status.clone());
+            }
+            Error::PermissionDenied { principal, action } => {
+                metadata.insert("principal".to_string(), principal.as_str().to_string());
+                metadata.insert("action".to_string(), action_verb(*action).to_string());
+            }
+            Error::MessageTooLarge { limit } => {
+                metadata.insert("limit_bytes".to_string(), limit.to_string());
+            }
+            _ => {}
         }
         let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
         match &error {
@@ -156,7 +206,7 @@ impl From<Error> for Status {
                 details.set_bad_request(
                     violations
                         .iter()
-                        .map(|v| ProtoFieldViolation::new(v.field, v.description.clone()))
+                        .map(|v| ProtoFieldViolation::new(v.field.clone(), v.description.clone()))
                         .collect::<Vec<_>>(),
                 );
             }

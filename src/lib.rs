@@ -7,6 +7,10 @@
 //! - [`shutdown`]: the signals that start a shutdown, and connections cut off after its grace.
 //! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC, and the
 //!   generated contract ([`grpc::pb`]).
+//! - `grpc::guard`: in front of the service: authentication, rate and concurrency limits,
+//!   message size, request timeout.
+//! - `auth`: who a caller is (bearer token, client certificate) and what the policy allows;
+//!   token and policy files reloaded on SIGHUP.
 //! - `error`: the service's errors and the only conversion to `tonic::Status`.
 //! - `audit`: write-behind of audit events that change no record (replays).
 //! - `stop`: StopExecution and GetStopRequest, the idempotency contract.
@@ -23,6 +27,7 @@
 
 pub mod app;
 mod audit;
+mod auth;
 pub mod config;
 mod demo;
 mod domain;

@@ -133,7 +133,11 @@ pub(crate) fn stop_request(record: &StopRecord) -> pb::StopRequest {
 /// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`, unit one of
 /// H M S m u n), if it sent one.
 pub(crate) fn deadline(metadata: &MetadataMap) -> Option<Duration> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` value (`1-8 digits` and a unit: H, M, S, m, u, n).
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }

@@ -1,8 +1,12 @@
 //! The gRPC surface: the generated contract ([`pb`]) and the `PipelineControl` service, one
-//! method per RPC (validate, call the domain, convert to proto). Errors become `Status` only
-//! in [`crate::error`].
+//! method per RPC (validate, authorize, call the domain, convert to proto), behind the
+//! [`Guard`] (authentication and limits). Errors become `Status` only in [`crate::error`].
 
+mod codec;
 mod convert;
+mod guard;
+
+pub(crate) use guard::{Guard, GuardSettings};
 
 pub(crate) use convert::{execution as execution_message, timestamp};
 
@@ -11,6 +15,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
 use crate::{
+    auth::{Action, Auth},
     domain::{ClientToken, ExecutionArn, Principal, Reason},
     error::Error,
     hooks,
@@ -39,21 +44,43 @@ pub(crate) struct PipelineControlService {
     stopper: Arc<Stopper>,
     sagemaker: SageMaker,
     watcher: Arc<Watcher>,
+    auth: Arc<Auth>,
 }
 
 impl PipelineControlService {
-    pub(crate) fn new(stopper: Arc<Stopper>, sagemaker: SageMaker, watcher: Arc<Watcher>) -> Self {
+    pub(crate) fn new(
+        stopper: Arc<Stopper>,
+        sagemaker: SageMaker,
+        watcher: Arc<Watcher>,
+        auth: Arc<Auth>,
+    ) -> Self {
         Self {
             stopper,
             sagemaker,
             watcher,
+            auth,
         }
     }
 }
 
-/// The calling principal. Without authentication configured every caller is `anonymous`.
-fn principal<T>(_request: &Request<T>) -> Principal {
-    Principal::anonymous()
+/// The calling principal, as the [`Guard`] authenticated it.
+fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| {
+            Error::Internal("a call reached the service without passing the guard".into())
+        })
+}
+
+/// A request's execution ARN, checked, for a reading call.
+fn readable_arn<T>(auth: &Auth, request: &Request<T>, arn: &str) -> Result<ExecutionArn, Error> {
+    let principal = principal(request)?;
+    let arn =
+        ExecutionArn::parse(arn).map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+    auth.authorize(&principal, Action::Read, &arn)?;
+    Ok(arn)
 }
 
 /// The idempotency metadata every StopExecution answer carries.
@@ -97,7 +124,7 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::StopExecutionRequest>,
     ) -> Result<Response<pb::StopExecutionResponse>, Status> {
         hooks::handler_entry().await;
-        let principal = principal(&request);
+        let principal = principal(&request)?;
         let deadline = convert::deadline(request.metadata())
             .map(|timeout| tokio::time::Instant::now() + timeout);
         let message = request.into_inner();
@@ -117,6 +144,8 @@ impl PipelineControl for PipelineControlService {
                 );
             }
         };
+        // Before anything is recorded or sent; the same answer whether the execution exists.
+        self.auth.authorize(&principal, Action::Stop, &arn)?;
         let input = StopInput {
             principal,
             arn,
@@ -131,8 +160,11 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         hooks::handler_entry().await;
-        let arn = ExecutionArn::parse(&request.get_ref().pipeline_execution_arn)
-            .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+        let arn = readable_arn(
+            &self.auth,
+            &request,
+            &request.get_ref().pipeline_execution_arn,
+        )?;
         let snapshot = self
             .sagemaker
             .execution(&arn)
@@ -149,8 +181,11 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
         hooks::handler_entry().await;
-        let arn = ExecutionArn::parse(&request.get_ref().pipeline_execution_arn)
-            .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+        let arn = readable_arn(
+            &self.auth,
+            &request,
+            &request.get_ref().pipeline_execution_arn,
+        )?;
         Ok(Response::new(self.watcher.watch(arn).await?))
     }
 
@@ -159,11 +194,17 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::GetStopRequestRequest>,
     ) -> Result<Response<pb::StopRequest>, Status> {
         hooks::handler_entry().await;
-        let principal = principal(&request);
+        let principal = principal(&request)?;
         let message = request.into_inner();
         let token = ClientToken::parse(&message.client_request_token)
             .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+        // The request names no execution: refuse a caller that may read none before looking,
+        // and one that may not read the recorded execution after.
+        self.auth.authorize_any(&principal, Action::Read)?;
         let record = self.stopper.get(&principal, &token).await?;
+        let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
+            .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
+        self.auth.authorize(&principal, Action::Read, &arn)?;
         Ok(Response::new(convert::stop_request(&record)))
     }
 }

@@ -1,0 +1,362 @@
+//! Who is calling, and may they do this.
+//!
+//! Authentication ([`Auth::authenticate`]) names the caller's [`Principal`] from a bearer token
+//! (`--auth-tokens-file`) or a verified client certificate (`--tls-client-ca`); a call that has
+//! a token is identified by it, else by its certificate. With neither configured every caller
+//! is `anonymous`. Authorization ([`Auth::authorize`]) checks the policy (`--policy-file`), if
+//! one is configured, before anything else is done for the call.
+//!
+//! The token and policy files are read at start (a bad file stops the start) and again on
+//! SIGHUP ([`Auth::reload`]): a file that fails to load then keeps the previous one in force,
+//! and the reason is logged. Readers take the current version without locking.
+
+mod certificate;
+mod policy;
+mod tokens;
+
+pub(crate) use policy::Action;
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tonic::transport::CertificateDer;
+
+use crate::{
+    domain::{ExecutionArn, Principal},
+    error::Error,
+};
+
+use policy::Policy;
+use tokens::Tokens;
+
+/// Which credentials and policy the service uses.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuthSettings {
+    /// Client certificates are verified against a CA (mTLS).
+    pub(crate) client_certificates: bool,
+    /// The bearer-token file.
+    pub(crate) tokens_file: Option<PathBuf>,
+    /// The policy file.
+    pub(crate) policy_file: Option<PathBuf>,
+}
+
+/// Authentication and authorization for every call of the service.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    settings: AuthSettings,
+    tokens: Option<ArcSwap<Tokens>>,
+    policy: Option<ArcSwap<Policy>>,
+}
+
+impl Auth {
+    /// Reads the configured files; fails (naming the file and the fault) when one is bad.
+    pub(crate) fn load(settings: AuthSettings) -> anyhow::Result<Self> {
+        let tokens = match &settings.tokens_file {
+            Some(path) => Some(ArcSwap::from_pointee(read(path, Tokens::parse)?)),
+            None => None,
+        };
+        let policy = match &settings.policy_file {
+            Some(path) => Some(ArcSwap::from_pointee(read(path, Policy::parse)?)),
+            None => None,
+        };
+        Ok(Self {
+            settings,
+            tokens,
+            policy,
+        })
+    }
+
+    /// Whether callers must identify themselves (tokens or client certificates configured).
+    pub(crate) fn authenticates(&self) -> bool {
+        self.tokens.is_some() || self.settings.client_certificates
+    }
+
+    /// Logs what is in force; at start and after each reload.
+    pub(crate) fn log_summary(&self) {
+        let tokens = self.tokens.as_ref().map(|t| t.load().len());
+        let policy = self.policy.as_ref().map(|p| p.load().principals());
+        if self.authenticates() {
+            tracing::info!(
+                client_certificates = self.settings.client_certificates,
+                tokens = tokens.map_or_else(|| "off".to_string(), |n| n.to_string()),
+                policy_principals =
+                    policy.map_or_else(|| "off (all allowed)".to_string(), |n| n.to_string()),
+                "authentication on"
+            );
+        } else {
+            tracing::warn!(
+                policy_principals =
+                    policy.map_or_else(|| "off (all allowed)".to_string(), |n| n.to_string()),
+                "no authentication configured: every caller is `anonymous`; configure \
+                 --tls-client-ca or --auth-tokens-file (and --require-auth) in production"
+            );
+        }
+    }
+
+    /// Reads the token and policy files again. A file that fails keeps the previous version in
+    /// force; each outcome is logged.
+    pub(crate) fn reload(&self) {
+        if let (Some(path), Some(tokens)) = (&self.settings.tokens_file, &self.tokens) {
+            match read(path, Tokens::parse) {
+                Ok(new) => {
+                    tracing::info!(file = %path.display(), tokens = new.len(), "reloaded the token file");
+                    tokens.store(Arc::new(new));
+                }
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "kept the previous tokens")
+                }
+            }
+        }
+        if let (Some(path), Some(policy)) = (&self.settings.policy_file, &self.policy) {
+            match read(path, Policy::parse) {
+                Ok(new) => {
+                    tracing::info!(file = %path.display(), principals = new.principals(), "reloaded the policy file");
+                    policy.store(Arc::new(new));
+                }
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "kept the previous policy")
+                }
+            }
+        }
+        if self.tokens.is_none() && self.policy.is_none() {
+            tracing::info!("nothing to reload: no token or policy file is configured");
+        }
+    }
+
+    /// The caller's principal, from the request's `authorization` header and the TLS
+    /// connection's verified client certificate (if any).
+    pub(crate) fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        peer_certificates: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Principal, Error> {
+        if let Some(tokens) = &self.tokens
+            && let Some(header) = headers.get(http::header::AUTHORIZATION)
+        {
+            let token = bearer_token(header).ok_or(Error::Unauthenticated(
+                "the authorization header must be `Bearer <token>`",
+            ))?;
+            return tokens
+                .load()
+                .principal(token)
+                .cloned()
+                .ok_or(Error::Unauthenticated("the bearer token is not valid"));
+        }
+        if self.settings.client_certificates
+            && let Some(leaf) = peer_certificates.and_then(|certificates| certificates.first())
+        {
+            return certificate::principal(leaf).map_err(|why| {
+                tracing::info!(%why, "refused a client certificate");
+                Error::Unauthenticated("the client certificate names no usable identity")
+            });
+        }
+        match (self.tokens.is_some(), self.settings.client_certificates) {
+            (false, false) => Ok(Principal::anonymous()),
+            (true, false) => Err(Error::Unauthenticated(
+                "credentials are required: send `authorization: Bearer <token>`",
+            )),
+            (false, true) => Err(Error::Unauthenticated(
+                "credentials are required: connect with a client certificate",
+            )),
+            (true, true) => Err(Error::Unauthenticated(
+                "credentials are required: send `authorization: Bearer <token>` or connect with a client certificate",
+            )),
+        }
+    }
+
+    /// Whether `principal` may do `action` to `arn`: always, without a policy.
+    pub(crate) fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        arn: &ExecutionArn,
+    ) -> Result<(), Error> {
+        match &self.policy {
+            Some(policy) if !policy.load().allows(principal, action, arn) => {
+                Err(Error::PermissionDenied {
+                    principal: principal.clone(),
+                    action,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `principal` may do `action` to some execution: for calls that name no
+    /// execution until a record is read (GetStopRequest).
+    pub(crate) fn authorize_any(&self, principal: &Principal, action: Action) -> Result<(), Error> {
+        match &self.policy {
+            Some(policy) if !policy.load().allows_any(principal, action) => {
+                Err(Error::PermissionDenied {
+                    principal: principal.clone(),
+                    action,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn read<T>(path: &std::path::Path, parse: impl Fn(&str) -> Result<T, String>) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&text).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
+}
+
+/// The token of an `authorization: Bearer <token>` header (the scheme in any case).
+fn bearer_token(header: &http::HeaderValue) -> Option<&str> {
+    let value = header.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::{Digest as _, Sha256};
+    use std::io::Write as _;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn token_file(entries: &[(&str, &str)]) -> String {
+        entries
+            .iter()
+            .map(|(principal, token)| {
+                format!(
+                    "[[token]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\n",
+                    hex::encode(Sha256::digest(token.as_bytes()))
+                )
+            })
+            .collect()
+    }
+
+    fn headers(authorization: Option<&str>) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+        }
+        headers
+    }
+
+    fn reason(result: Result<Principal, Error>) -> Result<String, &'static str> {
+        result
+            .map(|p| p.as_str().to_string())
+            .map_err(|e| e.reason())
+    }
+
+    #[test]
+    fn without_configuration_everyone_is_anonymous() {
+        let auth = Auth::load(AuthSettings::default()).unwrap();
+        assert!(!auth.authenticates());
+        assert_eq!(
+            reason(auth.authenticate(&headers(None), None)),
+            Ok("anonymous".into())
+        );
+        // A token means nothing when none are configured.
+        assert_eq!(
+            reason(auth.authenticate(&headers(Some("Bearer x")), None)),
+            Ok("anonymous".into())
+        );
+    }
+
+    #[test]
+    fn tokens_identify_callers_and_anything_else_is_unauthenticated() {
+        let tokens = file(&token_file(&[("billing", "s3cret")]));
+        let auth = Auth::load(AuthSettings {
+            tokens_file: Some(tokens.path().into()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        assert!(auth.authenticates());
+        for good in ["Bearer s3cret", "bearer s3cret", "BEARER   s3cret "] {
+            assert_eq!(
+                reason(auth.authenticate(&headers(Some(good)), None)),
+                Ok("billing".into()),
+                "{good}"
+            );
+        }
+        for bad in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic czNjcmV0"),
+            Some("Bearer "),
+            Some("s3cret"),
+        ] {
+            assert_eq!(
+                reason(auth.authenticate(&headers(bad), None)),
+                Err("UNAUTHENTICATED"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_file_on_reload_keeps_the_previous_one() {
+        let mut tokens = file(&token_file(&[("billing", "one")]));
+        let auth = Auth::load(AuthSettings {
+            tokens_file: Some(tokens.path().into()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let call = |auth: &Auth, token: &str| {
+            reason(auth.authenticate(&headers(Some(&format!("Bearer {token}"))), None))
+        };
+        assert_eq!(call(&auth, "one"), Ok("billing".into()));
+
+        tokens.as_file_mut().set_len(0).unwrap();
+        tokens
+            .write_all(b"[[token]]\nprincipal = \"x\"\nsha256 = \"short\"\n")
+            .unwrap();
+        auth.reload();
+        assert_eq!(
+            call(&auth, "one"),
+            Ok("billing".into()),
+            "the previous file stays"
+        );
+
+        std::fs::write(tokens.path(), token_file(&[("ops", "two")])).unwrap();
+        auth.reload();
+        assert_eq!(call(&auth, "one"), Err("UNAUTHENTICATED"));
+        assert_eq!(call(&auth, "two"), Ok("ops".into()));
+    }
+
+    #[test]
+    fn a_bad_file_at_start_is_an_error_naming_the_file() {
+        let tokens = file("[[token]]\nprincipal = 1\n");
+        let error = Auth::load(AuthSettings {
+            tokens_file: Some(tokens.path().into()),
+            ..AuthSettings::default()
+        })
+        .unwrap_err();
+        assert!(format!("{error:#}").contains(&tokens.path().display().to_string()));
+        let missing = Auth::load(AuthSettings {
+            policy_file: Some("/nonexistent/policy.toml".into()),
+            ..AuthSettings::default()
+        })
+        .unwrap_err();
+        assert!(format!("{missing:#}").contains("/nonexistent/policy.toml"));
+    }
+
+    #[test]
+    fn with_client_certificates_a_call_without_one_is_unauthenticated() {
+        let auth = Auth::load(AuthSettings {
+            client_certificates: true,
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        assert_eq!(
+            reason(auth.authenticate(&headers(None), None)),
+            Err("UNAUTHENTICATED")
+        );
+        assert_eq!(
+            reason(auth.authenticate(&headers(None), Some(&[CertificateDer::from(vec![1, 2, 3])]))),
+            Err("UNAUTHENTICATED")
+        );
+    }
+}

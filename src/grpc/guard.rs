@@ -1,0 +1,340 @@
+//! What every PipelineControl call passes before the service sees it, in this order:
+//!
+//! 1. authentication: the caller's [`Principal`] goes into the request's extensions, or the call
+//!    answers UNAUTHENTICATED;
+//! 2. the per-principal StopExecution rate (GCRA: a sustained rate and a burst), so no caller
+//!    can spend the SageMaker quota or the database for the others;
+//! 3. the concurrency limit: a permit held until the call has answered (a stream's until its
+//!    first message is ready; streams have their own limit);
+//! 4. the request timeout, covering the next two steps: the caller's `grpc-timeout` is capped
+//!    to it, so waits inside the call stay within it, and the call answers DEADLINE_EXCEEDED
+//!    when it runs out;
+//! 5. the message size: every request of this service is one message, so the body is read up to
+//!    the limit, and a larger one answers RESOURCE_EXHAUSTED without being decoded.
+//!
+//! Refusals are cheap and come before any database or SageMaker work. Health and reflection are
+//! not behind the guard.
+
+use std::{
+    convert::Infallible,
+    num::NonZeroU32,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock as _, DefaultClock},
+};
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{
+    Status,
+    body::Body,
+    server::NamedService,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
+use tower::Service;
+
+use crate::{auth::Auth, domain::Principal, error::Error};
+
+/// The path of the one rate-limited RPC.
+const STOP_EXECUTION: &str = "/pipelinecontrol.v1.PipelineControl/StopExecution";
+
+/// Above this many principals in the rate limiter, idle ones are forgotten.
+const RATE_KEYS_KEPT: usize = 10_000;
+
+/// The guard's limits.
+#[derive(Debug, Clone)]
+pub(crate) struct GuardSettings {
+    pub(crate) max_message_size: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) max_concurrent_requests: usize,
+    /// StopExecution calls per second per principal, and the burst; `None` for no limit.
+    pub(crate) stop_rate: Option<(f64, u32)>,
+}
+
+/// The guard's state, shared by every connection.
+pub(crate) struct Guard {
+    auth: Arc<Auth>,
+    settings: GuardSettings,
+    permits: Arc<Semaphore>,
+    stop_rate: Option<DefaultKeyedRateLimiter<Principal>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("settings", &self.settings)
+            .field("available_permits", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guard {
+    pub(crate) fn new(auth: Arc<Auth>, settings: GuardSettings) -> Self {
+        let stop_rate = settings.stop_rate.and_then(|(per_second, burst)| {
+            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))?
+                .allow_burst(NonZeroU32::new(burst)?);
+            Some(RateLimiter::keyed(quota))
+        });
+        Self {
+            auth,
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            settings,
+            stop_rate,
+        }
+    }
+
+    /// Wraps a service (the generated PipelineControl server) in this guard.
+    pub(crate) fn wrap<S>(self: &Arc<Self>, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            guard: self.clone(),
+        }
+    }
+
+    /// Steps 1 to 3: who is calling, and whether the call may start now.
+    fn admit(&self, parts: &mut http::request::Parts) -> Result<OwnedSemaphorePermit, Error> {
+        let certificates = parts
+            .extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        let principal = self
+            .auth
+            .authenticate(&parts.headers, certificates.as_deref().map(Vec::as_slice))?;
+        if parts.uri.path() == STOP_EXECUTION {
+            self.check_stop_rate(&principal)?;
+        }
+        let permit =
+            self.permits
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Error::LimitExceeded {
+                    what: "calls in progress on this server",
+                    retry_after: Duration::from_secs(1),
+                })?;
+        parts.extensions.insert(principal);
+        cap_deadline(&mut parts.headers, self.settings.request_timeout);
+        Ok(permit)
+    }
+
+    fn check_stop_rate(&self, principal: &Principal) -> Result<(), Error> {
+        let Some(limiter) = &self.stop_rate else {
+            return Ok(());
+        };
+        if limiter.len() > RATE_KEYS_KEPT {
+            limiter.retain_recent();
+        }
+        limiter.check_key(principal).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            Error::LimitExceeded {
+                what: "StopExecution calls from this caller",
+                // Whole milliseconds, at least one: a zero delay would invite a busy retry.
+                retry_after: wait.max(Duration::from_millis(1)),
+            }
+        })
+    }
+
+    /// Step 5: the request's one message, read whole if it is within the limit.
+    async fn read_body(&self, body: Body) -> Result<Body, Error> {
+        // A gRPC message is framed by 5 bytes: a compression flag and its length.
+        let limit = self.settings.max_message_size + 5;
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(Body::new(Full::new(collected.to_bytes()))),
+            Err(error) if error.is::<LengthLimitError>() => Err(Error::MessageTooLarge {
+                limit: self.settings.max_message_size,
+            }),
+            Err(error) => {
+                tracing::debug!(%error, "could not read a request body");
+                Err(Error::Cancelled)
+            }
+        }
+    }
+}
+
+/// Lowers the caller's `grpc-timeout` to `limit` (or sets it), so that the service's own waits
+/// (a duplicate request waiting for the first one) end within the server's timeout.
+fn cap_deadline(headers: &mut http::HeaderMap, limit: Duration) {
+    let callers = headers
+        .get("grpc-timeout")
+        .and_then(|value| super::convert::parse_grpc_timeout(value.to_str().ok()?));
+    if callers.is_some_and(|callers| callers <= limit) {
+        return;
+    }
+    let millis = limit.as_millis().clamp(1, 99_999_999);
+    if let Ok(value) = format!("{millis}m").parse() {
+        headers.insert("grpc-timeout", value);
+    }
+}
+
+/// A service behind the [`Guard`].
+#[derive(Debug, Clone)]
+pub(crate) struct Guarded<S> {
+    inner: S,
+    guard: Arc<Guard>,
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for Guarded<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The clone that was made ready is the one to call (tower's rule); keep a fresh one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            let permit = match guard.admit(&mut parts) {
+                Ok(permit) => permit,
+                Err(error) => return Ok(Status::from(error).into_http()),
+            };
+            let timeout = guard.settings.request_timeout;
+            let call = async {
+                let body = guard.read_body(body).await?;
+                match inner.call(http::Request::from_parts(parts, body)).await {
+                    Ok(response) => Ok::<_, Error>(response),
+                    Err(never) => match never {},
+                }
+            };
+            let response = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => Status::from(error).into_http(),
+                Err(_) => Status::from(Error::DeadlineExceeded(timeout)).into_http(),
+            };
+            drop(permit);
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout_of(headers: &http::HeaderMap) -> Option<&str> {
+        headers.get("grpc-timeout").and_then(|v| v.to_str().ok())
+    }
+
+    #[test]
+    fn the_callers_deadline_is_capped_to_the_server_timeout() {
+        let limit = Duration::from_secs(30);
+        let mut none = http::HeaderMap::new();
+        cap_deadline(&mut none, limit);
+        assert_eq!(timeout_of(&none), Some("30000m"));
+
+        let mut shorter = http::HeaderMap::new();
+        shorter.insert("grpc-timeout", "5S".parse().unwrap());
+        cap_deadline(&mut shorter, limit);
+        assert_eq!(timeout_of(&shorter), Some("5S"));
+
+        let mut longer = http::HeaderMap::new();
+        longer.insert("grpc-timeout", "2H".parse().unwrap());
+        cap_deadline(&mut longer, limit);
+        assert_eq!(timeout_of(&longer), Some("30000m"));
+
+        let mut garbage = http::HeaderMap::new();
+        garbage.insert("grpc-timeout", "soon".parse().unwrap());
+        cap_deadline(&mut garbage, limit);
+        assert_eq!(timeout_of(&garbage), Some("30000m"));
+    }
+
+    fn guard(stop_rate: Option<(f64, u32)>) -> Guard {
+        let auth = Arc::new(Auth::load(crate::auth::AuthSettings::default()).unwrap());
+        Guard::new(
+            auth,
+            GuardSettings {
+                max_message_size: 1024,
+                request_timeout: Duration::from_secs(30),
+                max_concurrent_requests: 2,
+                stop_rate,
+            },
+        )
+    }
+
+    fn parts(path: &str) -> http::request::Parts {
+        http::Request::post(path).body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_stop_rate_is_per_principal_and_says_when_to_retry() {
+        let guard = guard(Some((1.0, 2)));
+        let alice = Principal::new("alice");
+        let bob = Principal::new("bob");
+        assert!(guard.check_stop_rate(&alice).is_ok());
+        assert!(guard.check_stop_rate(&alice).is_ok());
+        match guard.check_stop_rate(&alice) {
+            Err(Error::LimitExceeded { retry_after, .. }) => {
+                assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(1))
+            }
+            other => panic!("expected LimitExceeded, got {other:?}"),
+        }
+        assert!(
+            guard.check_stop_rate(&bob).is_ok(),
+            "bob has his own budget"
+        );
+        assert!(self::guard(None).check_stop_rate(&alice).is_ok());
+    }
+
+    #[test]
+    fn calls_beyond_the_concurrency_limit_are_refused_until_a_permit_returns() {
+        let guard = guard(None);
+        let first = guard.admit(&mut parts(
+            "/pipelinecontrol.v1.PipelineControl/GetExecution",
+        ));
+        let second = guard.admit(&mut parts(
+            "/pipelinecontrol.v1.PipelineControl/GetExecution",
+        ));
+        assert!(first.is_ok() && second.is_ok());
+        let third = guard.admit(&mut parts(
+            "/pipelinecontrol.v1.PipelineControl/GetExecution",
+        ));
+        assert_eq!(
+            third.map(|_| ()).map_err(|e| e.reason()),
+            Err("LIMIT_EXCEEDED")
+        );
+        drop(first);
+        let mut fourth = parts("/pipelinecontrol.v1.PipelineControl/GetExecution");
+        assert!(guard.admit(&mut fourth).is_ok());
+        assert_eq!(
+            fourth.extensions.get::<Principal>().map(Principal::as_str),
+            Some("anonymous")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_unread() {
+        let guard = guard(None);
+        let small = Body::new(Full::new(tonic::codegen::Bytes::from(vec![0u8; 1029])));
+        assert!(guard.read_body(small).await.is_ok());
+        let large = Body::new(Full::new(tonic::codegen::Bytes::from(vec![0u8; 1030])));
+        assert_eq!(
+            guard
+                .read_body(large)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.reason()),
+            Err("LIMIT_EXCEEDED")
+        );
+    }
+}

@@ -1,0 +1,966 @@
+//! TLS, mutual TLS, bearer tokens, the policy and the limits, against a real server, database and
+//! emulator: who a caller is decides its idempotency keys and what it may do, and no caller can
+//! spend the service for the others. Certificates are made inside each test.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+#[macro_use]
+mod common;
+
+use std::{path::PathBuf, time::Duration};
+
+use common::{Admin, Backend, TestApp, TestDb, count_where, spawn_emulator, stack_args};
+use pipeline_control::{
+    ERROR_DOMAIN,
+    config::ServeArgs,
+    grpc::pb::{self, pipeline_control_client::PipelineControlClient},
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use tonic::{
+    Code, Request, Status,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use tonic_types::StatusExt as _;
+
+on_both_databases!(
+    tokens_name_the_principal_that_keys_and_audits_each_request,
+    the_policy_allows_and_denies_each_rpc_before_any_upstream_call,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+
+/// A certificate authority made for one test.
+struct Authority {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, PEM.
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Authority {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Self { issuer }
+    }
+
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    fn leaf(&self, cn: &str, sans: Vec<SanType>, purpose: ExtendedKeyUsagePurpose) -> Leaf {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![purpose];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn server(&self) -> Leaf {
+        self.leaf(
+            "localhost",
+            vec![
+                SanType::DnsName("localhost".try_into().unwrap()),
+                SanType::IpAddress([127, 0, 0, 1].into()),
+            ],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn client(&self, cn: &str, sans: Vec<SanType>) -> Leaf {
+        self.leaf(cn, sans, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+}
+
+fn uri(text: &str) -> SanType {
+    SanType::URI(text.try_into().unwrap())
+}
+
+fn dns(text: &str) -> SanType {
+    SanType::DnsName(text.try_into().unwrap())
+}
+
+/// Files for one test, removed with it.
+struct Files(tempfile::TempDir);
+
+impl Files {
+    fn new() -> Self {
+        Self(tempfile::tempdir().unwrap())
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+fn sha256_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A token file: `(principal, token)` pairs.
+fn token_file(entries: &[(&str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(principal, token)| {
+            format!(
+                "[[token]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\n\n",
+                sha256_hex(token)
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// A server with its database and emulator
+
+struct Secured {
+    db: TestDb,
+    app: TestApp,
+    admin: Admin,
+    sagemaker: aws_sdk_sagemaker::Client,
+    _emulator: pipeline_control::emulator::RunningEmulator,
+}
+
+impl Secured {
+    async fn start(backend: Backend, tweak: impl FnOnce(&mut ServeArgs)) -> Self {
+        let db = TestDb::new(backend).await;
+        let emulator = spawn_emulator(1.0, None).await;
+        let mut args = stack_args(&db, &emulator.endpoint_url);
+        tweak(&mut args);
+        let app = TestApp::spawn(args).await;
+        Self {
+            db,
+            app,
+            admin: Admin::new(&emulator.endpoint_url),
+            sagemaker: common::sagemaker_client(&emulator.endpoint_url, 1),
+            _emulator: emulator,
+        }
+    }
+
+    /// A running execution (it stays Executing until stopped).
+    async fn execution(&self, pipeline: &str) -> String {
+        let steps = json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 100000000}}}]);
+        let definition = json!({"Version": "2020-12-01", "Steps": steps}).to_string();
+        self.sagemaker
+            .create_pipeline()
+            .pipeline_name(pipeline)
+            .pipeline_definition(definition)
+            .role_arn("arn:aws:iam::123456789012:role/pipelines")
+            .client_request_token(common::token())
+            .send()
+            .await
+            .unwrap();
+        common::start_execution(&self.sagemaker, pipeline).await
+    }
+
+    /// SageMaker calls of any kind so far.
+    async fn upstream_calls(&self) -> u64 {
+        self.admin.stats().await.values().sum()
+    }
+
+    fn plaintext(&self) -> PipelineControlClient<Channel> {
+        PipelineControlClient::new(
+            Endpoint::from_shared(self.app.url())
+                .unwrap()
+                .connect_lazy(),
+        )
+    }
+
+    async fn tls(&self, tls: ClientTlsConfig) -> Result<Channel, tonic::transport::Error> {
+        Endpoint::from_shared(format!("https://{}", self.app.addr))
+            .unwrap()
+            .tls_config(tls.domain_name("localhost"))
+            .unwrap()
+            .connect()
+            .await
+    }
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn stop_request(arn: &str, token: &str) -> pb::StopExecutionRequest {
+    pb::StopExecutionRequest {
+        pipeline_execution_arn: arn.to_string(),
+        client_request_token: token.to_string(),
+        reason: String::new(),
+    }
+}
+
+fn reason_of(status: &Status) -> String {
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, ERROR_DOMAIN);
+    info.reason
+}
+
+fn assert_refused(result: Result<impl std::fmt::Debug, Status>, code: Code, reason: &str) {
+    let status = result.expect_err("the call is refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason_of(&status), reason, "{status:?}");
+}
+
+const UNKNOWN_ARN: &str =
+    "arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-none/execution/000000000000";
+
+// ---------------------------------------------------------------------------------------------
+// Tokens and policy (both databases)
+
+async fn tokens_name_the_principal_that_keys_and_audits_each_request(backend: Backend) {
+    let files = Files::new();
+    let tokens = files.write(
+        "tokens.toml",
+        &token_file(&[("billing", "billing-secret"), ("search", "search-secret")]),
+    );
+    let server = Secured::start(backend, |args| {
+        args.security.auth_tokens_file = Some(tokens.clone());
+    })
+    .await;
+    let arn = server.execution("shared").await;
+    let mut client = server.plaintext();
+
+    // No token, a wrong one, a malformed header: UNAUTHENTICATED, nothing recorded or sent.
+    let before = server.upstream_calls().await;
+    assert_refused(
+        client.stop_execution(stop_request(&arn, "t-1")).await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+    assert_refused(
+        client
+            .stop_execution(with_token(stop_request(&arn, "t-1"), "guess"))
+            .await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+    let mut basic = Request::new(stop_request(&arn, "t-1"));
+    basic.metadata_mut().insert(
+        "authorization",
+        "Basic YmlsbGluZzpzZWNyZXQ=".parse().unwrap(),
+    );
+    assert_refused(
+        client.stop_execution(basic).await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+    assert_refused(
+        client
+            .get_execution(pb::GetExecutionRequest {
+                pipeline_execution_arn: arn.clone(),
+            })
+            .await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+    assert_eq!(server.upstream_calls().await, before);
+    assert_eq!(count_where(&server.db, "stop_requests", "true").await, 0);
+
+    // Health and reflection stay open.
+    let health = HealthClient::new(
+        Endpoint::from_shared(server.app.url())
+            .unwrap()
+            .connect_lazy(),
+    )
+    .check(HealthCheckRequest::default())
+    .await;
+    assert!(health.is_ok(), "{health:?}");
+
+    // The same client token from two principals: two requests, one stop upstream, and each
+    // principal sees only its own record.
+    let first = client
+        .stop_execution(with_token(
+            stop_request(&arn, "same-token"),
+            "billing-secret",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.outcome(), pb::StopOutcome::StopRequested);
+    let second = client
+        .stop_execution(with_token(
+            stop_request(&arn, "same-token"),
+            "search-secret",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!second.replayed, "another principal's token is another key");
+    assert_eq!(second.outcome(), pb::StopOutcome::AlreadyStopped);
+    for principal in ["billing", "search"] {
+        assert_eq!(
+            count_where(
+                &server.db,
+                "stop_requests",
+                &format!("principal = '{principal}' AND client_token = 'same-token'"),
+            )
+            .await,
+            1,
+            "{principal}"
+        );
+        assert!(
+            count_where(
+                &server.db,
+                "stop_audit",
+                &format!("principal = '{principal}'")
+            )
+            .await
+                >= 1,
+            "the audit trail names {principal}"
+        );
+    }
+    assert_eq!(
+        count_where(&server.db, "stop_requests", "principal = 'anonymous'").await,
+        0
+    );
+
+    let record = client
+        .get_stop_request(with_token(
+            pb::GetStopRequestRequest {
+                client_request_token: "same-token".into(),
+            },
+            "billing-secret",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(record.principal, "billing");
+    assert_eq!(record.pipeline_execution_arn, arn);
+
+    // A replay is the principal's own.
+    let replay = client
+        .stop_execution(with_token(
+            stop_request(&arn, "same-token"),
+            "search-secret",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replay.replayed);
+    assert_eq!(replay.outcome(), pb::StopOutcome::AlreadyStopped);
+}
+
+async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend: Backend) {
+    let files = Files::new();
+    let tokens = files.write(
+        "tokens.toml",
+        &token_file(&[("billing", "billing-secret"), ("auditor", "auditor-secret")]),
+    );
+    let policy = files.write(
+        "policy.toml",
+        r#"
+        [[allow]]
+        principal = "billing"
+        stop = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-*"]
+        read = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-*"]
+
+        [[allow]]
+        principal = "auditor"
+        read = ["arn:aws:sagemaker:*:*:pipeline/*"]
+        "#,
+    );
+    let server = Secured::start(backend, |args| {
+        args.security.auth_tokens_file = Some(tokens.clone());
+        args.security.policy_file = Some(policy.clone());
+    })
+    .await;
+    let billing_arn = server.execution("billing-daily").await;
+    let search_arn = server.execution("search-daily").await;
+    let mut client = server.plaintext();
+    server.admin.reset_stats().await;
+
+    // Denied: stop outside the policy, for an existing execution and for one that does not
+    // exist alike; reads outside it; a principal with no stop rights at all.
+    for (token, arn) in [
+        ("billing-secret", search_arn.as_str()),
+        (
+            "billing-secret",
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/search-none/execution/000000000000",
+        ),
+        ("auditor-secret", billing_arn.as_str()),
+        ("auditor-secret", UNKNOWN_ARN),
+    ] {
+        assert_refused(
+            client
+                .stop_execution(with_token(stop_request(arn, "denied"), token))
+                .await,
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+    }
+    for arn in [
+        search_arn.as_str(),
+        "arn:aws:sagemaker:us-east-1:123456789012:pipeline/search-none/execution/000000000000",
+    ] {
+        let get = pb::GetExecutionRequest {
+            pipeline_execution_arn: arn.to_string(),
+        };
+        assert_refused(
+            client
+                .get_execution(with_token(get, "billing-secret"))
+                .await,
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+        let watch = pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.to_string(),
+        };
+        assert_refused(
+            client
+                .watch_execution(with_token(watch, "billing-secret"))
+                .await
+                .map(|_| ()),
+            Code::PermissionDenied,
+            "PERMISSION_DENIED",
+        );
+    }
+    assert_eq!(
+        server.upstream_calls().await,
+        0,
+        "nothing denied reached SageMaker"
+    );
+    assert_eq!(count_where(&server.db, "stop_requests", "true").await, 0);
+    let denied = client
+        .stop_execution(with_token(
+            stop_request(&search_arn, "denied"),
+            "billing-secret",
+        ))
+        .await
+        .unwrap_err();
+    let info = denied.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["principal"], "billing");
+    assert_eq!(info.metadata["action"], "stop");
+
+    // Allowed: billing stops and reads its own; the auditor reads everything.
+    let stopped = client
+        .stop_execution(with_token(
+            stop_request(&billing_arn, "allowed"),
+            "billing-secret",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopped.outcome(), pb::StopOutcome::StopRequested);
+    assert_refused(
+        client
+            .stop_execution(with_token(
+                stop_request(UNKNOWN_ARN, "allowed-missing"),
+                "billing-secret",
+            ))
+            .await,
+        Code::NotFound,
+        "EXECUTION_NOT_FOUND",
+    );
+    for (token, arn) in [
+        ("billing-secret", &billing_arn),
+        ("auditor-secret", &billing_arn),
+        ("auditor-secret", &search_arn),
+    ] {
+        let execution = client
+            .get_execution(with_token(
+                pb::GetExecutionRequest {
+                    pipeline_execution_arn: arn.clone(),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&execution.pipeline_execution_arn, arn);
+        let mut stream = client
+            .watch_execution(with_token(
+                pb::WatchExecutionRequest {
+                    pipeline_execution_arn: arn.clone(),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.message().await.unwrap().unwrap();
+        assert_eq!(first.sequence, 1);
+    }
+
+    // GetStopRequest: billing reads its record; the auditor has no record under that token
+    // (records are per principal); a principal with no read rights is denied before the
+    // lookup.
+    let record = client
+        .get_stop_request(with_token(
+            pb::GetStopRequestRequest {
+                client_request_token: "allowed".into(),
+            },
+            "billing-secret",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(record.principal, "billing");
+    assert_refused(
+        client
+            .get_stop_request(with_token(
+                pb::GetStopRequestRequest {
+                    client_request_token: "allowed".into(),
+                },
+                "auditor-secret",
+            ))
+            .await,
+        Code::NotFound,
+        "STOP_REQUEST_NOT_FOUND",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS and mutual TLS (Postgres)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_callers_that_trust_the_server_certificate() {
+    let ca = Authority::new("Test CA");
+    let leaf = ca.server();
+    let files = Files::new();
+    let cert = files.write("server.pem", &leaf.cert);
+    let key = files.write("server.key", &leaf.key);
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.security.tls_cert = Some(cert.clone());
+        args.security.tls_key = Some(key.clone());
+    })
+    .await;
+    let arn = server.execution("tls").await;
+
+    let channel = server
+        .tls(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem())))
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await;
+    assert!(health.is_ok(), "{health:?}");
+    let answer = PipelineControlClient::new(channel)
+        .stop_execution(stop_request(&arn, "over-tls"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.outcome(), pb::StopOutcome::StopRequested);
+    assert_eq!(
+        count_where(&server.db, "stop_requests", "principal = 'anonymous'").await,
+        1,
+        "TLS alone does not identify callers"
+    );
+
+    // A client that trusts another CA does not connect; nor does plaintext HTTP/2.
+    let other = Authority::new("Other CA");
+    let refused = server
+        .tls(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(other.pem())))
+        .await;
+    assert!(
+        refused.is_err(),
+        "a server certificate from an untrusted CA"
+    );
+    let plaintext = server
+        .plaintext()
+        .stop_execution(stop_request(&arn, "plaintext"))
+        .await;
+    assert!(plaintext.is_err());
+    assert_eq!(count_where(&server.db, "stop_requests", "true").await, 1);
+}
+
+/// A server with mutual TLS (and optionally tokens too): its CA, and the test's files.
+async fn mutual_tls(with_tokens: Option<&str>) -> (Secured, Authority, Files) {
+    let ca = Authority::new("Test CA");
+    let leaf = ca.server();
+    let files = Files::new();
+    let cert = files.write("server.pem", &leaf.cert);
+    let key = files.write("server.key", &leaf.key);
+    let client_ca = files.write("client-ca.pem", &ca.pem());
+    let tokens = with_tokens.map(|text| files.write("tokens.toml", text));
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.security.tls_cert = Some(cert);
+        args.security.tls_key = Some(key);
+        args.security.tls_client_ca = Some(client_ca);
+        args.security.auth_tokens_file = tokens;
+    })
+    .await;
+    (server, ca, files)
+}
+
+fn client_tls(ca: &Authority, identity: Option<&Leaf>) -> ClientTlsConfig {
+    let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem()));
+    match identity {
+        Some(leaf) => config.identity(Identity::from_pem(&leaf.cert, &leaf.key)),
+        None => config,
+    }
+}
+
+/// The principal the server recorded for a stop made over `channel`.
+async fn recorded_principal(server: &Secured, channel: Channel, arn: &str, token: &str) -> String {
+    PipelineControlClient::new(channel)
+        .stop_execution(stop_request(arn, token))
+        .await
+        .unwrap();
+    let row: (String,) = match server.db.backend {
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&server.db.url).await.unwrap();
+            sqlx::query_as("SELECT principal FROM stop_requests WHERE client_token = $1")
+                .bind(token)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+        Backend::Sqlite => unreachable!("the TLS tests run on Postgres"),
+    };
+    row.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_names_the_caller_from_its_certificate() {
+    let (server, ca, _files) = mutual_tls(None).await;
+    let arn = server.execution("mtls").await;
+    for (leaf, token, expected) in [
+        (
+            ca.client(
+                "cn-ignored",
+                vec![
+                    dns("stopper.example.org"),
+                    uri("spiffe://example.org/ns/prod/sa/stopper"),
+                ],
+            ),
+            "by-uri",
+            "spiffe://example.org/ns/prod/sa/stopper",
+        ),
+        (
+            ca.client(
+                "cn-ignored",
+                vec![dns("first.example.org"), dns("second.example.org")],
+            ),
+            "by-dns",
+            "first.example.org",
+        ),
+        (ca.client("reporting-job", vec![]), "by-cn", "reporting-job"),
+    ] {
+        let channel = server.tls(client_tls(&ca, Some(&leaf))).await.unwrap();
+        assert_eq!(
+            recorded_principal(&server, channel, &arn, token).await,
+            expected
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
+    let (server, ca, _files) = mutual_tls(None).await;
+    let arn = server.execution("mtls-refused").await;
+    let other = Authority::new("Other CA");
+    let stranger = other.client("stranger", vec![uri("spiffe://elsewhere/stranger")]);
+
+    // The handshake fails (rustls reports it on the first call at the latest).
+    for identity in [Some(&stranger), None] {
+        let outcome = match server.tls(client_tls(&ca, identity)).await {
+            Err(error) => Err(error.to_string()),
+            Ok(channel) => PipelineControlClient::new(channel)
+                .stop_execution(stop_request(&arn, "refused"))
+                .await
+                .map(|_| ())
+                .map_err(|status| status.to_string()),
+        };
+        assert!(
+            outcome.is_err(),
+            "identity {:?}",
+            identity.map(|_| "other CA")
+        );
+    }
+    assert_eq!(count_where(&server.db, "stop_requests", "true").await, 0);
+    assert_eq!(server.admin.calls("StopPipelineExecution").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_and_mutual_tls_a_token_wins_and_a_certificate_is_optional() {
+    let (server, ca, _files) = mutual_tls(Some(&token_file(&[("token-caller", "t0ken")]))).await;
+    let arn = server.execution("both").await;
+    let leaf = ca.client("cert-caller", vec![]);
+
+    // A certificate alone.
+    let with_cert = server.tls(client_tls(&ca, Some(&leaf))).await.unwrap();
+    assert_eq!(
+        recorded_principal(&server, with_cert.clone(), &arn, "cert-only").await,
+        "cert-caller"
+    );
+    // A token alone (no client certificate at the handshake).
+    let without_cert = server.tls(client_tls(&ca, None)).await.unwrap();
+    PipelineControlClient::new(without_cert.clone())
+        .stop_execution(with_token(stop_request(&arn, "token-only"), "t0ken"))
+        .await
+        .unwrap();
+    // Both: the token wins.
+    PipelineControlClient::new(with_cert.clone())
+        .stop_execution(with_token(stop_request(&arn, "both"), "t0ken"))
+        .await
+        .unwrap();
+    for token in ["token-only", "both"] {
+        assert_eq!(
+            count_where(
+                &server.db,
+                "stop_requests",
+                &format!("client_token = '{token}' AND principal = 'token-caller'"),
+            )
+            .await,
+            1,
+            "{token}"
+        );
+    }
+    // Neither, or a bad token even with a good certificate: UNAUTHENTICATED.
+    assert_refused(
+        PipelineControlClient::new(without_cert)
+            .stop_execution(stop_request(&arn, "neither"))
+            .await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+    assert_refused(
+        PipelineControlClient::new(with_cert)
+            .stop_execution(with_token(stop_request(&arn, "bad-token"), "wrong"))
+            .await,
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limits (Postgres)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_rate_limit_is_per_principal_and_says_when_to_retry() {
+    let files = Files::new();
+    let tokens = files.write(
+        "tokens.toml",
+        &token_file(&[("hasty", "hasty-secret"), ("patient", "patient-secret")]),
+    );
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.security.auth_tokens_file = Some(tokens.clone());
+        args.limits.stop_rate_limit = 0.5;
+        args.limits.stop_rate_burst = 3;
+    })
+    .await;
+    let mut client = server.plaintext();
+    for i in 0..3 {
+        // Refused for another reason (no such execution), but counted.
+        assert_refused(
+            client
+                .stop_execution(with_token(
+                    stop_request(UNKNOWN_ARN, &format!("h{i}")),
+                    "hasty-secret",
+                ))
+                .await,
+            Code::NotFound,
+            "EXECUTION_NOT_FOUND",
+        );
+    }
+    let calls = server.upstream_calls().await;
+    let limited = client
+        .stop_execution(with_token(stop_request(UNKNOWN_ARN, "h3"), "hasty-secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert_eq!(reason_of(&limited), "LIMIT_EXCEEDED");
+    let delay = limited
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a RetryInfo");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(2),
+        "one call comes back every 2 s: {delay:?}"
+    );
+    assert_eq!(
+        server.upstream_calls().await,
+        calls,
+        "a limited call does no work"
+    );
+    assert_eq!(
+        count_where(&server.db, "stop_requests", "client_token = 'h3'").await,
+        0
+    );
+
+    // Another principal has its own budget, and reads are not limited.
+    assert_refused(
+        client
+            .stop_execution(with_token(
+                stop_request(UNKNOWN_ARN, "p0"),
+                "patient-secret",
+            ))
+            .await,
+        Code::NotFound,
+        "EXECUTION_NOT_FOUND",
+    );
+    for _ in 0..5 {
+        assert_refused(
+            client
+                .get_stop_request(with_token(
+                    pb::GetStopRequestRequest {
+                        client_request_token: "none".into(),
+                    },
+                    "hasty-secret",
+                ))
+                .await,
+            Code::NotFound,
+            "STOP_REQUEST_NOT_FOUND",
+        );
+    }
+    // After the advised delay the caller may go on.
+    tokio::time::sleep(delay).await;
+    assert_refused(
+        client
+            .stop_execution(with_token(stop_request(UNKNOWN_ARN, "h4"), "hasty-secret"))
+            .await,
+        Code::NotFound,
+        "EXECUTION_NOT_FOUND",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_is_refused_before_it_is_decoded() {
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.limits.max_message_size = 4096;
+    })
+    .await;
+    let arn = server.execution("oversize").await;
+    let mut client = server.plaintext();
+    let mut request = stop_request(&arn, "big");
+    request.reason = "x".repeat(5000);
+    let status = client.stop_execution(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason_of(&status), "LIMIT_EXCEEDED");
+    assert_eq!(
+        status.get_details_error_info().unwrap().metadata["limit_bytes"],
+        "4096"
+    );
+    // Within the size limit but over the reason's own: INVALID_ARGUMENT, as before.
+    let mut request = stop_request(&arn, "long-reason");
+    request.reason = "x".repeat(1025);
+    assert_refused(
+        client.stop_execution(request).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(server.admin.calls("StopPipelineExecution").await, 0);
+    assert_eq!(count_where(&server.db, "stop_requests", "true").await, 0);
+    // The connection and the service carry on.
+    assert!(
+        client
+            .stop_execution(stop_request(&arn, "small"))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_the_request_timeout_answers_deadline_exceeded() {
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.limits.request_timeout = Duration::from_millis(300);
+        args.upstream_attempts = 1;
+    })
+    .await;
+    let arn = server.execution("slow").await;
+    server
+        .admin
+        .set_fault("DescribePipelineExecution", json!({"latencyMs": 2000}))
+        .await;
+    let started = std::time::Instant::now();
+    assert_refused(
+        server
+            .plaintext()
+            .get_execution(pb::GetExecutionRequest {
+                pipeline_execution_arn: arn.clone(),
+            })
+            .await,
+        Code::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    server.admin.clear_faults().await;
+    assert!(
+        server
+            .plaintext()
+            .get_execution(pb::GetExecutionRequest {
+                pipeline_execution_arn: arn,
+            })
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_the_concurrency_limit_are_refused_and_health_stays_open() {
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.limits.max_concurrent_requests = 2;
+    })
+    .await;
+    let arn = server.execution("busy").await;
+    server
+        .admin
+        .set_fault("DescribePipelineExecution", json!({"latencyMs": 1500}))
+        .await;
+    let get = |client: PipelineControlClient<Channel>| {
+        let arn = arn.clone();
+        async move {
+            let mut client = client;
+            client
+                .get_execution(pb::GetExecutionRequest {
+                    pipeline_execution_arn: arn,
+                })
+                .await
+        }
+    };
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(get(server.plaintext())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = get(server.plaintext()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(reason_of(&status), "LIMIT_EXCEEDED");
+    assert!(status.get_details_retry_info().is_some());
+    let health = HealthClient::new(
+        Endpoint::from_shared(server.app.url())
+            .unwrap()
+            .connect_lazy(),
+    )
+    .check(HealthCheckRequest::default())
+    .await;
+    assert!(health.is_ok(), "health is not behind the limit: {health:?}");
+    for call in slow {
+        assert!(call.await.unwrap().is_ok());
+    }
+    server.admin.clear_faults().await;
+    assert!(get(server.plaintext()).await.is_ok(), "permits come back");
+}
