@@ -430,6 +430,12 @@ async fn main() {
             "20000",
             "--database-max-connections",
             "32",
+            // The load generator is one caller measuring the service itself: the per-caller
+            // rate and the concurrency limit would measure only themselves.
+            "--stop-rate-limit",
+            "0",
+            "--max-concurrent-requests",
+            "100000",
             "--sagemaker-endpoint",
             &emulator,
             "--aws-region",

@@ -355,7 +355,10 @@ fn tls_config(
     }
     Server::builder()
         .tls_config(config.clone())
-        .map_err(|e| anyhow::anyhow!("{e}: {:?}", std::error::Error::source(&e)))
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(cause) => anyhow::anyhow!("{cause:?}"),
+            None => anyhow::anyhow!("{e}"),
+        })
         .with_context(|| {
             format!(
                 "the TLS certificate ({}), key ({}) or client CA cannot be used",

@@ -408,3 +408,262 @@ async fn the_emulator_runs_alone() {
     let (_, status) = wait_bounded_async(child).await;
     assert_eq!(status.code(), Some(0));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Authentication at start and on SIGHUP
+
+fn sha256_hex(token: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn token_file(entries: &[(&str, &str)]) -> String {
+    entries
+        .iter()
+        .map(|(principal, token)| {
+            format!(
+                "[[token]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\n\n",
+                sha256_hex(token)
+            )
+        })
+        .collect()
+}
+
+fn read_policy(principals: &[&str]) -> String {
+    principals
+        .iter()
+        .map(|principal| format!("[[allow]]\nprincipal = \"{principal}\"\nread = [\"*\"]\n\n"))
+        .collect()
+}
+
+#[test]
+fn require_auth_refuses_to_start_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let output = run_bounded(command().args([
+        "serve",
+        "--require-auth",
+        "--database-url",
+        db.to_str().unwrap(),
+    ]));
+    assert_clean_failure(&output, "pipeline-control: error: --require-auth is set");
+    // A policy alone names nobody: still refused.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, read_policy(&["anyone"])).unwrap();
+    let output = run_bounded(command().args([
+        "serve",
+        "--require-auth",
+        "--policy-file",
+        policy.to_str().unwrap(),
+        "--database-url",
+        db.to_str().unwrap(),
+    ]));
+    assert_clean_failure(&output, "pipeline-control: error: --require-auth is set");
+}
+
+#[test]
+fn a_bad_token_or_policy_file_stops_the_start_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let bad = dir.path().join("bad.toml");
+    for (flag, text, expected) in [
+        (
+            "--auth-tokens-file",
+            "[[token]]\nprincipal = \"a\"\nsha256 = \"not-hex\"\n",
+            "[[token]] #1 (a): sha256 must be 64 hex digits",
+        ),
+        ("--auth-tokens-file", "[[token]\nprincipal = ", "line 1: "),
+        (
+            "--policy-file",
+            "[[allow]]\nprincipal = \"a\"\nstop = [\"arn:{\"]\n",
+            "stop pattern",
+        ),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let output = run_bounded(command().args([
+            "serve",
+            flag,
+            bad.to_str().unwrap(),
+            "--database-url",
+            db.to_str().unwrap(),
+        ]));
+        assert_clean_failure(
+            &output,
+            &format!(
+                "pipeline-control: error: cannot load the authentication settings: {}",
+                bad.display()
+            ),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    let output = run_bounded(command().args([
+        "serve",
+        "--tls-cert",
+        bad.to_str().unwrap(),
+        "--tls-key",
+        bad.to_str().unwrap(),
+        "--database-url",
+        db.to_str().unwrap(),
+    ]));
+    assert_clean_failure(&output, "pipeline-control: error: the TLS certificate");
+}
+
+#[tokio::test]
+async fn without_authentication_the_service_warns_that_callers_are_anonymous() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (child, addr, logs) = spawn_server(&db, &[]);
+    assert_eq!(health(addr).await, ServingStatus::Serving);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
+    let logs = logs.join().unwrap();
+    let warning = logs
+        .lines()
+        .find(|line| line.contains("no authentication configured"))
+        .unwrap_or_else(|| panic!("no warning in {logs}"));
+    assert!(warning.contains("WARN"), "{warning}");
+}
+
+/// GetStopRequest for a token nobody used, as the holder of `bearer`: NOT_FOUND when the
+/// caller is authenticated and may read, else the refusal.
+async fn probe(
+    client: &mut pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient<
+        tonic::transport::Channel,
+    >,
+    bearer: &str,
+) -> tonic::Code {
+    let mut request = tonic::Request::new(pipeline_control::grpc::pb::GetStopRequestRequest {
+        client_request_token: "never-used".into(),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+    client.get_stop_request(request).await.unwrap_err().code()
+}
+
+/// Probes until the answer is `expected` (a reload is applied a moment after the signal).
+async fn probe_until(
+    client: &mut pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient<
+        tonic::transport::Channel,
+    >,
+    bearer: &str,
+    expected: tonic::Code,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let code = probe(client, bearer).await;
+        if code == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{bearer}: still {code:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_tokens_and_policy_and_keeps_the_previous_file_when_one_is_bad() {
+    use tonic::Code;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&tokens, token_file(&[("alice", "one")])).unwrap();
+    std::fs::write(&policy, read_policy(&["alice"])).unwrap();
+    let (child, addr, logs) = spawn_server(
+        &db,
+        &[
+            "--auth-tokens-file",
+            tokens.to_str().unwrap(),
+            "--policy-file",
+            policy.to_str().unwrap(),
+        ],
+    );
+    let hangup = || {
+        let sent = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    // One connection for everything, with a stream open on it across the reloads.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    let mut client =
+        pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::new(
+            channel.clone(),
+        );
+    assert_eq!(probe(&mut client, "one").await, Code::NotFound);
+    assert_eq!(probe(&mut client, "two").await, Code::Unauthenticated);
+
+    // A new token and a new principal in the policy.
+    std::fs::write(&tokens, token_file(&[("alice", "one"), ("bob", "two")])).unwrap();
+    std::fs::write(&policy, read_policy(&["alice", "bob"])).unwrap();
+    hangup();
+    probe_until(&mut client, "two", Code::NotFound).await;
+    assert_eq!(probe(&mut client, "one").await, Code::NotFound);
+
+    // A broken token file with a good policy: the policy changes (so the reload ran), the
+    // tokens stay as they were.
+    std::fs::write(
+        &tokens,
+        "[[token]]\nprincipal = \"mallory\"\nsha256 = \"zz\"\n",
+    )
+    .unwrap();
+    std::fs::write(&policy, read_policy(&["bob"])).unwrap();
+    hangup();
+    probe_until(&mut client, "one", Code::PermissionDenied).await;
+    assert_eq!(
+        probe(&mut client, "two").await,
+        Code::NotFound,
+        "bob's token is kept"
+    );
+
+    // A broken policy keeps the previous policy too.
+    std::fs::write(
+        &policy,
+        "[[allow]]\nprincipal = \"alice\"\nread = [\"[\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &tokens,
+        token_file(&[("alice", "one"), ("bob", "two"), ("carol", "three")]),
+    )
+    .unwrap();
+    hangup();
+    probe_until(&mut client, "three", Code::PermissionDenied).await;
+    assert_eq!(probe(&mut client, "one").await, Code::PermissionDenied);
+    assert_eq!(probe(&mut client, "two").await, Code::NotFound);
+
+    // The stream opened before the reloads is still open: the connection was never dropped.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), watch.message()).await;
+    assert!(
+        quiet.is_err(),
+        "the health stream ended or failed: {quiet:?}"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    drop(watch);
+    assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("kept the previous tokens"), "{logs}");
+    assert!(logs.contains("kept the previous policy"), "{logs}");
+    assert!(logs.contains("reloaded the policy file"), "{logs}");
+}

@@ -198,6 +198,20 @@ impl Auth {
     }
 }
 
+/// A TOML error on one line, with where it is: the file's errors go to logs and to the one
+/// line a failed start prints.
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', "; ");
+    match error.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = 1 + before.matches('\n').count();
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
 fn read<T>(path: &std::path::Path, parse: impl Fn(&str) -> Result<T, String>) -> anyhow::Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -324,6 +338,20 @@ mod tests {
         auth.reload();
         assert_eq!(call(&auth, "one"), Err("UNAUTHENTICATED"));
         assert_eq!(call(&auth, "two"), Ok("ops".into()));
+    }
+
+    #[test]
+    fn file_errors_are_one_line_with_the_line_number() {
+        let text = "[[token]]\nprincipal = \"a\"\nsha256 = [\n";
+        let error = Tokens::parse(text).unwrap_err();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(error.starts_with("line 3: "), "{error}");
+        let error = Policy::parse("[[allow]]\nprincipal = \"a\"\nwrite = []\n").unwrap_err();
+        assert!(!error.contains('\n'), "{error}");
+        assert!(
+            error.starts_with("line 3: ") && error.contains("write"),
+            "{error}"
+        );
     }
 
     #[test]
