@@ -219,16 +219,19 @@ impl Application {
         let service =
             PipelineControlService::new(stopper.clone(), sagemaker.clone(), watcher, auth.clone());
         let limits = &args.limits;
-        let guard = Arc::new(Guard::new(
-            auth.clone(),
-            GuardSettings {
-                max_message_size: limits.max_message_size as usize,
-                request_timeout: limits.request_timeout,
-                max_concurrent_requests: limits.max_concurrent_requests as usize,
-                stop_rate: (limits.stop_rate_limit > 0.0)
-                    .then_some((limits.stop_rate_limit, limits.stop_rate_burst)),
-            },
-        ));
+        let guard = Arc::new(
+            Guard::new(
+                auth.clone(),
+                GuardSettings {
+                    max_message_size: limits.max_message_size as usize,
+                    request_timeout: limits.request_timeout,
+                    max_concurrent_requests: limits.max_concurrent_requests as usize,
+                    stop_rate: (limits.stop_rate_limit > 0.0)
+                        .then_some((limits.stop_rate_limit, limits.stop_rate_burst)),
+                },
+            )
+            .context("invalid limits")?,
+        );
         let reloader = tokio::spawn(reload_on_hangup(auth, hangup, stopping_rx.clone()));
         let maintenance = tokio::spawn(maintain(
             stopper.clone(),
@@ -244,6 +247,7 @@ impl Application {
                 .map(move |accepted| accepted.map(|io| CutOffIo::new(io, &cut_off)))
         };
         let mut server_stop = stopping_rx.clone();
+        let tls_on = tls.is_some();
         let mut builder = Server::builder()
             .http2_keepalive_interval(
                 Some(limits.http2_keepalive_interval).filter(|interval| !interval.is_zero()),
@@ -270,7 +274,7 @@ impl Application {
         tracing::info!(address = %local_addr, "serving gRPC");
         if let Some(demo) = &demo {
             // For the person who ran the demo; standard output stays for logs.
-            eprintln!("{}", demo.banner(&local_addr.to_string()));
+            eprintln!("{}", demo.banner(&local_addr.to_string(), tls_on));
         }
 
         let served = tokio::select! {
@@ -342,12 +346,20 @@ fn tls_config(
     client_certificate_optional: bool,
 ) -> anyhow::Result<Option<ServerTlsConfig>> {
     let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) else {
+        anyhow::ensure!(
+            security.tls_client_ca.is_none(),
+            "--tls-client-ca needs TLS: give --tls-cert and --tls-key too"
+        );
         return Ok(None);
     };
     let read = |path: &std::path::Path| {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    // A handshake that does not finish in time is dropped: before authentication, nothing else
+    // bounds what a connection that never completes one holds.
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
     if let Some(ca) = &security.tls_client_ca {
         config = config
             .client_ca_root(Certificate::from_pem(read(ca)?))
@@ -381,6 +393,9 @@ fn worker_id() -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}-{}-{}", std::process::id(), &suffix[..8])
 }
+
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Expired records are deleted at most this many per statement.
 const RETENTION_BATCH: u32 = 1000;

@@ -91,10 +91,13 @@ pub(crate) async fn seed(
 
 impl Demo {
     /// What to try, for a person at a terminal.
-    pub(crate) fn banner(&self, grpc: &str) -> String {
+    /// What to print for the person who started the demo. `tls`: whether the gRPC port speaks
+    /// TLS (the commands then need the CA, and maybe credentials).
+    pub(crate) fn banner(&self, grpc: &str, tls: bool) -> String {
+        let transport = if tls { "-cacert CA.pem" } else { "-plaintext" };
         let rpc = |method: &str, arn: &str, extra: &str| {
             format!(
-                "  grpcurl -plaintext -d '{{\"pipeline_execution_arn\": \"{arn}\"{extra}}}' {grpc} pipelinecontrol.v1.PipelineControl/{method}"
+                "  grpcurl {transport} -d '{{\"pipeline_execution_arn\": \"{arn}\"{extra}}}' {grpc} pipelinecontrol.v1.PipelineControl/{method}"
             )
         };
         let mut lines = vec![
@@ -109,7 +112,11 @@ impl Demo {
                 self.lambda_execution
             ),
             String::new(),
-            "Try:".to_string(),
+            if tls {
+                "Try (CA.pem is the CA of --tls-cert; add -cert/-key or -H 'authorization: Bearer TOKEN' as your credentials require):".to_string()
+            } else {
+                "Try:".to_string()
+            },
             rpc("GetExecution", &self.callback_execution, ""),
             rpc(
                 "StopExecution",

@@ -73,7 +73,7 @@ pub(crate) enum Error {
     MessageTooLarge { limit: usize },
     /// The call took longer than `--request-timeout`.
     #[error(
-        "the call took longer than the server allows ({0:?}); retry with the same client_request_token"
+        "the call took longer than the server allows ({0:?}); a StopExecution retried with the same client_request_token resumes it"
     )]
     DeadlineExceeded(Duration),
     /// The request's body could not be read: the caller went away or broke the stream.

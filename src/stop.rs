@@ -155,7 +155,7 @@ impl Stopper {
 
     /// StopExecution. `deadline` is the caller's, when it sent one.
     pub(crate) async fn stop(
-        &self,
+        self: &Arc<Self>,
         input: &StopInput,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
@@ -184,7 +184,15 @@ impl Stopper {
             )
             .await?;
         match claim {
-            Claim::Acquired(record) => self.carry_out(record).await,
+            // Once claimed, the stop runs to its recorded end on a task of its own: a caller
+            // that goes away, or the server's request timeout, must not leave it half done
+            // (pending, leased to this worker, until the completer takes it over).
+            Claim::Acquired(record) => {
+                let this = Arc::clone(self);
+                tokio::spawn(async move { this.carry_out(record).await })
+                    .await
+                    .map_err(|e| Error::Internal(format!("the stop task failed: {e}")))?
+            }
             Claim::Existing(record)
                 if record.state == RecordState::Pending
                     && record.fingerprint == request.fingerprint =>

@@ -231,6 +231,38 @@ fn assert_refused(result: Result<impl std::fmt::Debug, Status>, code: Code, reas
     assert_eq!(reason_of(&status), reason, "{status:?}");
 }
 
+/// The services server reflection (v1) lists, asked without credentials.
+async fn reflected_services(server: &Secured) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(
+        Endpoint::from_shared(server.app.url())
+            .unwrap()
+            .connect_lazy(),
+    )
+    .server_reflection_info(tokio_stream::once(request))
+    .await
+    .unwrap()
+    .into_inner();
+    match responses
+        .message()
+        .await
+        .unwrap()
+        .and_then(|r| r.message_response)
+    {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
 const UNKNOWN_ARN: &str =
     "arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-none/execution/000000000000";
 
@@ -295,6 +327,11 @@ async fn tokens_name_the_principal_that_keys_and_audits_each_request(backend: Ba
     .check(HealthCheckRequest::default())
     .await;
     assert!(health.is_ok(), "{health:?}");
+    let services = reflected_services(&server).await;
+    assert!(
+        services.contains(&"pipelinecontrol.v1.PipelineControl".to_string()),
+        "{services:?}"
+    );
 
     // The same client token from two principals: two requests, one stop upstream, and each
     // principal sees only its own record.
@@ -374,11 +411,25 @@ async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend:
     let files = Files::new();
     let tokens = files.write(
         "tokens.toml",
-        &token_file(&[("billing", "billing-secret"), ("auditor", "auditor-secret")]),
+        &token_file(&[
+            ("billing", "billing-secret"),
+            ("auditor", "auditor-secret"),
+            ("operator", "operator-secret"),
+            ("stopper", "stopper-secret"),
+        ]),
     );
     let policy = files.write(
         "policy.toml",
         r#"
+        [[allow]]
+        principal = "operator"
+        stop = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-*"]
+        read = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/search-*"]
+
+        [[allow]]
+        principal = "stopper"
+        stop = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-*"]
+
         [[allow]]
         principal = "billing"
         stop = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-*"]
@@ -537,6 +588,30 @@ async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend:
         Code::NotFound,
         "STOP_REQUEST_NOT_FOUND",
     );
+    // A principal that may stop an execution but not read it cannot read its own record of
+    // the stop; one that may read nothing is refused whether or not the record exists.
+    for (token, stopped) in [("operator-secret", "op-1"), ("stopper-secret", "st-1")] {
+        client
+            .stop_execution(with_token(stop_request(&billing_arn, stopped), token))
+            .await
+            .unwrap();
+        for lookup in [stopped, "never-used"] {
+            let outcome = client
+                .get_stop_request(with_token(
+                    pb::GetStopRequestRequest {
+                        client_request_token: lookup.into(),
+                    },
+                    token,
+                ))
+                .await;
+            match (token, lookup) {
+                ("operator-secret", "never-used") => {
+                    assert_refused(outcome, Code::NotFound, "STOP_REQUEST_NOT_FOUND")
+                }
+                _ => assert_refused(outcome, Code::PermissionDenied, "PERMISSION_DENIED"),
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -681,21 +756,20 @@ async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
     let other = Authority::new("Other CA");
     let stranger = other.client("stranger", vec![uri("spiffe://elsewhere/stranger")]);
 
-    // The handshake fails (rustls reports it on the first call at the latest).
+    // The handshake fails (with TLS 1.3 the client learns it on its first call at the latest):
+    // a transport error, never an answer from the service (not even UNAUTHENTICATED, which
+    // would mean the certificate was optional).
     for identity in [Some(&stranger), None] {
-        let outcome = match server.tls(client_tls(&ca, identity)).await {
-            Err(error) => Err(error.to_string()),
-            Ok(channel) => PipelineControlClient::new(channel)
+        if let Ok(channel) = server.tls(client_tls(&ca, identity)).await {
+            let status = PipelineControlClient::new(channel)
                 .stop_execution(stop_request(&arn, "refused"))
                 .await
-                .map(|_| ())
-                .map_err(|status| status.to_string()),
-        };
-        assert!(
-            outcome.is_err(),
-            "identity {:?}",
-            identity.map(|_| "other CA")
-        );
+                .expect_err("the call fails");
+            assert!(
+                status.get_details_error_info().is_none() && status.code() != Code::Unauthenticated,
+                "the service answered: {status:?}"
+            );
+        }
     }
     assert_eq!(count_where(&server.db, "stop_requests", "true").await, 0);
     assert_eq!(server.admin.calls("StopPipelineExecution").await, 0);
@@ -963,4 +1037,76 @@ async fn calls_over_the_concurrency_limit_are_refused_and_health_stays_open() {
     }
     server.admin.clear_faults().await;
     assert!(get(server.plaintext()).await.is_ok(), "permits come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_ends_the_watch_streams_of_callers_it_revokes() {
+    let files = Files::new();
+    let tokens = files.write(
+        "tokens.toml",
+        &token_file(&[
+            ("alice", "a-secret"),
+            ("bob", "b-secret"),
+            ("carol", "c-secret"),
+        ]),
+    );
+    let everyone = "[[allow]]\nprincipal = \"alice\"\nread = [\"*\"]\n\
+        [[allow]]\nprincipal = \"bob\"\nread = [\"*\"]\n\
+        [[allow]]\nprincipal = \"carol\"\nread = [\"*\"]\n";
+    let policy = files.write("policy.toml", everyone);
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.security.auth_tokens_file = Some(tokens.clone());
+        args.security.policy_file = Some(policy.clone());
+    })
+    .await;
+    let arn = server.execution("revoked").await;
+    let mut client = server.plaintext();
+    let mut streams = Vec::new();
+    for token in ["a-secret", "b-secret", "c-secret"] {
+        let mut stream = client
+            .watch_execution(with_token(
+                pb::WatchExecutionRequest {
+                    pipeline_execution_arn: arn.clone(),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.message().await.unwrap().is_some());
+        streams.push(stream);
+    }
+
+    // Bob's token is withdrawn, carol loses her read rights; alice keeps hers.
+    std::fs::write(
+        &tokens,
+        token_file(&[("alice", "a-secret"), ("carol", "c-secret")]),
+    )
+    .unwrap();
+    std::fs::write(
+        &policy,
+        "[[allow]]\nprincipal = \"alice\"\nread = [\"*\"]\n[[allow]]\nprincipal = \"carol\"\nread = [\"arn:aws:sagemaker:*:*:pipeline/other/*\"]\n",
+    )
+    .unwrap();
+    // SIGHUP to this process: every server in it reloads its own files.
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+
+    let mut carol = streams.pop().unwrap();
+    let mut bob = streams.pop().unwrap();
+    let mut alice = streams.pop().unwrap();
+    for (stream, code, reason) in [
+        (&mut bob, Code::Unauthenticated, "UNAUTHENTICATED"),
+        (&mut carol, Code::PermissionDenied, "PERMISSION_DENIED"),
+    ] {
+        let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream ends soon after the reload");
+        assert_refused(ended, code, reason);
+    }
+    let quiet = tokio::time::timeout(Duration::from_millis(500), alice.message()).await;
+    assert!(quiet.is_err(), "alice's stream goes on: {quiet:?}");
 }

@@ -364,3 +364,78 @@ fn arbitrary_input_in_every_field_gets_a_proper_answer_and_invalid_input_does_no
     let Stack { app, .. } = stack;
     runtime.block_on(async { app.shutdown().await.unwrap() });
 }
+
+/// A raw HTTP/2 request to StopExecution with `body` and extra headers; the answer's
+/// `grpc-status` and whether it carries error details.
+async fn raw_call(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (String, bool) {
+    let mut request = http
+        .post(format!(
+            "{url}/pipelinecontrol.v1.PipelineControl/StopExecution"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let details = response.headers().contains_key("grpc-status-details-bin");
+    (status, details)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_are_not_one_plain_message_get_invalid_argument_with_details() {
+    let stack = Stack::start(Backend::Postgres, 1.0, |_| {}).await;
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = stack.app.url();
+    let message = pb::StopExecutionRequest {
+        pipeline_execution_arn: "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/x"
+            .into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let frame = |flag: u8, declared: usize, payload: &[u8]| {
+        let mut bytes = vec![flag];
+        bytes.extend_from_slice(&(declared as u32).to_be_bytes());
+        bytes.extend_from_slice(payload);
+        bytes
+    };
+    let two = [
+        frame(0, message.len(), &message),
+        frame(0, message.len(), &message),
+    ]
+    .concat();
+    for (name, body, headers) in [
+        ("no message", vec![], vec![]),
+        ("compressed flag", frame(1, message.len(), &message), vec![]),
+        ("truncated", frame(0, message.len() + 10, &message), vec![]),
+        ("two messages", two, vec![]),
+        (
+            "gzip encoding",
+            frame(0, message.len(), &message),
+            vec![("grpc-encoding", "gzip")],
+        ),
+    ] {
+        let (status, details) = raw_call(&http, &url, body, &headers).await;
+        assert_eq!(status, "3", "{name}: INVALID_ARGUMENT");
+        assert!(details, "{name}: with an ErrorInfo");
+    }
+    // The same message, framed properly, reaches the service (an unknown execution).
+    let (status, details) = raw_call(&http, &url, frame(0, message.len(), &message), &[]).await;
+    assert_eq!(status, "5", "NOT_FOUND");
+    assert!(details);
+    assert_eq!(stack.stored_requests().await, 1);
+}

@@ -18,6 +18,8 @@ pub(crate) use policy::Action;
 
 use std::{path::PathBuf, sync::Arc};
 
+use tokio::sync::watch;
+
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tonic::transport::CertificateDer;
@@ -41,118 +43,214 @@ pub(crate) struct AuthSettings {
     pub(crate) policy_file: Option<PathBuf>,
 }
 
+/// The token and policy files in force: one version, swapped whole, so that a call is
+/// authenticated and authorized against the same one.
+#[derive(Debug, Default)]
+struct Credentials {
+    tokens: Option<Tokens>,
+    policy: Option<Policy>,
+}
+
+impl Credentials {
+    fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        arn: &ExecutionArn,
+    ) -> Result<(), Error> {
+        match &self.policy {
+            Some(policy) if !policy.allows(principal, action, arn) => {
+                Err(Error::PermissionDenied {
+                    principal: principal.clone(),
+                    action,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Credential {
+    Anonymous,
+    /// The SHA-256 of the bearer token it sent.
+    Token([u8; 32]),
+    Certificate,
+}
+
+/// An authenticated call: who it is, how it proved it, and the credentials version that
+/// authenticated it (authorization uses the same version).
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    principal: Principal,
+    credential: Credential,
+    credentials: Arc<Credentials>,
+}
+
+impl Caller {
+    pub(crate) fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Whether the caller may do `action` to `arn`: always, without a policy.
+    pub(crate) fn authorize(&self, action: Action, arn: &ExecutionArn) -> Result<(), Error> {
+        self.credentials.authorize(&self.principal, action, arn)
+    }
+
+    /// Whether the caller may do `action` to some execution: for calls that name no execution
+    /// until a record is read (GetStopRequest).
+    pub(crate) fn authorize_any(&self, action: Action) -> Result<(), Error> {
+        match &self.credentials.policy {
+            Some(policy) if !policy.allows_any(&self.principal, action) => {
+                Err(Error::PermissionDenied {
+                    principal: self.principal.clone(),
+                    action,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Authentication and authorization for every call of the service.
 #[derive(Debug)]
 pub(crate) struct Auth {
     settings: AuthSettings,
-    tokens: Option<ArcSwap<Tokens>>,
-    policy: Option<ArcSwap<Policy>>,
+    current: ArcSwap<Credentials>,
+    /// Counts reloads, so that long-lived calls (watch streams) can check their caller again.
+    reloads: watch::Sender<u64>,
 }
 
 impl Auth {
     /// Reads the configured files; fails (naming the file and the fault) when one is bad.
     pub(crate) fn load(settings: AuthSettings) -> anyhow::Result<Self> {
         let tokens = match &settings.tokens_file {
-            Some(path) => Some(ArcSwap::from_pointee(read(path, Tokens::parse)?)),
+            Some(path) => Some(read(path, Tokens::parse)?),
             None => None,
         };
         let policy = match &settings.policy_file {
-            Some(path) => Some(ArcSwap::from_pointee(read(path, Policy::parse)?)),
+            Some(path) => Some(read(path, Policy::parse)?),
             None => None,
         };
         Ok(Self {
             settings,
-            tokens,
-            policy,
+            current: ArcSwap::from_pointee(Credentials { tokens, policy }),
+            reloads: watch::Sender::new(0),
         })
     }
 
     /// Whether callers must identify themselves (tokens or client certificates configured).
     pub(crate) fn authenticates(&self) -> bool {
-        self.tokens.is_some() || self.settings.client_certificates
+        self.settings.tokens_file.is_some() || self.settings.client_certificates
     }
 
-    /// Logs what is in force; at start and after each reload.
+    /// Logs what is in force, at start.
     pub(crate) fn log_summary(&self) {
-        let tokens = self.tokens.as_ref().map(|t| t.load().len());
-        let policy = self.policy.as_ref().map(|p| p.load().principals());
+        let current = self.current.load();
+        let tokens = current.tokens.as_ref().map(Tokens::len);
+        let policy = current.policy.as_ref().map(Policy::principals);
+        let policy = policy.map_or_else(|| "off (all allowed)".to_string(), |n| n.to_string());
         if self.authenticates() {
             tracing::info!(
                 client_certificates = self.settings.client_certificates,
                 tokens = tokens.map_or_else(|| "off".to_string(), |n| n.to_string()),
-                policy_principals =
-                    policy.map_or_else(|| "off (all allowed)".to_string(), |n| n.to_string()),
+                policy_principals = policy,
                 "authentication on"
             );
         } else {
             tracing::warn!(
-                policy_principals =
-                    policy.map_or_else(|| "off (all allowed)".to_string(), |n| n.to_string()),
+                policy_principals = policy,
                 "no authentication configured: every caller is `anonymous`; configure \
                  --tls-client-ca or --auth-tokens-file (and --require-auth) in production"
             );
         }
     }
 
-    /// Reads the token and policy files again. A file that fails keeps the previous version in
-    /// force; each outcome is logged.
+    /// Reads the token and policy files again and puts the result in force as one version. A
+    /// file that fails keeps its previous version; each outcome is logged. Watch streams then
+    /// check their callers against the new version.
     pub(crate) fn reload(&self) {
-        if let (Some(path), Some(tokens)) = (&self.settings.tokens_file, &self.tokens) {
-            match read(path, Tokens::parse) {
-                Ok(new) => {
-                    tracing::info!(file = %path.display(), tokens = new.len(), "reloaded the token file");
-                    tokens.store(Arc::new(new));
+        let previous = self.current.load_full();
+        let tokens = match &self.settings.tokens_file {
+            Some(path) => match read(path, Tokens::parse) {
+                Ok(tokens) => {
+                    tracing::info!(file = %path.display(), tokens = tokens.len(), "reloaded the token file");
+                    Some(tokens)
                 }
                 Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "kept the previous tokens")
+                    tracing::error!(error = format!("{error:#}"), "kept the previous tokens");
+                    previous.tokens.clone()
                 }
-            }
-        }
-        if let (Some(path), Some(policy)) = (&self.settings.policy_file, &self.policy) {
-            match read(path, Policy::parse) {
-                Ok(new) => {
-                    tracing::info!(file = %path.display(), principals = new.principals(), "reloaded the policy file");
-                    policy.store(Arc::new(new));
+            },
+            None => None,
+        };
+        let policy = match &self.settings.policy_file {
+            Some(path) => match read(path, Policy::parse) {
+                Ok(policy) => {
+                    tracing::info!(file = %path.display(), principals = policy.principals(), "reloaded the policy file");
+                    Some(policy)
                 }
                 Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "kept the previous policy")
+                    tracing::error!(error = format!("{error:#}"), "kept the previous policy");
+                    previous.policy.clone()
                 }
-            }
-        }
-        if self.tokens.is_none() && self.policy.is_none() {
+            },
+            None => None,
+        };
+        if self.settings.tokens_file.is_none() && self.settings.policy_file.is_none() {
             tracing::info!("nothing to reload: no token or policy file is configured");
+            return;
         }
+        self.current.store(Arc::new(Credentials { tokens, policy }));
+        self.reloads.send_modify(|generation| *generation += 1);
     }
 
-    /// The caller's principal, from the request's `authorization` header and the TLS
-    /// connection's verified client certificate (if any).
+    /// Notified after each reload.
+    pub(crate) fn reloads(&self) -> watch::Receiver<u64> {
+        self.reloads.subscribe()
+    }
+
+    /// The caller, from the request's `authorization` header and the TLS connection's verified
+    /// client certificate (if any).
     pub(crate) fn authenticate(
         &self,
         headers: &http::HeaderMap,
         peer_certificates: Option<&[CertificateDer<'static>]>,
-    ) -> Result<Principal, Error> {
-        if let Some(tokens) = &self.tokens
+    ) -> Result<Caller, Error> {
+        let credentials = self.current.load_full();
+        let caller = |principal: Principal, credential: Credential| Caller {
+            principal,
+            credential,
+            credentials: credentials.clone(),
+        };
+        if let Some(tokens) = &credentials.tokens
             && let Some(header) = headers.get(http::header::AUTHORIZATION)
         {
             let token = bearer_token(header).ok_or(Error::Unauthenticated(
                 "the authorization header must be `Bearer <token>`",
             ))?;
-            return tokens
-                .load()
-                .principal(token)
+            let digest = Tokens::digest(token);
+            let principal = tokens
+                .principal_of(&digest)
                 .cloned()
-                .ok_or(Error::Unauthenticated("the bearer token is not valid"));
+                .ok_or(Error::Unauthenticated("the bearer token is not valid"))?;
+            return Ok(caller(principal, Credential::Token(digest)));
         }
         if self.settings.client_certificates
             && let Some(leaf) = peer_certificates.and_then(|certificates| certificates.first())
         {
-            return certificate::principal(leaf).map_err(|why| {
+            let principal = certificate::principal(leaf).map_err(|why| {
                 tracing::info!(%why, "refused a client certificate");
                 Error::Unauthenticated("the client certificate names no usable identity")
-            });
+            })?;
+            return Ok(caller(principal, Credential::Certificate));
         }
-        match (self.tokens.is_some(), self.settings.client_certificates) {
-            (false, false) => Ok(Principal::anonymous()),
+        match (
+            credentials.tokens.is_some(),
+            self.settings.client_certificates,
+        ) {
+            (false, false) => Ok(caller(Principal::anonymous(), Credential::Anonymous)),
             (true, false) => Err(Error::Unauthenticated(
                 "credentials are required: send `authorization: Bearer <token>`",
             )),
@@ -165,36 +263,26 @@ impl Auth {
         }
     }
 
-    /// Whether `principal` may do `action` to `arn`: always, without a policy.
-    pub(crate) fn authorize(
+    /// Checks a caller again against the credentials now in force: its token must still name
+    /// it, and the policy must still allow `action` to `arn`. (A certificate stays valid: the
+    /// CA is not reloaded.)
+    pub(crate) fn recheck(
         &self,
-        principal: &Principal,
+        caller: &Caller,
         action: Action,
         arn: &ExecutionArn,
     ) -> Result<(), Error> {
-        match &self.policy {
-            Some(policy) if !policy.load().allows(principal, action, arn) => {
-                Err(Error::PermissionDenied {
-                    principal: principal.clone(),
-                    action,
-                })
+        let current = self.current.load();
+        if let Credential::Token(digest) = &caller.credential {
+            let still = current
+                .tokens
+                .as_ref()
+                .and_then(|tokens| tokens.principal_of(digest));
+            if still != Some(&caller.principal) {
+                return Err(Error::Unauthenticated("the bearer token was revoked"));
             }
-            _ => Ok(()),
         }
-    }
-
-    /// Whether `principal` may do `action` to some execution: for calls that name no
-    /// execution until a record is read (GetStopRequest).
-    pub(crate) fn authorize_any(&self, principal: &Principal, action: Action) -> Result<(), Error> {
-        match &self.policy {
-            Some(policy) if !policy.load().allows_any(principal, action) => {
-                Err(Error::PermissionDenied {
-                    principal: principal.clone(),
-                    action,
-                })
-            }
-            _ => Ok(()),
-        }
+        current.authorize(&caller.principal, action, arn)
     }
 }
 
@@ -258,9 +346,9 @@ mod tests {
         headers
     }
 
-    fn reason(result: Result<Principal, Error>) -> Result<String, &'static str> {
+    fn reason(result: Result<Caller, Error>) -> Result<String, &'static str> {
         result
-            .map(|p| p.as_str().to_string())
+            .map(|caller| caller.principal().as_str().to_string())
             .map_err(|e| e.reason())
     }
 
@@ -352,6 +440,53 @@ mod tests {
             error.starts_with("line 3: ") && error.contains("write"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_reload_rechecks_callers_against_the_new_files() {
+        let tokens = file(&token_file(&[("alice", "a"), ("bob", "b")]));
+        let policy = file(
+            "[[allow]]\nprincipal = \"alice\"\nread = [\"*\"]\n[[allow]]\nprincipal = \"bob\"\nread = [\"*\"]\n",
+        );
+        let auth = Auth::load(AuthSettings {
+            tokens_file: Some(tokens.path().into()),
+            policy_file: Some(policy.path().into()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        let arn = ExecutionArn::parse(
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abc",
+        )
+        .unwrap();
+        let alice = auth.authenticate(&headers(Some("Bearer a")), None).unwrap();
+        let bob = auth.authenticate(&headers(Some("Bearer b")), None).unwrap();
+        let reloads = auth.reloads();
+        assert!(auth.recheck(&alice, Action::Read, &arn).is_ok());
+
+        // Bob's token goes to carol; alice loses her read rights.
+        std::fs::write(tokens.path(), token_file(&[("alice", "a"), ("carol", "b")])).unwrap();
+        std::fs::write(
+            policy.path(),
+            "[[allow]]\nprincipal = \"carol\"\nread = [\"*\"]\n",
+        )
+        .unwrap();
+        auth.reload();
+        assert!(reloads.has_changed().unwrap(), "a reload is announced");
+        assert_eq!(
+            auth.recheck(&bob, Action::Read, &arn)
+                .map_err(|e| e.reason()),
+            Err("UNAUTHENTICATED")
+        );
+        assert_eq!(
+            auth.recheck(&alice, Action::Read, &arn)
+                .map_err(|e| e.reason()),
+            Err("PERMISSION_DENIED")
+        );
+        // A call authenticated before the reload is authorized against its own version.
+        assert!(alice.authorize(Action::Read, &arn).is_ok());
+        let carol = auth.authenticate(&headers(Some("Bearer b")), None).unwrap();
+        assert_eq!(carol.principal().as_str(), "carol");
+        assert!(carol.authorize(Action::Read, &arn).is_ok());
     }
 
     #[test]

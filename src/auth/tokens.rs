@@ -57,10 +57,20 @@ impl Tokens {
         Ok(Self { by_digest })
     }
 
+    /// The digest under which a presented token is looked up.
+    pub(crate) fn digest(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
     /// The principal a presented token stands for.
+    #[cfg(test)]
     pub(crate) fn principal(&self, token: &str) -> Option<&Principal> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.by_digest.get(&digest)
+        self.principal_of(&Self::digest(token))
+    }
+
+    /// The principal of a token's digest.
+    pub(crate) fn principal_of(&self, digest: &[u8; 32]) -> Option<&Principal> {
+        self.by_digest.get(digest)
     }
 
     pub(crate) fn len(&self) -> usize {

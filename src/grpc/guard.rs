@@ -1,16 +1,18 @@
 //! What every PipelineControl call passes before the service sees it, in this order:
 //!
-//! 1. authentication: the caller's [`Principal`] goes into the request's extensions, or the call
-//!    answers UNAUTHENTICATED;
-//! 2. the per-principal StopExecution rate (GCRA: a sustained rate and a burst), so no caller
-//!    can spend the SageMaker quota or the database for the others;
-//! 3. the concurrency limit: a permit held until the call has answered (a stream's until its
+//! 1. authentication: the [`Caller`] goes into the request's extensions, or the call answers
+//!    UNAUTHENTICATED;
+//! 2. the concurrency limit: a permit held until the call has answered (a stream's until its
 //!    first message is ready; streams have their own limit);
+//! 3. the per-principal StopExecution rate (GCRA: a sustained rate and a burst), so no caller
+//!    can spend the SageMaker quota or the database for the others;
 //! 4. the request timeout, covering the next two steps: the caller's `grpc-timeout` is capped
 //!    to it, so waits inside the call stay within it, and the call answers DEADLINE_EXCEEDED
 //!    when it runs out;
-//! 5. the message size: every request of this service is one message, so the body is read up to
-//!    the limit, and a larger one answers RESOURCE_EXHAUSTED without being decoded.
+//! 5. the message: every request of this service is one message, so the body is read up to the
+//!    size limit (a larger one answers RESOURCE_EXHAUSTED without being decoded) and must be
+//!    exactly one uncompressed gRPC frame (else INVALID_ARGUMENT, rather than the transport's
+//!    own errors, which carry no ErrorInfo).
 //!
 //! Refusals are cheap and come before any database or SageMaker work. Health and reflection are
 //! not behind the guard.
@@ -24,10 +26,7 @@ use std::{
     time::Duration,
 };
 
-use governor::{
-    DefaultKeyedRateLimiter, Quota, RateLimiter,
-    clock::{Clock as _, DefaultClock},
-};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{
@@ -38,7 +37,11 @@ use tonic::{
 };
 use tower::Service;
 
-use crate::{auth::Auth, domain::Principal, error::Error};
+use crate::{
+    auth::Auth,
+    domain::{FieldViolation, Principal},
+    error::Error,
+};
 
 /// The path of the one rate-limited RPC.
 const STOP_EXECUTION: &str = "/pipelinecontrol.v1.PipelineControl/StopExecution";
@@ -74,18 +77,38 @@ impl std::fmt::Debug for Guard {
 }
 
 impl Guard {
-    pub(crate) fn new(auth: Arc<Auth>, settings: GuardSettings) -> Self {
-        let stop_rate = settings.stop_rate.and_then(|(per_second, burst)| {
-            let quota = Quota::with_period(Duration::from_secs_f64(1.0 / per_second))?
-                .allow_burst(NonZeroU32::new(burst)?);
-            Some(RateLimiter::keyed(quota))
-        });
-        Self {
+    /// Fails on settings that cannot work (a zero timeout, a rate too small to represent).
+    pub(crate) fn new(auth: Arc<Auth>, settings: GuardSettings) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !settings.request_timeout.is_zero(),
+            "the request timeout must be longer than zero"
+        );
+        anyhow::ensure!(
+            settings.max_concurrent_requests > 0,
+            "the concurrency limit must be at least 1"
+        );
+        let stop_rate = match settings.stop_rate {
+            None => None,
+            Some((per_second, burst)) => {
+                let quota = Duration::try_from_secs_f64(1.0 / per_second)
+                    .ok()
+                    .and_then(Quota::with_period)
+                    .zip(NonZeroU32::new(burst))
+                    .map(|(quota, burst)| quota.allow_burst(burst))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "the StopExecution rate limit ({per_second}/s, burst {burst}) cannot be used: the rate must be above 0 and the burst at least 1"
+                        )
+                    })?;
+                Some(RateLimiter::keyed(quota))
+            }
+        };
+        Ok(Self {
             auth,
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             settings,
             stop_rate,
-        }
+        })
     }
 
     /// Wraps a service (the generated PipelineControl server) in this guard.
@@ -102,12 +125,10 @@ impl Guard {
             .extensions
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(TlsConnectInfo::peer_certs);
-        let principal = self
+        let caller = self
             .auth
             .authenticate(&parts.headers, certificates.as_deref().map(Vec::as_slice))?;
-        if parts.uri.path() == STOP_EXECUTION {
-            self.check_stop_rate(&principal)?;
-        }
+        // The permit first: a call refused for concurrency spends none of the caller's rate.
         let permit =
             self.permits
                 .clone()
@@ -116,7 +137,18 @@ impl Guard {
                     what: "calls in progress on this server",
                     retry_after: Duration::from_secs(1),
                 })?;
-        parts.extensions.insert(principal);
+        if let Some(encoding) = parts.headers.get("grpc-encoding")
+            && encoding.as_bytes() != b"identity"
+        {
+            return Err(Error::InvalidArgument(vec![FieldViolation::undecodable(
+                "",
+                "compressed requests are not accepted; send them uncompressed (grpc-encoding identity)",
+            )]));
+        }
+        if parts.uri.path() == STOP_EXECUTION {
+            self.check_stop_rate(caller.principal())?;
+        }
+        parts.extensions.insert(caller);
         cap_deadline(&mut parts.headers, self.settings.request_timeout);
         Ok(permit)
     }
@@ -129,7 +161,7 @@ impl Guard {
             limiter.retain_recent();
         }
         limiter.check_key(principal).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let wait = not_until.wait_time_from(limiter.clock().now());
             Error::LimitExceeded {
                 what: "StopExecution calls from this caller",
                 // Whole milliseconds, at least one: a zero delay would invite a busy retry.
@@ -143,7 +175,11 @@ impl Guard {
         // A gRPC message is framed by 5 bytes: a compression flag and its length.
         let limit = self.settings.max_message_size + 5;
         match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(Body::new(Full::new(collected.to_bytes()))),
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                check_framing(&bytes)?;
+                Ok(Body::new(Full::new(bytes)))
+            }
             Err(error) if error.is::<LengthLimitError>() => Err(Error::MessageTooLarge {
                 limit: self.settings.max_message_size,
             }),
@@ -153,6 +189,27 @@ impl Guard {
             }
         }
     }
+}
+
+/// A request body must be one uncompressed gRPC message: a zero flag byte, a four-byte length,
+/// and exactly that many bytes.
+fn check_framing(body: &[u8]) -> Result<(), Error> {
+    let refuse = |why: &str| {
+        Err(Error::InvalidArgument(vec![FieldViolation::undecodable(
+            "", why,
+        )]))
+    };
+    let Some((header, message)) = body.split_first_chunk::<5>() else {
+        return refuse("the request holds no message");
+    };
+    let [flag, length @ ..] = *header;
+    if flag != 0 {
+        return refuse("compressed requests are not accepted; send them uncompressed");
+    }
+    if u32::from_be_bytes(length) as usize != message.len() {
+        return refuse("the request must be exactly one message");
+    }
+    Ok(())
 }
 
 /// Lowers the caller's `grpc-timeout` to `limit` (or sets it), so that the service's own waits
@@ -231,6 +288,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Caller;
 
     fn timeout_of(headers: &http::HeaderMap) -> Option<&str> {
         headers.get("grpc-timeout").and_then(|v| v.to_str().ok())
@@ -270,6 +328,7 @@ mod tests {
                 stop_rate,
             },
         )
+        .unwrap()
     }
 
     fn parts(path: &str) -> http::request::Parts {
@@ -317,17 +376,74 @@ mod tests {
         let mut fourth = parts("/pipelinecontrol.v1.PipelineControl/GetExecution");
         assert!(guard.admit(&mut fourth).is_ok());
         assert_eq!(
-            fourth.extensions.get::<Principal>().map(Principal::as_str),
+            fourth
+                .extensions
+                .get::<Caller>()
+                .map(|caller| caller.principal().as_str()),
             Some("anonymous")
         );
+    }
+
+    fn frame(flag: u8, length: u32, message: &[u8]) -> Body {
+        let mut bytes = vec![flag];
+        bytes.extend_from_slice(&length.to_be_bytes());
+        bytes.extend_from_slice(message);
+        Body::new(Full::new(tonic::codegen::Bytes::from(bytes)))
+    }
+
+    #[tokio::test]
+    async fn a_body_must_be_one_uncompressed_message() {
+        let guard = guard(None);
+        let reason = |result: Result<Body, Error>| result.map(|_| ()).map_err(|e| e.reason());
+        assert_eq!(reason(guard.read_body(frame(0, 3, b"abc")).await), Ok(()));
+        assert_eq!(reason(guard.read_body(frame(0, 0, b"")).await), Ok(()));
+        for bad in [
+            frame(1, 3, b"abc"),
+            frame(0, 4, b"abc"),
+            frame(0, 2, b"abc"),
+            Body::new(Full::new(tonic::codegen::Bytes::from_static(b"\0\0"))),
+            Body::empty(),
+        ] {
+            assert_eq!(reason(guard.read_body(bad).await), Err("INVALID_ARGUMENT"));
+        }
+    }
+
+    #[test]
+    fn unusable_limits_are_refused() {
+        let auth = Arc::new(Auth::load(crate::auth::AuthSettings::default()).unwrap());
+        let settings = GuardSettings {
+            max_message_size: 1024,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 2,
+            stop_rate: Some((1e-30, 10)),
+        };
+        assert!(Guard::new(auth.clone(), settings.clone()).is_err());
+        for bad in [
+            GuardSettings {
+                stop_rate: Some((1.0, 0)),
+                ..settings.clone()
+            },
+            GuardSettings {
+                request_timeout: Duration::ZERO,
+                stop_rate: None,
+                ..settings.clone()
+            },
+            GuardSettings {
+                max_concurrent_requests: 0,
+                stop_rate: None,
+                ..settings.clone()
+            },
+        ] {
+            assert!(Guard::new(auth.clone(), bad).is_err());
+        }
     }
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_refused_unread() {
         let guard = guard(None);
-        let small = Body::new(Full::new(tonic::codegen::Bytes::from(vec![0u8; 1029])));
+        let small = frame(0, 1024, &[0u8; 1024]);
         assert!(guard.read_body(small).await.is_ok());
-        let large = Body::new(Full::new(tonic::codegen::Bytes::from(vec![0u8; 1030])));
+        let large = frame(0, 1025, &[0u8; 1025]);
         assert_eq!(
             guard
                 .read_body(large)

@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
+use futures_util::StreamExt as _;
+
 use crate::{
-    auth::{Action, Auth},
-    domain::{ClientToken, ExecutionArn, Principal, Reason},
+    auth::{Action, Auth, Caller},
+    domain::{ClientToken, ExecutionArn, Reason},
     error::Error,
     hooks,
     sagemaker::SageMaker,
@@ -63,24 +65,60 @@ impl PipelineControlService {
     }
 }
 
-/// The calling principal, as the [`Guard`] authenticated it.
-fn principal<T>(request: &Request<T>) -> Result<Principal, Error> {
+/// The caller, as the [`Guard`] authenticated it.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Error> {
     request
         .extensions()
-        .get::<Principal>()
+        .get::<Caller>()
         .cloned()
         .ok_or_else(|| {
             Error::Internal("a call reached the service without passing the guard".into())
         })
 }
 
-/// A request's execution ARN, checked, for a reading call.
-fn readable_arn<T>(auth: &Auth, request: &Request<T>, arn: &str) -> Result<ExecutionArn, Error> {
-    let principal = principal(request)?;
+/// A reading call's execution ARN, checked, and the caller allowed to read it.
+fn readable<T>(request: &Request<T>, arn: &str) -> Result<(Caller, ExecutionArn), Error> {
+    let caller = caller(request)?;
     let arn =
         ExecutionArn::parse(arn).map_err(|violation| Error::InvalidArgument(vec![violation]))?;
-    auth.authorize(&principal, Action::Read, &arn)?;
-    Ok(arn)
+    caller.authorize(Action::Read, &arn)?;
+    Ok((caller, arn))
+}
+
+/// Ends a watch stream with the refusal as soon as a reload of the token or policy file takes
+/// the caller's right to read the execution away (a stream may otherwise outlive its rights
+/// by days). Messages are still made only when the transport asks for them.
+fn end_if_revoked(
+    stream: WatchStream,
+    auth: Arc<Auth>,
+    caller: Caller,
+    arn: ExecutionArn,
+) -> WatchStream {
+    let mut reloads = auth.reloads();
+    let revoked = async move {
+        loop {
+            if reloads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if let Err(error) = auth.recheck(&caller, Action::Read, &arn) {
+                return error;
+            }
+        }
+    };
+    let state = (stream, Box::pin(revoked), false);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut stream, mut revoked, ended)| async move {
+            if ended {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                error = &mut revoked => Some((Err(Status::from(error)), (stream, revoked, true))),
+                item = stream.next() => item.map(|item| (item, (stream, revoked, false))),
+            }
+        },
+    ))
 }
 
 /// The idempotency metadata every StopExecution answer carries.
@@ -124,7 +162,7 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::StopExecutionRequest>,
     ) -> Result<Response<pb::StopExecutionResponse>, Status> {
         hooks::handler_entry().await;
-        let principal = principal(&request)?;
+        let caller = caller(&request)?;
         let deadline = convert::deadline(request.metadata())
             .map(|timeout| tokio::time::Instant::now() + timeout);
         let message = request.into_inner();
@@ -145,9 +183,9 @@ impl PipelineControl for PipelineControlService {
             }
         };
         // Before anything is recorded or sent; the same answer whether the execution exists.
-        self.auth.authorize(&principal, Action::Stop, &arn)?;
+        caller.authorize(Action::Stop, &arn)?;
         let input = StopInput {
-            principal,
+            principal: caller.principal().clone(),
             arn,
             token,
             reason,
@@ -160,11 +198,7 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         hooks::handler_entry().await;
-        let arn = readable_arn(
-            &self.auth,
-            &request,
-            &request.get_ref().pipeline_execution_arn,
-        )?;
+        let (_, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
         let snapshot = self
             .sagemaker
             .execution(&arn)
@@ -181,12 +215,14 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
         hooks::handler_entry().await;
-        let arn = readable_arn(
-            &self.auth,
-            &request,
-            &request.get_ref().pipeline_execution_arn,
-        )?;
-        Ok(Response::new(self.watcher.watch(arn).await?))
+        let (caller, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
+        let stream = self.watcher.watch(arn.clone()).await?;
+        Ok(Response::new(end_if_revoked(
+            stream,
+            self.auth.clone(),
+            caller,
+            arn,
+        )))
     }
 
     async fn get_stop_request(
@@ -194,17 +230,17 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::GetStopRequestRequest>,
     ) -> Result<Response<pb::StopRequest>, Status> {
         hooks::handler_entry().await;
-        let principal = principal(&request)?;
+        let caller = caller(&request)?;
         let message = request.into_inner();
         let token = ClientToken::parse(&message.client_request_token)
             .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
         // The request names no execution: refuse a caller that may read none before looking,
         // and one that may not read the recorded execution after.
-        self.auth.authorize_any(&principal, Action::Read)?;
-        let record = self.stopper.get(&principal, &token).await?;
+        caller.authorize_any(Action::Read)?;
+        let record = self.stopper.get(caller.principal(), &token).await?;
         let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
             .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
-        self.auth.authorize(&principal, Action::Read, &arn)?;
+        caller.authorize(Action::Read, &arn)?;
         Ok(Response::new(convert::stop_request(&record)))
     }
 }
