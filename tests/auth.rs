@@ -1110,3 +1110,55 @@ async fn a_reload_ends_the_watch_streams_of_callers_it_revokes() {
     let quiet = tokio::time::timeout(Duration::from_millis(500), alice.message()).await;
     assert!(quiet.is_err(), "alice's stream goes on: {quiet:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_keepalive_pings_idle_connections_and_closes_dead_ones() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.limits.http2_keepalive_interval = Duration::from_millis(200);
+        args.limits.http2_keepalive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A client that opens an HTTP/2 connection, acknowledges the settings, and then never
+    // answers anything: a dead peer.
+    let mut socket = tokio::net::TcpStream::connect(server.app.addr)
+        .await
+        .unwrap();
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    socket
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .unwrap(); // SETTINGS
+    socket
+        .write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0])
+        .await
+        .unwrap(); // SETTINGS ACK
+
+    let mut pings = 0;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut header = [0u8; 9];
+            if socket.read_exact(&mut header).await.is_err() {
+                return; // closed
+            }
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; length];
+            if socket.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            // PING (type 6) that is not an acknowledgement.
+            if header[3] == 6 && header[4] & 1 == 0 {
+                pings += 1;
+            }
+        }
+    })
+    .await;
+    assert!(pings >= 1, "the server pinged the idle connection");
+    assert!(
+        closed.is_ok(),
+        "the server closed the connection its PING went unanswered on"
+    );
+}
