@@ -8,7 +8,9 @@ mod common;
 
 use std::{path::PathBuf, time::Duration};
 
-use common::{Admin, Backend, TestApp, TestDb, count_where, spawn_emulator, stack_args};
+use common::{
+    Admin, Backend, TestApp, TestDb, count_where, spawn_emulator, stack_args, token_file,
+};
 use pipeline_control::{
     ERROR_DOMAIN,
     config::ServeArgs,
@@ -19,7 +21,6 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 use tonic::{
     Code, Request, Status,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
@@ -117,23 +118,6 @@ impl Files {
     }
 }
 
-fn sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// A token file: `(principal, token)` pairs.
-fn token_file(entries: &[(&str, &str)]) -> String {
-    entries
-        .iter()
-        .map(|(principal, token)| {
-            format!(
-                "[[token]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\n\n",
-                sha256_hex(token)
-            )
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // A server with its database and emulator
 
@@ -207,6 +191,21 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
+}
+
+/// GetStopRequest for `token`, as the holder of `bearer`.
+async fn get_stop_request(
+    client: &mut PipelineControlClient<Channel>,
+    token: &str,
+    bearer: &str,
+) -> Result<pb::StopRequest, Status> {
+    let request = pb::GetStopRequestRequest {
+        client_request_token: token.into(),
+    };
+    client
+        .get_stop_request(with_token(request, bearer))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 fn stop_request(arn: &str, token: &str) -> pb::StopExecutionRequest {
@@ -381,16 +380,9 @@ async fn tokens_name_the_principal_that_keys_and_audits_each_request(backend: Ba
         0
     );
 
-    let record = client
-        .get_stop_request(with_token(
-            pb::GetStopRequestRequest {
-                client_request_token: "same-token".into(),
-            },
-            "billing-secret",
-        ))
+    let record = get_stop_request(&mut client, "same-token", "billing-secret")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(record.principal, "billing");
     assert_eq!(record.pipeline_execution_arn, arn);
 
@@ -565,26 +557,12 @@ async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend:
     // GetStopRequest: billing reads its record; the auditor has no record under that token
     // (records are per principal); a principal with no read rights is denied before the
     // lookup.
-    let record = client
-        .get_stop_request(with_token(
-            pb::GetStopRequestRequest {
-                client_request_token: "allowed".into(),
-            },
-            "billing-secret",
-        ))
+    let record = get_stop_request(&mut client, "allowed", "billing-secret")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(record.principal, "billing");
     assert_refused(
-        client
-            .get_stop_request(with_token(
-                pb::GetStopRequestRequest {
-                    client_request_token: "allowed".into(),
-                },
-                "auditor-secret",
-            ))
-            .await,
+        get_stop_request(&mut client, "allowed", "auditor-secret").await,
         Code::NotFound,
         "STOP_REQUEST_NOT_FOUND",
     );
@@ -596,14 +574,7 @@ async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend:
             .await
             .unwrap();
         for lookup in [stopped, "never-used"] {
-            let outcome = client
-                .get_stop_request(with_token(
-                    pb::GetStopRequestRequest {
-                        client_request_token: lookup.into(),
-                    },
-                    token,
-                ))
-                .await;
+            let outcome = get_stop_request(&mut client, lookup, token).await;
             match (token, lookup) {
                 ("operator-secret", "never-used") => {
                     assert_refused(outcome, Code::NotFound, "STOP_REQUEST_NOT_FOUND")
@@ -895,14 +866,7 @@ async fn the_stop_rate_limit_is_per_principal_and_says_when_to_retry() {
     );
     for _ in 0..5 {
         assert_refused(
-            client
-                .get_stop_request(with_token(
-                    pb::GetStopRequestRequest {
-                        client_request_token: "none".into(),
-                    },
-                    "hasty-secret",
-                ))
-                .await,
+            get_stop_request(&mut client, "none", "hasty-secret").await,
             Code::NotFound,
             "STOP_REQUEST_NOT_FOUND",
         );

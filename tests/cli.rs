@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Backend, TestDb, admin_url, with_database};
+use common::{Backend, TestDb, admin_url, token_file, with_database};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -411,23 +411,6 @@ async fn the_emulator_runs_alone() {
 
 // ---------------------------------------------------------------------------------------------
 // Authentication at start and on SIGHUP
-
-fn sha256_hex(token: &str) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
-
-fn token_file(entries: &[(&str, &str)]) -> String {
-    entries
-        .iter()
-        .map(|(principal, token)| {
-            format!(
-                "[[token]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\n\n",
-                sha256_hex(token)
-            )
-        })
-        .collect()
-}
 
 fn read_policy(principals: &[&str]) -> String {
     principals

@@ -582,3 +582,17 @@ impl Admin {
             .collect()
     }
 }
+
+/// A bearer-token file (`--auth-tokens-file`) for `(principal, token)` pairs.
+pub fn token_file(entries: &[(&str, &str)]) -> String {
+    use sha2::Digest as _;
+    entries
+        .iter()
+        .map(|(principal, token)| {
+            format!(
+                "[[token]]\nprincipal = \"{principal}\"\nsha256 = \"{}\"\n\n",
+                hex::encode(sha2::Sha256::digest(token.as_bytes()))
+            )
+        })
+        .collect()
+}
