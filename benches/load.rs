@@ -564,6 +564,7 @@ async fn main() {
     // The database alone doing a first call's writes: two transactions, as the service does.
     let pool = PgPoolOptions::new()
         .max_connections(concurrency as u32)
+        .test_before_acquire(false) // as the service's pool
         .connect(&database_url)
         .await
         .unwrap();

@@ -39,6 +39,11 @@ impl PostgresStore {
         let target = describe(&options);
         let pool = PgPoolOptions::new()
             .max_connections(args.database_max_connections.max(1))
+            // No ping before each use: it doubles the round trips of every statement. A
+            // connection that died fails its next statement instead (STORE_UNAVAILABLE, which
+            // callers retry; every write is one atomic statement) and is discarded, and the
+            // health checker notices an outage within its interval.
+            .test_before_acquire(false)
             .acquire_timeout(args.database_timeout)
             .connect_with(options)
             .await
