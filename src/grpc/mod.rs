@@ -96,12 +96,14 @@ fn end_if_revoked(
 ) -> WatchStream {
     let mut reloads = auth.reloads();
     let revoked = async move {
+        // Checked once at the start too: a reload may have come between authentication and
+        // this subscription.
         loop {
-            if reloads.changed().await.is_err() {
-                return std::future::pending().await;
-            }
             if let Err(error) = auth.recheck(&caller, Action::Read, &arn) {
                 return error;
+            }
+            if reloads.changed().await.is_err() {
+                return std::future::pending().await;
             }
         }
     };
