@@ -23,7 +23,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         .build_server(true)
         .build_client(true)
         .emit_rerun_if_changed(false)
-        // prost's codec, but a request that does not decode is the caller's fault.
+        // prost's codec, but a request that does not decode is the caller's fault. (The
+        // generated client, used by tests and the load generator, shares it: a response that
+        // does not decode reads as INVALID_ARGUMENT there.)
         .codec_path("crate::grpc::codec::Codec")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())

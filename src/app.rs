@@ -46,6 +46,7 @@ pub struct Application {
     emulator: Option<RunningEmulator>,
     demo: Option<Demo>,
     auth: Arc<Auth>,
+    guard: Arc<Guard>,
     tls: Option<ServerTlsConfig>,
     /// SIGHUP, listened for from the start (its default action would end the process).
     hangup: tokio::signal::unix::Signal,
@@ -79,6 +80,20 @@ impl Application {
             );
         }
         auth.log_summary();
+        let limits = &args.limits;
+        let guard = Arc::new(
+            Guard::new(
+                auth.clone(),
+                GuardSettings {
+                    max_message_size: limits.max_message_size as usize,
+                    request_timeout: limits.request_timeout,
+                    max_concurrent_requests: limits.max_concurrent_requests as usize,
+                    stop_rate: (limits.stop_rate_limit > 0.0)
+                        .then_some((limits.stop_rate_limit, limits.stop_rate_burst)),
+                },
+            )
+            .context("invalid limits")?,
+        );
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
 
@@ -140,6 +155,7 @@ impl Application {
             emulator,
             demo,
             auth,
+            guard,
             tls,
             hangup,
             args,
@@ -167,6 +183,7 @@ impl Application {
             emulator,
             demo,
             auth,
+            guard,
             tls,
             hangup,
             args,
@@ -219,19 +236,6 @@ impl Application {
         let service =
             PipelineControlService::new(stopper.clone(), sagemaker.clone(), watcher, auth.clone());
         let limits = &args.limits;
-        let guard = Arc::new(
-            Guard::new(
-                auth.clone(),
-                GuardSettings {
-                    max_message_size: limits.max_message_size as usize,
-                    request_timeout: limits.request_timeout,
-                    max_concurrent_requests: limits.max_concurrent_requests as usize,
-                    stop_rate: (limits.stop_rate_limit > 0.0)
-                        .then_some((limits.stop_rate_limit, limits.stop_rate_burst)),
-                },
-            )
-            .context("invalid limits")?,
-        );
         let reloader = tokio::spawn(reload_on_hangup(auth, hangup, stopping_rx.clone()));
         let maintenance = tokio::spawn(maintain(
             stopper.clone(),
@@ -277,6 +281,7 @@ impl Application {
             eprintln!("{}", demo.banner(&local_addr.to_string(), tls_on));
         }
 
+        let mut shutdown_started = None;
         let served = tokio::select! {
             result = &mut server => Some(result),
             () = shutdown => None,
@@ -285,6 +290,7 @@ impl Application {
             // The server ended on its own: only an error can do that.
             Some(result) => result.context("the gRPC server failed"),
             None => {
+                shutdown_started = Some(tokio::time::Instant::now());
                 tracing::info!(grace = ?args.shutdown_grace, "shutting down: draining calls in flight");
                 // Stop the server accepting and the health checker checking, then report
                 // NOT_SERVING: once the checker has ended nothing can set SERVING again.
@@ -307,7 +313,14 @@ impl Application {
         }
         let _ = maintenance.await;
         let _ = reloader.await;
-        stopper.shutdown().await;
+        // Stops whose callers were cut off may still be running: give them what is left of
+        // the grace period (at least a second).
+        let left = shutdown_started
+            .map_or(args.shutdown_grace, |started| {
+                args.shutdown_grace.saturating_sub(started.elapsed())
+            })
+            .max(Duration::from_secs(1));
+        stopper.shutdown(left).await;
         if let Some(emulator) = emulator
             && let Err(error) = emulator.stop().await
         {

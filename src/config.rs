@@ -196,7 +196,8 @@ pub struct LimitArgs {
     #[arg(long, env = "PIPELINE_CONTROL_STOP_RATE_LIMIT", default_value_t = 50.0, value_parser = rate)]
     pub stop_rate_limit: f64,
 
-    /// StopExecution calls a principal may make at once above the sustained rate.
+    /// StopExecution calls a principal may make in a burst: the size of its bucket, which
+    /// refills at the sustained rate.
     #[arg(long, env = "PIPELINE_CONTROL_STOP_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub stop_rate_burst: u32,
 

@@ -90,9 +90,8 @@ pub(crate) async fn seed(
 }
 
 impl Demo {
-    /// What to try, for a person at a terminal.
-    /// What to print for the person who started the demo. `tls`: whether the gRPC port speaks
-    /// TLS (the commands then need the CA, and maybe credentials).
+    /// What to try, for the person who started the demo at a terminal. `tls`: whether the gRPC
+    /// port speaks TLS (the commands then need the CA, and maybe credentials).
     pub(crate) fn banner(&self, grpc: &str, tls: bool) -> String {
         let transport = if tls { "-cacert CA.pem" } else { "-plaintext" };
         let rpc = |method: &str, arn: &str, extra: &str| {

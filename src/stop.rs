@@ -13,6 +13,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokio_util::task::TaskTracker;
+
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
 use tokio::{sync::Notify, time::Instant};
@@ -84,6 +86,9 @@ pub(crate) struct Stopper {
     completed: quick_cache::sync::Cache<RequestKey, StopRecord>,
     /// Replays and reused keys, written behind.
     audit: AuditLog,
+    /// Claimed stops, each carried out on a task of its own (see [`Stopper::carry_out_detached`]),
+    /// so that shutdown can wait for them.
+    tasks: TaskTracker,
 }
 
 /// SHA-256 of the parts, each length-prefixed so that no two lists of parts collide; hex.
@@ -128,11 +133,23 @@ impl Stopper {
             worker,
             inflight: DashMap::new(),
             completed: quick_cache::sync::Cache::new(REPLAY_CACHE),
+            tasks: TaskTracker::new(),
         }
     }
 
-    /// Writes the queued audit events; call once serving has stopped.
-    pub(crate) async fn shutdown(&self) {
+    /// Waits (at most `within`) for the stops still running on their own tasks, then writes
+    /// the queued audit events; call once serving has stopped.
+    pub(crate) async fn shutdown(&self, within: Duration) {
+        self.tasks.close();
+        if tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = self.tasks.len(),
+                "stops still running at shutdown; their leases will run out and another replica or the next start completes them"
+            );
+        }
         self.audit.flush_and_stop().await;
     }
 
@@ -184,15 +201,7 @@ impl Stopper {
             )
             .await?;
         match claim {
-            // Once claimed, the stop runs to its recorded end on a task of its own: a caller
-            // that goes away, or the server's request timeout, must not leave it half done
-            // (pending, leased to this worker, until the completer takes it over).
-            Claim::Acquired(record) => {
-                let this = Arc::clone(self);
-                tokio::spawn(async move { this.carry_out(record).await })
-                    .await
-                    .map_err(|e| Error::Internal(format!("the stop task failed: {e}")))?
-            }
+            Claim::Acquired(record) => self.carry_out_detached(record).await,
             Claim::Existing(record)
                 if record.state == RecordState::Pending
                     && record.fingerprint == request.fingerprint =>
@@ -279,6 +288,23 @@ impl Stopper {
         if let Some((_, notify)) = self.inflight.remove(key) {
             notify.notify_waiters();
         }
+    }
+
+    /// [`Stopper::carry_out`] on a task of its own: once claimed, a stop runs to its recorded
+    /// end even when the caller goes away or the server's request timeout ends the call (else
+    /// it would stay pending, leased to this worker, until the completer took it over).
+    async fn carry_out_detached(self: &Arc<Self>, record: StopRecord) -> Result<Answer, Error> {
+        let this = Arc::clone(self);
+        let task = self.tasks.spawn(async move {
+            let result = this.carry_out(record).await;
+            if let Err(error) = &result {
+                // The caller, if still there, gets the error too.
+                tracing::debug!(%error, "a stop ended without an outcome");
+            }
+            result
+        });
+        task.await
+            .map_err(|e| Error::Internal(format!("the stop task failed: {e}")))?
     }
 
     /// Carries out a request whose lease this worker holds, at `record.epoch`.
@@ -401,7 +427,7 @@ impl Stopper {
     /// Waits for another attempt at the same request to finish, taking over if its owner
     /// dies; bounded by the caller's deadline and `duplicate_wait`.
     async fn wait_for(
-        &self,
+        self: &Arc<Self>,
         record: StopRecord,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
@@ -415,7 +441,7 @@ impl Stopper {
     }
 
     async fn wait_for_inner(
-        &self,
+        self: &Arc<Self>,
         mut record: StopRecord,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
@@ -453,7 +479,7 @@ impl Stopper {
                             .take_over(&key, &self.worker, self.settings.lease)
                             .await?
                     {
-                        return self.carry_out(taken).await;
+                        return self.carry_out_detached(taken).await;
                     }
                     record = current;
                 }

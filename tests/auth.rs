@@ -1126,3 +1126,74 @@ async fn http2_keepalive_pings_idle_connections_and_closes_dead_ones() {
         "the server closed the connection its PING went unanswered on"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_whose_caller_timed_out_still_completes_and_is_recorded_once() {
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.limits.request_timeout = Duration::from_millis(300);
+        // The completer must not be what finishes it.
+        args.completer_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let arn = server.execution("slow-stop").await;
+    server
+        .admin
+        .set_fault("StopPipelineExecution", json!({"latencyMs": 1500}))
+        .await;
+    let mut client = server.plaintext();
+    assert_refused(
+        client.stop_execution(stop_request(&arn, "impatient")).await,
+        Code::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+    );
+    // The stop goes on without its caller and records its outcome.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count_where(
+        &server.db,
+        "stop_requests",
+        "client_token = 'impatient' AND state = 'completed' AND outcome = 'STOP_REQUESTED'",
+    )
+    .await
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stop was left unfinished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.admin.clear_faults().await;
+    let retry = client
+        .stop_execution(stop_request(&arn, "impatient"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.replayed);
+    assert_eq!(retry.outcome(), pb::StopOutcome::StopRequested);
+    assert_eq!(server.admin.calls("StopPipelineExecution").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_comes_is_dropped() {
+    use tokio::io::AsyncReadExt as _;
+    let ca = Authority::new("Test CA");
+    let leaf = ca.server();
+    let files = Files::new();
+    let cert = files.write("server.pem", &leaf.cert);
+    let key = files.write("server.key", &leaf.key);
+    let server = Secured::start(Backend::Postgres, |args| {
+        args.security.tls_cert = Some(cert.clone());
+        args.security.tls_key = Some(key.clone());
+    })
+    .await;
+    // Connect and say nothing: the server closes the connection after its handshake timeout.
+    let mut socket = tokio::net::TcpStream::connect(server.app.addr)
+        .await
+        .unwrap();
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(20), socket.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the silent connection was kept: {closed:?}"
+    );
+}

@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn a_bad_file_on_reload_keeps_the_previous_one() {
-        let mut tokens = file(&token_file(&[("billing", "one")]));
+        let tokens = file(&token_file(&[("billing", "one")]));
         let auth = Auth::load(AuthSettings {
             tokens_file: Some(tokens.path().into()),
             ..AuthSettings::default()
@@ -411,10 +411,11 @@ mod tests {
         };
         assert_eq!(call(&auth, "one"), Ok("billing".into()));
 
-        tokens.as_file_mut().set_len(0).unwrap();
-        tokens
-            .write_all(b"[[token]]\nprincipal = \"x\"\nsha256 = \"short\"\n")
-            .unwrap();
+        std::fs::write(
+            tokens.path(),
+            "[[token]]\nprincipal = \"x\"\nsha256 = \"short\"\n",
+        )
+        .unwrap();
         auth.reload();
         assert_eq!(
             call(&auth, "one"),

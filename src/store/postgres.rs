@@ -39,10 +39,13 @@ impl PostgresStore {
         let target = describe(&options);
         let pool = PgPoolOptions::new()
             .max_connections(args.database_max_connections.max(1))
-            // No ping before each use: it doubles the round trips of every statement. A
-            // connection that died fails its next statement instead (STORE_UNAVAILABLE, which
-            // callers retry; every write is one atomic statement) and is discarded, and the
-            // health checker notices an outage within its interval.
+            // No ping before each use: a round trip before every statement (sqlx still pings a
+            // connection when it is given back, off the caller's path). A connection that
+            // died fails its next statement instead (STORE_UNAVAILABLE, which callers retry;
+            // every write is one atomic statement) and is discarded; the health checker
+            // notices an outage within its interval. After a database restart each pooled
+            // connection fails once; a stop whose outcome could not be recorded then waits for
+            // its lease to run out before a retry or the completer finishes it.
             .test_before_acquire(false)
             .acquire_timeout(args.database_timeout)
             .connect_with(options)
