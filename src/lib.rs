@@ -5,8 +5,9 @@
 //! - [`config`]: the command line; every setting is a flag with an environment variable.
 //! - [`app`]: builds the service (store migrated, port bound) and runs it until shutdown.
 //! - [`shutdown`]: the signals that start a shutdown, and connections cut off after its grace.
-//! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC, and the
-//!   generated contract ([`grpc::pb`]).
+//! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC, the
+//!   generated contract ([`grpc::pb`]) and its codec (a request that does not decode is
+//!   INVALID_ARGUMENT).
 //! - `grpc::guard`: in front of the service: authentication, rate and concurrency limits,
 //!   message size, request timeout.
 //! - `auth`: who a caller is (bearer token, client certificate) and what the policy allows;

@@ -208,6 +208,36 @@ async fn get_stop_request(
         .map(tonic::Response::into_inner)
 }
 
+/// GetExecution of `arn`, as the holder of `bearer`.
+async fn get_execution(
+    client: &mut PipelineControlClient<Channel>,
+    arn: &str,
+    bearer: &str,
+) -> Result<pb::Execution, Status> {
+    let request = pb::GetExecutionRequest {
+        pipeline_execution_arn: arn.into(),
+    };
+    client
+        .get_execution(with_token(request, bearer))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// WatchExecution of `arn`, as the holder of `bearer`.
+async fn watch(
+    client: &mut PipelineControlClient<Channel>,
+    arn: &str,
+    bearer: &str,
+) -> Result<tonic::Streaming<pb::WatchExecutionResponse>, Status> {
+    let request = pb::WatchExecutionRequest {
+        pipeline_execution_arn: arn.into(),
+    };
+    client
+        .watch_execution(with_token(request, bearer))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 fn stop_request(arn: &str, token: &str) -> pb::StopExecutionRequest {
     pb::StopExecutionRequest {
         pipeline_execution_arn: arn.to_string(),
@@ -465,24 +495,13 @@ async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend:
         search_arn.as_str(),
         "arn:aws:sagemaker:us-east-1:123456789012:pipeline/search-none/execution/000000000000",
     ] {
-        let get = pb::GetExecutionRequest {
-            pipeline_execution_arn: arn.to_string(),
-        };
         assert_refused(
-            client
-                .get_execution(with_token(get, "billing-secret"))
-                .await,
+            get_execution(&mut client, arn, "billing-secret").await,
             Code::PermissionDenied,
             "PERMISSION_DENIED",
         );
-        let watch = pb::WatchExecutionRequest {
-            pipeline_execution_arn: arn.to_string(),
-        };
         assert_refused(
-            client
-                .watch_execution(with_token(watch, "billing-secret"))
-                .await
-                .map(|_| ()),
+            watch(&mut client, arn, "billing-secret").await.map(|_| ()),
             Code::PermissionDenied,
             "PERMISSION_DENIED",
         );
@@ -529,27 +548,9 @@ async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend:
         ("auditor-secret", &billing_arn),
         ("auditor-secret", &search_arn),
     ] {
-        let execution = client
-            .get_execution(with_token(
-                pb::GetExecutionRequest {
-                    pipeline_execution_arn: arn.clone(),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let execution = get_execution(&mut client, arn, token).await.unwrap();
         assert_eq!(&execution.pipeline_execution_arn, arn);
-        let mut stream = client
-            .watch_execution(with_token(
-                pb::WatchExecutionRequest {
-                    pipeline_execution_arn: arn.clone(),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = watch(&mut client, arn, token).await.unwrap();
         let first = stream.message().await.unwrap().unwrap();
         assert_eq!(first.sequence, 1);
     }
@@ -590,16 +591,7 @@ async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_serves_callers_that_trust_the_server_certificate() {
-    let ca = Authority::new("Test CA");
-    let leaf = ca.server();
-    let files = Files::new();
-    let cert = files.write("server.pem", &leaf.cert);
-    let key = files.write("server.key", &leaf.key);
-    let server = Secured::start(Backend::Postgres, |args| {
-        args.security.tls_cert = Some(cert.clone());
-        args.security.tls_key = Some(key.clone());
-    })
-    .await;
+    let (server, ca, _files) = tls_server(false, None).await;
     let arn = server.execution("tls").await;
 
     let channel = server
@@ -639,19 +631,20 @@ async fn tls_serves_callers_that_trust_the_server_certificate() {
     assert_eq!(count_where(&server.db, "stop_requests", "true").await, 1);
 }
 
-/// A server with mutual TLS (and optionally tokens too): its CA, and the test's files.
-async fn mutual_tls(with_tokens: Option<&str>) -> (Secured, Authority, Files) {
+/// A server with TLS, checking client certificates against its CA when `client_ca`, and
+/// tokens too when given a token file: the server, its CA, and the test's files.
+async fn tls_server(client_ca: bool, tokens: Option<&str>) -> (Secured, Authority, Files) {
     let ca = Authority::new("Test CA");
     let leaf = ca.server();
     let files = Files::new();
     let cert = files.write("server.pem", &leaf.cert);
     let key = files.write("server.key", &leaf.key);
-    let client_ca = files.write("client-ca.pem", &ca.pem());
-    let tokens = with_tokens.map(|text| files.write("tokens.toml", text));
+    let client_ca = client_ca.then(|| files.write("client-ca.pem", &ca.pem()));
+    let tokens = tokens.map(|text| files.write("tokens.toml", text));
     let server = Secured::start(Backend::Postgres, |args| {
         args.security.tls_cert = Some(cert);
         args.security.tls_key = Some(key);
-        args.security.tls_client_ca = Some(client_ca);
+        args.security.tls_client_ca = client_ca;
         args.security.auth_tokens_file = tokens;
     })
     .await;
@@ -688,7 +681,7 @@ async fn recorded_principal(server: &Secured, channel: Channel, arn: &str, token
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_names_the_caller_from_its_certificate() {
-    let (server, ca, _files) = mutual_tls(None).await;
+    let (server, ca, _files) = tls_server(true, None).await;
     let arn = server.execution("mtls").await;
     for (leaf, token, expected) in [
         (
@@ -722,7 +715,7 @@ async fn mutual_tls_names_the_caller_from_its_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
-    let (server, ca, _files) = mutual_tls(None).await;
+    let (server, ca, _files) = tls_server(true, None).await;
     let arn = server.execution("mtls-refused").await;
     let other = Authority::new("Other CA");
     let stranger = other.client("stranger", vec![uri("spiffe://elsewhere/stranger")]);
@@ -748,7 +741,8 @@ async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_and_mutual_tls_a_token_wins_and_a_certificate_is_optional() {
-    let (server, ca, _files) = mutual_tls(Some(&token_file(&[("token-caller", "t0ken")]))).await;
+    let (server, ca, _files) =
+        tls_server(true, Some(&token_file(&[("token-caller", "t0ken")]))).await;
     let arn = server.execution("both").await;
     let leaf = ca.client("cert-caller", vec![]);
 
@@ -1027,16 +1021,7 @@ async fn a_reload_ends_the_watch_streams_of_callers_it_revokes() {
     let mut client = server.plaintext();
     let mut streams = Vec::new();
     for token in ["a-secret", "b-secret", "c-secret"] {
-        let mut stream = client
-            .watch_execution(with_token(
-                pb::WatchExecutionRequest {
-                    pipeline_execution_arn: arn.clone(),
-                },
-                token,
-            ))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = watch(&mut client, &arn, token).await.unwrap();
         assert!(stream.message().await.unwrap().is_some());
         streams.push(stream);
     }
@@ -1176,16 +1161,7 @@ async fn a_stop_whose_caller_timed_out_still_completes_and_is_recorded_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_handshake_that_never_comes_is_dropped() {
     use tokio::io::AsyncReadExt as _;
-    let ca = Authority::new("Test CA");
-    let leaf = ca.server();
-    let files = Files::new();
-    let cert = files.write("server.pem", &leaf.cert);
-    let key = files.write("server.key", &leaf.key);
-    let server = Secured::start(Backend::Postgres, |args| {
-        args.security.tls_cert = Some(cert.clone());
-        args.security.tls_key = Some(key.clone());
-    })
-    .await;
+    let (server, _ca, _files) = tls_server(false, None).await;
     // Connect and say nothing: the server closes the connection after its handshake timeout.
     let mut socket = tokio::net::TcpStream::connect(server.app.addr)
         .await

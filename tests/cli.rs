@@ -61,6 +61,15 @@ async fn wait_bounded_async(mut child: Child) -> (Child, ExitStatus) {
     .unwrap()
 }
 
+/// Sends `signal` (`-TERM`, `-INT`, `-HUP`) to the child.
+fn send_signal(child: &Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal}");
+}
+
 fn run_bounded(command: &mut Command) -> Output {
     let mut child = command
         .stdout(Stdio::piped())
@@ -242,11 +251,7 @@ async fn sigterm_and_ctrl_c_shut_down_cleanly_with_status_zero() {
         let (child, addr, logs) = spawn_server(&db, &[]);
         assert_eq!(health(addr).await, ServingStatus::Serving);
 
-        let sent = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        send_signal(&child, signal);
         let (mut child, status) = wait_bounded_async(child).await;
         let logs = logs.join().unwrap();
         assert_eq!(status.code(), Some(0), "{signal}: {logs}");
@@ -263,10 +268,7 @@ async fn json_logs_are_one_object_a_line() {
     let db = TestDb::new(Backend::Sqlite).await;
     let (child, addr, logs) = spawn_server(&db, &["--log-format", "json"]);
     assert_eq!(health(addr).await, ServingStatus::Serving);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&child, "-TERM");
     assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
     let logs = logs.join().unwrap();
     let lines: Vec<&str> = logs.lines().collect();
@@ -362,22 +364,13 @@ async fn serve_with_the_emulator_is_a_complete_demo() {
         "Executing"
     );
     let steps = common::all_steps(&client, &callback_arn).await;
-    let token = steps[0]
-        .metadata()
-        .unwrap()
-        .callback()
-        .unwrap()
-        .callback_token()
-        .unwrap();
+    let token = common::callback_token(&steps[0]);
     assert_eq!(token, callback_token);
     let lambda_steps = common::all_steps(&client, &lambda_arn).await;
     assert!(lambda_steps[0].metadata().unwrap().lambda().is_some());
     assert_eq!(health(addr).await, ServingStatus::Serving);
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&child, "-TERM");
     let (_, status) = wait_bounded_async(child).await;
     assert_eq!(status.code(), Some(0));
 }
@@ -401,10 +394,7 @@ async fn the_emulator_runs_alone() {
     .await;
     let arn = common::start_execution(&client, &name).await;
     assert_eq!(common::execution_status(&client, &arn).await, "Executing");
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&child, "-TERM");
     let (_, status) = wait_bounded_async(child).await;
     assert_eq!(status.code(), Some(0));
 }
@@ -497,10 +487,7 @@ async fn without_authentication_the_service_warns_that_callers_are_anonymous() {
     let db = TestDb::new(Backend::Sqlite).await;
     let (child, addr, logs) = spawn_server(&db, &[]);
     assert_eq!(health(addr).await, ServingStatus::Serving);
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&child, "-TERM");
     assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
     let logs = logs.join().unwrap();
     let warning = logs
@@ -567,13 +554,6 @@ async fn sighup_reloads_tokens_and_policy_and_keeps_the_previous_file_when_one_i
             policy.to_str().unwrap(),
         ],
     );
-    let hangup = || {
-        let sent = Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-    };
     // One connection for everything, with a stream open on it across the reloads.
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -596,7 +576,7 @@ async fn sighup_reloads_tokens_and_policy_and_keeps_the_previous_file_when_one_i
     // A new token and a new principal in the policy.
     std::fs::write(&tokens, token_file(&[("alice", "one"), ("bob", "two")])).unwrap();
     std::fs::write(&policy, read_policy(&["alice", "bob"])).unwrap();
-    hangup();
+    send_signal(&child, "-HUP");
     probe_until(&mut client, "two", Code::NotFound).await;
     assert_eq!(probe(&mut client, "one").await, Code::NotFound);
 
@@ -608,7 +588,7 @@ async fn sighup_reloads_tokens_and_policy_and_keeps_the_previous_file_when_one_i
     )
     .unwrap();
     std::fs::write(&policy, read_policy(&["bob"])).unwrap();
-    hangup();
+    send_signal(&child, "-HUP");
     probe_until(&mut client, "one", Code::PermissionDenied).await;
     assert_eq!(
         probe(&mut client, "two").await,
@@ -627,7 +607,7 @@ async fn sighup_reloads_tokens_and_policy_and_keeps_the_previous_file_when_one_i
         token_file(&[("alice", "one"), ("bob", "two"), ("carol", "three")]),
     )
     .unwrap();
-    hangup();
+    send_signal(&child, "-HUP");
     probe_until(&mut client, "three", Code::PermissionDenied).await;
     assert_eq!(probe(&mut client, "one").await, Code::PermissionDenied);
     assert_eq!(probe(&mut client, "two").await, Code::NotFound);
@@ -639,10 +619,7 @@ async fn sighup_reloads_tokens_and_policy_and_keeps_the_previous_file_when_one_i
         "the health stream ended or failed: {quiet:?}"
     );
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    send_signal(&child, "-TERM");
     drop(watch);
     assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
     let logs = logs.join().unwrap();

@@ -32,6 +32,25 @@ fn request(arn: &str, token: &str) -> pb::StopExecutionRequest {
     }
 }
 
+/// StopExecution with `hook` set to abandon the work there, as a crash would leave it: the
+/// caller gets UNAVAILABLE `ABANDONED`.
+async fn abandon_at(stack: &Stack, hook: &str, arn: &str, token: &str) {
+    fail::cfg(hook, "return").unwrap();
+    let error = stack
+        .client
+        .clone()
+        .stop_execution(request(arn, token))
+        .await
+        .unwrap_err();
+    fail::remove(hook);
+    assert_eq!(error.code(), Code::Unavailable, "{hook}");
+    assert_eq!(
+        error.get_details_error_info().unwrap().reason,
+        "ABANDONED",
+        "{hook}"
+    );
+}
+
 async fn record(
     client: &mut pb::pipeline_control_client::PipelineControlClient<tonic::transport::Channel>,
     token: &str,
@@ -72,16 +91,7 @@ async fn abandoned_work_is_finished_by_a_retry_on_either_server(backend: Backend
     {
         let arn = stack.callback_execution().await;
         let token = format!("crash-{i}");
-        fail::cfg(hook, "return").unwrap();
-        let error = stack
-            .client
-            .clone()
-            .stop_execution(request(&arn, &token))
-            .await
-            .unwrap_err();
-        fail::remove(hook);
-        assert_eq!(error.code(), Code::Unavailable, "{hook}");
-        assert_eq!(error.get_details_error_info().unwrap().reason, "ABANDONED");
+        abandon_at(&stack, hook, &arn, &token).await;
 
         let mut client = if on_second {
             other.clone()
@@ -140,15 +150,7 @@ async fn abandoned_work_is_finished_by_the_background_completer(backend: Backend
     for hook in ["stop::after_claim", "stop::after_upstream"] {
         let arn = stack.callback_execution().await;
         let token = format!("orphan-{hook}");
-        fail::cfg(hook, "return").unwrap();
-        let error = stack
-            .client
-            .clone()
-            .stop_execution(request(&arn, &token))
-            .await
-            .unwrap_err();
-        fail::remove(hook);
-        assert_eq!(error.code(), Code::Unavailable);
+        abandon_at(&stack, hook, &arn, &token).await;
 
         // No retry: the completer takes the request over once its lease runs out.
         let mut client = stack.client.clone();

@@ -259,14 +259,7 @@ async fn a_callback_answered_without_a_stop_lets_the_pipeline_go_on() {
     .await;
     let arn = start_execution(&client, &pipeline).await;
     let steps = all_steps(&client, &arn).await;
-    let callback_token = step(&steps, "Approve")
-        .metadata()
-        .unwrap()
-        .callback()
-        .unwrap()
-        .callback_token()
-        .unwrap()
-        .to_string();
+    let callback_token = common::callback_token(step(&steps, "Approve"));
     client
         .send_pipeline_execution_step_failure()
         .callback_token(&callback_token)
@@ -302,14 +295,7 @@ async fn a_callback_answered_without_a_stop_lets_the_pipeline_go_on() {
     let steps = all_steps(&client, &arn).await;
     let approve = step(&steps, "Approve");
     assert_eq!(approve.attempt_count(), Some(2));
-    let second_token = approve
-        .metadata()
-        .unwrap()
-        .callback()
-        .unwrap()
-        .callback_token()
-        .unwrap()
-        .to_string();
+    let second_token = common::callback_token(approve);
     assert_ne!(second_token, callback_token);
     client
         .send_pipeline_execution_step_success()
@@ -1030,14 +1016,7 @@ async fn a_seed_makes_ids_repeatable() {
             .unwrap();
         let arn = start_execution(&client, "seeded").await;
         let steps = all_steps(&client, &arn).await;
-        let token = step(&steps, "A")
-            .metadata()
-            .unwrap()
-            .callback()
-            .unwrap()
-            .callback_token()
-            .unwrap()
-            .to_string();
+        let token = common::callback_token(step(&steps, "A"));
         runs.push((arn, token));
     }
     assert_eq!(runs[0], runs[1]);
@@ -1120,13 +1099,7 @@ async fn a_callback_step_that_starts_later_can_be_answered_once_seen() {
         secs(approve.start_time()),
         secs(step(&steps, "Prepare").end_time())
     );
-    let callback_token = approve
-        .metadata()
-        .unwrap()
-        .callback()
-        .unwrap()
-        .callback_token()
-        .unwrap();
+    let callback_token = common::callback_token(approve);
     client
         .send_pipeline_execution_step_success()
         .callback_token(callback_token)

@@ -451,6 +451,15 @@ pub async fn all_steps(
         .expect("list the steps")
 }
 
+/// The callback token of a Callback step, as ListPipelineExecutionSteps reports it.
+pub fn callback_token(step: &aws_sdk_sagemaker::types::PipelineExecutionStep) -> String {
+    step.metadata()
+        .and_then(|m| m.callback())
+        .and_then(|c| c.callback_token())
+        .expect("a Callback step with a callback token")
+        .to_string()
+}
+
 pub mod proxy;
 
 /// The whole service for one test: a database, the emulator, the server (pointed at the
