@@ -9,19 +9,26 @@ WORKDIR /src
 # Build the dependencies first, in a layer of their own, so source edits do not rebuild them.
 # (Stubs stand in for every target the manifest names.)
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches tests \
+COPY crates/sagemaker-emulator/Cargo.toml crates/sagemaker-emulator/
+RUN mkdir -p src benches tests/it tests/hooks crates/sagemaker-emulator/src \
     && echo 'fn main() {}' > src/main.rs \
     && echo '' > src/lib.rs \
     && echo 'fn main() {}' > build.rs \
     && echo 'fn main() {}' > benches/load.rs \
-    && touch tests/crash.rs tests/shutdown.rs \
+    && touch tests/it/main.rs tests/hooks/main.rs \
+    && echo '' > crates/sagemaker-emulator/src/lib.rs \
+    && echo 'fn main() {}' > crates/sagemaker-emulator/src/main.rs \
     && cargo build --release --locked --bin pipeline-control \
-    && rm -rf src benches tests build.rs target/release/.fingerprint/pipeline-control-* \
+    && rm -rf src benches tests build.rs crates/sagemaker-emulator/src \
+              target/release/.fingerprint/pipeline-control-* \
+              target/release/.fingerprint/sagemaker-emulator-* \
               target/release/deps/pipeline_control-* target/release/deps/libpipeline_control-* \
+              target/release/deps/sagemaker_emulator-* target/release/deps/libsagemaker_emulator-* \
               target/release/pipeline-control
 COPY build.rs ./
 COPY proto proto
 COPY migrations migrations
+COPY crates crates
 COPY src src
 COPY benches benches
 COPY tests tests

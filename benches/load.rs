@@ -101,6 +101,8 @@ fn start(binary: &str, args: &[&str], key: &str) -> (Child, String) {
         .env("PIPELINE_CONTROL_LOG", "warn,pipeline_control=info")
         .env("AWS_ACCESS_KEY_ID", "bench")
         .env("AWS_SECRET_ACCESS_KEY", "bench")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

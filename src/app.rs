@@ -13,6 +13,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use sagemaker_emulator::{EmulatorServer, RunningEmulator};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,6 @@ use crate::{
     auth::{Auth, AuthSettings},
     config::{SecurityArgs, ServeArgs},
     demo::{self, Demo},
-    emulator::{EmulatorServer, RunningEmulator},
     grpc::{Guard, GuardSettings, PipelineControlService, pb},
     sagemaker::{CallPolicy, SageMaker},
     shutdown::{self, CutOffIo},

@@ -3,7 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use sagemaker_emulator::cli::{EmulatorArgs, EmulatorSettings};
 
 /// Stop Amazon SageMaker pipeline executions safely: durable idempotency, honest progress,
 /// upstream economy.
@@ -210,101 +211,10 @@ pub struct LimitArgs {
     pub http2_keepalive_timeout: Duration,
 }
 
-impl Default for LimitArgs {
-    fn default() -> Self {
-        Self {
-            max_message_size: 65_536,
-            request_timeout: Duration::from_secs(30),
-            max_concurrent_requests: 1_000,
-            stop_rate_limit: 50.0,
-            stop_rate_burst: 100,
-            http2_keepalive_interval: Duration::from_secs(60),
-            http2_keepalive_timeout: Duration::from_secs(20),
-        }
-    }
-}
-
 fn rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(f) if f.is_finite() && (0.0..=1_000_000.0).contains(&f) => Ok(f),
         _ => Err("must be a number from 0 (no limit) to 1000000".into()),
-    }
-}
-
-/// Settings of `emulator`.
-#[derive(Debug, Clone, Args)]
-pub struct EmulatorArgs {
-    /// Address the emulator listens on (port 0 picks a free port).
-    #[arg(
-        long,
-        env = "PIPELINE_CONTROL_EMULATOR_LISTEN",
-        default_value = "127.0.0.1:9380"
-    )]
-    pub listen: SocketAddr,
-
-    /// The region in the ARNs it makes.
-    #[arg(
-        long,
-        env = "PIPELINE_CONTROL_EMULATOR_REGION",
-        default_value = "us-east-1"
-    )]
-    pub region: String,
-
-    /// The emulator's behaviour.
-    #[command(flatten)]
-    pub settings: EmulatorSettings,
-}
-
-/// How the emulator runs, for `emulator` and `serve --emulator`.
-#[derive(Debug, Clone, Args)]
-pub struct EmulatorSettings {
-    /// Emulated seconds per real second: 60 runs a one-minute step in one second.
-    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_TIME_SCALE", default_value_t = 1.0, value_parser = positive_scale)]
-    pub time_scale: f64,
-
-    /// Seed for the ids it makes: the same calls in the same order give the same ids.
-    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_SEED")]
-    pub seed: Option<u64>,
-
-    /// The 12-digit account id in the ARNs it makes.
-    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_ACCOUNT_ID", default_value = "123456789012", value_parser = account_id)]
-    pub account_id: String,
-}
-
-impl Default for EmulatorSettings {
-    fn default() -> Self {
-        Self {
-            time_scale: 1.0,
-            seed: None,
-            account_id: "123456789012".into(),
-        }
-    }
-}
-
-fn positive_scale(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(f) if f.is_finite() && f > 0.0 && f <= 1_000_000.0 => Ok(f),
-        _ => Err("must be a number greater than 0 and at most 1000000".into()),
-    }
-}
-
-fn account_id(text: &str) -> Result<String, String> {
-    if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(text.to_string())
-    } else {
-        Err("must be 12 digits".into())
-    }
-}
-
-impl EmulatorSettings {
-    /// The emulator's options for `region`.
-    pub fn options(&self, region: &str) -> crate::emulator::EmulatorOptions {
-        crate::emulator::EmulatorOptions {
-            time_scale: self.time_scale,
-            seed: self.seed,
-            region: region.to_string(),
-            account_id: self.account_id.clone(),
-        }
     }
 }
 
@@ -347,41 +257,35 @@ pub struct SageMakerArgs {
 }
 
 impl DatabaseArgs {
-    /// Settings for `url` with the defaults of the command line.
+    /// Settings for `url`, with the defaults the command line declares.
     pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            database_url: url.into(),
-            database_max_connections: 10,
-            database_timeout: Duration::from_secs(5),
-        }
+        let mut args: Self = declared_defaults();
+        args.database_url = url.into();
+        args
     }
 }
 
 impl ServeArgs {
-    /// The defaults of `serve`, with the given database: a starting point for tests and embedders.
+    /// The defaults of `serve` as the command line declares them, with the given database: a
+    /// starting point for tests and embedders. The environment plays no part.
     pub fn new(database: DatabaseArgs) -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            shutdown_grace: Duration::from_secs(20),
-            health_check_interval: Duration::from_secs(5),
-            idempotency_retention: Duration::from_secs(30 * 24 * 3600),
-            lease: Duration::from_secs(30),
-            duplicate_wait: Duration::from_secs(10),
-            completer_interval: Duration::from_secs(5),
-            retention_interval: Duration::from_secs(60),
-            upstream_attempts: 3,
-            poll_interval: Duration::from_secs(2),
-            heartbeat_interval: Duration::from_secs(15),
-            poller_linger: Duration::from_secs(5),
-            max_watch_streams: 10_000,
-            security: SecurityArgs::default(),
-            limits: LimitArgs::default(),
-            database,
-            sagemaker: SageMakerArgs::default(),
-            emulator: false,
-            emulator_settings: EmulatorSettings::default(),
-        }
+        let mut args: Self = declared_defaults();
+        args.database = database;
+        args
     }
+}
+
+/// Settings parsed by clap from an empty command line with the environment ignored: the
+/// defaults exactly as declared above, never a copy of them to keep in step.
+fn declared_defaults<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults")).mut_args(|arg| arg.env(None));
+    let parsed = command
+        .try_get_matches_from(["defaults"])
+        .and_then(|matches| T::from_arg_matches(&matches));
+    // Every setting has a default or is optional (shown by the tests below), so this cannot
+    // fail whatever a caller or the environment does.
+    #[allow(clippy::expect_used)]
+    parsed.expect("the declared defaults parse")
 }
 
 #[cfg(test)]
@@ -417,91 +321,20 @@ mod tests {
             declared_default("migrate", "database_url"),
             "pipeline-control.db"
         );
-        // ServeArgs::new agrees with the command line.
-        let built = ServeArgs::new(DatabaseArgs::new("x"));
-        assert_eq!(
-            built.listen.to_string(),
-            declared_default("serve", "listen")
-        );
-        assert_eq!(
-            built.shutdown_grace,
-            humantime::parse_duration(&declared_default("serve", "shutdown_grace")).unwrap()
-        );
-        assert_eq!(
-            built.database.database_timeout,
-            humantime::parse_duration(&declared_default("serve", "database_timeout")).unwrap()
-        );
-        let limits = LimitArgs::default();
-        assert_eq!(
-            limits.max_message_size.to_string(),
-            declared_default("serve", "max_message_size")
-        );
-        assert_eq!(
-            limits.request_timeout,
-            humantime::parse_duration(&declared_default("serve", "request_timeout")).unwrap()
-        );
-        assert_eq!(
-            limits.max_concurrent_requests.to_string(),
-            declared_default("serve", "max_concurrent_requests")
-        );
-        assert_eq!(
-            limits.stop_rate_limit,
-            declared_default("serve", "stop_rate_limit")
-                .parse::<f64>()
-                .unwrap()
-        );
-        assert_eq!(
-            limits.stop_rate_burst.to_string(),
-            declared_default("serve", "stop_rate_burst")
-        );
-        assert_eq!(
-            limits.http2_keepalive_interval,
-            humantime::parse_duration(&declared_default("serve", "http2_keepalive_interval"))
-                .unwrap()
-        );
-        assert_eq!(
-            limits.http2_keepalive_timeout,
-            humantime::parse_duration(&declared_default("serve", "http2_keepalive_timeout"))
-                .unwrap()
-        );
-        assert_eq!(
-            built.health_check_interval,
-            humantime::parse_duration(&declared_default("serve", "health_check_interval")).unwrap()
-        );
+        assert_eq!(declared_default("emulator", "listen"), "127.0.0.1:9380");
     }
 
     #[test]
-    fn emulator_settings_are_checked() {
-        for bad in [
-            vec!["pipeline-control", "emulator", "--time-scale", "0"],
-            vec!["pipeline-control", "emulator", "--time-scale", "-2"],
-            vec!["pipeline-control", "emulator", "--account-id", "12345"],
-        ] {
-            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
-        }
-        let cli = Cli::try_parse_from([
-            "pipeline-control",
-            "emulator",
-            "--time-scale",
-            "60",
-            "--seed",
-            "7",
-        ])
-        .map_err(|e| e.to_string());
-        let Ok(Cli {
-            command: Command::Emulator(args),
-            ..
-        }) = cli
-        else {
-            panic!("emulator did not parse: {cli:?}");
-        };
-        assert_eq!(args.settings.time_scale, 60.0);
-        assert_eq!(args.settings.seed, Some(7));
-        assert_eq!(declared_default("emulator", "listen"), "127.0.0.1:9380");
-        assert_eq!(
-            EmulatorSettings::default().time_scale.to_string(),
-            declared_default("emulator", "time_scale")
-        );
+    fn built_settings_are_the_declared_defaults() {
+        let built = ServeArgs::new(DatabaseArgs::new("x.db"));
+        assert_eq!(built.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(built.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(built.limits.max_message_size, 65_536);
+        assert_eq!(built.limits.stop_rate_burst, 100);
+        assert_eq!(built.database.database_timeout, Duration::from_secs(5));
+        assert_eq!(built.database.database_url, "x.db");
+        assert_eq!(built.emulator_settings.account_id, "123456789012");
+        assert!(!built.emulator);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 
 use serde_json::json;
 
-use crate::{emulator::RunningEmulator, sagemaker::SageMaker};
+use sagemaker_emulator::RunningEmulator;
+
+use crate::sagemaker::SageMaker;
 
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/PipelineControlDemo";
 

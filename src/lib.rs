@@ -22,7 +22,6 @@
 //! - [`telemetry`]: logging, as text or JSON.
 //!
 //! - `demo`: `serve --emulator`, the emulator in-process with demo executions.
-//! - [`emulator`]: a SageMaker Pipelines emulator speaking SageMaker's wire protocol.
 //! - `jitter`: spreading retries and polls.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 
@@ -32,7 +31,6 @@ mod auth;
 pub mod config;
 mod demo;
 mod domain;
-pub mod emulator;
 mod error;
 pub mod grpc;
 mod hooks;

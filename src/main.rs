@@ -3,12 +3,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser as _;
 use pipeline_control::{
     app::Application,
     config::{Cli, Command},
-    emulator::EmulatorServer,
     shutdown, store, telemetry,
 };
 
@@ -37,16 +35,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Emulator(args) => {
-            let server = EmulatorServer::bind(args.listen, &args.settings.options(&args.region))
-                .await
-                .with_context(|| format!("cannot listen on {}", args.listen))?;
-            tracing::info!(
-                endpoint = %server.endpoint_url(),
-                time_scale = args.settings.time_scale,
-                "SageMaker Pipelines emulator serving"
-            );
             let signal = shutdown::signal()?;
-            server.run_until(signal).await?;
+            let started = |endpoint: &str| {
+                tracing::info!(
+                    endpoint = %endpoint,
+                    time_scale = args.settings.time_scale,
+                    "SageMaker Pipelines emulator serving"
+                );
+            };
+            args.run(started, signal).await?;
             tracing::info!("stopped");
             Ok(())
         }

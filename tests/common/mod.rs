@@ -3,12 +3,7 @@
 // Each test binary uses a different part of this module; helpers panic with a message, as tests do.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    net::SocketAddr,
-    str::FromStr,
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
-};
+use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 use pipeline_control::{
     app::Application,
@@ -20,9 +15,14 @@ use sqlx::{
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 
+// The emulator crate's own test helpers (the SDK client, the admin surface, pipelines and
+// executions), shared rather than copied.
+#[path = "../../crates/sagemaker-emulator/tests/support/mod.rs"]
+mod sdk;
+pub use sdk::*;
+
 /// Runs `$test(backend)` once on Postgres and once on SQLite, as two tests named
 /// `$test::postgres` and `$test::sqlite`.
-#[macro_export]
 macro_rules! on_both_databases {
     ($($test:ident),* $(,)?) => {$(
         mod $test {
@@ -59,20 +59,6 @@ pub fn admin_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| {
         panic!("DATABASE_URL is not set: run the tests with scripts/test, which starts a Postgres")
     })
-}
-
-fn unique_name(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}_{}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        nanos
-    )
 }
 
 /// `url` with its database name replaced by `name` (path and query kept as they are).
@@ -238,235 +224,13 @@ impl Drop for TestApp {
     }
 }
 
-/// An emulator on a free port with the given time scale and seed.
-pub async fn spawn_emulator(
-    time_scale: f64,
-    seed: Option<u64>,
-) -> pipeline_control::emulator::RunningEmulator {
-    let options = pipeline_control::emulator::EmulatorOptions {
-        time_scale,
-        seed,
-        ..Default::default()
-    };
-    pipeline_control::emulator::EmulatorServer::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        &options,
-    )
-    .await
-    .expect("bind the emulator")
-    .spawn()
-}
-
-/// The real SageMaker SDK client pointed at `endpoint`, with dummy credentials. `retries` is
-/// the number of attempts (1 disables retries).
-pub fn sagemaker_client(endpoint: &str, attempts: u32) -> aws_sdk_sagemaker::Client {
-    use aws_sdk_sagemaker::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
-    let config = aws_sdk_sagemaker::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIDEMULATOR",
-            "secret",
-            None,
-            None,
-            "tests",
-        ))
-        .endpoint_url(endpoint)
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(attempts)
-                .with_initial_backoff(Duration::from_millis(10)),
-        )
-        .build();
-    aws_sdk_sagemaker::Client::from_conf(config)
-}
-
-/// The emulator's admin surface.
-pub struct Admin {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Admin {
-    pub fn new(endpoint: &str) -> Self {
-        Self {
-            base: format!("{endpoint}/_emulator"),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    pub async fn stats(&self) -> std::collections::HashMap<String, u64> {
-        self.http
-            .get(format!("{}/stats", self.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    pub async fn calls(&self, operation: &str) -> u64 {
-        self.stats()
-            .await
-            .get(operation)
-            .copied()
-            .unwrap_or_default()
-    }
-
-    pub async fn reset_stats(&self) {
-        let response = self
-            .http
-            .delete(format!("{}/stats", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-    }
-
-    pub async fn set_fault(&self, operation: &str, fault: serde_json::Value) {
-        let response = self
-            .http
-            .put(format!("{}/faults/{operation}", self.base))
-            .json(&fault)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{:?}",
-            response.text().await
-        );
-    }
-
-    pub async fn clear_faults(&self) {
-        let response = self
-            .http
-            .delete(format!("{}/faults", self.base))
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
-    }
-
-    pub async fn callbacks(&self, execution_arn: &str) -> Vec<serde_json::Value> {
-        self.http
-            .get(format!("{}/callbacks", self.base))
-            .query(&[("pipelineExecutionArn", execution_arn)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
-
-/// A 36-character client token, unique in this process.
-pub fn token() -> String {
-    format!("{:0>36}", unique_name("t").replace('_', ""))
-}
-
-/// Creates a pipeline from `steps` (a JSON list) and returns its name.
-pub async fn create_pipeline(
-    client: &aws_sdk_sagemaker::Client,
-    steps: serde_json::Value,
-) -> String {
-    let name = unique_name("p").replace('_', "-");
-    let definition = serde_json::json!({
-        "Version": "2020-12-01",
-        "Metadata": {},
-        "Parameters": [{"Name": "InputUri", "Type": "String", "DefaultValue": "s3://bucket/input"}],
-        "Steps": steps,
-    });
-    client
-        .create_pipeline()
-        .pipeline_name(&name)
-        .pipeline_definition(definition.to_string())
-        .role_arn("arn:aws:iam::123456789012:role/SageMakerRole")
-        .client_request_token(token())
-        .send()
-        .await
-        .expect("create the pipeline");
-    name
-}
-
-/// Starts an execution of `pipeline` and returns its ARN.
-pub async fn start_execution(client: &aws_sdk_sagemaker::Client, pipeline: &str) -> String {
-    client
-        .start_pipeline_execution()
-        .pipeline_name(pipeline)
-        .client_request_token(token())
-        .send()
-        .await
-        .expect("start the execution")
-        .pipeline_execution_arn()
-        .expect("an execution ARN")
-        .to_string()
-}
-
-/// The execution's status, as DescribePipelineExecution reports it.
-pub async fn execution_status(client: &aws_sdk_sagemaker::Client, arn: &str) -> String {
-    client
-        .describe_pipeline_execution()
-        .pipeline_execution_arn(arn)
-        .send()
-        .await
-        .expect("describe the execution")
-        .pipeline_execution_status()
-        .map(|s| s.as_str().to_string())
-        .unwrap_or_default()
-}
-
-/// Polls until the execution shows `status`; fails the test after 30 s of real time.
-pub async fn wait_for_status(client: &aws_sdk_sagemaker::Client, arn: &str, status: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = execution_status(client, arn).await;
-        if now == status {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{arn} stayed {now}, never {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// All steps of an execution, through the paginator.
-pub async fn all_steps(
-    client: &aws_sdk_sagemaker::Client,
-    arn: &str,
-) -> Vec<aws_sdk_sagemaker::types::PipelineExecutionStep> {
-    client
-        .list_pipeline_execution_steps()
-        .pipeline_execution_arn(arn)
-        .max_results(100)
-        .into_paginator()
-        .items()
-        .send()
-        .try_collect()
-        .await
-        .expect("list the steps")
-}
-
-/// The callback token of a Callback step, as ListPipelineExecutionSteps reports it.
-pub fn callback_token(step: &aws_sdk_sagemaker::types::PipelineExecutionStep) -> String {
-    step.metadata()
-        .and_then(|m| m.callback())
-        .and_then(|c| c.callback_token())
-        .expect("a Callback step with a callback token")
-        .to_string()
-}
-
 pub mod proxy;
 
 /// The whole service for one test: a database, the emulator, the server (pointed at the
 /// emulator, possibly through a proxy), and clients.
 pub struct Stack {
     pub db: TestDb,
-    pub emulator: pipeline_control::emulator::RunningEmulator,
+    pub emulator: sagemaker_emulator::RunningEmulator,
     pub app: TestApp,
     pub sagemaker: aws_sdk_sagemaker::Client,
     pub admin: Admin,
@@ -569,26 +333,6 @@ pub async fn count_where(db: &TestDb, table: &str, condition: &str) -> i64 {
                 .await
                 .unwrap()
         }
-    }
-}
-
-impl Admin {
-    /// The ClientRequestTokens of every StopPipelineExecution the execution received.
-    pub async fn stop_tokens(&self, execution_arn: &str) -> Vec<String> {
-        let requests: Vec<serde_json::Value> = self
-            .http
-            .get(format!("{}/stop-requests", self.base))
-            .query(&[("pipelineExecutionArn", execution_arn)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        requests
-            .iter()
-            .map(|r| r["clientRequestToken"].as_str().unwrap().to_string())
-            .collect()
     }
 }
 

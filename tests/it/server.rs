@@ -2,11 +2,9 @@
 //! contract's RPCs, and health following the database.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, TestApp, TestDb, test_args};
+use crate::common::{Backend, TestApp, TestDb, test_args};
 use prost::Message as _;
 use tonic::Code;
 use tonic_health::pb::{

@@ -5,11 +5,9 @@
 //! and they run one at a time; they live in their own test binary so no other test sees them.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, TestApp, TestDb, test_args};
+use crate::common::{Backend, TestApp, TestDb, test_args};
 use pipeline_control::grpc::pb;
 use tokio::sync::mpsc;
 use tonic::Code;

@@ -1,8 +1,6 @@
 //! The binary as an operator meets it: `--help`, `migrate`, bad database URLs, and signals.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod common;
-
 use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
@@ -10,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Backend, TestDb, admin_url, token_file, with_database};
+use crate::common::{Backend, TestDb, admin_url, token_file, with_database};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -30,7 +28,12 @@ fn command() -> Command {
     ] {
         command.env_remove(var);
     }
+    // Nothing may leave the machine: a region, static test credentials, and no probe of the
+    // instance-metadata address.
     command.env("AWS_REGION", "us-east-1");
+    command.env("AWS_ACCESS_KEY_ID", "AKIDTEST");
+    command.env("AWS_SECRET_ACCESS_KEY", "secret");
+    command.env("AWS_EC2_METADATA_DISABLED", "true");
     command.stdin(Stdio::null());
     command
 }
@@ -354,19 +357,19 @@ async fn serve_with_the_emulator_is_a_complete_demo() {
     );
 
     // The demo executions are real, in the emulator the banner names.
-    let client = common::sagemaker_client(endpoint, 1);
+    let client = crate::common::sagemaker_client(endpoint, 1);
     assert_eq!(
-        common::execution_status(&client, &callback_arn).await,
+        crate::common::execution_status(&client, &callback_arn).await,
         "Executing"
     );
     assert_eq!(
-        common::execution_status(&client, &lambda_arn).await,
+        crate::common::execution_status(&client, &lambda_arn).await,
         "Executing"
     );
-    let steps = common::all_steps(&client, &callback_arn).await;
-    let token = common::callback_token(&steps[0]);
+    let steps = crate::common::all_steps(&client, &callback_arn).await;
+    let token = crate::common::callback_token(&steps[0]);
     assert_eq!(token, callback_token);
-    let lambda_steps = common::all_steps(&client, &lambda_arn).await;
+    let lambda_steps = crate::common::all_steps(&client, &lambda_arn).await;
     assert!(lambda_steps[0].metadata().unwrap().lambda().is_some());
     assert_eq!(health(addr).await, ServingStatus::Serving);
 
@@ -386,14 +389,17 @@ async fn the_emulator_runs_alone() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let logs = read_until(&mut stdout, "emulator serving");
     let endpoint = word_after(&logs, "endpoint=").to_string();
-    let client = common::sagemaker_client(&endpoint, 1);
-    let name = common::create_pipeline(
+    let client = crate::common::sagemaker_client(&endpoint, 1);
+    let name = crate::common::create_pipeline(
         &client,
         serde_json::json!([{"Name": "A", "Type": "Training"}]),
     )
     .await;
-    let arn = common::start_execution(&client, &name).await;
-    assert_eq!(common::execution_status(&client, &arn).await, "Executing");
+    let arn = crate::common::start_execution(&client, &name).await;
+    assert_eq!(
+        crate::common::execution_status(&client, &arn).await,
+        "Executing"
+    );
     send_signal(&child, "-TERM");
     let (_, status) = wait_bounded_async(child).await;
     assert_eq!(status.code(), Some(0));

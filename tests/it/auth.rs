@@ -3,12 +3,9 @@
 //! spend the service for the others. Certificates are made inside each test.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-#[macro_use]
-mod common;
-
 use std::{path::PathBuf, time::Duration};
 
-use common::{
+use crate::common::{
     Admin, Backend, TestApp, TestDb, count_where, spawn_emulator, stack_args, token_file,
 };
 use pipeline_control::{
@@ -126,7 +123,7 @@ struct Secured {
     app: TestApp,
     admin: Admin,
     sagemaker: aws_sdk_sagemaker::Client,
-    _emulator: pipeline_control::emulator::RunningEmulator,
+    _emulator: sagemaker_emulator::RunningEmulator,
 }
 
 impl Secured {
@@ -140,7 +137,7 @@ impl Secured {
             db,
             app,
             admin: Admin::new(&emulator.endpoint_url),
-            sagemaker: common::sagemaker_client(&emulator.endpoint_url, 1),
+            sagemaker: crate::common::sagemaker_client(&emulator.endpoint_url, 1),
             _emulator: emulator,
         }
     }
@@ -155,11 +152,11 @@ impl Secured {
             .pipeline_name(pipeline)
             .pipeline_definition(definition)
             .role_arn("arn:aws:iam::123456789012:role/pipelines")
-            .client_request_token(common::token())
+            .client_request_token(crate::common::token())
             .send()
             .await
             .unwrap();
-        common::start_execution(&self.sagemaker, pipeline).await
+        crate::common::start_execution(&self.sagemaker, pipeline).await
     }
 
     /// SageMaker calls of any kind so far.

@@ -531,7 +531,7 @@ fn job_name(execution_id: &str, step: &str, ids: &Ids) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emulator::definition::parse;
+    use crate::definition::parse;
     use serde_json::json;
 
     const ARN: &str = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl";

@@ -2,12 +2,9 @@
 //! schema the idempotency contract needs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-#[macro_use]
-mod common;
-
 use std::{path::Path, str::FromStr, time::Duration};
 
-use common::{Backend, TestDb, admin_url, with_database};
+use crate::common::{Backend, TestDb, admin_url, with_database};
 use pipeline_control::{
     config::DatabaseArgs,
     store::{self, PostgresStore, SqliteStore, Store, StoreError},
@@ -318,7 +315,7 @@ mod records {
     //! The stop-request records on both databases: claims, take-overs, fencing, principals.
     use std::time::Duration;
 
-    use super::common::{Backend, TestDb};
+    use crate::common::{Backend, TestDb};
     use pipeline_control::store::{
         self, Claim, Completion, NewStopRequest, RecordState, RequestKey, Store,
     };

@@ -7,12 +7,9 @@
 //! binary runs them one at a time; no other test binary sees the hooks.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-#[macro_use]
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, Stack, TestApp};
+use crate::common::{Backend, Stack, TestApp};
 use pipeline_control::grpc::pb;
 use tonic::Code;
 use tonic_types::StatusExt as _;
@@ -72,7 +69,7 @@ async fn abandoned_work_is_finished_by_a_retry_on_either_server(backend: Backend
     })
     .await;
     // A second replica on the same database and SageMaker.
-    let mut args = common::stack_args(&stack.db, &stack.emulator.endpoint_url);
+    let mut args = crate::common::stack_args(&stack.db, &stack.emulator.endpoint_url);
     args.lease = LEASE;
     args.completer_interval = Duration::from_secs(3600);
     let second = TestApp::spawn(args).await;
@@ -113,7 +110,7 @@ async fn abandoned_work_is_finished_by_a_retry_on_either_server(backend: Backend
         assert_eq!(tokens.len(), upstream_calls, "{hook}: {tokens:?}");
         assert!(tokens.iter().all(|t| *t == tokens[0]), "{hook}: {tokens:?}");
         assert_eq!(
-            common::execution_status(&stack.sagemaker, &arn).await,
+            crate::common::execution_status(&stack.sagemaker, &arn).await,
             "Stopping"
         );
         let stored = record(&mut client, &token).await;
@@ -166,7 +163,7 @@ async fn abandoned_work_is_finished_by_the_background_completer(backend: Backend
         assert_eq!(stored.outcome(), pb::StopOutcome::StopRequested, "{hook}");
         assert_eq!(stored.attempts, 2);
         assert_eq!(
-            common::execution_status(&stack.sagemaker, &arn).await,
+            crate::common::execution_status(&stack.sagemaker, &arn).await,
             "Stopping"
         );
         let tokens = stack.admin.stop_tokens(&arn).await;

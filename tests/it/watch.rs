@@ -3,11 +3,9 @@
 //! shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, Stack};
+use crate::common::{Backend, Stack};
 use pipeline_control::grpc::pb::{self, watch_execution_response::Event};
 use serde_json::json;
 use tonic::{Code, Streaming};

@@ -4,9 +4,7 @@
 //! upstream and records nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod common;
-
-use common::{Backend, Stack, count_rows};
+use crate::common::{Backend, Stack, count_rows};
 use pipeline_control::{ERROR_DOMAIN, grpc::pb};
 use proptest::{
     prelude::*,
@@ -358,7 +356,7 @@ fn arbitrary_input_in_every_field_gets_a_proper_answer_and_invalid_input_does_no
         let db = &stack.db;
         assert_eq!(
             count_rows(db, "stop_requests").await,
-            common::count_where(db, "stop_requests", "state = 'completed'").await
+            crate::common::count_where(db, "stop_requests", "state = 'completed'").await
         );
     });
     let Stack { app, .. } = stack;

@@ -15,6 +15,7 @@
 //! - [`faults`] and [`admin`]: fault injection and the admin surface.
 
 mod admin;
+pub mod cli;
 mod clock;
 pub mod definition;
 mod engine;

@@ -3,16 +3,16 @@
 //! pagination, faults and scale.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod common;
+mod support;
 
 use std::{collections::HashSet, time::Duration};
 
 use aws_sdk_sagemaker::{error::ProvideErrorMetadata as _, types::StepStatus};
-use common::{
+use serde_json::json;
+use support::{
     Admin, all_steps, create_pipeline, execution_status, sagemaker_client, spawn_emulator,
     start_execution, token, wait_for_status,
 };
-use serde_json::json;
 
 fn step<'a>(
     steps: &'a [aws_sdk_sagemaker::types::PipelineExecutionStep],
@@ -259,7 +259,7 @@ async fn a_callback_answered_without_a_stop_lets_the_pipeline_go_on() {
     .await;
     let arn = start_execution(&client, &pipeline).await;
     let steps = all_steps(&client, &arn).await;
-    let callback_token = common::callback_token(step(&steps, "Approve"));
+    let callback_token = support::callback_token(step(&steps, "Approve"));
     client
         .send_pipeline_execution_step_failure()
         .callback_token(&callback_token)
@@ -295,7 +295,7 @@ async fn a_callback_answered_without_a_stop_lets_the_pipeline_go_on() {
     let steps = all_steps(&client, &arn).await;
     let approve = step(&steps, "Approve");
     assert_eq!(approve.attempt_count(), Some(2));
-    let second_token = common::callback_token(approve);
+    let second_token = support::callback_token(approve);
     assert_ne!(second_token, callback_token);
     client
         .send_pipeline_execution_step_success()
@@ -1016,7 +1016,7 @@ async fn a_seed_makes_ids_repeatable() {
             .unwrap();
         let arn = start_execution(&client, "seeded").await;
         let steps = all_steps(&client, &arn).await;
-        let token = common::callback_token(step(&steps, "A"));
+        let token = support::callback_token(step(&steps, "A"));
         runs.push((arn, token));
     }
     assert_eq!(runs[0], runs[1]);
@@ -1099,7 +1099,7 @@ async fn a_callback_step_that_starts_later_can_be_answered_once_seen() {
         secs(approve.start_time()),
         secs(step(&steps, "Prepare").end_time())
     );
-    let callback_token = common::callback_token(approve);
+    let callback_token = support::callback_token(approve);
     client
         .send_pipeline_execution_step_success()
         .callback_token(callback_token)

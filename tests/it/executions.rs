@@ -2,11 +2,9 @@
 //! (every page), each step's type from its metadata, and what holds a stop up.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Backend, Stack};
+use crate::common::{Backend, Stack};
 use pipeline_control::grpc::pb;
 use serde_json::json;
 use tonic::Code;
@@ -125,7 +123,7 @@ async fn a_lambda_step_is_named_until_its_function_ends() {
     assert!(
         matches!(&evaluate.metadata, Some(pb::step::Metadata::Lambda(l)) if l.function_arn == function)
     );
-    common::wait_for_status(&stack.sagemaker, &arn, "Stopped").await;
+    crate::common::wait_for_status(&stack.sagemaker, &arn, "Stopped").await;
     let execution = get(&stack, &arn).await.unwrap();
     assert_eq!(
         step(&execution, "Evaluate").status(),

@@ -3,12 +3,9 @@
 //! faults, outages and retention.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-#[macro_use]
-mod common;
-
 use std::{collections::HashSet, str::FromStr, time::Duration};
 
-use common::{
+use crate::common::{
     Backend, Stack,
     proxy::{Proxy, Target},
 };
@@ -94,7 +91,7 @@ async fn outcomes_follow_the_execution_status(backend: Backend) {
     assert!(!first.replayed);
     assert!(first.first_requested_at.is_some());
     assert_eq!(
-        common::execution_status(&stack.sagemaker, &arn).await,
+        crate::common::execution_status(&stack.sagemaker, &arn).await,
         "Stopping"
     );
 
@@ -113,12 +110,12 @@ async fn outcomes_follow_the_execution_status(backend: Backend) {
         .sagemaker
         .stop_pipeline_execution()
         .pipeline_execution_arn(&stopped)
-        .client_request_token(common::token())
+        .client_request_token(crate::common::token())
         .send()
         .await
         .unwrap();
     assert_eq!(
-        common::execution_status(&stack.sagemaker, &stopped).await,
+        crate::common::execution_status(&stack.sagemaker, &stopped).await,
         "Stopped"
     );
     let answer = stop(&stack, &stopped, "token-3", "")
@@ -137,8 +134,8 @@ async fn terminal_and_missing_executions_are_recorded_errors(backend: Backend) {
     let failed = stack
         .execution(json!([{"Name": "A", "Type": "Processing", "Arguments": {"Emulator": {"DurationSeconds": 1, "FailAttempts": 1}}}]))
         .await;
-    common::wait_for_status(&stack.sagemaker, &succeeded, "Succeeded").await;
-    common::wait_for_status(&stack.sagemaker, &failed, "Failed").await;
+    crate::common::wait_for_status(&stack.sagemaker, &succeeded, "Succeeded").await;
+    crate::common::wait_for_status(&stack.sagemaker, &failed, "Failed").await;
 
     for (arn, status) in [(&succeeded, "Succeeded"), (&failed, "Failed")] {
         let token = format!("terminal-{status}");
@@ -225,7 +222,7 @@ async fn invalid_requests_are_neither_recorded_nor_sent(backend: Backend) {
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
     assert_eq!(stack.stored_requests().await, 0);
-    assert_eq!(common::count_rows(&stack.db, "stop_audit").await, 0);
+    assert_eq!(crate::common::count_rows(&stack.db, "stop_audit").await, 0);
     assert_eq!(stack.admin.calls("StopPipelineExecution").await, 0);
 }
 
@@ -281,7 +278,7 @@ async fn a_repeat_replays_the_answer_without_calling_sagemaker(backend: Backend)
     // Each replay reaches the audit trail, written behind in batches.
     let mut replays = 0;
     for _ in 0..100 {
-        replays = common::count_where(&stack.db, "stop_audit", "event = 'replayed'").await;
+        replays = crate::common::count_where(&stack.db, "stop_audit", "event = 'replayed'").await;
         if replays == 3 {
             break;
         }
@@ -317,7 +314,7 @@ async fn a_token_reused_for_another_request_is_refused(backend: Backend) {
     }
     assert_eq!(stack.admin.calls("StopPipelineExecution").await, 1);
     assert_eq!(
-        common::execution_status(&stack.sagemaker, &other).await,
+        crate::common::execution_status(&stack.sagemaker, &other).await,
         "Executing"
     );
 }
@@ -394,7 +391,7 @@ async fn throttling_and_errors_leave_the_request_resumable(backend: Backend) {
         assert_eq!(record.state(), pb::StopRequestState::Completed);
         assert_eq!(record.attempts, 2);
         assert_eq!(
-            common::execution_status(&stack.sagemaker, &arn).await,
+            crate::common::execution_status(&stack.sagemaker, &arn).await,
             "Stopping"
         );
     }
@@ -429,16 +426,16 @@ async fn conflicts_are_retried_a_few_times(backend: Backend) {
 }
 
 async fn sagemaker_down_answers_unavailable_and_recovers(backend: Backend) {
-    let db = common::TestDb::new(backend).await;
-    let emulator = common::spawn_emulator(1000.0, None).await;
+    let db = crate::common::TestDb::new(backend).await;
+    let emulator = crate::common::spawn_emulator(1000.0, None).await;
     let proxy = Proxy::start(Target::Tcp(emulator.local_addr)).await;
-    let mut args = common::stack_args(&db, &format!("http://{}", proxy.addr));
+    let mut args = crate::common::stack_args(&db, &format!("http://{}", proxy.addr));
     args.completer_interval = Duration::from_secs(3600);
-    let app = common::TestApp::spawn(args).await;
+    let app = crate::common::TestApp::spawn(args).await;
     let mut client = pb::pipeline_control_client::PipelineControlClient::new(app.channel().await);
-    let sagemaker = common::sagemaker_client(&emulator.endpoint_url, 1);
-    let pipeline = common::create_pipeline(&sagemaker, steps(RUNNING)).await;
-    let arn = common::start_execution(&sagemaker, &pipeline).await;
+    let sagemaker = crate::common::sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = crate::common::create_pipeline(&sagemaker, steps(RUNNING)).await;
+    let arn = crate::common::start_execution(&sagemaker, &pipeline).await;
 
     proxy.cut();
     let error = client
@@ -464,8 +461,8 @@ enum Outage {
 
 async fn a_database_outage_answers_store_unavailable_and_recovers(backend: Backend) {
     use sqlx::Connection as _;
-    let db = common::TestDb::new(backend).await;
-    let emulator = common::spawn_emulator(1000.0, None).await;
+    let db = crate::common::TestDb::new(backend).await;
+    let emulator = crate::common::spawn_emulator(1000.0, None).await;
     let (url, proxy) = match backend {
         Backend::Postgres => {
             let options = sqlx::postgres::PgConnectOptions::from_str(&db.url).unwrap();
@@ -488,16 +485,16 @@ async fn a_database_outage_answers_store_unavailable_and_recovers(backend: Backe
         }
         Backend::Sqlite => (db.url.clone(), None),
     };
-    let mut args = common::stack_args(&db, &emulator.endpoint_url);
+    let mut args = crate::common::stack_args(&db, &emulator.endpoint_url);
     args.database.database_url = url;
     args.database.database_timeout = Duration::from_millis(500);
     args.completer_interval = Duration::from_secs(3600);
-    let app = common::TestApp::spawn(args).await;
+    let app = crate::common::TestApp::spawn(args).await;
     let mut client = pb::pipeline_control_client::PipelineControlClient::new(app.channel().await);
-    let admin = common::Admin::new(&emulator.endpoint_url);
-    let sagemaker = common::sagemaker_client(&emulator.endpoint_url, 1);
-    let pipeline = common::create_pipeline(&sagemaker, steps(RUNNING)).await;
-    let arn = common::start_execution(&sagemaker, &pipeline).await;
+    let admin = crate::common::Admin::new(&emulator.endpoint_url);
+    let sagemaker = crate::common::sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = crate::common::create_pipeline(&sagemaker, steps(RUNNING)).await;
+    let arn = crate::common::start_execution(&sagemaker, &pipeline).await;
 
     let outage = match proxy {
         Some(proxy) => {
@@ -537,7 +534,7 @@ async fn a_database_outage_answers_store_unavailable_and_recovers(backend: Backe
         }
     }
     assert_eq!(
-        common::count_rows(&db, "stop_requests").await,
+        crate::common::count_rows(&db, "stop_requests").await,
         0,
         "nothing half-written"
     );
@@ -598,7 +595,7 @@ async fn get_stop_request_reports_the_record(backend: Backend) {
     assert_eq!(reason_of(&error), "STOP_REQUEST_NOT_FOUND");
 
     // The audit trail has the whole story.
-    assert!(common::count_rows(&stack.db, "stop_audit").await >= 4);
+    assert!(crate::common::count_rows(&stack.db, "stop_audit").await >= 4);
 }
 
 async fn expired_records_are_deleted_and_their_tokens_freed(backend: Backend) {

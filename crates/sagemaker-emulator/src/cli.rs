@@ -1,0 +1,123 @@
+//! The emulator's command line, shared by the `sagemaker-emulator` binary and
+//! `pipeline-control emulator`: every setting a flag with an environment variable.
+
+use std::{future::Future, net::SocketAddr};
+
+use clap::Args;
+
+use crate::{EmulatorOptions, EmulatorServer};
+
+/// Settings of a standalone emulator.
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorArgs {
+    /// Address the emulator listens on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_EMULATOR_LISTEN",
+        default_value = "127.0.0.1:9380"
+    )]
+    pub listen: SocketAddr,
+
+    /// The region in the ARNs it makes.
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_EMULATOR_REGION",
+        default_value = "us-east-1"
+    )]
+    pub region: String,
+
+    /// The emulator's behaviour.
+    #[command(flatten)]
+    pub settings: EmulatorSettings,
+}
+
+/// How the emulator runs, standalone or in-process (`pipeline-control serve --emulator`).
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorSettings {
+    /// Emulated seconds per real second: 60 runs a one-minute step in one second.
+    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_TIME_SCALE", default_value_t = 1.0, value_parser = positive_scale)]
+    pub time_scale: f64,
+
+    /// Seed for the ids it makes: the same calls in the same order give the same ids.
+    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_SEED")]
+    pub seed: Option<u64>,
+
+    /// The 12-digit account id in the ARNs it makes.
+    #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_ACCOUNT_ID", default_value = "123456789012", value_parser = account_id)]
+    pub account_id: String,
+}
+
+fn positive_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if f.is_finite() && f > 0.0 && f <= 1_000_000.0 => Ok(f),
+        _ => Err("must be a number greater than 0 and at most 1000000".into()),
+    }
+}
+
+fn account_id(text: &str) -> Result<String, String> {
+    if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(text.to_string())
+    } else {
+        Err("must be 12 digits".into())
+    }
+}
+
+impl EmulatorSettings {
+    /// The emulator's options for `region`.
+    pub fn options(&self, region: &str) -> EmulatorOptions {
+        EmulatorOptions {
+            time_scale: self.time_scale,
+            seed: self.seed,
+            region: region.to_string(),
+            account_id: self.account_id.clone(),
+        }
+    }
+}
+
+impl EmulatorArgs {
+    /// Binds the listen address, calls `started` with the endpoint URL, and serves until
+    /// `shutdown` completes.
+    pub async fn run(
+        &self,
+        started: impl FnOnce(&str),
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let server = EmulatorServer::bind(self.listen, &self.settings.options(&self.region))
+            .await
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.listen))
+            })?;
+        started(&server.endpoint_url());
+        server.run_until(shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::{CommandFactory as _, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        Cli::command().debug_assert();
+        for bad in [
+            vec!["e", "--time-scale", "0"],
+            vec!["e", "--time-scale", "-2"],
+            vec!["e", "--account-id", "12345"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["e", "--time-scale", "60", "--seed", "7"]).unwrap();
+        assert_eq!(cli.args.settings.time_scale, 60.0);
+        assert_eq!(cli.args.settings.seed, Some(7));
+    }
+}

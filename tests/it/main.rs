@@ -1,0 +1,16 @@
+//! The integration tests: the real server on port 0, real databases (Postgres and SQLite), the
+//! emulator, and real clients. One binary, one module per surface, so the tree links once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+#[path = "../common/mod.rs"]
+#[macro_use]
+mod common;
+
+mod auth;
+mod cli;
+mod executions;
+mod input;
+mod server;
+mod stop;
+mod store;
+mod watch;
