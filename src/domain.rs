@@ -2,7 +2,11 @@
 //! [`ClientToken`], a [`Reason`]) so inner code never checks them again, and the statuses and
 //! outcomes the RPCs speak of, independent of the AWS SDK's and the proto's types.
 
-use std::{fmt, sync::LazyLock};
+use std::{
+    collections::HashSet,
+    fmt,
+    sync::{LazyLock, Mutex},
+};
 
 use regex::Regex;
 
@@ -27,6 +31,25 @@ impl FieldViolation {
         Self {
             field: field.to_string().into(),
             description: format!("cannot be decoded: {description}"),
+        }
+    }
+}
+
+/// What a call wants to do to an execution (what the policy allows or denies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// StopExecution.
+    Stop,
+    /// GetExecution, WatchExecution, GetStopRequest.
+    Read,
+}
+
+impl Action {
+    /// The verb in messages and error metadata.
+    pub(crate) fn verb(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Read => "read",
         }
     }
 }
@@ -193,7 +216,7 @@ impl fmt::Display for Principal {
 
 /// A pipeline execution's status, as SageMaker reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ExecutionStatus {
+pub enum ExecutionStatus {
     Executing,
     Stopping,
     Stopped,
@@ -206,7 +229,7 @@ pub(crate) enum ExecutionStatus {
 
 impl ExecutionStatus {
     /// SageMaker's spelling.
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         match self {
             Self::Executing => "Executing",
             Self::Stopping => "Stopping",
@@ -218,16 +241,27 @@ impl ExecutionStatus {
         }
     }
 
+    /// The status SageMaker reported as `value`. A value this version does not know is kept
+    /// as [`ExecutionStatus::Unknown`], and logged the first time it is seen.
     pub(crate) fn parse(value: &str) -> Self {
-        match value {
+        Self::known(value).unwrap_or_else(|| {
+            warn_once_unknown("pipeline execution status", value);
+            Self::Unknown(value.to_string())
+        })
+    }
+
+    /// The status `value` spells, or `None` for one this version does not know (as in a
+    /// record, where an unknown value is a decode error).
+    pub fn known(value: &str) -> Option<Self> {
+        Some(match value {
             "Executing" => Self::Executing,
             "Stopping" => Self::Stopping,
             "Stopped" => Self::Stopped,
             "Failed" => Self::Failed,
             "Succeeded" => Self::Succeeded,
             "CompletedWithFailures" => Self::CompletedWithFailures,
-            other => Self::Unknown(other.to_string()),
-        }
+            _ => return None,
+        })
     }
 
     /// Ended: nothing about the execution will change any more.
@@ -244,16 +278,35 @@ impl ExecutionStatus {
     }
 }
 
+/// Logs a value SageMaker sent that this version does not know, once per value and kind for
+/// the life of the process (SageMaker may add statuses; a log line per poll would flood).
+fn warn_once_unknown(kind: &'static str, value: &str) {
+    static SEEN: LazyLock<Mutex<HashSet<(&'static str, String)>>> =
+        LazyLock::new(|| Mutex::new(HashSet::new()));
+    let mut seen = SEEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Bounded: a misbehaving upstream cannot grow the set without limit.
+    if seen.len() < 64 && seen.insert((kind, value.to_string())) {
+        tracing::warn!(
+            kind,
+            value,
+            "SageMaker reported a value this version does not know; it is shown as UNSPECIFIED and never treated as terminal"
+        );
+    }
+}
+
 /// What a stop request achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StopOutcome {
+pub enum StopOutcome {
     StopRequested,
     AlreadyStopping,
     AlreadyStopped,
 }
 
 impl StopOutcome {
-    pub(crate) fn as_str(self) -> &'static str {
+    /// The spelling in records and the proto enum's suffix.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::StopRequested => "STOP_REQUESTED",
             Self::AlreadyStopping => "ALREADY_STOPPING",
@@ -261,13 +314,41 @@ impl StopOutcome {
         }
     }
 
-    pub(crate) fn parse(value: &str) -> Option<Self> {
-        match value {
-            "STOP_REQUESTED" => Some(Self::StopRequested),
-            "ALREADY_STOPPING" => Some(Self::AlreadyStopping),
-            "ALREADY_STOPPED" => Some(Self::AlreadyStopped),
-            _ => None,
+    /// The outcome `value` spells, or `None` for a value this version does not know.
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            Self::StopRequested,
+            Self::AlreadyStopping,
+            Self::AlreadyStopped,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == value)
+    }
+}
+
+/// A deterministic failure of a stop request: recorded, and replayed to every retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordedError {
+    /// SageMaker has no such execution.
+    ExecutionNotFound,
+    /// The execution ended without being stopped (its status is recorded with it).
+    ExecutionAlreadyTerminal,
+}
+
+impl RecordedError {
+    /// The ErrorInfo reason, as recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ExecutionNotFound => "EXECUTION_NOT_FOUND",
+            Self::ExecutionAlreadyTerminal => "EXECUTION_ALREADY_TERMINAL",
         }
+    }
+
+    /// The error `value` spells, or `None` for a value this version does not know.
+    pub fn parse(value: &str) -> Option<Self> {
+        [Self::ExecutionNotFound, Self::ExecutionAlreadyTerminal]
+            .into_iter()
+            .find(|e| e.as_str() == value)
     }
 }
 
@@ -431,6 +512,8 @@ pub(crate) enum StepStatus {
 }
 
 impl StepStatus {
+    /// The status SageMaker reported as `value`; one this version does not know is kept as
+    /// [`StepStatus::Unknown`] and logged the first time it is seen.
     pub(crate) fn parse(value: &str) -> Self {
         match value {
             "Starting" => Self::Starting,
@@ -439,7 +522,10 @@ impl StepStatus {
             "Stopped" => Self::Stopped,
             "Failed" => Self::Failed,
             "Succeeded" => Self::Succeeded,
-            other => Self::Unknown(other.to_string()),
+            other => {
+                warn_once_unknown("step status", other);
+                Self::Unknown(other.to_string())
+            }
         }
     }
 

@@ -10,8 +10,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation as ProtoFieldViolation, StatusExt};
 
 use crate::{
-    auth::Action,
-    domain::{FieldViolation, Principal},
+    domain::{Action, ExecutionStatus, FieldViolation, Principal, RecordedError},
     sagemaker::UpstreamError,
     store::StoreError,
 };
@@ -63,7 +62,7 @@ pub(crate) enum Error {
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
     /// The policy does not allow this principal to do this.
-    #[error("{principal} may not {} this pipeline execution", action_verb(*.action))]
+    #[error("{principal} may not {} this pipeline execution", .action.verb())]
     PermissionDenied {
         principal: Principal,
         action: Action,
@@ -88,13 +87,6 @@ pub(crate) enum Error {
     Abandoned(&'static str),
 }
 
-fn action_verb(action: Action) -> &'static str {
-    match action {
-        Action::Stop => "stop",
-        Action::Read => "read",
-    }
-}
-
 fn describe(violations: &[FieldViolation]) -> String {
     violations
         .iter()
@@ -117,7 +109,11 @@ impl From<UpstreamError> for Error {
 
 impl From<StoreError> for Error {
     fn from(error: StoreError) -> Self {
-        Error::StoreUnavailable(error)
+        match error {
+            // Not an outage: a row this version cannot read. Retrying will not help.
+            StoreError::Decode { .. } => Error::Internal(error.to_string()),
+            error => Error::StoreUnavailable(error),
+        }
     }
 }
 
@@ -165,14 +161,13 @@ impl Error {
         }
     }
 
-    /// The error a recorded `error_code` replays as.
-    pub(crate) fn from_recorded(code: &str, status: Option<&str>) -> Self {
-        match code {
-            "EXECUTION_NOT_FOUND" => Error::ExecutionNotFound,
-            "EXECUTION_ALREADY_TERMINAL" => Error::ExecutionAlreadyTerminal {
-                status: status.unwrap_or_default().to_string(),
+    /// The error a recorded failure replays as.
+    pub(crate) fn recorded(error: RecordedError, status: Option<&ExecutionStatus>) -> Self {
+        match error {
+            RecordedError::ExecutionNotFound => Error::ExecutionNotFound,
+            RecordedError::ExecutionAlreadyTerminal => Error::ExecutionAlreadyTerminal {
+                status: status.map(|s| s.as_str().to_string()).unwrap_or_default(),
             },
-            other => Error::Internal(format!("unknown recorded error code {other}")),
         }
     }
 }
@@ -193,7 +188,7 @@ impl From<Error> for Status {
             }
             Error::PermissionDenied { principal, action } => {
                 metadata.insert("principal".to_string(), principal.as_str().to_string());
-                metadata.insert("action".to_string(), action_verb(*action).to_string());
+                metadata.insert("action".to_string(), action.verb().to_string());
             }
             Error::MessageTooLarge { limit } => {
                 metadata.insert("limit_bytes".to_string(), limit.to_string());

@@ -27,9 +27,21 @@ use crate::{
     jitter::jittered,
     sagemaker::{SageMaker, StopResult, UpstreamError},
     store::{
-        AuditEvent, Claim, Completion, NewStopRequest, RecordState, RequestKey, StopRecord, Store,
+        AuditEvent, AuditKind, Completion, NewStopRequest, RecordedError, RequestKey, StopRecord,
+        Store, StoreError,
     },
 };
+
+/// What claiming a key found.
+#[derive(Debug)]
+enum Claim {
+    /// This worker now holds the lease at `record.epoch`: new, or taken over from a lease that
+    /// ran out.
+    Acquired(StopRecord),
+    /// Someone else's record: completed, in progress under a live lease, or made by a
+    /// different request (compare fingerprints).
+    Existing(StopRecord),
+}
 
 /// The RPC name in fingerprints and records.
 const METHOD: &str = "StopExecution";
@@ -62,6 +74,24 @@ pub(crate) struct StopInput {
     pub(crate) arn: ExecutionArn,
     pub(crate) token: ClientToken,
     pub(crate) reason: Reason,
+}
+
+impl StopInput {
+    /// The record to claim for this request.
+    fn request(&self) -> NewStopRequest {
+        let fingerprint = fingerprint(&self.arn, &self.reason);
+        NewStopRequest {
+            key: RequestKey {
+                principal: self.principal.as_str().to_string(),
+                token: self.token.as_str().to_string(),
+            },
+            upstream_token: upstream_token(&self.principal, &self.token, &fingerprint),
+            fingerprint,
+            method: METHOD.to_string(),
+            pipeline_execution_arn: self.arn.as_str().to_string(),
+            reason: self.reason.as_str().to_string(),
+        }
+    }
 }
 
 /// A completed record and whether it answered an earlier request.
@@ -165,7 +195,7 @@ impl Stopper {
     }
 
     fn remember(&self, record: &StopRecord) {
-        if record.state == RecordState::Completed {
+        if !record.state.is_pending() {
             self.completed.insert(record.key.clone(), record.clone());
         }
     }
@@ -176,35 +206,14 @@ impl Stopper {
         input: &StopInput,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
-        let fingerprint = fingerprint(&input.arn, &input.reason);
-        let request = NewStopRequest {
-            key: RequestKey {
-                principal: input.principal.as_str().to_string(),
-                token: input.token.as_str().to_string(),
-            },
-            upstream_token: upstream_token(&input.principal, &input.token, &fingerprint),
-            fingerprint,
-            method: METHOD.to_string(),
-            pipeline_execution_arn: input.arn.as_str().to_string(),
-            reason: input.reason.as_str().to_string(),
-        };
+        let request = input.request();
         if let Some(record) = self.cached(&request.key) {
             return self.existing(record, &request.fingerprint);
         }
-        let claim = self
-            .store
-            .claim(
-                &request,
-                &self.worker,
-                self.settings.lease,
-                self.settings.retention,
-            )
-            .await?;
-        match claim {
+        match self.claim(&request).await? {
             Claim::Acquired(record) => self.carry_out_detached(record).await,
             Claim::Existing(record)
-                if record.state == RecordState::Pending
-                    && record.fingerprint == request.fingerprint =>
+                if record.state.is_pending() && record.fingerprint == request.fingerprint =>
             {
                 self.wait_for(record, deadline).await
             }
@@ -215,13 +224,41 @@ impl Stopper {
         }
     }
 
+    /// Claims a request: records it when new, takes over a pending record of the same request
+    /// whose lease ran out, or returns the record that stands.
+    async fn claim(&self, request: &NewStopRequest) -> Result<Claim, Error> {
+        let (owner, lease) = (&self.worker, self.settings.lease);
+        // Twice at most: a record can vanish between the insert and the read only by being
+        // swept after its expiry, and then the next insert succeeds.
+        for _ in 0..2 {
+            let inserted = self
+                .store
+                .insert_new(request, owner, lease, self.settings.retention)
+                .await?;
+            if let Some(record) = inserted {
+                return Ok(Claim::Acquired(record));
+            }
+            let Some(existing) = self.store.get(&request.key).await? else {
+                continue;
+            };
+            if existing.state.is_pending() && existing.fingerprint == request.fingerprint {
+                // Conditional on the lease having run out; a live lease is left alone.
+                if let Some(record) = self.store.take_over(&request.key, owner, lease).await? {
+                    return Ok(Claim::Acquired(record));
+                }
+            }
+            return Ok(Claim::Existing(existing));
+        }
+        Err(StoreError::Unavailable(sqlx::Error::RowNotFound).into())
+    }
+
     /// Answers from a record that stands: a replay, or a reused key.
     fn existing(&self, record: StopRecord, fingerprint: &str) -> Result<Answer, Error> {
         if record.fingerprint != fingerprint {
-            self.audit(&record, "key_reused");
+            self.audit(&record, AuditKind::KeyReused);
             return Err(Error::IdempotencyKeyReused);
         }
-        self.audit(&record, "replayed");
+        self.audit(&record, AuditKind::Replayed);
         Ok(Answer {
             record,
             replayed: true,
@@ -272,16 +309,9 @@ impl Stopper {
         Ok(self.store.delete_expired(batch).await?)
     }
 
-    fn audit(&self, record: &StopRecord, event: &str) {
+    fn audit(&self, record: &StopRecord, kind: AuditKind) {
         self.audit
-            .record(AuditEvent::about(record, event, &self.worker));
-    }
-
-    fn notifier(&self, key: &RequestKey) -> Arc<Notify> {
-        self.inflight
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Notify::new()))
-            .clone()
+            .record(AuditEvent::about(record, kind, &self.worker));
     }
 
     fn wake_waiters(&self, key: &RequestKey) {
@@ -352,7 +382,7 @@ impl Stopper {
                     "lost the lease before recording; reading the newer outcome"
                 );
                 match self.store.get(&record.key).await? {
-                    Some(newer) if newer.state == RecordState::Completed => Answer {
+                    Some(newer) if !newer.state.is_pending() => Answer {
                         record: newer,
                         replayed: true,
                     },
@@ -385,9 +415,11 @@ impl Stopper {
                         ExecutionStatus::Stopping,
                     ));
                 }
-                Ok(StopResult::NotFound) => return Ok(error("EXECUTION_NOT_FOUND", None)),
+                Ok(StopResult::NotFound) => {
+                    return Ok(refused(RecordedError::ExecutionNotFound, None));
+                }
                 Ok(StopResult::NotExecuting) => match self.sagemaker.execution_status(arn).await? {
-                    None => return Ok(error("EXECUTION_NOT_FOUND", None)),
+                    None => return Ok(refused(RecordedError::ExecutionNotFound, None)),
                     Some(ExecutionStatus::Stopping) => {
                         return Ok(outcome(
                             StopOutcome::AlreadyStopping,
@@ -401,7 +433,10 @@ impl Stopper {
                         ));
                     }
                     Some(status) if status.is_terminal_unstopped() => {
-                        return Ok(error("EXECUTION_ALREADY_TERMINAL", Some(status)));
+                        return Ok(refused(
+                            RecordedError::ExecutionAlreadyTerminal,
+                            Some(status),
+                        ));
                     }
                     // Executing again (retried meanwhile) or a status we do not know: try the
                     // stop again, within the same bound as conflicts.
@@ -428,20 +463,6 @@ impl Stopper {
     /// dies; bounded by the caller's deadline and `duplicate_wait`.
     async fn wait_for(
         self: &Arc<Self>,
-        record: StopRecord,
-        deadline: Option<Instant>,
-    ) -> Result<Answer, Error> {
-        let key = record.key.clone();
-        let result = self.wait_for_inner(record, deadline).await;
-        // The owner may be another replica, which never wakes this process's waiters: the
-        // last waiter to leave removes the entry, so waiting leaves nothing behind.
-        self.inflight
-            .remove_if(&key, |_, notify| Arc::strong_count(notify) == 1);
-        result
-    }
-
-    async fn wait_for_inner(
-        self: &Arc<Self>,
         mut record: StopRecord,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
@@ -452,16 +473,20 @@ impl Stopper {
             None => limit,
         };
         let key = record.key.clone();
+        // The owner may be another replica, which never wakes this process's waiters: the
+        // guard removes the entry when the last local waiter leaves, however it leaves (with
+        // an answer, an error, or dropped because its caller went away).
+        let mut waiting = Waiting::new(&self.inflight, key.clone());
         loop {
-            let notify = self.notifier(&key);
+            let notify = waiting.refresh();
             let notified = notify.notified();
             tokio::pin!(notified);
             // Register before reading, so a completion in between is not missed.
             notified.as_mut().enable();
             match self.store.get(&key).await? {
-                Some(current) if current.state == RecordState::Completed => {
+                Some(current) if !current.state.is_pending() => {
                     self.remember(&current);
-                    self.audit(&current, "replayed");
+                    self.audit(&current, AuditKind::Replayed);
                     return Ok(Answer {
                         record: current,
                         replayed: true,
@@ -479,6 +504,7 @@ impl Stopper {
                             .take_over(&key, &self.worker, self.settings.lease)
                             .await?
                     {
+                        drop(waiting);
                         return self.carry_out_detached(taken).await;
                     }
                     record = current;
@@ -501,27 +527,113 @@ impl Stopper {
             }
         }
     }
+
+    /// Keys with waiters in this process (for tests).
+    #[cfg(test)]
+    fn inflight_keys(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+/// A duplicate's registration as a waiter on its key's in-flight entry. Dropping it (on any
+/// exit, a cancelled call included) removes the entry if no other local waiter holds it.
+struct Waiting<'a> {
+    inflight: &'a DashMap<RequestKey, Arc<Notify>>,
+    key: RequestKey,
+    notify: Option<Arc<Notify>>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(inflight: &'a DashMap<RequestKey, Arc<Notify>>, key: RequestKey) -> Self {
+        Self {
+            inflight,
+            key,
+            notify: None,
+        }
+    }
+
+    /// The key's current notifier (the owner removes the entry when it finishes, and a later
+    /// owner may make a new one), held until the next refresh or the drop.
+    fn refresh(&mut self) -> Arc<Notify> {
+        let notify = self
+            .inflight
+            .entry(self.key.clone())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone();
+        self.notify = Some(notify.clone());
+        notify
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        drop(self.notify.take());
+        self.inflight
+            .remove_if(&self.key, |_, notify| Arc::strong_count(notify) == 1);
+    }
 }
 
 fn outcome(outcome: StopOutcome, status: ExecutionStatus) -> Completion {
-    Completion {
-        outcome: Some(outcome.as_str().to_string()),
-        error_code: None,
-        execution_status: Some(status.as_str().to_string()),
-    }
+    Completion::Stopped { outcome, status }
 }
 
-fn error(code: &str, status: Option<ExecutionStatus>) -> Completion {
-    Completion {
-        outcome: None,
-        error_code: Some(code.to_string()),
-        execution_status: status.map(|s| s.as_str().to_string()),
-    }
+fn refused(error: RecordedError, status: Option<ExecutionStatus>) -> Completion {
+    Completion::Refused { error, status }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_duplicate_whose_caller_goes_away_leaves_no_in_flight_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("stops.db").display().to_string();
+        let store = crate::store::connect(&crate::config::DatabaseArgs::new(url))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let hour = Duration::from_secs(3600);
+        let stopper = Arc::new(Stopper::new(
+            store.clone(),
+            // Never called: the request is another replica's, under a live lease.
+            SageMaker::for_emulator("http://127.0.0.1:9", "us-east-1"),
+            StopSettings {
+                lease: hour,
+                retention: hour,
+                duplicate_wait: hour,
+            },
+            "this-replica".into(),
+        ));
+        let input = StopInput {
+            principal: Principal::anonymous(),
+            arn: arn(),
+            token: ClientToken::parse("held-elsewhere").unwrap(),
+            reason: Reason::default(),
+        };
+        let held = store
+            .insert_new(&input.request(), "other-replica", hour, hour)
+            .await
+            .unwrap();
+        assert!(held.is_some());
+
+        let duplicate = tokio::spawn({
+            let stopper = stopper.clone();
+            let input = input.clone();
+            async move { stopper.stop(&input, None).await }
+        });
+        for _ in 0..500 {
+            if stopper.inflight_keys() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stopper.inflight_keys(), 1, "the duplicate waits");
+        // The caller goes away: its call's future is dropped mid-wait.
+        duplicate.abort();
+        assert!(duplicate.await.unwrap_err().is_cancelled());
+        assert_eq!(stopper.inflight_keys(), 0);
+    }
 
     const ARN: &str = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl";
 

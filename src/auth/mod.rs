@@ -14,8 +14,6 @@ mod certificate;
 mod policy;
 mod tokens;
 
-pub(crate) use policy::Action;
-
 use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::watch;
@@ -25,7 +23,7 @@ use arc_swap::ArcSwap;
 use tonic::transport::CertificateDer;
 
 use crate::{
-    domain::{ExecutionArn, Principal},
+    domain::{Action, ExecutionArn, Principal},
     error::Error,
 };
 

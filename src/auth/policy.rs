@@ -17,16 +17,7 @@ use std::collections::HashMap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
-use crate::domain::{ExecutionArn, Principal};
-
-/// What a call wants to do to an execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
-    /// StopExecution.
-    Stop,
-    /// GetExecution, WatchExecution, GetStopRequest.
-    Read,
-}
+use crate::domain::{Action, ExecutionArn, Principal};
 
 /// The policy in force.
 #[derive(Debug, Clone, Default)]

@@ -9,7 +9,7 @@ use tonic::metadata::MetadataMap;
 use super::pb;
 use crate::{
     domain::{ExecutionSnapshot, ExecutionStatus, StepDetail, StepStatus, StopOutcome},
-    store::{RecordState, StopRecord},
+    store::{Completion, RecordState, StopRecord},
 };
 
 pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -19,9 +19,9 @@ pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-pub(crate) fn execution_status(status: Option<&str>) -> pb::ExecutionStatus {
+pub(crate) fn execution_status(status: Option<&ExecutionStatus>) -> pb::ExecutionStatus {
     use pb::ExecutionStatus as P;
-    match status.map(ExecutionStatus::parse) {
+    match status {
         Some(ExecutionStatus::Executing) => P::Executing,
         Some(ExecutionStatus::Stopping) => P::Stopping,
         Some(ExecutionStatus::Stopped) => P::Stopped,
@@ -50,7 +50,7 @@ pub(crate) fn execution(snapshot: &ExecutionSnapshot) -> pb::Execution {
         pipeline_execution_arn: snapshot.arn.clone(),
         pipeline_arn: snapshot.pipeline_arn.clone(),
         display_name: snapshot.display_name.clone(),
-        status: execution_status(Some(snapshot.status.as_str())).into(),
+        status: execution_status(Some(&snapshot.status)).into(),
         failure_reason: snapshot.failure_reason.clone(),
         creation_time: snapshot.creation_time.map(timestamp),
         last_modified_time: snapshot.last_modified_time.map(timestamp),
@@ -88,8 +88,8 @@ pub(crate) fn execution(snapshot: &ExecutionSnapshot) -> pb::Execution {
     }
 }
 
-pub(crate) fn stop_outcome(outcome: Option<&str>) -> pb::StopOutcome {
-    match outcome.and_then(StopOutcome::parse) {
+pub(crate) fn stop_outcome(outcome: Option<StopOutcome>) -> pb::StopOutcome {
+    match outcome {
         Some(StopOutcome::StopRequested) => pb::StopOutcome::StopRequested,
         Some(StopOutcome::AlreadyStopping) => pb::StopOutcome::AlreadyStopping,
         Some(StopOutcome::AlreadyStopped) => pb::StopOutcome::AlreadyStopped,
@@ -98,17 +98,19 @@ pub(crate) fn stop_outcome(outcome: Option<&str>) -> pb::StopOutcome {
 }
 
 pub(crate) fn stop_response(record: &StopRecord, replayed: bool) -> pb::StopExecutionResponse {
+    let completion = record.state.completion();
     pb::StopExecutionResponse {
         pipeline_execution_arn: record.pipeline_execution_arn.clone(),
         client_request_token: record.key.token.clone(),
-        outcome: stop_outcome(record.outcome.as_deref()).into(),
-        status: execution_status(record.execution_status.as_deref()).into(),
+        outcome: stop_outcome(completion.and_then(Completion::outcome)).into(),
+        status: execution_status(completion.and_then(Completion::status)).into(),
         replayed,
         first_requested_at: Some(timestamp(record.created_at)),
     }
 }
 
 pub(crate) fn stop_request(record: &StopRecord) -> pb::StopRequest {
+    let completion = record.state.completion();
     pb::StopRequest {
         client_request_token: record.key.token.clone(),
         pipeline_execution_arn: record.pipeline_execution_arn.clone(),
@@ -116,12 +118,15 @@ pub(crate) fn stop_request(record: &StopRecord) -> pb::StopRequest {
         principal: record.key.principal.clone(),
         state: match record.state {
             RecordState::Pending => pb::StopRequestState::Pending,
-            RecordState::Completed => pb::StopRequestState::Completed,
+            RecordState::Completed(_) => pb::StopRequestState::Completed,
         }
         .into(),
-        outcome: stop_outcome(record.outcome.as_deref()).into(),
-        error_code: record.error_code.clone().unwrap_or_default(),
-        status: execution_status(record.execution_status.as_deref()).into(),
+        outcome: stop_outcome(completion.and_then(Completion::outcome)).into(),
+        error_code: completion
+            .and_then(Completion::error)
+            .map(|e| e.as_str().to_string())
+            .unwrap_or_default(),
+        status: execution_status(completion.and_then(Completion::status)).into(),
         attempts: i32::try_from(record.attempts).unwrap_or(i32::MAX),
         first_requested_at: Some(timestamp(record.created_at)),
         last_attempted_at: Some(timestamp(record.updated_at)),
@@ -180,21 +185,16 @@ mod tests {
 
     #[test]
     fn statuses_map_to_the_proto_enum() {
+        let status = |s: &str| execution_status(Some(&ExecutionStatus::parse(s)));
+        assert_eq!(status("Stopping"), pb::ExecutionStatus::Stopping);
         assert_eq!(
-            execution_status(Some("Stopping")),
-            pb::ExecutionStatus::Stopping
-        );
-        assert_eq!(
-            execution_status(Some("CompletedWithFailures")),
+            status("CompletedWithFailures"),
             pb::ExecutionStatus::CompletedWithFailures
         );
-        assert_eq!(
-            execution_status(Some("Paused")),
-            pb::ExecutionStatus::Unspecified
-        );
+        assert_eq!(status("Paused"), pb::ExecutionStatus::Unspecified);
         assert_eq!(execution_status(None), pb::ExecutionStatus::Unspecified);
         assert_eq!(
-            stop_outcome(Some("ALREADY_STOPPED")),
+            stop_outcome(StopOutcome::parse("ALREADY_STOPPED")),
             pb::StopOutcome::AlreadyStopped
         );
     }

@@ -17,13 +17,13 @@ use tonic::{Request, Response, Status, metadata::MetadataValue};
 use futures_util::StreamExt as _;
 
 use crate::{
-    auth::{Action, Auth, Caller},
-    domain::{ClientToken, ExecutionArn, Reason},
+    auth::{Auth, Caller},
+    domain::{Action, ClientToken, ExecutionArn, Reason},
     error::Error,
     hooks,
     sagemaker::SageMaker,
     stop::{Answer, StopInput, Stopper},
-    store::StopRecord,
+    store::{Completion, StopRecord},
     watch::{WatchStream, Watcher},
 };
 
@@ -144,11 +144,8 @@ fn idempotency_metadata(
 /// A completed record as StopExecution answers it: the recorded outcome, or the recorded error.
 fn answer(answer: Answer) -> Result<Response<pb::StopExecutionResponse>, Status> {
     let Answer { record, replayed } = answer;
-    if let Some(code) = &record.error_code {
-        let mut status = Status::from(Error::from_recorded(
-            code,
-            record.execution_status.as_deref(),
-        ));
+    if let Some(Completion::Refused { error, status }) = record.state.completion() {
+        let mut status = Status::from(Error::recorded(*error, status.as_ref()));
         idempotency_metadata(status.metadata_mut(), &record, replayed);
         return Err(status);
     }

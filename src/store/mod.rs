@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::DatabaseArgs;
+pub use crate::domain::{ExecutionStatus, RecordedError, StopOutcome};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -48,6 +49,10 @@ pub enum StoreError {
     /// The database failed while serving a query (unreachable, timed out, shutting down...).
     #[error("database error: {0}")]
     Unavailable(#[from] sqlx::Error),
+    /// A row holds a value this version does not know (written by a newer version, or by
+    /// hand): a bug or a downgrade to look at, never something to guess at.
+    #[error("stop_requests.{column} holds {value:?}, which this version does not know")]
+    Decode { column: &'static str, value: String },
 }
 
 /// An idempotency key: who asked, with which token.
@@ -73,22 +78,111 @@ pub struct NewStopRequest {
     pub upstream_token: String,
 }
 
+/// How a request ended: what every retry of its key replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// The stop succeeded: its outcome, and the execution's status right after it.
+    Stopped {
+        outcome: StopOutcome,
+        status: ExecutionStatus,
+    },
+    /// A final error, and the execution's status when it tells why (an execution already
+    /// terminal).
+    Refused {
+        error: RecordedError,
+        status: Option<ExecutionStatus>,
+    },
+}
+
+impl Completion {
+    /// The success outcome, if it is one.
+    pub fn outcome(&self) -> Option<StopOutcome> {
+        match self {
+            Self::Stopped { outcome, .. } => Some(*outcome),
+            Self::Refused { .. } => None,
+        }
+    }
+
+    /// The recorded error, if it is one.
+    pub fn error(&self) -> Option<RecordedError> {
+        match self {
+            Self::Stopped { .. } => None,
+            Self::Refused { error, .. } => Some(*error),
+        }
+    }
+
+    /// The execution status recorded with it.
+    pub fn status(&self) -> Option<&ExecutionStatus> {
+        match self {
+            Self::Stopped { status, .. } => Some(status),
+            Self::Refused { status, .. } => status.as_ref(),
+        }
+    }
+
+    /// The `(outcome, error_code, execution_status)` columns.
+    pub(crate) fn columns(&self) -> (Option<&'static str>, Option<&'static str>, Option<&str>) {
+        (
+            self.outcome().map(StopOutcome::as_str),
+            self.error().map(RecordedError::as_str),
+            self.status().map(ExecutionStatus::as_str),
+        )
+    }
+}
+
 /// Where a recorded request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordState {
     /// Claimed, not finished.
     Pending,
     /// Finished with an outcome or a final error.
-    Completed,
+    Completed(Completion),
 }
 
 impl RecordState {
-    fn parse(value: &str) -> Self {
-        if value == "completed" {
-            Self::Completed
-        } else {
-            Self::Pending
+    /// Read from the `state`, `outcome`, `error_code` and `execution_status` columns. A value
+    /// this version does not know, or columns that disagree, are a decode error: never
+    /// guessed at, since a guess would be replayed to callers for the record's lifetime.
+    pub(crate) fn decode(
+        state: &str,
+        outcome: Option<&str>,
+        error_code: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let unknown = |column: &'static str, value: &str| StoreError::Decode {
+            column,
+            value: value.to_string(),
+        };
+        let status = status
+            .map(|s| ExecutionStatus::known(s).ok_or_else(|| unknown("execution_status", s)))
+            .transpose()?;
+        match (state, outcome, error_code) {
+            ("pending", None, None) => Ok(Self::Pending),
+            ("completed", Some(outcome), None) => Ok(Self::Completed(Completion::Stopped {
+                outcome: StopOutcome::parse(outcome).ok_or_else(|| unknown("outcome", outcome))?,
+                status: status.ok_or_else(|| unknown("execution_status", "(none)"))?,
+            })),
+            ("completed", None, Some(code)) => Ok(Self::Completed(Completion::Refused {
+                error: RecordedError::parse(code).ok_or_else(|| unknown("error_code", code))?,
+                status,
+            })),
+            ("pending" | "completed", _, _) => Err(unknown(
+                "outcome",
+                "(an outcome and an error, or a pending row with either)",
+            )),
+            (other, _, _) => Err(unknown("state", other)),
         }
+    }
+
+    /// The completion, once completed.
+    pub fn completion(&self) -> Option<&Completion> {
+        match self {
+            Self::Pending => None,
+            Self::Completed(completion) => Some(completion),
+        }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Self::Pending)
     }
 }
 
@@ -108,9 +202,6 @@ pub struct StopRecord {
     pub epoch: i64,
     /// How many times the request was claimed to be carried out.
     pub attempts: i64,
-    pub outcome: Option<String>,
-    pub error_code: Option<String>,
-    pub execution_status: Option<String>,
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -118,29 +209,39 @@ pub struct StopRecord {
     pub expires_at: DateTime<Utc>,
 }
 
-/// What claiming a key found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Claim {
-    /// The caller now holds the lease at `record.epoch`: new, or taken over from a lease that
-    /// ran out.
-    Acquired(StopRecord),
-    /// Someone else's record: completed, in progress under a live lease, or made by a
-    /// different request (compare fingerprints).
-    Existing(StopRecord),
+/// What happened to a request, as the audit trail names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    /// A new request was claimed.
+    Received,
+    /// A lease that ran out was taken over.
+    TakenOver,
+    /// The request completed.
+    Completed,
+    /// An attempt failed transiently and gave its lease back.
+    FailedTransient,
+    /// A retry was answered from the record.
+    Replayed,
+    /// The key came again with another request.
+    KeyReused,
 }
 
-/// How a request ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Completion {
-    /// A success: STOP_REQUESTED, ALREADY_STOPPING or ALREADY_STOPPED.
-    pub outcome: Option<String>,
-    /// A final error: its ErrorInfo reason.
-    pub error_code: Option<String>,
-    /// The execution status known at completion (SageMaker's spelling).
-    pub execution_status: Option<String>,
+impl AuditKind {
+    /// The `event` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "received",
+            Self::TakenOver => "taken_over",
+            Self::Completed => "completed",
+            Self::FailedTransient => "failed_transient",
+            Self::Replayed => "replayed",
+            Self::KeyReused => "key_reused",
+        }
+    }
 }
 
-/// The operations the service needs from its database.
+/// The operations the service needs from its database: plain operations on rows. What to do
+/// with them (claim, take over, wait) is the stop module's business.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Which database this is.
@@ -166,36 +267,6 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         lease: Duration,
         retention: Duration,
     ) -> Result<Option<StopRecord>, StoreError>;
-
-    /// Claims a request: records it when new, takes over a pending record of the same request
-    /// whose lease ran out, or returns the record that stands.
-    async fn claim(
-        &self,
-        request: &NewStopRequest,
-        owner: &str,
-        lease: Duration,
-        retention: Duration,
-    ) -> Result<Claim, StoreError> {
-        // Twice at most: a record can vanish between the insert and the read only by being
-        // swept after its expiry, and then the next insert succeeds.
-        for _ in 0..2 {
-            if let Some(record) = self.insert_new(request, owner, lease, retention).await? {
-                return Ok(Claim::Acquired(record));
-            }
-            let Some(existing) = self.get(&request.key).await? else {
-                continue;
-            };
-            if existing.state == RecordState::Pending && existing.fingerprint == request.fingerprint
-            {
-                // Conditional on the lease having run out; a live lease is left alone.
-                if let Some(record) = self.take_over(&request.key, owner, lease).await? {
-                    return Ok(Claim::Acquired(record));
-                }
-            }
-            return Ok(Claim::Existing(existing));
-        }
-        Err(StoreError::Unavailable(sqlx::Error::RowNotFound))
-    }
 
     /// Takes over a pending record whose lease ran out (a new epoch, one more attempt), or
     /// `None` if it is not pending, still leased, or gone.
@@ -249,25 +320,26 @@ pub struct AuditEvent {
     pub token: String,
     pub pipeline_execution_arn: String,
     pub reason: String,
-    pub event: String,
-    pub outcome: Option<String>,
-    pub error_code: Option<String>,
+    pub kind: AuditKind,
+    pub outcome: Option<StopOutcome>,
+    pub error: Option<RecordedError>,
     pub epoch: i64,
     pub worker: String,
 }
 
 impl AuditEvent {
-    /// `event` about `record`, now, by `worker`.
-    pub fn about(record: &StopRecord, event: &str, worker: &str) -> Self {
+    /// `kind` about `record`, now, by `worker`.
+    pub fn about(record: &StopRecord, kind: AuditKind, worker: &str) -> Self {
+        let completion = record.state.completion();
         Self {
             at: Utc::now(),
             principal: record.key.principal.clone(),
             token: record.key.token.clone(),
             pipeline_execution_arn: record.pipeline_execution_arn.clone(),
             reason: record.reason.clone(),
-            event: event.to_string(),
-            outcome: record.outcome.clone(),
-            error_code: record.error_code.clone(),
+            kind,
+            outcome: completion.and_then(Completion::outcome),
+            error: completion.and_then(Completion::error),
             epoch: record.epoch,
             worker: worker.to_string(),
         }

@@ -10,8 +10,8 @@ use sqlx::{
 };
 
 use super::{
-    AUDIT_ROWS_PER_STATEMENT, AuditEvent, Backend, Completion, NewStopRequest, RecordState,
-    RequestKey, StopRecord, Store, StoreError, seconds,
+    AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, NewStopRequest,
+    RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store, StoreError, seconds,
 };
 use crate::config::DatabaseArgs;
 
@@ -126,7 +126,7 @@ impl Store for PostgresStore {
                  expires_at = EXCLUDED.expires_at
              WHERE stop_requests.expires_at <= now()
              RETURNING *",
-                "received",
+                AuditKind::Received,
                 8,
             )
         });
@@ -161,7 +161,7 @@ impl Store for PostgresStore {
                    AND (lease_expires_at IS NULL OR lease_expires_at <= now())
                    AND expires_at > now()
                  RETURNING *",
-                "taken_over",
+                AuditKind::TakenOver,
                 3,
             )
         });
@@ -182,6 +182,7 @@ impl Store for PostgresStore {
         owner: &str,
         completion: &Completion,
     ) -> Result<Option<StopRecord>, StoreError> {
+        let (outcome, error_code, status) = completion.columns();
         static COMPLETE: LazyLock<String> = LazyLock::new(|| {
             with_audit(
                 "UPDATE stop_requests
@@ -190,7 +191,7 @@ impl Store for PostgresStore {
                      lease_expires_at = NULL
                  WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
                  RETURNING *",
-                "completed",
+                AuditKind::Completed,
                 7,
             )
         });
@@ -198,9 +199,9 @@ impl Store for PostgresStore {
             .bind(&key.principal)
             .bind(&key.token)
             .bind(epoch)
-            .bind(&completion.outcome)
-            .bind(&completion.error_code)
-            .bind(&completion.execution_status)
+            .bind(outcome)
+            .bind(error_code)
+            .bind(status)
             .bind(owner)
             .fetch_optional(&self.pool)
             .await?;
@@ -221,7 +222,7 @@ impl Store for PostgresStore {
                      updated_at = now()
                  WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
                  RETURNING *",
-                "failed_transient",
+                AuditKind::FailedTransient,
                 5,
             )
         });
@@ -296,9 +297,9 @@ impl Store for PostgresStore {
                     .push_bind(&e.token)
                     .push_bind(&e.pipeline_execution_arn)
                     .push_bind(&e.reason)
-                    .push_bind(&e.event)
-                    .push_bind(&e.outcome)
-                    .push_bind(&e.error_code)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.outcome.map(StopOutcome::as_str))
+                    .push_bind(e.error.map(RecordedError::as_str))
                     .push_bind(e.epoch)
                     .push_bind(&e.worker);
             });
@@ -312,7 +313,8 @@ impl Store for PostgresStore {
 /// `statement` (an INSERT or UPDATE `... RETURNING *` of `stop_requests`) with the audit row
 /// of what it changed, as one statement: one round trip, one implicit transaction, and no
 /// audit row when nothing changed. `owner` is the number of the parameter naming the worker.
-fn with_audit(statement: &str, event: &'static str, owner: usize) -> String {
+fn with_audit(statement: &str, kind: AuditKind, owner: usize) -> String {
+    let event = kind.as_str();
     format!(
         "WITH changed AS ({statement}),
          audited AS (
@@ -325,7 +327,7 @@ fn with_audit(statement: &str, event: &'static str, owner: usize) -> String {
     )
 }
 
-fn record(row: &PgRow) -> Result<StopRecord, sqlx::Error> {
+fn record(row: &PgRow) -> Result<StopRecord, StoreError> {
     Ok(StopRecord {
         key: RequestKey {
             principal: row.try_get("principal")?,
@@ -336,14 +338,16 @@ fn record(row: &PgRow) -> Result<StopRecord, sqlx::Error> {
         pipeline_execution_arn: row.try_get("pipeline_execution_arn")?,
         reason: row.try_get("reason")?,
         upstream_token: row.try_get("upstream_token")?,
-        state: RecordState::parse(row.try_get("state")?),
+        state: RecordState::decode(
+            row.try_get("state")?,
+            row.try_get("outcome")?,
+            row.try_get("error_code")?,
+            row.try_get("execution_status")?,
+        )?,
         lease_owner: row.try_get("lease_owner")?,
         lease_expires_at: row.try_get("lease_expires_at")?,
         epoch: row.try_get("epoch")?,
         attempts: i64::from(row.try_get::<i32, _>("attempts")?),
-        outcome: row.try_get("outcome")?,
-        error_code: row.try_get("error_code")?,
-        execution_status: row.try_get("execution_status")?,
         last_error: row.try_get("last_error")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,

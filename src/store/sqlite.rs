@@ -14,8 +14,8 @@ use sqlx::{
 };
 
 use super::{
-    AUDIT_ROWS_PER_STATEMENT, AuditEvent, Backend, Completion, NewStopRequest, RecordState,
-    RequestKey, StopRecord, Store, StoreError,
+    AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, NewStopRequest,
+    RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store, StoreError,
 };
 
 /// The database clock in milliseconds since the epoch (see the migration's header).
@@ -140,7 +140,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let record = record(&row)?;
-        insert_audit(&mut tx, &record, "received", owner).await?;
+        insert_audit(&mut tx, &record, AuditKind::Received, owner).await?;
         tx.commit().await?;
         Ok(Some(record))
     }
@@ -171,7 +171,7 @@ impl Store for SqliteStore {
             return Ok(None);
         };
         let record = record(&row)?;
-        insert_audit(&mut tx, &record, "taken_over", owner).await?;
+        insert_audit(&mut tx, &record, AuditKind::TakenOver, owner).await?;
         tx.commit().await?;
         Ok(Some(record))
     }
@@ -183,6 +183,7 @@ impl Store for SqliteStore {
         owner: &str,
         completion: &Completion,
     ) -> Result<Option<StopRecord>, StoreError> {
+        let (outcome, error_code, status) = completion.columns();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "UPDATE stop_requests
@@ -195,16 +196,16 @@ impl Store for SqliteStore {
         .bind(&key.principal)
         .bind(&key.token)
         .bind(epoch)
-        .bind(&completion.outcome)
-        .bind(&completion.error_code)
-        .bind(&completion.execution_status)
+        .bind(outcome)
+        .bind(error_code)
+        .bind(status)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             return Ok(None);
         };
         let record = record(&row)?;
-        insert_audit(&mut tx, &record, "completed", owner).await?;
+        insert_audit(&mut tx, &record, AuditKind::Completed, owner).await?;
         tx.commit().await?;
         Ok(Some(record))
     }
@@ -233,7 +234,7 @@ impl Store for SqliteStore {
             return Ok(false);
         };
         let record = record(&row)?;
-        insert_audit(&mut tx, &record, "failed_transient", owner).await?;
+        insert_audit(&mut tx, &record, AuditKind::FailedTransient, owner).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -294,9 +295,9 @@ impl Store for SqliteStore {
                     .push_bind(&e.token)
                     .push_bind(&e.pipeline_execution_arn)
                     .push_bind(&e.reason)
-                    .push_bind(&e.event)
-                    .push_bind(&e.outcome)
-                    .push_bind(&e.error_code)
+                    .push_bind(e.kind.as_str())
+                    .push_bind(e.outcome.map(StopOutcome::as_str))
+                    .push_bind(e.error.map(RecordedError::as_str))
                     .push_bind(e.epoch)
                     .push_bind(&e.worker);
             });
@@ -309,9 +310,10 @@ impl Store for SqliteStore {
 async fn insert_audit(
     conn: &mut sqlx::SqliteConnection,
     record: &StopRecord,
-    event: &str,
+    kind: AuditKind,
     owner: &str,
 ) -> Result<(), StoreError> {
+    let completion = record.state.completion();
     sqlx::query(
         "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
              event, outcome, error_code, epoch, worker)
@@ -321,9 +323,17 @@ async fn insert_audit(
     .bind(&record.key.token)
     .bind(&record.pipeline_execution_arn)
     .bind(&record.reason)
-    .bind(event)
-    .bind(&record.outcome)
-    .bind(&record.error_code)
+    .bind(kind.as_str())
+    .bind(
+        completion
+            .and_then(Completion::outcome)
+            .map(StopOutcome::as_str),
+    )
+    .bind(
+        completion
+            .and_then(Completion::error)
+            .map(RecordedError::as_str),
+    )
     .bind(record.epoch)
     .bind(owner)
     .execute(conn)
@@ -335,7 +345,7 @@ fn time(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
-fn record(row: &SqliteRow) -> Result<StopRecord, sqlx::Error> {
+fn record(row: &SqliteRow) -> Result<StopRecord, StoreError> {
     let optional_time = |column: &str| -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         Ok(row.try_get::<Option<i64>, _>(column)?.map(time))
     };
@@ -349,14 +359,16 @@ fn record(row: &SqliteRow) -> Result<StopRecord, sqlx::Error> {
         pipeline_execution_arn: row.try_get("pipeline_execution_arn")?,
         reason: row.try_get("reason")?,
         upstream_token: row.try_get("upstream_token")?,
-        state: RecordState::parse(row.try_get("state")?),
+        state: RecordState::decode(
+            row.try_get("state")?,
+            row.try_get("outcome")?,
+            row.try_get("error_code")?,
+            row.try_get("execution_status")?,
+        )?,
         lease_owner: row.try_get("lease_owner")?,
         lease_expires_at: optional_time("lease_expires_at")?,
         epoch: row.try_get("epoch")?,
         attempts: row.try_get("attempts")?,
-        outcome: row.try_get("outcome")?,
-        error_code: row.try_get("error_code")?,
-        execution_status: row.try_get("execution_status")?,
         last_error: row.try_get("last_error")?,
         created_at: time(row.try_get("created_at")?),
         updated_at: time(row.try_get("updated_at")?),

@@ -314,6 +314,25 @@ pub async fn count_rows(db: &TestDb, table: &str) -> i64 {
     count_where(db, table, "true").await
 }
 
+/// Runs `statements` in order on one connection to the test database.
+pub async fn execute(db: &TestDb, statements: &[&str]) {
+    use sqlx::Connection as _;
+    match db.backend {
+        Backend::Postgres => {
+            let mut conn = PgConnection::connect(&db.url).await.unwrap();
+            for statement in statements {
+                conn.execute(AssertSqlSafe(*statement)).await.unwrap();
+            }
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            for statement in statements {
+                conn.execute(AssertSqlSafe(*statement)).await.unwrap();
+            }
+        }
+    }
+}
+
 /// Rows in `table` of the test database that satisfy `condition`.
 pub async fn count_where(db: &TestDb, table: &str, condition: &str) -> i64 {
     use sqlx::Connection as _;

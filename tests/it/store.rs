@@ -317,7 +317,8 @@ mod records {
 
     use crate::common::{Backend, TestDb};
     use pipeline_control::store::{
-        self, Claim, Completion, NewStopRequest, RecordState, RequestKey, Store,
+        self, Completion, ExecutionStatus, NewStopRequest, RecordState, RequestKey, StopOutcome,
+        Store, StoreError,
     };
 
     fn request(principal: &str, token: &str) -> NewStopRequest {
@@ -336,10 +337,9 @@ mod records {
     }
 
     fn done() -> Completion {
-        Completion {
-            outcome: Some("STOP_REQUESTED".into()),
-            error_code: None,
-            execution_status: Some("Stopping".into()),
+        Completion::Stopped {
+            outcome: StopOutcome::StopRequested,
+            status: ExecutionStatus::Stopping,
         }
     }
 
@@ -355,13 +355,11 @@ mod records {
     async fn a_stale_owner_cannot_overwrite_a_newer_epoch(backend: Backend) {
         let (_db, store) = open(backend).await;
         let req = request("anonymous", "t");
-        let Claim::Acquired(first) = store
-            .claim(&req, "replica-a", Duration::from_millis(100), LONG)
+        let first = store
+            .insert_new(&req, "replica-a", Duration::from_millis(100), LONG)
             .await
             .unwrap()
-        else {
-            panic!("a new key is acquired");
-        };
+            .expect("a new key is recorded");
         assert_eq!((first.epoch, first.attempts), (1, 1));
 
         // While the lease lives, nobody else gets it.
@@ -372,10 +370,13 @@ mod records {
                 .unwrap()
                 .is_none()
         );
-        assert!(matches!(
-            store.claim(&req, "replica-b", LONG, LONG).await.unwrap(),
-            Claim::Existing(_)
-        ));
+        assert!(
+            store
+                .insert_new(&req, "replica-b", LONG, LONG)
+                .await
+                .unwrap()
+                .is_none()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
         let second = store
             .take_over(&req.key, "replica-b", LONG)
@@ -408,8 +409,7 @@ mod records {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(completed.state, RecordState::Completed);
-        assert_eq!(completed.outcome.as_deref(), Some("STOP_REQUESTED"));
+        assert_eq!(completed.state, RecordState::Completed(done()));
         assert!(completed.completed_at.is_some());
         assert_eq!(completed.lease_owner, None);
         // Completed records are never taken over.
@@ -428,16 +428,13 @@ mod records {
         theirs.fingerprint = "a".repeat(64);
         let claims = [
             store
-                .claim(&request("anonymous", "shared"), "w", LONG, LONG)
+                .insert_new(&request("anonymous", "shared"), "w", LONG, LONG)
                 .await
                 .unwrap(),
-            store.claim(&theirs, "w", LONG, LONG).await.unwrap(),
+            store.insert_new(&theirs, "w", LONG, LONG).await.unwrap(),
         ];
         for claim in &claims {
-            assert!(
-                matches!(claim, Claim::Acquired(r) if r.epoch == 1),
-                "{claim:?}"
-            );
+            assert!(matches!(claim, Some(r) if r.epoch == 1), "{claim:?}");
         }
         let alice = store
             .get(&RequestKey {
@@ -453,15 +450,15 @@ mod records {
     async fn expired_leases_are_listed_and_expired_records_deleted(backend: Backend) {
         let (_db, store) = open(backend).await;
         store
-            .claim(&request("p", "leased"), "w", LONG, LONG)
+            .insert_new(&request("p", "leased"), "w", LONG, LONG)
             .await
             .unwrap();
         store
-            .claim(&request("p", "lapsed"), "w", Duration::ZERO, LONG)
+            .insert_new(&request("p", "lapsed"), "w", Duration::ZERO, LONG)
             .await
             .unwrap();
         store
-            .claim(&request("p", "expired"), "w", LONG, Duration::ZERO)
+            .insert_new(&request("p", "expired"), "w", LONG, Duration::ZERO)
             .await
             .unwrap();
         let lapsed = store.expired_leases(10).await.unwrap();
@@ -483,7 +480,57 @@ mod records {
         assert_eq!(store.delete_expired(10).await.unwrap(), 0);
     }
 
+    /// A value this version does not know (a newer version wrote it, or a person) is an
+    /// error when the row is read, never a guess that would be replayed for 30 days.
+    async fn unknown_values_in_a_row_are_decode_errors(backend: Backend) {
+        let (db, store) = open(backend).await;
+        for (column, value) in [
+            ("outcome", "STOP_DEFERRED"),
+            ("error_code", "EXECUTION_ON_FIRE"),
+            ("execution_status", "Paused"),
+        ] {
+            let token = format!("unknown-{column}");
+            let req = request("p", &token);
+            let record = store
+                .insert_new(&req, "w", LONG, LONG)
+                .await
+                .unwrap()
+                .unwrap();
+            let completion = if column == "error_code" {
+                Completion::Refused {
+                    error: store::RecordedError::ExecutionNotFound,
+                    status: None,
+                }
+            } else {
+                done()
+            };
+            store
+                .complete(&req.key, record.epoch, "w", &completion)
+                .await
+                .unwrap()
+                .unwrap();
+            // The schema checks outcomes: write past the check, as a newer version's schema
+            // would let it.
+            let bypass = match backend {
+                Backend::Postgres => {
+                    "ALTER TABLE stop_requests DROP CONSTRAINT IF EXISTS stop_requests_outcome_check"
+                }
+                Backend::Sqlite => "PRAGMA ignore_check_constraints = ON",
+            };
+            let update = format!(
+                "UPDATE stop_requests SET {column} = '{value}' WHERE client_token = '{token}'"
+            );
+            crate::common::execute(&db, &[bypass, &update]).await;
+            let error = store.get(&req.key).await.unwrap_err();
+            assert!(
+                matches!(&error, StoreError::Decode { column: c, value: v } if *c == column && v == value),
+                "{column}: {error:?}"
+            );
+        }
+    }
+
     on_both_databases!(
+        unknown_values_in_a_row_are_decode_errors,
         a_stale_owner_cannot_overwrite_a_newer_epoch,
         two_principals_with_one_token_do_not_collide,
         expired_leases_are_listed_and_expired_records_deleted,
