@@ -7,8 +7,10 @@
 //! (with jitter, up to `max_backoff`) while SageMaker fails or throttles, stops after a
 //! terminal snapshot, and ends `linger` after its last watcher left.
 //!
-//! Each stream is an `unfold` over its own small state: it computes its next message only when
-//! the transport asks for one (backpressure by construction, no task per stream).
+//! Each stream is an `unfold` over its own small state: it computes its next event only when
+//! the transport asks for one (backpressure by construction, no task per stream). Streams yield
+//! domain events ([`WatchEvent`]) and errors; the gRPC layer alone makes messages and statuses
+//! of them.
 
 use std::{
     pin::Pin,
@@ -19,15 +21,14 @@ use std::{
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use futures_util::stream::{self, Stream};
 use tokio::sync::watch;
-use tonic::Status;
 
 use crate::{
     domain::{ExecutionArn, ExecutionSnapshot},
     error::Error,
-    grpc::{execution_message, pb, timestamp},
     jitter::jittered,
     sagemaker::{SageMaker, UpstreamError},
 };
@@ -70,8 +71,28 @@ pub(crate) struct Watcher {
     stopping: watch::Receiver<bool>,
 }
 
+/// One message of a watch stream, numbered from 1.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchEvent {
+    pub(crate) sequence: u64,
+    pub(crate) kind: WatchEventKind,
+}
+
+/// What a watch stream says.
+#[derive(Debug, Clone)]
+pub(crate) enum WatchEventKind {
+    /// The execution as last read, when something a watcher cares about changed (and first).
+    Snapshot(Arc<ExecutionSnapshot>),
+    /// Nothing new for a quiet period; SageMaker was last read at this time.
+    Heartbeat {
+        last_observed_at: Option<DateTime<Utc>>,
+    },
+}
+
+/// The events of one watch, until a terminal snapshot (then the stream ends) or an error (its
+/// last item).
 pub(crate) type WatchStream =
-    Pin<Box<dyn Stream<Item = Result<pb::WatchExecutionResponse, Status>> + Send + 'static>>;
+    Pin<Box<dyn Stream<Item = Result<WatchEvent, Error>> + Send + 'static>>;
 
 /// Counts a stream while it lives.
 struct StreamSlot(Arc<AtomicUsize>);
@@ -243,7 +264,7 @@ struct StreamState {
     _slot: StreamSlot,
 }
 
-type Item = Result<pb::WatchExecutionResponse, Status>;
+type Item = Result<WatchEvent, Error>;
 
 impl StreamState {
     async fn next(mut self) -> Option<(Item, Self)> {
@@ -251,7 +272,7 @@ impl StreamState {
             return None;
         }
         if let Some(snapshot) = self.pending.take() {
-            return Some(self.snapshot(&snapshot));
+            return Some(self.snapshot(snapshot));
         }
         if *self.stopping.borrow() {
             return self.unavailable();
@@ -260,7 +281,7 @@ impl StreamState {
             changed = self.rx.changed() => {
                 let published = self.rx.borrow_and_update().clone();
                 match (changed, published) {
-                    (Ok(()), Published::Snapshot(snapshot)) => Some(self.snapshot(&snapshot)),
+                    (Ok(()), Published::Snapshot(snapshot)) => Some(self.snapshot(snapshot)),
                     // The poller ended without news (shutdown, or gone): reconnect.
                     _ => self.unavailable(),
                 }
@@ -268,12 +289,11 @@ impl StreamState {
             () = tokio::time::sleep(self.heartbeat) => {
                 self.sequence += 1;
                 let millis = self.poller.last_observed.load(Ordering::Relaxed);
-                let last = chrono::DateTime::from_timestamp_millis(millis).map(timestamp);
-                let item = pb::WatchExecutionResponse {
+                let item = WatchEvent {
                     sequence: self.sequence,
-                    event: Some(pb::watch_execution_response::Event::Heartbeat(pb::Heartbeat {
-                        last_observed_at: last,
-                    })),
+                    kind: WatchEventKind::Heartbeat {
+                        last_observed_at: DateTime::from_timestamp_millis(millis),
+                    },
                 };
                 Some((Ok(item), self))
             }
@@ -281,20 +301,18 @@ impl StreamState {
         }
     }
 
-    fn snapshot(mut self, snapshot: &ExecutionSnapshot) -> (Item, Self) {
+    fn snapshot(mut self, snapshot: Arc<ExecutionSnapshot>) -> (Item, Self) {
         self.sequence += 1;
         self.done = snapshot.status.is_terminal();
-        let item = pb::WatchExecutionResponse {
+        let item = WatchEvent {
             sequence: self.sequence,
-            event: Some(pb::watch_execution_response::Event::Execution(
-                execution_message(snapshot),
-            )),
+            kind: WatchEventKind::Snapshot(snapshot),
         };
         (Ok(item), self)
     }
 
     fn unavailable(mut self) -> Option<(Item, Self)> {
         self.done = true;
-        Some((Err(Error::ShuttingDown.into()), self))
+        Some((Err(Error::ShuttingDown), self))
     }
 }

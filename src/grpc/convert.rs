@@ -10,6 +10,7 @@ use super::pb;
 use crate::{
     domain::{ExecutionSnapshot, ExecutionStatus, StepDetail, StepStatus, StopOutcome},
     store::{Completion, RecordState, StopRecord},
+    watch::{WatchEvent, WatchEventKind},
 };
 
 pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -85,6 +86,20 @@ pub(crate) fn execution(snapshot: &ExecutionSnapshot) -> pb::Execution {
             })
             .collect(),
         observed_at: Some(timestamp(snapshot.observed_at)),
+    }
+}
+
+/// A watch stream's event as its message.
+pub(crate) fn watch_response(event: &WatchEvent) -> pb::WatchExecutionResponse {
+    use pb::watch_execution_response::Event;
+    pb::WatchExecutionResponse {
+        sequence: event.sequence,
+        event: Some(match &event.kind {
+            WatchEventKind::Snapshot(snapshot) => Event::Execution(execution(snapshot)),
+            WatchEventKind::Heartbeat { last_observed_at } => Event::Heartbeat(pb::Heartbeat {
+                last_observed_at: last_observed_at.map(timestamp),
+            }),
+        }),
     }
 }
 

@@ -8,9 +8,7 @@ mod guard;
 
 pub(crate) use guard::{Guard, GuardSettings};
 
-pub(crate) use convert::{execution as execution_message, timestamp};
-
-use std::sync::Arc;
+use std::{pin::Pin, sync::Arc};
 
 use tonic::{Request, Response, Status, metadata::MetadataValue};
 
@@ -116,7 +114,7 @@ fn end_if_revoked(
             }
             tokio::select! {
                 biased;
-                error = &mut revoked => Some((Err(Status::from(error)), (stream, revoked, true))),
+                error = &mut revoked => Some((Err(error), (stream, revoked, true))),
                 item = stream.next() => item.map(|item| (item, (stream, revoked, false))),
             }
         },
@@ -207,7 +205,9 @@ impl PipelineControl for PipelineControlService {
         Ok(Response::new(convert::execution(&snapshot)))
     }
 
-    type WatchExecutionStream = WatchStream;
+    type WatchExecutionStream = Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::WatchExecutionResponse, Status>> + Send>,
+    >;
 
     async fn watch_execution(
         &self,
@@ -215,13 +215,13 @@ impl PipelineControl for PipelineControlService {
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
         hooks::handler_entry().await;
         let (caller, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
-        let stream = self.watcher.watch(arn.clone()).await?;
-        Ok(Response::new(end_if_revoked(
-            stream,
-            self.auth.clone(),
-            caller,
-            arn,
-        )))
+        let events = self.watcher.watch(arn.clone()).await?;
+        let events = end_if_revoked(events, self.auth.clone(), caller, arn);
+        Ok(Response::new(Box::pin(events.map(|event| {
+            event
+                .map(|event| convert::watch_response(&event))
+                .map_err(Status::from)
+        }))))
     }
 
     async fn get_stop_request(
