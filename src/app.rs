@@ -1,27 +1,43 @@
 //! Builds the service and runs it until a shutdown signal.
 //!
-//! [`Application::build`] does everything that can fail before serving: connect the store,
-//! migrate it, bind the port (port 0 picks a free one, which tests rely on). [`Application::run`]
-//! then serves until SIGTERM or Ctrl-C, and shuts down in this order:
+//! [`Application::build`] constructs everything and does all that can fail before serving:
+//! load the credentials, connect and migrate the store, build the SageMaker client (once, for
+//! stops, reads and pollers alike), the stop and watch machinery, the server with its layers,
+//! and bind the port (port 0 picks a free one, which tests rely on). [`Application::run`] only
+//! serves, then drains. The tasks of a running service hang off one cancellation tree:
 //!
-//! 1. health turns NOT_SERVING, so load balancers stop sending new calls;
-//! 2. the server stops accepting connections and tells clients to go away (HTTP/2 GOAWAY),
-//!    while calls in flight run to completion;
-//! 3. streams are told to end (the shutdown [`watch`] channel), so they do not hold the drain;
-//! 4. after the grace period whatever is left is cut off; the store is closed last.
+//! ```text
+//! cut_off              cancelled when the grace period runs out: open connections fail
+//! └── draining         cancelled when shutdown starts: no new connections, streams end
+//!     └── background   health checker, completer, retention, reload on SIGHUP
+//! ```
+//!
+//! Shutdown, in order:
+//!
+//! 1. `draining` is cancelled: the server stops accepting connections and tells clients to go
+//!    away (HTTP/2 GOAWAY) while calls in flight run to completion; watch streams end with
+//!    UNAVAILABLE so they do not hold the drain; the background tasks stop, and once they
+//!    have, health turns NOT_SERVING (nothing can set SERVING again);
+//! 2. after the grace period whatever is left is cut off (`cut_off`);
+//! 3. stops still running on their own tasks get what is left of the grace; the emulator and
+//!    the store are closed last.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use sagemaker_emulator::{EmulatorServer, RunningEmulator};
-use tokio::{net::TcpListener, sync::watch};
+use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::transport::{
+    Certificate, Identity, Server, ServerTlsConfig,
+    server::{Router, TcpIncoming},
+};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     auth::{Auth, AuthSettings},
+    background::{self, Background, HealthChecker, Intervals},
     config::{SecurityArgs, ServeArgs},
     demo::{self, Demo},
     grpc::{Guard, GuardSettings, PipelineControlService, pb},
@@ -32,30 +48,39 @@ use crate::{
     watch::{WatchSettings, Watcher},
 };
 
-/// The gRPC service name health reports on, besides the whole server ("").
-const SERVICE_NAME: &str = "pipelinecontrol.v1.PipelineControl";
-
-/// A service ready to run: store migrated, port bound.
-#[derive(Debug)]
+/// A service ready to run: everything constructed, store migrated, port bound.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The gRPC server with every service and layer.
+    router: Router,
+    health: HealthReporter,
+    background: Background,
+    stopper: Arc<Stopper>,
     store: Arc<dyn Store>,
-    sagemaker: SageMaker,
     /// With `--emulator`: the in-process emulator, and the demo executions it holds.
     emulator: Option<RunningEmulator>,
     demo: Option<Demo>,
-    auth: Arc<Auth>,
-    guard: Arc<Guard>,
-    tls: Option<ServerTlsConfig>,
-    /// SIGHUP, listened for from the start (its default action would end the process).
-    hangup: tokio::signal::unix::Signal,
-    args: ServeArgs,
+    tls: bool,
+    /// The root of the cancellation tree (see the module doc), and its `draining` child.
+    cut_off: CancellationToken,
+    draining: CancellationToken,
+    shutdown_grace: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("local_addr", &self.local_addr)
+            .field("backend", &self.store.backend())
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Application {
-    /// Connects and migrates the store, builds the SageMaker client and binds the listen
-    /// address. Fails (without serving anything) when any of that fails.
+    /// Constructs the whole service and binds the listen address. Fails (without serving
+    /// anything) when any of that fails.
     pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
         // Credentials first: a bad file or a missing requirement stops the start at once.
         let auth = Arc::new(
@@ -101,6 +126,11 @@ impl Application {
         store.migrate().await?;
         tracing::info!(backend = ?store.backend(), "database ready");
 
+        // One client, with the configured attempts, for stops, reads and pollers alike.
+        let policy = CallPolicy {
+            max_attempts: args.upstream_attempts,
+            ..CallPolicy::default()
+        };
         let (emulator, sagemaker) = if args.emulator {
             let region = args.sagemaker.aws_region.as_deref().unwrap_or("us-east-1");
             let emulator = EmulatorServer::bind(
@@ -110,10 +140,10 @@ impl Application {
             .await
             .context("cannot start the SageMaker emulator")?
             .spawn();
-            let sagemaker = SageMaker::for_emulator(&emulator.endpoint_url, region);
+            let sagemaker = SageMaker::for_emulator(&emulator.endpoint_url, region, policy);
             (Some(emulator), sagemaker)
         } else {
-            (None, SageMaker::from_args(&args.sagemaker).await)
+            (None, SageMaker::from_args(&args.sagemaker, policy).await)
         };
         tracing::info!(
             region = sagemaker.region().unwrap_or("(none)"),
@@ -141,6 +171,67 @@ impl Application {
             None => None,
         };
 
+        let cut_off = CancellationToken::new();
+        let draining = cut_off.child_token();
+        let stopper = Arc::new(Stopper::new(
+            store.clone(),
+            sagemaker.clone(),
+            StopSettings {
+                lease: args.lease,
+                retention: args.idempotency_retention,
+                duplicate_wait: args.duplicate_wait,
+            },
+            worker_id(),
+        ));
+        let watcher = Watcher::new(
+            sagemaker.clone(),
+            WatchSettings {
+                poll_interval: args.poll_interval,
+                max_backoff: Duration::from_secs(30),
+                heartbeat: args.heartbeat_interval,
+                linger: args.poller_linger,
+                max_streams: args.max_watch_streams,
+            },
+            draining.clone(),
+        );
+        let service =
+            PipelineControlService::new(stopper.clone(), sagemaker, watcher, auth.clone());
+
+        // Health answers from the first call on: SERVING only if the (migrated) store answers
+        // now; the background checker keeps it up to date from then on.
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut checker = HealthChecker::new(store.clone(), health.clone());
+        checker.check().await;
+
+        // grpcurl 1.8.6 speaks only v1alpha; newer clients speak v1. Each lists every service,
+        // the other reflection version included.
+        let reflection_v1 = reflection()
+            .build_v1()
+            .context("cannot build reflection (v1)")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("cannot build reflection (v1alpha)")?;
+        let mut server = Server::builder()
+            .http2_keepalive_interval(
+                Some(limits.http2_keepalive_interval).filter(|interval| !interval.is_zero()),
+            )
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
+        let tls_on = tls.is_some();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).context("cannot configure TLS")?;
+        }
+        let router = server
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(
+                guard.wrap(
+                    pb::pipeline_control_server::PipelineControlServer::new(service)
+                        // The guard refuses larger messages first, with a clearer error.
+                        .max_decoding_message_size(limits.max_message_size as usize),
+                ),
+            );
+
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -150,15 +241,27 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            router,
+            health,
+            background: Background {
+                health: checker,
+                stopper: stopper.clone(),
+                auth,
+                hangup,
+                intervals: Intervals {
+                    health_check: args.health_check_interval,
+                    completer: args.completer_interval,
+                    retention: args.retention_interval,
+                },
+            },
+            stopper,
             store,
-            sagemaker,
             emulator,
             demo,
-            auth,
-            guard,
-            tls,
-            hangup,
-            args,
+            tls: tls_on,
+            cut_off,
+            draining,
+            shutdown_grace: args.shutdown_grace,
         })
     }
 
@@ -178,107 +281,32 @@ impl Application {
         let Self {
             listener,
             local_addr,
+            router,
+            health,
+            background,
+            stopper,
             store,
-            sagemaker,
             emulator,
             demo,
-            auth,
-            guard,
             tls,
-            hangup,
-            args,
+            cut_off,
+            draining,
+            shutdown_grace,
         } = self;
-
-        // One client, with the configured attempts, for stops, reads and pollers alike.
-        let sagemaker = sagemaker.with_policy(CallPolicy {
-            max_attempts: args.upstream_attempts,
-            ..CallPolicy::default()
-        });
-        let stopper = Arc::new(Stopper::new(
-            store.clone(),
-            sagemaker.clone(),
-            StopSettings {
-                lease: args.lease,
-                retention: args.idempotency_retention,
-                duplicate_wait: args.duplicate_wait,
-            },
-            worker_id(),
-        ));
-
-        // Health answers from the first call on: SERVING only if the (migrated) store answers now.
-        let (health, health_service) = tonic_health::server::health_reporter();
-        let mut checker = HealthChecker::new(store.clone(), health.clone());
-        checker.check().await;
-        let (stopping_tx, stopping_rx) = watch::channel(false);
-        let mut health_task =
-            tokio::spawn(checker.run(args.health_check_interval, stopping_rx.clone()));
-
-        // grpcurl 1.8.6 speaks only v1alpha; newer clients speak v1. Each lists every service,
-        // the other reflection version included.
-        let reflection_v1 = reflection()
-            .build_v1()
-            .context("cannot build reflection (v1)")?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .context("cannot build reflection (v1alpha)")?;
-
-        let watcher = Watcher::new(
-            sagemaker.clone(),
-            WatchSettings {
-                poll_interval: args.poll_interval,
-                max_backoff: Duration::from_secs(30),
-                heartbeat: args.heartbeat_interval,
-                linger: args.poller_linger,
-                max_streams: args.max_watch_streams,
-            },
-            stopping_rx.clone(),
-        );
-        let service =
-            PipelineControlService::new(stopper.clone(), sagemaker.clone(), watcher, auth.clone());
-        let limits = &args.limits;
-        let reloader = tokio::spawn(reload_on_hangup(auth, hangup, stopping_rx.clone()));
-        let maintenance = tokio::spawn(maintain(
-            stopper.clone(),
-            args.completer_interval,
-            args.retention_interval,
-            stopping_rx.clone(),
-        ));
-        let cut_off = CancellationToken::new();
+        let mut background = Some(background.start(draining.child_token()));
         let incoming = {
             let cut_off = cut_off.clone();
             TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .map(move |accepted| accepted.map(|io| CutOffIo::new(io, &cut_off)))
         };
-        let mut server_stop = stopping_rx.clone();
-        let tls_on = tls.is_some();
-        let mut builder = Server::builder()
-            .http2_keepalive_interval(
-                Some(limits.http2_keepalive_interval).filter(|interval| !interval.is_zero()),
-            )
-            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout));
-        if let Some(tls) = tls {
-            builder = builder.tls_config(tls).context("cannot configure TLS")?;
-        }
-        let server = builder
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                guard.wrap(
-                    pb::pipeline_control_server::PipelineControlServer::new(service)
-                        // The guard refuses larger messages first, with a clearer error.
-                        .max_decoding_message_size(limits.max_message_size as usize),
-                ),
-            )
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = server_stop.wait_for(|stopping| *stopping).await;
-            });
+        let server =
+            router.serve_with_incoming_shutdown(incoming, draining.clone().cancelled_owned());
         tokio::pin!(server);
         tracing::info!(address = %local_addr, "serving gRPC");
         if let Some(demo) = &demo {
             // For the person who ran the demo; standard output stays for logs.
-            eprintln!("{}", demo.banner(&local_addr.to_string(), tls_on));
+            eprintln!("{}", demo.banner(&local_addr.to_string(), tls));
         }
 
         let mut shutdown_started = None;
@@ -291,33 +319,32 @@ impl Application {
             Some(result) => result.context("the gRPC server failed"),
             None => {
                 shutdown_started = Some(tokio::time::Instant::now());
-                tracing::info!(grace = ?args.shutdown_grace, "shutting down: draining calls in flight");
-                // Stop the server accepting and the health checker checking, then report
-                // NOT_SERVING: once the checker has ended nothing can set SERVING again.
-                let _ = stopping_tx.send(true);
-                let _ = (&mut health_task).await;
-                set_health(&health, ServingStatus::NotServing).await;
-                match tokio::time::timeout(args.shutdown_grace, &mut server).await {
+                tracing::info!(grace = ?shutdown_grace, "shutting down: draining calls in flight");
+                draining.cancel();
+                // Once the health checker has ended, nothing can set SERVING again.
+                if let Some(background) = background.take() {
+                    background.stop().await;
+                }
+                background::set_health(&health, ServingStatus::NotServing).await;
+                match tokio::time::timeout(shutdown_grace, &mut server).await {
                     Ok(result) => result.context("the gRPC server failed while draining"),
                     Err(_) => {
-                        tracing::warn!(grace = ?args.shutdown_grace, "calls still in flight after the grace period were cut off");
+                        tracing::warn!(grace = ?shutdown_grace, "calls still in flight after the grace period were cut off");
                         cut_off.cancel();
                         Ok(())
                     }
                 }
             }
         };
-        let _ = stopping_tx.send(true);
-        if !health_task.is_finished() {
-            let _ = health_task.await;
+        draining.cancel();
+        if let Some(background) = background.take() {
+            background.stop().await;
         }
-        let _ = maintenance.await;
-        let _ = reloader.await;
         // Stops whose callers were cut off may still be running: give them what is left of
         // the grace period (at least a second).
         let left = shutdown_started
-            .map_or(args.shutdown_grace, |started| {
-                args.shutdown_grace.saturating_sub(started.elapsed())
+            .map_or(shutdown_grace, |started| {
+                shutdown_grace.saturating_sub(started.elapsed())
             })
             .max(Duration::from_secs(1));
         stopper.shutdown(left).await;
@@ -329,26 +356,6 @@ impl Application {
         store.close().await;
         tracing::info!("stopped");
         result
-    }
-}
-
-/// Reloads the token and policy files on each SIGHUP, until shutdown.
-async fn reload_on_hangup(
-    auth: Arc<Auth>,
-    mut hangup: tokio::signal::unix::Signal,
-    mut stopping: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = stopping.wait_for(|stopping| *stopping) => return,
-            received = hangup.recv() => {
-                if received.is_none() {
-                    return;
-                }
-                tracing::info!("received SIGHUP: reloading the token and policy files");
-                auth.reload();
-            }
-        }
     }
 }
 
@@ -410,50 +417,6 @@ fn worker_id() -> String {
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Expired records are deleted at most this many per statement.
-const RETENTION_BATCH: u32 = 1000;
-
-/// Background maintenance until shutdown: finishes stop requests whose owner died, and deletes
-/// expired records in bounded batches.
-async fn maintain(
-    stopper: Arc<Stopper>,
-    completer_interval: Duration,
-    retention_interval: Duration,
-    mut stopping: watch::Receiver<bool>,
-) {
-    let mut completer = tokio::time::interval(completer_interval);
-    let mut sweeper = tokio::time::interval(retention_interval);
-    completer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        if *stopping.borrow() {
-            return;
-        }
-        tokio::select! {
-            // The flag only ever turns true; any change (or a closed channel) means stop.
-            _ = stopping.changed() => return,
-            _ = completer.tick() => {
-                match stopper.complete_abandoned(100).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(completed = n, "completed abandoned stop requests"),
-                    Err(error) => tracing::warn!(%error, "the completer could not run"),
-                }
-            }
-            _ = sweeper.tick() => {
-                loop {
-                    match stopper.delete_expired(RETENTION_BATCH).await {
-                        Ok(n) if n == u64::from(RETENTION_BATCH) => continue,
-                        Ok(0) => {}
-                        Ok(n) => tracing::info!(deleted = n, "deleted expired stop requests"),
-                        Err(error) => tracing::warn!(%error, "could not delete expired stop requests"),
-                    }
-                    break;
-                }
-            }
-        }
-    }
-}
-
 /// Server reflection over every service this server offers, and over the google.rpc error
 /// details its errors carry (so grpcurl prints an ErrorInfo rather than its bytes).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -465,65 +428,3 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health.set_service_status(SERVICE_NAME, status).await;
-}
-
-/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does
-/// not. Logs each change once, not each failed check.
-struct HealthChecker {
-    store: Arc<dyn Store>,
-    health: HealthReporter,
-    healthy: Option<bool>,
-}
-
-impl HealthChecker {
-    fn new(store: Arc<dyn Store>, health: HealthReporter) -> Self {
-        Self {
-            store,
-            health,
-            healthy: None,
-        }
-    }
-
-    async fn check(&mut self) {
-        let healthy = match self.store.ping().await {
-            Ok(()) => true,
-            Err(error) => {
-                if self.healthy != Some(false) {
-                    tracing::warn!(%error, "database check failed; health is NOT_SERVING");
-                }
-                false
-            }
-        };
-        if self.healthy == Some(healthy) {
-            return;
-        }
-        if healthy && self.healthy.is_some() {
-            tracing::info!("database reachable again; health is SERVING");
-        }
-        let status = if healthy {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        set_health(&self.health, status).await;
-        self.healthy = Some(healthy);
-    }
-
-    /// Checks every `interval` until shutdown starts. Shutdown itself sets NOT_SERVING, and a
-    /// check finishing late must not undo that, hence the test after each check.
-    async fn run(mut self, interval: Duration, mut stopping: watch::Receiver<bool>) {
-        loop {
-            tokio::select! {
-                _ = stopping.wait_for(|stopping| *stopping) => return,
-                () = tokio::time::sleep(interval) => {}
-            }
-            tokio::select! {
-                _ = stopping.wait_for(|stopping| *stopping) => return,
-                () = self.check() => {}
-            }
-        }
-    }
-}

@@ -27,6 +27,7 @@
 
 pub mod app;
 mod audit;
+mod background;
 mod auth;
 pub mod config;
 mod demo;

@@ -212,13 +212,12 @@ pub(crate) struct SageMaker {
 impl SageMaker {
     /// Builds the client. Credentials are resolved lazily, at the first call, so a machine
     /// without credentials can still start the service (and its health reflects the database).
-    pub(crate) async fn from_args(args: &SageMakerArgs) -> Self {
+    pub(crate) async fn from_args(args: &SageMakerArgs, policy: CallPolicy) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
         if let Some(region) = &args.aws_region {
             loader = loader.region(Region::new(region.clone()));
         }
         let shared = loader.load().await;
-        let policy = CallPolicy::default();
         let mut config = aws_sdk_sagemaker::config::Builder::from(&shared)
             .retry_config(policy.retry())
             .timeout_config(policy.timeouts());
@@ -241,8 +240,7 @@ impl SageMaker {
     }
 
     /// A client for an emulator at `endpoint`, with dummy credentials.
-    pub(crate) fn for_emulator(endpoint: &str, region: &str) -> Self {
-        let policy = CallPolicy::default();
+    pub(crate) fn for_emulator(endpoint: &str, region: &str, policy: CallPolicy) -> Self {
         let config = aws_sdk_sagemaker::Config::builder()
             .retry_config(policy.retry())
             .timeout_config(policy.timeouts())
@@ -298,21 +296,6 @@ impl SageMaker {
             .pipeline_execution_arn()
             .map(str::to_string)
             .context("StartPipelineExecution returned no execution ARN")
-    }
-
-    /// The same client with another call policy (tests and tuning).
-    pub(crate) fn with_policy(&self, policy: CallPolicy) -> Self {
-        let config = self
-            .client
-            .config()
-            .to_builder()
-            .retry_config(policy.retry())
-            .timeout_config(policy.timeouts())
-            .build();
-        Self {
-            client: aws_sdk_sagemaker::Client::from_conf(config),
-            endpoint: self.endpoint.clone(),
-        }
     }
 
     /// StopPipelineExecution with our own upstream token (never one the SDK makes up, so

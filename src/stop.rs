@@ -597,7 +597,11 @@ mod tests {
         let stopper = Arc::new(Stopper::new(
             store.clone(),
             // Never called: the request is another replica's, under a live lease.
-            SageMaker::for_emulator("http://127.0.0.1:9", "us-east-1"),
+            SageMaker::for_emulator(
+                "http://127.0.0.1:9",
+                "us-east-1",
+                crate::sagemaker::CallPolicy::default(),
+            ),
             StopSettings {
                 lease: hour,
                 retention: hour,

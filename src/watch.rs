@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use futures_util::stream::{self, Stream};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{ExecutionArn, ExecutionSnapshot},
@@ -68,7 +69,8 @@ pub(crate) struct Watcher {
     settings: WatchSettings,
     pollers: DashMap<String, Arc<Poller>>,
     streams: Arc<AtomicUsize>,
-    stopping: watch::Receiver<bool>,
+    /// Cancelled when the server starts draining: pollers and streams end.
+    stopping: CancellationToken,
 }
 
 /// One message of a watch stream, numbered from 1.
@@ -107,7 +109,7 @@ impl Watcher {
     pub(crate) fn new(
         sagemaker: SageMaker,
         settings: WatchSettings,
-        stopping: watch::Receiver<bool>,
+        stopping: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
             sagemaker,
@@ -192,7 +194,7 @@ impl Watcher {
     async fn poll(self: Arc<Self>, arn: ExecutionArn, poller: Arc<Poller>) {
         let mut delay = self.settings.poll_interval;
         let mut last_digest: Option<Vec<String>> = None;
-        let mut stopping = self.stopping.clone();
+        let stopping = self.stopping.clone();
         loop {
             match self.sagemaker.execution(&arn).await {
                 Ok(Some(snapshot)) => {
@@ -242,7 +244,7 @@ impl Watcher {
             }
             tokio::select! {
                 () = tokio::time::sleep(jittered(delay, 0.1)) => {}
-                _ = stopping.changed() => break,
+                () = stopping.cancelled() => break,
             }
         }
         // A final state (terminal, not found, unreachable at first, shutdown): later watchers
@@ -255,7 +257,7 @@ impl Watcher {
 struct StreamState {
     rx: watch::Receiver<Published>,
     poller: Arc<Poller>,
-    stopping: watch::Receiver<bool>,
+    stopping: CancellationToken,
     heartbeat: Duration,
     sequence: u64,
     /// A snapshot to send before anything else.
@@ -274,7 +276,7 @@ impl StreamState {
         if let Some(snapshot) = self.pending.take() {
             return Some(self.snapshot(snapshot));
         }
-        if *self.stopping.borrow() {
+        if self.stopping.is_cancelled() {
             return self.unavailable();
         }
         tokio::select! {
@@ -297,7 +299,7 @@ impl StreamState {
                 };
                 Some((Ok(item), self))
             }
-            _ = self.stopping.changed() => self.unavailable(),
+            () = self.stopping.cancelled() => self.unavailable(),
         }
     }
 

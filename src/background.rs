@@ -1,0 +1,224 @@
+//! The service's background tasks, started together and stopped together through one
+//! cancellation token (a child of the server's draining token):
+//!
+//! - the health checker keeps health in step with the database (SERVING while it answers);
+//! - the completer finishes stop requests whose owner died (lease run out), with no retry
+//!   from their callers;
+//! - the retention sweeper deletes expired stop requests in bounded batches;
+//! - the reloader reloads the token and policy files on SIGHUP.
+//!
+//! [`Background::stop`] cancels them all and waits until each has ended, so that nothing they
+//! do (a late health check setting SERVING, say) happens after it returns.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{auth::Auth, stop::Stopper, store::Store};
+
+/// The gRPC service name health reports on, besides the whole server ("").
+pub(crate) const SERVICE_NAME: &str = "pipelinecontrol.v1.PipelineControl";
+
+/// Expired records are deleted at most this many per statement.
+const RETENTION_BATCH: u32 = 1000;
+
+/// Abandoned stop requests finished per round of the completer.
+const COMPLETER_BATCH: u32 = 100;
+
+/// How often each task runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Intervals {
+    pub(crate) health_check: Duration,
+    pub(crate) completer: Duration,
+    pub(crate) retention: Duration,
+}
+
+/// What the background tasks work on, gathered before serving.
+#[derive(Debug)]
+pub(crate) struct Background {
+    pub(crate) health: HealthChecker,
+    pub(crate) stopper: Arc<Stopper>,
+    pub(crate) auth: Arc<Auth>,
+    /// SIGHUP, listened for from the start (its default action would end the process).
+    pub(crate) hangup: tokio::signal::unix::Signal,
+    pub(crate) intervals: Intervals,
+}
+
+/// The background tasks, running.
+#[derive(Debug)]
+pub(crate) struct Running {
+    tasks: JoinSet<()>,
+    token: CancellationToken,
+}
+
+impl Background {
+    /// Starts every task; they end when `token` is cancelled.
+    pub(crate) fn start(self, token: CancellationToken) -> Running {
+        let Self {
+            health,
+            stopper,
+            auth,
+            hangup,
+            intervals,
+        } = self;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(health.run(intervals.health_check, token.clone()));
+        tasks.spawn(complete_abandoned(
+            stopper.clone(),
+            intervals.completer,
+            token.clone(),
+        ));
+        tasks.spawn(delete_expired(stopper, intervals.retention, token.clone()));
+        tasks.spawn(reload_on_hangup(auth, hangup, token.clone()));
+        Running { tasks, token }
+    }
+}
+
+impl Running {
+    /// Cancels every task and waits for each to end.
+    pub(crate) async fn stop(mut self) {
+        self.token.cancel();
+        while let Some(ended) = self.tasks.join_next().await {
+            if let Err(error) = ended {
+                tracing::error!(%error, "a background task failed");
+            }
+        }
+    }
+}
+
+/// Runs `round` every `interval` (the first at once) until `token` is cancelled. A round in
+/// progress runs to its end: a stop the completer carries out is finished and recorded, not
+/// left to its lease.
+async fn every<F, Fut>(interval: Duration, token: CancellationToken, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = token.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        round().await;
+    }
+}
+
+async fn complete_abandoned(stopper: Arc<Stopper>, interval: Duration, token: CancellationToken) {
+    every(interval, token, || async {
+        match stopper.complete_abandoned(COMPLETER_BATCH).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(completed = n, "completed abandoned stop requests"),
+            Err(error) => tracing::warn!(%error, "the completer could not run"),
+        }
+    })
+    .await;
+}
+
+async fn delete_expired(stopper: Arc<Stopper>, interval: Duration, token: CancellationToken) {
+    every(interval, token, || async {
+        loop {
+            match stopper.delete_expired(RETENTION_BATCH).await {
+                Ok(n) if n == u64::from(RETENTION_BATCH) => continue,
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted expired stop requests"),
+                Err(error) => tracing::warn!(%error, "could not delete expired stop requests"),
+            }
+            break;
+        }
+    })
+    .await;
+}
+
+/// Reloads the token and policy files on each SIGHUP.
+async fn reload_on_hangup(
+    auth: Arc<Auth>,
+    mut hangup: tokio::signal::unix::Signal,
+    token: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            received = hangup.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                tracing::info!("received SIGHUP: reloading the token and policy files");
+                auth.reload();
+            }
+        }
+    }
+}
+
+/// Sets the health of the whole server and of the service.
+pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does
+/// not. Logs each change once, not each failed check.
+#[derive(Debug)]
+pub(crate) struct HealthChecker {
+    store: Arc<dyn Store>,
+    health: HealthReporter,
+    healthy: Option<bool>,
+}
+
+impl HealthChecker {
+    pub(crate) fn new(store: Arc<dyn Store>, health: HealthReporter) -> Self {
+        Self {
+            store,
+            health,
+            healthy: None,
+        }
+    }
+
+    /// Checks the database once and reports what it found.
+    pub(crate) async fn check(&mut self) {
+        let healthy = match self.store.ping().await {
+            Ok(()) => true,
+            Err(error) => {
+                if self.healthy != Some(false) {
+                    tracing::warn!(%error, "database check failed; health is NOT_SERVING");
+                }
+                false
+            }
+        };
+        if self.healthy == Some(healthy) {
+            return;
+        }
+        if healthy && self.healthy.is_some() {
+            tracing::info!("database reachable again; health is SERVING");
+        }
+        let status = if healthy {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_health(&self.health, status).await;
+        self.healthy = Some(healthy);
+    }
+
+    /// Checks every `interval` (the first check was made before serving) until cancelled.
+    /// Shutdown itself sets NOT_SERVING once this has ended, so a check finishing late cannot
+    /// undo that.
+    async fn run(mut self, interval: Duration, token: CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            tokio::select! {
+                biased;
+                () = token.cancelled() => return,
+                () = self.check() => {}
+            }
+        }
+    }
+}
