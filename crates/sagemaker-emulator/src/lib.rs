@@ -9,21 +9,38 @@
 //! emulated time that `time_scale` speeds up. A small admin surface under `/_emulator/` counts
 //! calls, shows the messages Callback steps would have sent, and injects faults.
 //!
-//! - [`wire`]: the HTTP protocol; [`ops`]: the operations; [`validate`]: AWS-style validation.
-//! - [`definition`]: pipeline definitions; [`engine`]: the execution state machine.
-//! - [`state`]: the data, in sharded maps with a lock per execution; [`clock`]: time and ids.
-//! - [`faults`] and [`admin`]: fault injection and the admin surface.
+//! # Layout
+//!
+//! - This file: the server ([`EmulatorServer`] binds, then serves; [`RunningEmulator`] in the
+//!   background) and its routes. `options`: how an emulator behaves ([`EmulatorOptions`]).
+//!   [`cli`]: the command line of the binary and of `pipeline-control emulator`.
+//! - `wire`: the HTTP protocol; `error`: SageMaker's error shapes, the only place a SageMaker
+//!   error becomes a response.
+//! - `ops`: the operations, with ClientRequestToken replay; `validate`: AWS-style
+//!   validation.
+//! - [`definition`]: pipeline definitions; `engine`: the execution state machine.
+//! - `state`: the data, in sharded maps with a lock per execution and per token record;
+//!   `clock`: time and ids.
+//! - `faults` and `admin`: fault injection and the admin surface.
+//!
+//! A module imports only modules of the groups after its own, in this order, so none imports
+//! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`; `state`, `validate`;
+//! `engine`, `error`; `definition`, `faults`, `options`; `clock`.
 
 mod admin;
 pub mod cli;
 mod clock;
 pub mod definition;
 mod engine;
+mod error;
 mod faults;
 mod ops;
+mod options;
 mod state;
 mod validate;
 mod wire;
+
+pub use options::EmulatorOptions;
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
@@ -34,30 +51,6 @@ use axum::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 use state::Emulator;
-
-/// How an emulator behaves.
-#[derive(Debug, Clone)]
-pub struct EmulatorOptions {
-    /// Emulated seconds per real second (60 runs a one-minute step in one second).
-    pub time_scale: f64,
-    /// Seed for identifiers: the same calls in the same order give the same ids.
-    pub seed: Option<u64>,
-    /// The region in ARNs.
-    pub region: String,
-    /// The 12-digit account id in ARNs.
-    pub account_id: String,
-}
-
-impl Default for EmulatorOptions {
-    fn default() -> Self {
-        Self {
-            time_scale: 1.0,
-            seed: None,
-            region: "us-east-1".into(),
-            account_id: "123456789012".into(),
-        }
-    }
-}
 
 fn router(emulator: Arc<Emulator>) -> Router {
     Router::new()
@@ -98,11 +91,6 @@ impl EmulatorServer {
             local_addr,
             emulator: Arc::new(Emulator::new(options)),
         })
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
     }
 
     /// The endpoint URL to give an SDK (`http://127.0.0.1:PORT`).

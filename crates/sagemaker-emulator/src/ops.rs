@@ -1,17 +1,17 @@
 //! The SageMaker operations: input checked as SageMaker checks it, state changed through the
 //! engine, output shaped as the API model says (PascalCase members, epoch-second times).
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{
     definition::{self, StepKind},
     engine::{ExecutionState, Refusal, StepRun},
+    error::AwsError,
     state::{Emulator, Execution, ExecutionCell, IdempotentAnswer, Operation, Pipeline},
     validate::{Validator, patterns},
-    wire::AwsError,
 };
 
 type OpResult = Result<Value, AwsError>;
@@ -36,12 +36,16 @@ fn parse<T: for<'de> Deserialize<'de>>(input: Value) -> Result<T, AwsError> {
     serde_json::from_value(input).map_err(|e| AwsError::serialization(e.to_string()))
 }
 
-fn validation(v: Validator) -> Result<(), AwsError> {
-    v.finish().map_err(AwsError::validation)
-}
-
 /// Answers from the record of an earlier call with the same ClientRequestToken, or runs `f`
-/// and records its success. The same token with a different request is refused.
+/// and records its success; the same token with a different request is refused.
+///
+/// The check and the action are one step: the token's record stays locked from the look-up
+/// until this call's answer is in it, so of identical calls arriving together exactly one runs
+/// `f` and the others wait for it, then replay its answer (SageMaker's behaviour, and what a
+/// client retrying after a timeout relies on). Only calls with the same operation and token
+/// wait for each other. Lock order: a token's record, then what `f` locks (an execution, the
+/// callback-token map, a pipeline's runs, a map shard); nothing takes a record while holding
+/// one of those. A failure records nothing, so the next call with the token tries afresh.
 fn idempotent(
     emulator: &Emulator,
     op: Operation,
@@ -50,12 +54,15 @@ fn idempotent(
     f: impl FnOnce() -> OpResult,
 ) -> OpResult {
     let Some(token) = token else { return f() };
-    let mut request = canonical(input);
+    // JSON objects compare regardless of member order.
+    let mut request = input.clone();
     if let Value::Object(map) = &mut request {
         map.remove("ClientRequestToken");
     }
-    let key = (op, token.to_string());
-    if let Some(previous) = emulator.idempotency.get(&key) {
+    let record = emulator.token_record(op, token);
+    // `f` panicking leaves the record empty, which is still a consistent state.
+    let mut record = record.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(previous) = &*record {
         return if previous.request == request {
             Ok(previous.response.clone())
         } else {
@@ -65,29 +72,11 @@ fn idempotent(
         };
     }
     let response = f()?;
-    emulator.idempotency.entry(key).or_insert(IdempotentAnswer {
+    *record = Some(IdempotentAnswer {
         request,
         response: response.clone(),
     });
     Ok(response)
-}
-
-/// `value` with object keys sorted, so equal requests compare equal.
-fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), canonical(v)))
-                    .collect::<Map<_, _>>(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        other => other.clone(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,14 +130,14 @@ fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult 
         input.pipeline_name.as_deref(),
         1,
         256,
-        Some(patterns::PIPELINE_NAME),
+        Some(&patterns::PIPELINE_NAME),
     );
     v.string(
         "PipelineDisplayName",
         input.pipeline_display_name.as_deref(),
         1,
         256,
-        Some(patterns::PIPELINE_NAME),
+        Some(&patterns::PIPELINE_NAME),
     );
     v.string(
         "PipelineDefinition",
@@ -176,21 +165,21 @@ fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult 
         input.role_arn.as_deref(),
         20,
         2048,
-        Some(patterns::ROLE_ARN),
+        Some(&patterns::ROLE_ARN),
     );
     v.list_len("Tags", input.tags.as_ref().map(Vec::len), 0, 50);
     for (i, tag) in input.tags.iter().flatten().enumerate() {
         let key = format!("Tags.{}.member.Key", i + 1);
-        v.required_string(&key, tag.key.as_deref(), 1, 128, Some(patterns::TAG));
+        v.required_string(&key, tag.key.as_deref(), 1, 128, Some(&patterns::TAG));
         let value = format!("Tags.{}.member.Value", i + 1);
-        v.required_string(&value, tag.value.as_deref(), 0, 256, Some(patterns::TAG));
+        v.required_string(&value, tag.value.as_deref(), 0, 256, Some(&patterns::TAG));
     }
     check_parallelism(
         &mut v,
         "ParallelismConfiguration",
         input.parallelism_configuration.as_ref(),
     );
-    validation(v)?;
+    v.finish()?;
 
     let name = input.pipeline_name.unwrap_or_default();
     let definition = match (
@@ -288,10 +277,10 @@ fn describe_pipeline(emulator: &Emulator, input: DescribePipelineInput) -> OpRes
         input.pipeline_name.as_deref(),
         1,
         2048,
-        Some(patterns::PIPELINE_NAME_OR_ARN),
+        Some(&patterns::PIPELINE_NAME_OR_ARN),
     );
     v.range("PipelineVersionId", input.pipeline_version_id, 1, None);
-    validation(v)?;
+    v.finish()?;
     let pipeline = find_pipeline(emulator, input.pipeline_name.as_deref().unwrap_or_default())?;
     let last_run = pipeline
         .runs
@@ -367,14 +356,14 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
         input.pipeline_name.as_deref(),
         1,
         2048,
-        Some(patterns::PIPELINE_NAME_OR_ARN),
+        Some(&patterns::PIPELINE_NAME_OR_ARN),
     );
     v.string(
         "PipelineExecutionDisplayName",
         input.pipeline_execution_display_name.as_deref(),
         1,
         82,
-        Some(patterns::PIPELINE_EXECUTION_NAME),
+        Some(&patterns::PIPELINE_EXECUTION_NAME),
     );
     v.string(
         "PipelineExecutionDescription",
@@ -403,7 +392,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
             p.name.as_deref(),
             1,
             256,
-            Some(patterns::PIPELINE_PARAMETER_NAME),
+            Some(&patterns::PIPELINE_PARAMETER_NAME),
         );
         let value = format!("PipelineParameters.{}.member.Value", i + 1);
         v.required_string(&value, p.value.as_deref(), 0, 1024, None);
@@ -419,7 +408,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
             selective.source_pipeline_execution_arn.as_deref(),
             0,
             2048,
-            Some(patterns::PIPELINE_EXECUTION_ARN),
+            Some(&patterns::PIPELINE_EXECUTION_ARN),
         );
         let steps = "SelectiveExecutionConfig.SelectedSteps";
         if v.required(steps, selective.selected_steps.as_ref()) {
@@ -443,7 +432,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
         256,
         None,
     );
-    validation(v)?;
+    v.finish()?;
 
     if input.selective_execution_config.is_some() {
         return Err(AwsError::validation(
@@ -532,7 +521,7 @@ fn check_execution_arn(v: &mut Validator, arn: Option<&String>) {
             arn.map(String::as_str),
             0,
             2048,
-            Some(patterns::PIPELINE_EXECUTION_ARN),
+            Some(&patterns::PIPELINE_EXECUTION_ARN),
         );
     }
 }
@@ -554,7 +543,7 @@ struct ExecutionArnInput {
 fn describe_execution(emulator: &Emulator, input: ExecutionArnInput) -> OpResult {
     let mut v = Validator::default();
     check_execution_arn(&mut v, input.pipeline_execution_arn.as_ref());
-    validation(v)?;
+    v.finish()?;
     let cell = find_execution(
         emulator,
         input.pipeline_execution_arn.as_deref().unwrap_or_default(),
@@ -624,7 +613,7 @@ fn list_executions(emulator: &Emulator, input: ListExecutionsInput) -> OpResult 
         input.pipeline_name.as_deref(),
         1,
         2048,
-        Some(patterns::PIPELINE_NAME_OR_ARN),
+        Some(&patterns::PIPELINE_NAME_OR_ARN),
     );
     v.one_of(
         "SortBy",
@@ -638,7 +627,7 @@ fn list_executions(emulator: &Emulator, input: ListExecutionsInput) -> OpResult 
     );
     v.string("NextToken", input.next_token.as_deref(), 0, 8192, None);
     v.range("MaxResults", input.max_results, 1, Some(100));
-    validation(v)?;
+    v.finish()?;
     let pipeline = find_pipeline(emulator, input.pipeline_name.as_deref().unwrap_or_default())?;
     let mut cells: Vec<Arc<ExecutionCell>> = pipeline
         .runs
@@ -711,7 +700,7 @@ fn list_steps(emulator: &Emulator, input: ListStepsInput) -> OpResult {
         input.sort_order.as_deref(),
         &["Ascending", "Descending"],
     );
-    validation(v)?;
+    v.finish()?;
     let cell = find_execution(
         emulator,
         input.pipeline_execution_arn.as_deref().unwrap_or_default(),
@@ -866,7 +855,7 @@ fn check_action(input: &ExecutionActionInput) -> Result<(), AwsError> {
         "ParallelismConfiguration",
         input.parallelism_configuration.as_ref(),
     );
-    validation(v)
+    v.finish()
 }
 
 fn refusal(r: Refusal) -> AwsError {
@@ -956,7 +945,7 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
         input.callback_token.as_deref(),
         10,
         10,
-        Some(patterns::CALLBACK_TOKEN),
+        Some(&patterns::CALLBACK_TOKEN),
     );
     v.list_len(
         "OutputParameters",
@@ -984,7 +973,7 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
         128,
         None,
     );
-    validation(v)?;
+    v.finish()?;
 
     let token = input.callback_token.clone().unwrap_or_default();
     // A token is registered as soon as anyone can have seen it (see `state::Locked`).
@@ -1029,4 +1018,46 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
             Ok(json!({ "PipelineExecutionArn": cell.arn }))
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmulatorOptions;
+
+    #[test]
+    fn a_replay_matches_its_request_whatever_the_member_order() {
+        let emulator = Emulator::new(&EmulatorOptions::default());
+        let op = Operation::StopPipelineExecution;
+        let first = json!({"A": 1, "B": {"X": 1, "Y": [1, 2]}, "ClientRequestToken": "t"});
+        let reordered: Value = serde_json::from_str(
+            r#"{"ClientRequestToken": "t", "B": {"Y": [1, 2], "X": 1}, "A": 1}"#,
+        )
+        .unwrap();
+        let answer = json!({"PipelineExecutionArn": "arn"});
+        let once = || Ok(answer.clone());
+        assert_eq!(
+            idempotent(&emulator, op, Some("t"), &first, once),
+            Ok(answer.clone())
+        );
+
+        let again = || panic!("a replay ran the operation again");
+        assert_eq!(
+            idempotent(&emulator, op, Some("t"), &reordered, again),
+            Ok(answer)
+        );
+        let other = idempotent(&emulator, op, Some("t"), &json!({"A": 2}), again);
+        assert_eq!(other.unwrap_err().code, "ValidationException");
+    }
+
+    #[test]
+    fn a_failure_is_not_recorded() {
+        let emulator = Emulator::new(&EmulatorOptions::default());
+        let op = Operation::RetryPipelineExecution;
+        let input = json!({"PipelineExecutionArn": "arn"});
+        let refused = || Err(AwsError::validation("not now"));
+        assert!(idempotent(&emulator, op, Some("t"), &input, refused).is_err());
+        let ok = || Ok(json!({"PipelineExecutionArn": "arn"}));
+        assert!(idempotent(&emulator, op, Some("t"), &input, ok).is_ok());
+    }
 }

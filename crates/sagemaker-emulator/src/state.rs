@@ -1,7 +1,7 @@
 //! The emulator's data: pipelines, executions, callback tokens, idempotency records, call
-//! counts and faults. Every map is sharded (DashMap) and every execution has its own lock, so
-//! requests about different executions never wait for each other: there is no global lock on
-//! the request path.
+//! counts and faults. Every map is sharded (DashMap), and every execution and every
+//! ClientRequestToken record has its own lock, so requests about different executions never
+//! wait for each other: there is no global lock on the request path.
 
 use std::sync::{
     Arc, Mutex, MutexGuard,
@@ -12,11 +12,11 @@ use dashmap::DashMap;
 use serde_json::Value;
 
 use super::{
-    EmulatorOptions,
     clock::{Clock, Ids, VTime},
     definition::PipelineSpec,
     engine::ExecutionState,
     faults::Faults,
+    options::EmulatorOptions,
 };
 
 /// The operations the emulator serves, in the order stats list them.
@@ -152,8 +152,8 @@ impl std::ops::DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        // Lock order: an execution, then a shard of the token map; nothing takes them the
-        // other way round.
+        // Lock order: an execution, then a shard of the callback-token map; nothing takes
+        // them the other way round.
         let execution = &mut *self.execution;
         for message in &execution.state.messages[execution.registered_messages..] {
             if let Some(token) = message.body.get("token").and_then(|t| t.as_str()) {
@@ -174,6 +174,11 @@ pub(crate) struct IdempotentAnswer {
     pub(crate) response: Value,
 }
 
+/// What one operation keeps for one ClientRequestToken: empty until a call with it succeeds.
+/// A call holds the lock from its look-up to its recording (see `ops::idempotent`); like an
+/// execution's, it is never held across an await.
+pub(crate) type TokenRecord = Arc<Mutex<Option<IdempotentAnswer>>>;
+
 /// Everything the emulator holds.
 #[derive(Debug)]
 pub(crate) struct Emulator {
@@ -186,7 +191,7 @@ pub(crate) struct Emulator {
     pub(crate) executions: DashMap<String, Arc<ExecutionCell>>,
     /// Callback token → the execution holding it.
     pub(crate) callback_tokens: DashMap<String, Arc<ExecutionCell>>,
-    pub(crate) idempotency: DashMap<(Operation, String), IdempotentAnswer>,
+    idempotency: DashMap<(Operation, String), TokenRecord>,
     calls: [AtomicU64; 10],
     pub(crate) faults: Faults,
 }
@@ -221,6 +226,15 @@ impl Emulator {
             emulator: self,
             now,
         }
+    }
+
+    /// The record `op` keeps for `token`, made empty if there is none yet. The map's shard is
+    /// locked only for the look-up; callers lock the record itself.
+    pub(crate) fn token_record(&self, op: Operation, token: &str) -> TokenRecord {
+        self.idempotency
+            .entry((op, token.to_string()))
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn count_call(&self, op: Operation) {

@@ -4,57 +4,71 @@
 //! `1 validation error detected: Value 'x' at 'pipelineExecutionArn' failed to satisfy
 //! constraint: Member must satisfy regular expression pattern: ...`.
 
-use std::sync::LazyLock;
+use std::sync::OnceLock;
 
 use regex::Regex;
 
-/// Patterns from SageMaker's API model (matched against the whole value).
+use super::error::AwsError;
+
+/// A constraint pattern from SageMaker's API model, compiled on first use. The model's
+/// patterns are unanchored; AWS matches them against the whole value.
+pub(crate) struct Pattern {
+    source: &'static str,
+    compiled: OnceLock<Result<Regex, regex::Error>>,
+}
+
+impl Pattern {
+    const fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            compiled: OnceLock::new(),
+        }
+    }
+
+    /// Whether all of `value` matches. `Err` if the pattern does not compile: a bug in the
+    /// constants below, which `every_pattern_compiles` catches and a caller would see as an
+    /// internal error, never as a panic or as a complaint about their input.
+    fn matches(&self, value: &str) -> Result<bool, &regex::Error> {
+        self.compiled
+            .get_or_init(|| Regex::new(&format!("^(?:{})$", self.source)))
+            .as_ref()
+            .map(|re| re.is_match(value))
+    }
+}
+
+/// Declares each pattern and, for the tests, the list of them all, so that none is missed.
+macro_rules! patterns {
+    ($($name:ident = $source:literal;)*) => {
+        $(pub(crate) static $name: Pattern = Pattern::new($source);)*
+
+        #[cfg(test)]
+        pub(crate) static ALL: &[&Pattern] = &[$(&$name),*];
+    };
+}
+
+/// Patterns from SageMaker's API model.
 pub(crate) mod patterns {
-    pub(crate) const PIPELINE_EXECUTION_ARN: &str =
-        r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:pipeline\/.*\/execution\/.*";
-    pub(crate) const PIPELINE_NAME: &str = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}";
-    pub(crate) const PIPELINE_NAME_OR_ARN: &str = r"(arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:([0-9]{12}|aws):pipeline/.*)?([a-zA-Z0-9](-*[a-zA-Z0-9]){0,255})";
-    pub(crate) const PIPELINE_EXECUTION_NAME: &str = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,81}";
-    pub(crate) const PIPELINE_PARAMETER_NAME: &str = r"[A-Za-z0-9\-_]*";
-    pub(crate) const ROLE_ARN: &str = r"arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+";
-    pub(crate) const CALLBACK_TOKEN: &str = r"[a-zA-Z0-9]+";
-    pub(crate) const TAG: &str = r"([\p{L}\p{Z}\p{N}_.:/=+\-@]*)";
-}
+    use super::Pattern;
 
-fn full_match(pattern: &'static str) -> Regex {
-    // The model's patterns are unanchored; AWS matches them against the whole value. A
-    // pattern that does not compile is a bug in the constants above, caught by the tests.
-    Regex::new(&format!("^(?:{pattern})$")).unwrap_or_else(|e| panic!("{pattern}: {e}"))
-}
-
-static COMPILED: LazyLock<Vec<(&'static str, Regex)>> = LazyLock::new(|| {
-    use patterns::*;
-    [
-        PIPELINE_EXECUTION_ARN,
-        PIPELINE_NAME,
-        PIPELINE_NAME_OR_ARN,
-        PIPELINE_EXECUTION_NAME,
-        PIPELINE_PARAMETER_NAME,
-        ROLE_ARN,
-        CALLBACK_TOKEN,
-        TAG,
-    ]
-    .into_iter()
-    .map(|p| (p, full_match(p)))
-    .collect()
-});
-
-fn matches(pattern: &'static str, value: &str) -> bool {
-    COMPILED
-        .iter()
-        .find(|(p, _)| *p == pattern)
-        .is_some_and(|(_, re)| re.is_match(value))
+    patterns! {
+        PIPELINE_EXECUTION_ARN =
+            r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:pipeline\/.*\/execution\/.*";
+        PIPELINE_NAME = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}";
+        PIPELINE_NAME_OR_ARN = r"(arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:([0-9]{12}|aws):pipeline/.*)?([a-zA-Z0-9](-*[a-zA-Z0-9]){0,255})";
+        PIPELINE_EXECUTION_NAME = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,81}";
+        PIPELINE_PARAMETER_NAME = r"[A-Za-z0-9\-_]*";
+        ROLE_ARN = r"arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+";
+        CALLBACK_TOKEN = r"[a-zA-Z0-9]+";
+        TAG = r"([\p{L}\p{Z}\p{N}_.:/=+\-@]*)";
+    }
 }
 
 /// Collects violations; [`Validator::finish`] turns them into AWS's message.
 #[derive(Debug, Default)]
 pub(crate) struct Validator {
     errors: Vec<String>,
+    /// A pattern did not compile (a bug of the emulator's, not the caller's).
+    broken: bool,
 }
 
 /// The member name as AWS's messages spell it: `PipelineExecutionArn` → `pipelineExecutionArn`.
@@ -96,7 +110,7 @@ impl Validator {
         value: Option<&str>,
         min: usize,
         max: usize,
-        pattern: Option<&'static str>,
+        pattern: Option<&'static Pattern>,
     ) {
         if self.required(path, value.as_ref()) {
             self.string(path, value, min, max, pattern);
@@ -110,7 +124,7 @@ impl Validator {
         value: Option<&str>,
         min: usize,
         max: usize,
-        pattern: Option<&'static str>,
+        pattern: Option<&'static Pattern>,
     ) {
         let Some(value) = value else { return };
         let shown = format!("'{value}'");
@@ -129,14 +143,17 @@ impl Validator {
                 &format!("Member must have length less than or equal to {max}"),
             );
         }
-        if let Some(pattern) = pattern
-            && !matches(pattern, value)
-        {
-            self.violation(
+        match pattern.map(|p| (p, p.matches(value))) {
+            Some((_, Err(_))) => self.broken = true,
+            Some((pattern, Ok(false))) => self.violation(
                 &shown,
                 path,
-                &format!("Member must satisfy regular expression pattern: {pattern}"),
-            );
+                &format!(
+                    "Member must satisfy regular expression pattern: {}",
+                    pattern.source
+                ),
+            ),
+            Some((_, Ok(true))) | None => {}
         }
     }
 
@@ -194,15 +211,22 @@ impl Validator {
         }
     }
 
-    /// `Ok` when nothing was violated, else AWS's message.
-    pub(crate) fn finish(self) -> Result<(), String> {
-        match self.errors.len() {
-            0 => Ok(()),
-            1 => Err(format!("1 validation error detected: {}", self.errors[0])),
-            n => Err(format!(
-                "{n} validation errors detected: {}",
-                self.errors.join("; ")
-            )),
+    /// `Ok` when nothing was violated, else the ValidationException SageMaker would send (or
+    /// InternalFailure if a pattern was broken).
+    pub(crate) fn finish(self) -> Result<(), AwsError> {
+        if self.broken {
+            return Err(AwsError::internal());
+        }
+        match self.errors.as_slice() {
+            [] => Ok(()),
+            [one] => Err(AwsError::validation(format!(
+                "1 validation error detected: {one}"
+            ))),
+            all => Err(AwsError::validation(format!(
+                "{} validation errors detected: {}",
+                all.len(),
+                all.join("; ")
+            ))),
         }
     }
 }
@@ -213,7 +237,24 @@ mod tests {
 
     #[test]
     fn every_pattern_compiles() {
-        assert_eq!(COMPILED.len(), 8);
+        assert_eq!(patterns::ALL.len(), 8);
+        for pattern in patterns::ALL {
+            if let Err(e) = pattern.matches("") {
+                panic!("{}: {e}", pattern.source);
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_pattern_is_an_internal_error_not_a_panic() {
+        static BROKEN: Pattern = Pattern::new("(unclosed");
+        let mut v = Validator::default();
+        v.string("PipelineName", Some("p"), 1, 256, Some(&BROKEN));
+        v.string("RoleArn", Some("x"), 20, 2048, None);
+        let error = v.finish().unwrap_err();
+        assert_eq!(error.code, "InternalFailure");
+        assert_eq!(error.status.as_u16(), 500);
+        assert!(!error.message.contains("unclosed"), "{}", error.message);
     }
 
     #[test]
@@ -224,11 +265,12 @@ mod tests {
             Some("nope"),
             0,
             2048,
-            Some(patterns::PIPELINE_EXECUTION_ARN),
+            Some(&patterns::PIPELINE_EXECUTION_ARN),
         );
-        let message = v.finish().unwrap_err();
+        let error = v.finish().unwrap_err();
+        assert_eq!(error.code, "ValidationException");
         assert_eq!(
-            message,
+            error.message,
             "1 validation error detected: Value 'nope' at 'pipelineExecutionArn' failed to satisfy constraint: Member must satisfy regular expression pattern: arn:aws[a-z\\-]*:sagemaker:[a-z0-9\\-]*:[0-9]{12}:pipeline\\/.*\\/execution\\/.*"
         );
 
@@ -239,10 +281,10 @@ mod tests {
             Some("short"),
             10,
             10,
-            Some(patterns::CALLBACK_TOKEN),
+            Some(&patterns::CALLBACK_TOKEN),
         );
         v.range("MaxResults", Some(101), 1, Some(100));
-        let message = v.finish().unwrap_err();
+        let message = v.finish().unwrap_err().message;
         assert!(message.starts_with("3 validation errors detected: Value null at 'clientRequestToken' failed to satisfy constraint: Member must not be null; "), "{message}");
         assert!(message.contains("Value 'short' at 'callbackToken' failed to satisfy constraint: Member must have length greater than or equal to 10"));
         assert!(message.contains("Value '101' at 'maxResults' failed to satisfy constraint: Member must have value less than or equal to 100"));
@@ -250,22 +292,23 @@ mod tests {
 
     #[test]
     fn patterns_match_whole_values() {
+        let matches = |pattern: &Pattern, value: &str| pattern.matches(value).unwrap();
         let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl";
-        assert!(matches(patterns::PIPELINE_EXECUTION_ARN, arn));
+        assert!(matches(&patterns::PIPELINE_EXECUTION_ARN, arn));
         assert!(!matches(
-            patterns::PIPELINE_EXECUTION_ARN,
+            &patterns::PIPELINE_EXECUTION_ARN,
             &format!("x{arn}")
         ));
-        assert!(matches(patterns::PIPELINE_NAME, "my-pipeline-1"));
-        assert!(!matches(patterns::PIPELINE_NAME, "-leading"));
-        assert!(!matches(patterns::PIPELINE_NAME, "under_score"));
-        assert!(matches(patterns::CALLBACK_TOKEN, "26vcYbeWsZ"));
+        assert!(matches(&patterns::PIPELINE_NAME, "my-pipeline-1"));
+        assert!(!matches(&patterns::PIPELINE_NAME, "-leading"));
+        assert!(!matches(&patterns::PIPELINE_NAME, "under_score"));
+        assert!(matches(&patterns::CALLBACK_TOKEN, "26vcYbeWsZ"));
         assert!(matches(
-            patterns::ROLE_ARN,
+            &patterns::ROLE_ARN,
             "arn:aws:iam::123456789012:role/SageMakerRole"
         ));
         assert!(matches(
-            patterns::PIPELINE_NAME_OR_ARN,
+            &patterns::PIPELINE_NAME_OR_ARN,
             "arn:aws:sagemaker:us-east-1:123456789012:pipeline/my-pipeline"
         ));
     }

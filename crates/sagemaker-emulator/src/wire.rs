@@ -1,7 +1,7 @@
 //! The awsJson1_1 wire protocol: `POST /` with `X-Amz-Target: SageMaker.<Operation>` and a JSON
 //! body; answers carry `x-amzn-RequestId`; errors are HTTP 400 (500 for internal faults) with
-//! `{"__type": ..., "Message": ...}` and a matching `X-Amzn-ErrorType` header. Signatures are
-//! not checked: any, or none, is accepted.
+//! `{"__type": ..., "Message": ...}` and a matching `X-Amzn-ErrorType` header (see [`AwsError`]).
+//! Signatures are not checked: any, or none, is accepted.
 
 use std::sync::Arc;
 
@@ -14,70 +14,12 @@ use axum::{
 use serde_json::{Value, json};
 
 use super::{
-    faults::Fault,
+    error::AwsError,
     ops,
     state::{Emulator, Operation},
 };
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
-
-/// An error as SageMaker answers it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct AwsError {
-    pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
-    pub(crate) message: String,
-}
-
-impl AwsError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn validation(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "ValidationException", message)
-    }
-
-    pub(crate) fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "ResourceNotFound", message)
-    }
-
-    pub(crate) fn serialization(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "SerializationException", message)
-    }
-
-    fn unknown_operation(target: &str) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "UnknownOperationException",
-            format!("Operation '{target}' is not supported by this SageMaker Pipelines emulator."),
-        )
-    }
-
-    fn from_fault(fault: Fault) -> Self {
-        match fault {
-            Fault::Throttle => Self::new(
-                StatusCode::BAD_REQUEST,
-                "ThrottlingException",
-                "Rate exceeded",
-            ),
-            Fault::InternalError => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalFailure",
-                "We encountered an internal error. Please try again.",
-            ),
-            Fault::Conflict => Self::new(
-                StatusCode::BAD_REQUEST,
-                "ConflictException",
-                "The pipeline execution is being modified by another request; try again.",
-            ),
-        }
-    }
-}
 
 /// `POST /`: one SageMaker call.
 pub(crate) async fn handle(
@@ -89,14 +31,7 @@ pub(crate) async fn handle(
     let result = answer(&emulator, &headers, &body).await;
     let mut response = match result {
         Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
-        Err(error) => {
-            let body = json!({ "__type": error.code, "Message": error.message }).to_string();
-            let mut response = (error.status, body).into_response();
-            response
-                .headers_mut()
-                .insert("x-amzn-errortype", HeaderValue::from_static(error.code));
-            response
-        }
+        Err(error) => error.into_response(),
     };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

@@ -1,0 +1,87 @@
+//! SageMaker's errors as the emulator answers them: the one error type every operation returns,
+//! its constructors (one per error code the emulator sends), and the only place an error
+//! becomes an HTTP response, so the body's `__type` and the `X-Amzn-ErrorType` header cannot
+//! disagree. It imports nothing but `faults` (for the injected errors), so every module that
+//! answers calls can use it without an import cycle.
+
+use axum::{
+    http::{HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use super::faults::Fault;
+
+/// An error as SageMaker answers it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AwsError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl AwsError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ValidationException", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ResourceNotFound", message)
+    }
+
+    pub(crate) fn serialization(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "SerializationException", message)
+    }
+
+    pub(crate) fn unknown_operation(target: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            format!("Operation '{target}' is not supported by this SageMaker Pipelines emulator."),
+        )
+    }
+
+    /// A fault of the emulator's own, in the words SageMaker uses for its internal errors.
+    pub(crate) fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalFailure",
+            "We encountered an internal error. Please try again.",
+        )
+    }
+
+    pub(crate) fn from_fault(fault: Fault) -> Self {
+        match fault {
+            Fault::Throttle => Self::new(
+                StatusCode::BAD_REQUEST,
+                "ThrottlingException",
+                "Rate exceeded",
+            ),
+            Fault::InternalError => Self::internal(),
+            Fault::Conflict => Self::new(
+                StatusCode::BAD_REQUEST,
+                "ConflictException",
+                "The pipeline execution is being modified by another request; try again.",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for AwsError {
+    fn into_response(self) -> Response {
+        let body = json!({ "__type": self.code, "Message": self.message }).to_string();
+        let mut response = (self.status, body).into_response();
+        response
+            .headers_mut()
+            .insert("x-amzn-errortype", HeaderValue::from_static(self.code));
+        response
+    }
+}

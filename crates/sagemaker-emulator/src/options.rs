@@ -1,0 +1,26 @@
+//! How an emulator behaves: the settings the crate root's server and the state are built from.
+//! A module of its own so that the state does not import the crate root that imports it.
+
+/// How an emulator behaves.
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// Emulated seconds per real second (60 runs a one-minute step in one second).
+    pub time_scale: f64,
+    /// Seed for identifiers: the same calls in the same order give the same ids.
+    pub seed: Option<u64>,
+    /// The region in ARNs.
+    pub region: String,
+    /// The 12-digit account id in ARNs.
+    pub account_id: String,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        Self {
+            time_scale: 1.0,
+            seed: None,
+            region: "us-east-1".into(),
+            account_id: "123456789012".into(),
+        }
+    }
+}
