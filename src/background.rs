@@ -3,8 +3,8 @@
 //!
 //! - the health checker keeps health in step with the database (SERVING while it answers);
 //! - the completer finishes stop requests whose owner died (lease run out), with no retry
-//!   from their callers;
-//! - the retention sweeper deletes expired stop requests in bounded batches;
+//!   from their callers, and the retention sweeper deletes expired stop requests in bounded
+//!   batches (one task for both);
 //! - the reloader reloads the token and policy files on SIGHUP.
 //!
 //! [`Background::stop`] cancels them all and waits until each has ended, so that nothing they
@@ -65,12 +65,7 @@ impl Background {
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(health.run(intervals.health_check, token.clone()));
-        tasks.spawn(complete_abandoned(
-            stopper.clone(),
-            intervals.completer,
-            token.clone(),
-        ));
-        tasks.spawn(delete_expired(stopper, intervals.retention, token.clone()));
+        tasks.spawn(maintain(stopper, intervals, token.clone()));
         tasks.spawn(reload_on_hangup(auth, hangup, token.clone()));
         Running { tasks, token }
     }
@@ -88,50 +83,43 @@ impl Running {
     }
 }
 
-/// Runs `round` every `interval` (the first at once) until `token` is cancelled. A round in
-/// progress runs to its end: a stop the completer carries out is finished and recorded, not
-/// left to its lease.
-async fn every<F, Fut>(interval: Duration, token: CancellationToken, mut round: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// The completer and the retention sweeper, each on its own interval (the first round at
+/// once), on one task: their statements never compete with each other for connections. A
+/// round in progress runs to its end (a stop the completer carries out is finished and
+/// recorded, not left to its lease).
+async fn maintain(stopper: Arc<Stopper>, intervals: Intervals, token: CancellationToken) {
+    let mut completer = tokio::time::interval(intervals.completer);
+    let mut sweeper = tokio::time::interval(intervals.retention);
+    completer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = token.cancelled() => return,
-            _ = ticks.tick() => {}
+            _ = completer.tick() => complete_abandoned(&stopper).await,
+            _ = sweeper.tick() => delete_expired(&stopper).await,
         }
-        round().await;
     }
 }
 
-async fn complete_abandoned(stopper: Arc<Stopper>, interval: Duration, token: CancellationToken) {
-    every(interval, token, || async {
-        match stopper.complete_abandoned(COMPLETER_BATCH).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(completed = n, "completed abandoned stop requests"),
-            Err(error) => tracing::warn!(%error, "the completer could not run"),
-        }
-    })
-    .await;
+async fn complete_abandoned(stopper: &Stopper) {
+    match stopper.complete_abandoned(COMPLETER_BATCH).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(completed = n, "completed abandoned stop requests"),
+        Err(error) => tracing::warn!(%error, "the completer could not run"),
+    }
 }
 
-async fn delete_expired(stopper: Arc<Stopper>, interval: Duration, token: CancellationToken) {
-    every(interval, token, || async {
-        loop {
-            match stopper.delete_expired(RETENTION_BATCH).await {
-                Ok(n) if n == u64::from(RETENTION_BATCH) => continue,
-                Ok(0) => {}
-                Ok(n) => tracing::info!(deleted = n, "deleted expired stop requests"),
-                Err(error) => tracing::warn!(%error, "could not delete expired stop requests"),
-            }
-            break;
+async fn delete_expired(stopper: &Stopper) {
+    loop {
+        match stopper.delete_expired(RETENTION_BATCH).await {
+            Ok(n) if n == u64::from(RETENTION_BATCH) => continue,
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted expired stop requests"),
+            Err(error) => tracing::warn!(%error, "could not delete expired stop requests"),
         }
-    })
-    .await;
+        break;
+    }
 }
 
 /// Reloads the token and policy files on each SIGHUP.

@@ -27,8 +27,8 @@
 
 pub mod app;
 mod audit;
-mod background;
 mod auth;
+mod background;
 pub mod config;
 mod demo;
 mod domain;

@@ -1,7 +1,14 @@
 //! The Postgres store: production, shared by every replica. Uses the database clock for leases
 //! and expiry; migrations are serialized across replicas by sqlx's advisory lock.
 
-use std::{str::FromStr, sync::LazyLock, time::Duration};
+use std::{
+    str::FromStr,
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use sqlx::{
@@ -21,6 +28,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// When a statement last failed for its connection's sake (the database restarted, the
+    /// network dropped): milliseconds since `epoch`, 0 for never.
+    broken_at: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl PostgresStore {
@@ -37,21 +48,53 @@ impl PostgresStore {
         args: &DatabaseArgs,
     ) -> Result<Self, StoreError> {
         let target = describe(&options);
+        let epoch = Instant::now();
+        let broken_at = Arc::new(AtomicU64::new(0));
         let pool = PgPoolOptions::new()
             .max_connections(args.database_max_connections.max(1))
             // No ping before each use: a round trip before every statement (sqlx still pings a
             // connection when it is given back, off the caller's path). A connection that
             // died fails its next statement instead (STORE_UNAVAILABLE, which callers retry;
             // every write is one atomic statement) and is discarded; the health checker
-            // notices an outage within its interval. After a database restart each pooled
-            // connection fails once; a stop whose outcome could not be recorded then waits for
-            // its lease to run out before a retry or the completer finishes it.
+            // notices an outage within its interval. A stop whose outcome could not be
+            // recorded then waits for its lease to run out before a retry or the completer
+            // finishes it.
             .test_before_acquire(false)
+            // Those that sat idle since a statement failed for its connection are very likely
+            // dead too (a restart or an outage takes them all): they are closed when next
+            // lent instead of failing one more caller each, at no cost in normal running.
+            .before_acquire({
+                let broken_at = broken_at.clone();
+                move |_conn, meta| {
+                    let broken_at = broken_at.load(Ordering::Relaxed);
+                    let since_break = epoch
+                        .elapsed()
+                        .saturating_sub(Duration::from_millis(broken_at));
+                    let keep = broken_at == 0 || meta.idle_for < since_break;
+                    Box::pin(async move { Ok(keep) })
+                }
+            })
             .acquire_timeout(args.database_timeout)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect { target, source })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            broken_at,
+            epoch,
+        })
+    }
+
+    /// A failed statement as a store error, noting when the failure was the connection's.
+    fn failed(&self, error: sqlx::Error) -> StoreError {
+        if matches!(
+            error,
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::Tls(_)
+        ) {
+            let at = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.broken_at.store(at.max(1), Ordering::Relaxed);
+        }
+        StoreError::Unavailable(error)
     }
 
     /// The pool, for tests and tools that inspect the rows.
@@ -90,7 +133,10 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 
@@ -142,7 +188,8 @@ impl Store for PostgresStore {
             .bind(seconds(lease))
             .bind(seconds(retention))
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(inserted.as_ref().map(record).transpose()?)
     }
 
@@ -171,7 +218,8 @@ impl Store for PostgresStore {
             .bind(owner)
             .bind(seconds(lease))
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(row.as_ref().map(record).transpose()?)
     }
 
@@ -204,7 +252,8 @@ impl Store for PostgresStore {
             .bind(status)
             .bind(owner)
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(row.as_ref().map(record).transpose()?)
     }
 
@@ -233,7 +282,8 @@ impl Store for PostgresStore {
             .bind(error)
             .bind(owner)
             .fetch_optional(&self.pool)
-            .await?;
+            .await
+            .map_err(|e| self.failed(e))?;
         Ok(row.is_some())
     }
 
@@ -245,7 +295,8 @@ impl Store for PostgresStore {
         .bind(&key.principal)
         .bind(&key.token)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(row.as_ref().map(record).transpose()?)
     }
 
@@ -258,7 +309,8 @@ impl Store for PostgresStore {
         )
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         rows.iter()
             .map(|row| {
                 Ok(RequestKey {
@@ -277,16 +329,18 @@ impl Store for PostgresStore {
         )
         .bind(i64::from(limit))
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| self.failed(e))?;
         Ok(done.rows_affected())
     }
 
     async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;
             sqlx::query("SET LOCAL synchronous_commit TO OFF")
                 .execute(&mut *tx)
-                .await?;
+                .await
+                .map_err(|e| self.failed(e))?;
             let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
                 "INSERT INTO stop_audit (at, principal, client_token, pipeline_execution_arn,
                      reason, event, outcome, error_code, epoch, worker) ",
@@ -303,8 +357,12 @@ impl Store for PostgresStore {
                     .push_bind(e.epoch)
                     .push_bind(&e.worker);
             });
-            insert.build().execute(&mut *tx).await?;
-            tx.commit().await?;
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.failed(e))?;
+            tx.commit().await.map_err(|e| self.failed(e))?;
         }
         Ok(())
     }
