@@ -8,8 +8,6 @@ use std::{
     sync::{LazyLock, Mutex},
 };
 
-use regex::Regex;
-
 /// A field that failed validation: which, and why (for a BadRequest field violation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FieldViolation {
@@ -58,12 +56,6 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct ExecutionArn(String);
 
-static EXECUTION_ARN: LazyLock<Regex> = LazyLock::new(|| {
-    // The model's pattern, anchored; a constant that always compiles (tested below).
-    Regex::new(r"^arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:pipeline/[^/]+/execution/[^/]+$")
-        .unwrap_or_else(|e| panic!("{e}"))
-});
-
 impl ExecutionArn {
     pub(crate) const FIELD: &'static str = "pipeline_execution_arn";
 
@@ -79,7 +71,7 @@ impl ExecutionArn {
         }
         // The model's pattern lets any character but `/` into the names; real ARNs are
         // printable ASCII, and control characters (NUL above all) have no place in a database.
-        if !value.bytes().all(|b| b.is_ascii_graphic()) || !EXECUTION_ARN.is_match(value) {
+        if !value.bytes().all(|b| b.is_ascii_graphic()) || !matches_model_pattern(value) {
             return Err(FieldViolation::new(
                 Self::FIELD,
                 "must be a SageMaker pipeline execution ARN: arn:aws:sagemaker:REGION:ACCOUNT:pipeline/NAME/execution/ID",
@@ -97,6 +89,35 @@ impl fmt::Display for ExecutionArn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// SageMaker's pattern for execution ARNs, anchored:
+/// `arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:pipeline/[^/]+/execution/[^/]+`.
+fn matches_model_pattern(value: &str) -> bool {
+    let mut fields = value.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("sagemaker"), Some(region), Some(account), Some(rest)) = (
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+        fields.next(),
+    ) else {
+        return false;
+    };
+    let lower_or = |text: &str, extra: fn(u8) -> bool| {
+        text.bytes().all(|b| b.is_ascii_lowercase() || extra(b))
+    };
+    let names = rest
+        .strip_prefix("pipeline/")
+        .map(|r| r.split('/').collect::<Vec<_>>());
+    partition
+        .strip_prefix("aws")
+        .is_some_and(|tail| lower_or(tail, |b| b == b'-'))
+        && lower_or(region, |b| b.is_ascii_digit() || b == b'-')
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && matches!(names.as_deref(), Some([name, "execution", id]) if !name.is_empty() && !id.is_empty())
 }
 
 /// A caller's idempotency token: 1 to 128 printable ASCII characters, no spaces.
@@ -360,10 +381,16 @@ mod tests {
 
     #[test]
     fn execution_arns_are_checked() {
-        assert_eq!(
-            ExecutionArn::parse(ARN).map(|a| a.to_string()),
-            Ok(ARN.to_string())
-        );
+        for good in [
+            ARN,
+            "arn:aws-cn:sagemaker:cn-north-1:123456789012:pipeline/p/execution/abcdefghijkl",
+            "arn:aws-us-gov:sagemaker:us-gov-west-1:123456789012:pipeline/a:b-c/execution/x",
+        ] {
+            assert_eq!(
+                ExecutionArn::parse(good).map(|a| a.to_string()),
+                Ok(good.to_string())
+            );
+        }
         for bad in [
             "",
             "nope",
@@ -374,6 +401,14 @@ mod tests {
             "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p\0/execution/x",
             "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p q/execution/x",
             "arn:aws:sagemaker:us-east-1:123456789012:pipeline/pé/execution/x",
+            "arn:aws:s3:us-east-1:123456789012:pipeline/p/execution/x",
+            "arn:azure:sagemaker:us-east-1:123456789012:pipeline/p/execution/x",
+            "arn:aws:sagemaker:US-EAST-1:123456789012:pipeline/p/execution/x",
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline//execution/x",
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/",
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/executions/x",
+            "arn:aws:sagemaker:us-east-1:123456789012:pipelines/p/execution/x",
+            "arn:aws:sagemaker:us-east-1:1234567890123:pipeline/p/execution/x",
         ] {
             let violation = ExecutionArn::parse(bad).unwrap_err();
             assert_eq!(violation.field, "pipeline_execution_arn", "{bad}");

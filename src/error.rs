@@ -30,6 +30,11 @@ pub(crate) enum Error {
     /// The execution ended (Succeeded, Failed, CompletedWithFailures): nothing to stop.
     #[error("the pipeline execution already ended with status {status}; it cannot be stopped")]
     ExecutionAlreadyTerminal { status: String },
+    /// SageMaker reports a status this version does not know, and will not stop the execution.
+    #[error(
+        "SageMaker reports the pipeline execution as {status}, a status this service does not know, and refuses to stop it"
+    )]
+    ExecutionStatusUnknown { status: String },
     /// The token was used before with another execution or reason.
     #[error(
         "this client_request_token was already used with a different request (another execution or reason); use a new token"
@@ -124,6 +129,7 @@ impl Error {
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::ExecutionNotFound => "EXECUTION_NOT_FOUND",
             Error::ExecutionAlreadyTerminal { .. } => "EXECUTION_ALREADY_TERMINAL",
+            Error::ExecutionStatusUnknown { .. } => "EXECUTION_STATUS_UNKNOWN",
             Error::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Error::RequestInProgress { .. } => "IDEMPOTENCY_REQUEST_IN_PROGRESS",
             Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
@@ -144,9 +150,9 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::ExecutionNotFound | Error::StopRequestNotFound => Code::NotFound,
-            Error::ExecutionAlreadyTerminal { .. } | Error::IdempotencyKeyReused => {
-                Code::FailedPrecondition
-            }
+            Error::ExecutionAlreadyTerminal { .. }
+            | Error::ExecutionStatusUnknown { .. }
+            | Error::IdempotencyKeyReused => Code::FailedPrecondition,
             Error::RequestInProgress { .. } => Code::Aborted,
             Error::UpstreamUnavailable { .. }
             | Error::StoreUnavailable(_)
@@ -183,7 +189,8 @@ impl From<Error> for Status {
         }
         let mut metadata = HashMap::new();
         match &error {
-            Error::ExecutionAlreadyTerminal { status } => {
+            Error::ExecutionAlreadyTerminal { status }
+            | Error::ExecutionStatusUnknown { status } => {
                 metadata.insert("status".to_string(), status.clone());
             }
             Error::PermissionDenied { principal, action } => {
@@ -210,6 +217,15 @@ impl From<Error> for Status {
                     "EXECUTION_STATUS",
                     "pipeline_execution_arn",
                     format!("the execution is {status}; only Executing executions can be stopped"),
+                );
+            }
+            Error::ExecutionStatusUnknown { status } => {
+                details.add_precondition_failure_violation(
+                    "EXECUTION_STATUS",
+                    "pipeline_execution_arn",
+                    format!(
+                        "SageMaker reports the execution as {status}, which this service does not know; only Executing executions can be stopped"
+                    ),
                 );
             }
             Error::IdempotencyKeyReused => {

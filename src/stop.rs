@@ -94,6 +94,16 @@ impl StopInput {
     }
 }
 
+/// Why an attempt at a stop produced nothing to record.
+#[derive(Debug)]
+enum Failure {
+    /// Throttling, 5xx, network: the lease is given back and a retry (or the completer)
+    /// resumes.
+    Transient(UpstreamError),
+    /// An answer for the caller that is not recorded: the attempt is discarded.
+    NotRecorded(Error),
+}
+
 /// A completed record and whether it answered an earlier request.
 #[derive(Debug, Clone)]
 pub(crate) struct Answer {
@@ -351,7 +361,7 @@ impl Stopper {
             .map_err(|_| Error::Internal("a recorded ARN no longer parses".into()))?;
         let completion = match self.ask_sagemaker(&arn, &record.upstream_token).await {
             Ok(completion) => completion,
-            Err(error) => {
+            Err(Failure::Transient(error)) => {
                 let released = self
                     .store
                     .release(&record.key, record.epoch, &self.worker, &error.to_string())
@@ -360,6 +370,19 @@ impl Stopper {
                     tracing::warn!(%store_error, "could not release a lease after a transient failure; it will run out");
                 }
                 return Err(error.into());
+            }
+            Err(Failure::NotRecorded(error)) => {
+                // Neither transient (retrying at once changes nothing; the completer must not
+                // keep trying) nor final (the cause may go away): the record goes, so that a
+                // retry with the same token starts afresh.
+                let discarded = self
+                    .store
+                    .discard(&record.key, record.epoch, &self.worker, error.reason())
+                    .await;
+                if let Err(store_error) = discarded {
+                    tracing::warn!(%store_error, "could not discard a stop request; its lease will run out and it will be tried again");
+                }
+                return Err(error);
             }
         };
         hooks::abandon_if_set(hooks::STOP_AFTER_UPSTREAM)?;
@@ -398,12 +421,12 @@ impl Stopper {
         Ok(answer)
     }
 
-    /// Asks SageMaker to stop, and tells what came of it. Only transient failures are errors.
+    /// Asks SageMaker to stop, and tells what came of it: a completion to record, or why not.
     async fn ask_sagemaker(
         &self,
         arn: &ExecutionArn,
         upstream_token: &str,
-    ) -> Result<Completion, UpstreamError> {
+    ) -> Result<Completion, Failure> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -418,7 +441,12 @@ impl Stopper {
                 Ok(StopResult::NotFound) => {
                     return Ok(refused(RecordedError::ExecutionNotFound, None));
                 }
-                Ok(StopResult::NotExecuting) => match self.sagemaker.execution_status(arn).await? {
+                Ok(StopResult::NotExecuting) => match self
+                    .sagemaker
+                    .execution_status(arn)
+                    .await
+                    .map_err(Failure::Transient)?
+                {
                     None => return Ok(refused(RecordedError::ExecutionNotFound, None)),
                     Some(ExecutionStatus::Stopping) => {
                         return Ok(outcome(
@@ -443,17 +471,24 @@ impl Stopper {
                     Some(status) if tries < CONFLICT_TRIES => {
                         tracing::info!(execution = %arn, status = status.as_str(), "stop refused but the execution is not finished; trying again");
                     }
+                    // A status this version does not know, which SageMaker will not stop: say
+                    // so plainly rather than have callers retry forever.
+                    Some(ExecutionStatus::Unknown(status)) => {
+                        return Err(Failure::NotRecorded(Error::ExecutionStatusUnknown {
+                            status,
+                        }));
+                    }
                     Some(status) => {
-                        return Err(UpstreamError::Unavailable(format!(
+                        return Err(Failure::Transient(UpstreamError::Unavailable(format!(
                             "SageMaker refuses to stop an execution it reports as {}",
                             status.as_str()
-                        )));
+                        ))));
                     }
                 },
                 Err(UpstreamError::Conflict(message)) if tries < CONFLICT_TRIES => {
                     tracing::debug!(execution = %arn, %message, tries, "ConflictException; trying again");
                 }
-                Err(other) => return Err(other),
+                Err(other) => return Err(Failure::Transient(other)),
             }
             tokio::time::sleep(jittered(CONFLICT_PAUSE, 0.2)).await;
         }

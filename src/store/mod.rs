@@ -224,6 +224,9 @@ pub enum AuditKind {
     Replayed,
     /// The key came again with another request.
     KeyReused,
+    /// An attempt ended in an answer that is not recorded (the request can be made afresh):
+    /// the pending record was deleted.
+    Discarded,
 }
 
 impl AuditKind {
@@ -236,6 +239,7 @@ impl AuditKind {
             Self::FailedTransient => "failed_transient",
             Self::Replayed => "replayed",
             Self::KeyReused => "key_reused",
+            Self::Discarded => "discarded",
         }
     }
 }
@@ -295,6 +299,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         epoch: i64,
         owner: &str,
         error: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes the pending record if `epoch` still holds it, with a `discarded` audit row that
+    /// carries `reason` (an ErrorInfo reason): the attempt ended in an answer that is not
+    /// recorded, and a retry with the same key starts afresh. `false` if fenced or gone.
+    async fn discard(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        reason: &str,
     ) -> Result<bool, StoreError>;
 
     /// The live record under `key` (`None` if absent or past its expiry).

@@ -287,6 +287,37 @@ impl Store for PostgresStore {
         Ok(row.is_some())
     }
 
+    async fn discard(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "WITH discarded AS (
+                 DELETE FROM stop_requests
+                 WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
+                 RETURNING *),
+             audited AS (
+                 INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
+                     event, error_code, epoch, worker)
+                 SELECT principal, client_token, pipeline_execution_arn, reason, 'discarded', $5,
+                     epoch, $4
+                 FROM discarded)
+             SELECT epoch FROM discarded",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(epoch)
+        .bind(owner)
+        .bind(reason)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(row.is_some())
+    }
+
     async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT * FROM stop_requests

@@ -239,6 +239,47 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
+    async fn discard(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "DELETE FROM stop_requests
+             WHERE principal = ?1 AND client_token = ?2 AND epoch = ?3 AND state = 'pending'
+             RETURNING *",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(epoch)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let record = record(&row)?;
+        sqlx::query(
+            "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
+                 event, error_code, epoch, worker)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(&record.key.principal)
+        .bind(&record.key.token)
+        .bind(&record.pipeline_execution_arn)
+        .bind(&record.reason)
+        .bind(AuditKind::Discarded.as_str())
+        .bind(reason)
+        .bind(record.epoch)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT * FROM stop_requests
