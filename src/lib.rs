@@ -2,28 +2,43 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the command line; every setting is a flag with an environment variable.
-//! - [`app`]: builds the service (store migrated, port bound) and runs it until shutdown.
+//! Start-up and shutdown:
+//! - [`config`]: the command line; every setting is a flag with an environment variable, its
+//!   default declared once (clap's).
+//! - [`app`]: `Application::build` constructs the whole service and binds the port; `run`
+//!   serves and drains. The cancellation tree of a running service is drawn there.
+//! - `background`: the tasks of a running service (health checker, completer, retention,
+//!   reload on SIGHUP), stopped together.
 //! - [`shutdown`]: the signals that start a shutdown, and connections cut off after its grace.
-//! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC, the
-//!   generated contract ([`grpc::pb`]) and its codec (a request that does not decode is
-//!   INVALID_ARGUMENT).
+//! - `demo`: `serve --emulator`, the emulator (crate `sagemaker-emulator`) in-process with demo
+//!   executions.
+//!
+//! The gRPC surface (the only code that builds proto messages and `tonic::Status`):
+//! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC (validate,
+//!   authorize, call the domain, convert), the generated contract ([`grpc::pb`]), its codec (a
+//!   request that does not decode is INVALID_ARGUMENT) and `grpc::convert` (domain to proto).
 //! - `grpc::guard`: in front of the service: authentication, rate and concurrency limits,
 //!   message size, request timeout.
+//! - `error`: the service's errors and the only conversion to `tonic::Status`.
+//!
+//! The domain (no proto, no SDK types):
+//! - `domain`: checked values (ARN, token, reason, principal), statuses, outcomes, actions.
 //! - `auth`: who a caller is (bearer token, client certificate) and what the policy allows;
 //!   token and policy files reloaded on SIGHUP.
-//! - `error`: the service's errors and the only conversion to `tonic::Status`.
+//! - `stop`: StopExecution and GetStopRequest, the idempotency contract: claiming, carrying
+//!   out, waiting for duplicates, completing abandoned requests.
+//! - `watch`: WatchExecution's shared pollers and streams of domain events.
 //! - `audit`: write-behind of audit events that change no record (replays).
-//! - `stop`: StopExecution and GetStopRequest, the idempotency contract.
-//! - `domain`: checked values (ARN, token, reason) and statuses, free of SDK and proto types.
-//! - [`store`]: the stop-request store, one trait over Postgres and SQLite pools.
-//! - `sagemaker`: the only code that touches the AWS SDK.
-//! - `watch`: WatchExecution's shared pollers and streams.
-//! - [`telemetry`]: logging, as text or JSON.
 //!
-//! - `demo`: `serve --emulator`, the emulator in-process with demo executions.
+//! The edges:
+//! - [`store`]: the stop-request store, plain operations on typed rows, one trait over
+//!   Postgres and SQLite pools.
+//! - `sagemaker`: the only code that touches the AWS SDK.
+//! - [`telemetry`]: logging, as text or JSON.
 //! - `jitter`: spreading retries and polls.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
+//!
+//! Imports point one way: no module imports one that imports it back.
 
 pub mod app;
 mod audit;
