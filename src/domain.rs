@@ -266,7 +266,7 @@ impl ExecutionStatus {
     /// as [`ExecutionStatus::Unknown`], and logged the first time it is seen.
     pub(crate) fn parse(value: &str) -> Self {
         Self::known(value).unwrap_or_else(|| {
-            warn_once_unknown("pipeline execution status", value);
+            let _ = warn_once_unknown("pipeline execution status", value);
             Self::Unknown(value.to_string())
         })
     }
@@ -301,20 +301,23 @@ impl ExecutionStatus {
 
 /// Logs a value SageMaker sent that this version does not know, once per value and kind for
 /// the life of the process (SageMaker may add statuses; a log line per poll would flood).
-fn warn_once_unknown(kind: &'static str, value: &str) {
+/// Returns whether it logged.
+fn warn_once_unknown(kind: &'static str, value: &str) -> bool {
     static SEEN: LazyLock<Mutex<HashSet<(&'static str, String)>>> =
         LazyLock::new(|| Mutex::new(HashSet::new()));
     let mut seen = SEEN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Bounded: a misbehaving upstream cannot grow the set without limit.
-    if seen.len() < 64 && seen.insert((kind, value.to_string())) {
+    let first = seen.len() < 64 && seen.insert((kind, value.to_string()));
+    if first {
         tracing::warn!(
             kind,
             value,
             "SageMaker reported a value this version does not know; it is shown as UNSPECIFIED and never treated as terminal"
         );
     }
+    first
 }
 
 /// What a stop request achieved.
@@ -515,6 +518,14 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_value_is_logged_once() {
+        assert!(warn_once_unknown("test status", "Hibernating"));
+        assert!(!warn_once_unknown("test status", "Hibernating"));
+        assert!(warn_once_unknown("test status", "Dozing"));
+        assert!(warn_once_unknown("other kind", "Hibernating"));
+    }
+
+    #[test]
     fn statuses_round_trip_and_unknown_ones_are_not_terminal() {
         for s in [
             "Executing",
@@ -558,7 +569,7 @@ impl StepStatus {
             "Failed" => Self::Failed,
             "Succeeded" => Self::Succeeded,
             other => {
-                warn_once_unknown("step status", other);
+                let _ = warn_once_unknown("step status", other);
                 Self::Unknown(other.to_string())
             }
         }

@@ -186,3 +186,61 @@ async fn errors_are_invalid_argument_not_found_and_unavailable() {
     );
     assert!(error.get_details_retry_info().is_some());
 }
+
+/// A status SageMaker adds one day (botocore's model has five) reads as UNSPECIFIED, with the
+/// rest of the execution intact, and a watch of it goes on to the statuses it knows.
+#[tokio::test]
+async fn a_status_this_version_does_not_know_reads_and_watches_as_unspecified() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |args| {
+        args.poll_interval = Duration::from_millis(50);
+    })
+    .await;
+    let arn = stack
+        .execution(json!([{"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 100000000}}}]))
+        .await;
+    stack
+        .admin
+        .set_fault(
+            "DescribePipelineExecution",
+            json!({"replace": {"PipelineExecutionStatus": "Paused"}}),
+        )
+        .await;
+    let execution = get(&stack, &arn).await.unwrap();
+    assert_eq!(execution.status(), pb::ExecutionStatus::Unspecified);
+    assert_eq!(execution.pipeline_execution_arn, arn);
+    assert_eq!(
+        step(&execution, "Train").status(),
+        pb::StepStatus::Executing
+    );
+
+    let mut stream = stack
+        .client
+        .clone()
+        .watch_execution(pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(pb::watch_execution_response::Event::Execution(first)) = first.event else {
+        panic!("a snapshot first");
+    };
+    assert_eq!(first.status(), pb::ExecutionStatus::Unspecified);
+
+    // Not terminal: the stream follows the execution once SageMaker speaks plainly again.
+    stack.admin.clear_faults().await;
+    stack.stop(&arn).await;
+    let last = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut last = None;
+        while let Some(message) = stream.message().await.unwrap() {
+            if let Some(pb::watch_execution_response::Event::Execution(execution)) = message.event {
+                last = Some(execution);
+            }
+        }
+        last
+    })
+    .await
+    .expect("the stream ends after a terminal snapshot");
+    assert_eq!(last.unwrap().status(), pb::ExecutionStatus::Stopped);
+}

@@ -17,6 +17,7 @@ use tonic_types::StatusExt as _;
 on_both_databases!(
     outcomes_follow_the_execution_status,
     terminal_and_missing_executions_are_recorded_errors,
+    a_status_this_version_does_not_know_gets_a_clear_answer_and_no_record,
     invalid_requests_are_neither_recorded_nor_sent,
     an_empty_token_gets_a_generated_one,
     a_repeat_replays_the_answer_without_calling_sagemaker,
@@ -169,6 +170,59 @@ async fn terminal_and_missing_executions_are_recorded_errors(backend: Backend) {
     assert_eq!(replay.code(), Code::NotFound);
     assert_eq!(metadata(replay.metadata(), "idempotency-replayed"), "true");
     assert_eq!(stack.admin.calls("StopPipelineExecution").await, calls);
+}
+
+/// SageMaker may add statuses (botocore's model has five). An execution in one that SageMaker
+/// will not stop gets a clear answer, not UNAVAILABLE forever; nothing is recorded, so the
+/// same token works once the execution is in a status the service knows.
+async fn a_status_this_version_does_not_know_gets_a_clear_answer_and_no_record(backend: Backend) {
+    let stack = Stack::start(backend, 1000.0, |_| {}).await;
+    let arn = stack.execution(steps(RUNNING)).await;
+    // Stopped behind the service's back, then described as a status nobody knows yet.
+    stack
+        .sagemaker
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(crate::common::token())
+        .send()
+        .await
+        .unwrap();
+    crate::common::wait_for_status(&stack.sagemaker, &arn, "Stopped").await;
+    stack
+        .admin
+        .set_fault(
+            "DescribePipelineExecution",
+            json!({"replace": {"PipelineExecutionStatus": "Paused"}}),
+        )
+        .await;
+
+    let error = stop(&stack, &arn, "paused", "incident").await.unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+    let info = error.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "EXECUTION_STATUS_UNKNOWN");
+    assert_eq!(info.metadata["status"], "Paused");
+    assert!(error.get_details_precondition_failure().is_some());
+    assert_eq!(stack.stored_requests().await, 0, "not recorded");
+    assert_eq!(
+        crate::common::count_where(
+            &stack.db,
+            "stop_audit",
+            "event = 'discarded' AND error_code = 'EXECUTION_STATUS_UNKNOWN'"
+        )
+        .await,
+        1,
+        "in the audit trail"
+    );
+
+    // The same token, once SageMaker reports a status the service knows: a fresh attempt.
+    stack.admin.clear_faults().await;
+    let answer = stop(&stack, &arn, "paused", "incident")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.outcome(), pb::StopOutcome::AlreadyStopped);
+    assert!(!answer.replayed);
+    assert_eq!(stack.stored_requests().await, 1);
 }
 
 async fn invalid_requests_are_neither_recorded_nor_sent(backend: Backend) {

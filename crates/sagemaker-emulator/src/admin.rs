@@ -8,8 +8,9 @@
 //!   execution received (replays included), with its ClientRequestToken, oldest first.
 //! - `GET /_emulator/faults`: the faults in force. `PUT /_emulator/faults/{Operation}` (or `*`
 //!   for every operation) with `{"throttle": {"count": 3}, "internalError": {"fraction": 0.5},
-//!   "conflict": {"count": 1}, "latencyMs": 200}` (any subset) sets them; `DELETE` clears one
-//!   operation's, or all.
+//!   "conflict": {"count": 1}, "latencyMs": 200, "replace": {"PipelineExecutionStatus":
+//!   "Paused"}}` (any subset; `replace` sets members of every successful answer) sets them;
+//!   `DELETE` clears one operation's, or all.
 //! - `GET /_emulator/config`: region, account, time scale.
 
 use std::{collections::BTreeMap, sync::Arc};

@@ -1,7 +1,8 @@
 //! Fault injection, set and cleared per operation through the admin surface, so tests can
 //! drive a client's error paths: ThrottlingException, HTTP 500 and ConflictException for the
-//! next N calls or for a fraction of calls, and added latency. Rules for `*` apply to every
-//! operation. A faulted call has no other effect.
+//! next N calls or for a fraction of calls, added latency, and answers with members replaced
+//! (a status SageMaker may add one day, say). Rules for `*` apply to every operation. A
+//! faulted call has no other effect.
 
 use std::{
     collections::HashMap,
@@ -44,6 +45,11 @@ pub(crate) struct FaultConfig {
     /// Delay every call by this many (real) milliseconds before answering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) latency_ms: Option<u64>,
+    /// Members set in every successful answer, over what the operation made: what a client
+    /// does with values the emulator would never send (an unknown status, a missing member
+    /// set to `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) replace: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl FaultConfig {
@@ -111,6 +117,7 @@ struct LiveFaults {
     internal_error: Option<LiveRule>,
     conflict: Option<LiveRule>,
     latency: Option<Duration>,
+    replace: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The fault rules in force, by operation name. Read on every call (two sharded-map lookups,
@@ -125,6 +132,8 @@ pub(crate) struct Faults {
 pub(crate) struct Verdict {
     pub(crate) latency: Option<Duration>,
     pub(crate) fault: Option<Fault>,
+    /// Members to set in the answer, if it succeeds.
+    pub(crate) replace: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Faults {
@@ -134,6 +143,7 @@ impl Faults {
             internal_error: config.internal_error.as_ref().map(LiveRule::new),
             conflict: config.conflict.as_ref().map(LiveRule::new),
             latency: config.latency_ms.map(Duration::from_millis),
+            replace: config.replace.clone(),
         };
         self.rules.insert(operation.to_string(), Arc::new(live));
     }
@@ -159,6 +169,7 @@ impl Faults {
                         internal_error: live.internal_error.as_ref().map(LiveRule::snapshot),
                         conflict: live.conflict.as_ref().map(LiveRule::snapshot),
                         latency_ms: live.latency.map(|d| d.as_millis() as u64),
+                        replace: live.replace.clone(),
                     },
                 )
             })
@@ -174,6 +185,15 @@ impl Faults {
         let mut verdict = Verdict::default();
         for live in applicable {
             verdict.latency = verdict.latency.max(live.latency);
+            // The operation's own members first, then those of `*`.
+            if let Some(replace) = &live.replace {
+                let merged = verdict.replace.get_or_insert_with(Default::default);
+                for (member, value) in replace {
+                    merged
+                        .entry(member.clone())
+                        .or_insert_with(|| value.clone());
+                }
+            }
             if verdict.fault.is_some() {
                 continue;
             }

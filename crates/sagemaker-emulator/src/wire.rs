@@ -72,5 +72,9 @@ async fn answer(emulator: &Emulator, headers: &HeaderMap, body: &[u8]) -> Result
             "The request body must be a JSON object.",
         ));
     }
-    ops::call(emulator, op, input)
+    let mut answer = ops::call(emulator, op, input)?;
+    if let (Some(replace), Value::Object(members)) = (verdict.replace, &mut answer) {
+        members.extend(replace);
+    }
+    Ok(answer)
 }

@@ -927,6 +927,32 @@ async fn injected_faults_surface_as_the_sdk_sees_them() {
     assert!(started.elapsed() >= Duration::from_millis(300));
     admin.clear_faults().await;
 
+    // Replaced members: a status SageMaker may add one day reaches the SDK as an unknown
+    // value, and the rest of the answer is the operation's own; failures are not touched.
+    admin
+        .set_fault(
+            "DescribePipelineExecution",
+            json!({"replace": {"PipelineExecutionStatus": "Paused"}}),
+        )
+        .await;
+    let described = describe(&no_retries).await.unwrap();
+    let status = described.pipeline_execution_status().unwrap();
+    assert!(
+        !aws_sdk_sagemaker::types::PipelineExecutionStatus::values().contains(&status.as_str()),
+        "{status:?} is a value the SDK does not know"
+    );
+    assert_eq!(status.as_str(), "Paused");
+    assert_eq!(described.pipeline_execution_arn(), Some(arn.as_str()));
+    let missing = no_retries
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(arn.replace(&arn[arn.len() - 12..], "zzzzzzzzzzzz"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Some("ResourceNotFound"));
+    admin.clear_faults().await;
+    assert_eq!(execution_status(&no_retries, &arn).await, "Executing");
+
     let faults: serde_json::Value =
         reqwest::get(format!("{}/_emulator/faults", emulator.endpoint_url))
             .await
