@@ -1,43 +1,69 @@
 //! The admin surface under `/_emulator/` (JSON), for tests and people:
 //!
-//! - `GET /_emulator/stats`: calls received per operation, `{"StopPipelineExecution": 3, ...}`;
-//!   `DELETE` resets them.
+//! - `GET /_emulator/stats`: SageMaker calls received per operation, summed over every
+//!   account and region, `{"StopPipelineExecution": 3, ...}`. `GET /_emulator/stats/by-account`:
+//!   the calls made per account, region and operation, STS's included,
+//!   `{"111111111111": {"eu-west-1": {"AssumeRole": 1, "DescribePipeline": 2}}}` (calls never
+//!   made left out). `DELETE /_emulator/stats` resets both.
 //! - `GET /_emulator/callbacks[?pipelineExecutionArn=ARN]`: the messages Callback steps would
-//!   have sent to SQS (the first one, and the `"status": "Stopping"` one on stop), oldest first.
+//!   have sent to SQS (the first one, and the `"status": "Stopping"` one on stop), oldest
+//!   first; of every account and region, or of the one the ARN names.
 //! - `GET /_emulator/stop-requests?pipelineExecutionArn=ARN`: every StopPipelineExecution the
 //!   execution received (replays included), with its ClientRequestToken, oldest first.
-//! - `GET /_emulator/faults`: the faults in force. `PUT /_emulator/faults/{Operation}` (or `*`
-//!   for every operation) with `{"throttle": {"count": 3}, "internalError": {"fraction": 0.5},
-//!   "conflict": {"count": 1}, "latencyMs": 200, "replace": {"PipelineExecutionStatus":
-//!   "Paused"}}` (any subset; `replace` sets members of every successful answer) sets them;
-//!   `DELETE` clears one operation's, or all.
-//! - `GET /_emulator/config`: region, account, time scale.
+//! - `GET /_emulator/faults[?account=ACCOUNT]`: the faults in force for every account (or
+//!   those set for ACCOUNT alone). `PUT /_emulator/faults/{Operation}[?account=ACCOUNT]` (or
+//!   `*` for every operation) with `{"throttle": {"count": 3}, "internalError": {"fraction":
+//!   0.5}, "conflict": {"count": 1}, "accessDenied": {"count": 1}, "latencyMs": 200,
+//!   "replace": {"PipelineExecutionStatus": "Paused"}}` (any subset; `replace` sets members of
+//!   every successful answer) sets them, for ACCOUNT's calls only when given. `DELETE
+//!   /_emulator/faults/{Operation}[?account=ACCOUNT]` clears one rule; `DELETE
+//!   /_emulator/faults` clears every rule (with `?account=ACCOUNT`, every rule of ACCOUNT).
+//! - `PUT /_emulator/roles` with `{"roleArn": ARN, "externalId": "..." (optional),
+//!   "refuse": false}` sets what AssumeRole of that role demands: exactly this ExternalId, or
+//!   (`refuse`) nothing will do. `GET /_emulator/roles` lists the rules (those of
+//!   `--role-external-id` too); `DELETE /_emulator/roles` clears them all.
+//! - `GET /_emulator/config`: the default region and account, time scale.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
-    http::StatusCode,
+    extract::{FromRequestParts, Path, Query, State},
+    http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{faults::FaultConfig, state::Emulator};
+use super::{
+    faults::FaultConfig,
+    identity::RoleRule,
+    state::{Emulator, Operation, ScopedCounts},
+    sts,
+};
+
+/// An admin error: its status and `{"error": message}`.
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
 
 pub(crate) async fn stats(State(emulator): State<Arc<Emulator>>) -> Json<BTreeMap<String, u64>> {
     Json(
         emulator
-            .call_counts()
+            .stats
+            .totals()
             .into_iter()
             .map(|(op, n)| (op.name().to_string(), n))
             .collect(),
     )
 }
 
+pub(crate) async fn stats_by_account(State(emulator): State<Arc<Emulator>>) -> Json<ScopedCounts> {
+    Json(emulator.stats.by_scope())
+}
+
 pub(crate) async fn reset_stats(State(emulator): State<Arc<Emulator>>) -> StatusCode {
-    emulator.reset_call_counts();
+    emulator.stats.reset();
     StatusCode::NO_CONTENT
 }
 
@@ -54,32 +80,32 @@ pub(crate) async fn callbacks(
     match callback_messages(&emulator, filter.pipeline_execution_arn.as_deref()) {
         Some(messages) => Json(messages).into_response(),
         None => {
-            let message = format!(
-                "no execution {}",
-                filter.pipeline_execution_arn.unwrap_or_default()
-            );
-            (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response()
+            let arn = filter.pipeline_execution_arn.unwrap_or_default();
+            refuse(StatusCode::NOT_FOUND, format!("no execution {arn}"))
         }
     }
 }
 
-/// The callback messages of one execution (`None` if it does not exist), or of all, oldest
-/// first.
+/// The callback messages of one execution of any account and region (`None` if it does not
+/// exist), or of all, oldest first.
 pub(crate) fn callback_messages(
     emulator: &Emulator,
     execution_arn: Option<&str>,
 ) -> Option<Vec<Value>> {
     let cells: Vec<_> = match execution_arn {
-        Some(arn) => vec![emulator.executions.get(arn)?.clone()],
+        Some(arn) => vec![emulator.execution_by_arn(arn)?],
         None => emulator
-            .executions
-            .iter()
-            .map(|e| e.value().clone())
+            .all_resources()
+            .into_iter()
+            .flat_map(|res| {
+                let cells: Vec<_> = res.executions.iter().map(|e| e.value().clone()).collect();
+                cells.into_iter().map(move |cell| (res.clone(), cell))
+            })
             .collect(),
     };
     let mut messages: Vec<(f64, Value)> = Vec::new();
-    for cell in cells {
-        let execution = emulator.lock(&cell);
+    for (res, cell) in cells {
+        let execution = emulator.lock(&res, &cell);
         for m in &execution.state.messages {
             messages.push((
                 m.sent_at,
@@ -102,11 +128,10 @@ pub(crate) async fn stop_requests(
     Query(filter): Query<CallbackFilter>,
 ) -> Response {
     let arn = filter.pipeline_execution_arn.unwrap_or_default();
-    let Some(cell) = emulator.executions.get(&arn).map(|c| c.clone()) else {
-        let message = format!("no execution {arn}");
-        return (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response();
+    let Some((res, cell)) = emulator.execution_by_arn(&arn) else {
+        return refuse(StatusCode::NOT_FOUND, format!("no execution {arn}"));
     };
-    let execution = emulator.lock(&cell);
+    let execution = emulator.lock(&res, &cell);
     let requests: Vec<Value> = execution
         .stop_requests
         .iter()
@@ -115,38 +140,98 @@ pub(crate) async fn stop_requests(
     Json(requests).into_response()
 }
 
+/// `?account=ACCOUNT` (12 digits): rules for one account's calls only, or (absent) for every
+/// account's. An extractor, so that a malformed account is refused before a handler runs.
+pub(crate) struct Account(Option<String>);
+
+#[derive(Deserialize)]
+struct AccountQuery {
+    account: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Account {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Query(query) = Query::<AccountQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        match query.account {
+            Some(a) if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("account {a} is not 12 digits"),
+            )),
+            account => Ok(Self(account)),
+        }
+    }
+}
+
 pub(crate) async fn list_faults(
     State(emulator): State<Arc<Emulator>>,
+    Account(account): Account,
 ) -> Json<BTreeMap<String, FaultConfig>> {
-    Json(emulator.faults.snapshot().into_iter().collect())
+    Json(
+        emulator
+            .faults
+            .snapshot(account.as_deref())
+            .into_iter()
+            .collect(),
+    )
 }
 
 pub(crate) async fn set_fault(
     State(emulator): State<Arc<Emulator>>,
     Path(operation): Path<String>,
+    Account(account): Account,
     Json(config): Json<FaultConfig>,
 ) -> Response {
-    if operation != "*" && super::state::Operation::from_name(&operation).is_none() {
-        let message = format!("unknown operation {operation}");
-        return (StatusCode::NOT_FOUND, Json(json!({ "error": message }))).into_response();
+    if operation != "*" && Operation::from_name(&operation).is_none() {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("unknown operation {operation}"),
+        );
     }
     if let Err(message) = config.check() {
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": message }))).into_response();
+        return refuse(StatusCode::BAD_REQUEST, message);
     }
-    emulator.faults.set(&operation, &config);
+    emulator.faults.set(&operation, account.as_deref(), &config);
     (StatusCode::OK, Json(config)).into_response()
 }
 
 pub(crate) async fn clear_fault(
     State(emulator): State<Arc<Emulator>>,
     Path(operation): Path<String>,
+    Account(account): Account,
 ) -> StatusCode {
-    emulator.faults.clear(Some(&operation));
+    emulator.faults.clear(Some(&operation), account.as_deref());
     StatusCode::NO_CONTENT
 }
 
-pub(crate) async fn clear_faults(State(emulator): State<Arc<Emulator>>) -> StatusCode {
-    emulator.faults.clear(None);
+pub(crate) async fn clear_faults(
+    State(emulator): State<Arc<Emulator>>,
+    Account(account): Account,
+) -> StatusCode {
+    emulator.faults.clear(None, account.as_deref());
+    StatusCode::NO_CONTENT
+}
+
+pub(crate) async fn list_roles(State(emulator): State<Arc<Emulator>>) -> Json<Vec<RoleRule>> {
+    Json(emulator.identity.roles())
+}
+
+pub(crate) async fn set_role(
+    State(emulator): State<Arc<Emulator>>,
+    Json(rule): Json<RoleRule>,
+) -> Response {
+    if let Err(message) = sts::check_role_rule(&rule) {
+        return refuse(StatusCode::BAD_REQUEST, message);
+    }
+    emulator.identity.set_role(rule.clone());
+    (StatusCode::OK, Json(rule)).into_response()
+}
+
+pub(crate) async fn clear_roles(State(emulator): State<Arc<Emulator>>) -> StatusCode {
+    emulator.identity.clear_roles();
     StatusCode::NO_CONTENT
 }
 

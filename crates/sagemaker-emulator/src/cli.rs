@@ -1,11 +1,20 @@
 //! The emulator's command line, shared by the `sagemaker-emulator` binary and
 //! `pipeline-control emulator`: every setting a flag with an environment variable.
+//!
+//! - `--listen` (`PIPELINE_CONTROL_EMULATOR_LISTEN`, default `127.0.0.1:9380`).
+//! - `--region` (`PIPELINE_CONTROL_EMULATOR_REGION`, default `us-east-1`): the region of calls
+//!   whose signature names none; every other call acts in the region of its SigV4 scope.
+//! - `--role-external-id ROLE_ARN=EXTERNAL_ID`, repeatable
+//!   (`PIPELINE_CONTROL_EMULATOR_ROLE_EXTERNAL_IDS`, pairs separated by spaces): AssumeRole of
+//!   ROLE_ARN must pass exactly this ExternalId (as `PUT /_emulator/roles` sets it).
+//! - [`EmulatorSettings`], shared with `pipeline-control serve --emulator`: `--time-scale`,
+//!   `--seed`, `--account-id` (the account of every key but those its STS issued).
 
 use std::{future::Future, net::SocketAddr};
 
 use clap::Args;
 
-use crate::{EmulatorOptions, EmulatorServer};
+use crate::{EmulatorOptions, EmulatorServer, identity::RoleRule, sts};
 
 /// Settings of a standalone emulator.
 #[derive(Debug, Clone, Args)]
@@ -18,13 +27,25 @@ pub struct EmulatorArgs {
     )]
     pub listen: SocketAddr,
 
-    /// The region in the ARNs it makes.
+    /// The region of calls whose signature names none (the others act in the region of
+    /// their SigV4 credential scope), in the ARNs they make.
     #[arg(
         long,
         env = "PIPELINE_CONTROL_EMULATOR_REGION",
         default_value = "us-east-1"
     )]
     pub region: String,
+
+    /// AssumeRole of ROLE_ARN must pass exactly this ExternalId (repeatable; in the
+    /// environment, pairs separated by spaces).
+    #[arg(
+        long = "role-external-id",
+        env = "PIPELINE_CONTROL_EMULATOR_ROLE_EXTERNAL_IDS",
+        value_name = "ROLE_ARN=EXTERNAL_ID",
+        value_parser = role_external_id,
+        value_delimiter = ' '
+    )]
+    pub role_external_ids: Vec<(String, String)>,
 
     /// The emulator's behaviour.
     #[command(flatten)]
@@ -42,7 +63,8 @@ pub struct EmulatorSettings {
     #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_SEED")]
     pub seed: Option<u64>,
 
-    /// The 12-digit account id in the ARNs it makes.
+    /// The 12-digit account of every call not signed with a key its STS issued (those act in
+    /// the assumed role's account), in the ARNs they make.
     #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_ACCOUNT_ID", default_value = "123456789012", value_parser = account_id)]
     pub account_id: String,
 }
@@ -52,6 +74,20 @@ fn positive_scale(text: &str) -> Result<f64, String> {
         Ok(f) if f.is_finite() && f > 0.0 && f <= 1_000_000.0 => Ok(f),
         _ => Err("must be a number greater than 0 and at most 1000000".into()),
     }
+}
+
+/// `ROLE_ARN=EXTERNAL_ID`, split at the first `=` (a role name may not contain one here),
+/// both checked as AssumeRole checks them.
+fn role_external_id(text: &str) -> Result<(String, String), String> {
+    let (role_arn, external_id) = text
+        .split_once('=')
+        .ok_or_else(|| "must be ROLE_ARN=EXTERNAL_ID".to_string())?;
+    sts::check_role_rule(&RoleRule {
+        role_arn: role_arn.to_string(),
+        external_id: Some(external_id.to_string()),
+        refuse: false,
+    })?;
+    Ok((role_arn.to_string(), external_id.to_string()))
 }
 
 fn account_id(text: &str) -> Result<String, String> {
@@ -70,6 +106,7 @@ impl EmulatorSettings {
             seed: self.seed,
             region: region.to_string(),
             account_id: self.account_id.clone(),
+            role_external_ids: Vec::new(),
         }
     }
 }
@@ -82,7 +119,11 @@ impl EmulatorArgs {
         started: impl FnOnce(&str),
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let server = EmulatorServer::bind(self.listen, &self.settings.options(&self.region))
+        let options = EmulatorOptions {
+            role_external_ids: self.role_external_ids.clone(),
+            ..self.settings.options(&self.region)
+        };
+        let server = EmulatorServer::bind(self.listen, &options)
             .await
             .map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.listen))
@@ -113,11 +154,45 @@ mod tests {
             vec!["e", "--time-scale", "0"],
             vec!["e", "--time-scale", "-2"],
             vec!["e", "--account-id", "12345"],
+            vec![
+                "e",
+                "--role-external-id",
+                "arn:aws:iam::222222222222:role/R",
+            ],
+            vec!["e", "--role-external-id", "not-an-arn=abc"],
+            vec![
+                "e",
+                "--role-external-id",
+                "arn:aws:iam::222222222222:role/R=x",
+            ],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
         let cli = Cli::try_parse_from(["e", "--time-scale", "60", "--seed", "7"]).unwrap();
         assert_eq!(cli.args.settings.time_scale, 60.0);
         assert_eq!(cli.args.settings.seed, Some(7));
+        assert!(cli.args.role_external_ids.is_empty());
+
+        let cli = Cli::try_parse_from([
+            "e",
+            "--role-external-id",
+            "arn:aws:iam::222222222222:role/R=abc=def",
+            "--role-external-id",
+            "arn:aws:iam::333333333333:role/S=x:y",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.role_external_ids,
+            [
+                (
+                    "arn:aws:iam::222222222222:role/R".to_string(),
+                    "abc=def".to_string()
+                ),
+                (
+                    "arn:aws:iam::333333333333:role/S".to_string(),
+                    "x:y".to_string()
+                ),
+            ]
+        );
     }
 }

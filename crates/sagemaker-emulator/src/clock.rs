@@ -47,10 +47,57 @@ impl Clock {
     pub(crate) fn scale(&self) -> f64 {
         self.scale
     }
+
+    /// The real (wall-clock) epoch seconds at which this clock shows `t`: what a client with
+    /// a real clock must be told, so that it acts before the emulated moment passes.
+    pub(crate) fn wall_time_at(&self, t: VTime) -> f64 {
+        self.epoch_at_start + (t - self.epoch_at_start) / self.scale
+    }
+}
+
+/// Epoch seconds as ISO 8601 in UTC, whole seconds rounded down: `2026-12-01T12:00:00Z`.
+pub(crate) fn iso8601(epoch_seconds: f64) -> String {
+    let secs = epoch_seconds.floor() as i64;
+    let (days, in_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        in_day / 3600,
+        in_day % 3600 / 60,
+        in_day % 60
+    )
 }
 
 pub(crate) fn round_ms(t: f64) -> f64 {
     (t * 1000.0).round() / 1000.0
+}
+
+/// `len` characters of `alphabet`, drawn from the 64-bit numbers `next` gives.
+fn spell(alphabet: &[u8], len: usize, mut next: impl FnMut() -> u64) -> String {
+    let mut out = String::with_capacity(len);
+    let mut bits = next();
+    let mut left = 64u32;
+    let base = alphabet.len() as u64;
+    for _ in 0..len {
+        if left < 8 {
+            bits = next();
+            left = 64;
+        }
+        out.push(alphabet[(bits % base) as usize] as char);
+        bits /= base;
+        left -= 6;
+    }
+    out
 }
 
 /// Kinds of identifiers, each with its own sequence.
@@ -61,13 +108,14 @@ pub(crate) enum IdKind {
     Request = 2,
     Fault = 3,
     Job = 4,
+    Credential = 5,
 }
 
 /// Lock-free, optionally deterministic identifier source.
 #[derive(Debug)]
 pub(crate) struct Ids {
     seed: u64,
-    counters: [AtomicU64; 5],
+    counters: [AtomicU64; 6],
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -78,6 +126,7 @@ fn splitmix64(mut z: u64) -> u64 {
 }
 
 const LOWER_ALNUM: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+const UPPER_ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 impl Ids {
@@ -103,20 +152,7 @@ impl Ids {
     }
 
     fn chars(&self, kind: IdKind, alphabet: &[u8], len: usize) -> String {
-        let mut out = String::with_capacity(len);
-        let mut bits = self.next(kind);
-        let mut left = 64u32;
-        let base = alphabet.len() as u64;
-        for _ in 0..len {
-            if left < 8 {
-                bits = self.next(kind);
-                left = 64;
-            }
-            out.push(alphabet[(bits % base) as usize] as char);
-            bits /= base;
-            left -= 6;
-        }
-        out
+        spell(alphabet, len, || self.next(kind))
     }
 
     /// A pipeline execution id: 12 lowercase alphanumerics, as SageMaker's.
@@ -132,6 +168,39 @@ impl Ids {
     /// A suffix for job names: 10 lowercase alphanumerics.
     pub(crate) fn job_suffix(&self) -> String {
         self.chars(IdKind::Job, LOWER_ALNUM, 10)
+    }
+
+    /// An access key id of temporary credentials: `ASIA` and 16 more, as STS's.
+    pub(crate) fn access_key_id(&self) -> String {
+        format!("ASIA{}", self.chars(IdKind::Credential, UPPER_ALNUM, 16))
+    }
+
+    /// A secret access key: 40 characters.
+    pub(crate) fn secret_access_key(&self) -> String {
+        self.chars(IdKind::Credential, ALNUM, 40)
+    }
+
+    /// A session token: opaque, long, as STS's are.
+    pub(crate) fn session_token(&self) -> String {
+        format!(
+            "IQoJb3JpZ2luX2VtdWxhdG9y{}",
+            self.chars(IdKind::Credential, ALNUM, 200)
+        )
+    }
+
+    /// The unique id IAM gives the principal `name` (`prefix` and 17 characters, as
+    /// `AROA3XFRBF535PLBIFPI4`): the same for the same name (and seed), with no state kept.
+    pub(crate) fn unique_id(&self, prefix: &str, name: &str) -> String {
+        // FNV-1a: a stable hash (std's is randomly keyed per process).
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        let mut state = self.seed ^ hash;
+        let suffix = spell(UPPER_ALNUM, 17, || {
+            state = splitmix64(state);
+            state
+        });
+        format!("{prefix}{suffix}")
     }
 
     /// A request id in UUID form.
@@ -200,6 +269,47 @@ mod tests {
         assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
         let mean = values.iter().sum::<f64>() / values.len() as f64;
         assert!((0.4..0.6).contains(&mean), "{mean}");
+    }
+
+    #[test]
+    fn credentials_and_unique_ids_have_aws_shapes() {
+        let ids = Ids::new(Some(3));
+        let key = ids.access_key_id();
+        assert_eq!(key.len(), 20);
+        assert!(key.starts_with("ASIA"));
+        assert_ne!(key, ids.access_key_id());
+        assert_eq!(ids.secret_access_key().len(), 40);
+        let role = ids.unique_id("AROA", "arn:aws:iam::222222222222:role/R");
+        assert_eq!(role.len(), 21);
+        assert_eq!(
+            role,
+            ids.unique_id("AROA", "arn:aws:iam::222222222222:role/R")
+        );
+        assert_ne!(
+            role,
+            ids.unique_id("AROA", "arn:aws:iam::222222222222:role/S")
+        );
+        assert!(role[4..].bytes().all(|b| UPPER_ALNUM.contains(&b)));
+    }
+
+    #[test]
+    fn times_are_written_in_iso_8601() {
+        assert_eq!(iso8601(0.0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(1_796_126_400.9), "2026-12-01T12:00:00Z");
+        assert_eq!(iso8601(951_825_599.0), "2000-02-29T11:59:59Z");
+        assert_eq!(iso8601(4_107_542_400.0), "2100-03-01T00:00:00Z");
+    }
+
+    #[test]
+    fn the_wall_time_of_an_emulated_moment_is_scaled_back() {
+        let clock = Clock::new(60.0);
+        let now = clock.now();
+        let wall = clock.wall_time_at(now + 900.0);
+        let real_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((wall - real_now - 15.0).abs() < 0.5, "{wall} {real_now}");
     }
 
     #[test]

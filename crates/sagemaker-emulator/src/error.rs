@@ -58,7 +58,18 @@ impl AwsError {
         )
     }
 
-    pub(crate) fn from_fault(fault: Fault) -> Self {
+    /// The caller's key is one the emulator's STS issued, and its lifetime is over.
+    pub(crate) fn expired_token() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "ExpiredTokenException",
+            "The security token included in the request is expired",
+        )
+    }
+
+    /// The error an injected fault answers; `denial` words an AccessDeniedException (who was
+    /// refused what), made only for that fault.
+    pub(crate) fn from_fault(fault: Fault, denial: impl FnOnce() -> String) -> Self {
         match fault {
             Fault::Throttle => Self::new(
                 StatusCode::BAD_REQUEST,
@@ -71,6 +82,9 @@ impl AwsError {
                 "ConflictException",
                 "The pipeline execution is being modified by another request; try again.",
             ),
+            Fault::AccessDenied => {
+                Self::new(StatusCode::BAD_REQUEST, "AccessDeniedException", denial())
+            }
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Fault injection, set and cleared per operation through the admin surface, so tests can
-//! drive a client's error paths: ThrottlingException, HTTP 500 and ConflictException for the
-//! next N calls or for a fraction of calls, added latency, and answers with members replaced
-//! (a status SageMaker may add one day, say). Rules for `*` apply to every operation. A
-//! faulted call has no other effect.
+//! drive a client's error paths: ThrottlingException, HTTP 500, ConflictException and
+//! AccessDeniedException for the next N calls or for a fraction of calls, added latency, and
+//! answers with members replaced (a status SageMaker may add one day, say). Rules for `*`
+//! apply to every operation; rules set for one account apply only to its calls, the others to
+//! every account's. A faulted call has no other effect.
 
 use std::{
     collections::HashMap,
@@ -42,6 +43,10 @@ pub(crate) struct FaultConfig {
     /// Answer `ConflictException`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) conflict: Option<FaultRule>,
+    /// Answer `AccessDeniedException`, as SageMaker does when the caller's policies do not
+    /// allow the operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) access_denied: Option<FaultRule>,
     /// Delay every call by this many (real) milliseconds before answering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) latency_ms: Option<u64>,
@@ -59,6 +64,7 @@ impl FaultConfig {
             ("throttle", &self.throttle),
             ("internalError", &self.internal_error),
             ("conflict", &self.conflict),
+            ("accessDenied", &self.access_denied),
         ] {
             let Some(rule) = rule else { continue };
             match (rule.count, rule.fraction) {
@@ -78,6 +84,7 @@ pub(crate) enum Fault {
     Throttle,
     InternalError,
     Conflict,
+    AccessDenied,
 }
 
 #[derive(Debug)]
@@ -116,15 +123,19 @@ struct LiveFaults {
     throttle: Option<LiveRule>,
     internal_error: Option<LiveRule>,
     conflict: Option<LiveRule>,
+    access_denied: Option<LiveRule>,
     latency: Option<Duration>,
     replace: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// The fault rules in force, by operation name. Read on every call (two sharded-map lookups,
-/// no lock shared by all calls); written only by the admin surface.
+/// Whom a rule is for: an operation (or `*`), and one account or (`None`) every account.
+type RuleKey = (String, Option<String>);
+
+/// The fault rules in force. Read on every call (four sharded-map lookups, no lock shared by
+/// all calls); written only by the admin surface.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
-    rules: DashMap<String, Arc<LiveFaults>>,
+    rules: DashMap<RuleKey, Arc<LiveFaults>>,
 }
 
 /// What to do to one call.
@@ -137,37 +148,49 @@ pub(crate) struct Verdict {
 }
 
 impl Faults {
-    pub(crate) fn set(&self, operation: &str, config: &FaultConfig) {
+    /// Sets the rules of `operation` (or `*`) for `account`, or for every account.
+    pub(crate) fn set(&self, operation: &str, account: Option<&str>, config: &FaultConfig) {
         let live = LiveFaults {
             throttle: config.throttle.as_ref().map(LiveRule::new),
             internal_error: config.internal_error.as_ref().map(LiveRule::new),
             conflict: config.conflict.as_ref().map(LiveRule::new),
+            access_denied: config.access_denied.as_ref().map(LiveRule::new),
             latency: config.latency_ms.map(Duration::from_millis),
             replace: config.replace.clone(),
         };
-        self.rules.insert(operation.to_string(), Arc::new(live));
+        let key = (operation.to_string(), account.map(str::to_string));
+        self.rules.insert(key, Arc::new(live));
     }
 
-    pub(crate) fn clear(&self, operation: Option<&str>) {
-        match operation {
-            Some(op) => {
-                self.rules.remove(op);
+    /// Clears the rules of `operation` for `account` (or those for every account); without an
+    /// operation, every rule for `account`, or without either, every rule.
+    pub(crate) fn clear(&self, operation: Option<&str>, account: Option<&str>) {
+        match (operation, account) {
+            (Some(op), account) => {
+                self.rules
+                    .remove(&(op.to_string(), account.map(str::to_string)));
             }
-            None => self.rules.clear(),
+            (None, Some(account)) => self
+                .rules
+                .retain(|(_, scoped), _| scoped.as_deref() != Some(account)),
+            (None, None) => self.rules.clear(),
         }
     }
 
-    pub(crate) fn snapshot(&self) -> HashMap<String, FaultConfig> {
+    /// The rules for `account` (or those for every account), by operation.
+    pub(crate) fn snapshot(&self, account: Option<&str>) -> HashMap<String, FaultConfig> {
         self.rules
             .iter()
+            .filter(|entry| entry.key().1.as_deref() == account)
             .map(|entry| {
-                let (op, live) = (entry.key(), entry.value());
+                let ((op, _), live) = (entry.key(), entry.value());
                 (
                     op.clone(),
                     FaultConfig {
                         throttle: live.throttle.as_ref().map(LiveRule::snapshot),
                         internal_error: live.internal_error.as_ref().map(LiveRule::snapshot),
                         conflict: live.conflict.as_ref().map(LiveRule::snapshot),
+                        access_denied: live.access_denied.as_ref().map(LiveRule::snapshot),
                         latency_ms: live.latency.map(|d| d.as_millis() as u64),
                         replace: live.replace.clone(),
                     },
@@ -176,16 +199,25 @@ impl Faults {
             .collect()
     }
 
-    /// Decides the fate of one call to `operation`.
-    pub(crate) fn judge(&self, operation: &str, ids: &Ids) -> Verdict {
-        let applicable: Vec<Arc<LiveFaults>> = [operation, "*"]
-            .into_iter()
-            .filter_map(|key| self.rules.get(key).map(|live| live.clone()))
-            .collect();
+    /// Decides the fate of one call to `operation` by `account`. The most specific rules come
+    /// first: the operation's for this account, the operation's, then `*`'s likewise.
+    pub(crate) fn judge(&self, operation: &str, account: &str, ids: &Ids) -> Verdict {
+        let applicable: Vec<Arc<LiveFaults>> = [
+            (operation, Some(account)),
+            (operation, None),
+            ("*", Some(account)),
+            ("*", None),
+        ]
+        .into_iter()
+        .filter_map(|(op, account)| {
+            let key = (op.to_string(), account.map(str::to_string));
+            self.rules.get(&key).map(|live| live.clone())
+        })
+        .collect();
         let mut verdict = Verdict::default();
         for live in applicable {
             verdict.latency = verdict.latency.max(live.latency);
-            // The operation's own members first, then those of `*`.
+            // The most specific rule's members first.
             if let Some(replace) = &live.replace {
                 let merged = verdict.replace.get_or_insert_with(Default::default);
                 for (member, value) in replace {
@@ -197,7 +229,9 @@ impl Faults {
             if verdict.fault.is_some() {
                 continue;
             }
+            // Refusing the caller comes before anything the operation itself would do.
             for (rule, fault) in [
+                (&live.access_denied, Fault::AccessDenied),
                 (&live.internal_error, Fault::InternalError),
                 (&live.throttle, Fault::Throttle),
                 (&live.conflict, Fault::Conflict),
@@ -216,12 +250,59 @@ impl Faults {
 mod tests {
     use super::*;
 
+    const ACCOUNT: &str = "123456789012";
+
+    fn count(n: u64) -> Option<FaultRule> {
+        Some(FaultRule {
+            count: Some(n),
+            fraction: None,
+        })
+    }
+
+    #[test]
+    fn a_rule_for_one_account_applies_to_its_calls_only() {
+        let faults = Faults::default();
+        let ids = Ids::new(Some(1));
+        let other = "111111111111";
+        let denied = FaultConfig {
+            access_denied: count(5),
+            ..Default::default()
+        };
+        faults.set("StopPipelineExecution", Some(other), &denied);
+        let throttled = FaultConfig {
+            throttle: count(5),
+            ..Default::default()
+        };
+        faults.set("*", None, &throttled);
+        let judge = |account| faults.judge("StopPipelineExecution", account, &ids).fault;
+        assert_eq!(judge(other), Some(Fault::AccessDenied));
+        assert_eq!(judge(ACCOUNT), Some(Fault::Throttle));
+        assert_eq!(faults.snapshot(Some(other)).len(), 1);
+        assert_eq!(faults.snapshot(None).keys().collect::<Vec<_>>(), ["*"]);
+
+        faults.clear(None, Some(other));
+        assert!(faults.snapshot(Some(other)).is_empty());
+        assert_eq!(
+            judge(other),
+            Some(Fault::Throttle),
+            "the rule for all stays"
+        );
+        faults.set("StopPipelineExecution", Some(other), &denied);
+        faults.clear(Some("StopPipelineExecution"), None);
+        assert_eq!(
+            judge(other),
+            Some(Fault::AccessDenied),
+            "only the unscoped rule goes"
+        );
+    }
+
     #[test]
     fn a_counted_fault_fires_exactly_that_many_times() {
         let faults = Faults::default();
         let ids = Ids::new(Some(1));
         faults.set(
             "StopPipelineExecution",
+            None,
             &FaultConfig {
                 throttle: Some(FaultRule {
                     count: Some(2),
@@ -231,14 +312,19 @@ mod tests {
             },
         );
         let fired: Vec<_> = (0..4)
-            .map(|_| faults.judge("StopPipelineExecution", &ids).fault)
+            .map(|_| faults.judge("StopPipelineExecution", ACCOUNT, &ids).fault)
             .collect();
         assert_eq!(
             fired,
             [Some(Fault::Throttle), Some(Fault::Throttle), None, None]
         );
-        assert_eq!(faults.judge("DescribePipelineExecution", &ids).fault, None);
-        let left = faults.snapshot()["StopPipelineExecution"].clone();
+        assert_eq!(
+            faults
+                .judge("DescribePipelineExecution", ACCOUNT, &ids)
+                .fault,
+            None
+        );
+        let left = faults.snapshot(None)["StopPipelineExecution"].clone();
         assert_eq!(left.throttle.and_then(|r| r.count), Some(0));
     }
 
@@ -248,6 +334,7 @@ mod tests {
         let ids = Ids::new(Some(2));
         faults.set(
             "*",
+            None,
             &FaultConfig {
                 internal_error: Some(FaultRule {
                     count: None,
@@ -258,15 +345,17 @@ mod tests {
             },
         );
         let hits = (0..1000)
-            .filter(|_| faults.judge("DescribePipeline", &ids).fault == Some(Fault::InternalError))
+            .filter(|_| {
+                faults.judge("DescribePipeline", ACCOUNT, &ids).fault == Some(Fault::InternalError)
+            })
             .count();
         assert!((400..600).contains(&hits), "{hits}");
         assert_eq!(
-            faults.judge("X", &ids).latency,
+            faults.judge("X", ACCOUNT, &ids).latency,
             Some(Duration::from_millis(5))
         );
-        faults.clear(None);
-        assert!(faults.snapshot().is_empty());
+        faults.clear(None, None);
+        assert!(faults.snapshot(None).is_empty());
     }
 
     #[test]

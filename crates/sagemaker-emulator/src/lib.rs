@@ -7,25 +7,33 @@
 //! with SageMaker's validation, error shapes and stop semantics. Pipelines run real definition
 //! documents as simulated work, scripted per step (see [`definition`] for the keys), in
 //! emulated time that `time_scale` speeds up. A small admin surface under `/_emulator/` counts
-//! calls, shows the messages Callback steps would have sent, and injects faults.
+//! calls, shows the messages Callback steps would have sent, injects faults and sets what
+//! roles demand.
+//!
+//! One emulator plays every account and region, kept apart as SageMaker keeps them: a call
+//! acts in the region of its SigV4 credential scope and in the account of its access key, and
+//! sees nothing of another (account, region). On the same port it serves STS's AssumeRole and
+//! GetCallerIdentity, whose temporary keys act in the role's account and expire on the
+//! emulated clock.
 //!
 //! # Layout
 //!
 //! - This file: the server ([`EmulatorServer`] binds, then serves; [`RunningEmulator`] in the
 //!   background) and its routes. `options`: how an emulator behaves ([`EmulatorOptions`]).
 //!   [`cli`]: the command line of the binary and of `pipeline-control emulator`.
-//! - `wire`: the HTTP protocol; `error`: SageMaker's error shapes, the only place a SageMaker
-//!   error becomes a response.
-//! - `ops`: the operations, with ClientRequestToken replay; `validate`: AWS-style
-//!   validation.
+//! - `wire`: the HTTP entry point and its two protocols; `error`: SageMaker's error shapes,
+//!   the only place a SageMaker error becomes a response.
+//! - `ops`: the SageMaker operations, with ClientRequestToken replay; `sts`: STS (awsQuery,
+//!   AssumeRole, GetCallerIdentity, its XML and errors); `validate`: AWS-style validation.
 //! - [`definition`]: pipeline definitions; `engine`: the execution state machine.
-//! - `state`: the data, in sharded maps with a lock per execution and per token record;
-//!   `clock`: time and ids.
+//! - `state`: the data, per (account, region) in sharded maps with a lock per execution and
+//!   per token record, and the call counts; `identity`: the (account, region) and principal
+//!   of a call, the keys STS issued, the roles' rules; `clock`: time and ids.
 //! - `faults` and `admin`: fault injection and the admin surface.
 //!
 //! A module imports only modules of the groups after its own, in this order, so none imports
-//! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`; `state`, `validate`;
-//! `engine`, `error`; `definition`, `faults`, `options`; `clock`.
+//! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`, `sts`; `state`,
+//! `validate`; `engine`, `error`; `definition`, `faults`, `identity`, `options`; `clock`.
 
 mod admin;
 pub mod cli;
@@ -34,9 +42,11 @@ pub mod definition;
 mod engine;
 mod error;
 mod faults;
+mod identity;
 mod ops;
 mod options;
 mod state;
+mod sts;
 mod validate;
 mod wire;
 
@@ -59,6 +69,7 @@ fn router(emulator: Arc<Emulator>) -> Router {
             "/_emulator/stats",
             get(admin::stats).delete(admin::reset_stats),
         )
+        .route("/_emulator/stats/by-account", get(admin::stats_by_account))
         .route("/_emulator/callbacks", get(admin::callbacks))
         .route("/_emulator/stop-requests", get(admin::stop_requests))
         .route(
@@ -68,6 +79,12 @@ fn router(emulator: Arc<Emulator>) -> Router {
         .route(
             "/_emulator/faults/{operation}",
             put(admin::set_fault).delete(admin::clear_fault),
+        )
+        .route(
+            "/_emulator/roles",
+            get(admin::list_roles)
+                .put(admin::set_role)
+                .delete(admin::clear_roles),
         )
         .route("/_emulator/config", get(admin::config))
         .with_state(emulator)
@@ -141,7 +158,8 @@ pub struct RunningEmulator {
 
 impl RunningEmulator {
     /// The callback tokens an execution's Callback steps are waiting with, by step name (from
-    /// the messages they sent), or `None` if there is no such execution.
+    /// the messages they sent), or `None` if there is no such execution. The execution may be
+    /// of any account and region: its ARN names them.
     pub fn callback_tokens(&self, execution_arn: &str) -> Option<Vec<(String, String)>> {
         let messages = admin::callback_messages(&self.emulator, Some(execution_arn))?;
         let mut tokens: Vec<(String, String)> = Vec::new();

@@ -1,5 +1,7 @@
 //! The SageMaker operations: input checked as SageMaker checks it, state changed through the
 //! engine, output shaped as the API model says (PascalCase members, epoch-second times).
+//! Each call sees only the [`Resources`] of its caller's account and region, and the ARNs it
+//! makes name them.
 
 use std::sync::{Arc, PoisonError};
 
@@ -10,25 +12,26 @@ use super::{
     definition::{self, StepKind},
     engine::{ExecutionState, Refusal, StepRun},
     error::AwsError,
-    state::{Emulator, Execution, ExecutionCell, IdempotentAnswer, Operation, Pipeline},
+    identity::Scope,
+    state::{Emulator, Execution, ExecutionCell, IdempotentAnswer, Operation, Pipeline, Resources},
     validate::{Validator, patterns},
 };
 
 type OpResult = Result<Value, AwsError>;
 
-/// Runs `op` on its JSON input.
-pub(crate) fn call(emulator: &Emulator, op: Operation, input: Value) -> OpResult {
+/// Runs `op` on its JSON input, in the account and region `res` holds.
+pub(crate) fn call(emulator: &Emulator, res: &Resources, op: Operation, input: Value) -> OpResult {
     match op {
-        Operation::CreatePipeline => create_pipeline(emulator, parse(input)?),
-        Operation::DescribePipeline => describe_pipeline(emulator, parse(input)?),
-        Operation::StartPipelineExecution => start_execution(emulator, input),
-        Operation::DescribePipelineExecution => describe_execution(emulator, parse(input)?),
-        Operation::ListPipelineExecutions => list_executions(emulator, parse(input)?),
-        Operation::ListPipelineExecutionSteps => list_steps(emulator, parse(input)?),
-        Operation::StopPipelineExecution => stop_execution(emulator, input),
-        Operation::SendPipelineExecutionStepSuccess => send_success(emulator, input),
-        Operation::SendPipelineExecutionStepFailure => send_failure(emulator, input),
-        Operation::RetryPipelineExecution => retry_execution(emulator, input),
+        Operation::CreatePipeline => create_pipeline(emulator, res, parse(input)?),
+        Operation::DescribePipeline => describe_pipeline(res, parse(input)?),
+        Operation::StartPipelineExecution => start_execution(emulator, res, input),
+        Operation::DescribePipelineExecution => describe_execution(emulator, res, parse(input)?),
+        Operation::ListPipelineExecutions => list_executions(emulator, res, parse(input)?),
+        Operation::ListPipelineExecutionSteps => list_steps(emulator, res, parse(input)?),
+        Operation::StopPipelineExecution => stop_execution(emulator, res, input),
+        Operation::SendPipelineExecutionStepSuccess => send(emulator, res, input, true),
+        Operation::SendPipelineExecutionStepFailure => send(emulator, res, input, false),
+        Operation::RetryPipelineExecution => retry_execution(emulator, res, input),
     }
 }
 
@@ -47,7 +50,7 @@ fn parse<T: for<'de> Deserialize<'de>>(input: Value) -> Result<T, AwsError> {
 /// callback-token map, a pipeline's runs, a map shard); nothing takes a record while holding
 /// one of those. A failure records nothing, so the next call with the token tries afresh.
 fn idempotent(
-    emulator: &Emulator,
+    res: &Resources,
     op: Operation,
     token: Option<&str>,
     input: &Value,
@@ -59,7 +62,7 @@ fn idempotent(
     if let Value::Object(map) = &mut request {
         map.remove("ClientRequestToken");
     }
-    let record = emulator.token_record(op, token);
+    let record = res.token_record(op, token);
     // `f` panicking leaves the record empty, which is still a consistent state.
     let mut record = record.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(previous) = &*record {
@@ -123,7 +126,7 @@ fn parallelism(p: Option<&ParallelismConfiguration>) -> Option<u32> {
         .and_then(|n| u32::try_from(n).ok())
 }
 
-fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult {
+fn create_pipeline(emulator: &Emulator, res: &Resources, input: CreatePipelineInput) -> OpResult {
     let mut v = Validator::default();
     v.required_string(
         "PipelineName",
@@ -206,15 +209,15 @@ fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult 
         "PipelineDescription": input.pipeline_description,
     });
     idempotent(
-        emulator,
+        res,
         Operation::CreatePipeline,
         token.as_deref(),
         &request,
         || {
             let arn = format!(
                 "arn:aws:sagemaker:{}:{}:pipeline/{}",
-                emulator.region,
-                emulator.account_id,
+                res.scope.region,
+                res.scope.account,
                 name.to_lowercase()
             );
             let pipeline = Arc::new(Pipeline {
@@ -232,7 +235,7 @@ fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult 
                 creation_time: emulator.clock.now(),
                 runs: Default::default(),
             });
-            match emulator.pipelines.entry(name.to_lowercase()) {
+            match res.pipelines.entry(name.to_lowercase()) {
                 dashmap::Entry::Occupied(_) => Err(AwsError::validation(format!(
                     "Pipeline names must be unique within an AWS account and region. Pipeline with name ({name}) already exists."
                 ))),
@@ -246,13 +249,12 @@ fn create_pipeline(emulator: &Emulator, input: CreatePipelineInput) -> OpResult 
 }
 
 /// The pipeline a PipelineName member names (a name or an ARN).
-fn find_pipeline(emulator: &Emulator, name_or_arn: &str) -> Result<Arc<Pipeline>, AwsError> {
+fn find_pipeline(res: &Resources, name_or_arn: &str) -> Result<Arc<Pipeline>, AwsError> {
     let name = match name_or_arn.split_once(":pipeline/") {
         Some((_, name)) if name_or_arn.starts_with("arn:") => name,
         _ => name_or_arn,
     };
-    emulator
-        .pipelines
+    res.pipelines
         .get(&name.to_lowercase())
         .map(|p| p.clone())
         .filter(|p| {
@@ -270,7 +272,7 @@ struct DescribePipelineInput {
     pipeline_version_id: Option<i64>,
 }
 
-fn describe_pipeline(emulator: &Emulator, input: DescribePipelineInput) -> OpResult {
+fn describe_pipeline(res: &Resources, input: DescribePipelineInput) -> OpResult {
     let mut v = Validator::default();
     v.required_string(
         "PipelineName",
@@ -281,7 +283,7 @@ fn describe_pipeline(emulator: &Emulator, input: DescribePipelineInput) -> OpRes
     );
     v.range("PipelineVersionId", input.pipeline_version_id, 1, None);
     v.finish()?;
-    let pipeline = find_pipeline(emulator, input.pipeline_name.as_deref().unwrap_or_default())?;
+    let pipeline = find_pipeline(res, input.pipeline_name.as_deref().unwrap_or_default())?;
     let last_run = pipeline
         .runs
         .lock()
@@ -348,7 +350,7 @@ struct SelectedStep {
     step_name: Option<String>,
 }
 
-fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
+fn start_execution(emulator: &Emulator, res: &Resources, raw: Value) -> OpResult {
     let input: StartExecutionInput = parse(raw.clone())?;
     let mut v = Validator::default();
     v.required_string(
@@ -439,7 +441,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
             "SelectiveExecutionConfig is not supported by this emulator; start a full execution.",
         ));
     }
-    let pipeline = find_pipeline(emulator, input.pipeline_name.as_deref().unwrap_or_default())?;
+    let pipeline = find_pipeline(res, input.pipeline_name.as_deref().unwrap_or_default())?;
     for p in input.pipeline_parameters.iter().flatten() {
         let name = p.name.as_deref().unwrap_or_default();
         if !pipeline
@@ -455,7 +457,7 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
         }
     }
     idempotent(
-        emulator,
+        res,
         Operation::StartPipelineExecution,
         input.client_request_token.as_deref(),
         &raw,
@@ -504,8 +506,8 @@ fn start_execution(emulator: &Emulator, raw: Value) -> OpResult {
                 stop_requests: Vec::new(),
             };
             let cell = Arc::new(ExecutionCell::new(arn.clone(), now, execution));
-            drop(emulator.lock(&cell)); // registers the callback tokens of its first steps
-            emulator.executions.insert(arn.clone(), cell.clone());
+            drop(emulator.lock(res, &cell)); // registers the callback tokens of its first steps
+            res.executions.insert(arn.clone(), cell.clone());
             let mut runs = pipeline.runs.lock().unwrap_or_else(|e| e.into_inner());
             runs.executions.push(cell);
             runs.last_run_time = Some(now);
@@ -526,9 +528,8 @@ fn check_execution_arn(v: &mut Validator, arn: Option<&String>) {
     }
 }
 
-fn find_execution(emulator: &Emulator, arn: &str) -> Result<Arc<ExecutionCell>, AwsError> {
-    emulator
-        .executions
+fn find_execution(res: &Resources, arn: &str) -> Result<Arc<ExecutionCell>, AwsError> {
+    res.executions
         .get(arn)
         .map(|e| e.clone())
         .ok_or_else(|| AwsError::not_found(format!("Pipeline execution '{arn}' does not exist.")))
@@ -540,15 +541,15 @@ struct ExecutionArnInput {
     pipeline_execution_arn: Option<String>,
 }
 
-fn describe_execution(emulator: &Emulator, input: ExecutionArnInput) -> OpResult {
+fn describe_execution(emulator: &Emulator, res: &Resources, input: ExecutionArnInput) -> OpResult {
     let mut v = Validator::default();
     check_execution_arn(&mut v, input.pipeline_execution_arn.as_ref());
     v.finish()?;
     let cell = find_execution(
-        emulator,
+        res,
         input.pipeline_execution_arn.as_deref().unwrap_or_default(),
     )?;
-    let execution = emulator.lock(&cell);
+    let execution = emulator.lock(res, &cell);
     let state = &execution.state;
     let mut out = json!({
         "PipelineArn": execution.pipeline_arn,
@@ -606,7 +607,7 @@ struct ListExecutionsInput {
 /// The page size when a list call gives no MaxResults.
 const DEFAULT_PAGE: usize = 10;
 
-fn list_executions(emulator: &Emulator, input: ListExecutionsInput) -> OpResult {
+fn list_executions(emulator: &Emulator, res: &Resources, input: ListExecutionsInput) -> OpResult {
     let mut v = Validator::default();
     v.required_string(
         "PipelineName",
@@ -628,7 +629,7 @@ fn list_executions(emulator: &Emulator, input: ListExecutionsInput) -> OpResult 
     v.string("NextToken", input.next_token.as_deref(), 0, 8192, None);
     v.range("MaxResults", input.max_results, 1, Some(100));
     v.finish()?;
-    let pipeline = find_pipeline(emulator, input.pipeline_name.as_deref().unwrap_or_default())?;
+    let pipeline = find_pipeline(res, input.pipeline_name.as_deref().unwrap_or_default())?;
     let mut cells: Vec<Arc<ExecutionCell>> = pipeline
         .runs
         .lock()
@@ -652,7 +653,7 @@ fn list_executions(emulator: &Emulator, input: ListExecutionsInput) -> OpResult 
         .skip(start)
         .take(size)
         .map(|cell| {
-            let execution = emulator.lock(cell);
+            let execution = emulator.lock(res, cell);
             let mut summary = json!({
                 "PipelineExecutionArn": cell.arn,
                 "StartTime": execution.state.creation_time,
@@ -690,7 +691,7 @@ struct ListStepsInput {
     sort_order: Option<String>,
 }
 
-fn list_steps(emulator: &Emulator, input: ListStepsInput) -> OpResult {
+fn list_steps(emulator: &Emulator, res: &Resources, input: ListStepsInput) -> OpResult {
     let mut v = Validator::default();
     check_execution_arn(&mut v, input.pipeline_execution_arn.as_ref());
     v.string("NextToken", input.next_token.as_deref(), 0, 8192, None);
@@ -702,12 +703,12 @@ fn list_steps(emulator: &Emulator, input: ListStepsInput) -> OpResult {
     );
     v.finish()?;
     let cell = find_execution(
-        emulator,
+        res,
         input.pipeline_execution_arn.as_deref().unwrap_or_default(),
     )?;
     let start = page_start(input.next_token.as_deref())?;
     let size = input.max_results.map_or(DEFAULT_PAGE, |n| n as usize);
-    let execution = emulator.lock(&cell);
+    let execution = emulator.lock(res, &cell);
     // Steps that have started, by start time (then definition order).
     let mut started: Vec<(usize, &StepRun)> = execution
         .state
@@ -731,7 +732,7 @@ fn list_steps(emulator: &Emulator, input: ListStepsInput) -> OpResult {
         .into_iter()
         .skip(start)
         .take(size)
-        .map(|(i, run)| step_json(emulator, &execution, i, run))
+        .map(|(i, run)| step_json(&res.scope, &execution, i, run))
         .collect();
     let taken = steps.len();
     let mut out = json!({ "PipelineExecutionSteps": steps });
@@ -750,14 +751,14 @@ fn outputs_json(outputs: &[(String, String)]) -> Value {
     )
 }
 
-fn step_json(emulator: &Emulator, execution: &Execution, i: usize, run: &StepRun) -> Value {
+fn step_json(scope: &Scope, execution: &Execution, i: usize, run: &StepRun) -> Value {
     let def = &execution.spec.steps[i];
     let status = run.status.map(|s| s.as_str()).unwrap_or("Starting");
     let resource = |kind: &str| {
         format!(
             "arn:aws:sagemaker:{}:{}:{kind}/{}",
-            emulator.region,
-            emulator.account_id,
+            scope.region,
+            scope.account,
             run.job_name.clone().unwrap_or_default()
         )
     };
@@ -864,25 +865,25 @@ fn refusal(r: Refusal) -> AwsError {
     }
 }
 
-fn stop_execution(emulator: &Emulator, raw: Value) -> OpResult {
+fn stop_execution(emulator: &Emulator, res: &Resources, raw: Value) -> OpResult {
     let input: ExecutionActionInput = parse(raw.clone())?;
     check_action(&input)?;
     let arn = input.pipeline_execution_arn.clone().unwrap_or_default();
-    let cell = find_execution(emulator, &arn)?;
+    let cell = find_execution(res, &arn)?;
     {
         // What this execution was sent, replays included (the admin surface shows it).
-        let mut execution = emulator.lock(&cell);
+        let mut execution = emulator.lock(res, &cell);
         let at = execution.now;
         let token = input.client_request_token.clone().unwrap_or_default();
         execution.stop_requests.push((token, at));
     }
     idempotent(
-        emulator,
+        res,
         Operation::StopPipelineExecution,
         input.client_request_token.as_deref(),
         &raw,
         || {
-            let mut execution = emulator.lock(&cell);
+            let mut execution = emulator.lock(res, &cell);
             let now = execution.now;
             let spec = execution.spec.clone();
             execution
@@ -894,18 +895,18 @@ fn stop_execution(emulator: &Emulator, raw: Value) -> OpResult {
     )
 }
 
-fn retry_execution(emulator: &Emulator, raw: Value) -> OpResult {
+fn retry_execution(emulator: &Emulator, res: &Resources, raw: Value) -> OpResult {
     let input: ExecutionActionInput = parse(raw.clone())?;
     check_action(&input)?;
     let arn = input.pipeline_execution_arn.clone().unwrap_or_default();
-    let cell = find_execution(emulator, &arn)?;
+    let cell = find_execution(res, &arn)?;
     idempotent(
-        emulator,
+        res,
         Operation::RetryPipelineExecution,
         input.client_request_token.as_deref(),
         &raw,
         || {
-            let mut execution = emulator.lock(&cell);
+            let mut execution = emulator.lock(res, &cell);
             let (now, spec) = (execution.now, execution.spec.clone());
             if let Some(n) = parallelism(input.parallelism_configuration.as_ref()) {
                 execution.parallelism = Some(n);
@@ -929,15 +930,7 @@ struct SendInput {
     client_request_token: Option<String>,
 }
 
-fn send_success(emulator: &Emulator, raw: Value) -> OpResult {
-    send(emulator, raw, true)
-}
-
-fn send_failure(emulator: &Emulator, raw: Value) -> OpResult {
-    send(emulator, raw, false)
-}
-
-fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
+fn send(emulator: &Emulator, res: &Resources, raw: Value, success: bool) -> OpResult {
     let input: SendInput = parse(raw.clone())?;
     let mut v = Validator::default();
     v.required_string(
@@ -977,7 +970,7 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
 
     let token = input.callback_token.clone().unwrap_or_default();
     // A token is registered as soon as anyone can have seen it (see `state::Locked`).
-    let cell = emulator
+    let cell = res
         .callback_tokens
         .get(&token)
         .map(|c| c.clone())
@@ -987,47 +980,43 @@ fn send(emulator: &Emulator, raw: Value, success: bool) -> OpResult {
     } else {
         Operation::SendPipelineExecutionStepFailure
     };
-    idempotent(
-        emulator,
-        op,
-        input.client_request_token.as_deref(),
-        &raw,
-        || {
-            let mut execution = emulator.lock(&cell);
-            let now = execution.now;
-            let spec = execution.spec.clone();
-            let answer = if success {
-                Ok(input
-                    .output_parameters
-                    .iter()
-                    .flatten()
-                    .map(|p| {
-                        (
-                            p.name.clone().unwrap_or_default(),
-                            p.value.clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect())
-            } else {
-                Err(input.failure_reason.clone().unwrap_or_default())
-            };
-            execution
-                .state
-                .answer_callback(&spec, &token, answer, now, &emulator.ids)
-                .map_err(refusal)?;
-            Ok(json!({ "PipelineExecutionArn": cell.arn }))
-        },
-    )
+    idempotent(res, op, input.client_request_token.as_deref(), &raw, || {
+        let mut execution = emulator.lock(res, &cell);
+        let now = execution.now;
+        let spec = execution.spec.clone();
+        let answer = if success {
+            Ok(input
+                .output_parameters
+                .iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.name.clone().unwrap_or_default(),
+                        p.value.clone().unwrap_or_default(),
+                    )
+                })
+                .collect())
+        } else {
+            Err(input.failure_reason.clone().unwrap_or_default())
+        };
+        execution
+            .state
+            .answer_callback(&spec, &token, answer, now, &emulator.ids)
+            .map_err(refusal)?;
+        Ok(json!({ "PipelineExecutionArn": cell.arn }))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::EmulatorOptions;
 
     #[test]
     fn a_replay_matches_its_request_whatever_the_member_order() {
-        let emulator = Emulator::new(&EmulatorOptions::default());
+        let res = Resources::new(Scope {
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+        });
         let op = Operation::StopPipelineExecution;
         let first = json!({"A": 1, "B": {"X": 1, "Y": [1, 2]}, "ClientRequestToken": "t"});
         let reordered: Value = serde_json::from_str(
@@ -1037,27 +1026,30 @@ mod tests {
         let answer = json!({"PipelineExecutionArn": "arn"});
         let once = || Ok(answer.clone());
         assert_eq!(
-            idempotent(&emulator, op, Some("t"), &first, once),
+            idempotent(&res, op, Some("t"), &first, once),
             Ok(answer.clone())
         );
 
         let again = || panic!("a replay ran the operation again");
         assert_eq!(
-            idempotent(&emulator, op, Some("t"), &reordered, again),
+            idempotent(&res, op, Some("t"), &reordered, again),
             Ok(answer)
         );
-        let other = idempotent(&emulator, op, Some("t"), &json!({"A": 2}), again);
+        let other = idempotent(&res, op, Some("t"), &json!({"A": 2}), again);
         assert_eq!(other.unwrap_err().code, "ValidationException");
     }
 
     #[test]
     fn a_failure_is_not_recorded() {
-        let emulator = Emulator::new(&EmulatorOptions::default());
+        let res = Resources::new(Scope {
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+        });
         let op = Operation::RetryPipelineExecution;
         let input = json!({"PipelineExecutionArn": "arn"});
         let refused = || Err(AwsError::validation("not now"));
-        assert!(idempotent(&emulator, op, Some("t"), &input, refused).is_err());
+        assert!(idempotent(&res, op, Some("t"), &input, refused).is_err());
         let ok = || Ok(json!({"PipelineExecutionArn": "arn"}));
-        assert!(idempotent(&emulator, op, Some("t"), &input, ok).is_ok());
+        assert!(idempotent(&res, op, Some("t"), &input, ok).is_ok());
     }
 }

@@ -8,10 +8,14 @@ pub struct EmulatorOptions {
     pub time_scale: f64,
     /// Seed for identifiers: the same calls in the same order give the same ids.
     pub seed: Option<u64>,
-    /// The region in ARNs.
+    /// The region of calls whose signature names none (SigV4's credential scope names the
+    /// region of every other call).
     pub region: String,
-    /// The 12-digit account id in ARNs.
+    /// The 12-digit account of calls not signed with a key the emulator's STS issued (those
+    /// act in the assumed role's account).
     pub account_id: String,
+    /// Roles whose AssumeRole must pass exactly this ExternalId: (role ARN, external id).
+    pub role_external_ids: Vec<(String, String)>,
 }
 
 impl Default for EmulatorOptions {
@@ -21,6 +25,7 @@ impl Default for EmulatorOptions {
             seed: None,
             region: "us-east-1".into(),
             account_id: "123456789012".into(),
+            role_external_ids: Vec::new(),
         }
     }
 }

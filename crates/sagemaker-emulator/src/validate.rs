@@ -46,7 +46,7 @@ macro_rules! patterns {
     };
 }
 
-/// Patterns from SageMaker's API model.
+/// Patterns from SageMaker's API model (and STS's).
 pub(crate) mod patterns {
     use super::Pattern;
 
@@ -60,6 +60,9 @@ pub(crate) mod patterns {
         ROLE_ARN = r"arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+";
         CALLBACK_TOKEN = r"[a-zA-Z0-9]+";
         TAG = r"([\p{L}\p{Z}\p{N}_.:/=+\-@]*)";
+        // STS's (AssumeRole).
+        ROLE_SESSION_NAME = r"[\w+=,.@-]*";
+        EXTERNAL_ID = r"[\w+=,.@:\/-]*";
     }
 }
 
@@ -237,7 +240,7 @@ mod tests {
 
     #[test]
     fn every_pattern_compiles() {
-        assert_eq!(patterns::ALL.len(), 8);
+        assert_eq!(patterns::ALL.len(), 10);
         for pattern in patterns::ALL {
             if let Err(e) = pattern.matches("") {
                 panic!("{}: {e}", pattern.source);

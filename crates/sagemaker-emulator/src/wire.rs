@@ -1,7 +1,13 @@
-//! The awsJson1_1 wire protocol: `POST /` with `X-Amz-Target: SageMaker.<Operation>` and a JSON
-//! body; answers carry `x-amzn-RequestId`; errors are HTTP 400 (500 for internal faults) with
-//! `{"__type": ..., "Message": ...}` and a matching `X-Amzn-ErrorType` header (see [`AwsError`]).
-//! Signatures are not checked: any, or none, is accepted.
+//! The one HTTP entry point, `POST /`, and its two protocols.
+//!
+//! SageMaker's awsJson1_1: `X-Amz-Target: SageMaker.<Operation>` and a JSON body; answers
+//! carry `x-amzn-RequestId`; errors are HTTP 400 (500 for internal faults) with
+//! `{"__type": ..., "Message": ...}` and a matching `X-Amzn-ErrorType` header (see
+//! [`AwsError`]). STS's awsQuery: no `X-Amz-Target` and a form-encoded body (see `sts`).
+//!
+//! Every call acts for its caller, in the caller's account and region (see `identity`).
+//! Signatures are not checked: any, or none, is accepted; a key the emulator's STS issued
+//! answers ExpiredTokenException once its lifetime is over.
 
 use std::sync::Arc;
 
@@ -15,33 +21,65 @@ use serde_json::{Value, json};
 
 use super::{
     error::AwsError,
+    identity::Caller,
     ops,
-    state::{Emulator, Operation},
+    state::{Call, Emulator, Operation},
+    sts,
 };
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+const STS_CONTENT_TYPE: &str = "text/xml";
 
-/// `POST /`: one SageMaker call.
+/// `POST /`: one SageMaker or STS call.
 pub(crate) async fn handle(
     State(emulator): State<Arc<Emulator>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let request_id = emulator.ids.request_id();
-    let result = answer(&emulator, &headers, &body).await;
-    let mut response = match result {
-        Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
-        Err(error) => error.into_response(),
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let caller = emulator
+        .identity
+        .caller(authorization, emulator.clock.now());
+    let (mut response, content_type) = if is_sts(&headers) {
+        let answer = sts::answer(&emulator, &caller, &body, &request_id);
+        (answer.into_response(), STS_CONTENT_TYPE)
+    } else {
+        let response = match answer(&emulator, &caller, &headers, &body).await {
+            Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
+            Err(error) => error.into_response(),
+        };
+        (response, CONTENT_TYPE)
     };
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Ok(id) = HeaderValue::from_str(&request_id) {
         headers.insert("x-amzn-requestid", id);
     }
     response
 }
 
-async fn answer(emulator: &Emulator, headers: &HeaderMap, body: &[u8]) -> Result<Value, AwsError> {
+/// An STS call: a form-encoded body and no `X-Amz-Target` (every SageMaker call has one).
+fn is_sts(headers: &HeaderMap) -> bool {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    form && !headers.contains_key("x-amz-target")
+}
+
+async fn answer(
+    emulator: &Emulator,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, AwsError> {
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
@@ -50,14 +88,19 @@ async fn answer(emulator: &Emulator, headers: &HeaderMap, body: &[u8]) -> Result
         .strip_prefix("SageMaker.")
         .and_then(Operation::from_name)
         .ok_or_else(|| AwsError::unknown_operation(target))?;
-    emulator.count_call(op);
+    emulator.stats.count(&caller.scope, Call::SageMaker(op));
+    if caller.expired {
+        return Err(AwsError::expired_token());
+    }
 
-    let verdict = emulator.faults.judge(op.name(), &emulator.ids);
+    let verdict = emulator
+        .faults
+        .judge(op.name(), &caller.scope.account, &emulator.ids);
     if let Some(latency) = verdict.latency {
         tokio::time::sleep(latency).await;
     }
     if let Some(fault) = verdict.fault {
-        return Err(AwsError::from_fault(fault));
+        return Err(AwsError::from_fault(fault, || denial(caller, op, body)));
     }
 
     let input = if body.iter().all(u8::is_ascii_whitespace) {
@@ -72,9 +115,34 @@ async fn answer(emulator: &Emulator, headers: &HeaderMap, body: &[u8]) -> Result
             "The request body must be a JSON object.",
         ));
     }
-    let mut answer = ops::call(emulator, op, input)?;
+    let resources = emulator.resources(&caller.scope);
+    let mut answer = ops::call(emulator, &resources, op, input)?;
     if let (Some(replace), Value::Object(members)) = (verdict.replace, &mut answer) {
         members.extend(replace);
     }
     Ok(answer)
+}
+
+/// AccessDeniedException's message, in IAM's words, naming the resource the call is about
+/// when its input names one.
+fn denial(caller: &Caller, op: Operation, body: &[u8]) -> String {
+    let input: Value = serde_json::from_slice(body).unwrap_or_default();
+    let (region, account) = (&caller.scope.region, &caller.scope.account);
+    let resource = match (
+        input["PipelineExecutionArn"].as_str(),
+        input["PipelineName"].as_str(),
+    ) {
+        (Some(arn), _) => arn.to_string(),
+        (None, Some(arn)) if arn.starts_with("arn:") => arn.to_string(),
+        (None, Some(name)) => format!(
+            "arn:aws:sagemaker:{region}:{account}:pipeline/{}",
+            name.to_lowercase()
+        ),
+        (None, None) => format!("arn:aws:sagemaker:{region}:{account}:*"),
+    };
+    let action = format!("sagemaker:{}", op.name());
+    format!(
+        "User: {} is not authorized to perform: {action} on resource: {resource} because no identity-based policy allows the {action} action",
+        caller.arn
+    )
 }

@@ -43,17 +43,25 @@ pub async fn spawn_emulator(
 /// The real SageMaker SDK client pointed at `endpoint`, with dummy credentials. `retries` is
 /// the number of attempts (1 disables retries).
 pub fn sagemaker_client(endpoint: &str, attempts: u32) -> aws_sdk_sagemaker::Client {
-    use aws_sdk_sagemaker::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+    let credentials =
+        aws_sdk_sagemaker::config::Credentials::new("AKIDEMULATOR", "secret", None, None, "tests");
+    sagemaker_client_in(endpoint, "us-east-1", credentials, attempts)
+}
+
+/// The real SageMaker SDK client pointed at `endpoint`, signing for `region` with
+/// `credentials`: the emulator acts in that region, and in the account of the credentials
+/// (those its STS issued belong to the assumed role's account, any other to its default).
+pub fn sagemaker_client_in(
+    endpoint: &str,
+    region: &str,
+    credentials: aws_sdk_sagemaker::config::Credentials,
+    attempts: u32,
+) -> aws_sdk_sagemaker::Client {
+    use aws_sdk_sagemaker::config::{BehaviorVersion, Region, retry::RetryConfig};
     let config = aws_sdk_sagemaker::Config::builder()
         .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            "AKIDEMULATOR",
-            "secret",
-            None,
-            None,
-            "tests",
-        ))
+        .region(Region::new(region.to_string()))
+        .credentials_provider(credentials)
         .endpoint_url(endpoint)
         .retry_config(
             RetryConfig::standard()
@@ -78,15 +86,59 @@ impl Admin {
         }
     }
 
-    pub async fn stats(&self) -> std::collections::HashMap<String, u64> {
+    /// The JSON at `path` (under `/_emulator/`).
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         self.http
-            .get(format!("{}/stats", self.base))
+            .get(format!("{}/{path}", self.base))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    pub async fn stats(&self) -> std::collections::HashMap<String, u64> {
+        self.get("stats").await
+    }
+
+    /// `{ACCOUNT: {REGION: {OPERATION: calls}}}`, STS's included.
+    pub async fn stats_by_account(&self) -> serde_json::Value {
+        self.get("stats/by-account").await
+    }
+
+    /// What AssumeRole of each role demands, by role ARN.
+    pub async fn roles(&self) -> serde_json::Value {
+        self.get("roles").await
+    }
+
+    /// The faults in force for every account (`None`), or for one account's calls only.
+    pub async fn faults(&self, account: Option<&str>) -> serde_json::Value {
+        match account {
+            Some(account) => self.get(&format!("faults?account={account}")).await,
+            None => self.get("faults").await,
+        }
+    }
+
+    /// Sets what AssumeRole of a role demands: `{"roleArn": ..., "externalId": ..., "refuse": ...}`.
+    pub async fn set_role(&self, rule: serde_json::Value) {
+        self.put("roles", &rule).await;
+    }
+
+    /// PUTs `body` at `path` (under `/_emulator/`), failing the test unless it succeeds.
+    async fn put(&self, path: &str, body: &serde_json::Value) {
+        let response = self
+            .http
+            .put(format!("{}/{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{:?}",
+            response.text().await
+        );
     }
 
     pub async fn calls(&self, operation: &str) -> u64 {
@@ -108,18 +160,7 @@ impl Admin {
     }
 
     pub async fn set_fault(&self, operation: &str, fault: serde_json::Value) {
-        let response = self
-            .http
-            .put(format!("{}/faults/{operation}", self.base))
-            .json(&fault)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{:?}",
-            response.text().await
-        );
+        self.put(&format!("faults/{operation}"), &fault).await;
     }
 
     pub async fn clear_faults(&self) {

@@ -1,0 +1,345 @@
+//! STS on the emulator's own port, in STS's awsQuery protocol: a form-encoded `POST /`
+//! (`Action=AssumeRole&Version=2011-06-15&RoleArn=...`) answered with the XML STS writes.
+//!
+//! AssumeRole issues temporary credentials of the role's account (the account in its ARN),
+//! valid for DurationSeconds (900-43200, default 3600) of *emulated* time. The `Expiration` it
+//! reports is the wall-clock moment that emulated expiry happens (now + DurationSeconds /
+//! time scale), so an SDK's credential cache, which reads a real clock, refreshes in time.
+//! Roles may refuse every AssumeRole or demand an ExternalId (see `identity`).
+//! GetCallerIdentity names the caller. Errors are STS's `ErrorResponse` documents: HTTP 400,
+//! 403 for AccessDenied.
+
+use std::{collections::HashMap, fmt::Write as _};
+
+use axum::http::StatusCode;
+
+use super::{
+    clock::iso8601,
+    error::AwsError,
+    identity::{Caller, RoleRule, Session},
+    state::{Call, Emulator, StsAction},
+    validate::{Validator, patterns},
+};
+
+const VERSION: &str = "2011-06-15";
+const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
+const DEFAULT_DURATION: i64 = 3600;
+
+/// An error as STS answers it.
+#[derive(Debug, Clone, PartialEq)]
+struct StsError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl StsError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn validation(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ValidationError", message)
+    }
+
+    /// A validator's verdict in STS's words: STS calls it ValidationError.
+    fn from_validation(error: AwsError) -> Self {
+        if error.code == "ValidationException" {
+            Self::validation(error.message)
+        } else {
+            Self::new(error.status, "InternalFailure", error.message)
+        }
+    }
+
+    fn access_denied(caller_arn: &str, role_arn: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            format!(
+                "User: {caller_arn} is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
+            ),
+        )
+    }
+
+    fn expired_token() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "ExpiredToken",
+            "The security token included in the request is expired",
+        )
+    }
+
+    fn invalid_action(action: &str, version: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction",
+            format!("Could not find operation {action} for version {version}"),
+        )
+    }
+
+    fn to_xml(&self, request_id: &str) -> String {
+        // STS blames the caller for 4xx and itself for 5xx.
+        let kind = if self.status.is_server_error() {
+            "Receiver"
+        } else {
+            "Sender"
+        };
+        format!(
+            "<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>{kind}</Type><Code>{}</Code>\
+             <Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
+            self.code,
+            escape(&self.message),
+            escape(request_id)
+        )
+    }
+}
+
+/// Answers one STS call (its form-encoded body) by `caller`: the HTTP status and the XML.
+pub(crate) fn answer(
+    emulator: &Emulator,
+    caller: &Caller,
+    body: &[u8],
+    request_id: &str,
+) -> (StatusCode, String) {
+    let params: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+    match act(emulator, caller, &params, request_id) {
+        Ok(xml) => (StatusCode::OK, xml),
+        Err(error) => (error.status, error.to_xml(request_id)),
+    }
+}
+
+fn act(
+    emulator: &Emulator,
+    caller: &Caller,
+    params: &HashMap<String, String>,
+    request_id: &str,
+) -> Result<String, StsError> {
+    let param = |name: &str| params.get(name).map(String::as_str);
+    let (name, version) = (
+        param("Action").unwrap_or_default(),
+        param("Version").unwrap_or_default(),
+    );
+    let action = StsAction::from_name(name)
+        .filter(|_| version == VERSION)
+        .ok_or_else(|| StsError::invalid_action(name, version))?;
+    emulator.stats.count(&caller.scope, Call::Sts(action));
+    if caller.expired {
+        return Err(StsError::expired_token());
+    }
+    let result = match action {
+        StsAction::AssumeRole => assume_role(emulator, caller, &param)?,
+        StsAction::GetCallerIdentity => format!(
+            "<Arn>{}</Arn><UserId>{}</UserId><Account>{}</Account>",
+            escape(&caller.arn),
+            escape(&caller.user_id),
+            escape(&caller.scope.account)
+        ),
+    };
+    let action = action.name();
+    Ok(format!(
+        "<{action}Response xmlns=\"{XMLNS}\"><{action}Result>{result}</{action}Result>\
+         <ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></{action}Response>",
+        escape(request_id)
+    ))
+}
+
+/// The constraints of STS's model on what names a role: its ARN, and the external id.
+fn check_role(v: &mut Validator, role_arn: Option<&str>, external_id: Option<&str>) {
+    v.required_string("RoleArn", role_arn, 20, 2048, Some(&patterns::ROLE_ARN));
+    v.string(
+        "ExternalId",
+        external_id,
+        2,
+        1224,
+        Some(&patterns::EXTERNAL_ID),
+    );
+}
+
+/// Checks a role rule (from the admin surface or the command line) as AssumeRole checks what
+/// it names, so that a rule no AssumeRole could ever satisfy is refused when it is set.
+pub(crate) fn check_role_rule(rule: &RoleRule) -> Result<(), String> {
+    let mut v = Validator::default();
+    check_role(&mut v, Some(&rule.role_arn), rule.external_id.as_deref());
+    v.finish().map_err(|e| e.message)
+}
+
+/// AssumeRole's result members.
+fn assume_role<'a>(
+    emulator: &Emulator,
+    caller: &Caller,
+    param: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<String, StsError> {
+    let (role_arn, session_name, external_id) = (
+        param("RoleArn"),
+        param("RoleSessionName"),
+        param("ExternalId"),
+    );
+    let duration = match param("DurationSeconds") {
+        None => DEFAULT_DURATION,
+        Some(text) => text.parse::<i64>().map_err(|_| {
+            StsError::validation(format!(
+                "1 validation error detected: Value '{text}' at 'durationSeconds' failed to satisfy constraint: Member must be a number"
+            ))
+        })?,
+    };
+    let mut v = Validator::default();
+    check_role(&mut v, role_arn, external_id);
+    v.required_string(
+        "RoleSessionName",
+        session_name,
+        2,
+        64,
+        Some(&patterns::ROLE_SESSION_NAME),
+    );
+    v.range("DurationSeconds", Some(duration), 900, Some(43_200));
+    v.finish().map_err(StsError::from_validation)?;
+    let (role_arn, session_name) = (
+        role_arn.unwrap_or_default(),
+        session_name.unwrap_or_default(),
+    );
+    if !emulator.identity.may_assume(role_arn, external_id) {
+        return Err(StsError::access_denied(&caller.arn, role_arn));
+    }
+    // The pattern checked makes it `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
+    let fields: Vec<&str> = role_arn.splitn(6, ':').collect();
+    let ["arn", partition, "iam", "", account, resource] = fields.as_slice() else {
+        return Err(StsError::validation(format!(
+            "{role_arn} is not a role ARN."
+        )));
+    };
+    let role_name = resource.rsplit('/').next().unwrap_or(resource);
+
+    let user_id = format!(
+        "{}:{session_name}",
+        emulator.ids.unique_id("AROA", role_arn)
+    );
+    let arn = format!("arn:{partition}:sts::{account}:assumed-role/{role_name}/{session_name}");
+    let expires_at = emulator.clock.now() + duration as f64;
+    let access_key_id = emulator.ids.access_key_id();
+    let secret_access_key = emulator.ids.secret_access_key();
+    let session_token = emulator.ids.session_token();
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<AssumedRoleUser><AssumedRoleId>{}</AssumedRoleId><Arn>{}</Arn></AssumedRoleUser>\
+         <Credentials><AccessKeyId>{access_key_id}</AccessKeyId>\
+         <SecretAccessKey>{secret_access_key}</SecretAccessKey>\
+         <SessionToken>{session_token}</SessionToken><Expiration>{}</Expiration></Credentials>",
+        escape(&user_id),
+        escape(&arn),
+        iso8601(emulator.clock.wall_time_at(expires_at)),
+    );
+    emulator.identity.issue(
+        access_key_id,
+        Session {
+            account: (*account).to_string(),
+            arn,
+            user_id,
+            expires_at,
+        },
+    );
+    Ok(out)
+}
+
+/// Text for XML content.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmulatorOptions;
+
+    fn call(emulator: &Emulator, authorization: Option<&str>, body: &str) -> (u16, String) {
+        let caller = emulator
+            .identity
+            .caller(authorization, emulator.clock.now());
+        let (status, xml) = answer(emulator, &caller, body.as_bytes(), "req-1");
+        (status.as_u16(), xml)
+    }
+
+    fn between<'a>(xml: &'a str, tag: &str) -> &'a str {
+        let open = format!("<{tag}>");
+        let start = xml.find(&open).map(|i| i + open.len()).unwrap_or_default();
+        let end = xml[start..].find('<').map_or(xml.len(), |i| start + i);
+        &xml[start..end]
+    }
+
+    #[test]
+    fn an_assumed_roles_key_names_its_session() {
+        let emulator = Emulator::new(&EmulatorOptions::default());
+        let (status, xml) = call(
+            &emulator,
+            None,
+            "Action=AssumeRole&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A222222222222%3Arole%2Fteam%2Fdeployer&RoleSessionName=ci%40build",
+        );
+        assert_eq!(status, 200, "{xml}");
+        assert!(xml.starts_with(&format!("<AssumeRoleResponse xmlns=\"{XMLNS}\">")));
+        assert_eq!(
+            between(&xml, "Arn"),
+            "arn:aws:sts::222222222222:assumed-role/deployer/ci@build"
+        );
+        let role_id = between(&xml, "AssumedRoleId");
+        assert!(role_id.starts_with("AROA") && role_id.ends_with(":ci@build"));
+        let key = between(&xml, "AccessKeyId");
+        let header =
+            format!("AWS4-HMAC-SHA256 Credential={key}/20261201/eu-west-1/sts/aws4_request");
+        let (status, xml) = call(
+            &emulator,
+            Some(&header),
+            "Action=GetCallerIdentity&Version=2011-06-15",
+        );
+        assert_eq!(status, 200, "{xml}");
+        assert_eq!(between(&xml, "Account"), "222222222222");
+        assert_eq!(between(&xml, "UserId"), role_id);
+        assert_eq!(between(&xml, "RequestId"), "req-1");
+    }
+
+    #[test]
+    fn refusals_are_sts_error_documents() {
+        let emulator = Emulator::new(&EmulatorOptions::default());
+        let (status, xml) = call(&emulator, None, "Action=Nope&Version=2011-06-15");
+        assert_eq!(status, 400);
+        assert_eq!(
+            xml,
+            format!(
+                "<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>Sender</Type><Code>InvalidAction</Code><Message>Could not find operation Nope for version 2011-06-15</Message></Error><RequestId>req-1</RequestId></ErrorResponse>"
+            )
+        );
+        let (status, xml) = call(
+            &emulator,
+            None,
+            "Action=AssumeRole&Version=2011-06-15&RoleArn=arn:aws:iam::222222222222:role/R&RoleSessionName=s&DurationSeconds=899",
+        );
+        assert_eq!(status, 400);
+        assert_eq!(between(&xml, "Code"), "ValidationError");
+        assert_eq!(
+            between(&xml, "Message"),
+            "2 validation errors detected: Value &apos;s&apos; at &apos;roleSessionName&apos; failed to satisfy constraint: Member must have length greater than or equal to 2; Value &apos;899&apos; at &apos;durationSeconds&apos; failed to satisfy constraint: Member must have value greater than or equal to 900"
+        );
+        assert!(
+            check_role_rule(&RoleRule {
+                role_arn: "arn:aws:iam::222222222222:role/R".into(),
+                external_id: Some("x".into()),
+                refuse: false,
+            })
+            .is_err()
+        );
+    }
+}
