@@ -40,8 +40,9 @@ use crate::{
     background::{self, Background, HealthChecker, Intervals},
     config::{SecurityArgs, ServeArgs},
     demo::{self, Demo},
+    estate::{Estate, EstateSettings},
     grpc::{Guard, GuardSettings, PipelineControlService, pb},
-    sagemaker::{CallPolicy, SageMaker},
+    sagemaker::CallPolicy,
     shutdown::{self, CutOffIo},
     stop::{StopSettings, Stopper},
     store::{self, Store},
@@ -131,7 +132,13 @@ impl Application {
             max_attempts: args.upstream_attempts,
             ..CallPolicy::default()
         };
-        let (emulator, sagemaker) = if args.emulator {
+        let mut estate = EstateSettings {
+            endpoint: args.sagemaker.sagemaker_endpoint.clone(),
+            accounts_file: args.sagemaker.accounts_file.clone(),
+            static_credentials: args.sagemaker.static_credentials.clone(),
+            region: args.sagemaker.aws_region.clone(),
+        };
+        let emulator = if args.emulator {
             let region = args.sagemaker.aws_region.as_deref().unwrap_or("us-east-1");
             let emulator = EmulatorServer::bind(
                 SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -140,24 +147,30 @@ impl Application {
             .await
             .context("cannot start the SageMaker emulator")?
             .spawn();
-            let sagemaker = SageMaker::for_emulator(&emulator.endpoint_url, region, policy);
-            (Some(emulator), sagemaker)
+            estate.endpoint = Some(emulator.endpoint_url.clone());
+            estate.static_credentials = Some(("EMULATOR".into(), "emulator".into()));
+            estate.region = Some(region.to_string());
+            Some(emulator)
         } else {
-            (None, SageMaker::from_args(&args.sagemaker, policy).await)
+            None
         };
-        tracing::info!(
-            region = sagemaker.region().unwrap_or("(none)"),
-            endpoint = sagemaker.endpoint().unwrap_or("(AWS default)"),
-            "SageMaker client ready"
+        let estate = Arc::new(
+            Estate::load(estate, policy)
+                .await
+                .context("cannot load the accounts file")?,
         );
-        if sagemaker.region().is_none() {
-            tracing::warn!("no AWS region found; set --aws-region or AWS_REGION");
-        }
+        tracing::info!(
+            endpoint = estate.endpoint().unwrap_or("(AWS default)"),
+            "SageMaker clients ready: each call goes to its execution's region and account"
+        );
 
         let demo = match &emulator {
             Some(emulator) => {
-                let region = sagemaker.region().unwrap_or("us-east-1").to_string();
-                let demo = demo::seed(&sagemaker, emulator, &region)
+                let region = args.sagemaker.aws_region.as_deref().unwrap_or("us-east-1");
+                let sagemaker = estate
+                    .client_in(&args.emulator_settings.account_id, region)
+                    .await;
+                let demo = demo::seed(&sagemaker, emulator, region)
                     .await
                     .context("cannot seed the demo executions")?;
                 tracing::info!(
@@ -175,7 +188,7 @@ impl Application {
         let draining = cut_off.child_token();
         let stopper = Arc::new(Stopper::new(
             store.clone(),
-            sagemaker.clone(),
+            estate.clone(),
             StopSettings {
                 lease: args.lease,
                 retention: args.idempotency_retention,
@@ -184,7 +197,7 @@ impl Application {
             worker_id(),
         ));
         let watcher = Watcher::new(
-            sagemaker.clone(),
+            estate.clone(),
             WatchSettings {
                 poll_interval: args.poll_interval,
                 max_backoff: Duration::from_secs(30),
@@ -195,7 +208,7 @@ impl Application {
             draining.clone(),
         );
         let service =
-            PipelineControlService::new(stopper.clone(), sagemaker, watcher, auth.clone());
+            PipelineControlService::new(stopper.clone(), estate.clone(), watcher, auth.clone());
 
         // Health answers from the first call on: SERVING only if the (migrated) store answers
         // now; the background checker keeps it up to date from then on.
@@ -247,6 +260,7 @@ impl Application {
                 health: checker,
                 stopper: stopper.clone(),
                 auth,
+                estate,
                 hangup,
                 intervals: Intervals {
                     health_check: args.health_check_interval,

@@ -5,7 +5,7 @@
 //! - the completer finishes stop requests whose owner died (lease run out), with no retry
 //!   from their callers, and the retention sweeper deletes expired stop requests in bounded
 //!   batches (one task for both);
-//! - the reloader reloads the token and policy files on SIGHUP.
+//! - the reloader reloads the token, policy and accounts files on SIGHUP.
 //!
 //! [`Background::stop`] cancels them all and waits until each has ended, so that nothing they
 //! do (a late health check setting SERVING, say) happens after it returns.
@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{auth::Auth, stop::Stopper, store::Store};
+use crate::{auth::Auth, estate::Estate, stop::Stopper, store::Store};
 
 /// The gRPC service name health reports on, besides the whole server ("").
 pub(crate) const SERVICE_NAME: &str = "pipelinecontrol.v1.PipelineControl";
@@ -41,6 +41,7 @@ pub(crate) struct Background {
     pub(crate) health: HealthChecker,
     pub(crate) stopper: Arc<Stopper>,
     pub(crate) auth: Arc<Auth>,
+    pub(crate) estate: Arc<Estate>,
     /// SIGHUP, listened for from the start (its default action would end the process).
     pub(crate) hangup: tokio::signal::unix::Signal,
     pub(crate) intervals: Intervals,
@@ -60,13 +61,14 @@ impl Background {
             health,
             stopper,
             auth,
+            estate,
             hangup,
             intervals,
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(health.run(intervals.health_check, token.clone()));
         tasks.spawn(maintain(stopper, intervals, token.clone()));
-        tasks.spawn(reload_on_hangup(auth, hangup, token.clone()));
+        tasks.spawn(reload_on_hangup(auth, estate, hangup, token.clone()));
         Running { tasks, token }
     }
 }
@@ -122,9 +124,10 @@ async fn delete_expired(stopper: &Stopper) {
     }
 }
 
-/// Reloads the token and policy files on each SIGHUP.
+/// Reloads the token, policy and accounts files on each SIGHUP.
 async fn reload_on_hangup(
     auth: Arc<Auth>,
+    estate: Arc<Estate>,
     mut hangup: tokio::signal::unix::Signal,
     token: CancellationToken,
 ) {
@@ -135,8 +138,9 @@ async fn reload_on_hangup(
                 if received.is_none() {
                     return;
                 }
-                tracing::info!("received SIGHUP: reloading the token and policy files");
+                tracing::info!("received SIGHUP: reloading the token, policy and accounts files");
                 auth.reload();
+                estate.reload();
             }
         }
     }

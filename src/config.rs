@@ -246,7 +246,15 @@ pub struct SageMakerArgs {
     #[arg(long, env = "SAGEMAKER_ENDPOINT_URL")]
     pub sagemaker_endpoint: Option<String>,
 
-    /// AWS region; else the AWS default chain (AWS_REGION, profile, instance metadata).
+    /// TOML file of `[[account]]` tables (`id`, and optionally `regions`, `role_arn`,
+    /// `external_id`, `endpoint`): the accounts and regions served, and how each is reached.
+    /// Without it every account and region is served with the default credential chain.
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "PIPELINE_CONTROL_ACCOUNTS_FILE")]
+    pub accounts_file: Option<PathBuf>,
+
+    /// AWS region of the emulator demo and of the SDK's base configuration. SageMaker calls
+    /// go to the region each execution ARN names, whatever this says.
     #[arg(long, env = "AWS_REGION")]
     pub aws_region: Option<String>,
 

@@ -83,6 +83,21 @@ impl ExecutionArn {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The ARN's `index`th `:`-separated field (checked present by [`ExecutionArn::parse`]).
+    fn field(&self, index: usize) -> &str {
+        self.0.splitn(6, ':').nth(index).unwrap_or_default()
+    }
+
+    /// The region whose SageMaker holds the execution.
+    pub(crate) fn region(&self) -> &str {
+        self.field(3)
+    }
+
+    /// The 12-digit account that owns the execution.
+    pub(crate) fn account(&self) -> &str {
+        self.field(4)
+    }
 }
 
 impl fmt::Display for ExecutionArn {
@@ -114,10 +129,24 @@ fn matches_model_pattern(value: &str) -> bool {
     partition
         .strip_prefix("aws")
         .is_some_and(|tail| lower_or(tail, |b| b == b'-'))
-        && lower_or(region, |b| b.is_ascii_digit() || b == b'-')
+        && is_region(region)
         && account.len() == 12
         && account.bytes().all(|b| b.is_ascii_digit())
         && matches!(names.as_deref(), Some([name, "execution", id]) if !name.is_empty() && !id.is_empty())
+}
+
+/// A region name as AWS spells them (`us-east-1`, `cn-north-1`): lowercase letters and digits
+/// in dash-separated parts. Stricter than the model's `[a-z0-9\-]*`: an empty region or a
+/// stray dash names no SageMaker anyone could call.
+pub(crate) fn is_region(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 32
+        && text.split('-').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
 }
 
 /// A caller's idempotency token: 1 to 128 printable ASCII characters, no spaces.
@@ -412,10 +441,25 @@ mod tests {
             "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/executions/x",
             "arn:aws:sagemaker:us-east-1:123456789012:pipelines/p/execution/x",
             "arn:aws:sagemaker:us-east-1:1234567890123:pipeline/p/execution/x",
+            "arn:aws:sagemaker:-:123456789012:pipeline/p/execution/x",
+            "arn:aws:sagemaker::123456789012:pipeline/p/execution/x",
+            "arn:aws:sagemaker:us--east-1:123456789012:pipeline/p/execution/x",
         ] {
             let violation = ExecutionArn::parse(bad).unwrap_err();
             assert_eq!(violation.field, "pipeline_execution_arn", "{bad}");
         }
+    }
+
+    #[test]
+    fn execution_arns_name_their_region_and_account() {
+        let arn = ExecutionArn::parse(
+            "arn:aws-cn:sagemaker:cn-north-1:222222222222:pipeline/a:b/execution/abcdefghijkl",
+        )
+        .unwrap();
+        assert_eq!(
+            (arn.region(), arn.account()),
+            ("cn-north-1", "222222222222")
+        );
     }
 
     #[test]

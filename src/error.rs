@@ -35,6 +35,17 @@ pub(crate) enum Error {
         "SageMaker reports the pipeline execution as {status}, a status this service does not know, and refuses to stop it"
     )]
     ExecutionStatusUnknown { status: String },
+    /// The accounts file does not list the execution's account.
+    #[error("this service does not serve account {account}")]
+    AccountNotServed { account: String },
+    /// The accounts file does not list the execution's region for its account.
+    #[error("this service does not serve region {region} of account {account}")]
+    RegionNotServed { account: String, region: String },
+    /// SageMaker or STS refused the service's own credentials for the account and region.
+    #[error(
+        "SageMaker refused this service's credentials for account {account} in {region}; an operator must fix its IAM setup, then retry"
+    )]
+    UpstreamAccessDenied { account: String, region: String },
     /// The token was used before with another execution or reason.
     #[error(
         "this client_request_token was already used with a different request (another execution or reason); use a new token"
@@ -101,14 +112,26 @@ fn describe(violations: &[FieldViolation]) -> String {
 }
 
 impl From<UpstreamError> for Error {
-    /// Every SageMaker failure that reaches a caller is transient: retry later, longer when
-    /// SageMaker throttles. The cause was logged where it happened.
+    /// Transient failures: retry later, longer when SageMaker throttles. The service's own
+    /// credentials refused: the operator's to fix. Anything else: a bug. The cause was logged
+    /// where it happened.
     fn from(error: UpstreamError) -> Self {
-        let retry_after = match error {
-            UpstreamError::Throttled(_) => Duration::from_secs(5),
-            UpstreamError::Conflict(_) | UpstreamError::Unavailable(_) => Duration::from_secs(1),
-        };
-        Error::UpstreamUnavailable { retry_after }
+        match error {
+            UpstreamError::Throttled(_) => Error::UpstreamUnavailable {
+                retry_after: Duration::from_secs(5),
+            },
+            UpstreamError::Conflict(_) | UpstreamError::Unavailable(_) => {
+                Error::UpstreamUnavailable {
+                    retry_after: Duration::from_secs(1),
+                }
+            }
+            UpstreamError::AccessDenied {
+                account, region, ..
+            } => Error::UpstreamAccessDenied { account, region },
+            UpstreamError::Rejected(cause) => {
+                Error::Internal(format!("SageMaker refused a call: {cause}"))
+            }
+        }
     }
 }
 
@@ -130,6 +153,9 @@ impl Error {
             Error::ExecutionNotFound => "EXECUTION_NOT_FOUND",
             Error::ExecutionAlreadyTerminal { .. } => "EXECUTION_ALREADY_TERMINAL",
             Error::ExecutionStatusUnknown { .. } => "EXECUTION_STATUS_UNKNOWN",
+            Error::AccountNotServed { .. } => "ACCOUNT_NOT_SERVED",
+            Error::RegionNotServed { .. } => "REGION_NOT_SERVED",
+            Error::UpstreamAccessDenied { .. } => "UPSTREAM_ACCESS_DENIED",
             Error::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Error::RequestInProgress { .. } => "IDEMPOTENCY_REQUEST_IN_PROGRESS",
             Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
@@ -152,6 +178,9 @@ impl Error {
             Error::ExecutionNotFound | Error::StopRequestNotFound => Code::NotFound,
             Error::ExecutionAlreadyTerminal { .. }
             | Error::ExecutionStatusUnknown { .. }
+            | Error::AccountNotServed { .. }
+            | Error::RegionNotServed { .. }
+            | Error::UpstreamAccessDenied { .. }
             | Error::IdempotencyKeyReused => Code::FailedPrecondition,
             Error::RequestInProgress { .. } => Code::Aborted,
             Error::UpstreamUnavailable { .. }
@@ -200,6 +229,14 @@ impl From<Error> for Status {
             Error::MessageTooLarge { limit } => {
                 metadata.insert("limit_bytes".to_string(), limit.to_string());
             }
+            Error::AccountNotServed { account } => {
+                metadata.insert("account".to_string(), account.clone());
+            }
+            Error::RegionNotServed { account, region }
+            | Error::UpstreamAccessDenied { account, region } => {
+                metadata.insert("account".to_string(), account.clone());
+                metadata.insert("region".to_string(), region.clone());
+            }
             _ => {}
         }
         let mut details = ErrorDetails::with_error_info(error.reason(), ERROR_DOMAIN, metadata);
@@ -226,6 +263,27 @@ impl From<Error> for Status {
                     format!(
                         "SageMaker reports the execution as {status}, which this service does not know; only Executing executions can be stopped"
                     ),
+                );
+            }
+            Error::AccountNotServed { account } => {
+                details.add_precondition_failure_violation(
+                    "ACCOUNT",
+                    "pipeline_execution_arn",
+                    format!("account {account} is not in this service's accounts file"),
+                );
+            }
+            Error::RegionNotServed { account, region } => {
+                details.add_precondition_failure_violation(
+                    "REGION",
+                    "pipeline_execution_arn",
+                    format!("region {region} is not among the regions this service serves for account {account}"),
+                );
+            }
+            Error::UpstreamAccessDenied { account, region } => {
+                details.add_precondition_failure_violation(
+                    "UPSTREAM_CREDENTIALS",
+                    format!("{account}/{region}"),
+                    "SageMaker or STS refused the service's credentials for this account and region",
                 );
             }
             Error::IdempotencyKeyReused => {

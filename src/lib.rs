@@ -48,6 +48,8 @@ pub mod config;
 mod demo;
 mod domain;
 mod error;
+mod estate;
+mod files;
 pub mod grpc;
 mod hooks;
 mod jitter;

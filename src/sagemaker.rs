@@ -1,21 +1,17 @@
-//! The only code that touches `aws-sdk-sagemaker`: it builds the client from the command line
-//! (endpoint override, region, the AWS default credential chain) and, as the RPCs arrive,
-//! speaks domain types in and out so nothing else depends on the SDK's shapes.
+//! The only code that calls `aws-sdk-sagemaker`: one [`SageMaker`] per (account, region), made
+//! by the estate, speaking domain types in and out so nothing else depends on the SDK's shapes,
+//! and sorting every failure into what the service does about it ([`UpstreamError`]).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sagemaker::{
-    config::{Credentials, retry::RetryConfig, timeout::TimeoutConfig},
+    config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
     error::{ProvideErrorMetadata as _, SdkError},
 };
 
-use crate::{
-    config::SageMakerArgs,
-    domain::{
-        ExecutionArn, ExecutionSnapshot, ExecutionStatus, StepDetail, StepSnapshot, StepStatus,
-    },
+use crate::domain::{
+    ExecutionArn, ExecutionSnapshot, ExecutionStatus, StepDetail, StepSnapshot, StepStatus,
 };
 
 /// Steps per ListPipelineExecutionSteps page: the most SageMaker gives.
@@ -125,10 +121,46 @@ pub(crate) enum UpstreamError {
     /// ConflictException: a stop raced a transition between steps.
     #[error("SageMaker reported a conflict ({0})")]
     Conflict(String),
-    /// 5xx, network, timeout, or an answer this service does not expect.
+    /// 5xx, network, timeout, or an answer that could not be read.
     #[error("SageMaker did not answer usefully ({0})")]
     Unavailable(String),
+    /// SageMaker or STS refused the service's own credentials (access denied, unknown or
+    /// expired key, a role that cannot be assumed): not the caller's fault, and not transient.
+    #[error(
+        "SageMaker refused the service's credentials for account {account} in {region} ({message})"
+    )]
+    AccessDenied {
+        account: String,
+        region: String,
+        message: String,
+    },
+    /// Any other refusal (a 4xx this service does not expect): a bug to look at, never retried.
+    #[error("SageMaker refused the call ({0})")]
+    Rejected(String),
 }
+
+impl UpstreamError {
+    /// Worth trying again later: throttling, conflicts, 5xx, network.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Throttled(_) | Self::Conflict(_) | Self::Unavailable(_)
+        )
+    }
+}
+
+/// Error codes that mean the service's own credentials were refused (SageMaker's and STS's).
+const ACCESS_DENIED: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "MissingAuthenticationToken",
+];
 
 /// How long and how often the SDK tries one call (throttling, 5xx and network errors are
 /// retried by the SDK, with exponential backoff and jitter).
@@ -152,13 +184,13 @@ impl Default for CallPolicy {
 }
 
 impl CallPolicy {
-    fn retry(&self) -> RetryConfig {
+    pub(crate) fn retry(&self) -> RetryConfig {
         RetryConfig::standard()
             .with_max_attempts(self.max_attempts.max(1))
             .with_initial_backoff(self.initial_backoff)
     }
 
-    fn timeouts(&self) -> TimeoutConfig {
+    pub(crate) fn timeouts(&self) -> TimeoutConfig {
         TimeoutConfig::builder()
             .operation_attempt_timeout(self.attempt_timeout)
             .operation_timeout(self.operation_timeout)
@@ -166,94 +198,76 @@ impl CallPolicy {
     }
 }
 
-/// Classifies a failed call and logs it (with the cause, which callers never see).
-fn failed<E, R>(operation: &str, arn: &ExecutionArn, error: &SdkError<E, R>) -> UpstreamError
-where
-    E: aws_sdk_sagemaker::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let classified = classify(error);
-    tracing::warn!(execution = %arn, error = %classified, "{operation} failed");
-    classified
-}
-
-/// Sorts an SDK failure into what the service does about it. `E` is the operation's error.
-fn classify<E, R>(error: &SdkError<E, R>) -> UpstreamError
-where
-    E: aws_sdk_sagemaker::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    let code = error.code().unwrap_or_default();
-    let message = error
-        .message()
-        .map(str::to_string)
-        .unwrap_or_else(|| aws_sdk_sagemaker::error::DisplayErrorContext(error).to_string());
-    match code {
-        "ThrottlingException"
-        | "ThrottledException"
-        | "RequestLimitExceeded"
-        | "TooManyRequestsException"
-        | "ProvisionedThroughputExceededException" => {
-            UpstreamError::Throttled(format!("{code}: {message}"))
-        }
-        "ConflictException" => UpstreamError::Conflict(message),
-        "" => UpstreamError::Unavailable(message),
-        _ => UpstreamError::Unavailable(format!("{code}: {message}")),
-    }
-}
-
-/// A SageMaker client with what we know about where it points.
+/// The SageMaker client of one (account, region).
 #[derive(Debug, Clone)]
 pub(crate) struct SageMaker {
     client: aws_sdk_sagemaker::Client,
-    endpoint: Option<String>,
+    account: String,
+    region: String,
 }
 
 impl SageMaker {
-    /// Builds the client. Credentials are resolved lazily, at the first call, so a machine
-    /// without credentials can still start the service (and its health reflects the database).
-    pub(crate) async fn from_args(args: &SageMakerArgs, policy: CallPolicy) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &args.aws_region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        let shared = loader.load().await;
-        let mut config = aws_sdk_sagemaker::config::Builder::from(&shared)
-            .retry_config(policy.retry())
-            .timeout_config(policy.timeouts());
-        if let Some(endpoint) = &args.sagemaker_endpoint {
-            config = config.endpoint_url(endpoint);
-        }
-        if let Some((key, secret)) = &args.static_credentials {
-            config = config.credentials_provider(Credentials::new(
-                key.clone(),
-                secret.clone(),
-                None,
-                None,
-                "static",
-            ));
-        }
+    pub(crate) fn new(client: aws_sdk_sagemaker::Client, account: &str, region: &str) -> Self {
         Self {
-            client: aws_sdk_sagemaker::Client::from_conf(config.build()),
-            endpoint: args.sagemaker_endpoint.clone(),
+            client,
+            account: account.to_string(),
+            region: region.to_string(),
         }
     }
 
-    /// A client for an emulator at `endpoint`, with dummy credentials.
-    pub(crate) fn for_emulator(endpoint: &str, region: &str, policy: CallPolicy) -> Self {
-        let config = aws_sdk_sagemaker::Config::builder()
-            .retry_config(policy.retry())
-            .timeout_config(policy.timeouts())
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(region.to_string()))
-            .credentials_provider(Credentials::new(
-                "EMULATOR", "emulator", None, None, "emulator",
-            ))
-            .endpoint_url(endpoint)
-            .build();
-        Self {
-            client: aws_sdk_sagemaker::Client::from_conf(config),
-            endpoint: Some(endpoint.to_string()),
+    /// Classifies a failed call and logs it (with the cause, which callers never see).
+    fn failed<E>(
+        &self,
+        operation: &str,
+        arn: &ExecutionArn,
+        error: &SdkError<E, HttpResponse>,
+    ) -> UpstreamError
+    where
+        E: aws_sdk_sagemaker::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let classified = self.classify(error);
+        tracing::warn!(execution = %arn, error = %classified, "{operation} failed");
+        classified
+    }
+
+    /// Sorts an SDK failure into what the service does about it. `E` is the operation's error.
+    fn classify<E>(&self, error: &SdkError<E, HttpResponse>) -> UpstreamError
+    where
+        E: aws_sdk_sagemaker::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let code = error.code().unwrap_or_default();
+        let message = error
+            .message()
+            .map(str::to_string)
+            .unwrap_or_else(|| aws_sdk_sagemaker::error::DisplayErrorContext(error).to_string());
+        let access_denied = || UpstreamError::AccessDenied {
+            account: self.account.clone(),
+            region: self.region.clone(),
+            message: format!("{code}: {message}"),
+        };
+        match error {
+            SdkError::ServiceError(context) => match code {
+                "ThrottlingException"
+                | "ThrottledException"
+                | "RequestLimitExceeded"
+                | "TooManyRequestsException"
+                | "ProvisionedThroughputExceededException" => {
+                    UpstreamError::Throttled(format!("{code}: {message}"))
+                }
+                "ConflictException" => UpstreamError::Conflict(message),
+                code if ACCESS_DENIED.contains(&code) => access_denied(),
+                _ if context.raw().status().is_server_error() => {
+                    UpstreamError::Unavailable(format!("{code}: {message}"))
+                }
+                _ => UpstreamError::Rejected(format!("{code}: {message}")),
+            },
+            // No request was sent: the credentials could not be had (an AssumeRole refused,
+            // say) or the request could not be made.
+            SdkError::ConstructionFailure(_) if credentials_refused(error) => access_denied(),
+            SdkError::ConstructionFailure(_) => UpstreamError::Rejected(message),
+            // Timeouts, network failures, answers that could not be read.
+            _ if credentials_refused(error) => access_denied(),
+            _ => UpstreamError::Unavailable(message),
         }
     }
 
@@ -328,7 +342,7 @@ impl SageMaker {
                 {
                     return Ok(StopResult::NotExecuting);
                 }
-                Err(failed("StopPipelineExecution", arn, &error))
+                Err(self.failed("StopPipelineExecution", arn, &error))
             }
         }
     }
@@ -356,7 +370,7 @@ impl SageMaker {
             {
                 Ok(None)
             }
-            Err(error) => Err(failed("DescribePipelineExecution", arn, &error)),
+            Err(error) => Err(self.failed("DescribePipelineExecution", arn, &error)),
         }
     }
 
@@ -403,7 +417,7 @@ impl SageMaker {
                 {
                     return Ok(None);
                 }
-                Err(error) => return Err(failed("ListPipelineExecutionSteps", arn, &error)),
+                Err(error) => return Err(self.failed("ListPipelineExecutionSteps", arn, &error)),
             };
             for step in page.pipeline_execution_steps() {
                 let (step_type, detail) = step_kind(step.metadata());
@@ -444,14 +458,18 @@ impl SageMaker {
             observed_at,
         }))
     }
+}
 
-    /// The region the client signs for, if one was found.
-    pub(crate) fn region(&self) -> Option<&str> {
-        self.client.config().region().map(|r| r.as_ref())
+/// Whether the error (or one of its causes) says the credentials were refused: an AssumeRole
+/// answered AccessDenied, an expired or unknown key.
+fn credentials_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        let text = format!("{current:?}");
+        if ACCESS_DENIED.iter().any(|code| text.contains(code)) {
+            return true;
+        }
+        source = current.source();
     }
-
-    /// The endpoint override, if any.
-    pub(crate) fn endpoint(&self) -> Option<&str> {
-        self.endpoint.as_deref()
-    }
+    false
 }

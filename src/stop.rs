@@ -23,6 +23,7 @@ use crate::{
     audit::AuditLog,
     domain::{ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StopOutcome},
     error::Error,
+    estate::Estate,
     hooks,
     jitter::jittered,
     sagemaker::{SageMaker, StopResult, UpstreamError},
@@ -104,6 +105,19 @@ enum Failure {
     NotRecorded(Error),
 }
 
+impl From<UpstreamError> for Failure {
+    /// Transient failures leave the request to be resumed; the service's own credentials
+    /// refused (or any other refusal) are answered and not recorded, so that a retry after
+    /// the fix works.
+    fn from(error: UpstreamError) -> Self {
+        if error.is_transient() {
+            Failure::Transient(error)
+        } else {
+            Failure::NotRecorded(error.into())
+        }
+    }
+}
+
 /// A completed record and whether it answered an earlier request.
 #[derive(Debug, Clone)]
 pub(crate) struct Answer {
@@ -115,7 +129,8 @@ pub(crate) struct Answer {
 #[derive(Debug)]
 pub(crate) struct Stopper {
     store: Arc<dyn Store>,
-    sagemaker: SageMaker,
+    /// The SageMaker client of each execution's account and region.
+    estate: Arc<Estate>,
     settings: StopSettings,
     /// Identifies this worker in leases and the audit trail.
     worker: String,
@@ -161,14 +176,14 @@ pub(crate) fn upstream_token(
 impl Stopper {
     pub(crate) fn new(
         store: Arc<dyn Store>,
-        sagemaker: SageMaker,
+        estate: Arc<Estate>,
         settings: StopSettings,
         worker: String,
     ) -> Self {
         Self {
             audit: AuditLog::start(store.clone()),
             store,
-            sagemaker,
+            estate,
             settings,
             worker,
             inflight: DashMap::new(),
@@ -216,6 +231,9 @@ impl Stopper {
         input: &StopInput,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
+        // An account or region this service does not serve: refused before anything is
+        // recorded or sent.
+        self.estate.check(&input.arn)?;
         let request = input.request();
         if let Some(record) = self.cached(&request.key) {
             return self.existing(record, &request.fingerprint);
@@ -359,7 +377,15 @@ impl Stopper {
         hooks::abandon_if_set(hooks::STOP_AFTER_CLAIM)?;
         let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
             .map_err(|_| Error::Internal("a recorded ARN no longer parses".into()))?;
-        let completion = match self.ask_sagemaker(&arn, &record.upstream_token).await {
+        let completion = match self.estate.client(&arn).await {
+            Ok(sagemaker) => {
+                self.ask_sagemaker(&sagemaker, &arn, &record.upstream_token)
+                    .await
+            }
+            // The accounts file changed since the claim: no longer served.
+            Err(error) => Err(Failure::NotRecorded(error)),
+        };
+        let completion = match completion {
             Ok(completion) => completion,
             Err(Failure::Transient(error)) => {
                 let released = self
@@ -424,13 +450,14 @@ impl Stopper {
     /// Asks SageMaker to stop, and tells what came of it: a completion to record, or why not.
     async fn ask_sagemaker(
         &self,
+        sagemaker: &SageMaker,
         arn: &ExecutionArn,
         upstream_token: &str,
     ) -> Result<Completion, Failure> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let result = self.sagemaker.stop_execution(arn, upstream_token).await;
+            let result = sagemaker.stop_execution(arn, upstream_token).await;
             match result {
                 Ok(StopResult::Requested) => {
                     return Ok(outcome(
@@ -441,11 +468,10 @@ impl Stopper {
                 Ok(StopResult::NotFound) => {
                     return Ok(refused(RecordedError::ExecutionNotFound, None));
                 }
-                Ok(StopResult::NotExecuting) => match self
-                    .sagemaker
+                Ok(StopResult::NotExecuting) => match sagemaker
                     .execution_status(arn)
                     .await
-                    .map_err(Failure::Transient)?
+                    .map_err(Failure::from)?
                 {
                     None => return Ok(refused(RecordedError::ExecutionNotFound, None)),
                     Some(ExecutionStatus::Stopping) => {
@@ -488,7 +514,7 @@ impl Stopper {
                 Err(UpstreamError::Conflict(message)) if tries < CONFLICT_TRIES => {
                     tracing::debug!(execution = %arn, %message, tries, "ConflictException; trying again");
                 }
-                Err(other) => return Err(Failure::Transient(other)),
+                Err(other) => return Err(Failure::from(other)),
             }
             tokio::time::sleep(jittered(CONFLICT_PAUSE, 0.2)).await;
         }
@@ -632,10 +658,18 @@ mod tests {
         let stopper = Arc::new(Stopper::new(
             store.clone(),
             // Never called: the request is another replica's, under a live lease.
-            SageMaker::for_emulator(
-                "http://127.0.0.1:9",
-                "us-east-1",
-                crate::sagemaker::CallPolicy::default(),
+            Arc::new(
+                Estate::load(
+                    crate::estate::EstateSettings {
+                        endpoint: Some("http://127.0.0.1:9".into()),
+                        static_credentials: Some(("AKIDTEST".into(), "secret".into())),
+                        region: Some("us-east-1".into()),
+                        accounts_file: None,
+                    },
+                    crate::sagemaker::CallPolicy::default(),
+                )
+                .await
+                .unwrap(),
             ),
             StopSettings {
                 lease: hour,

@@ -30,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     domain::{ExecutionArn, ExecutionSnapshot},
     error::Error,
+    estate::Estate,
     jitter::jittered,
-    sagemaker::{SageMaker, UpstreamError},
+    sagemaker::UpstreamError,
 };
 
 /// Tuning of watching.
@@ -51,8 +52,12 @@ enum Published {
     Nothing,
     Snapshot(Arc<ExecutionSnapshot>),
     NotFound,
-    /// The first poll failed; there is no snapshot to give.
+    /// The first poll failed transiently; there is no snapshot to give.
     Unavailable,
+    /// The first poll was refused (the service's own credentials, say): not worth retrying.
+    Refused(UpstreamError),
+    /// The accounts file no longer serves the execution's account or region.
+    NotServed,
 }
 
 #[derive(Debug)]
@@ -65,7 +70,8 @@ struct Poller {
 /// Runs the pollers and makes the streams.
 #[derive(Debug)]
 pub(crate) struct Watcher {
-    sagemaker: SageMaker,
+    /// The SageMaker client of each execution's account and region.
+    estate: Arc<Estate>,
     settings: WatchSettings,
     pollers: DashMap<String, Arc<Poller>>,
     streams: Arc<AtomicUsize>,
@@ -107,12 +113,12 @@ impl Drop for StreamSlot {
 
 impl Watcher {
     pub(crate) fn new(
-        sagemaker: SageMaker,
+        estate: Arc<Estate>,
         settings: WatchSettings,
         stopping: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
-            sagemaker,
+            estate,
             settings,
             pollers: DashMap::new(),
             streams: Arc::new(AtomicUsize::new(0)),
@@ -132,6 +138,13 @@ impl Watcher {
                 Published::Snapshot(snapshot) => break snapshot,
                 Published::NotFound => return Err(Error::ExecutionNotFound),
                 Published::Unavailable => {
+                    return Err(Error::UpstreamUnavailable {
+                        retry_after: self.settings.poll_interval,
+                    });
+                }
+                Published::Refused(error) => return Err(error.into()),
+                Published::NotServed => {
+                    self.estate.check(&arn)?;
                     return Err(Error::UpstreamUnavailable {
                         retry_after: self.settings.poll_interval,
                     });
@@ -196,7 +209,12 @@ impl Watcher {
         let mut last_digest: Option<Vec<String>> = None;
         let stopping = self.stopping.clone();
         loop {
-            match self.sagemaker.execution(&arn).await {
+            let Ok(sagemaker) = self.estate.client(&arn).await else {
+                // A reload took the account or region out of the accounts file.
+                poller.tx.send_replace(Published::NotServed);
+                break;
+            };
+            match sagemaker.execution(&arn).await {
                 Ok(Some(snapshot)) => {
                     delay = self.settings.poll_interval;
                     poller
@@ -220,7 +238,11 @@ impl Watcher {
                 }
                 Err(error) => {
                     if last_digest.is_none() {
-                        poller.tx.send_replace(Published::Unavailable);
+                        poller.tx.send_replace(if error.is_transient() {
+                            Published::Unavailable
+                        } else {
+                            Published::Refused(error)
+                        });
                         break;
                     }
                     delay = (delay * 2).min(self.settings.max_backoff);

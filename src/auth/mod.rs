@@ -18,13 +18,13 @@ use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::watch;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use tonic::transport::CertificateDer;
 
 use crate::{
     domain::{Action, ExecutionArn, Principal},
     error::Error,
+    files::read,
 };
 
 use policy::Policy;
@@ -286,24 +286,6 @@ impl Auth {
 
 /// A TOML error on one line, with where it is: the file's errors go to logs and to the one
 /// line a failed start prints.
-fn toml_error(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim().replace('\n', "; ");
-    match error.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = 1 + before.matches('\n').count();
-            format!("line {line}: {message}")
-        }
-        None => message,
-    }
-}
-
-fn read<T>(path: &std::path::Path, parse: impl Fn(&str) -> Result<T, String>) -> anyhow::Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse(&text).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))
-}
-
 /// The token of an `authorization: Bearer <token>` header (the scheme in any case).
 fn bearer_token(header: &http::HeaderValue) -> Option<&str> {
     let value = header.to_str().ok()?;

@@ -51,7 +51,7 @@ struct AllowEntry {
 impl Policy {
     /// Parses a policy file's text; the error says which entry is wrong and why.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let file: PolicyFile = toml::from_str(text).map_err(|e| super::toml_error(text, &e))?;
+        let file: PolicyFile = crate::files::parse_toml(text)?;
         let mut patterns: HashMap<String, (GlobSetBuilder, GlobSetBuilder)> = HashMap::new();
         for (index, entry) in file.allow.iter().enumerate() {
             let position = index + 1;

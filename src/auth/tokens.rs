@@ -37,7 +37,7 @@ struct TokenEntry {
 impl Tokens {
     /// Parses a token file's text; the error says which entry is wrong and why.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
-        let file: TokenFile = toml::from_str(text).map_err(|e| super::toml_error(text, &e))?;
+        let file: TokenFile = crate::files::parse_toml(text)?;
         let mut by_digest = HashMap::with_capacity(file.token.len());
         for (index, entry) in file.token.iter().enumerate() {
             let position = index + 1;

@@ -18,8 +18,8 @@ use crate::{
     auth::{Auth, Caller},
     domain::{Action, ClientToken, ExecutionArn, Reason},
     error::Error,
+    estate::Estate,
     hooks,
-    sagemaker::SageMaker,
     stop::{Answer, StopInput, Stopper},
     store::{Completion, StopRecord},
     watch::{WatchStream, Watcher},
@@ -42,7 +42,7 @@ use pb::pipeline_control_server::PipelineControl;
 #[derive(Debug, Clone)]
 pub(crate) struct PipelineControlService {
     stopper: Arc<Stopper>,
-    sagemaker: SageMaker,
+    estate: Arc<Estate>,
     watcher: Arc<Watcher>,
     auth: Arc<Auth>,
 }
@@ -50,13 +50,13 @@ pub(crate) struct PipelineControlService {
 impl PipelineControlService {
     pub(crate) fn new(
         stopper: Arc<Stopper>,
-        sagemaker: SageMaker,
+        estate: Arc<Estate>,
         watcher: Arc<Watcher>,
         auth: Arc<Auth>,
     ) -> Self {
         Self {
             stopper,
-            sagemaker,
+            estate,
             watcher,
             auth,
         }
@@ -197,7 +197,9 @@ impl PipelineControl for PipelineControlService {
         hooks::handler_entry().await;
         let (_, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
         let snapshot = self
-            .sagemaker
+            .estate
+            .client(&arn)
+            .await?
             .execution(&arn)
             .await
             .map_err(Error::from)?
@@ -215,6 +217,7 @@ impl PipelineControl for PipelineControlService {
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
         hooks::handler_entry().await;
         let (caller, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
+        self.estate.check(&arn)?;
         let events = self.watcher.watch(arn.clone()).await?;
         let events = end_if_revoked(events, self.auth.clone(), caller, arn);
         Ok(Response::new(Box::pin(events.map(|event| {

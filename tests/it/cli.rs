@@ -12,6 +12,7 @@ use crate::common::{Backend, TestDb, admin_url, token_file, with_database};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tonic_types::StatusExt as _;
 
 const BIN: &str = env!("CARGO_BIN_EXE_pipeline-control");
 
@@ -185,7 +186,16 @@ fn spawn_server(
     db: &TestDb,
     extra: &[&str],
 ) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
-    let mut child = command()
+    spawn_server_with(command(), db, extra)
+}
+
+/// [`spawn_server`] with a command prepared by the caller.
+fn spawn_server_with(
+    mut command: Command,
+    db: &TestDb,
+    extra: &[&str],
+) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
+    let mut child = command
         .args([
             "serve",
             "--listen",
@@ -486,6 +496,180 @@ fn a_bad_token_or_policy_file_stops_the_start_with_one_line() {
         db.to_str().unwrap(),
     ]));
     assert_clean_failure(&output, "pipeline-control: error: the TLS certificate");
+}
+
+#[test]
+fn a_bad_accounts_file_stops_the_start_with_one_line_naming_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.sqlite");
+    let bad = dir.path().join("accounts.toml");
+    for (text, expected) in [
+        (
+            "[[account]]\nid = \"111111111111\"\n[[account]]\nid = \"22\"\n",
+            "[[account]] #2: id \"22\" must be 12 digits",
+        ),
+        (
+            "[[account]]\nid = \"111111111111\"\nrole_arn = \"arn:aws:iam::1:role/r\"\n",
+            "[[account]] #1 (111111111111): role_arn",
+        ),
+        ("[[account]]\nid = ", "line 2: "),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let output = run_bounded(command().args([
+            "serve",
+            "--accounts-file",
+            bad.to_str().unwrap(),
+            "--database-url",
+            db.to_str().unwrap(),
+        ]));
+        assert_clean_failure(
+            &output,
+            &format!(
+                "pipeline-control: error: cannot load the accounts file: {}",
+                bad.display()
+            ),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_accounts_file_without_dropping_connections() {
+    use tonic::Code;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let emulator = crate::common::spawn_emulator(1.0, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let accounts = dir.path().join("accounts.toml");
+    let file =
+        |regions: &str| format!("[[account]]\nid = \"123456789012\"\nregions = [{regions}]\n");
+    std::fs::write(&accounts, file("\"us-east-1\"")).unwrap();
+    let (child, addr, logs) = spawn_server(
+        &db,
+        &[
+            "--accounts-file",
+            accounts.to_str().unwrap(),
+            "--sagemaker-endpoint",
+            &emulator.endpoint_url,
+        ],
+    );
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().is_some());
+    let mut client =
+        pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::new(channel);
+    let eu = "arn:aws:sagemaker:eu-west-1:123456789012:pipeline/p/execution/abcdefghijkl";
+    let mut reason_until = async |expected: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let error = client
+                .get_execution(pipeline_control::grpc::pb::GetExecutionRequest {
+                    pipeline_execution_arn: eu.into(),
+                })
+                .await
+                .unwrap_err();
+            let reason = error
+                .get_details_error_info()
+                .map(|info| info.reason)
+                .unwrap_or_default();
+            if reason == expected {
+                return error.code();
+            }
+            assert!(Instant::now() < deadline, "still {reason}, not {expected}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(
+        reason_until("REGION_NOT_SERVED").await,
+        Code::FailedPrecondition
+    );
+
+    // eu-west-1 added: the call reaches SageMaker (which has no such execution).
+    std::fs::write(&accounts, file("\"us-east-1\", \"eu-west-1\"")).unwrap();
+    send_signal(&child, "-HUP");
+    assert_eq!(reason_until("EXECUTION_NOT_FOUND").await, Code::NotFound);
+
+    // A broken file keeps the one in force.
+    std::fs::write(&accounts, "[[account]]\nid = \"nope\"\n").unwrap();
+    send_signal(&child, "-HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reason_until("EXECUTION_NOT_FOUND").await, Code::NotFound);
+
+    // eu-west-1 taken out again.
+    std::fs::write(&accounts, file("\"us-east-1\"")).unwrap();
+    send_signal(&child, "-HUP");
+    assert_eq!(
+        reason_until("REGION_NOT_SERVED").await,
+        Code::FailedPrecondition
+    );
+
+    let quiet = tokio::time::timeout(Duration::from_millis(300), watch.message()).await;
+    assert!(
+        quiet.is_err(),
+        "the health stream ended or failed: {quiet:?}"
+    );
+    send_signal(&child, "-TERM");
+    drop(watch);
+    assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
+    let logs = logs.join().unwrap();
+    assert!(logs.contains("reloaded the accounts file"), "{logs}");
+    assert!(logs.contains("kept the previous accounts"), "{logs}");
+    assert!(logs.contains("[[account]] #1: id"), "{logs}");
+}
+
+#[tokio::test]
+async fn without_a_region_the_service_starts_and_serves_each_arns_region() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let emulator = crate::common::spawn_emulator(1.0, None).await;
+    let mut command = command();
+    command
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION");
+    let (child, addr, logs) = spawn_server_with(
+        command,
+        &db,
+        &["--sagemaker-endpoint", &emulator.endpoint_url],
+    );
+    let sagemaker = crate::common::sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = crate::common::create_pipeline(
+        &sagemaker,
+        serde_json::json!([{"Name": "A", "Type": "Training"}]),
+    )
+    .await;
+    let arn = crate::common::start_execution(&sagemaker, &pipeline).await;
+    let mut client =
+        pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::connect(
+            format!("http://{addr}"),
+        )
+        .await
+        .unwrap();
+    let execution = client
+        .get_execution(pipeline_control::grpc::pb::GetExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(execution.pipeline_execution_arn, arn);
+    send_signal(&child, "-TERM");
+    assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
+    let logs = logs.join().unwrap();
+    for quiet in ["region", "metadata", "IMDS", "imds"] {
+        assert!(
+            !logs
+                .lines()
+                .any(|line| line.contains("WARN") && line.contains(quiet)),
+            "{logs}"
+        );
+    }
 }
 
 #[tokio::test]

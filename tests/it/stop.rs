@@ -18,6 +18,7 @@ on_both_databases!(
     outcomes_follow_the_execution_status,
     terminal_and_missing_executions_are_recorded_errors,
     a_status_this_version_does_not_know_gets_a_clear_answer_and_no_record,
+    executions_outside_the_accounts_file_are_refused_before_anything_is_recorded_or_sent,
     invalid_requests_are_neither_recorded_nor_sent,
     an_empty_token_gets_a_generated_one,
     a_repeat_replays_the_answer_without_calling_sagemaker,
@@ -223,6 +224,89 @@ async fn a_status_this_version_does_not_know_gets_a_clear_answer_and_no_record(b
     assert_eq!(answer.outcome(), pb::StopOutcome::AlreadyStopped);
     assert!(!answer.replayed);
     assert_eq!(stack.stored_requests().await, 1);
+}
+
+async fn executions_outside_the_accounts_file_are_refused_before_anything_is_recorded_or_sent(
+    backend: Backend,
+) {
+    let accounts = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        accounts.path(),
+        "[[account]]\nid = \"123456789012\"\nregions = [\"us-east-1\"]\n",
+    )
+    .unwrap();
+    let path = accounts.path().to_path_buf();
+    let stack = Stack::start(backend, 1000.0, |args| {
+        args.sagemaker.accounts_file = Some(path);
+    })
+    .await;
+    let served = stack.execution(steps(RUNNING)).await;
+    let other_account = served.replace(":123456789012:", ":999999999999:");
+    let other_region = served.replace(":us-east-1:", ":eu-west-1:");
+    stack.admin.reset_stats().await;
+
+    for (arn, reason, metadata) in [
+        (
+            &other_account,
+            "ACCOUNT_NOT_SERVED",
+            vec![("account", "999999999999")],
+        ),
+        (
+            &other_region,
+            "REGION_NOT_SERVED",
+            vec![("account", "123456789012"), ("region", "eu-west-1")],
+        ),
+    ] {
+        let mut errors = vec![
+            stop(&stack, arn, "outside", "").await.unwrap_err(),
+            stack
+                .client
+                .clone()
+                .get_execution(pb::GetExecutionRequest {
+                    pipeline_execution_arn: arn.clone(),
+                })
+                .await
+                .unwrap_err(),
+        ];
+        match stack
+            .client
+            .clone()
+            .watch_execution(pb::WatchExecutionRequest {
+                pipeline_execution_arn: arn.clone(),
+            })
+            .await
+        {
+            Ok(_) => panic!("a watch of {arn} was accepted"),
+            Err(error) => errors.push(error),
+        }
+        for error in errors {
+            assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+            let info = error.get_details_error_info().unwrap();
+            assert_eq!(info.reason, reason);
+            for (key, value) in &metadata {
+                assert_eq!(info.metadata[*key], *value, "{key}");
+            }
+            assert!(error.get_details_precondition_failure().is_some());
+        }
+    }
+    assert_eq!(stack.stored_requests().await, 0, "nothing recorded");
+    assert_eq!(
+        crate::common::count_rows(&stack.db, "stop_audit").await,
+        0,
+        "no audit outcome"
+    );
+    assert_eq!(
+        stack.admin.stats().await.values().sum::<u64>(),
+        0,
+        "nothing sent upstream"
+    );
+
+    // What the file lists is served.
+    let answer = stop(&stack, &served, "inside", "")
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.outcome(), pb::StopOutcome::StopRequested);
 }
 
 async fn invalid_requests_are_neither_recorded_nor_sent(backend: Backend) {

@@ -1,0 +1,201 @@
+//! The estate: every account and region the service serves, and the SageMaker client for each.
+//!
+//! An execution ARN names its region and account; [`Estate::client`] gives the SageMaker client
+//! for that (account, region), built on first use and cached: the ARN's region, the account's
+//! endpoint if the accounts file gives one (else `--sagemaker-endpoint`, else the AWS SDK's
+//! standard `AWS_ENDPOINT_URL_SAGEMAKER` / `AWS_ENDPOINT_URL`), and credentials for the
+//! account: a role assumed through aws-config's STS provider (cached by the SDK and refreshed
+//! before it expires) when the account has one, else the service's own credential chain. Every
+//! client shares one HTTP connector and one identity cache (the base `SdkConfig`'s).
+//!
+//! Without `--accounts-file` every account and region is served. With it, an ARN whose account
+//! or region is not listed is refused ([`Estate::check`]) before anything is recorded or sent.
+//! The file is reloaded on SIGHUP ([`Estate::reload`]); a file that fails to load keeps the
+//! previous one in force. A reload drops the cached clients, so a changed role or endpoint
+//! takes effect at the next call.
+
+mod accounts;
+
+use std::{path::PathBuf, sync::Arc};
+
+use arc_swap::ArcSwap;
+use aws_config::{BehaviorVersion, Region, SdkConfig, sts::AssumeRoleProvider};
+use aws_sdk_sagemaker::config::Credentials;
+use dashmap::DashMap;
+
+pub(crate) use accounts::Accounts;
+
+use crate::{
+    domain::ExecutionArn,
+    error::Error,
+    files,
+    sagemaker::{CallPolicy, SageMaker},
+};
+
+/// The session name of every role the service assumes (it shows in CloudTrail).
+const SESSION_NAME: &str = "pipeline-control";
+
+/// Where the SageMaker clients come from.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EstateSettings {
+    /// `--sagemaker-endpoint`: every account's SageMaker, unless its entry names another.
+    pub(crate) endpoint: Option<String>,
+    /// `--accounts-file`.
+    pub(crate) accounts_file: Option<PathBuf>,
+    /// Fixed credentials instead of the default chain (embedders and tests).
+    pub(crate) static_credentials: Option<(String, String)>,
+    /// The region of the base configuration (`--aws-region`). Each call goes to its ARN's
+    /// region; this only spares the SDK from looking one up (which may ask the instance
+    /// metadata service) when nothing else names one.
+    pub(crate) region: Option<String>,
+}
+
+/// Every (account, region) the service reaches, and how.
+#[derive(Debug)]
+pub(crate) struct Estate {
+    base: SdkConfig,
+    policy: CallPolicy,
+    settings: EstateSettings,
+    /// The accounts file in force; `None` without one (everything served).
+    accounts: ArcSwap<Option<Accounts>>,
+    clients: DashMap<(String, String), SageMaker>,
+}
+
+impl Estate {
+    /// Reads the accounts file (a bad one stops the start) and prepares the shared
+    /// configuration. Credentials are resolved lazily, at the first call, so a machine without
+    /// credentials can still start the service (and its health reflects the database).
+    pub(crate) async fn load(settings: EstateSettings, policy: CallPolicy) -> anyhow::Result<Self> {
+        let accounts = match &settings.accounts_file {
+            Some(path) => Some(files::read(path, Accounts::parse)?),
+            None => None,
+        };
+        // A region is always given, so the SDK never looks for one (the instance metadata
+        // service is one of the places it would look).
+        let region = settings
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region));
+        if let Some((key, secret)) = &settings.static_credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                key.clone(),
+                secret.clone(),
+                None,
+                None,
+                "static",
+            ));
+        }
+        let base = loader.load().await;
+        if let Some(accounts) = &accounts {
+            tracing::info!(
+                accounts = accounts.len(),
+                "serving the accounts of the accounts file"
+            );
+        }
+        Ok(Self {
+            base,
+            policy,
+            settings,
+            accounts: ArcSwap::from_pointee(accounts),
+            clients: DashMap::new(),
+        })
+    }
+
+    /// Reloads the accounts file (on SIGHUP); a file that fails to load keeps the previous one
+    /// in force, and says why.
+    pub(crate) fn reload(&self) {
+        let Some(path) = &self.settings.accounts_file else {
+            return;
+        };
+        match files::read(path, Accounts::parse) {
+            Ok(accounts) => {
+                tracing::info!(file = %path.display(), accounts = accounts.len(), "reloaded the accounts file");
+                self.accounts.store(Arc::new(Some(accounts)));
+                self.clients.clear();
+            }
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "kept the previous accounts");
+            }
+        }
+    }
+
+    /// Refuses an execution whose account or region the accounts file does not list.
+    pub(crate) fn check(&self, arn: &ExecutionArn) -> Result<(), Error> {
+        let accounts = self.accounts.load();
+        let Some(accounts) = accounts.as_ref() else {
+            return Ok(());
+        };
+        let account = accounts
+            .get(arn.account())
+            .ok_or_else(|| Error::AccountNotServed {
+                account: arn.account().to_string(),
+            })?;
+        match &account.regions {
+            Some(regions) if !regions.contains(arn.region()) => Err(Error::RegionNotServed {
+                account: arn.account().to_string(),
+                region: arn.region().to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The SageMaker client for the execution's account and region (checked as
+    /// [`Estate::check`] does).
+    pub(crate) async fn client(&self, arn: &ExecutionArn) -> Result<SageMaker, Error> {
+        self.check(arn)?;
+        Ok(self.client_in(arn.account(), arn.region()).await)
+    }
+
+    /// The SageMaker client for an account and region, made on first use.
+    pub(crate) async fn client_in(&self, account: &str, region: &str) -> SageMaker {
+        let key = (account.to_string(), region.to_string());
+        if let Some(client) = self.clients.get(&key) {
+            return client.clone();
+        }
+        let client = self.build(account, region).await;
+        // Two first calls at once may both build one; either serves.
+        self.clients.entry(key).or_insert(client).clone()
+    }
+
+    async fn build(&self, account_id: &str, region: &str) -> SageMaker {
+        let accounts = self.accounts.load();
+        let account = accounts.as_ref().as_ref().and_then(|a| a.get(account_id));
+        let mut config = aws_sdk_sagemaker::config::Builder::from(&self.base)
+            .region(Region::new(region.to_string()))
+            .retry_config(self.policy.retry())
+            .timeout_config(self.policy.timeouts());
+        let endpoint = account
+            .and_then(|a| a.endpoint.clone())
+            .or_else(|| self.settings.endpoint.clone());
+        if let Some(endpoint) = &endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        if let Some(account) = account
+            && let Some(role) = &account.role_arn
+        {
+            let mut provider = AssumeRoleProvider::builder(role)
+                .session_name(SESSION_NAME)
+                .region(Region::new(region.to_string()))
+                .configure(&self.base);
+            if let Some(external_id) = &account.external_id {
+                provider = provider.external_id(external_id);
+            }
+            config = config.credentials_provider(provider.build().await);
+        }
+        tracing::debug!(account = account_id, region, "SageMaker client made");
+        SageMaker::new(
+            aws_sdk_sagemaker::Client::from_conf(config.build()),
+            account_id,
+            region,
+        )
+    }
+
+    /// Where SageMaker calls go when no account names its own endpoint.
+    pub(crate) fn endpoint(&self) -> Option<&str> {
+        self.settings.endpoint.as_deref()
+    }
+}
