@@ -7,7 +7,10 @@
 //! - StopExecution replays: the same requests again (read, answer, audit);
 //! - the database alone doing a first call's writes (the same two statements), and first calls
 //!   again with commits that do not wait for the disk, to show what bounds first calls;
-//! - the CPU each process spends per request (service, emulator, Postgres), from /proc.
+//! - the CPU each process spends per request (service, emulator, Postgres), from /proc;
+//! - GetExecution across an estate of 100 accounts (each through an assumed role) x 3 regions:
+//!   first calls to each (account, region), later calls, and the memory per cached client,
+//!   beside one account and region.
 //!
 //! Each is run at a fixed concurrency and reported as requests per second, p50 and p99
 //! latency, and the ratio of its throughput to the baseline's. Environment: BENCH_SERVER (the
@@ -374,6 +377,157 @@ async fn watch_scenario(url: &str, emulator: &str, server: u32, streams: usize) 
 }
 
 /// Sets `synchronous_commit` server-wide (superuser only); whether it worked.
+/// GetExecution across the estate: `accounts` accounts (each reached through a role the
+/// service assumes, as an accounts file names them) x `regions`, against one account and
+/// region, on a server of its own. Returns the table rows and the memory line.
+async fn estate_scenario(
+    binary: &str,
+    database_url: &str,
+    emulator: &str,
+    accounts: usize,
+    regions: &[&str],
+    concurrency: usize,
+    seconds: Duration,
+) -> (Vec<Phase>, String) {
+    let dir = std::env::temp_dir().join(format!("pipeline-control-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("accounts.toml");
+    let mut text = String::from("[[account]]\nid = \"123456789012\"\n\n");
+    let ids: Vec<String> = (0..accounts)
+        .map(|i| format!("{:012}", 300_000_000_000u64 + i as u64))
+        .collect();
+    for id in &ids {
+        text.push_str(&format!(
+            "[[account]]\nid = \"{id}\"\nrole_arn = \"arn:aws:iam::{id}:role/pipeline-control\"\n\n"
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    let (mut server, address) = start(
+        binary,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+            "--sagemaker-endpoint",
+            emulator,
+            "--sts-endpoint",
+            emulator,
+            "--accounts-file",
+            file.to_str().unwrap(),
+            "--max-concurrent-requests",
+            "100000",
+        ],
+        "address",
+    );
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Executions that do not exist: every GetExecution is one DescribePipelineExecution, the
+    // same work wherever it goes.
+    let arn = |account: &str, region: &str, i: usize| {
+        format!("arn:aws:sagemaker:{region}:{account}:pipeline/bench/execution/{i:012}")
+    };
+    let get = {
+        let channel = channel.clone();
+        move |arn: String| {
+            let mut client =
+                pb::pipeline_control_client::PipelineControlClient::new(channel.clone());
+            async move {
+                let error = client
+                    .get_execution(pb::GetExecutionRequest {
+                        pipeline_execution_arn: arn,
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(error.code(), tonic::Code::NotFound, "{error:?}");
+            }
+        }
+    };
+    let one = {
+        let get = get.clone();
+        move |worker: usize, i: usize| {
+            let call = get(arn("123456789012", "us-east-1", worker * 1_000_000 + i));
+            async move {
+                call.await;
+                true
+            }
+        }
+    };
+    let _warm = run("warm-up", concurrency, Duration::from_secs(1), one.clone()).await;
+    let one_account = run(
+        "GetExecution, one account and region",
+        concurrency,
+        seconds,
+        one,
+    )
+    .await;
+
+    let pairs: Arc<Vec<(String, String)>> = Arc::new(
+        ids.iter()
+            .flat_map(|id| regions.iter().map(move |r| (id.clone(), r.to_string())))
+            .collect(),
+    );
+    let rss_before = rss_kib(server.id());
+    let first = {
+        let get = get.clone();
+        let pairs = pairs.clone();
+        move |worker: usize, i: usize| {
+            let pair = pairs.get(worker + i * concurrency).cloned();
+            let get = get.clone();
+            async move {
+                let Some((account, region)) = pair else {
+                    return false;
+                };
+                get(arn(&account, &region, 0)).await;
+                true
+            }
+        }
+    };
+    let first_calls = run(
+        "GetExecution, first call to a new (account, region): AssumeRole, client, call",
+        concurrency,
+        Duration::from_secs(600),
+        first,
+    )
+    .await;
+    let rss_after = rss_kib(server.id());
+    let later = {
+        let pairs = pairs.clone();
+        move |worker: usize, i: usize| {
+            let (account, region) = pairs[(worker * 7919 + i * 104_729) % pairs.len()].clone();
+            let call = get(arn(&account, &region, i + 1));
+            async move {
+                call.await;
+                true
+            }
+        }
+    };
+    let later_calls = run(
+        "GetExecution, later calls across the estate",
+        concurrency,
+        seconds,
+        later,
+    )
+    .await;
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let memory = format!(
+        "estate: {} (account, region) clients cached: server memory {:.1} MiB before, {:.1} MiB after: {:.1} KiB per cached client",
+        pairs.len(),
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        (rss_after.saturating_sub(rss_before)) as f64 / pairs.len().max(1) as f64
+    );
+    (vec![one_account, first_calls, later_calls], memory)
+}
+
 async fn set_synchronous_commit(database_url: &str, value: &str) -> bool {
     let Ok(mut conn) = sqlx::PgConnection::connect(database_url).await else {
         return false;
@@ -649,6 +803,18 @@ async fn main() {
         watch_rows.push(watch_scenario(&url, &emulator, server.id(), streams).await);
     }
 
+    // The estate: 100 accounts x 3 regions, on a server of its own.
+    let (estate_phases, estate_memory) = estate_scenario(
+        &binary,
+        &database_url,
+        &emulator,
+        100,
+        &["us-east-1", "eu-west-1", "ap-southeast-2"],
+        concurrency,
+        seconds,
+    )
+    .await;
+
     for child in [&mut server, &mut emulator_process] {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -667,6 +833,7 @@ async fn main() {
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let mut phases = vec![&baseline, &first_calls, &replays, &database, &sdk_alone];
     phases.extend(unflushed.as_ref());
+    phases.extend(&estate_phases);
     for phase in phases {
         println!(
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} % |",
@@ -692,6 +859,14 @@ async fn main() {
     for row in &watch_rows {
         println!("{row}");
     }
+    println!();
+    println!("{estate_memory}");
+    println!(
+        "estate: later calls across 300 (account, region) run at {:.0} % of one account's rate; a first call to a new one costs {:.2} ms at p50 against {:.2} ms",
+        100.0 * estate_phases[2].rate() / estate_phases[0].rate(),
+        estate_phases[1].percentile(0.50).as_secs_f64() * 1000.0,
+        estate_phases[0].percentile(0.50).as_secs_f64() * 1000.0
+    );
     println!();
     println!("CPU per first call: {first_cpu}");
     println!(

@@ -134,6 +134,7 @@ impl Application {
         };
         let mut estate = EstateSettings {
             endpoint: args.sagemaker.sagemaker_endpoint.clone(),
+            sts_endpoint: args.sagemaker.sts_endpoint.clone(),
             accounts_file: args.sagemaker.accounts_file.clone(),
             static_credentials: args.sagemaker.static_credentials.clone(),
             region: args.sagemaker.aws_region.clone(),
@@ -147,7 +148,9 @@ impl Application {
             .await
             .context("cannot start the SageMaker emulator")?
             .spawn();
+            // The emulator serves STS too, for roles an accounts file names.
             estate.endpoint = Some(emulator.endpoint_url.clone());
+            estate.sts_endpoint = Some(emulator.endpoint_url.clone());
             estate.static_credentials = Some(("EMULATOR".into(), "emulator".into()));
             estate.region = Some(region.to_string());
             Some(emulator)

@@ -246,6 +246,11 @@ pub struct SageMakerArgs {
     #[arg(long, env = "SAGEMAKER_ENDPOINT_URL")]
     pub sagemaker_endpoint: Option<String>,
 
+    /// STS endpoint override for the roles the accounts file names (an emulator, a VPC
+    /// endpoint); else the AWS default for each execution's region.
+    #[arg(long, env = "STS_ENDPOINT_URL")]
+    pub sts_endpoint: Option<String>,
+
     /// TOML file of `[[account]]` tables (`id`, and optionally `regions`, `role_arn`,
     /// `external_id`, `endpoint`): the accounts and regions served, and how each is reached.
     /// Without it every account and region is served with the default credential chain.

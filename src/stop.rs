@@ -662,6 +662,7 @@ mod tests {
                 Estate::load(
                     crate::estate::EstateSettings {
                         endpoint: Some("http://127.0.0.1:9".into()),
+                        sts_endpoint: Some("http://127.0.0.1:9".into()),
                         static_credentials: Some(("AKIDTEST".into(), "secret".into())),
                         region: Some("us-east-1".into()),
                         accounts_file: None,

@@ -40,6 +40,8 @@ const SESSION_NAME: &str = "pipeline-control";
 pub(crate) struct EstateSettings {
     /// `--sagemaker-endpoint`: every account's SageMaker, unless its entry names another.
     pub(crate) endpoint: Option<String>,
+    /// `--sts-endpoint`: where roles are assumed.
+    pub(crate) sts_endpoint: Option<String>,
     /// `--accounts-file`.
     pub(crate) accounts_file: Option<PathBuf>,
     /// Fixed credentials instead of the default chain (embedders and tests).
@@ -54,6 +56,8 @@ pub(crate) struct EstateSettings {
 #[derive(Debug)]
 pub(crate) struct Estate {
     base: SdkConfig,
+    /// The base, with the STS endpoint override if there is one: what role providers use.
+    for_sts: SdkConfig,
     policy: CallPolicy,
     settings: EstateSettings,
     /// The accounts file in force; `None` without one (everything served).
@@ -90,6 +94,10 @@ impl Estate {
             ));
         }
         let base = loader.load().await;
+        let for_sts = match &settings.sts_endpoint {
+            Some(endpoint) => base.clone().into_builder().endpoint_url(endpoint).build(),
+            None => base.clone(),
+        };
         if let Some(accounts) = &accounts {
             tracing::info!(
                 accounts = accounts.len(),
@@ -98,6 +106,7 @@ impl Estate {
         }
         Ok(Self {
             base,
+            for_sts,
             policy,
             settings,
             accounts: ArcSwap::from_pointee(accounts),
@@ -180,7 +189,7 @@ impl Estate {
             let mut provider = AssumeRoleProvider::builder(role)
                 .session_name(SESSION_NAME)
                 .region(Region::new(region.to_string()))
-                .configure(&self.base);
+                .configure(&self.for_sts);
             if let Some(external_id) = &account.external_id {
                 provider = provider.external_id(external_id);
             }

@@ -243,6 +243,7 @@ pub struct Stack {
 pub fn stack_args(db: &TestDb, endpoint: &str) -> ServeArgs {
     let mut args = test_args(db);
     args.sagemaker.sagemaker_endpoint = Some(endpoint.to_string());
+    args.sagemaker.sts_endpoint = Some(endpoint.to_string());
     args.sagemaker.static_credentials = Some(("AKIDTEST".into(), "secret".into()));
     args.lease = Duration::from_secs(5);
     args.duplicate_wait = Duration::from_secs(20);

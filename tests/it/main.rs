@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod cli;
+mod estate;
 mod executions;
 mod input;
 mod server;

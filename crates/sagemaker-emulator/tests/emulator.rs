@@ -10,16 +10,16 @@ use std::{collections::HashSet, time::Duration};
 
 use aws_sdk_sagemaker::{
     config::{
-        ConfigBag, Credentials, Intercept, RuntimeComponents,
-        interceptors::BeforeTransmitInterceptorContextRef,
+        ConfigBag, Intercept, RuntimeComponents, interceptors::BeforeTransmitInterceptorContextRef,
     },
     error::{BoxError, ProvideErrorMetadata},
     types::StepStatus,
 };
 use serde_json::json;
 use support::{
-    Admin, all_steps, create_pipeline, execution_status, sagemaker_client, sagemaker_client_in,
-    spawn_emulator, start_execution, token, wait_for_status,
+    Admin, all_steps, assume, create_pipeline, default_keys, execution_status, sagemaker_client,
+    sagemaker_client_in, session_keys, spawn_emulator, start_execution, sts_client, token,
+    wait_for_status,
 };
 
 fn step<'a>(
@@ -1406,48 +1406,6 @@ async fn concurrent_retries_with_one_token_all_get_the_first_answer() {
 
 const ROLE_ACCOUNT: &str = "111111111111";
 const DEFAULT_ACCOUNT: &str = "123456789012";
-
-/// The keys every test uses for the emulator's default account.
-fn default_keys() -> Credentials {
-    Credentials::new("AKIDEMULATOR", "secret", None, None, "tests")
-}
-
-/// The real STS SDK client pointed at the emulator, signing for `region` with `credentials`.
-fn sts_client(endpoint: &str, region: &str, credentials: Credentials) -> aws_sdk_sts::Client {
-    let config = aws_sdk_sts::Config::builder()
-        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
-        .region(aws_sdk_sts::config::Region::new(region.to_string()))
-        .credentials_provider(credentials)
-        .endpoint_url(endpoint)
-        .retry_config(aws_sdk_sts::config::retry::RetryConfig::disabled())
-        .build();
-    aws_sdk_sts::Client::from_conf(config)
-}
-
-/// The temporary credentials AssumeRole answers, as an SDK would use them.
-fn session_keys(credentials: &aws_sdk_sts::types::Credentials) -> Credentials {
-    Credentials::new(
-        credentials.access_key_id(),
-        credentials.secret_access_key(),
-        Some(credentials.session_token().to_string()),
-        None,
-        "assumed",
-    )
-}
-
-/// Assumes `role_arn` with the default keys and returns its temporary credentials, for the
-/// longest STS allows (12 emulated hours), so that tests at a high time scale can use them.
-async fn assume(endpoint: &str, role_arn: &str) -> Credentials {
-    let answer = sts_client(endpoint, "us-east-1", default_keys())
-        .assume_role()
-        .role_arn(role_arn)
-        .role_session_name("tests")
-        .duration_seconds(43_200)
-        .send()
-        .await
-        .expect("assume the role");
-    session_keys(answer.credentials().expect("credentials"))
-}
 
 /// Creates a pipeline named `name` with one Callback step and starts it: (pipeline ARN,
 /// execution ARN).

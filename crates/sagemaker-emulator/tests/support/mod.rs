@@ -303,3 +303,51 @@ impl Admin {
             .collect()
     }
 }
+
+/// The keys every test uses for the emulator's default account.
+pub fn default_keys() -> aws_sdk_sagemaker::config::Credentials {
+    aws_sdk_sagemaker::config::Credentials::new("AKIDEMULATOR", "secret", None, None, "tests")
+}
+
+/// The real STS SDK client pointed at the emulator, signing for `region` with `credentials`.
+pub fn sts_client(
+    endpoint: &str,
+    region: &str,
+    credentials: aws_sdk_sagemaker::config::Credentials,
+) -> aws_sdk_sts::Client {
+    let config = aws_sdk_sts::Config::builder()
+        .behavior_version(aws_sdk_sts::config::BehaviorVersion::latest())
+        .region(aws_sdk_sts::config::Region::new(region.to_string()))
+        .credentials_provider(credentials)
+        .endpoint_url(endpoint)
+        .retry_config(aws_sdk_sts::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_sts::Client::from_conf(config)
+}
+
+/// The temporary credentials AssumeRole answers, as an SDK would use them.
+pub fn session_keys(
+    credentials: &aws_sdk_sts::types::Credentials,
+) -> aws_sdk_sagemaker::config::Credentials {
+    aws_sdk_sagemaker::config::Credentials::new(
+        credentials.access_key_id(),
+        credentials.secret_access_key(),
+        Some(credentials.session_token().to_string()),
+        None,
+        "assumed",
+    )
+}
+
+/// Assumes `role_arn` with the default keys and returns its temporary credentials, for the
+/// longest STS allows (12 emulated hours), so that tests at a high time scale can use them.
+pub async fn assume(endpoint: &str, role_arn: &str) -> aws_sdk_sagemaker::config::Credentials {
+    let answer = sts_client(endpoint, "us-east-1", default_keys())
+        .assume_role()
+        .role_arn(role_arn)
+        .role_session_name("tests")
+        .duration_seconds(43_200)
+        .send()
+        .await
+        .expect("assume the role");
+    session_keys(answer.credentials().expect("credentials"))
+}
