@@ -86,7 +86,7 @@ impl ExecutionArn {
 
     /// The ARN's `index`th `:`-separated field (checked present by [`ExecutionArn::parse`]).
     fn field(&self, index: usize) -> &str {
-        self.0.splitn(6, ':').nth(index).unwrap_or_default()
+        arn_fields(&self.0).map_or("", |fields| fields[index])
     }
 
     /// The region whose SageMaker holds the execution.
@@ -106,29 +106,26 @@ impl fmt::Display for ExecutionArn {
     }
 }
 
+/// An ARN's six `:`-separated fields (`arn`, partition, service, region, account, resource;
+/// the resource may hold more colons), or `None` with fewer.
+pub(crate) fn arn_fields(text: &str) -> Option<[&str; 6]> {
+    let mut fields = text.splitn(6, ':');
+    let mut each = || fields.next();
+    Some([each()?, each()?, each()?, each()?, each()?, each()?])
+}
+
 /// SageMaker's pattern for execution ARNs, anchored:
 /// `arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:pipeline/[^/]+/execution/[^/]+`.
 fn matches_model_pattern(value: &str) -> bool {
-    let mut fields = value.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("sagemaker"), Some(region), Some(account), Some(rest)) = (
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-        fields.next(),
-    ) else {
+    let Some(["arn", partition, "sagemaker", region, account, rest]) = arn_fields(value) else {
         return false;
-    };
-    let lower_or = |text: &str, extra: fn(u8) -> bool| {
-        text.bytes().all(|b| b.is_ascii_lowercase() || extra(b))
     };
     let names = rest
         .strip_prefix("pipeline/")
         .map(|r| r.split('/').collect::<Vec<_>>());
     partition
         .strip_prefix("aws")
-        .is_some_and(|tail| lower_or(tail, |b| b == b'-'))
+        .is_some_and(|tail| tail.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
         && is_region(region)
         && account.len() == 12
         && account.bytes().all(|b| b.is_ascii_digit())

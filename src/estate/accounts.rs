@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::Deserialize;
 
-use crate::domain::is_region;
+use crate::domain::{arn_fields, is_region};
 
 /// How to reach one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,17 +136,9 @@ fn is_account_id(text: &str) -> bool {
 }
 
 fn is_role_arn(text: &str) -> bool {
-    let mut fields = text.splitn(6, ':');
     matches!(
-        (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ),
-        (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource))
+        arn_fields(text),
+        Some(["arn", partition, "iam", "", account, resource])
             if partition.starts_with("aws")
                 && is_account_id(account)
                 && resource.strip_prefix("role/").is_some_and(|name| !name.is_empty())

@@ -32,6 +32,24 @@ use crate::{
     sagemaker::{CallPolicy, SageMaker},
 };
 
+/// The HTTP client every SageMaker and STS client shares: one connection pool and one TLS
+/// configuration for the whole estate. Made as the SDK makes its default one (rustls on
+/// aws-lc, the proxy of the environment), which it would otherwise make once per client.
+fn shared_http_client() -> aws_sdk_sagemaker::config::SharedHttpClient {
+    use aws_smithy_http_client::{ConnectorBuilder, proxy::ProxyConfig, tls};
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
+}
+
 /// The session name of every role the service assumes (it shows in CloudTrail).
 const SESSION_NAME: &str = "pipeline-control";
 
@@ -82,8 +100,9 @@ impl Estate {
             .or_else(|| std::env::var("AWS_REGION").ok())
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .unwrap_or_else(|| "us-east-1".to_string());
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region));
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .http_client(shared_http_client());
         if let Some((key, secret)) = &settings.static_credentials {
             loader = loader.credentials_provider(Credentials::new(
                 key.clone(),

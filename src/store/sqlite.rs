@@ -261,21 +261,7 @@ impl Store for SqliteStore {
             return Ok(false);
         };
         let record = record(&row)?;
-        sqlx::query(
-            "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
-                 event, error_code, epoch, worker)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(&record.key.principal)
-        .bind(&record.key.token)
-        .bind(&record.pipeline_execution_arn)
-        .bind(&record.reason)
-        .bind(AuditKind::Discarded.as_str())
-        .bind(reason)
-        .bind(record.epoch)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await?;
+        insert_audit_with(&mut tx, &record, AuditKind::Discarded, Some(reason), owner).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -354,6 +340,23 @@ async fn insert_audit(
     kind: AuditKind,
     owner: &str,
 ) -> Result<(), StoreError> {
+    let error = record
+        .state
+        .completion()
+        .and_then(Completion::error)
+        .map(RecordedError::as_str);
+    insert_audit_with(conn, record, kind, error, owner).await
+}
+
+/// The audit row of `kind` about `record`, with `error_code` (the record's recorded error, or
+/// why an attempt was discarded).
+async fn insert_audit_with(
+    conn: &mut sqlx::SqliteConnection,
+    record: &StopRecord,
+    kind: AuditKind,
+    error_code: Option<&str>,
+    owner: &str,
+) -> Result<(), StoreError> {
     let completion = record.state.completion();
     sqlx::query(
         "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
@@ -370,11 +373,7 @@ async fn insert_audit(
             .and_then(Completion::outcome)
             .map(StopOutcome::as_str),
     )
-    .bind(
-        completion
-            .and_then(Completion::error)
-            .map(RecordedError::as_str),
-    )
+    .bind(error_code)
     .bind(record.epoch)
     .bind(owner)
     .execute(conn)

@@ -25,6 +25,11 @@ fn command() -> Command {
         "PIPELINE_CONTROL_LOG_FORMAT",
         "PIPELINE_CONTROL_LOG",
         "SAGEMAKER_ENDPOINT_URL",
+        "STS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SAGEMAKER",
+        "AWS_ENDPOINT_URL_STS",
+        "PIPELINE_CONTROL_ACCOUNTS_FILE",
         "RUST_BACKTRACE",
     ] {
         command.env_remove(var);
@@ -669,6 +674,73 @@ async fn without_a_region_the_service_starts_and_serves_each_arns_region() {
                 .any(|line| line.contains("WARN") && line.contains(quiet)),
             "{logs}"
         );
+    }
+}
+
+/// The AWS SDK's standard endpoint variables reach SageMaker and STS (for an assumed role)
+/// without any flag of the service's.
+#[tokio::test]
+async fn the_sdks_endpoint_variables_are_honoured() {
+    let emulator = crate::common::spawn_emulator(1.0, None).await;
+    let endpoint = emulator.endpoint_url.clone();
+    let role = "arn:aws:iam::222222222222:role/pipeline-control";
+    // One execution in the service's own account, one in the role's.
+    let own = crate::common::sagemaker_client(&endpoint, 1);
+    let assumed = crate::common::sagemaker_client_in(
+        &endpoint,
+        "us-east-1",
+        crate::common::assume(&endpoint, role).await,
+        1,
+    );
+    let mut arns = Vec::new();
+    for client in [&own, &assumed] {
+        let pipeline = crate::common::create_pipeline(
+            client,
+            serde_json::json!([{"Name": "A", "Type": "Training"}]),
+        )
+        .await;
+        arns.push(crate::common::start_execution(client, &pipeline).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let accounts = dir.path().join("accounts.toml");
+    std::fs::write(
+        &accounts,
+        format!("[[account]]\nid = \"123456789012\"\n\n[[account]]\nid = \"222222222222\"\nrole_arn = \"{role}\"\n"),
+    )
+    .unwrap();
+    for variables in [
+        vec![
+            ("AWS_ENDPOINT_URL_SAGEMAKER", endpoint.as_str()),
+            ("AWS_ENDPOINT_URL_STS", endpoint.as_str()),
+        ],
+        vec![("AWS_ENDPOINT_URL", endpoint.as_str())],
+    ] {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let mut command = command();
+        command.envs(variables.iter().copied());
+        let (child, addr, _logs) = spawn_server_with(
+            command,
+            &db,
+            &["--accounts-file", accounts.to_str().unwrap()],
+        );
+        let mut client =
+            pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::connect(
+                format!("http://{addr}"),
+            )
+            .await
+            .unwrap();
+        for arn in &arns {
+            let execution = client
+                .get_execution(pipeline_control::grpc::pb::GetExecutionRequest {
+                    pipeline_execution_arn: arn.clone(),
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{variables:?}: {e:?}"))
+                .into_inner();
+            assert_eq!(&execution.pipeline_execution_arn, arn);
+        }
+        send_signal(&child, "-TERM");
+        assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
     }
 }
 
