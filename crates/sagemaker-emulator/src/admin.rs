@@ -2,12 +2,14 @@
 //!
 //! - `GET /_emulator/stats`: SageMaker calls received per operation, summed over every
 //!   account and region, `{"StopPipelineExecution": 3, ...}`. `GET /_emulator/stats/by-account`:
-//!   the calls made per account, region and operation, STS's included,
+//!   the calls made per account, region and operation, STS's and SQS's included,
 //!   `{"111111111111": {"eu-west-1": {"AssumeRole": 1, "DescribePipeline": 2}}}` (calls never
 //!   made left out). `DELETE /_emulator/stats` resets both.
-//! - `GET /_emulator/callbacks[?pipelineExecutionArn=ARN]`: the messages Callback steps would
-//!   have sent to SQS (the first one, and the `"status": "Stopping"` one on stop), oldest
-//!   first; of every account and region, or of the one the ARN names.
+//! - `GET /_emulator/callbacks[?pipelineExecutionArn=ARN]`: the messages Callback steps sent
+//!   (the first one, and the `"status": "Stopping"` one on stop), oldest first; of every
+//!   account and region, or of the one the ARN names. Each also went to the emulator's SQS
+//!   queue its step's `SqsQueueUrl` names, when that URL ends in `/ACCOUNT/NAME` (see
+//!   `sqs`); this list keeps them all, received or not.
 //! - `GET /_emulator/stop-requests?pipelineExecutionArn=ARN`: every StopPipelineExecution the
 //!   execution received (replays included), with its ClientRequestToken, oldest first.
 //! - `GET /_emulator/faults[?account=ACCOUNT]`: the faults in force for every account (or

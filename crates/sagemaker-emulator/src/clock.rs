@@ -10,7 +10,7 @@
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 /// Virtual time: epoch seconds.
@@ -52,6 +52,13 @@ impl Clock {
     /// a real clock must be told, so that it acts before the emulated moment passes.
     pub(crate) fn wall_time_at(&self, t: VTime) -> f64 {
         self.epoch_at_start + (t - self.epoch_at_start) / self.scale
+    }
+
+    /// The real instant at which this clock shows `t` (or a little after, so that `now()`,
+    /// rounded to the millisecond, has reached it): when a waiter must look again.
+    pub(crate) fn instant_at(&self, t: VTime) -> Instant {
+        let real = ((t - self.epoch_at_start) / self.scale).max(0.0) + 0.001;
+        self.started + Duration::try_from_secs_f64(real).unwrap_or(Duration::from_secs(86_400))
     }
 }
 
@@ -109,13 +116,14 @@ pub(crate) enum IdKind {
     Fault = 3,
     Job = 4,
     Credential = 5,
+    Message = 6,
 }
 
 /// Lock-free, optionally deterministic identifier source.
 #[derive(Debug)]
 pub(crate) struct Ids {
     seed: u64,
-    counters: [AtomicU64; 6],
+    counters: [AtomicU64; 7],
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -205,8 +213,22 @@ impl Ids {
 
     /// A request id in UUID form.
     pub(crate) fn request_id(&self) -> String {
-        let a = self.next(IdKind::Request);
-        let b = self.next(IdKind::Request);
+        self.uuid(IdKind::Request)
+    }
+
+    /// An SQS message id, in UUID form as SQS's.
+    pub(crate) fn message_id(&self) -> String {
+        self.uuid(IdKind::Message)
+    }
+
+    /// An SQS receipt handle: opaque and long, as SQS's, and new for every receive.
+    pub(crate) fn receipt_handle(&self) -> String {
+        format!("AQEB{}", self.chars(IdKind::Message, ALNUM, 96))
+    }
+
+    fn uuid(&self, kind: IdKind) -> String {
+        let a = self.next(kind);
+        let b = self.next(kind);
         format!(
             "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
             a >> 32,

@@ -6,7 +6,8 @@
 //! `DependsOn`, `DisplayName`, `Description`. A step depends on the steps its `DependsOn` names
 //! and on every step its `Arguments` reference (`{"Get": "Steps.A.OutputParameters['x']"}`); a
 //! Condition step's `IfSteps` and `ElseSteps` are steps of their own that run only on their
-//! branch.
+//! branch. A Callback step's messages go to the emulator's SQS queue its `SqsQueueUrl` names
+//! by its last two path segments (`.../ACCOUNT/NAME`), made on first use.
 //!
 //! # Scripting a scenario
 //!
@@ -17,12 +18,16 @@
 //! | `DurationSeconds` | how long the step runs (emulated seconds); ignored by Callback steps, which wait for SendPipelineExecutionStep* | Lambda 10, Condition and Fail 0, others 30 |
 //! | `FailAttempts` | the first N attempts fail (RetryPipelineExecution makes a new attempt) | 0 |
 //! | `FailureReason` | the failure reason of a scripted failure | a sentence naming the step |
-//! | `TimeoutSeconds` | Lambda only: the function's timeout, 1 to 900 | 120 |
+//! | `StartSeconds` | how long the step is `Starting` before it is `Executing` (a Callback step sends its message, a Lambda step invokes its function, only then); a stop meanwhile stops it at once | 0 |
+//! | `TimeoutSeconds` | Lambda only: the function's timeout, 1 to 600 (Lambda's limit: more is refused) | 120 |
 //! | `StopSeconds` | steps other than Callback and Lambda: how long stopping takes | 0 |
 //! | `Outcome` | Condition only: `true` runs `IfSteps`, `false` runs `ElseSteps` | true |
 //! | `OutputParameters` | Lambda only: the outputs (name to string) reported on success | none |
 //!
 //! A Lambda step whose duration exceeds its timeout fails with a timeout reason at the timeout.
+//! A definition whose Lambda step asks for a timeout above 600 seconds (10 minutes, the most a
+//! Lambda function can run) is refused: CreatePipeline and UpdatePipeline answer
+//! ValidationException.
 
 use std::collections::HashMap;
 
@@ -75,7 +80,12 @@ pub(crate) struct StepSpec {
     pub(crate) fail_attempts: u32,
     pub(crate) failure_reason: String,
     pub(crate) stop_seconds: f64,
+    /// How long the step is Starting before it is Executing.
+    pub(crate) start_seconds: f64,
 }
+
+/// The longest a Lambda function may run, in seconds (Lambda's own limit).
+const MAX_LAMBDA_TIMEOUT: f64 = 600.0;
 
 /// The step types SageMaker Pipelines accepts.
 const KNOWN_TYPES: &[&str] = &[
@@ -217,6 +227,7 @@ impl Parser {
         };
         let duration = number(emulator, "DurationSeconds", default_duration)?;
         let stop_seconds = number(emulator, "StopSeconds", 0.0)?;
+        let start_seconds = number(emulator, "StartSeconds", 0.0)?;
         let fail_attempts = match emulator.and_then(|e| e.get("FailAttempts")) {
             None | Some(Value::Null) => 0,
             Some(v) => v
@@ -243,9 +254,9 @@ impl Parser {
             },
             "Lambda" => {
                 let timeout = number(emulator, "TimeoutSeconds", 120.0)?;
-                if !(1.0..=900.0).contains(&timeout) {
+                if !(1.0..=MAX_LAMBDA_TIMEOUT).contains(&timeout) {
                     return Err(format!(
-                        "Step '{name}' Emulator.TimeoutSeconds must be between 1 and 900."
+                        "Step '{name}' Emulator.TimeoutSeconds must be between 1 and 600: a Lambda function runs for at most 10 minutes."
                     ));
                 }
                 let outputs = match emulator.and_then(|e| e.get("OutputParameters")) {
@@ -319,6 +330,7 @@ impl Parser {
             fail_attempts,
             failure_reason,
             stop_seconds,
+            start_seconds,
         });
         self.references.push(references);
         self.explicit.push(explicit);
@@ -647,6 +659,14 @@ mod tests {
             (
                 r#"{"Version": "2020-12-01", "Steps": [{"Name": "A", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": -1}}}]}"#,
                 "at least 0",
+            ),
+            (
+                r#"{"Version": "2020-12-01", "Steps": [{"Name": "A", "Type": "Lambda", "FunctionArn": "arn:f", "Arguments": {"Emulator": {"TimeoutSeconds": 601}}}]}"#,
+                "between 1 and 600",
+            ),
+            (
+                r#"{"Version": "2020-12-01", "Steps": [{"Name": "A", "Type": "Training", "Arguments": {"Emulator": {"StartSeconds": "soon"}}}]}"#,
+                "Emulator.StartSeconds must be a number",
             ),
         ];
         for (doc, expected) in cases {

@@ -6,11 +6,17 @@
 //! asks about costs nothing, there are no timers to leak, and the times reported are exact
 //! whatever the time scale.
 //!
+//! A step is `Starting` for its `StartSeconds` (0 unless scripted), then `Executing`: only
+//! then does a Callback step send its message and a Lambda step invoke its function.
+//!
 //! The stop semantics follow SageMaker's: a stop moves an Executing execution to Stopping;
-//! steps not yet started never start; a Callback step stays Stopping until its callback is
-//! answered; a Lambda step runs on until its function finishes (Stopped) or times out
-//! (Failed); other steps stop after their `StopSeconds`. The execution is Stopped once
-//! nothing runs, or Failed if a step failed meanwhile.
+//! steps not yet started never start, and a step still Starting is Stopped at once; a
+//! Callback step stays Stopping until its callback is answered, and either answer ends it
+//! (SendPipelineExecutionStepFailure leaves the step Failed with its reason, yet the
+//! execution ends Stopped, as SageMaker documents); a Lambda step runs on until its function
+//! finishes (Stopped) or times out (Failed); other steps stop after their `StopSeconds`. The
+//! execution is Stopped once nothing runs, or Failed if a step that ran on (a Lambda step)
+//! failed meanwhile.
 
 use serde_json::{Value, json};
 
@@ -44,6 +50,7 @@ impl ExecutionStatus {
 /// SageMaker's StepStatus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StepStatus {
+    Starting,
     Executing,
     Stopping,
     Stopped,
@@ -54,6 +61,7 @@ pub(crate) enum StepStatus {
 impl StepStatus {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Self::Starting => "Starting",
             Self::Executing => "Executing",
             Self::Stopping => "Stopping",
             Self::Stopped => "Stopped",
@@ -63,7 +71,7 @@ impl StepStatus {
     }
 
     fn running(self) -> bool {
-        matches!(self, Self::Executing | Self::Stopping)
+        matches!(self, Self::Starting | Self::Executing | Self::Stopping)
     }
 }
 
@@ -93,9 +101,12 @@ pub(crate) struct StepRun {
     arguments: Option<Value>,
     /// On a branch that was not taken: never runs.
     pub(crate) skipped: bool,
+    /// While Starting: when it becomes Executing.
+    begins_at: Option<VTime>,
     ends_at: Option<VTime>,
     ending: Option<Ending>,
-    /// Failed while the execution was stopping (decides Stopped versus Failed).
+    /// Ran on after a stop and failed (a Lambda step's timeout): the execution ends Failed,
+    /// not Stopped.
     failed_while_stopping: bool,
 }
 
@@ -167,21 +178,56 @@ impl ExecutionState {
         state
     }
 
-    /// Applies everything due by `now`, in time order.
+    /// Applies everything due by `now`, in time order: steps that stop Starting and steps
+    /// that end.
     pub(crate) fn advance(&mut self, spec: &PipelineSpec, now: VTime, ids: &Ids) {
         loop {
             let next = self
                 .steps
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.status.is_some_and(StepStatus::running))
-                .filter_map(|(i, s)| s.ends_at.map(|t| (i, t)))
+                .filter_map(|(i, s)| match s.status {
+                    Some(StepStatus::Starting) => s.begins_at.map(|t| (i, t)),
+                    Some(status) if status.running() => s.ends_at.map(|t| (i, t)),
+                    _ => None,
+                })
                 .filter(|&(_, t)| t <= now)
                 .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
             let Some((i, at)) = next else { return };
-            self.end_step(spec, i, at);
-            self.settle(spec, at, ids);
+            if self.steps[i].status == Some(StepStatus::Starting) {
+                self.begin_step(spec, i, at, ids);
+            } else {
+                self.end_step(spec, i, at);
+                self.settle(spec, at, ids);
+            }
         }
+    }
+
+    /// When something is next due (a step stops Starting or ends), if anything is.
+    pub(crate) fn next_event(&self) -> Option<VTime> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s.status {
+                Some(StepStatus::Starting) => s.begins_at,
+                Some(status) if status.running() => s.ends_at,
+                _ => None,
+            })
+            .min_by(f64::total_cmp)
+    }
+
+    /// ParallelismConfiguration changed (UpdatePipelineExecution) at `now`: steps waiting for
+    /// a free slot start at once if there is one now.
+    pub(crate) fn set_max_parallel(
+        &mut self,
+        spec: &PipelineSpec,
+        max_parallel: Option<u32>,
+        now: VTime,
+        ids: &Ids,
+    ) {
+        self.advance(spec, now, ids);
+        self.max_parallel = max_parallel;
+        self.settle(spec, now, ids);
+        self.advance(spec, now, ids);
     }
 
     fn end_step(&mut self, spec: &PipelineSpec, i: usize, at: VTime) {
@@ -318,16 +364,34 @@ impl ExecutionState {
 
     fn start_step(&mut self, spec: &PipelineSpec, i: usize, at: VTime, ids: &Ids) {
         let def = &spec.steps[i];
-        let execution_id = self.execution_id.clone();
-        let arguments =
-            matches!(def.kind, StepKind::Callback { .. }).then(|| self.resolved_arguments(spec, i));
         let step = &mut self.steps[i];
         step.attempt_count += 1;
-        step.status = Some(StepStatus::Executing);
         step.start_time = Some(at);
         step.end_time = None;
         step.failure_reason = None;
         step.failed_while_stopping = false;
+        step.ends_at = None;
+        step.ending = None;
+        // A new attempt waits with a token of its own, issued when it begins.
+        step.callback_token = None;
+        if def.start_seconds > 0.0 {
+            step.status = Some(StepStatus::Starting);
+            step.begins_at = Some(at + def.start_seconds);
+        } else {
+            self.begin_step(spec, i, at, ids);
+        }
+    }
+
+    /// A started step becomes Executing at `at`: a Callback step sends its message, the
+    /// others are scheduled to end.
+    fn begin_step(&mut self, spec: &PipelineSpec, i: usize, at: VTime, ids: &Ids) {
+        let def = &spec.steps[i];
+        let execution_id = self.execution_id.clone();
+        let arguments =
+            matches!(def.kind, StepKind::Callback { .. }).then(|| self.resolved_arguments(spec, i));
+        let step = &mut self.steps[i];
+        step.status = Some(StepStatus::Executing);
+        step.begins_at = None;
         let scripted_failure = step.attempt_count <= def.fail_attempts;
         let ending = if scripted_failure {
             Ending::Fail(def.failure_reason.clone())
@@ -405,6 +469,13 @@ impl ExecutionState {
         self.last_modified_time = now;
         for (i, def) in spec.steps.iter().enumerate() {
             let step = &mut self.steps[i];
+            if step.status == Some(StepStatus::Starting) {
+                // Nothing began yet (no message sent, no function invoked): stopped at once.
+                step.status = Some(StepStatus::Stopped);
+                step.begins_at = None;
+                step.end_time = Some(now);
+                continue;
+            }
             if step.status != Some(StepStatus::Executing) {
                 continue;
             }
@@ -468,9 +539,12 @@ impl ExecutionState {
                 });
             }
             Err(reason) => {
+                // While stopping, the step records the failure but the execution still ends
+                // Stopped: "Only when SageMaker Pipelines receives one of these calls will it
+                // stop the pipeline execution" (unlike a Lambda step's timeout, which fails it).
                 step.status = Some(StepStatus::Failed);
                 step.failure_reason = Some(reason);
-                step.failed_while_stopping = stopping;
+                step.failed_while_stopping = false;
             }
         }
         self.last_modified_time = now;
@@ -628,6 +702,90 @@ mod tests {
                 .answer_callback(&spec, &token, Ok(vec![]), 1_000_003.0, &ids)
                 .is_err()
         );
+    }
+
+    #[test]
+    fn a_callback_failed_while_stopping_ends_the_execution_stopped() {
+        let ids = Ids::new(Some(9));
+        let spec = spec(json!([
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs/q"}
+        ]));
+        let mut state = start(&spec, &ids);
+        let token = state.steps[0].callback_token.clone().unwrap();
+        state.stop(&spec, 1010.0, &ids).unwrap();
+        state
+            .answer_callback(&spec, &token, Err("consumer gave up".into()), 1020.0, &ids)
+            .unwrap();
+        assert_eq!(status(&state, 0), Some(StepStatus::Failed));
+        assert_eq!(
+            state.steps[0].failure_reason.as_deref(),
+            Some("consumer gave up")
+        );
+        assert_eq!(state.status, ExecutionStatus::Stopped);
+        assert_eq!(state.failure_reason, None);
+        assert_eq!(state.last_modified_time, 1020.0);
+    }
+
+    #[test]
+    fn a_step_is_starting_for_its_start_seconds_then_executing() {
+        let ids = Ids::new(Some(10));
+        let spec = spec(json!([
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs/q",
+             "Arguments": {"Emulator": {"StartSeconds": 5}}},
+            {"Name": "Train", "Type": "Training",
+             "Arguments": {"Emulator": {"StartSeconds": 2, "DurationSeconds": 10}}}
+        ]));
+        let mut state = start(&spec, &ids);
+        assert_eq!(status(&state, 0), Some(StepStatus::Starting));
+        assert_eq!(status(&state, 1), Some(StepStatus::Starting));
+        assert_eq!(state.steps[0].start_time, Some(1000.0));
+        assert!(state.messages.is_empty(), "no message before it executes");
+        assert_eq!(state.steps[0].callback_token, None);
+
+        state.advance(&spec, 1003.0, &ids);
+        assert_eq!(status(&state, 1), Some(StepStatus::Executing));
+        assert_eq!(status(&state, 0), Some(StepStatus::Starting));
+        state.advance(&spec, 1005.0, &ids);
+        assert_eq!(status(&state, 0), Some(StepStatus::Executing));
+        assert_eq!(state.messages.len(), 1);
+        assert_eq!(state.messages[0].sent_at, 1005.0);
+        state.advance(&spec, 1012.5, &ids);
+        assert_eq!(status(&state, 1), Some(StepStatus::Succeeded));
+        assert_eq!(
+            state.steps[1].end_time,
+            Some(1012.0),
+            "runs after it starts"
+        );
+
+        // A stop while a step is Starting stops it at once: nothing began.
+        let mut state = start(&spec, &ids);
+        state.stop(&spec, 1001.0, &ids).unwrap();
+        assert_eq!(status(&state, 0), Some(StepStatus::Stopped));
+        assert_eq!(status(&state, 1), Some(StepStatus::Stopped));
+        assert!(state.messages.is_empty());
+        assert_eq!(state.status, ExecutionStatus::Stopped);
+    }
+
+    #[test]
+    fn a_larger_parallelism_starts_waiting_steps_at_once() {
+        let ids = Ids::new(Some(11));
+        let spec = spec(json!([
+            {"Name": "A", "Type": "Training"},
+            {"Name": "B", "Type": "Training"}
+        ]));
+        let mut state = ExecutionState::start(
+            ARN.into(),
+            "x".into(),
+            &spec,
+            Vec::new(),
+            Some(1),
+            0.0,
+            &ids,
+        );
+        assert_eq!(status(&state, 1), None);
+        state.set_max_parallel(&spec, Some(2), 5.0, &ids);
+        assert_eq!(status(&state, 1), Some(StepStatus::Executing));
+        assert_eq!(state.steps[1].start_time, Some(5.0));
     }
 
     #[test]

@@ -37,6 +37,11 @@ impl AwsError {
         Self::new(StatusCode::BAD_REQUEST, "ResourceNotFound", message)
     }
 
+    /// ConflictException: the resource is in a state that does not allow the call.
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "ConflictException", message)
+    }
+
     pub(crate) fn serialization(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "SerializationException", message)
     }
@@ -77,9 +82,7 @@ impl AwsError {
                 "Rate exceeded",
             ),
             Fault::InternalError => Self::internal(),
-            Fault::Conflict => Self::new(
-                StatusCode::BAD_REQUEST,
-                "ConflictException",
+            Fault::Conflict => Self::conflict(
                 "The pipeline execution is being modified by another request; try again.",
             ),
             Fault::AccessDenied => {

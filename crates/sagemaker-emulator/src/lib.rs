@@ -1,10 +1,14 @@
 //! A SageMaker Pipelines emulator that speaks SageMaker's real wire protocol (awsJson1_1), so
 //! the official AWS SDKs and CLI talk to it unchanged through an endpoint override.
 //!
-//! It serves CreatePipeline, DescribePipeline, StartPipelineExecution,
-//! DescribePipelineExecution, ListPipelineExecutions, ListPipelineExecutionSteps,
+//! It serves the 18 SageMaker Pipelines operations of the API model: CreatePipeline,
+//! DescribePipeline, ListPipelines, UpdatePipeline, DeletePipeline, ListPipelineVersions,
+//! UpdatePipelineVersion, StartPipelineExecution, DescribePipelineExecution,
+//! UpdatePipelineExecution, ListPipelineExecutions, ListPipelineExecutionSteps,
+//! ListPipelineParametersForExecution, DescribePipelineDefinitionForExecution,
 //! StopPipelineExecution, SendPipelineExecutionStepSuccess/Failure and RetryPipelineExecution,
-//! with SageMaker's validation, error shapes and stop semantics. Pipelines run real definition
+//! with SageMaker's validation, error shapes and stop semantics. A pipeline keeps every version
+//! of its definition, and an execution the version it started with. Pipelines run real definition
 //! documents as simulated work, scripted per step (see [`definition`] for the keys), in
 //! emulated time that `time_scale` speeds up. A small admin surface under `/_emulator/` counts
 //! calls, shows the messages Callback steps would have sent, injects faults and sets what
@@ -14,7 +18,10 @@
 //! acts in the region of its SigV4 credential scope and in the account of its access key, and
 //! sees nothing of another (account, region). On the same port it serves STS's AssumeRole and
 //! GetCallerIdentity, whose temporary keys act in the role's account and expire on the
-//! emulated clock.
+//! emulated clock; and SQS (CreateQueue, GetQueueUrl, ListQueues, SendMessage, ReceiveMessage
+//! with long polling, DeleteMessage, ChangeMessageVisibility, PurgeQueue), whose queues
+//! receive the messages of the Callback steps whose `SqsQueueUrl` names them, so a callback
+//! consumer can be tested end to end.
 //!
 //! # Layout
 //!
@@ -23,17 +30,23 @@
 //!   [`cli`]: the command line of the binary and of `pipeline-control emulator`.
 //! - `wire`: the HTTP entry point and its two protocols; `error`: SageMaker's error shapes,
 //!   the only place a SageMaker error becomes a response.
-//! - `ops`: the SageMaker operations, with ClientRequestToken replay; `sts`: STS (awsQuery,
-//!   AssumeRole, GetCallerIdentity, its XML and errors); `validate`: AWS-style validation.
+//! - `ops`: the SageMaker operations (`ops/pipelines.rs`: pipelines and their versions;
+//!   `ops/executions.rs`: executions; `ops/common.rs`: ClientRequestToken replay, paging and
+//!   what else both use); `sts`: STS (awsQuery, AssumeRole, GetCallerIdentity, its XML and
+//!   errors); `sqs`: SQS (awsJson1_0, its actions and errors); `validate`: AWS-style
+//!   validation.
 //! - [`definition`]: pipeline definitions; `engine`: the execution state machine.
 //! - `state`: the data, per (account, region) in sharded maps with a lock per execution and
 //!   per token record, and the call counts; `identity`: the (account, region) and principal
-//!   of a call, the keys STS issued, the roles' rules; `clock`: time and ids.
+//!   of a call, the keys STS issued, the roles' rules; `queue`: an SQS queue (messages,
+//!   visibility, long polling); `clock`: time and ids.
 //! - `faults` and `admin`: fault injection and the admin surface.
 //!
 //! A module imports only modules of the groups after its own, in this order, so none imports
-//! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`, `sts`; `state`,
-//! `validate`; `engine`, `error`; `definition`, `faults`, `identity`, `options`; `clock`.
+//! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`, `sts`, `sqs`; `state`,
+//! `validate`; `engine`, `error`; `definition`, `faults`, `identity`, `options`, `queue`;
+//! `clock`.
+//! Inside `ops` likewise: `ops.rs`; `pipelines`, `executions`; `common`.
 
 mod admin;
 pub mod cli;
@@ -45,6 +58,8 @@ mod faults;
 mod identity;
 mod ops;
 mod options;
+mod queue;
+mod sqs;
 mod state;
 mod sts;
 mod validate;

@@ -55,6 +55,7 @@ pub(crate) mod patterns {
             r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:[0-9]{12}:pipeline\/.*\/execution\/.*";
         PIPELINE_NAME = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}";
         PIPELINE_NAME_OR_ARN = r"(arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:([0-9]{12}|aws):pipeline/.*)?([a-zA-Z0-9](-*[a-zA-Z0-9]){0,255})";
+        PIPELINE_ARN = r"arn:aws[a-z\-]*:sagemaker:[a-z0-9\-]*:([0-9]{12}|aws):pipeline/.*";
         PIPELINE_EXECUTION_NAME = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,81}";
         PIPELINE_PARAMETER_NAME = r"[A-Za-z0-9\-_]*";
         ROLE_ARN = r"arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+";
@@ -240,7 +241,7 @@ mod tests {
 
     #[test]
     fn every_pattern_compiles() {
-        assert_eq!(patterns::ALL.len(), 10);
+        assert_eq!(patterns::ALL.len(), 11);
         for pattern in patterns::ALL {
             if let Err(e) = pattern.matches("") {
                 panic!("{}: {e}", pattern.source);
@@ -310,6 +311,11 @@ mod tests {
             &patterns::ROLE_ARN,
             "arn:aws:iam::123456789012:role/SageMakerRole"
         ));
+        assert!(matches(
+            &patterns::PIPELINE_ARN,
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/my-pipeline"
+        ));
+        assert!(!matches(&patterns::PIPELINE_ARN, "my-pipeline"));
         assert!(matches(
             &patterns::PIPELINE_NAME_OR_ARN,
             "arn:aws:sagemaker:us-east-1:123456789012:pipeline/my-pipeline"

@@ -1,9 +1,10 @@
-//! The one HTTP entry point, `POST /`, and its two protocols.
+//! The one HTTP entry point, `POST /`, and its three protocols.
 //!
 //! SageMaker's awsJson1_1: `X-Amz-Target: SageMaker.<Operation>` and a JSON body; answers
 //! carry `x-amzn-RequestId`; errors are HTTP 400 (500 for internal faults) with
 //! `{"__type": ..., "Message": ...}` and a matching `X-Amzn-ErrorType` header (see
-//! [`AwsError`]). STS's awsQuery: no `X-Amz-Target` and a form-encoded body (see `sts`).
+//! [`AwsError`]). SQS's awsJson1_0: `X-Amz-Target: AmazonSQS.<Action>` (see `sqs`). STS's
+//! awsQuery: no `X-Amz-Target` and a form-encoded body (see `sts`).
 //!
 //! Every call acts for its caller, in the caller's account and region (see `identity`).
 //! Signatures are not checked: any, or none, is accepted; a key the emulator's STS issued
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 use super::{
     error::AwsError,
     identity::Caller,
-    ops,
+    ops, sqs,
     state::{Call, Emulator, Operation},
     sts,
 };
@@ -43,9 +44,21 @@ pub(crate) async fn handle(
     let caller = emulator
         .identity
         .caller(authorization, emulator.clock.now());
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let (mut response, content_type) = if is_sts(&headers) {
         let answer = sts::answer(&emulator, &caller, &body, &request_id);
         (answer.into_response(), STS_CONTENT_TYPE)
+    } else if target.starts_with("AmazonSQS.") {
+        // Queue URLs name the emulator as this caller reached it.
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("127.0.0.1");
+        let answer = sqs::answer(&emulator, &caller, target, host, &body).await;
+        (answer, sqs::CONTENT_TYPE)
     } else {
         let response = match answer(&emulator, &caller, &headers, &body).await {
             Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
@@ -128,10 +141,11 @@ async fn answer(
 fn denial(caller: &Caller, op: Operation, body: &[u8]) -> String {
     let input: Value = serde_json::from_slice(body).unwrap_or_default();
     let (region, account) = (&caller.scope.region, &caller.scope.account);
-    let resource = match (
-        input["PipelineExecutionArn"].as_str(),
-        input["PipelineName"].as_str(),
-    ) {
+    // UpdatePipelineVersion names its pipeline by PipelineArn.
+    let pipeline = input["PipelineName"]
+        .as_str()
+        .or_else(|| input["PipelineArn"].as_str());
+    let resource = match (input["PipelineExecutionArn"].as_str(), pipeline) {
         (Some(arn), _) => arn.to_string(),
         (None, Some(arn)) if arn.starts_with("arn:") => arn.to_string(),
         (None, Some(name)) => format!(

@@ -1,7 +1,8 @@
 //! The SageMaker Pipelines emulator, driven only through the real aws-sdk-sagemaker and
 //! aws-sdk-sts clients (and, for what an SDK cannot send, plain HTTP): lifecycles, stop
 //! semantics, errors, pagination, faults, scale, ClientRequestToken replays under
-//! concurrency, and accounts, regions and STS credentials.
+//! concurrency, accounts, regions and STS credentials, and pipeline versions, updates and
+//! deletion.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 mod support;
@@ -143,7 +144,7 @@ async fn a_callback_step_holds_a_stop_until_it_is_answered() {
     .await;
     let arn = client
         .start_pipeline_execution()
-        .pipeline_name(&pipeline)
+        .pipeline_name(pipeline)
         .client_request_token(token())
         .pipeline_parameters(
             aws_sdk_sagemaker::types::Parameter::builder()
@@ -977,7 +978,7 @@ async fn the_wire_protocol_answers_what_an_sdk_cannot_send() {
             .send()
     };
 
-    let response = post("SageMaker.DeletePipeline", "{}").await.unwrap();
+    let response = post("SageMaker.CreateModel", "{}").await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     assert!(response.headers().get("x-amzn-requestid").is_some());
     assert_eq!(
@@ -2048,7 +2049,7 @@ async fn stats_count_calls_per_account_region_and_operation() {
     );
     // The flat stats stay what they were: SageMaker operations, summed, zeros included.
     let flat = admin.stats().await;
-    assert_eq!(flat.len(), 10, "{flat:?}");
+    assert_eq!(flat.len(), 18, "{flat:?}");
     assert_eq!(flat["DescribePipeline"], 3);
     assert_eq!(flat["CreatePipeline"], 1);
     assert_eq!(flat["StopPipelineExecution"], 0);
@@ -2057,4 +2058,1101 @@ async fn stats_count_calls_per_account_region_and_operation() {
     admin.reset_stats().await;
     assert_eq!(admin.stats_by_account().await, json!({}));
     assert!(admin.stats().await.values().all(|n| *n == 0));
+}
+
+/// A definition document with these parameters and steps.
+fn definition(parameters: serde_json::Value, steps: serde_json::Value) -> String {
+    json!({"Version": "2020-12-01", "Parameters": parameters, "Steps": steps}).to_string()
+}
+
+const ROLE: &str = "arn:aws:iam::123456789012:role/SageMakerRole";
+
+async fn create_named(client: &aws_sdk_sagemaker::Client, name: &str, definition: &str) -> String {
+    client
+        .create_pipeline()
+        .pipeline_name(name)
+        .pipeline_definition(definition)
+        .role_arn(ROLE)
+        .client_request_token(token())
+        .send()
+        .await
+        .expect("create the pipeline")
+        .pipeline_arn()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn list_pipelines_filters_sorts_and_paginates() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let doc = definition(json!([]), json!([{"Name": "A", "Type": "Training"}]));
+    for name in ["beta-1", "Alpha-2", "alpha-1"] {
+        create_named(&client, name, &doc).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let names = |page: &aws_sdk_sagemaker::operation::list_pipelines::ListPipelinesOutput| {
+        page.pipeline_summaries()
+            .iter()
+            .map(|s| s.pipeline_name().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+
+    let newest_first = client.list_pipelines().send().await.unwrap();
+    assert_eq!(names(&newest_first), ["alpha-1", "Alpha-2", "beta-1"]);
+    let summary = &newest_first.pipeline_summaries()[2];
+    assert_eq!(
+        summary.pipeline_arn(),
+        Some("arn:aws:sagemaker:us-east-1:123456789012:pipeline/beta-1")
+    );
+    assert_eq!(summary.role_arn(), Some(ROLE));
+    assert!(summary.creation_time().is_some());
+    assert!(summary.last_execution_time().is_none());
+
+    let by_name = client
+        .list_pipelines()
+        .sort_by(aws_sdk_sagemaker::types::SortPipelinesBy::Name)
+        .sort_order(aws_sdk_sagemaker::types::SortOrder::Ascending)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(names(&by_name), ["alpha-1", "Alpha-2", "beta-1"]);
+    let prefixed = client
+        .list_pipelines()
+        .pipeline_name_prefix("alpha")
+        .sort_order(aws_sdk_sagemaker::types::SortOrder::Ascending)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&prefixed),
+        ["Alpha-2", "alpha-1"],
+        "prefixes ignore case"
+    );
+    // Just after the first one was created (times are milliseconds apart).
+    let first_created = newest_first.pipeline_summaries()[2]
+        .creation_time()
+        .unwrap();
+    let just_after =
+        aws_sdk_sagemaker::primitives::DateTime::from_secs_f64(first_created.as_secs_f64() + 0.001);
+    let later = client
+        .list_pipelines()
+        .created_after(just_after)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(names(&later), ["alpha-1", "Alpha-2"]);
+
+    let one_a_page = client.list_pipelines().max_results(1).send().await.unwrap();
+    assert_eq!(one_a_page.pipeline_summaries().len(), 1);
+    assert!(one_a_page.next_token().is_some());
+    let all: Vec<_> = client
+        .list_pipelines()
+        .max_results(1)
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 3);
+
+    let e = client
+        .list_pipelines()
+        .pipeline_name_prefix("-bad")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    assert!(
+        e.message().unwrap().contains("at 'pipelineNamePrefix'"),
+        "{e:?}"
+    );
+    let e = client
+        .list_pipelines()
+        .sort_by(aws_sdk_sagemaker::types::SortPipelinesBy::from("Size"))
+        .max_results(101)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .unwrap()
+            .starts_with("2 validation errors detected"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_update_makes_a_version_and_executions_keep_the_one_they_started_with() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let first = definition(
+        json!([{"Name": "InputUri", "Type": "String", "DefaultValue": "s3://b/in"},
+               {"Name": "Epochs", "Type": "Integer", "DefaultValue": 3}]),
+        json!([{"Name": "Train", "Type": "Training"}]),
+    );
+    let second = definition(
+        json!([{"Name": "InputUri", "Type": "String", "DefaultValue": "s3://b/v2"}]),
+        json!([{"Name": "Prepare", "Type": "Processing"}]),
+    );
+    let arn = create_named(&client, "versioned", &first).await;
+    let old_run = client
+        .start_pipeline_execution()
+        .pipeline_name("versioned")
+        .client_request_token(token())
+        .pipeline_parameters(
+            aws_sdk_sagemaker::types::Parameter::builder()
+                .name("InputUri")
+                .value("s3://b/chosen")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .pipeline_execution_arn()
+        .unwrap()
+        .to_string();
+
+    let updated = client
+        .update_pipeline()
+        .pipeline_name("versioned")
+        .pipeline_definition(&second)
+        .pipeline_display_name("versioned-v2")
+        .pipeline_description("second version")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.pipeline_arn(), Some(arn.as_str()));
+    assert_eq!(updated.pipeline_version_id(), Some(2));
+    let new_run = start_execution(&client, "versioned").await;
+
+    let definition_of = |execution: String| {
+        let client = client.clone();
+        async move {
+            client
+                .describe_pipeline_definition_for_execution()
+                .pipeline_execution_arn(execution)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let old_definition = definition_of(old_run.clone()).await;
+    assert_eq!(old_definition.pipeline_definition(), Some(first.as_str()));
+    assert!(old_definition.creation_time().is_some());
+    assert_eq!(
+        definition_of(new_run.clone()).await.pipeline_definition(),
+        Some(second.as_str())
+    );
+    let steps = all_steps(&client, &old_run).await;
+    assert_eq!(steps[0].step_name(), Some("Train"), "the old run runs v1");
+    let old = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(&old_run)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.pipeline_version_id(), Some(1));
+
+    let described = client
+        .describe_pipeline()
+        .pipeline_name("versioned")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described.pipeline_definition(), Some(second.as_str()));
+    assert_eq!(described.pipeline_display_name(), Some("versioned-v2"));
+    assert_eq!(described.pipeline_description(), Some("second version"));
+    assert!(described.last_modified_time() > described.creation_time());
+
+    // Parameters: what the run started with, the defaults of its own version filled in.
+    let parameters: Vec<(String, String)> = client
+        .list_pipeline_parameters_for_execution()
+        .pipeline_execution_arn(&old_run)
+        .max_results(1)
+        .into_paginator()
+        .items()
+        .send()
+        .try_collect()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap(), p.value.unwrap()))
+        .collect();
+    assert_eq!(
+        parameters,
+        [
+            ("InputUri".to_string(), "s3://b/chosen".to_string()),
+            ("Epochs".to_string(), "3".to_string())
+        ]
+    );
+    let new_parameters = client
+        .list_pipeline_parameters_for_execution()
+        .pipeline_execution_arn(&new_run)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(new_parameters.pipeline_parameters().len(), 1);
+    assert_eq!(
+        new_parameters.pipeline_parameters()[0].value(),
+        Some("s3://b/v2")
+    );
+
+    // Versions, newest first, each with its last execution; version 1 renamed.
+    client
+        .update_pipeline_version()
+        .pipeline_arn(&arn)
+        .pipeline_version_id(1)
+        .pipeline_version_display_name("first-cut")
+        .pipeline_version_description("the original")
+        .send()
+        .await
+        .unwrap();
+    let versions = client
+        .list_pipeline_versions()
+        .pipeline_name(&arn)
+        .send()
+        .await
+        .unwrap();
+    let summaries = versions.pipeline_version_summaries();
+    assert_eq!(summaries.len(), 2);
+    assert_eq!(summaries[0].pipeline_version_id(), Some(2));
+    assert_eq!(
+        summaries[0].last_execution_pipeline_execution_arn(),
+        Some(new_run.as_str())
+    );
+    assert_eq!(summaries[1].pipeline_version_id(), Some(1));
+    assert_eq!(
+        summaries[1].pipeline_version_display_name(),
+        Some("first-cut")
+    );
+    assert_eq!(
+        summaries[1].last_execution_pipeline_execution_arn(),
+        Some(old_run.as_str())
+    );
+    let v1 = client
+        .describe_pipeline()
+        .pipeline_name("versioned")
+        .pipeline_version_id(1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v1.pipeline_definition(), Some(first.as_str()));
+    assert_eq!(v1.pipeline_version_display_name(), Some("first-cut"));
+    assert_eq!(v1.pipeline_version_description(), Some("the original"));
+
+    // An update without a definition copies the newest one into the next version.
+    let third = client
+        .update_pipeline()
+        .pipeline_name("versioned")
+        .pipeline_description("third")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.pipeline_version_id(), Some(3));
+    let v3 = client
+        .describe_pipeline()
+        .pipeline_name("versioned")
+        .pipeline_version_id(3)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v3.pipeline_definition(), Some(second.as_str()));
+    let run_of_v1 = client
+        .start_pipeline_execution()
+        .pipeline_name("versioned")
+        .pipeline_version_id(1)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap()
+        .pipeline_execution_arn()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        definition_of(run_of_v1).await.pipeline_definition(),
+        Some(first.as_str())
+    );
+
+    // Errors.
+    let missing = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/nope/execution/abcdefghijkl";
+    let e = client
+        .update_pipeline()
+        .pipeline_name("nope")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .update_pipeline()
+        .pipeline_name("versioned")
+        .pipeline_display_name("not_valid")
+        .role_arn("not-a-role-but-long-enough")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    assert!(
+        e.message()
+            .unwrap()
+            .starts_with("2 validation errors detected"),
+        "{e:?}"
+    );
+    let e = client
+        .update_pipeline()
+        .pipeline_name("versioned")
+        .pipeline_definition("{\"Version\": \"2020-12-01\", \"Steps\": []}")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    let e = client
+        .update_pipeline_version()
+        .pipeline_arn(&arn)
+        .pipeline_version_id(9)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .update_pipeline_version()
+        .pipeline_arn("versioned")
+        .pipeline_version_id(0)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .unwrap()
+            .starts_with("2 validation errors detected: Value 'versioned' at 'pipelineArn'"),
+        "{e:?}"
+    );
+    let e = client
+        .describe_pipeline()
+        .pipeline_name("versioned")
+        .pipeline_version_id(4)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .list_pipeline_versions()
+        .pipeline_name("nope")
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .list_pipeline_versions()
+        .pipeline_name("versioned")
+        .max_results(0)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    let e = client
+        .describe_pipeline_definition_for_execution()
+        .pipeline_execution_arn(missing)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .describe_pipeline_definition_for_execution()
+        .pipeline_execution_arn("nope")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    let e = client
+        .list_pipeline_parameters_for_execution()
+        .pipeline_execution_arn(missing)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+    let e = client
+        .list_pipeline_parameters_for_execution()
+        .pipeline_execution_arn(&old_run)
+        .max_results(101)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .unwrap()
+            .contains("at 'maxResults' failed to satisfy constraint"),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn update_pipeline_execution_renames_it_and_widens_its_parallelism() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = create_pipeline(
+        &client,
+        json!([{"Name": "A", "Type": "Training"}, {"Name": "B", "Type": "Training"}]),
+    )
+    .await;
+    let arn = client
+        .start_pipeline_execution()
+        .pipeline_name(pipeline)
+        .client_request_token(token())
+        .parallelism_configuration(
+            aws_sdk_sagemaker::types::ParallelismConfiguration::builder()
+                .max_parallel_execution_steps(1)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .pipeline_execution_arn()
+        .unwrap()
+        .to_string();
+    assert_eq!(all_steps(&client, &arn).await.len(), 1);
+
+    let updated = client
+        .update_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .pipeline_execution_display_name("renamed-run")
+        .pipeline_execution_description("now two at a time")
+        .parallelism_configuration(
+            aws_sdk_sagemaker::types::ParallelismConfiguration::builder()
+                .max_parallel_execution_steps(2)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.pipeline_execution_arn(), Some(arn.as_str()));
+    assert_eq!(all_steps(&client, &arn).await.len(), 2, "B started at once");
+    let described = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.pipeline_execution_display_name(),
+        Some("renamed-run")
+    );
+    assert_eq!(
+        described.pipeline_execution_description(),
+        Some("now two at a time")
+    );
+    assert_eq!(
+        described
+            .parallelism_configuration()
+            .and_then(|p| p.max_parallel_execution_steps()),
+        Some(2)
+    );
+
+    let e = client
+        .update_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .pipeline_execution_display_name("-bad")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    assert!(
+        e.message()
+            .unwrap()
+            .contains("at 'pipelineExecutionDisplayName'"),
+        "{e:?}"
+    );
+    let e = client
+        .update_pipeline_execution()
+        .pipeline_execution_arn(format!("{}-gone", &arn))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        e.as_service_error().unwrap().is_resource_not_found(),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn delete_pipeline_refuses_while_an_execution_runs_then_deletes_it_and_its_executions() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let pipeline = "doomed";
+    let (pipeline_arn, arn) = callback_pipeline(&client, pipeline).await;
+    let callback = support::callback_token(step(&all_steps(&client, &arn).await, "Approve"));
+
+    let refused = client
+        .delete_pipeline()
+        .pipeline_name(pipeline)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        refused.as_service_error().unwrap().is_conflict_exception(),
+        "{refused:?}"
+    );
+    assert!(refused.message().unwrap().contains(&arn), "{refused:?}");
+    client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    let still_stopping = client
+        .delete_pipeline()
+        .pipeline_name(pipeline)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(
+        still_stopping
+            .as_service_error()
+            .unwrap()
+            .is_conflict_exception()
+    );
+    client
+        .send_pipeline_execution_step_success()
+        .callback_token(&callback)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(execution_status(&client, &arn).await, "Stopped");
+
+    let delete_token = token();
+    let deleted = client
+        .delete_pipeline()
+        .pipeline_name(pipeline)
+        .client_request_token(&delete_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.pipeline_arn(), Some(pipeline_arn.as_str()));
+    let replayed = client
+        .delete_pipeline()
+        .pipeline_name(pipeline)
+        .client_request_token(&delete_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.pipeline_arn(), Some(pipeline_arn.as_str()));
+
+    let e = client
+        .describe_pipeline()
+        .pipeline_name(pipeline)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.as_service_error().unwrap().is_resource_not_found());
+    let e = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.as_service_error().unwrap().is_resource_not_found());
+    let e = client
+        .send_pipeline_execution_step_failure()
+        .callback_token(&callback)
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.as_service_error().unwrap().is_resource_not_found());
+    let e = client
+        .delete_pipeline()
+        .pipeline_name(pipeline)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.as_service_error().unwrap().is_resource_not_found());
+    assert!(
+        client
+            .list_pipelines()
+            .send()
+            .await
+            .unwrap()
+            .pipeline_summaries()
+            .is_empty()
+    );
+
+    // The name is free again, with nothing of the old pipeline's executions.
+    let doc = definition(json!([]), json!([{"Name": "A", "Type": "Training"}]));
+    create_named(&client, pipeline, &doc).await;
+    let runs = client
+        .list_pipeline_executions()
+        .pipeline_name(pipeline)
+        .send()
+        .await
+        .unwrap();
+    assert!(runs.pipeline_execution_summaries().is_empty());
+
+    let e = client
+        .delete_pipeline()
+        .pipeline_name(&pipeline_arn)
+        .client_request_token("short")
+        .send()
+        .await
+        .unwrap_err();
+    let message = e.message().unwrap();
+    assert!(
+        message.starts_with("2 validation errors detected"),
+        "{message}"
+    );
+    assert!(message.contains("at 'pipelineName'"), "{message}");
+    assert!(message.contains("at 'clientRequestToken'"), "{message}");
+}
+
+#[tokio::test]
+async fn a_callback_failed_while_stopping_ends_the_execution_stopped() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let (_, arn) = callback_pipeline(&client, "failing").await;
+    let callback = support::callback_token(step(&all_steps(&client, &arn).await, "Approve"));
+    client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    client
+        .send_pipeline_execution_step_failure()
+        .callback_token(&callback)
+        .failure_reason("the consumer could not stop cleanly")
+        .send()
+        .await
+        .unwrap();
+    let described = client
+        .describe_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described.pipeline_execution_status().unwrap().as_str(),
+        "Stopped"
+    );
+    assert_eq!(described.failure_reason(), None);
+    let steps = all_steps(&client, &arn).await;
+    let approve = step(&steps, "Approve");
+    assert_eq!(approve.step_status(), Some(&StepStatus::Failed));
+    assert_eq!(
+        approve.failure_reason(),
+        Some("the consumer could not stop cleanly")
+    );
+}
+
+#[tokio::test]
+async fn a_lambda_timeout_above_ten_minutes_is_refused() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let lambda = |timeout: u32| {
+        definition(
+            json!([]),
+            json!([{"Name": "Evaluate", "Type": "Lambda",
+                    "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:evaluate",
+                    "Arguments": {"Emulator": {"TimeoutSeconds": timeout}}}]),
+        )
+    };
+    create_named(&client, "at-the-limit", &lambda(600)).await;
+    let e = client
+        .create_pipeline()
+        .pipeline_name("too-long")
+        .pipeline_definition(lambda(601))
+        .role_arn(ROLE)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+    assert!(e.message().unwrap().contains("between 1 and 600"), "{e:?}");
+    let e = client
+        .update_pipeline()
+        .pipeline_name("at-the-limit")
+        .pipeline_definition(lambda(900))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("ValidationException"));
+}
+
+#[tokio::test]
+async fn a_step_is_starting_for_its_start_seconds_and_a_stop_then_stops_it_at_once() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let client = sagemaker_client(&emulator.endpoint_url, 1);
+    let admin = Admin::new(&emulator.endpoint_url);
+    let pipeline = create_pipeline(
+        &client,
+        json!([{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs/q",
+                "Arguments": {"Emulator": {"StartSeconds": 3600}}}]),
+    )
+    .await;
+    let arn = start_execution(&client, &pipeline).await;
+    let steps = all_steps(&client, &arn).await;
+    let approve = step(&steps, "Approve");
+    assert_eq!(approve.step_status(), Some(&StepStatus::Starting));
+    assert!(approve.start_time().is_some());
+    let callback = approve.metadata().unwrap().callback().unwrap();
+    assert_eq!(
+        callback.callback_token(),
+        None,
+        "no token before it executes"
+    );
+    assert!(admin.callbacks(&arn).await.is_empty());
+
+    client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(execution_status(&client, &arn).await, "Stopped");
+    let steps = all_steps(&client, &arn).await;
+    assert_eq!(
+        step(&steps, "Approve").step_status(),
+        Some(&StepStatus::Stopped)
+    );
+    assert!(admin.callbacks(&arn).await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// SQS for callback consumers (raw awsJson1_0, as any SQS SDK sends it)
+
+/// One SQS call: its HTTP status, `x-amzn-query-error` header and JSON body. `region` signs
+/// the call's credential scope (the emulator reads nothing else of the signature).
+async fn sqs(
+    endpoint: &str,
+    region: &str,
+    action: &str,
+    body: serde_json::Value,
+) -> (u16, Option<String>, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{endpoint}/"))
+        .header("Content-Type", "application/x-amz-json-1.0")
+        .header("X-Amz-Target", format!("AmazonSQS.{action}"))
+        .header(
+            "Authorization",
+            format!("AWS4-HMAC-SHA256 Credential=AKIDEMULATOR/20261201/{region}/sqs/aws4_request, SignedHeaders=host, Signature=0"),
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/x-amz-json-1.0"
+    );
+    let query_error = response
+        .headers()
+        .get("x-amzn-query-error")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, query_error, response.json().await.unwrap())
+}
+
+/// Receives with long polling and deletes what it got: the messages' bodies, parsed.
+async fn receive_and_delete(endpoint: &str, queue_url: &str) -> Vec<serde_json::Value> {
+    let (status, _, answer) = sqs(
+        endpoint,
+        "us-east-1",
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url, "WaitTimeSeconds": 10, "MaxNumberOfMessages": 10}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let mut bodies = Vec::new();
+    for message in answer["Messages"].as_array().cloned().unwrap_or_default() {
+        let md5 = message["MD5OfBody"].as_str().unwrap();
+        assert_eq!(md5.len(), 32);
+        assert!(md5.bytes().all(|b| b.is_ascii_hexdigit()));
+        let (status, _, _) = sqs(
+            endpoint,
+            "us-east-1",
+            "DeleteMessage",
+            json!({"QueueUrl": queue_url, "ReceiptHandle": message["ReceiptHandle"]}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        bodies.push(serde_json::from_str(message["Body"].as_str().unwrap()).unwrap());
+    }
+    bodies
+}
+
+#[tokio::test]
+async fn a_callback_consumer_on_sqs_sees_the_stop_and_answers_it() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = &emulator.endpoint_url;
+    let client = sagemaker_client(endpoint, 1);
+    let (status, _, created) = sqs(
+        endpoint,
+        "us-east-1",
+        "CreateQueue",
+        json!({"QueueName": "approvals"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let queue_url = created["QueueUrl"].as_str().unwrap().to_string();
+    assert_eq!(queue_url, format!("{endpoint}/123456789012/approvals"));
+
+    // The step names the queue as a definition for real SQS would: account and name.
+    let pipeline = create_pipeline(
+        &client,
+        json!([{"Name": "Approve", "Type": "Callback",
+                "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/approvals",
+                "Arguments": {"model": {"Get": "Parameters.InputUri"}}}]),
+    )
+    .await;
+    let arn = start_execution(&client, &pipeline).await;
+
+    let first = receive_and_delete(endpoint, &queue_url).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["pipelineExecutionArn"], arn.as_str());
+    assert_eq!(first[0]["arguments"]["model"], "s3://bucket/input");
+    assert!(first[0].get("status").is_none());
+    let callback = first[0]["token"].as_str().unwrap().to_string();
+
+    client
+        .stop_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    let stopping = receive_and_delete(endpoint, &queue_url).await;
+    assert_eq!(stopping.len(), 1, "{stopping:?}");
+    assert_eq!(stopping[0]["status"], "Stopping");
+    assert_eq!(stopping[0]["token"], callback.as_str());
+    assert_eq!(execution_status(&client, &arn).await, "Stopping");
+
+    client
+        .send_pipeline_execution_step_success()
+        .callback_token(&callback)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(execution_status(&client, &arn).await, "Stopped");
+    let (_, _, rest) = sqs(
+        endpoint,
+        "us-east-1",
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url}),
+    )
+    .await;
+    assert!(rest.get("Messages").is_none(), "{rest}");
+    // The admin surface still shows both messages.
+    assert_eq!(Admin::new(endpoint).callbacks(&arn).await.len(), 2);
+}
+
+#[tokio::test]
+async fn sqs_long_polling_answers_as_soon_as_a_message_arrives_and_redelivers_after_the_visibility_timeout()
+ {
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = emulator.endpoint_url.clone();
+    let (_, _, created) = sqs(
+        &endpoint,
+        "us-east-1",
+        "CreateQueue",
+        json!({"QueueName": "q"}),
+    )
+    .await;
+    let queue_url = created["QueueUrl"].as_str().unwrap().to_string();
+
+    let waiting = tokio::time::Instant::now();
+    let receiver = tokio::spawn({
+        let (endpoint, queue_url) = (endpoint.clone(), queue_url.clone());
+        async move {
+            sqs(
+                &endpoint,
+                "us-east-1",
+                "ReceiveMessage",
+                json!({"QueueUrl": queue_url, "WaitTimeSeconds": 20, "VisibilityTimeout": 1,
+                       "AttributeNames": ["All"]}),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _, sent) = sqs(
+        &endpoint,
+        "us-east-1",
+        "SendMessage",
+        json!({"QueueUrl": queue_url, "MessageBody": "hello"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["MD5OfMessageBody"], "5d41402abc4b2a76b9719d911017c592");
+    let (status, _, received) = receiver.await.unwrap();
+    let elapsed = waiting.elapsed();
+    assert_eq!(status, 200);
+    assert!(elapsed >= Duration::from_millis(300), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "waited {elapsed:?}");
+    let message = &received["Messages"][0];
+    assert_eq!(message["MessageId"], sent["MessageId"]);
+    assert_eq!(message["Body"], "hello");
+    assert_eq!(message["MD5OfBody"], sent["MD5OfMessageBody"]);
+    assert_eq!(message["Attributes"]["ApproximateReceiveCount"], "1");
+
+    // Hidden for its visibility timeout (1 s), then delivered again with a new handle.
+    let (_, _, hidden) = sqs(
+        &endpoint,
+        "us-east-1",
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url}),
+    )
+    .await;
+    assert!(hidden.get("Messages").is_none(), "{hidden}");
+    let (_, _, again) = sqs(
+        &endpoint,
+        "us-east-1",
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url, "WaitTimeSeconds": 10, "AttributeNames": ["ApproximateReceiveCount"]}),
+    )
+    .await;
+    let again = &again["Messages"][0];
+    assert_eq!(again["MessageId"], sent["MessageId"]);
+    assert_eq!(again["Attributes"]["ApproximateReceiveCount"], "2");
+    assert_ne!(again["ReceiptHandle"], message["ReceiptHandle"]);
+    let (status, _, _) = sqs(
+        &endpoint,
+        "us-east-1",
+        "ChangeMessageVisibility",
+        json!({"QueueUrl": queue_url, "ReceiptHandle": again["ReceiptHandle"], "VisibilityTimeout": 0}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, _, visible) = sqs(
+        &endpoint,
+        "us-east-1",
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url}),
+    )
+    .await;
+    assert_eq!(visible["Messages"].as_array().unwrap().len(), 1);
+    let (status, _, _) = sqs(
+        &endpoint,
+        "us-east-1",
+        "PurgeQueue",
+        json!({"QueueUrl": queue_url}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Listing, errors, and queues per (account, region).
+    let (_, _, listed) = sqs(
+        &endpoint,
+        "us-east-1",
+        "ListQueues",
+        json!({"QueueNamePrefix": "q"}),
+    )
+    .await;
+    assert_eq!(listed["QueueUrls"], json!([queue_url]));
+    let (_, _, found) = sqs(
+        &endpoint,
+        "us-east-1",
+        "GetQueueUrl",
+        json!({"QueueName": "q"}),
+    )
+    .await;
+    assert_eq!(found["QueueUrl"], queue_url.as_str());
+    let (status, query_error, missing) = sqs(
+        &endpoint,
+        "eu-west-1",
+        "GetQueueUrl",
+        json!({"QueueName": "q"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(missing["__type"], "com.amazonaws.sqs#QueueDoesNotExist");
+    assert_eq!(
+        query_error.as_deref(),
+        Some("AWS.SimpleQueueService.NonExistentQueue;Sender")
+    );
+    let (status, query_error, too_many) = sqs(
+        &endpoint,
+        "us-east-1",
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url, "MaxNumberOfMessages": 11}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        too_many["__type"],
+        "com.amazonaws.sqs#InvalidParameterValue"
+    );
+    assert_eq!(query_error.as_deref(), Some("InvalidParameterValue;Sender"));
+    assert_eq!(
+        too_many["message"],
+        "Value 11 for parameter MaxNumberOfMessages is invalid. Reason: Must be between 1 and 10, if provided."
+    );
+    let (status, _, bad_handle) = sqs(
+        &endpoint,
+        "us-east-1",
+        "DeleteMessage",
+        json!({"QueueUrl": queue_url, "ReceiptHandle": "nonsense"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        bad_handle["__type"],
+        "com.amazonaws.sqs#ReceiptHandleIsInvalid"
+    );
+}
+
+#[tokio::test]
+async fn a_consumer_waiting_only_on_sqs_gets_a_callback_step_that_starts_later() {
+    // 20 emulated seconds of training take one real second.
+    let emulator = spawn_emulator(20.0, None).await;
+    let endpoint = &emulator.endpoint_url;
+    let client = sagemaker_client(endpoint, 1);
+    let pipeline = create_pipeline(
+        &client,
+        json!([
+            {"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 20}}},
+            {"Name": "Approve", "Type": "Callback", "DependsOn": ["Train"],
+             "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/later"}
+        ]),
+    )
+    .await;
+    let (_, _, created) = sqs(
+        endpoint,
+        "us-east-1",
+        "CreateQueue",
+        json!({"QueueName": "later"}),
+    )
+    .await;
+    let queue_url = created["QueueUrl"].as_str().unwrap().to_string();
+    let arn = start_execution(&client, &pipeline).await;
+
+    // Nobody looks at the execution meanwhile: the receive alone brings the message in.
+    let waiting = tokio::time::Instant::now();
+    let messages = receive_and_delete(endpoint, &queue_url).await;
+    let elapsed = waiting.elapsed();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["pipelineExecutionArn"], arn.as_str());
+    assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
 }
