@@ -195,6 +195,7 @@ impl Application {
             StopSettings {
                 lease: args.lease,
                 retention: args.idempotency_retention,
+                audit_retention: args.audit_retention,
                 duplicate_wait: args.duplicate_wait,
             },
             worker_id(),

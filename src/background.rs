@@ -3,8 +3,8 @@
 //!
 //! - the health checker keeps health in step with the database (SERVING while it answers);
 //! - the completer finishes stop requests whose owner died (lease run out), with no retry
-//!   from their callers, and the retention sweeper deletes expired stop requests in bounded
-//!   batches (one task for both);
+//!   from their callers, and the retention sweeper deletes expired stop requests and audit
+//!   rows past `--audit-retention` in bounded batches (one task for both);
 //! - the reloader reloads the token, policy and accounts files on SIGHUP.
 //!
 //! [`Background::stop`] cancels them all and waits until each has ended, so that nothing they
@@ -112,15 +112,33 @@ async fn complete_abandoned(stopper: &Stopper) {
     }
 }
 
+/// Expired stop requests, then audit rows past their retention, each in bounded batches.
 async fn delete_expired(stopper: &Stopper) {
+    in_batches("expired stop requests", || {
+        stopper.delete_expired(RETENTION_BATCH)
+    })
+    .await;
+    in_batches("audit rows past their retention", || {
+        stopper.delete_old_audit(RETENTION_BATCH)
+    })
+    .await;
+}
+
+/// Calls `delete` (which deletes at most [`RETENTION_BATCH`] rows) until a batch comes back
+/// short, logging how many the last one deleted.
+async fn in_batches<F, Fut>(what: &str, mut delete: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<u64, crate::error::Error>>,
+{
     loop {
-        match stopper.delete_expired(RETENTION_BATCH).await {
+        match delete().await {
             Ok(n) if n == u64::from(RETENTION_BATCH) => continue,
             Ok(0) => {}
-            Ok(n) => tracing::info!(deleted = n, "deleted expired stop requests"),
-            Err(error) => tracing::warn!(%error, "could not delete expired stop requests"),
+            Ok(n) => tracing::info!(deleted = n, "deleted {what}"),
+            Err(error) => tracing::warn!(%error, "could not delete {what}"),
         }
-        break;
+        return;
     }
 }
 

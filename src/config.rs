@@ -74,6 +74,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_CONTROL_IDEMPOTENCY_RETENTION", default_value = "30days", value_parser = humantime::parse_duration)]
     pub idempotency_retention: Duration,
 
+    /// How long the audit trail (`stop_audit`: who asked to stop what, why, when, and what came
+    /// of it) is kept; older rows are deleted in batches.
+    #[arg(long, env = "PIPELINE_CONTROL_AUDIT_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+
     /// How long a replica holds a claimed stop request before another may take it over (after
     /// a crash, say). Longer than a stop takes, retries included.
     #[arg(long, env = "PIPELINE_CONTROL_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -88,7 +93,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_CONTROL_COMPLETER_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub completer_interval: Duration,
 
-    /// How often expired stop requests are deleted (in batches).
+    /// How often expired stop requests and old audit rows are deleted (in batches).
     #[arg(long, env = "PIPELINE_CONTROL_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
     pub retention_interval: Duration,
 

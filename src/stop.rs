@@ -64,6 +64,8 @@ pub(crate) struct StopSettings {
     pub(crate) lease: Duration,
     /// How long records are kept (and so how long a token is remembered).
     pub(crate) retention: Duration,
+    /// How long audit rows are kept.
+    pub(crate) audit_retention: Duration,
     /// The longest a duplicate waits for the first attempt's outcome.
     pub(crate) duplicate_wait: Duration,
 }
@@ -335,6 +337,14 @@ impl Stopper {
     /// Deletes up to `batch` expired records; returns how many.
     pub(crate) async fn delete_expired(&self, batch: u32) -> Result<u64, Error> {
         Ok(self.store.delete_expired(batch).await?)
+    }
+
+    /// Deletes up to `batch` audit rows older than the audit retention; returns how many.
+    pub(crate) async fn delete_old_audit(&self, batch: u32) -> Result<u64, Error> {
+        Ok(self
+            .store
+            .delete_old_audit(self.settings.audit_retention, batch)
+            .await?)
     }
 
     fn audit(&self, record: &StopRecord, kind: AuditKind) {
@@ -675,6 +685,7 @@ mod tests {
             StopSettings {
                 lease: hour,
                 retention: hour,
+                audit_retention: hour,
                 duplicate_wait: hour,
             },
             "this-replica".into(),

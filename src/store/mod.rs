@@ -321,6 +321,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes up to `limit` records past their expiry; returns how many.
     async fn delete_expired(&self, limit: u32) -> Result<u64, StoreError>;
 
+    /// Deletes up to `limit` audit rows older than `retention` (by the database clock), oldest
+    /// first; returns how many.
+    async fn delete_old_audit(&self, retention: Duration, limit: u32) -> Result<u64, StoreError>;
+
     /// Appends events that change no record (replays, reused keys) to the audit trail, in one
     /// statement. They do not wait for the disk: losing the last few in a crash is acceptable,
     /// slowing every replay is not.

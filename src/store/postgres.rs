@@ -365,6 +365,20 @@ impl Store for PostgresStore {
         Ok(done.rows_affected())
     }
 
+    async fn delete_old_audit(&self, retention: Duration, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM stop_audit WHERE id IN (
+                 SELECT id FROM stop_audit WHERE at < now() - make_interval(secs => $1)
+                 ORDER BY at LIMIT $2)",
+        )
+        .bind(seconds(retention))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(done.rows_affected())
+    }
+
     async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
             let mut tx = self.pool.begin().await.map_err(|e| self.failed(e))?;

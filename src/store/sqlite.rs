@@ -310,6 +310,18 @@ impl Store for SqliteStore {
         Ok(done.rows_affected())
     }
 
+    async fn delete_old_audit(&self, retention: Duration, limit: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM stop_audit WHERE id IN (
+                 SELECT id FROM stop_audit WHERE at < {NOW} - ?1 ORDER BY at LIMIT ?2)"
+        )))
+        .bind(millis(retention))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(

@@ -529,7 +529,43 @@ mod records {
         }
     }
 
+    async fn audit_rows_past_their_retention_are_deleted_in_batches(backend: Backend) {
+        let (db, store) = open(backend).await;
+        let event = |days_ago: i64, token: &str| store::AuditEvent {
+            at: chrono::Utc::now() - chrono::Duration::days(days_ago),
+            principal: "p".into(),
+            token: token.into(),
+            pipeline_execution_arn: "arn".into(),
+            reason: String::new(),
+            kind: store::AuditKind::Replayed,
+            outcome: Some(StopOutcome::StopRequested),
+            error: None,
+            epoch: 1,
+            worker: "w".into(),
+        };
+        store
+            .audit(&[
+                event(100, "old-1"),
+                event(95, "old-2"),
+                event(91, "old-3"),
+                event(89, "kept-1"),
+                event(0, "kept-2"),
+            ])
+            .await
+            .unwrap();
+        let ninety_days = Duration::from_secs(90 * 24 * 3600);
+        assert_eq!(store.delete_old_audit(ninety_days, 2).await.unwrap(), 2);
+        assert_eq!(store.delete_old_audit(ninety_days, 2).await.unwrap(), 1);
+        assert_eq!(store.delete_old_audit(ninety_days, 2).await.unwrap(), 0);
+        assert_eq!(
+            crate::common::count_where(&db, "stop_audit", "client_token LIKE 'kept-%'").await,
+            2
+        );
+        assert_eq!(crate::common::count_rows(&db, "stop_audit").await, 2);
+    }
+
     on_both_databases!(
+        audit_rows_past_their_retention_are_deleted_in_batches,
         unknown_values_in_a_row_are_decode_errors,
         a_stale_owner_cannot_overwrite_a_newer_epoch,
         two_principals_with_one_token_do_not_collide,
