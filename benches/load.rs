@@ -380,10 +380,12 @@ async fn watch_scenario(url: &str, emulator: &str, server: u32, streams: usize) 
 /// GetExecution across the estate: `accounts` accounts (each reached through a role the
 /// service assumes, as an accounts file names them) x `regions`, against one account and
 /// region, on a server of its own. Returns the table rows and the memory line.
+#[allow(clippy::too_many_arguments)] // one scenario's settings, passed once
 async fn estate_scenario(
     binary: &str,
     database_url: &str,
     emulator: &str,
+    emulator_pid: u32,
     accounts: usize,
     regions: &[&str],
     concurrency: usize,
@@ -458,6 +460,7 @@ async fn estate_scenario(
         }
     };
     let _warm = run("warm-up", concurrency, Duration::from_secs(1), one.clone()).await;
+    let cpu_before = Cpu::now(server.id(), emulator_pid);
     let one_account = run(
         "GetExecution, one account and region",
         concurrency,
@@ -465,6 +468,10 @@ async fn estate_scenario(
         one,
     )
     .await;
+    let one_cpu = cpu_before.per_request(
+        &Cpu::now(server.id(), emulator_pid),
+        one_account.latencies.len(),
+    );
 
     let pairs: Arc<Vec<(String, String)>> = Arc::new(
         ids.iter()
@@ -506,6 +513,7 @@ async fn estate_scenario(
             }
         }
     };
+    let cpu_before = Cpu::now(server.id(), emulator_pid);
     let later_calls = run(
         "GetExecution, later calls across the estate",
         concurrency,
@@ -513,13 +521,17 @@ async fn estate_scenario(
         later,
     )
     .await;
+    let later_cpu = cpu_before.per_request(
+        &Cpu::now(server.id(), emulator_pid),
+        later_calls.latencies.len(),
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let memory = format!(
-        "estate: {} (account, region) clients cached: server memory {:.1} MiB before, {:.1} MiB after: {:.1} KiB per cached client",
+        "estate: {} (account, region) clients cached: server memory {:.1} MiB before, {:.1} MiB after: {:.1} KiB per cached client\nestate: CPU per call, one account and region: {one_cpu}; across the estate: {later_cpu}",
         pairs.len(),
         rss_before as f64 / 1024.0,
         rss_after as f64 / 1024.0,
@@ -808,6 +820,7 @@ async fn main() {
         &binary,
         &database_url,
         &emulator,
+        emulator_pid,
         100,
         &["us-east-1", "eu-west-1", "ap-southeast-2"],
         concurrency,
