@@ -7,8 +7,8 @@
 //!   default declared once (clap's).
 //! - [`app`]: `Application::build` constructs the whole service and binds the port; `run`
 //!   serves and drains. The cancellation tree of a running service is drawn there.
-//! - `background`: the tasks of a running service (health checker, completer, retention,
-//!   reload on SIGHUP), stopped together.
+//! - `background`: the tasks of a running service (health checker, completer, retention of
+//!   records and audit rows, reload on SIGHUP), stopped together.
 //! - [`shutdown`]: the signals that start a shutdown, and connections cut off after its grace.
 //! - `demo`: `serve --emulator`, the emulator (crate `sagemaker-emulator`) in-process with demo
 //!   executions.
@@ -33,7 +33,12 @@
 //! The edges:
 //! - [`store`]: the stop-request store, plain operations on typed rows, one trait over
 //!   Postgres and SQLite pools.
-//! - `sagemaker`: the only code that touches the AWS SDK.
+//! - `estate`: every account and region served: the accounts file (reloaded on SIGHUP), the
+//!   refusal of what it does not list, and the cached SageMaker client of each (account,
+//!   region), with roles assumed through STS.
+//! - `sagemaker`: the only code that calls SageMaker through the AWS SDK, one client per
+//!   (account, region), and the sorting of its failures.
+//! - `files`: reading the TOML settings files (tokens, policy, accounts) with one-line errors.
 //! - [`telemetry`]: logging, as text or JSON.
 //! - `jitter`: spreading retries and polls.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
