@@ -202,6 +202,17 @@ impl Validator {
     }
 
     /// One of several allowed values.
+    /// `NextToken` and `MaxResults` of a List operation (1 to 100 a page).
+    pub(crate) fn paging(&mut self, next_token: Option<&str>, max_results: Option<i64>) {
+        self.string("NextToken", next_token, 0, 8192, None);
+        self.range("MaxResults", max_results, 1, Some(100));
+    }
+
+    /// A List operation's `SortOrder`.
+    pub(crate) fn sort_order(&mut self, value: Option<&str>) {
+        self.one_of("SortOrder", value, &["Ascending", "Descending"]);
+    }
+
     pub(crate) fn one_of(&mut self, path: &str, value: Option<&str>, allowed: &[&str]) {
         if let Some(value) = value.filter(|v| !allowed.contains(v)) {
             self.violation(

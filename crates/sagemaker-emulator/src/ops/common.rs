@@ -135,6 +135,16 @@ pub(super) fn next_token(start: usize, taken: usize, total: usize) -> Option<Str
 }
 
 /// The page of `items` that NextToken and MaxResults ask for, and the next page's token.
+/// A List answer: its items under `member`, and a `NextToken` when there is a next page.
+pub(super) fn paged(member: &str, items: Vec<Value>, next: Option<String>) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert(member.to_string(), Value::Array(items));
+    if let Some(token) = next {
+        out.insert("NextToken".to_string(), Value::String(token));
+    }
+    Value::Object(out)
+}
+
 pub(super) fn page<T>(
     items: Vec<T>,
     token: Option<&str>,

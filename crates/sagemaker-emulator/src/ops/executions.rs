@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::common::{
     DEFAULT_PAGE, OpResult, ParallelismConfiguration, check_parallelism, idempotent, next_token,
-    page, page_start, parallelism, parse, with_pipeline,
+    page, page_start, paged, parallelism, parse, with_pipeline,
 };
 use crate::{
     definition::StepKind,
@@ -385,8 +385,7 @@ pub(super) fn list_parameters(
 ) -> OpResult {
     let mut v = Validator::default();
     check_execution_arn(&mut v, input.pipeline_execution_arn.as_ref());
-    v.string("NextToken", input.next_token.as_deref(), 0, 8192, None);
-    v.range("MaxResults", input.max_results, 1, Some(100));
+    v.paging(input.next_token.as_deref(), input.max_results);
     v.finish()?;
     let cell = find_execution(
         res,
@@ -398,11 +397,7 @@ pub(super) fn list_parameters(
         .map(|(name, value)| json!({ "Name": name, "Value": value }))
         .collect();
     let (items, next) = page(items, input.next_token.as_deref(), input.max_results)?;
-    let mut out = json!({ "PipelineParameters": items });
-    if let Some(token) = next {
-        out["NextToken"] = json!(token);
-    }
-    Ok(out)
+    Ok(paged("PipelineParameters", items, next))
 }
 
 /// DescribePipelineDefinitionForExecution: the definition of the version the execution runs
@@ -456,13 +451,8 @@ pub(super) fn list_executions(
         input.sort_by.as_deref(),
         &["CreationTime", "PipelineExecutionArn"],
     );
-    v.one_of(
-        "SortOrder",
-        input.sort_order.as_deref(),
-        &["Ascending", "Descending"],
-    );
-    v.string("NextToken", input.next_token.as_deref(), 0, 8192, None);
-    v.range("MaxResults", input.max_results, 1, Some(100));
+    v.sort_order(input.sort_order.as_deref());
+    v.paging(input.next_token.as_deref(), input.max_results);
     v.finish()?;
     let name = input.pipeline_name.as_deref().unwrap_or_default();
     // The pipeline's lock is released before its executions are locked one by one.
@@ -504,17 +494,8 @@ pub(super) fn list_executions(
             summary
         })
         .collect();
-    let mut out = json!({ "PipelineExecutionSummaries": summaries });
-    if let Some(token) = next_token(start, summaries_len(&out), cells.len()) {
-        out["NextToken"] = json!(token);
-    }
-    Ok(out)
-}
-
-pub(super) fn summaries_len(out: &Value) -> usize {
-    out["PipelineExecutionSummaries"]
-        .as_array()
-        .map_or(0, Vec::len)
+    let next = next_token(start, summaries.len(), cells.len());
+    Ok(paged("PipelineExecutionSummaries", summaries, next))
 }
 
 #[derive(Deserialize)]
@@ -529,13 +510,8 @@ pub(super) struct ListStepsInput {
 pub(super) fn list_steps(emulator: &Emulator, res: &Resources, input: ListStepsInput) -> OpResult {
     let mut v = Validator::default();
     check_execution_arn(&mut v, input.pipeline_execution_arn.as_ref());
-    v.string("NextToken", input.next_token.as_deref(), 0, 8192, None);
-    v.range("MaxResults", input.max_results, 1, Some(100));
-    v.one_of(
-        "SortOrder",
-        input.sort_order.as_deref(),
-        &["Ascending", "Descending"],
-    );
+    v.paging(input.next_token.as_deref(), input.max_results);
+    v.sort_order(input.sort_order.as_deref());
     v.finish()?;
     let cell = find_execution(
         res,
@@ -569,12 +545,8 @@ pub(super) fn list_steps(emulator: &Emulator, res: &Resources, input: ListStepsI
         .take(size)
         .map(|(i, run)| step_json(&res.scope, &execution, i, run))
         .collect();
-    let taken = steps.len();
-    let mut out = json!({ "PipelineExecutionSteps": steps });
-    if let Some(token) = next_token(start, taken, total) {
-        out["NextToken"] = json!(token);
-    }
-    Ok(out)
+    let next = next_token(start, steps.len(), total);
+    Ok(paged("PipelineExecutionSteps", steps, next))
 }
 
 pub(super) fn outputs_json(outputs: &[(String, String)]) -> Value {

@@ -19,8 +19,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::common::{
-    OpResult, ParallelismConfiguration, check_parallelism, idempotent, page, parallelism, parse,
-    with_pipeline,
+    OpResult, ParallelismConfiguration, check_parallelism, idempotent, page, paged, parallelism,
+    parse, with_pipeline,
 };
 use crate::{
     definition::{self, PipelineSpec},
@@ -291,13 +291,8 @@ pub(super) fn list_pipelines(res: &Resources, input: ListPipelinesInput) -> OpRe
         input.sort_by.as_deref(),
         &["Name", "CreationTime"],
     );
-    v.one_of(
-        "SortOrder",
-        input.sort_order.as_deref(),
-        &["Ascending", "Descending"],
-    );
-    v.string("NextToken", input.next_token.as_deref(), 0, 8192, None);
-    v.range("MaxResults", input.max_results, 1, Some(100));
+    v.sort_order(input.sort_order.as_deref());
+    v.paging(input.next_token.as_deref(), input.max_results);
     v.finish()?;
     let prefix = input
         .pipeline_name_prefix
@@ -351,11 +346,7 @@ pub(super) fn list_pipelines(res: &Resources, input: ListPipelinesInput) -> OpRe
     }
     let items = summaries.into_iter().map(|(_, _, s)| s).collect();
     let (items, next) = page(items, input.next_token.as_deref(), input.max_results)?;
-    let mut out = json!({ "PipelineSummaries": items });
-    if let Some(token) = next {
-        out["NextToken"] = json!(token);
-    }
-    Ok(out)
+    Ok(paged("PipelineSummaries", items, next))
 }
 
 #[derive(Deserialize)]
@@ -532,13 +523,8 @@ pub(super) fn list_versions(res: &Resources, input: ListVersionsInput) -> OpResu
         2048,
         Some(&patterns::PIPELINE_NAME_OR_ARN),
     );
-    v.one_of(
-        "SortOrder",
-        input.sort_order.as_deref(),
-        &["Ascending", "Descending"],
-    );
-    v.string("NextToken", input.next_token.as_deref(), 0, 8192, None);
-    v.range("MaxResults", input.max_results, 1, Some(100));
+    v.sort_order(input.sort_order.as_deref());
+    v.paging(input.next_token.as_deref(), input.max_results);
     v.finish()?;
     let name = input.pipeline_name.as_deref().unwrap_or_default();
     let mut summaries: Vec<Value> = with_pipeline(res, name, |pipeline, state| {
@@ -570,11 +556,7 @@ pub(super) fn list_versions(res: &Resources, input: ListVersionsInput) -> OpResu
         summaries.reverse();
     }
     let (items, next) = page(summaries, input.next_token.as_deref(), input.max_results)?;
-    let mut out = json!({ "PipelineVersionSummaries": items });
-    if let Some(token) = next {
-        out["NextToken"] = json!(token);
-    }
-    Ok(out)
+    Ok(paged("PipelineVersionSummaries", items, next))
 }
 
 #[derive(Deserialize)]
