@@ -41,7 +41,8 @@ use crate::{
     config::{SecurityArgs, ServeArgs},
     demo::{self, Demo},
     estate::{Estate, EstateSettings},
-    grpc::{Guard, GuardSettings, PipelineControlService, pb},
+    grpc::{Guard, GuardSettings, Observe, PipelineControlService, pb},
+    metrics::{Metrics, MetricsServer},
     sagemaker::CallPolicy,
     shutdown::{self, CutOffIo},
     stop::{StopSettings, Stopper},
@@ -63,6 +64,9 @@ pub struct Application {
     emulator: Option<RunningEmulator>,
     demo: Option<Demo>,
     tls: bool,
+    /// `GET /metrics`, unless `--metrics-listen off`.
+    metrics_server: Option<MetricsServer>,
+    metrics: Arc<Metrics>,
     /// The root of the cancellation tree (see the module doc), and its `draining` child.
     cut_off: CancellationToken,
     draining: CancellationToken,
@@ -106,6 +110,12 @@ impl Application {
             );
         }
         auth.log_summary();
+        let metrics = Arc::new(Metrics::new());
+        // Bound early: a port that cannot be had stops the start before anything else runs.
+        let metrics_server = match args.metrics_listen.0 {
+            Some(address) => Some(MetricsServer::bind(address).await?),
+            None => None,
+        };
         let limits = &args.limits;
         let guard = Arc::new(
             Guard::new(
@@ -117,6 +127,7 @@ impl Application {
                     stop_rate: (limits.stop_rate_limit > 0.0)
                         .then_some((limits.stop_rate_limit, limits.stop_rate_burst)),
                 },
+                metrics.clone(),
             )
             .context("invalid limits")?,
         );
@@ -126,6 +137,7 @@ impl Application {
         let store = store::connect(&args.database).await?;
         store.migrate().await?;
         tracing::info!(backend = ?store.backend(), "database ready");
+        let store = store::metered(store, metrics.clone());
 
         // One client, with the configured attempts, for stops, reads and pollers alike.
         let policy = CallPolicy {
@@ -158,7 +170,7 @@ impl Application {
             None
         };
         let estate = Arc::new(
-            Estate::load(estate, policy)
+            Estate::load(estate, policy, metrics.clone())
                 .await
                 .context("cannot load the accounts file")?,
         );
@@ -199,6 +211,7 @@ impl Application {
                 duplicate_wait: args.duplicate_wait,
             },
             worker_id(),
+            metrics.clone(),
         ));
         let watcher = Watcher::new(
             estate.clone(),
@@ -210,14 +223,20 @@ impl Application {
                 max_streams: args.max_watch_streams,
             },
             draining.clone(),
+            metrics.clone(),
         );
-        let service =
-            PipelineControlService::new(stopper.clone(), estate.clone(), watcher, auth.clone());
+        let service = PipelineControlService::new(
+            stopper.clone(),
+            estate.clone(),
+            watcher,
+            auth.clone(),
+            metrics.clone(),
+        );
 
         // Health answers from the first call on: SERVING only if the (migrated) store answers
         // now; the background checker keeps it up to date from then on.
         let (health, health_service) = tonic_health::server::health_reporter();
-        let mut checker = HealthChecker::new(store.clone(), health.clone());
+        let mut checker = HealthChecker::new(store.clone(), health.clone(), metrics.clone());
         checker.check().await;
 
         // grpcurl 1.8.6 speaks only v1alpha; newer clients speak v1. Each lists every service,
@@ -237,15 +256,28 @@ impl Application {
         if let Some(tls) = tls {
             server = server.tls_config(tls).context("cannot configure TLS")?;
         }
+        // Metrics (and spans) of every service, in front of the guard so its refusals count.
+        let observe = Observe::new(
+            &metrics,
+            &[
+                pb::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+            args.traces_endpoint().is_some(),
+        )?;
         let router = server
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_service(observe.wrap(health_service))
+            .add_service(observe.wrap(reflection_v1))
+            .add_service(observe.wrap(reflection_v1alpha))
             .add_service(
-                guard.wrap(
-                    pb::pipeline_control_server::PipelineControlServer::new(service)
-                        // The guard refuses larger messages first, with a clearer error.
-                        .max_decoding_message_size(limits.max_message_size as usize),
+                observe.wrap(
+                    guard.wrap(
+                        pb::pipeline_control_server::PipelineControlServer::new(service)
+                            // The guard refuses larger messages first, with a clearer error.
+                            .max_decoding_message_size(limits.max_message_size as usize),
+                    ),
                 ),
             );
 
@@ -277,6 +309,8 @@ impl Application {
             emulator,
             demo,
             tls: tls_on,
+            metrics_server,
+            metrics,
             cut_off,
             draining,
             shutdown_grace: args.shutdown_grace,
@@ -286,6 +320,11 @@ impl Application {
     /// The address the server is bound to (the real port when `--listen` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `GET /metrics` is served (`None` with `--metrics-listen off`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(MetricsServer::local_addr)
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
@@ -307,10 +346,18 @@ impl Application {
             emulator,
             demo,
             tls,
+            metrics_server,
+            metrics,
             cut_off,
             draining,
             shutdown_grace,
         } = self;
+        // Scrapes go on while the server drains: the metrics stop last.
+        let metrics_stop = CancellationToken::new();
+        let metrics_task = metrics_server.map(|server| {
+            tracing::info!(address = %server.local_addr(), "serving metrics on /metrics");
+            server.spawn(metrics.clone(), metrics_stop.clone())
+        });
         let mut background = Some(background.start(draining.child_token()));
         let incoming = {
             let cut_off = cut_off.clone();
@@ -343,7 +390,7 @@ impl Application {
                 if let Some(background) = background.take() {
                     background.stop().await;
                 }
-                background::set_health(&health, ServingStatus::NotServing).await;
+                background::set_health(&health, &metrics, ServingStatus::NotServing).await;
                 match tokio::time::timeout(shutdown_grace, &mut server).await {
                     Ok(result) => result.context("the gRPC server failed while draining"),
                     Err(_) => {
@@ -372,6 +419,10 @@ impl Application {
             tracing::warn!(%error, "the SageMaker emulator did not stop cleanly");
         }
         store.close().await;
+        metrics_stop.cancel();
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         tracing::info!("stopped");
         result
     }

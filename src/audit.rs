@@ -17,7 +17,10 @@ use std::{
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{AuditEvent, Store};
+use crate::{
+    metrics::Metrics,
+    store::{AuditEvent, Store},
+};
 
 /// Events queued at most; past that, new ones are dropped (and counted).
 const QUEUE: usize = 50_000;
@@ -33,20 +36,28 @@ pub(crate) struct AuditLog {
     dropped: Arc<AtomicU64>,
     stop: CancellationToken,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuditLog {
     /// Starts the writer task.
-    pub(crate) fn start(store: Arc<dyn Store>) -> Self {
+    pub(crate) fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
         let dropped = Arc::new(AtomicU64::new(0));
-        let writer = tokio::spawn(write(store, rx, stop.clone(), dropped.clone()));
+        let writer = tokio::spawn(write(
+            store,
+            rx,
+            stop.clone(),
+            dropped.clone(),
+            metrics.clone(),
+        ));
         Self {
             tx,
             dropped,
             stop,
             writer: std::sync::Mutex::new(Some(writer)),
+            metrics,
         }
     }
 
@@ -54,6 +65,9 @@ impl AuditLog {
     pub(crate) fn record(&self, event: AuditEvent) {
         if self.tx.try_send(event).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.audit_dropped("queue_full", 1);
+        } else {
+            self.metrics.audit_queue().inc();
         }
     }
 
@@ -72,6 +86,7 @@ async fn write(
     mut rx: mpsc::Receiver<AuditEvent>,
     stop: CancellationToken,
     dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
@@ -95,8 +110,13 @@ async fn write(
             }
         }
         if !batch.is_empty() {
+            let events = batch.len() as u64;
+            metrics
+                .audit_queue()
+                .dec_by(i64::try_from(events).unwrap_or(i64::MAX));
             if let Err(error) = store.audit(&batch).await {
-                tracing::warn!(%error, events = batch.len(), "could not write audit events");
+                tracing::warn!(%error, events, "could not write audit events");
+                metrics.audit_dropped("write_failed", events);
             }
             batch.clear();
         }

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{auth::Auth, estate::Estate, stop::Stopper, store::Store};
+use crate::{auth::Auth, estate::Estate, metrics::Metrics, stop::Stopper, store::Store};
 
 /// The gRPC service name health reports on, besides the whole server ("").
 pub(crate) const SERVICE_NAME: &str = "pipelinecontrol.v1.PipelineControl";
@@ -165,7 +165,8 @@ async fn reload_on_hangup(
 }
 
 /// Sets the health of the whole server and of the service.
-pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
+pub(crate) async fn set_health(health: &HealthReporter, metrics: &Metrics, status: ServingStatus) {
+    metrics.set_serving(status == ServingStatus::Serving);
     health.set_service_status("", status).await;
     health.set_service_status(SERVICE_NAME, status).await;
 }
@@ -176,14 +177,20 @@ pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
 pub(crate) struct HealthChecker {
     store: Arc<dyn Store>,
     health: HealthReporter,
+    metrics: Arc<Metrics>,
     healthy: Option<bool>,
 }
 
 impl HealthChecker {
-    pub(crate) fn new(store: Arc<dyn Store>, health: HealthReporter) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        health: HealthReporter,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             store,
             health,
+            metrics,
             healthy: None,
         }
     }
@@ -210,7 +217,7 @@ impl HealthChecker {
         } else {
             ServingStatus::NotServing
         };
-        set_health(&self.health, status).await;
+        set_health(&self.health, &self.metrics, status).await;
         self.healthy = Some(healthy);
     }
 

@@ -123,6 +123,17 @@ pub struct ServeArgs {
     )]
     pub max_watch_streams: usize,
 
+    /// Where `GET /metrics` is served (Prometheus text, or OpenMetrics when the scraper asks
+    /// for it), on a port of its own without TLS or authentication; `off` turns it off, port 0
+    /// picks a free port.
+    #[arg(long, env = "PIPELINE_CONTROL_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = MetricsListen::parse)]
+    pub metrics_listen: MetricsListen,
+
+    /// Export traces over OTLP/gRPC to this collector (`http://host:4317`); off when unset.
+    /// The standard `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables tune the export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// TLS, authentication and authorization.
     #[command(flatten)]
     pub security: SecurityArgs,
@@ -147,6 +158,31 @@ pub struct ServeArgs {
     /// The emulator's settings (with --emulator).
     #[command(flatten)]
     pub emulator_settings: EmulatorSettings,
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl MetricsListen {
+    fn parse(value: &str) -> Result<Self, String> {
+        if value.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        value
+            .parse()
+            .map(|address| Self(Some(address)))
+            .map_err(|_| format!("`{value}` is neither an address (`127.0.0.1:9464`) nor `off`"))
+    }
+}
+
+impl ServeArgs {
+    /// The OTLP endpoint, if traces are on (an empty variable counts as unset).
+    pub fn traces_endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .filter(|e| !e.trim().is_empty())
+    }
 }
 
 /// TLS on the gRPC port, who callers are, and what each may do.

@@ -58,6 +58,7 @@ mod files;
 pub mod grpc;
 mod hooks;
 mod jitter;
+mod metrics;
 mod sagemaker;
 pub mod shutdown;
 mod stop;

@@ -13,8 +13,20 @@ use pipeline_control::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, &cli.log_filter);
-    match run(cli.command).await {
+    let traces = match &cli.command {
+        Command::Serve(args) => args.traces_endpoint().map(str::to_string),
+        _ => None,
+    };
+    let telemetry = match telemetry::init(cli.log_format, &cli.log_filter, traces.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("pipeline-control: error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run(cli.command).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

@@ -2,16 +2,33 @@
 //! by the estate, speaking domain types in and out so nothing else depends on the SDK's shapes,
 //! and sorting every failure into what the service does about it ([`UpstreamError`]).
 
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use aws_sdk_sagemaker::{
-    config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
+    config::{
+        ConfigBag, Intercept, RuntimeComponents,
+        http::HttpResponse,
+        interceptors::{BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef},
+        retry::RetryConfig,
+        timeout::TimeoutConfig,
+    },
     error::{ProvideErrorMetadata as _, SdkError},
 };
+use aws_smithy_runtime_api::{
+    box_error::BoxError,
+    client::{orchestrator::Metadata, retries::RequestAttempts},
+};
+use tracing::Instrument as _;
 
-use crate::domain::{
-    ExecutionArn, ExecutionSnapshot, ExecutionStatus, StepDetail, StepSnapshot, StepStatus,
+use crate::{
+    domain::{
+        ExecutionArn, ExecutionSnapshot, ExecutionStatus, StepDetail, StepSnapshot, StepStatus,
+    },
+    metrics::{Metrics, UPSTREAM_OPERATIONS},
 };
 
 /// Steps per ListPipelineExecutionSteps page: the most SageMaker gives.
@@ -140,6 +157,17 @@ pub(crate) enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The `result` label of the call's metrics.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Self::Throttled(_) => "throttled",
+            Self::Conflict(_) => "conflict",
+            Self::Unavailable(_) => "error",
+            Self::AccessDenied { .. } => "access_denied",
+            Self::Rejected(_) => "rejected",
+        }
+    }
+
     /// Worth trying again later: throttling, conflicts, 5xx, network.
     pub(crate) fn is_transient(&self) -> bool {
         matches!(
@@ -198,20 +226,136 @@ impl CallPolicy {
     }
 }
 
+/// Error codes of throttling (SageMaker's and its relatives').
+const THROTTLING: &[&str] = &[
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+];
+
+/// Counts each attempt of the service's SageMaker calls: the ones after the first (the SDK's
+/// retries) and the ones SageMaker answered with throttling. One per client configuration.
+#[derive(Debug)]
+pub(crate) struct AttemptMetrics {
+    metrics: Arc<Metrics>,
+}
+
+impl AttemptMetrics {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+
+    /// The operation of the call, if it is one the metrics know.
+    fn operation(cfg: &ConfigBag) -> Option<&'static str> {
+        let name = cfg.load::<Metadata>()?.name();
+        UPSTREAM_OPERATIONS.into_iter().find(|known| *known == name)
+    }
+}
+
+impl Intercept for AttemptMetrics {
+    fn name(&self) -> &'static str {
+        "AttemptMetrics"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
+        if attempt > 1
+            && let Some(operation) = Self::operation(cfg)
+        {
+            self.metrics.upstream_retry(operation);
+        }
+        Ok(())
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(response) = context.response() else {
+            return Ok(());
+        };
+        if !matches!(response.status().as_u16(), 400 | 429 | 503) {
+            return Ok(());
+        }
+        // The error's code is in a header or the JSON body (which is in memory by now).
+        let header = response
+            .headers()
+            .get("x-amzn-errortype")
+            .unwrap_or_default();
+        let body = response
+            .body()
+            .bytes()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        let throttled = THROTTLING
+            .iter()
+            .any(|code| header.contains(code) || body.contains(code));
+        if throttled && let Some(operation) = Self::operation(cfg) {
+            self.metrics.upstream_throttle(operation);
+        }
+        Ok(())
+    }
+}
+
 /// The SageMaker client of one (account, region).
 #[derive(Debug, Clone)]
 pub(crate) struct SageMaker {
     client: aws_sdk_sagemaker::Client,
     account: String,
     region: String,
+    metrics: Arc<Metrics>,
 }
 
 impl SageMaker {
-    pub(crate) fn new(client: aws_sdk_sagemaker::Client, account: &str, region: &str) -> Self {
+    pub(crate) fn new(
+        client: aws_sdk_sagemaker::Client,
+        account: &str,
+        region: &str,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             client,
             account: account.to_string(),
             region: region.to_string(),
+            metrics,
+        }
+    }
+
+    /// The span of one call: a client span under the RPC's.
+    fn span(&self, operation: &'static str) -> tracing::Span {
+        tracing::info_span!(
+            "sagemaker",
+            otel.name = format!("SageMaker/{operation}"),
+            otel.kind = "client",
+            rpc.system = "aws-api",
+            rpc.service = "SageMaker",
+            rpc.method = operation,
+            cloud.region = %self.region,
+            cloud.account.id = %self.account,
+            otel.status_code = tracing::field::Empty,
+        )
+    }
+
+    /// Counts a finished call; an error marks its span.
+    fn record(
+        &self,
+        operation: &'static str,
+        result: &'static str,
+        started: Instant,
+        span: &tracing::Span,
+    ) {
+        self.metrics.upstream(operation, result, started.elapsed());
+        if !matches!(result, "ok" | "not_found" | "not_executing") {
+            span.record("otel.status_code", "ERROR");
         }
     }
 
@@ -247,11 +391,7 @@ impl SageMaker {
         };
         match error {
             SdkError::ServiceError(context) => match code {
-                "ThrottlingException"
-                | "ThrottledException"
-                | "RequestLimitExceeded"
-                | "TooManyRequestsException"
-                | "ProvisionedThroughputExceededException" => {
+                code if THROTTLING.contains(&code) => {
                     UpstreamError::Throttled(format!("{code}: {message}"))
                 }
                 "ConflictException" => UpstreamError::Conflict(message),
@@ -319,32 +459,43 @@ impl SageMaker {
         arn: &ExecutionArn,
         upstream_token: &str,
     ) -> Result<StopResult, UpstreamError> {
+        const OPERATION: &str = "StopPipelineExecution";
+        let (started, span) = (Instant::now(), self.span(OPERATION));
         let result = self
             .client
             .stop_pipeline_execution()
             .pipeline_execution_arn(arn.as_str())
             .client_request_token(upstream_token)
             .send()
+            .instrument(span.clone())
             .await;
-        match result {
+        let answer = match result {
             Ok(_) => Ok(StopResult::Requested),
             Err(error) => {
                 if error
                     .as_service_error()
                     .is_some_and(|e| e.is_resource_not_found())
                 {
-                    return Ok(StopResult::NotFound);
-                }
-                if error.code() == Some("ValidationException")
+                    Ok(StopResult::NotFound)
+                } else if error.code() == Some("ValidationException")
                     && error
                         .message()
                         .is_some_and(|m| m.contains("'Executing' status"))
                 {
-                    return Ok(StopResult::NotExecuting);
+                    Ok(StopResult::NotExecuting)
+                } else {
+                    Err(self.failed(OPERATION, arn, &error))
                 }
-                Err(self.failed("StopPipelineExecution", arn, &error))
             }
-        }
+        };
+        let result = match &answer {
+            Ok(StopResult::Requested) => "ok",
+            Ok(StopResult::NotFound) => "not_found",
+            Ok(StopResult::NotExecuting) => "not_executing",
+            Err(error) => error.label(),
+        };
+        self.record(OPERATION, result, started, &span);
+        answer
     }
 
     /// DescribePipelineExecution; `None` when there is no such execution.
@@ -355,23 +506,32 @@ impl SageMaker {
         Option<aws_sdk_sagemaker::operation::describe_pipeline_execution::DescribePipelineExecutionOutput>,
         UpstreamError,
     >{
+        const OPERATION: &str = "DescribePipelineExecution";
+        let (started, span) = (Instant::now(), self.span(OPERATION));
         let result = self
             .client
             .describe_pipeline_execution()
             .pipeline_execution_arn(arn.as_str())
             .send()
+            .instrument(span.clone())
             .await;
-        match result {
-            Ok(output) => Ok(Some(output)),
+        let (answer, result) = match result {
+            Ok(output) => (Ok(Some(output)), "ok"),
             Err(error)
                 if error
                     .as_service_error()
                     .is_some_and(|e| e.is_resource_not_found()) =>
             {
-                Ok(None)
+                (Ok(None), "not_found")
             }
-            Err(error) => Err(self.failed("DescribePipelineExecution", arn, &error)),
-        }
+            Err(error) => {
+                let error = self.failed(OPERATION, arn, &error);
+                let result = error.label();
+                (Err(error), result)
+            }
+        };
+        self.record(OPERATION, result, started, &span);
+        answer
     }
 
     /// DescribePipelineExecution's status; `None` when there is no such execution.
@@ -400,6 +560,8 @@ impl SageMaker {
         let mut steps = Vec::new();
         let mut next_token: Option<String> = None;
         loop {
+            const OPERATION: &str = "ListPipelineExecutionSteps";
+            let (started, span) = (Instant::now(), self.span(OPERATION));
             let page = self
                 .client
                 .list_pipeline_execution_steps()
@@ -407,17 +569,26 @@ impl SageMaker {
                 .max_results(STEPS_PAGE)
                 .set_next_token(next_token.take())
                 .send()
+                .instrument(span.clone())
                 .await;
             let page = match page {
-                Ok(page) => page,
+                Ok(page) => {
+                    self.record(OPERATION, "ok", started, &span);
+                    page
+                }
                 Err(error)
                     if error
                         .as_service_error()
                         .is_some_and(|e| e.is_resource_not_found()) =>
                 {
+                    self.record(OPERATION, "not_found", started, &span);
                     return Ok(None);
                 }
-                Err(error) => return Err(self.failed("ListPipelineExecutionSteps", arn, &error)),
+                Err(error) => {
+                    let error = self.failed(OPERATION, arn, &error);
+                    self.record(OPERATION, error.label(), started, &span);
+                    return Err(error);
+                }
             };
             for step in page.pipeline_execution_steps() {
                 let (step_type, detail) = step_kind(step.metadata());

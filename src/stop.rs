@@ -26,6 +26,7 @@ use crate::{
     estate::Estate,
     hooks,
     jitter::jittered,
+    metrics::Metrics,
     sagemaker::{SageMaker, StopResult, UpstreamError},
     store::{
         AuditEvent, AuditKind, Completion, NewStopRequest, RecordedError, RequestKey, StopRecord,
@@ -146,6 +147,7 @@ pub(crate) struct Stopper {
     /// Claimed stops, each carried out on a task of its own (see [`Stopper::carry_out_detached`]),
     /// so that shutdown can wait for them.
     tasks: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 /// SHA-256 of the parts, each length-prefixed so that no two lists of parts collide; hex.
@@ -181,9 +183,11 @@ impl Stopper {
         estate: Arc<Estate>,
         settings: StopSettings,
         worker: String,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            audit: AuditLog::start(store.clone()),
+            audit: AuditLog::start(store.clone(), metrics.clone()),
+            metrics,
             store,
             estate,
             settings,
@@ -274,6 +278,7 @@ impl Stopper {
             if existing.state.is_pending() && existing.fingerprint == request.fingerprint {
                 // Conditional on the lease having run out; a live lease is left alone.
                 if let Some(record) = self.store.take_over(&request.key, owner, lease).await? {
+                    self.metrics.takeover("caller");
                     return Ok(Claim::Acquired(record));
                 }
             }
@@ -315,7 +320,9 @@ impl Stopper {
     /// their callers. Returns how many it completed.
     pub(crate) async fn complete_abandoned(&self, limit: u32) -> Result<usize, Error> {
         let mut completed = 0;
-        for key in self.store.expired_leases(limit).await? {
+        let expired = self.store.expired_leases(limit).await?;
+        self.metrics.set_leases_expired(expired.len());
+        for key in expired {
             let Some(record) = self
                 .store
                 .take_over(&key, &self.worker, self.settings.lease)
@@ -323,6 +330,7 @@ impl Stopper {
             else {
                 continue; // someone else took it first
             };
+            self.metrics.takeover("completer");
             tracing::info!(principal = %key.principal, token = %key.token, epoch = record.epoch, "completing an abandoned stop request");
             match self.carry_out(record).await {
                 Ok(_) => completed += 1,
@@ -523,6 +531,7 @@ impl Stopper {
                 },
                 Err(UpstreamError::Conflict(message)) if tries < CONFLICT_TRIES => {
                     tracing::debug!(execution = %arn, %message, tries, "ConflictException; trying again");
+                    self.metrics.upstream_retry("StopPipelineExecution");
                 }
                 Err(other) => return Err(Failure::from(other)),
             }
@@ -556,6 +565,7 @@ impl Stopper {
             notified.as_mut().enable();
             match self.store.get(&key).await? {
                 Some(current) if !current.state.is_pending() => {
+                    self.metrics.duplicate("answered");
                     self.remember(&current);
                     self.audit(&current, AuditKind::Replayed);
                     return Ok(Answer {
@@ -576,11 +586,14 @@ impl Stopper {
                             .await?
                     {
                         drop(waiting);
+                        self.metrics.duplicate("took_over");
+                        self.metrics.takeover("caller");
                         return self.carry_out_detached(taken).await;
                     }
                     record = current;
                 }
                 None => {
+                    self.metrics.duplicate("aborted");
                     return Err(Error::RequestInProgress {
                         retry_after: Duration::from_millis(100),
                     });
@@ -591,6 +604,7 @@ impl Stopper {
                 () = tokio::time::sleep(WAIT_POLL) => {}
                 () = tokio::time::sleep_until(limit) => {
                     tracing::debug!(epoch = record.epoch, "a duplicate gave up waiting");
+                    self.metrics.duplicate("aborted");
                     return Err(Error::RequestInProgress {
                         retry_after: Duration::from_secs(1),
                     });
@@ -678,6 +692,7 @@ mod tests {
                         accounts_file: None,
                     },
                     crate::sagemaker::CallPolicy::default(),
+                    Arc::default(),
                 )
                 .await
                 .unwrap(),
@@ -689,6 +704,7 @@ mod tests {
                 duplicate_wait: hour,
             },
             "this-replica".into(),
+            Arc::default(),
         ));
         let input = StopInput {
             principal: Principal::anonymous(),

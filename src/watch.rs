@@ -32,6 +32,7 @@ use crate::{
     error::Error,
     estate::Estate,
     jitter::jittered,
+    metrics::Metrics,
     sagemaker::UpstreamError,
 };
 
@@ -77,6 +78,7 @@ pub(crate) struct Watcher {
     streams: Arc<AtomicUsize>,
     /// Cancelled when the server starts draining: pollers and streams end.
     stopping: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 /// One message of a watch stream, numbered from 1.
@@ -102,12 +104,27 @@ pub(crate) enum WatchEventKind {
 pub(crate) type WatchStream =
     Pin<Box<dyn Stream<Item = Result<WatchEvent, Error>> + Send + 'static>>;
 
-/// Counts a stream while it lives.
-struct StreamSlot(Arc<AtomicUsize>);
+/// Counts a stream while it lives (in the gauge once it is accepted).
+struct StreamSlot {
+    count: Arc<AtomicUsize>,
+    gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
+    }
+}
+
+/// Counts a poller while it runs.
+struct PollerRunning<'a>(&'a Metrics);
+
+impl Drop for PollerRunning<'_> {
+    fn drop(&mut self) {
+        self.0.pollers().dec();
     }
 }
 
@@ -116,13 +133,16 @@ impl Watcher {
         estate: Arc<Estate>,
         settings: WatchSettings,
         stopping: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        metrics.set_watch_streams_limit(settings.max_streams);
         Arc::new(Self {
             estate,
             settings,
             pollers: DashMap::new(),
             streams: Arc::new(AtomicUsize::new(0)),
             stopping,
+            metrics,
         })
     }
 
@@ -171,13 +191,20 @@ impl Watcher {
 
     fn take_slot(&self) -> Result<StreamSlot, Error> {
         let now = self.streams.fetch_add(1, Ordering::Relaxed);
-        let slot = StreamSlot(self.streams.clone());
+        let mut slot = StreamSlot {
+            count: self.streams.clone(),
+            gauge: None,
+        };
         if now >= self.settings.max_streams {
+            self.metrics.limit_refused("watch_streams");
             return Err(Error::LimitExceeded {
                 what: "concurrent watch streams",
                 retry_after: Duration::from_secs(5),
             });
         }
+        let gauge = self.metrics.watch_streams().clone();
+        gauge.inc();
+        slot.gauge = Some(gauge);
         Ok(slot)
     }
 
@@ -205,6 +232,8 @@ impl Watcher {
     }
 
     async fn poll(self: Arc<Self>, arn: ExecutionArn, poller: Arc<Poller>) {
+        self.metrics.pollers().inc();
+        let _running = PollerRunning(&self.metrics);
         let mut delay = self.settings.poll_interval;
         let mut last_digest: Option<Vec<String>> = None;
         let stopping = self.stopping.clone();
@@ -227,6 +256,7 @@ impl Watcher {
                         poller
                             .tx
                             .send_replace(Published::Snapshot(Arc::new(snapshot)));
+                        self.metrics.snapshot_published();
                     }
                     if terminal {
                         break;

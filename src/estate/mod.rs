@@ -20,7 +20,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use arc_swap::ArcSwap;
 use aws_config::{BehaviorVersion, Region, SdkConfig, sts::AssumeRoleProvider};
-use aws_sdk_sagemaker::config::Credentials;
+use aws_sdk_sagemaker::config::{Credentials, SharedInterceptor};
 use dashmap::DashMap;
 
 pub(crate) use accounts::Accounts;
@@ -29,7 +29,8 @@ use crate::{
     domain::ExecutionArn,
     error::Error,
     files,
-    sagemaker::{CallPolicy, SageMaker},
+    metrics::Metrics,
+    sagemaker::{AttemptMetrics, CallPolicy, SageMaker},
 };
 
 /// The HTTP client every SageMaker and STS client shares: one connection pool and one TLS
@@ -81,13 +82,20 @@ pub(crate) struct Estate {
     /// The accounts file in force; `None` without one (everything served).
     accounts: ArcSwap<Option<Accounts>>,
     clients: DashMap<(String, String), SageMaker>,
+    metrics: Arc<Metrics>,
+    /// Counts every client's attempts (one interceptor for all).
+    attempts: SharedInterceptor,
 }
 
 impl Estate {
     /// Reads the accounts file (a bad one stops the start) and prepares the shared
     /// configuration. Credentials are resolved lazily, at the first call, so a machine without
     /// credentials can still start the service (and its health reflects the database).
-    pub(crate) async fn load(settings: EstateSettings, policy: CallPolicy) -> anyhow::Result<Self> {
+    pub(crate) async fn load(
+        settings: EstateSettings,
+        policy: CallPolicy,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let accounts = match &settings.accounts_file {
             Some(path) => Some(files::read(path, Accounts::parse)?),
             None => None,
@@ -130,6 +138,8 @@ impl Estate {
             settings,
             accounts: ArcSwap::from_pointee(accounts),
             clients: DashMap::new(),
+            attempts: SharedInterceptor::new(AttemptMetrics::new(metrics.clone())),
+            metrics,
         })
     }
 
@@ -195,7 +205,8 @@ impl Estate {
         let mut config = aws_sdk_sagemaker::config::Builder::from(&self.base)
             .region(Region::new(region.to_string()))
             .retry_config(self.policy.retry())
-            .timeout_config(self.policy.timeouts());
+            .timeout_config(self.policy.timeouts())
+            .interceptor(self.attempts.clone());
         let endpoint = account
             .and_then(|a| a.endpoint.clone())
             .or_else(|| self.settings.endpoint.clone());
@@ -219,6 +230,7 @@ impl Estate {
             aws_sdk_sagemaker::Client::from_conf(config.build()),
             account_id,
             region,
+            self.metrics.clone(),
         )
     }
 

@@ -41,6 +41,7 @@ use crate::{
     auth::Auth,
     domain::{FieldViolation, Principal},
     error::Error,
+    metrics::Metrics,
 };
 
 /// The path of the one rate-limited RPC.
@@ -65,6 +66,7 @@ pub(crate) struct Guard {
     settings: GuardSettings,
     permits: Arc<Semaphore>,
     stop_rate: Option<DefaultKeyedRateLimiter<Principal>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -78,7 +80,11 @@ impl std::fmt::Debug for Guard {
 
 impl Guard {
     /// Fails on settings that cannot work (a zero timeout, a rate too small to represent).
-    pub(crate) fn new(auth: Arc<Auth>, settings: GuardSettings) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        auth: Arc<Auth>,
+        settings: GuardSettings,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !settings.request_timeout.is_zero(),
             "the request timeout must be longer than zero"
@@ -108,6 +114,7 @@ impl Guard {
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
             settings,
             stop_rate,
+            metrics,
         })
     }
 
@@ -127,16 +134,20 @@ impl Guard {
             .and_then(TlsConnectInfo::peer_certs);
         let caller = self
             .auth
-            .authenticate(&parts.headers, certificates.as_deref().map(Vec::as_slice))?;
+            .authenticate(&parts.headers, certificates.as_deref().map(Vec::as_slice))
+            .inspect_err(|error| {
+                if let Error::Unauthenticated(why) = error {
+                    self.metrics.auth_refused(unauthenticated_reason(why));
+                }
+            })?;
         // The permit first: a call refused for concurrency spends none of the caller's rate.
-        let permit =
-            self.permits
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Error::LimitExceeded {
-                    what: "calls in progress on this server",
-                    retry_after: Duration::from_secs(1),
-                })?;
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.limit_refused("concurrency");
+            Error::LimitExceeded {
+                what: "calls in progress on this server",
+                retry_after: Duration::from_secs(1),
+            }
+        })?;
         if let Some(encoding) = parts.headers.get("grpc-encoding")
             && encoding.as_bytes() != b"identity"
         {
@@ -161,6 +172,7 @@ impl Guard {
             limiter.retain_recent();
         }
         limiter.check_key(principal).map_err(|not_until| {
+            self.metrics.limit_refused("stop_rate");
             let wait = not_until.wait_time_from(limiter.clock().now());
             Error::LimitExceeded {
                 what: "StopExecution calls from this caller",
@@ -180,14 +192,30 @@ impl Guard {
                 check_framing(&bytes)?;
                 Ok(Body::new(Full::new(bytes)))
             }
-            Err(error) if error.is::<LengthLimitError>() => Err(Error::MessageTooLarge {
-                limit: self.settings.max_message_size,
-            }),
+            Err(error) if error.is::<LengthLimitError>() => {
+                self.metrics.limit_refused("message_size");
+                Err(Error::MessageTooLarge {
+                    limit: self.settings.max_message_size,
+                })
+            }
             Err(error) => {
                 tracing::debug!(%error, "could not read a request body");
                 Err(Error::Cancelled)
             }
         }
+    }
+}
+
+/// The `reason` label of an authentication refusal, from what it says.
+fn unauthenticated_reason(why: &str) -> &'static str {
+    if why.starts_with("credentials are required") {
+        "no_credentials"
+    } else if why.contains("revoked") {
+        "revoked_token"
+    } else if why.contains("certificate") {
+        "bad_certificate"
+    } else {
+        "bad_token"
     }
 }
 
@@ -327,6 +355,7 @@ mod tests {
                 max_concurrent_requests: 2,
                 stop_rate,
             },
+            Arc::default(),
         )
         .unwrap()
     }
@@ -417,7 +446,7 @@ mod tests {
             max_concurrent_requests: 2,
             stop_rate: Some((1e-30, 10)),
         };
-        assert!(Guard::new(auth.clone(), settings.clone()).is_err());
+        assert!(Guard::new(auth.clone(), settings.clone(), Arc::default()).is_err());
         for bad in [
             GuardSettings {
                 stop_rate: Some((1.0, 0)),
@@ -434,7 +463,7 @@ mod tests {
                 ..settings.clone()
             },
         ] {
-            assert!(Guard::new(auth.clone(), bad).is_err());
+            assert!(Guard::new(auth.clone(), bad, Arc::default()).is_err());
         }
     }
 

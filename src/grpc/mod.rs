@@ -5,12 +5,14 @@
 mod codec;
 mod convert;
 mod guard;
+mod observe;
 
 pub(crate) use guard::{Guard, GuardSettings};
+pub(crate) use observe::Observe;
 
 use std::{pin::Pin, sync::Arc};
 
-use tonic::{Request, Response, Status, metadata::MetadataValue};
+use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 
 use futures_util::StreamExt as _;
 
@@ -20,6 +22,7 @@ use crate::{
     error::Error,
     estate::Estate,
     hooks,
+    metrics::Metrics,
     stop::{Answer, StopInput, Stopper},
     store::{Completion, StopRecord},
     watch::{WatchStream, Watcher},
@@ -45,6 +48,7 @@ pub(crate) struct PipelineControlService {
     estate: Arc<Estate>,
     watcher: Arc<Watcher>,
     auth: Arc<Auth>,
+    metrics: Arc<Metrics>,
 }
 
 impl PipelineControlService {
@@ -53,13 +57,73 @@ impl PipelineControlService {
         estate: Arc<Estate>,
         watcher: Arc<Watcher>,
         auth: Arc<Auth>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             stopper,
             estate,
             watcher,
             auth,
+            metrics,
         }
+    }
+
+    /// Counts a call the policy refused.
+    fn counted<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
+        if let Err(status) = &result
+            && status.code() == Code::PermissionDenied
+        {
+            self.metrics.auth_refused("permission_denied");
+        }
+        result
+    }
+
+    /// StopExecution up to its answer, which [`PipelineControl::stop_execution`] counts.
+    async fn stop(&self, request: Request<pb::StopExecutionRequest>) -> Result<Answer, Error> {
+        let caller = caller(&request)?;
+        let deadline = convert::deadline(request.metadata())
+            .map(|timeout| tokio::time::Instant::now() + timeout);
+        let message = request.into_inner();
+        let arn = ExecutionArn::parse(&message.pipeline_execution_arn);
+        let token = if message.client_request_token.is_empty() {
+            Ok(ClientToken::generate())
+        } else {
+            ClientToken::parse(&message.client_request_token)
+        };
+        let reason = Reason::parse(&message.reason);
+        let (arn, token, reason) = match (arn, token, reason) {
+            (Ok(arn), Ok(token), Ok(reason)) => (arn, token, reason),
+            (arn, token, reason) => {
+                let violations = [arn.err(), token.err(), reason.err()];
+                return Err(Error::InvalidArgument(
+                    violations.into_iter().flatten().collect(),
+                ));
+            }
+        };
+        // Before anything is recorded or sent; the same answer whether the execution exists.
+        caller.authorize(Action::Stop, &arn)?;
+        let input = StopInput {
+            principal: caller.principal().clone(),
+            arn,
+            token,
+            reason,
+        };
+        self.stopper.stop(&input, deadline).await
+    }
+}
+
+/// The `outcome` label of a StopExecution answer: the outcome, or the error's reason (the
+/// recorded one for a replayed refusal).
+fn outcome_label(result: &Result<Answer, Error>) -> (&'static str, bool) {
+    match result {
+        Ok(Answer { record, replayed }) => match record.state.completion() {
+            Some(Completion::Stopped { outcome, .. }) => (outcome.as_str(), *replayed),
+            Some(Completion::Refused { error, status }) => {
+                (Error::recorded(*error, status.as_ref()).reason(), *replayed)
+            }
+            None => ("PENDING", *replayed),
+        },
+        Err(error) => (error.reason(), false),
     }
 }
 
@@ -159,35 +223,10 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::StopExecutionRequest>,
     ) -> Result<Response<pb::StopExecutionResponse>, Status> {
         hooks::handler_entry().await;
-        let caller = caller(&request)?;
-        let deadline = convert::deadline(request.metadata())
-            .map(|timeout| tokio::time::Instant::now() + timeout);
-        let message = request.into_inner();
-        let arn = ExecutionArn::parse(&message.pipeline_execution_arn);
-        let token = if message.client_request_token.is_empty() {
-            Ok(ClientToken::generate())
-        } else {
-            ClientToken::parse(&message.client_request_token)
-        };
-        let reason = Reason::parse(&message.reason);
-        let (arn, token, reason) = match (arn, token, reason) {
-            (Ok(arn), Ok(token), Ok(reason)) => (arn, token, reason),
-            (arn, token, reason) => {
-                let violations = [arn.err(), token.err(), reason.err()];
-                return Err(
-                    Error::InvalidArgument(violations.into_iter().flatten().collect()).into(),
-                );
-            }
-        };
-        // Before anything is recorded or sent; the same answer whether the execution exists.
-        caller.authorize(Action::Stop, &arn)?;
-        let input = StopInput {
-            principal: caller.principal().clone(),
-            arn,
-            token,
-            reason,
-        };
-        answer(self.stopper.stop(&input, deadline).await?)
+        let result = self.stop(request).await;
+        let (outcome, replayed) = outcome_label(&result);
+        self.metrics.stop_answered(outcome, replayed);
+        self.counted(result.map_err(Status::from).and_then(answer))
     }
 
     async fn get_execution(
@@ -195,16 +234,19 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
         hooks::handler_entry().await;
-        let (_, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
-        let snapshot = self
-            .estate
-            .client(&arn)
-            .await?
-            .execution(&arn)
-            .await
-            .map_err(Error::from)?
-            .ok_or(Error::ExecutionNotFound)?;
-        Ok(Response::new(convert::execution(&snapshot)))
+        let result = async {
+            let (_, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
+            let snapshot = self
+                .estate
+                .client(&arn)
+                .await?
+                .execution(&arn)
+                .await
+                .map_err(Error::from)?
+                .ok_or(Error::ExecutionNotFound)?;
+            Ok::<_, Error>(Response::new(convert::execution(&snapshot)))
+        };
+        self.counted(result.await.map_err(Status::from))
     }
 
     type WatchExecutionStream = Pin<
@@ -216,10 +258,13 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
         hooks::handler_entry().await;
-        let (caller, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
-        self.estate.check(&arn)?;
-        let events = self.watcher.watch(arn.clone()).await?;
-        let events = end_if_revoked(events, self.auth.clone(), caller, arn);
+        let result = async {
+            let (caller, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
+            self.estate.check(&arn)?;
+            let events = self.watcher.watch(arn.clone()).await?;
+            Ok::<_, Error>(end_if_revoked(events, self.auth.clone(), caller, arn))
+        };
+        let events = self.counted(result.await.map_err(Status::from))?;
         Ok(Response::new(Box::pin(events.map(|event| {
             event
                 .map(|event| convert::watch_response(&event))
@@ -232,17 +277,20 @@ impl PipelineControl for PipelineControlService {
         request: Request<pb::GetStopRequestRequest>,
     ) -> Result<Response<pb::StopRequest>, Status> {
         hooks::handler_entry().await;
-        let caller = caller(&request)?;
-        let message = request.into_inner();
-        let token = ClientToken::parse(&message.client_request_token)
-            .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
-        // The request names no execution: refuse a caller that may read none before looking,
-        // and one that may not read the recorded execution after.
-        caller.authorize_any(Action::Read)?;
-        let record = self.stopper.get(caller.principal(), &token).await?;
-        let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
-            .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
-        caller.authorize(Action::Read, &arn)?;
-        Ok(Response::new(convert::stop_request(&record)))
+        let result = async {
+            let caller = caller(&request)?;
+            let message = request.into_inner();
+            let token = ClientToken::parse(&message.client_request_token)
+                .map_err(|violation| Error::InvalidArgument(vec![violation]))?;
+            // The request names no execution: refuse a caller that may read none before
+            // looking, and one that may not read the recorded execution after.
+            caller.authorize_any(Action::Read)?;
+            let record = self.stopper.get(caller.principal(), &token).await?;
+            let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
+                .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
+            caller.authorize(Action::Read, &arn)?;
+            Ok::<_, Error>(Response::new(convert::stop_request(&record)))
+        };
+        self.counted(result.await.map_err(Status::from))
     }
 }

@@ -5,6 +5,7 @@
 //! single process. [`connect`] picks one from the database URL. Each implementation owns its
 //! SQL and its migrations (`migrations/postgres`, `migrations/sqlite`), embedded in the binary.
 
+mod metered;
 mod postgres;
 mod sqlite;
 
@@ -16,6 +17,7 @@ use chrono::{DateTime, Utc};
 use crate::config::DatabaseArgs;
 pub use crate::domain::{ExecutionStatus, RecordedError, StopOutcome};
 
+pub(crate) use metered::metered;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
