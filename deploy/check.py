@@ -6,6 +6,7 @@
 - grafana/pipeline-control.json parses; every panel has a unique id and a gridPos inside the
   24-column grid, no two panels overlap, every query uses the ${datasource} variable, and the
   `datasource` and `instance` template variables are there.
+- When promtool is at hand (PROMTOOL, or on PATH), it parses every dashboard query.
 - Every PromQL expression (the dashboard's queries and variables, alerts.yml's rules) names only
   metrics in METRICS below (a histogram only with _bucket, _sum or _count; `up` too), matches and
   groups by only labels those metrics have (plus the target labels job and instance, and le for
@@ -13,8 +14,8 @@
 - prometheus/alerts.yml: group `pipeline-control`; every alert has `for`, a severity of page or
   ticket, a summary and a description, and the dashboard panels its descriptions name exist.
 - prometheus/alerts_test.yml: every alert has a test where it fires and one where it must not,
-  tests name only alerts that exist, and their input series only the contract's metrics. (Whether the tests pass is promtool's job:
-  `promtool test rules deploy/prometheus/alerts_test.yml`.)
+  tests name only alerts that exist, and their input series only the contract's metrics.
+  (Whether the tests pass is promtool's job: `promtool test rules deploy/prometheus/alerts_test.yml`.)
 
 METRICS is the metric contract (keep it in step with the service's metrics): names, types and
 labels. The YAML reader handles the subset these files use (block mappings and sequences,
@@ -22,8 +23,12 @@ quoted and plain one-line scalars, | and > block scalars, []), and says so when 
 """
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -92,7 +97,6 @@ VALUES = {
     ("pipeline_control_limit_refusals_total", "limit"): {
         "concurrency", "stop_rate", "watch_streams", "message_size",
     },
-    ("up", "job"): None,  # any job
 }
 for _name, (_type, _labels) in METRICS.items():
     if _name.startswith("grpc_server_"):
@@ -112,6 +116,7 @@ FUNCTIONS = {
     "present_over_time", "quantile_over_time", "rad", "rate", "resets", "round", "scalar",
     "sgn", "sin", "sinh", "sort", "sort_desc", "sqrt", "stddev_over_time", "stdvar_over_time",
     "sum_over_time", "tan", "tanh", "time", "timestamp", "vector", "year",
+    "start", "end",  # the @ modifier's start() and end()
 }
 AGGREGATIONS = {
     "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
@@ -414,6 +419,9 @@ def read_yaml(path, errors):
 
 # --- The checks ------------------------------------------------------------------------------
 
+DASHBOARD_EXPRS = []  # (where, expr) of every dashboard query, for check_dashboard_syntax
+
+
 def walk_panels(panels):
     for p in panels:
         yield p
@@ -499,6 +507,7 @@ def check_dashboard(errors):
                 continue
             queries += 1
             check_promql(t["expr"], f"{here} query {t.get('refId')}", errors)
+            DASHBOARD_EXPRS.append((f"{here} query {t.get('refId')}", t["expr"]))
     return titles, len(panels), queries
 
 
@@ -530,7 +539,7 @@ def check_alerts(titles, errors):
             for key in ("summary", "description"):
                 if not annotations.get(key):
                     errors.append(f"{here}: no {key} annotation")
-            for panel in re.findall(r"""dashboard's "([^"]+)" panel""", annotations.get("description") or ""):
+            for panel in re.findall(r""""([^"]+)" panel""", annotations.get("description") or ""):
                 if titles is not None and panel not in titles:
                     errors.append(f"{here}: names the panel {panel!r}, which the dashboard lacks")
     return names
@@ -559,9 +568,40 @@ def check_alert_tests(alerts, errors):
             errors.append(f"{where}: no test where {name} must not fire")
 
 
+def grafana_to_promql(expr):
+    """A dashboard query as plain PromQL: Grafana's variables replaced by values of their kind."""
+    expr = re.sub(r"\$\{?__(rate_)?interval\}?", "5m", expr)
+    expr = re.sub(r"\$\{?__range\}?", "1h", expr)
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+def check_dashboard_syntax(exprs, errors):
+    """Has promtool parse the dashboard's queries (as recording rules), when it is at hand:
+    PROMTOOL from the environment (scripts/test sets it) or promtool on PATH."""
+    promtool = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not promtool or not exprs:
+        return False
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for i, (where, expr) in enumerate(exprs):
+        lines += [f"      - record: dashboard:query_{i}",
+                  f"        expr: {json.dumps(grafana_to_promql(expr))}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = Path(tmp) / "dashboard.yml"
+        rules.write_text("\n".join(lines) + "\n")
+        run = subprocess.run([promtool, "check", "rules", str(rules)],
+                             capture_output=True, text=True)
+    if run.returncode != 0:
+        out = (run.stdout + run.stderr).replace(str(rules), "(the dashboard's queries)")
+        for n in sorted({int(n) for n in re.findall(r"dashboard:query_(\d+)", out)}):
+            errors.append(f"{exprs[n][0]}: promtool cannot parse it")
+        errors.append(f"promtool check rules on the dashboard's queries:\n{out.strip()}")
+    return True
+
+
 def main():
     errors = []
     titles, panels, queries = check_dashboard(errors)
+    parsed = check_dashboard_syntax(DASHBOARD_EXPRS, errors)
     alerts = check_alerts(titles, errors)
     check_alert_tests(alerts, errors)
     if errors:
@@ -569,8 +609,9 @@ def main():
             print(f"check.py: {e}", file=sys.stderr)
         print(f"check.py: {len(errors)} problem(s)", file=sys.stderr)
         return 1
-    print(f"check.py: ok: dashboard ({panels} panels and rows, {queries} queries), alerts.yml "
-          f"({len(alerts)} alerts), alerts_test.yml (each alert fires and stays quiet)")
+    print(f"check.py: ok: dashboard ({panels} panels and rows, {queries} queries"
+          f"{', parsed by promtool' if parsed else ''}), alerts.yml ({len(alerts)} alerts), "
+          f"alerts_test.yml (each alert fires and stays quiet)")
     return 0
 
 

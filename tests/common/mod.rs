@@ -151,6 +151,8 @@ impl Drop for TestDb {
 /// A server running in this process, on a free port.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (`None` with `--metrics-listen off`).
+    pub metrics: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -160,6 +162,8 @@ pub struct TestApp {
 pub fn test_args(db: &TestDb) -> ServeArgs {
     let mut args = ServeArgs::new(db.args());
     args.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    args.metrics_listen =
+        pipeline_control::config::MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 0))));
     args.health_check_interval = Duration::from_millis(100);
     args.shutdown_grace = Duration::from_secs(30);
     args.sagemaker.aws_region = Some("us-east-1".into());
@@ -174,15 +178,48 @@ impl TestApp {
             .await
             .expect("the application builds");
         let addr = app.local_addr();
+        let metrics = app.metrics_addr();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(app.run_until(async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            metrics,
             shutdown: Some(tx),
             handle: Some(handle),
         }
+    }
+
+    /// `GET /metrics` with `accept`; returns the content type and the page.
+    pub async fn scrape_as(&self, accept: &str) -> (String, String) {
+        let address = self.metrics.expect("metrics are served");
+        let response = reqwest::Client::new()
+            .get(format!("http://{address}/metrics"))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("scrape /metrics");
+        assert!(response.status().is_success(), "{response:?}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (content_type, response.text().await.expect("a page"))
+    }
+
+    /// `GET /metrics` as Prometheus asks for the text format.
+    pub async fn scrape(&self) -> Metrics {
+        let (content_type, page) = self
+            .scrape_as("text/plain;version=0.0.4;q=1,*/*;q=0.1")
+            .await;
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
+        );
+        Metrics::parse(&page)
     }
 
     pub fn url(&self) -> String {
@@ -225,6 +262,93 @@ impl Drop for TestApp {
 }
 
 pub mod proxy;
+
+/// A scraped page in the Prometheus text format, parsed strictly: every line a comment
+/// (`# HELP`, `# TYPE`) or a sample `name{label="value",...} number`.
+pub struct Metrics {
+    pub page: String,
+    samples: Vec<(String, Vec<(String, String)>, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(page: &str) -> Self {
+        let sample = regex::Regex::new(
+            r#"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*",?)*)\})? (-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$"#,
+        )
+        .unwrap();
+        let label = regex::Regex::new(r#"([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)""#).unwrap();
+        let mut samples = Vec::new();
+        for line in page.lines() {
+            if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+                continue;
+            }
+            let captures = sample
+                .captures(line)
+                .unwrap_or_else(|| panic!("not a Prometheus text line: {line:?}"));
+            let labels = captures
+                .get(2)
+                .map(|l| {
+                    label
+                        .captures_iter(l.as_str())
+                        .map(|c| (c[1].to_string(), c[2].to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let value = match &captures[3] {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap(),
+            };
+            samples.push((captures[1].to_string(), labels, value));
+        }
+        Self {
+            page: page.to_string(),
+            samples,
+        }
+    }
+
+    /// The value of the one sample of `name` with exactly `labels` (any order).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found: Vec<f64> = self
+            .samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one sample {name}{labels:?} in:\n{}",
+            self.page
+        );
+        found[0]
+    }
+
+    /// The sum of `name`'s samples whose labels include `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|(_, _, v)| *v)
+            .sum()
+    }
+
+    /// How many samples `name` has.
+    pub fn series(&self, name: &str) -> usize {
+        self.samples.iter().filter(|(n, _, _)| n == name).count()
+    }
+}
 
 /// The whole service for one test: a database, the emulator, the server (pointed at the
 /// emulator, possibly through a proxy), and clients.

@@ -30,10 +30,13 @@ fn command() -> Command {
         "AWS_ENDPOINT_URL_SAGEMAKER",
         "AWS_ENDPOINT_URL_STS",
         "PIPELINE_CONTROL_ACCOUNTS_FILE",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
         "RUST_BACKTRACE",
     ] {
         command.env_remove(var);
     }
+    // Servers started side by side: each its own metrics port.
+    command.env("PIPELINE_CONTROL_METRICS_LISTEN", "127.0.0.1:0");
     // Nothing may leave the machine: a region, static test credentials, and no probe of the
     // instance-metadata address.
     command.env("AWS_REGION", "us-east-1");

@@ -11,6 +11,7 @@ mod cli;
 mod estate;
 mod executions;
 mod input;
+mod metrics;
 mod server;
 mod stop;
 mod store;
