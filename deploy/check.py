@@ -15,7 +15,8 @@
   ticket, a summary and a description, and the dashboard panels its descriptions name exist.
 - prometheus/alerts_test.yml: every alert has a test where it fires and one where it must not,
   tests name only alerts that exist, and their input series only the contract's metrics.
-  (Whether the tests pass is promtool's job: `promtool test rules deploy/prometheus/alerts_test.yml`.)
+  (Whether the tests pass is promtool's job:
+  `promtool test rules deploy/prometheus/alerts_test.yml`.)
 
 METRICS is the metric contract (keep it in step with the service's metrics): names, types and
 labels. The YAML reader handles the subset these files use (block mappings and sequences,
@@ -64,7 +65,7 @@ METRICS = {
     "pipeline_control_store_statements_total": ("counter", {"operation", "result"}),
     "pipeline_control_store_statement_duration_seconds": ("histogram", {"operation"}),
     "pipeline_control_audit_queue_depth": ("gauge", set()),
-    "pipeline_control_audit_events_dropped_total": ("counter", set()),
+    "pipeline_control_audit_events_dropped_total": ("counter", {"reason"}),
     "pipeline_control_auth_refusals_total": ("counter", {"reason"}),
     "pipeline_control_limit_refusals_total": ("counter", {"limit"}),
     "pipeline_control_trace_spans_dropped_total": ("counter", set()),

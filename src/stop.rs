@@ -14,6 +14,7 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
@@ -371,14 +372,18 @@ impl Stopper {
     /// it would stay pending, leased to this worker, until the completer took it over).
     async fn carry_out_detached(self: &Arc<Self>, record: StopRecord) -> Result<Answer, Error> {
         let this = Arc::clone(self);
-        let task = self.tasks.spawn(async move {
-            let result = this.carry_out(record).await;
-            if let Err(error) = &result {
-                // The caller, if still there, gets the error too.
-                tracing::debug!(%error, "a stop ended without an outcome");
+        // Still part of the call's trace, even if its caller goes away before it ends.
+        let task = self.tasks.spawn(
+            async move {
+                let result = this.carry_out(record).await;
+                if let Err(error) = &result {
+                    // The caller, if still there, gets the error too.
+                    tracing::debug!(%error, "a stop ended without an outcome");
+                }
+                result
             }
-            result
-        });
+            .instrument(tracing::Span::current()),
+        );
         task.await
             .map_err(|e| Error::Internal(format!("the stop task failed: {e}")))?
     }

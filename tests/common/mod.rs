@@ -267,8 +267,11 @@ pub mod proxy;
 /// (`# HELP`, `# TYPE`) or a sample `name{label="value",...} number`.
 pub struct Metrics {
     pub page: String,
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<Sample>,
 }
+
+/// A sample's name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
 
 impl Metrics {
     pub fn parse(page: &str) -> Self {

@@ -17,7 +17,7 @@ use tonic_types::StatusExt as _;
 const BIN: &str = env!("CARGO_BIN_EXE_pipeline-control");
 
 /// The binary with a clean environment for the settings it reads.
-fn command() -> Command {
+pub(crate) fn command() -> Command {
     let mut command = Command::new(BIN);
     for var in [
         "DATABASE_URL",
@@ -64,7 +64,7 @@ fn wait_bounded(child: &mut Child) -> ExitStatus {
 
 /// [`wait_bounded`] off the async runtime, so that the test's own connections keep being served
 /// (a graceful shutdown waits for clients to acknowledge it).
-async fn wait_bounded_async(mut child: Child) -> (Child, ExitStatus) {
+pub(crate) async fn wait_bounded_async(mut child: Child) -> (Child, ExitStatus) {
     tokio::task::spawn_blocking(move || {
         let status = wait_bounded(&mut child);
         (child, status)
@@ -74,7 +74,7 @@ async fn wait_bounded_async(mut child: Child) -> (Child, ExitStatus) {
 }
 
 /// Sends `signal` (`-TERM`, `-INT`, `-HUP`) to the child.
-fn send_signal(child: &Child, signal: &str) {
+pub(crate) fn send_signal(child: &Child, signal: &str) {
     let sent = Command::new("kill")
         .args([signal, &child.id().to_string()])
         .status()
@@ -82,7 +82,7 @@ fn send_signal(child: &Child, signal: &str) {
     assert!(sent.success(), "kill {signal}");
 }
 
-fn run_bounded(command: &mut Command) -> Output {
+pub(crate) fn run_bounded(command: &mut Command) -> Output {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -94,7 +94,7 @@ fn run_bounded(command: &mut Command) -> Output {
 
 /// Asserts a clean failure: exit status 1, exactly one line on stderr that starts as expected,
 /// no panic or backtrace anywhere.
-fn assert_clean_failure(output: &Output, expected_start: &str) {
+pub(crate) fn assert_clean_failure(output: &Output, expected_start: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
@@ -198,11 +198,40 @@ fn spawn_server(
 }
 
 /// [`spawn_server`] with a command prepared by the caller.
-fn spawn_server_with(
-    mut command: Command,
+pub(crate) fn spawn_server_with(
+    command: Command,
     db: &TestDb,
     extra: &[&str],
 ) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
+    let (child, addr, _, logs) = spawn_server_metered(command, db, extra);
+    (child, addr, logs)
+}
+
+/// The address in a log line's `address=` (text) or `"address":"..."` (JSON).
+fn logged_address(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("address="))
+        .or_else(|| {
+            line.split("\"address\":\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+        })
+        .expect("the log line names the address")
+        .parse()
+        .unwrap()
+}
+
+/// [`spawn_server_with`], also returning where metrics are served (if they are).
+pub(crate) fn spawn_server_metered(
+    mut command: Command,
+    db: &TestDb,
+    extra: &[&str],
+) -> (
+    Child,
+    SocketAddr,
+    Option<SocketAddr>,
+    std::thread::JoinHandle<String>,
+) {
     let mut child = command
         .args([
             "serve",
@@ -218,6 +247,7 @@ fn spawn_server_with(
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut seen = String::new();
+    let mut metrics = None;
     let addr = loop {
         let mut line = String::new();
         if stdout.read_line(&mut line).unwrap() == 0 {
@@ -225,17 +255,11 @@ fn spawn_server_with(
             panic!("serve exited before listening:\n{seen}");
         }
         seen.push_str(&line);
+        if line.contains("serving metrics") {
+            metrics = Some(logged_address(&line));
+        }
         if line.contains("serving gRPC") {
-            let addr = line
-                .split_whitespace()
-                .find_map(|word| word.strip_prefix("address="))
-                .or_else(|| {
-                    line.split("\"address\":\"")
-                        .nth(1)
-                        .and_then(|rest| rest.split('"').next())
-                })
-                .expect("the log line names the address");
-            break addr.parse().unwrap();
+            break logged_address(&line);
         }
     };
     // Keep draining stdout so the server never blocks on a full pipe.
@@ -247,7 +271,7 @@ fn spawn_server_with(
         }
         rest
     });
-    (child, addr, rest)
+    (child, addr, metrics, rest)
 }
 
 async fn health(addr: SocketAddr) -> ServingStatus {

@@ -15,4 +15,5 @@ mod metrics;
 mod server;
 mod stop;
 mod store;
+mod telemetry;
 mod watch;

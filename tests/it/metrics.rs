@@ -289,6 +289,26 @@ async fn a_scrape_after_known_calls_shows_exact_counts(backend: Backend) {
     );
     assert!(metrics.value("pipeline_control_snapshots_published_total", &[]) >= received);
 
+    // The alerts and the dashboard use only metrics the service exports.
+    let names = regex::Regex::new(r"\b(?:pipeline_control|grpc_server)_[a-z_]+").unwrap();
+    for file in [
+        "deploy/prometheus/alerts.yml",
+        "deploy/grafana/pipeline-control.json",
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for name in names.find_iter(&text).map(|m| m.as_str()) {
+            let exported = ["", "_bucket", "_sum", "_count"]
+                .iter()
+                .any(|suffix| metrics.series(&format!("{name}{suffix}")) > 0)
+                || metrics.page.contains(&format!("# TYPE {name} "));
+            assert!(
+                exported,
+                "{file} uses {name}, which the service does not export"
+            );
+        }
+    }
+
     // OpenMetrics, when the scraper asks for it.
     let (content_type, page) = stack
         .app
