@@ -44,9 +44,11 @@ COPY --from=build /src/target/release/pipeline-control /usr/local/bin/pipeline-c
 USER 10001:10001
 # The embedded SQLite default lands here; set DATABASE_URL to use Postgres.
 WORKDIR /var/lib/pipeline-control
+# Metrics on a port of their own (no TLS, no authentication): publish it only to the scraper.
 ENV PIPELINE_CONTROL_LISTEN=0.0.0.0:50051 \
+    PIPELINE_CONTROL_METRICS_LISTEN=0.0.0.0:9464 \
     PIPELINE_CONTROL_LOG_FORMAT=json
-EXPOSE 50051
+EXPOSE 50051 9464
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/pipeline-control"]
 CMD ["serve"]

@@ -8,6 +8,8 @@
 //! - the database alone doing a first call's writes (the same two statements), and first calls
 //!   again with commits that do not wait for the disk, to show what bounds first calls;
 //! - the CPU each process spends per request (service, emulator, Postgres), from /proc;
+//! - telemetry's cost: first calls and replays with metrics off, metrics on, and metrics and
+//!   traces on (to a collector in this process), each on a server of its own;
 //! - GetExecution across an estate of 100 accounts (each through an assumed role) x 3 regions:
 //!   first calls to each (account, region), later calls, and the memory per cached client,
 //!   beside one account and region.
@@ -99,6 +101,23 @@ where
 /// Starts `binary` with `args` and returns it with the value of `key=` in the first log
 /// line that has it.
 fn start(binary: &str, args: &[&str], key: &str) -> (Child, String) {
+    let marker = if key == "address" {
+        "serving gRPC"
+    } else {
+        key
+    };
+    let (child, mut values) = start_with(binary, args, &[], &[(marker, key)]);
+    (child, values.remove(0))
+}
+
+/// Starts `binary` with `args` and the environment `envs`, and returns it with, for each
+/// `(marker, key)`, the value of `key=` in the first log line that contains `marker`.
+fn start_with(
+    binary: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    wanted: &[(&str, &str)],
+) -> (Child, Vec<String>) {
     let mut child = Command::new(binary)
         .args(args)
         .env("PIPELINE_CONTROL_LOG", "warn,pipeline_control=info")
@@ -107,22 +126,29 @@ fn start(binary: &str, args: &[&str], key: &str) -> (Child, String) {
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("PIPELINE_CONTROL_METRICS_LISTEN", "127.0.0.1:0")
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start the process");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    let value = loop {
+    let mut values: Vec<Option<String>> = vec![None; wanted.len()];
+    while values.iter().any(Option::is_none) {
         line.clear();
         assert!(stdout.read_line(&mut line).unwrap() > 0, "{args:?} exited");
-        if let Some(rest) = line.split(&format!("{key}=")).nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
+        for (i, (marker, key)) in wanted.iter().enumerate() {
+            if values[i].is_none()
+                && line.contains(marker)
+                && let Some(rest) = line.split(&format!(" {key}=")).nth(1)
+            {
+                values[i] = Some(rest.split_whitespace().next().unwrap().to_string());
+            }
         }
-    };
+    }
     // Keep draining the pipe so the process never blocks on it.
     std::thread::spawn(move || for _ in stdout.lines() {});
-    (child, value)
+    (child, values.into_iter().map(Option::unwrap).collect())
 }
 
 /// CPU time (user + system) used so far by the processes `pick` chooses, by their
@@ -541,6 +567,235 @@ async fn estate_scenario(
     (vec![one_account, first_calls, later_calls], memory)
 }
 
+/// Receives spans as an OpenTelemetry collector does, and counts them.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for Collector
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.spans
+            .fetch_add(spans as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+/// What telemetry costs: the same first calls and replays on a server of its own with
+/// metrics off, with metrics on (scraped every 2 s) and traces off, and with both on (spans
+/// exported to a collector in this process); each configuration twice, alternating, so that
+/// drift on the machine spreads over all three.
+async fn telemetry_scenario(
+    binary: &str,
+    database_url: &str,
+    emulator: &str,
+    concurrency: usize,
+    seconds: Duration,
+) -> String {
+    const ROUNDS: usize = 2;
+    const CONFIGURATIONS: [&str; 3] = [
+        "metrics off, traces off",
+        "metrics on, traces off",
+        "metrics on, traces on",
+    ];
+    let per_run = env_or("BENCH_TELEMETRY_FIRST_CALLS", 4_000) as usize;
+    let executions = Arc::new(
+        create_executions_named(
+            emulator,
+            "telemetry",
+            per_run * ROUNDS * CONFIGURATIONS.len(),
+        )
+        .await,
+    );
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer::new(
+                    collector.clone(),
+                ),
+            )
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    // (first calls/s, replays/s, service µs per replay, service µs per first call) by
+    // configuration, summed over the rounds.
+    let mut sums = [[0.0f64; 4]; 3];
+    let mut run_number = 0;
+    for round in 0..ROUNDS {
+        for (c, configuration) in CONFIGURATIONS.iter().enumerate() {
+            let metrics_on = c > 0;
+            let mut envs = vec![];
+            if c == 2 {
+                envs.push(("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()));
+            }
+            let mut args = vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+                "--database-max-connections",
+                "32",
+                "--stop-rate-limit",
+                "0",
+                "--max-concurrent-requests",
+                "100000",
+                "--sagemaker-endpoint",
+                emulator,
+                "--aws-region",
+                "us-east-1",
+            ];
+            if !metrics_on {
+                args.extend(["--metrics-listen", "off"]);
+            }
+            let mut wanted = vec![("serving gRPC", "address")];
+            if metrics_on {
+                wanted.push(("serving metrics", "address"));
+            }
+            let (mut server, addresses) = start_with(binary, &args, &envs, &wanted);
+            let scraper = addresses.get(1).map(|metrics| {
+                let url = format!("http://{metrics}/metrics");
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let page = http.get(&url).send().await.unwrap().text().await.unwrap();
+                        assert!(page.contains("grpc_server_handled_total"));
+                    }
+                })
+            });
+            let channel = Channel::from_shared(format!("http://{}", addresses[0]))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let offset = run_number * per_run;
+            run_number += 1;
+            let stopped = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let first = {
+                let (channel, executions, stopped) =
+                    (channel.clone(), executions.clone(), stopped.clone());
+                move |worker: usize, i: usize| {
+                    let mut client =
+                        pb::pipeline_control_client::PipelineControlClient::new(channel.clone());
+                    let index = worker + i * concurrency;
+                    let arn = (index < per_run).then(|| executions[offset + index].clone());
+                    let stopped = stopped.clone();
+                    async move {
+                        let Some(arn) = arn else { return false };
+                        let token = format!("telemetry-{}", offset + index);
+                        let answer = client
+                            .stop_execution(pb::StopExecutionRequest {
+                                pipeline_execution_arn: arn.clone(),
+                                client_request_token: token.clone(),
+                                reason: "bench".into(),
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        assert_eq!(answer.outcome(), pb::StopOutcome::StopRequested);
+                        stopped.lock().unwrap().push((arn, token));
+                        true
+                    }
+                }
+            };
+            let name: &'static str =
+                Box::leak(format!("{configuration}: first calls").into_boxed_str());
+            let cpu = cpu_time(|pid, _| pid == server.id());
+            let first_calls = run(name, concurrency, seconds, first).await;
+            let first_cpu = cpu_time(|pid, _| pid == server.id()).saturating_sub(cpu);
+            let stopped: Arc<Vec<(String, String)>> =
+                Arc::new(std::mem::take(&mut *stopped.lock().unwrap()));
+            let replay = {
+                let (channel, stopped) = (channel.clone(), stopped.clone());
+                move |worker: usize, i: usize| {
+                    let mut client =
+                        pb::pipeline_control_client::PipelineControlClient::new(channel.clone());
+                    let (arn, token) =
+                        stopped[(worker * 7919 + i * 104_729) % stopped.len()].clone();
+                    async move {
+                        let answer = client
+                            .stop_execution(pb::StopExecutionRequest {
+                                pipeline_execution_arn: arn,
+                                client_request_token: token,
+                                reason: "bench".into(),
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        assert!(answer.replayed);
+                        true
+                    }
+                }
+            };
+            let name: &'static str =
+                Box::leak(format!("{configuration}: replays").into_boxed_str());
+            let cpu = cpu_time(|pid, _| pid == server.id());
+            let replays = run(name, concurrency, seconds, replay).await;
+            let replay_cpu = cpu_time(|pid, _| pid == server.id()).saturating_sub(cpu);
+            eprintln!(
+                "bench: telemetry round {round}, {configuration}: {:.0} first calls/s, {:.0} replays/s",
+                first_calls.rate(),
+                replays.rate()
+            );
+            let sum = &mut sums[c];
+            sum[0] += first_calls.rate();
+            sum[1] += replays.rate();
+            sum[2] += replay_cpu.as_secs_f64() * 1e6 / replays.latencies.len().max(1) as f64;
+            sum[3] += first_cpu.as_secs_f64() * 1e6 / first_calls.latencies.len().max(1) as f64;
+            if let Some(scraper) = scraper {
+                scraper.abort();
+            }
+            let _ = Command::new("kill")
+                .args(["-TERM", &server.id().to_string()])
+                .status();
+            let _ = server.wait();
+        }
+    }
+    let mean = |c: usize, k: usize| sums[c][k] / ROUNDS as f64;
+    let mut table = String::from(
+        "| telemetry (mean of 2 rounds) | first calls/s | vs metrics off | service CPU per first call | replays/s | vs metrics off | service CPU per replay |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for (c, configuration) in CONFIGURATIONS.iter().enumerate() {
+        table.push_str(&format!(
+            "| {configuration} | {:.0} | {:.1} % | {:.0} µs | {:.0} | {:.1} % | {:.0} µs |\n",
+            mean(c, 0),
+            100.0 * mean(c, 0) / mean(0, 0),
+            mean(c, 3),
+            mean(c, 1),
+            100.0 * mean(c, 1) / mean(0, 1),
+            mean(c, 2),
+        ));
+    }
+    table.push_str(&format!(
+        "spans the collector received: {}\n",
+        collector.spans.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    table
+}
+
 async fn set_synchronous_commit(database_url: &str, value: &str) -> bool {
     let Ok(mut conn) = sqlx::PgConnection::connect(database_url).await else {
         return false;
@@ -829,6 +1084,9 @@ async fn main() {
     )
     .await;
 
+    let telemetry =
+        telemetry_scenario(&binary, &database_url, &emulator, concurrency, seconds).await;
+
     for child in [&mut server, &mut emulator_process] {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -881,6 +1139,8 @@ async fn main() {
         estate_phases[1].percentile(0.50).as_secs_f64() * 1000.0,
         estate_phases[0].percentile(0.50).as_secs_f64() * 1000.0
     );
+    println!();
+    print!("{telemetry}");
     println!();
     println!("CPU per first call: {first_cpu}");
     println!(

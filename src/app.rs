@@ -352,6 +352,7 @@ impl Application {
             draining,
             shutdown_grace,
         } = self;
+        let metrics_address = metrics_server.as_ref().map(MetricsServer::local_addr);
         // Scrapes go on while the server drains: the metrics stop last.
         let metrics_stop = CancellationToken::new();
         let metrics_task = metrics_server.map(|server| {
@@ -371,7 +372,10 @@ impl Application {
         tracing::info!(address = %local_addr, "serving gRPC");
         if let Some(demo) = &demo {
             // For the person who ran the demo; standard output stays for logs.
-            eprintln!("{}", demo.banner(&local_addr.to_string(), tls));
+            eprintln!(
+                "{}",
+                demo.banner(&local_addr.to_string(), tls, metrics_address)
+            );
         }
 
         let mut shutdown_started = None;

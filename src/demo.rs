@@ -94,7 +94,12 @@ pub(crate) async fn seed(
 impl Demo {
     /// What to try, for the person who started the demo at a terminal. `tls`: whether the gRPC
     /// port speaks TLS (the commands then need the CA, and maybe credentials).
-    pub(crate) fn banner(&self, grpc: &str, tls: bool) -> String {
+    pub(crate) fn banner(
+        &self,
+        grpc: &str,
+        tls: bool,
+        metrics: Option<std::net::SocketAddr>,
+    ) -> String {
         let transport = if tls { "-cacert CA.pem" } else { "-plaintext" };
         let rpc = |method: &str, arn: &str, extra: &str| {
             format!(
@@ -142,6 +147,11 @@ impl Demo {
             "  curl {}/_emulator/callbacks    (the messages the Callback step sent)",
             self.emulator_url
         ));
+        if let Some(metrics) = metrics {
+            lines.push(format!(
+                "  curl http://{metrics}/metrics    (the service's metrics)"
+            ));
+        }
         lines.push(String::new());
         lines.join("\n")
     }

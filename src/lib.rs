@@ -19,6 +19,9 @@
 //!   request that does not decode is INVALID_ARGUMENT) and `grpc::convert` (domain to proto).
 //! - `grpc::guard`: in front of the service: authentication, rate and concurrency limits,
 //!   message size, request timeout.
+//! - `grpc::observe`: in front of every service (and of the guard): go-grpc-middleware's
+//!   server metrics, and with traces on, a server span per call under the caller's
+//!   `traceparent`.
 //! - `error`: the service's errors and the only conversion to `tonic::Status`.
 //!
 //! The domain (no proto, no SDK types):
@@ -39,7 +42,8 @@
 //! - `sagemaker`: the only code that calls SageMaker through the AWS SDK, one client per
 //!   (account, region), and the sorting of its failures.
 //! - `files`: reading the TOML settings files (tokens, policy, accounts) with one-line errors.
-//! - [`telemetry`]: logging, as text or JSON.
+//! - [`telemetry`]: logging, as text or JSON, and traces exported over OTLP/gRPC.
+//! - `metrics`: the registry of one running service, its metrics, and `GET /metrics`.
 //! - `jitter`: spreading retries and polls.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 //!

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::{
     Resource,
     error::OTelSdkResult,
@@ -117,9 +117,15 @@ pub fn init(
 /// resource `service.name=pipeline-control`. The standard `OTEL_BSP_*` and
 /// `OTEL_EXPORTER_OTLP_*` variables tune it.
 fn tracer_provider(endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint)
+        .with_endpoint(endpoint);
+    if endpoint.starts_with("https://") {
+        // The system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+        exporter =
+            exporter.with_tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots());
+    }
+    let exporter = exporter
         .build()
         .with_context(|| format!("cannot export traces to {endpoint}"))?;
     let capacity = std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")

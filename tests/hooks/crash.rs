@@ -134,6 +134,11 @@ async fn abandoned_work_is_finished_by_a_retry_on_either_server(backend: Backend
             }
         );
     }
+    // The four abandoned claims were taken over by retries, two on each server.
+    for metrics in [stack.app.scrape().await, second.scrape().await] {
+        let by = |who| metrics.value("pipeline_control_stop_takeovers_total", &[("by", who)]);
+        assert_eq!((by("caller"), by("completer")), (2.0, 0.0));
+    }
     scenario.teardown();
 }
 
@@ -169,5 +174,8 @@ async fn abandoned_work_is_finished_by_the_background_completer(backend: Backend
         let tokens = stack.admin.stop_tokens(&arn).await;
         assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
     }
+    let metrics = stack.app.scrape().await;
+    let by = |who| metrics.value("pipeline_control_stop_takeovers_total", &[("by", who)]);
+    assert_eq!((by("completer"), by("caller")), (2.0, 0.0));
     scenario.teardown();
 }

@@ -376,8 +376,14 @@ async fn serve_with_the_emulator_is_a_complete_demo() {
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let logs = read_until(&mut stdout, "serving gRPC");
-    let addr: SocketAddr = word_after(&logs, "address=").parse().unwrap();
-    let banner = read_until(&mut stderr, "callback-token");
+    let serving = logs.lines().find(|l| l.contains("serving gRPC")).unwrap();
+    let addr: SocketAddr = word_after(serving, "address=").parse().unwrap();
+    let metrics = logs
+        .lines()
+        .find(|l| l.contains("serving metrics"))
+        .unwrap();
+    let metrics: SocketAddr = word_after(metrics, "address=").parse().unwrap();
+    let banner = read_until(&mut stderr, "/metrics");
     let endpoint = word_following(&banner, "--endpoint-url");
     let callback_token = word_following(&banner, "--callback-token").to_string();
     let arn_after = |label: &str| {
@@ -391,6 +397,10 @@ async fn serve_with_the_emulator_is_a_complete_demo() {
     let callback_arn = arn_after("demo-callback execution");
     let lambda_arn = arn_after("demo-lambda execution");
     assert!(banner.contains("grpcurl -plaintext"), "{banner}");
+    assert!(
+        banner.contains(&format!("curl http://{metrics}/metrics")),
+        "{banner}"
+    );
     assert!(
         banner.contains(&format!(
             "{addr} pipelinecontrol.v1.PipelineControl/StopExecution"

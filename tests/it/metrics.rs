@@ -545,3 +545,53 @@ async fn watch_streams_and_pollers_are_gauges() {
     assert_eq!(last.value("pipeline_control_pollers", &[]), 0.0);
     assert_eq!(handled(&last, "WatchExecution", "Canceled"), 3.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_that_waits_for_the_first_answer_is_counted() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    stack
+        .admin
+        .set_fault("StopPipelineExecution", json!({"latencyMs": 500}))
+        .await;
+    let request = pb::StopExecutionRequest {
+        pipeline_execution_arn: arn.clone(),
+        client_request_token: "twice".into(),
+        reason: String::new(),
+    };
+    let mut first = stack.client.clone();
+    let first = tokio::spawn({
+        let request = request.clone();
+        async move { first.stop_execution(request).await }
+    });
+    // The second arrives while the first waits for SageMaker.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = stack
+        .client
+        .clone()
+        .stop_execution(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert!(!first.replayed && second.replayed);
+
+    let metrics = stack.app.scrape().await;
+    let duplicates = |result| {
+        metrics.value(
+            "pipeline_control_stop_duplicates_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(
+        (
+            duplicates("answered"),
+            duplicates("aborted"),
+            duplicates("took_over")
+        ),
+        (1.0, 0.0, 0.0)
+    );
+    assert_eq!(stops(&metrics, "STOP_REQUESTED", "false"), 1.0);
+    assert_eq!(stops(&metrics, "STOP_REQUESTED", "true"), 1.0);
+    assert_eq!(stack.admin.calls("StopPipelineExecution").await, 1);
+}

@@ -75,6 +75,23 @@ impl Collector {
         (collector, addr)
     }
 
+    /// The same, over TLS with `leaf`'s certificate.
+    async fn start_tls(leaf: &crate::auth::Leaf) -> (Self, SocketAddr) {
+        let collector = Self::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&leaf.cert, &leaf.key));
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (collector, addr)
+    }
+
     /// The spans of `trace_id` received so far.
     fn trace(&self, trace_id: &[u8]) -> Vec<(String, Span)> {
         self.spans
@@ -310,6 +327,57 @@ async fn a_metrics_port_in_use_stops_the_start_and_off_serves_none() {
         spawn_server_metered(command(), &db, &["--metrics-listen", "off"]);
     assert_eq!(metrics, None);
     assert!(addr.port() > 0);
+    send_signal(&child, "-TERM");
+    assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_a_collector_over_tls_that_the_system_roots_verify() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let authority = crate::auth::Authority::new("collector CA");
+    let dir = tempfile::tempdir().unwrap();
+    let roots = dir.path().join("roots.pem");
+    std::fs::write(&roots, authority.pem()).unwrap();
+    let (collector, collector_addr) = Collector::start_tls(&authority.server()).await;
+    let mut command = command();
+    command
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("https://localhost:{}", collector_addr.port()),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        // The system's roots, as rustls-native-certs finds them: here, the test's CA alone.
+        .env("SSL_CERT_FILE", &roots);
+    let (child, addr, _, _logs) = spawn_server_metered(command, &db, &[]);
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest::default());
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    client.check(request).await.unwrap();
+    let trace_bytes = hex::decode(&trace_id).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while named(
+        &collector.trace(&trace_bytes),
+        "grpc.health.v1.Health/Check",
+    )
+    .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no span reached the TLS collector"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     send_signal(&child, "-TERM");
     assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
 }
