@@ -661,6 +661,22 @@ async fn a_database_outage_answers_store_unavailable_and_recovers(backend: Backe
         0,
         "nothing sent upstream"
     );
+    // The failed claim is counted, by the store and as the answer.
+    let metrics = app.scrape().await;
+    assert_eq!(
+        metrics.value(
+            "pipeline_control_store_statements_total",
+            &[("operation", "insert_new"), ("result", "error")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metrics.value(
+            "pipeline_control_stop_requests_total",
+            &[("outcome", "STORE_UNAVAILABLE"), ("replayed", "false")]
+        ),
+        1.0
+    );
 
     match outage {
         Outage::Proxy(proxy) => {
