@@ -16,7 +16,7 @@ pub(crate) struct FieldViolation {
 }
 
 impl FieldViolation {
-    fn new(field: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, description: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             description: description.into(),
@@ -40,6 +40,8 @@ pub(crate) enum Action {
     Stop,
     /// GetExecution, WatchExecution, GetStopRequest.
     Read,
+    /// ListStopRequests of other principals' requests.
+    Audit,
 }
 
 impl Action {
@@ -48,6 +50,7 @@ impl Action {
         match self {
             Self::Stop => "stop",
             Self::Read => "read",
+            Self::Audit => "audit",
         }
     }
 }
@@ -97,6 +100,34 @@ impl ExecutionArn {
     /// The 12-digit account that owns the execution.
     pub(crate) fn account(&self) -> &str {
         self.field(4)
+    }
+}
+
+/// A SageMaker pipeline ARN: `arn:aws:sagemaker:REGION:ACCOUNT:pipeline/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PipelineArn(String);
+
+impl PipelineArn {
+    pub(crate) fn parse(field: &'static str, value: &str) -> Result<Self, FieldViolation> {
+        if value.is_empty() {
+            return Err(FieldViolation::new(field, "is required"));
+        }
+        // The same rules as an execution's ARN, whose prefix it is.
+        let as_execution = format!("{value}/execution/x");
+        if value.len() > 2048
+            || value.contains("/execution/")
+            || ExecutionArn::parse(&as_execution).is_err()
+        {
+            return Err(FieldViolation::new(
+                field,
+                "must be a SageMaker pipeline ARN: arn:aws:sagemaker:REGION:ACCOUNT:pipeline/NAME",
+            ));
+        }
+        Ok(Self(value.to_string()))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

@@ -30,6 +30,8 @@
 //!   token and policy files reloaded on SIGHUP.
 //! - `stop`: StopExecution and GetStopRequest, the idempotency contract: claiming, carrying
 //!   out, waiting for duplicates, completing abandoned requests.
+//! - `history`: ListStopRequests: who stopped what, newest first, in keyset pages, with the
+//!   policy's `audit` lists.
 //! - `watch`: WatchExecution's shared pollers and streams of domain events.
 //! - `audit`: write-behind of audit events that change no record (replays).
 //!
@@ -60,6 +62,7 @@ mod error;
 mod estate;
 mod files;
 pub mod grpc;
+mod history;
 mod hooks;
 mod jitter;
 mod metrics;

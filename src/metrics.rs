@@ -82,13 +82,14 @@ const UPSTREAM_RESULTS: [&str; 8] = [
 ];
 
 /// The store's statements, as the `Store` trait names them.
-pub(crate) const STORE_OPERATIONS: [&str; 11] = [
+pub(crate) const STORE_OPERATIONS: [&str; 12] = [
     "insert_new",
     "take_over",
     "complete",
     "release",
     "discard",
     "get",
+    "list",
     "expired_leases",
     "delete_expired",
     "delete_old_audit",

@@ -317,6 +317,15 @@ impl Stopper {
             .ok_or(Error::StopRequestNotFound)
     }
 
+    /// ListStopRequests: a page of the stop requests `caller` may see.
+    pub(crate) async fn history(
+        &self,
+        caller: &crate::auth::Caller,
+        request: &crate::history::ListRequest,
+    ) -> Result<crate::history::Page, Error> {
+        crate::history::list(self.store.as_ref(), caller, request).await
+    }
+
     /// Finishes pending requests whose owner is gone (lease run out), without any retry from
     /// their callers. Returns how many it completed.
     pub(crate) async fn complete_abandoned(&self, limit: u32) -> Result<usize, Error> {

@@ -96,6 +96,23 @@ impl Caller {
         self.credentials.authorize(&self.principal, action, arn)
     }
 
+    /// Whether the caller may see other principals' stop requests for `arn`: only through an
+    /// `audit` list of the policy (never without a policy).
+    pub(crate) fn audits(&self, arn: &ExecutionArn) -> bool {
+        self.credentials
+            .policy
+            .as_ref()
+            .is_some_and(|policy| policy.allows(&self.principal, Action::Audit, arn))
+    }
+
+    /// Whether the caller has an `audit` list at all.
+    pub(crate) fn audits_any(&self) -> bool {
+        self.credentials
+            .policy
+            .as_ref()
+            .is_some_and(|policy| policy.allows_any(&self.principal, Action::Audit))
+    }
+
     /// Whether the caller may do `action` to some execution: for calls that name no execution
     /// until a record is read (GetStopRequest).
     pub(crate) fn authorize_any(&self, action: Action) -> Result<(), Error> {

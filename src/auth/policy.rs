@@ -6,7 +6,11 @@
 //! principal = "billing-service"
 //! stop = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-*"]
 //! read = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/*"]
+//! audit = ["arn:aws:sagemaker:us-east-1:123456789012:pipeline/billing-*"]
 //! ```
+//!
+//! `audit` lets the principal list every principal's stop requests for the executions it
+//! matches (ListStopRequests); without it a principal sees only its own.
 //!
 //! Patterns are globs over the whole execution ARN, matched as IAM matches resource ARNs: `*`
 //! is any run of characters (`/` included), `?` one character; `{a,b}` and `[...]` work too.
@@ -29,6 +33,7 @@ pub(crate) struct Policy {
 struct Rules {
     stop: GlobSet,
     read: GlobSet,
+    audit: GlobSet,
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,22 +51,27 @@ struct AllowEntry {
     stop: Vec<String>,
     #[serde(default)]
     read: Vec<String>,
+    #[serde(default)]
+    audit: Vec<String>,
 }
 
 impl Policy {
     /// Parses a policy file's text; the error says which entry is wrong and why.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let file: PolicyFile = crate::files::parse_toml(text)?;
-        let mut patterns: HashMap<String, (GlobSetBuilder, GlobSetBuilder)> = HashMap::new();
+        let mut patterns: HashMap<String, [GlobSetBuilder; 3]> = HashMap::new();
         for (index, entry) in file.allow.iter().enumerate() {
             let position = index + 1;
             let principal = Principal::parse(&entry.principal)
                 .map_err(|e| format!("[[allow]] #{position}: {e}"))?;
-            let (stop, read) = patterns
+            let [stop, read, audit] = patterns
                 .entry(principal.as_str().to_string())
-                .or_insert_with(|| (GlobSetBuilder::new(), GlobSetBuilder::new()));
-            for (name, builder, list) in [("stop", stop, &entry.stop), ("read", read, &entry.read)]
-            {
+                .or_insert_with(|| std::array::from_fn(|_| GlobSetBuilder::new()));
+            for (name, builder, list) in [
+                ("stop", stop, &entry.stop),
+                ("read", read, &entry.read),
+                ("audit", audit, &entry.audit),
+            ] {
                 for pattern in list {
                     let glob = Glob::new(pattern).map_err(|e| {
                         format!(
@@ -73,7 +83,7 @@ impl Policy {
             }
         }
         let mut rules = HashMap::with_capacity(patterns.len());
-        for (principal, (stop, read)) in patterns {
+        for (principal, [stop, read, audit]) in patterns {
             let build = |builder: GlobSetBuilder| {
                 builder
                     .build()
@@ -81,7 +91,8 @@ impl Policy {
             };
             let stop = build(stop)?;
             let read = build(read)?;
-            rules.insert(principal, Rules { stop, read });
+            let audit = build(audit)?;
+            rules.insert(principal, Rules { stop, read, audit });
         }
         Ok(Self { rules })
     }
@@ -111,6 +122,7 @@ impl Rules {
         match action {
             Action::Stop => &self.stop,
             Action::Read => &self.read,
+            Action::Audit => &self.audit,
         }
     }
 }
@@ -168,6 +180,15 @@ mod tests {
         let read_only = Policy::parse("[[allow]]\nprincipal = \"r\"\nread = [\"*\"]\n").unwrap();
         assert!(!read_only.allows_any(&Principal::new("r"), Action::Stop));
         assert!(read_only.allows_any(&Principal::new("r"), Action::Read));
+        let auditor =
+            Policy::parse("[[allow]]\nprincipal = \"a\"\naudit = [\"*:pipeline/billing-*\"]\n")
+                .unwrap();
+        let a = Principal::new("a");
+        assert!(auditor.allows(&a, Action::Audit, &arn("billing-daily")));
+        assert!(!auditor.allows(&a, Action::Audit, &arn("search-daily")));
+        assert!(!auditor.allows(&a, Action::Read, &arn("billing-daily")));
+        assert!(auditor.allows_any(&a, Action::Audit));
+        assert!(!policy.allows_any(&billing, Action::Audit));
         // An empty policy denies everything.
         let empty = Policy::parse("").unwrap();
         assert!(!empty.allows(&billing, Action::Read, &arn("billing-daily")));

@@ -21,7 +21,7 @@ use crate::{
     domain::{Action, ClientToken, ExecutionArn, Reason},
     error::Error,
     estate::Estate,
-    hooks,
+    history, hooks,
     metrics::Metrics,
     stop::{Answer, StopInput, Stopper},
     store::{Completion, StopRecord},
@@ -270,6 +270,29 @@ impl PipelineControl for PipelineControlService {
                 .map(|event| convert::watch_response(&event))
                 .map_err(Status::from)
         }))))
+    }
+
+    async fn list_stop_requests(
+        &self,
+        request: Request<pb::ListStopRequestsRequest>,
+    ) -> Result<Response<pb::ListStopRequestsResponse>, Status> {
+        hooks::handler_entry().await;
+        let result = async {
+            let caller = caller(&request)?;
+            let message = request.into_inner();
+            let query = history::ListRequest::parse(
+                &message.pipeline_arn,
+                &message.pipeline_execution_arn,
+                message.page_size,
+                &message.page_token,
+            )?;
+            let page = self.stopper.history(&caller, &query).await?;
+            Ok::<_, Error>(Response::new(pb::ListStopRequestsResponse {
+                stop_requests: page.records.iter().map(convert::stop_request).collect(),
+                next_page_token: page.next_page_token,
+            }))
+        };
+        self.counted(result.await.map_err(Status::from))
     }
 
     async fn get_stop_request(

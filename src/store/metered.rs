@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use tracing::Instrument as _;
 
 use super::{
-    AuditEvent, Backend, Completion, NewStopRequest, RequestKey, StopRecord, Store, StoreError,
+    AuditEvent, Backend, Completion, ListQuery, NewStopRequest, RequestKey, StopRecord, Store,
+    StoreError,
 };
 use crate::metrics::Metrics;
 
@@ -139,6 +140,10 @@ impl Store for Metered {
 
     async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError> {
         self.measure("get", self.inner.get(key)).await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
+        self.measure("list", self.inner.list(query)).await
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {

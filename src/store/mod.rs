@@ -317,6 +317,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The live record under `key` (`None` if absent or past its expiry).
     async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError>;
 
+    /// Live records as `query` asks, newest first (see [`ListQuery`]).
+    async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError>;
+
     /// Keys of pending records whose lease ran out, oldest first.
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError>;
 
@@ -331,6 +334,39 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// statement. They do not wait for the disk: losing the last few in a crash is acceptable,
     /// slowing every replay is not.
     async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+}
+
+/// Which stop requests to list, newest first: the order is (creation time, principal, client
+/// token), descending, and a page continues after the last record of the previous one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// One principal's requests; every principal's with `None`.
+    pub principal: Option<String>,
+    /// Only this pipeline's executions.
+    pub pipeline_arn: Option<String>,
+    /// Only this execution.
+    pub execution_arn: Option<String>,
+    /// Only records after this one in the order.
+    pub after: Option<ListCursor>,
+    pub limit: u32,
+}
+
+/// A record's place in the listing order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: DateTime<Utc>,
+    pub principal: String,
+    pub token: String,
+}
+
+impl ListCursor {
+    pub fn of(record: &StopRecord) -> Self {
+        Self {
+            created_at: record.created_at,
+            principal: record.key.principal.clone(),
+            token: record.key.token.clone(),
+        }
+    }
 }
 
 /// One audit-trail row written outside a record's own transactions.

@@ -17,8 +17,9 @@ use sqlx::{
 };
 
 use super::{
-    AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, NewStopRequest,
-    RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store, StoreError, seconds,
+    AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, ListQuery,
+    NewStopRequest, RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store,
+    StoreError, seconds,
 };
 use crate::config::DatabaseArgs;
 
@@ -157,13 +158,15 @@ impl Store for PostgresStore {
         static INSERT: LazyLock<String> = LazyLock::new(|| {
             with_audit(
                 "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
-                 pipeline_execution_arn, reason, upstream_token, state, lease_owner,
-                 lease_expires_at, epoch, attempts, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8,
-                 now() + make_interval(secs => $9), 1, 1, now() + make_interval(secs => $10))
+                 pipeline_execution_arn, pipeline_arn, reason, upstream_token, state,
+                 lease_owner, lease_expires_at, epoch, attempts, expires_at)
+             VALUES ($1, $2, $3, $4, $5, split_part($5, '/execution/', 1), $6, $7, 'pending',
+                 $8, now() + make_interval(secs => $9), 1, 1,
+                 now() + make_interval(secs => $10))
              ON CONFLICT (principal, client_token) DO UPDATE SET
                  fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method,
                  pipeline_execution_arn = EXCLUDED.pipeline_execution_arn,
+                 pipeline_arn = EXCLUDED.pipeline_arn,
                  reason = EXCLUDED.reason, upstream_token = EXCLUDED.upstream_token,
                  state = 'pending', lease_owner = EXCLUDED.lease_owner,
                  lease_expires_at = EXCLUDED.lease_expires_at, epoch = stop_requests.epoch + 1,
@@ -329,6 +332,51 @@ impl Store for PostgresStore {
         .await
         .map_err(|e| self.failed(e))?;
         Ok(row.as_ref().map(record).transpose()?)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
+        // Only the conditions asked for, so that the planner sees which index serves them.
+        let mut sql = String::from("SELECT * FROM stop_requests WHERE expires_at > now()");
+        let mut texts: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("principal", query.principal.as_deref()),
+            ("pipeline_arn", query.pipeline_arn.as_deref()),
+            ("pipeline_execution_arn", query.execution_arn.as_deref()),
+        ] {
+            if let Some(value) = value {
+                texts.push(value);
+                sql.push_str(&format!(" AND {column} = ${}", texts.len()));
+            }
+        }
+        let after = query.after.as_ref();
+        if after.is_some() {
+            let n = texts.len();
+            sql.push_str(&format!(
+                " AND (created_at, principal, client_token) < (${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, principal DESC, client_token DESC LIMIT {}",
+            query.limit
+        ));
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for text in texts {
+            statement = statement.bind(text);
+        }
+        if let Some(after) = after {
+            statement = statement
+                .bind(after.created_at)
+                .bind(&after.principal)
+                .bind(&after.token);
+        }
+        let rows = statement
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.failed(e))?;
+        rows.iter().map(record).collect()
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {

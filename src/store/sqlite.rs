@@ -14,8 +14,9 @@ use sqlx::{
 };
 
 use super::{
-    AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, NewStopRequest,
-    RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store, StoreError,
+    AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, ListQuery,
+    NewStopRequest, RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store,
+    StoreError,
 };
 
 /// The database clock in milliseconds since the epoch (see the migration's header).
@@ -108,12 +109,14 @@ impl Store for SqliteStore {
         // keeps rising, so a worker of the old incarnation stays fenced off).
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
-                 pipeline_execution_arn, reason, upstream_token, state, lease_owner,
-                 lease_expires_at, epoch, attempts, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, {NOW} + ?9, 1, 1, {NOW} + ?10)
+                 pipeline_execution_arn, pipeline_arn, reason, upstream_token, state,
+                 lease_owner, lease_expires_at, epoch, attempts, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, substr(?5, 1, instr(?5, '/execution/') - 1), ?6, ?7,
+                 'pending', ?8, {NOW} + ?9, 1, 1, {NOW} + ?10)
              ON CONFLICT (principal, client_token) DO UPDATE SET
                  fingerprint = excluded.fingerprint, method = excluded.method,
                  pipeline_execution_arn = excluded.pipeline_execution_arn,
+                 pipeline_arn = excluded.pipeline_arn,
                  reason = excluded.reason, upstream_token = excluded.upstream_token,
                  state = 'pending', lease_owner = excluded.lease_owner,
                  lease_expires_at = excluded.lease_expires_at, epoch = stop_requests.epoch + 1,
@@ -276,6 +279,49 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.as_ref().map(record).transpose()?)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
+        // Only the conditions asked for, so that the planner sees which index serves them.
+        let mut sql = format!("SELECT * FROM stop_requests WHERE expires_at > {NOW}");
+        let mut texts: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("principal", query.principal.as_deref()),
+            ("pipeline_arn", query.pipeline_arn.as_deref()),
+            ("pipeline_execution_arn", query.execution_arn.as_deref()),
+        ] {
+            if let Some(value) = value {
+                texts.push(value);
+                sql.push_str(&format!(" AND {column} = ?{}", texts.len()));
+            }
+        }
+        let after = query.after.as_ref();
+        if after.is_some() {
+            let n = texts.len();
+            sql.push_str(&format!(
+                " AND (created_at, principal, client_token) < (?{}, ?{}, ?{})",
+                n + 1,
+                n + 2,
+                n + 3
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, principal DESC, client_token DESC LIMIT {}",
+            query.limit
+        ));
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for text in texts {
+            statement = statement.bind(text);
+        }
+        if let Some(after) = after {
+            // Stored in milliseconds: the cursor's time came from one, so it is exact.
+            statement = statement
+                .bind(after.created_at.timestamp_millis())
+                .bind(&after.principal)
+                .bind(&after.token);
+        }
+        let rows = statement.fetch_all(&self.pool).await?;
+        rows.iter().map(record).collect()
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {

@@ -10,6 +10,7 @@ mod auth;
 mod cli;
 mod estate;
 mod executions;
+mod history;
 mod input;
 mod metrics;
 mod server;

@@ -127,7 +127,8 @@ async fn reflection_describes_the_contract_with_its_doc_comments() {
             "StopExecution",
             "GetExecution",
             "WatchExecution",
-            "GetStopRequest"
+            "GetStopRequest",
+            "ListStopRequests"
         ]
     );
     let comments: Vec<&str> = file
