@@ -5,6 +5,10 @@
 use std::{env, error::Error, path::PathBuf};
 
 const PROTO: &str = "proto/pipelinecontrol/v1/pipeline_control.proto";
+/// googleapis' error model (copied from there): `Status` is part of the contract, and the error
+/// details are compiled into the same descriptor set so that reflection serves every
+/// `google.rpc` type from one set of files under their usual names.
+const ERROR_DETAILS: &str = "google/rpc/error_details.proto";
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -12,6 +16,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_source_info(true).include_imports(true);
     compiler.open_file(PROTO)?;
+    compiler.open_file(ERROR_DETAILS)?;
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
@@ -27,6 +32,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         // generated client, used by tests and the load generator, shares it: a response that
         // does not decode reads as INVALID_ARGUMENT there.)
         .codec_path("crate::grpc::codec::Codec")
+        // The google.rpc messages are tonic-types' (the ones its error details use).
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -231,6 +231,7 @@ impl Application {
             watcher,
             auth.clone(),
             metrics.clone(),
+            guard.stop_rate(),
         );
 
         // Health answers from the first call on: SERVING only if the (migrated) store answers
@@ -491,11 +492,11 @@ fn worker_id() -> String {
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Server reflection over every service this server offers, and over the google.rpc error
-/// details its errors carry (so grpcurl prints an ErrorInfo rather than its bytes).
+/// details its errors carry (so grpcurl prints an ErrorInfo rather than its bytes; they are in
+/// the contract's descriptor set).
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)

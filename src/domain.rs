@@ -129,6 +129,16 @@ impl PipelineArn {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The region whose SageMaker holds the pipeline.
+    pub(crate) fn region(&self) -> &str {
+        arn_fields(&self.0).map_or("", |fields| fields[3])
+    }
+
+    /// The account that owns the pipeline.
+    pub(crate) fn account(&self) -> &str {
+        arn_fields(&self.0).map_or("", |fields| fields[4])
+    }
 }
 
 impl fmt::Display for ExecutionArn {

@@ -27,6 +27,9 @@ pub(crate) enum Error {
     /// SageMaker has no such execution.
     #[error("the pipeline execution does not exist")]
     ExecutionNotFound,
+    /// SageMaker has no such pipeline.
+    #[error("the pipeline does not exist")]
+    PipelineNotFound,
     /// The execution ended (Succeeded, Failed, CompletedWithFailures): nothing to stop.
     #[error("the pipeline execution already ended with status {status}; it cannot be stopped")]
     ExecutionAlreadyTerminal { status: String },
@@ -151,6 +154,7 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
             Error::ExecutionNotFound => "EXECUTION_NOT_FOUND",
+            Error::PipelineNotFound => "PIPELINE_NOT_FOUND",
             Error::ExecutionAlreadyTerminal { .. } => "EXECUTION_ALREADY_TERMINAL",
             Error::ExecutionStatusUnknown { .. } => "EXECUTION_STATUS_UNKNOWN",
             Error::AccountNotServed { .. } => "ACCOUNT_NOT_SERVED",
@@ -175,7 +179,9 @@ impl Error {
     fn code(&self) -> Code {
         match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::ExecutionNotFound | Error::StopRequestNotFound => Code::NotFound,
+            Error::ExecutionNotFound | Error::PipelineNotFound | Error::StopRequestNotFound => {
+                Code::NotFound
+            }
             Error::ExecutionAlreadyTerminal { .. }
             | Error::ExecutionStatusUnknown { .. }
             | Error::AccountNotServed { .. }

@@ -33,6 +33,9 @@
 //! - `history`: ListStopRequests: who stopped what, newest first, in keyset pages, with the
 //!   policy's `audit` lists.
 //! - `watch`: WatchExecution's shared pollers and streams of domain events.
+//! - `batch`: StopExecutions: a pipeline's Executing executions selected, recorded and
+//!   stopped a few at a time, each as StopExecution would.
+//! - `rate`: each principal's StopExecution rate, which StopExecutions spends too.
 //! - `audit`: write-behind of audit events that change no record (replays).
 //!
 //! The edges:
@@ -55,6 +58,7 @@ pub mod app;
 mod audit;
 mod auth;
 mod background;
+mod batch;
 pub mod config;
 mod demo;
 mod domain;
@@ -66,6 +70,7 @@ mod history;
 mod hooks;
 mod jitter;
 mod metrics;
+mod rate;
 mod sagemaker;
 pub mod shutdown;
 mod stop;

@@ -63,8 +63,9 @@ pub(crate) const GRPC_CODES: [&str; 17] = [
 const STOP_OUTCOMES: [&str; 3] = ["STOP_REQUESTED", "ALREADY_STOPPING", "ALREADY_STOPPED"];
 
 /// The SageMaker operations the service calls, present at zero from the start.
-pub(crate) const UPSTREAM_OPERATIONS: [&str; 3] = [
+pub(crate) const UPSTREAM_OPERATIONS: [&str; 4] = [
     "StopPipelineExecution",
+    "ListPipelineExecutions",
     "DescribePipelineExecution",
     "ListPipelineExecutionSteps",
 ];
@@ -82,7 +83,7 @@ const UPSTREAM_RESULTS: [&str; 8] = [
 ];
 
 /// The store's statements, as the `Store` trait names them.
-pub(crate) const STORE_OPERATIONS: [&str; 12] = [
+pub(crate) const STORE_OPERATIONS: [&str; 13] = [
     "insert_new",
     "take_over",
     "complete",
@@ -90,6 +91,7 @@ pub(crate) const STORE_OPERATIONS: [&str; 12] = [
     "discard",
     "get",
     "list",
+    "claim_batch",
     "expired_leases",
     "delete_expired",
     "delete_old_audit",

@@ -498,6 +498,74 @@ impl SageMaker {
         answer
     }
 
+    /// The `Executing` executions of a pipeline, newest first, created within the bounds, at
+    /// most `limit`, and whether there were more; `None` when there is no such pipeline. Pages
+    /// through ListPipelineExecutions (100 a page) until it has `limit` or there are no more.
+    pub(crate) async fn executing_executions(
+        &self,
+        pipeline_arn: &str,
+        created_after: Option<chrono::DateTime<chrono::Utc>>,
+        created_before: Option<chrono::DateTime<chrono::Utc>>,
+        limit: usize,
+    ) -> Result<Option<(Vec<String>, bool)>, UpstreamError> {
+        const OPERATION: &str = "ListPipelineExecutions";
+        let time = |t: chrono::DateTime<chrono::Utc>| {
+            aws_sdk_sagemaker::primitives::DateTime::from_millis(t.timestamp_millis())
+        };
+        let mut selected = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let (started, span) = (Instant::now(), self.span(OPERATION));
+            let page = self
+                .client
+                .list_pipeline_executions()
+                .pipeline_name(pipeline_arn)
+                .set_created_after(created_after.map(time))
+                .set_created_before(created_before.map(time))
+                .sort_by(aws_sdk_sagemaker::types::SortPipelineExecutionsBy::CreationTime)
+                .sort_order(aws_sdk_sagemaker::types::SortOrder::Descending)
+                .max_results(100)
+                .set_next_token(next_token.take())
+                .send()
+                .instrument(span.clone())
+                .await;
+            let page = match page {
+                Ok(page) => {
+                    self.record(OPERATION, "ok", started, &span);
+                    page
+                }
+                Err(error)
+                    if error
+                        .as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found()) =>
+                {
+                    self.record(OPERATION, "not_found", started, &span);
+                    return Ok(None);
+                }
+                Err(error) => {
+                    let classified = self.classify(&error);
+                    tracing::warn!(pipeline = pipeline_arn, error = %classified, "{OPERATION} failed");
+                    self.record(OPERATION, classified.label(), started, &span);
+                    return Err(classified);
+                }
+            };
+            for summary in page.pipeline_execution_summaries() {
+                let executing = summary.pipeline_execution_status()
+                    == Some(&aws_sdk_sagemaker::types::PipelineExecutionStatus::Executing);
+                if let (true, Some(arn)) = (executing, summary.pipeline_execution_arn()) {
+                    if selected.len() == limit {
+                        return Ok(Some((selected, true)));
+                    }
+                    selected.push(arn.to_string());
+                }
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                _ => return Ok(Some((selected, false))),
+            }
+        }
+    }
+
     /// DescribePipelineExecution; `None` when there is no such execution.
     async fn describe(
         &self,

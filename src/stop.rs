@@ -30,8 +30,8 @@ use crate::{
     metrics::Metrics,
     sagemaker::{SageMaker, StopResult, UpstreamError},
     store::{
-        AuditEvent, AuditKind, Completion, NewStopRequest, RecordedError, RequestKey, StopRecord,
-        Store, StoreError,
+        AuditEvent, AuditKind, Completion, NewBatch, NewStopRequest, RecordedError, RequestKey,
+        StopRecord, Store, StoreError, StoredBatch,
     },
 };
 
@@ -152,7 +152,7 @@ pub(crate) struct Stopper {
 }
 
 /// SHA-256 of the parts, each length-prefixed so that no two lists of parts collide; hex.
-fn digest(parts: &[&str]) -> String {
+pub(crate) fn digest(parts: &[&str]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_be_bytes());
@@ -315,6 +315,15 @@ impl Stopper {
             .get(&key)
             .await?
             .ok_or(Error::StopRequestNotFound)
+    }
+
+    /// Records a StopExecutions batch's selection, kept as long as stop requests are; returns
+    /// the one that stands for its key.
+    pub(crate) async fn claim_batch(&self, batch: &NewBatch) -> Result<StoredBatch, Error> {
+        Ok(self
+            .store
+            .claim_batch(batch, self.settings.retention)
+            .await?)
     }
 
     /// ListStopRequests: a page of the stop requests `caller` may see.

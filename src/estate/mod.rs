@@ -163,19 +163,24 @@ impl Estate {
 
     /// Refuses an execution whose account or region the accounts file does not list.
     pub(crate) fn check(&self, arn: &ExecutionArn) -> Result<(), Error> {
+        self.check_in(arn.account(), arn.region())
+    }
+
+    /// Refuses an account or region the accounts file does not list.
+    pub(crate) fn check_in(&self, account_id: &str, region: &str) -> Result<(), Error> {
         let accounts = self.accounts.load();
         let Some(accounts) = accounts.as_ref() else {
             return Ok(());
         };
         let account = accounts
-            .get(arn.account())
+            .get(account_id)
             .ok_or_else(|| Error::AccountNotServed {
-                account: arn.account().to_string(),
+                account: account_id.to_string(),
             })?;
         match &account.regions {
-            Some(regions) if !regions.contains(arn.region()) => Err(Error::RegionNotServed {
-                account: arn.account().to_string(),
-                region: arn.region().to_string(),
+            Some(regions) if !regions.contains(region) => Err(Error::RegionNotServed {
+                account: account_id.to_string(),
+                region: region.to_string(),
             }),
             _ => Ok(()),
         }

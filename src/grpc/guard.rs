@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use governor::{Quota, RateLimiter};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{
@@ -42,13 +42,11 @@ use crate::{
     domain::{FieldViolation, Principal},
     error::Error,
     metrics::Metrics,
+    rate::StopRate,
 };
 
 /// The path of the one rate-limited RPC.
 const STOP_EXECUTION: &str = "/pipelinecontrol.v1.PipelineControl/StopExecution";
-
-/// Above this many principals in the rate limiter, idle ones are forgotten.
-const RATE_KEYS_KEPT: usize = 10_000;
 
 /// The guard's limits.
 #[derive(Debug, Clone)]
@@ -65,7 +63,7 @@ pub(crate) struct Guard {
     auth: Arc<Auth>,
     settings: GuardSettings,
     permits: Arc<Semaphore>,
-    stop_rate: Option<DefaultKeyedRateLimiter<Principal>>,
+    stop_rate: Arc<StopRate>,
     metrics: Arc<Metrics>,
 }
 
@@ -74,6 +72,7 @@ impl std::fmt::Debug for Guard {
         f.debug_struct("Guard")
             .field("settings", &self.settings)
             .field("available_permits", &self.permits.available_permits())
+            .field("stop_rate", &self.stop_rate)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +108,7 @@ impl Guard {
                 Some(RateLimiter::keyed(quota))
             }
         };
+        let stop_rate = Arc::new(StopRate::new(stop_rate));
         Ok(Self {
             auth,
             permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
@@ -116,6 +116,11 @@ impl Guard {
             stop_rate,
             metrics,
         })
+    }
+
+    /// The StopExecution rate, for the calls that spend it inside the service.
+    pub(crate) fn stop_rate(&self) -> Arc<StopRate> {
+        self.stop_rate.clone()
     }
 
     /// Wraps a service (the generated PipelineControl server) in this guard.
@@ -165,15 +170,8 @@ impl Guard {
     }
 
     fn check_stop_rate(&self, principal: &Principal) -> Result<(), Error> {
-        let Some(limiter) = &self.stop_rate else {
-            return Ok(());
-        };
-        if limiter.len() > RATE_KEYS_KEPT {
-            limiter.retain_recent();
-        }
-        limiter.check_key(principal).map_err(|not_until| {
+        self.stop_rate.check(principal).map_err(|wait| {
             self.metrics.limit_refused("stop_rate");
-            let wait = not_until.wait_time_from(limiter.clock().now());
             Error::LimitExceeded {
                 what: "StopExecution calls from this caller",
                 // Whole milliseconds, at least one: a zero delay would invite a busy retry.

@@ -18,11 +18,13 @@ use futures_util::StreamExt as _;
 
 use crate::{
     auth::{Auth, Caller},
-    domain::{Action, ClientToken, ExecutionArn, Reason},
+    batch::{self, BatchEvent, BatchInput},
+    domain::{Action, ClientToken, ExecutionArn, FieldViolation, PipelineArn, Reason},
     error::Error,
     estate::Estate,
     history, hooks,
     metrics::Metrics,
+    rate::StopRate,
     stop::{Answer, StopInput, Stopper},
     store::{Completion, StopRecord},
     watch::{WatchStream, Watcher},
@@ -49,6 +51,8 @@ pub(crate) struct PipelineControlService {
     watcher: Arc<Watcher>,
     auth: Arc<Auth>,
     metrics: Arc<Metrics>,
+    /// The StopExecution rate, which StopExecutions spends once per execution.
+    rate: Arc<StopRate>,
 }
 
 impl PipelineControlService {
@@ -58,6 +62,7 @@ impl PipelineControlService {
         watcher: Arc<Watcher>,
         auth: Arc<Auth>,
         metrics: Arc<Metrics>,
+        rate: Arc<StopRate>,
     ) -> Self {
         Self {
             stopper,
@@ -65,6 +70,7 @@ impl PipelineControlService {
             watcher,
             auth,
             metrics,
+            rate,
         }
     }
 
@@ -109,6 +115,124 @@ impl PipelineControlService {
             reason,
         };
         self.stopper.stop(&input, deadline).await
+    }
+}
+
+/// A StopExecutions request, checked; every violation is named.
+fn batch_input(message: &pb::StopExecutionsRequest) -> Result<BatchInput, Error> {
+    let mut violations = Vec::new();
+    let pipeline = PipelineArn::parse("pipeline_arn", &message.pipeline_arn)
+        .map_err(|v| violations.push(v))
+        .ok();
+    let token = if message.client_request_token.is_empty() {
+        Some(ClientToken::generate())
+    } else {
+        ClientToken::parse(&message.client_request_token)
+            .map_err(|v| violations.push(v))
+            .ok()
+    };
+    let reason = Reason::parse(&message.reason)
+        .map_err(|v| violations.push(v))
+        .ok();
+    let max_executions = match message.max_executions {
+        0 => batch::DEFAULT_MAX,
+        n if n > 0 && n as usize <= batch::MAX => n as usize,
+        _ => {
+            violations.push(FieldViolation::new(
+                "max_executions",
+                format!(
+                    "must be between 1 and {} (0: {})",
+                    batch::MAX,
+                    batch::DEFAULT_MAX
+                ),
+            ));
+            0
+        }
+    };
+    let mut time = |field: &'static str, t: Option<&prost_types::Timestamp>| {
+        let t = t?;
+        let converted = u32::try_from(t.nanos)
+            .ok()
+            .and_then(|nanos| chrono::DateTime::from_timestamp(t.seconds, nanos));
+        if converted.is_none() {
+            violations.push(FieldViolation::new(field, "is not a valid time"));
+        }
+        converted
+    };
+    let created_after = time("created_after", message.created_after.as_ref());
+    let created_before = time("created_before", message.created_before.as_ref());
+    if let (Some(after), Some(before)) = (created_after, created_before)
+        && after >= before
+    {
+        violations.push(FieldViolation::new(
+            "created_before",
+            "must be later than created_after",
+        ));
+    }
+    match (pipeline, token, reason) {
+        (Some(pipeline), Some(token), Some(reason)) if violations.is_empty() => Ok(BatchInput {
+            pipeline,
+            token,
+            reason,
+            dry_run: message.dry_run,
+            created_after,
+            created_before,
+            max_executions,
+        }),
+        _ => Err(Error::InvalidArgument(violations)),
+    }
+}
+
+/// An error as a `google.rpc.Status`, with the details its `tonic::Status` carries.
+fn rpc_status(status: &Status) -> tonic_types::pb::Status {
+    use prost::Message as _;
+    tonic_types::pb::Status::decode(status.details()).unwrap_or_else(|_| tonic_types::pb::Status {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: Vec::new(),
+    })
+}
+
+/// A StopExecutions event as its message.
+fn batch_response(event: BatchEvent) -> pb::StopExecutionsResponse {
+    use pb::{execution_stop_result::Result as Outcome, stop_executions_response::Response};
+    let response = match event {
+        BatchEvent::Selected(selection) => Response::Selected(pb::SelectedExecutions {
+            pipeline_execution_arns: selection.arns,
+            client_request_token: selection.token,
+            dry_run: selection.dry_run,
+            truncated: selection.truncated,
+            replayed: selection.replayed,
+        }),
+        BatchEvent::Result { arn, result } => {
+            let result = match (*result).map_err(Status::from).and_then(answer) {
+                Ok(response) => Outcome::Response(response.into_inner()),
+                Err(status) => Outcome::Error(rpc_status(&status)),
+            };
+            Response::Result(pb::ExecutionStopResult {
+                pipeline_execution_arn: arn,
+                result: Some(result),
+            })
+        }
+        BatchEvent::Summary(summary) => {
+            let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+            Response::Summary(pb::StopExecutionsSummary {
+                selected: count(summary.selected),
+                stop_requested: count(summary.stop_requested),
+                already_stopping: count(summary.already_stopping),
+                already_stopped: count(summary.already_stopped),
+                failed: count(summary.failed),
+                errors: summary
+                    .errors
+                    .into_iter()
+                    .map(|(reason, n)| (reason.to_string(), count(n)))
+                    .collect(),
+                would_stop: count(summary.would_stop),
+            })
+        }
+    };
+    pb::StopExecutionsResponse {
+        response: Some(response),
     }
 }
 
@@ -269,6 +393,38 @@ impl PipelineControl for PipelineControlService {
             event
                 .map(|event| convert::watch_response(&event))
                 .map_err(Status::from)
+        }))))
+    }
+
+    type StopExecutionsStream = Pin<
+        Box<dyn futures_util::Stream<Item = Result<pb::StopExecutionsResponse, Status>> + Send>,
+    >;
+
+    async fn stop_executions(
+        &self,
+        request: Request<pb::StopExecutionsRequest>,
+    ) -> Result<Response<Self::StopExecutionsStream>, Status> {
+        hooks::handler_entry().await;
+        let result = async {
+            let caller = caller(&request)?;
+            let input = batch_input(request.get_ref())?;
+            batch::start(
+                self.stopper.clone(),
+                &self.estate,
+                self.rate.clone(),
+                caller,
+                input,
+            )
+            .await
+        };
+        let events = self.counted(result.await.map_err(Status::from))?;
+        let metrics = self.metrics.clone();
+        Ok(Response::new(Box::pin(events.map(move |event| {
+            if let BatchEvent::Result { result, .. } = &event {
+                let (outcome, replayed) = outcome_label(result);
+                metrics.stop_answered(outcome, replayed);
+            }
+            Ok(batch_response(event))
         }))))
     }
 

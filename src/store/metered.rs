@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tracing::Instrument as _;
 
 use super::{
-    AuditEvent, Backend, Completion, ListQuery, NewStopRequest, RequestKey, StopRecord, Store,
-    StoreError,
+    AuditEvent, Backend, Completion, ListQuery, NewBatch, NewStopRequest, RequestKey, StopRecord,
+    Store, StoreError, StoredBatch,
 };
 use crate::metrics::Metrics;
 
@@ -140,6 +140,15 @@ impl Store for Metered {
 
     async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError> {
         self.measure("get", self.inner.get(key)).await
+    }
+
+    async fn claim_batch(
+        &self,
+        batch: &NewBatch,
+        retention: Duration,
+    ) -> Result<StoredBatch, StoreError> {
+        self.measure("claim_batch", self.inner.claim_batch(batch, retention))
+            .await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {

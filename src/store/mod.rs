@@ -317,13 +317,22 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The live record under `key` (`None` if absent or past its expiry).
     async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError>;
 
+    /// Records a batch's selection unless its key has a live one; returns the one that stands
+    /// (an expired one is replaced).
+    async fn claim_batch(
+        &self,
+        batch: &NewBatch,
+        retention: Duration,
+    ) -> Result<StoredBatch, StoreError>;
+
     /// Live records as `query` asks, newest first (see [`ListQuery`]).
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError>;
 
     /// Keys of pending records whose lease ran out, oldest first.
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError>;
 
-    /// Deletes up to `limit` records past their expiry; returns how many.
+    /// Deletes up to `limit` records past their expiry, and up to `limit` batches; returns how
+    /// many.
     async fn delete_expired(&self, limit: u32) -> Result<u64, StoreError>;
 
     /// Deletes up to `limit` audit rows older than `retention` (by the database clock), oldest
@@ -334,6 +343,29 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// statement. They do not wait for the disk: losing the last few in a crash is acceptable,
     /// slowing every replay is not.
     async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+}
+
+/// A StopExecutions batch to record: which executions it selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBatch {
+    pub key: RequestKey,
+    /// Hex SHA-256 of the canonical batch request.
+    pub fingerprint: String,
+    pub pipeline_arn: String,
+    /// Execution ARNs, newest first.
+    pub selected: Vec<String>,
+    /// More were Executing than the batch's limit.
+    pub truncated: bool,
+}
+
+/// A recorded batch: this attempt's, or an earlier attempt's of the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    pub fingerprint: String,
+    pub selected: Vec<String>,
+    pub truncated: bool,
+    /// Recorded by this call (`false`: an earlier attempt's).
+    pub inserted: bool,
 }
 
 /// Which stop requests to list, newest first: the order is (creation time, principal, client

@@ -17,9 +17,9 @@ use sqlx::{
 };
 
 use super::{
-    AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, ListQuery,
+    AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, ListQuery, NewBatch,
     NewStopRequest, RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store,
-    StoreError, seconds,
+    StoreError, StoredBatch, seconds,
 };
 use crate::config::DatabaseArgs;
 
@@ -334,6 +334,56 @@ impl Store for PostgresStore {
         Ok(row.as_ref().map(record).transpose()?)
     }
 
+    async fn claim_batch(
+        &self,
+        batch: &NewBatch,
+        retention: Duration,
+    ) -> Result<StoredBatch, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO stop_batches (principal, client_token, fingerprint, pipeline_arn,
+                 selected, truncated, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+             ON CONFLICT (principal, client_token) DO UPDATE SET
+                 fingerprint = EXCLUDED.fingerprint, pipeline_arn = EXCLUDED.pipeline_arn,
+                 selected = EXCLUDED.selected, truncated = EXCLUDED.truncated,
+                 created_at = now(), expires_at = EXCLUDED.expires_at
+             WHERE stop_batches.expires_at <= now()
+             RETURNING fingerprint, selected, truncated",
+        )
+        .bind(&batch.key.principal)
+        .bind(&batch.key.token)
+        .bind(&batch.fingerprint)
+        .bind(&batch.pipeline_arn)
+        .bind(batch.selected.join("\n"))
+        .bind(batch.truncated)
+        .bind(seconds(retention))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let (row, inserted) = match inserted {
+            Some(row) => (row, true),
+            None => {
+                let row = sqlx::query(
+                    "SELECT fingerprint, selected, truncated FROM stop_batches
+                     WHERE principal = $1 AND client_token = $2",
+                )
+                .bind(&batch.key.principal)
+                .bind(&batch.key.token)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| self.failed(e))?;
+                (row, false)
+            }
+        };
+        let selected: String = row.try_get("selected")?;
+        Ok(StoredBatch {
+            fingerprint: row.try_get("fingerprint")?,
+            selected: selected.lines().map(str::to_string).collect(),
+            truncated: row.try_get("truncated")?,
+            inserted,
+        })
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
         // Only the conditions asked for, so that the planner sees which index serves them.
         let mut sql = String::from("SELECT * FROM stop_requests WHERE expires_at > now()");
@@ -410,7 +460,16 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(|e| self.failed(e))?;
-        Ok(done.rows_affected())
+        let batches = sqlx::query(
+            "DELETE FROM stop_batches WHERE ctid IN (
+                 SELECT ctid FROM stop_batches WHERE expires_at <= now()
+                 ORDER BY expires_at LIMIT $1)",
+        )
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(done.rows_affected() + batches.rows_affected())
     }
 
     async fn delete_old_audit(&self, retention: Duration, limit: u32) -> Result<u64, StoreError> {

@@ -299,13 +299,19 @@ async fn an_assumed_roles_credentials_are_renewed_during_a_long_watch() {
 
     // Still following the execution: a stop shows.
     stop(&stack, &arn, "after-renewal").await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let Some(pb::watch_execution_response::Event::Execution(execution)) = next.event else {
-        panic!("a snapshot");
-    };
-    assert_eq!(execution.status(), pb::ExecutionStatus::Stopping);
+    // A snapshot taken while the stop lands may come first (a poll in flight); the stop's
+    // follows within a poll interval.
+    let stopping = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let next = stream.message().await.unwrap().unwrap();
+            if let Some(pb::watch_execution_response::Event::Execution(execution)) = next.event
+                && execution.status() == pb::ExecutionStatus::Stopping
+            {
+                return execution;
+            }
+        }
+    })
+    .await
+    .expect("the stop shows in the watch");
+    assert_eq!(stopping.pipeline_execution_arn, arn);
 }

@@ -7,6 +7,7 @@
 mod common;
 
 mod auth;
+mod batch;
 mod cli;
 mod estate;
 mod executions;

@@ -118,9 +118,10 @@ async fn a_scrape_after_known_calls_shows_exact_counts(backend: Backend) {
         "WatchExecution",
         "GetStopRequest",
         "ListStopRequests",
+        "StopExecutions",
     ] {
         for code in pipeline_control_codes() {
-            let grpc_type = if method == "WatchExecution" {
+            let grpc_type = if method.ends_with("Executions") || method == "WatchExecution" {
                 "server_stream"
             } else {
                 "unary"
@@ -146,7 +147,7 @@ async fn a_scrape_after_known_calls_shows_exact_counts(backend: Backend) {
             .lines()
             .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains(SERVICE))
             .count(),
-        5 * 17
+        6 * 17
     );
     assert_eq!(handled(&before, "StopExecution", "OK"), 0.0);
     assert_eq!(stops(&before, "ALREADY_STOPPED", "true"), 0.0);

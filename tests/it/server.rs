@@ -128,7 +128,8 @@ async fn reflection_describes_the_contract_with_its_doc_comments() {
             "GetExecution",
             "WatchExecution",
             "GetStopRequest",
-            "ListStopRequests"
+            "ListStopRequests",
+            "StopExecutions"
         ]
     );
     let comments: Vec<&str> = file
