@@ -8,6 +8,8 @@
 //! - the database alone doing a first call's writes (the same two statements), and first calls
 //!   again with commits that do not wait for the disk, to show what bounds first calls;
 //! - the CPU each process spends per request (service, emulator, Postgres), from /proc;
+//! - an incident: StopExecutions over 500 executions of one pipeline beside 500 single
+//!   StopExecution calls (wall time, upstream calls);
 //! - telemetry's cost: first calls and replays with metrics off, metrics on, and metrics and
 //!   traces on (to a collector in this process), each on a server of its own;
 //! - GetExecution across an estate of 100 accounts (each through an assumed role) x 3 regions:
@@ -567,6 +569,94 @@ async fn estate_scenario(
     (vec![one_account, first_calls, later_calls], memory)
 }
 
+/// A pipeline's incident, stopped two ways on the main server: one StopExecutions over
+/// `count` executions, against `count` single StopExecution calls (at the batch's own
+/// concurrency, 4) over as many executions of another pipeline. Reports the wall time and the
+/// upstream calls each made (ListPipelineExecutions pages, StopPipelineExecution), from the
+/// emulator's counts.
+async fn batch_scenario(url: &str, emulator: &str, count: usize) -> String {
+    let batch_runs = create_executions_named(emulator, "incident-batch", count).await;
+    let single_runs = create_executions_named(emulator, "incident-single", count).await;
+    let pipeline_arn = batch_runs[0].split("/execution/").next().unwrap().to_string();
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let calls = async || {
+        (
+            emulator_calls(emulator, "ListPipelineExecutions").await,
+            emulator_calls(emulator, "StopPipelineExecution").await,
+            emulator_calls(emulator, "DescribePipelineExecution").await,
+        )
+    };
+
+    let before = calls().await;
+    let started = Instant::now();
+    let mut client = pb::pipeline_control_client::PipelineControlClient::new(channel.clone());
+    let mut stream = client
+        .stop_executions(pb::StopExecutionsRequest {
+            pipeline_arn,
+            client_request_token: "bench-incident".into(),
+            reason: "bench".into(),
+            max_executions: i32::try_from(count).unwrap(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stopped = 0;
+    while let Some(message) = stream.message().await.unwrap() {
+        if let Some(pb::stop_executions_response::Response::Summary(summary)) =
+            message.response
+        {
+            stopped = summary.stop_requested;
+        }
+    }
+    let batch_time = started.elapsed();
+    let after = calls().await;
+    assert_eq!(stopped as usize, count, "the batch stopped them all");
+    let batch_calls = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+
+    let before = calls().await;
+    let started = Instant::now();
+    let runs = Arc::new(single_runs);
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (runs, channel) = (runs.clone(), channel.clone());
+        workers.push(tokio::spawn(async move {
+            let mut client = pb::pipeline_control_client::PipelineControlClient::new(channel);
+            for i in (worker..runs.len()).step_by(4) {
+                client
+                    .stop_execution(pb::StopExecutionRequest {
+                        pipeline_execution_arn: runs[i].clone(),
+                        client_request_token: format!("bench-single-{i}"),
+                        reason: "bench".into(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let single_time = started.elapsed();
+    let after = calls().await;
+    let single_calls = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    format!(
+        "| stopping {count} executions of one pipeline | wall time | ListPipelineExecutions | StopPipelineExecution | DescribePipelineExecution |\n| --- | ---: | ---: | ---: | ---: |\n| one StopExecutions | {:.2} s | {} | {} | {} |\n| {count} StopExecution calls, 4 at a time | {:.2} s | {} | {} | {} |\n",
+        batch_time.as_secs_f64(),
+        batch_calls.0,
+        batch_calls.1,
+        batch_calls.2,
+        single_time.as_secs_f64(),
+        single_calls.0,
+        single_calls.1,
+        single_calls.2,
+    )
+}
+
 /// Receives spans as an OpenTelemetry collector does, and counts them.
 #[derive(Clone, Default)]
 struct Collector {
@@ -1084,6 +1174,7 @@ async fn main() {
     )
     .await;
 
+    let incident = batch_scenario(&url, &emulator, 500).await;
     let telemetry =
         telemetry_scenario(&binary, &database_url, &emulator, concurrency, seconds).await;
 
@@ -1139,6 +1230,8 @@ async fn main() {
         estate_phases[1].percentile(0.50).as_secs_f64() * 1000.0,
         estate_phases[0].percentile(0.50).as_secs_f64() * 1000.0
     );
+    println!();
+    print!("{incident}");
     println!();
     print!("{telemetry}");
     println!();
