@@ -577,7 +577,11 @@ async fn estate_scenario(
 async fn batch_scenario(url: &str, emulator: &str, count: usize) -> String {
     let batch_runs = create_executions_named(emulator, "incident-batch", count).await;
     let single_runs = create_executions_named(emulator, "incident-single", count).await;
-    let pipeline_arn = batch_runs[0].split("/execution/").next().unwrap().to_string();
+    let pipeline_arn = batch_runs[0]
+        .split("/execution/")
+        .next()
+        .unwrap()
+        .to_string();
     let channel = Channel::from_shared(url.to_string())
         .unwrap()
         .connect()
@@ -607,9 +611,7 @@ async fn batch_scenario(url: &str, emulator: &str, count: usize) -> String {
         .into_inner();
     let mut stopped = 0;
     while let Some(message) = stream.message().await.unwrap() {
-        if let Some(pb::stop_executions_response::Response::Summary(summary)) =
-            message.response
-        {
+        if let Some(pb::stop_executions_response::Response::Summary(summary)) = message.response {
             stopped = summary.stop_requested;
         }
     }
@@ -632,6 +634,7 @@ async fn batch_scenario(url: &str, emulator: &str, count: usize) -> String {
                         pipeline_execution_arn: runs[i].clone(),
                         client_request_token: format!("bench-single-{i}"),
                         reason: "bench".into(),
+                        force_after: None,
                     })
                     .await
                     .unwrap();
@@ -801,6 +804,7 @@ async fn telemetry_scenario(
                                 pipeline_execution_arn: arn.clone(),
                                 client_request_token: token.clone(),
                                 reason: "bench".into(),
+                                force_after: None,
                             })
                             .await
                             .unwrap()
@@ -831,6 +835,7 @@ async fn telemetry_scenario(
                                 pipeline_execution_arn: arn,
                                 client_request_token: token,
                                 reason: "bench".into(),
+                                force_after: None,
                             })
                             .await
                             .unwrap()
@@ -1017,6 +1022,7 @@ async fn main() {
                         pipeline_execution_arn: arn,
                         client_request_token: format!("bench-{index}"),
                         reason: "bench".into(),
+                        force_after: None,
                     })
                     .await
                     .unwrap()
@@ -1059,6 +1065,7 @@ async fn main() {
                         pipeline_execution_arn: arn,
                         client_request_token: format!("bench-{index}"),
                         reason: "bench".into(),
+                        force_after: None,
                     })
                     .await
                     .unwrap()

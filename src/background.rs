@@ -85,8 +85,8 @@ impl Running {
     }
 }
 
-/// The completer and the retention sweeper, each on its own interval (the first round at
-/// once), on one task: their statements never compete with each other for connections. A
+/// The completer (and, on the same interval, the forcer of `force_after` deadlines) and the
+/// retention sweeper, each on its own interval (the first round at once), on one task: their statements never compete with each other for connections. A
 /// round in progress runs to its end (a stop the completer carries out is finished and
 /// recorded, not left to its lease).
 async fn maintain(stopper: Arc<Stopper>, intervals: Intervals, token: CancellationToken) {
@@ -98,7 +98,10 @@ async fn maintain(stopper: Arc<Stopper>, intervals: Intervals, token: Cancellati
         tokio::select! {
             biased;
             () = token.cancelled() => return,
-            _ = completer.tick() => complete_abandoned(&stopper).await,
+            _ = completer.tick() => {
+                complete_abandoned(&stopper).await;
+                force_due(&stopper).await;
+            }
             _ = sweeper.tick() => delete_expired(&stopper).await,
         }
     }
@@ -109,6 +112,15 @@ async fn complete_abandoned(stopper: &Stopper) {
         Ok(0) => {}
         Ok(n) => tracing::info!(completed = n, "completed abandoned stop requests"),
         Err(error) => tracing::warn!(%error, "the completer could not run"),
+    }
+}
+
+/// Carries out the force deadlines that have come (`force_after`).
+async fn force_due(stopper: &Stopper) {
+    match stopper.force_due(COMPLETER_BATCH).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(forced = n, "carried out force deadlines"),
+        Err(error) => tracing::warn!(%error, "the forcer could not run"),
     }
 }
 

@@ -45,6 +45,7 @@ pub(crate) struct BatchInput {
     pub(crate) created_after: Option<chrono::DateTime<chrono::Utc>>,
     pub(crate) created_before: Option<chrono::DateTime<chrono::Utc>>,
     pub(crate) max_executions: usize,
+    pub(crate) force_after: Option<std::time::Duration>,
 }
 
 impl BatchInput {
@@ -60,6 +61,9 @@ impl BatchInput {
             &millis(self.created_after),
             &millis(self.created_before),
             &self.max_executions.to_string(),
+            &self
+                .force_after
+                .map_or(String::new(), |d| d.as_millis().to_string()),
         ])
     }
 }
@@ -259,6 +263,11 @@ async fn stop_one(
     if let Err(denied) = caller.authorize(Action::Stop, &arn) {
         return Some(Err(denied));
     }
+    if input.force_after.is_some()
+        && let Err(denied) = caller.authorize(Action::Force, &arn)
+    {
+        return Some(Err(denied));
+    }
     if input.dry_run {
         return None;
     }
@@ -268,6 +277,7 @@ async fn stop_one(
         token: execution_token(&input.token, &arn),
         arn,
         reason: input.reason.clone(),
+        force_after: input.force_after,
     };
     Some(stopper.stop(&stop, None).await)
 }

@@ -42,6 +42,8 @@ pub(crate) enum Action {
     Read,
     /// ListStopRequests of other principals' requests.
     Audit,
+    /// `force_after` on a stop.
+    Force,
 }
 
 impl Action {
@@ -51,6 +53,7 @@ impl Action {
             Self::Stop => "stop",
             Self::Read => "read",
             Self::Audit => "audit",
+            Self::Force => "force",
         }
     }
 }
@@ -102,6 +105,9 @@ impl ExecutionArn {
         self.field(4)
     }
 }
+
+/// The longest a Lambda step can run, in seconds (SageMaker's limit on its timeout).
+pub(crate) const LAMBDA_STEP_TIMEOUT_MAX: i64 = 600;
 
 /// A SageMaker pipeline ARN: `arn:aws:sagemaker:REGION:ACCOUNT:pipeline/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -742,8 +748,19 @@ impl ExecutionSnapshot {
                         )
                     })
                     .unwrap_or_default();
+                // A Lambda step's timeout is at most 10 minutes: the latest it can end.
+                let ends = step
+                    .start_time
+                    .map(|t| {
+                        format!(
+                            ", at the latest by {} (its start plus SageMaker's longest Lambda step timeout, 10 minutes)",
+                            (t + chrono::Duration::seconds(LAMBDA_STEP_TIMEOUT_MAX))
+                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        )
+                    })
+                    .unwrap_or_default();
                 format!(
-                    "Lambda step cannot be interrupted: the pipeline waits for function {function_arn}{started} to finish (then Stopped) or to time out (then Failed)"
+                    "Lambda step cannot be interrupted, nor forced: the pipeline waits for function {function_arn}{started} to finish (then Stopped) or to time out (then Failed){ends}"
                 )
             }
             _ => String::new(),

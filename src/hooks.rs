@@ -22,6 +22,8 @@ pub(crate) const STOP_AFTER_CLAIM: &str = "stop::after_claim";
 pub(crate) const STOP_AFTER_UPSTREAM: &str = "stop::after_upstream";
 /// After the outcome is recorded, before the caller is answered.
 pub(crate) const STOP_AFTER_RECORD: &str = "stop::after_record";
+/// After a forced stop answered a Callback step upstream, before the release is recorded.
+pub(crate) const FORCE_AFTER_RELEASE: &str = "force::after_release";
 
 /// Abandons the work in hand, as a crash would (the lease is left to run out), when a test
 /// configured hook `name` with `return`.

@@ -63,8 +63,9 @@ pub(crate) const GRPC_CODES: [&str; 17] = [
 const STOP_OUTCOMES: [&str; 3] = ["STOP_REQUESTED", "ALREADY_STOPPING", "ALREADY_STOPPED"];
 
 /// The SageMaker operations the service calls, present at zero from the start.
-pub(crate) const UPSTREAM_OPERATIONS: [&str; 4] = [
+pub(crate) const UPSTREAM_OPERATIONS: [&str; 5] = [
     "StopPipelineExecution",
+    "SendPipelineExecutionStepFailure",
     "ListPipelineExecutions",
     "DescribePipelineExecution",
     "ListPipelineExecutionSteps",
@@ -83,7 +84,7 @@ const UPSTREAM_RESULTS: [&str; 8] = [
 ];
 
 /// The store's statements, as the `Store` trait names them.
-pub(crate) const STORE_OPERATIONS: [&str; 13] = [
+pub(crate) const STORE_OPERATIONS: [&str; 18] = [
     "insert_new",
     "take_over",
     "complete",
@@ -92,6 +93,11 @@ pub(crate) const STORE_OPERATIONS: [&str; 13] = [
     "get",
     "list",
     "claim_batch",
+    "due_forces",
+    "claim_force",
+    "record_release",
+    "finish_force",
+    "releases",
     "expired_leases",
     "delete_expired",
     "delete_old_audit",

@@ -118,6 +118,15 @@ fn step_kind(
     (kind.to_string(), detail)
 }
 
+/// What SendPipelineExecutionStepFailure said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StepAnswer {
+    /// The step was waiting and is now answered (or this is a replay of our own answer).
+    Answered,
+    /// The callback is not waiting any more (answered by its consumer, or unknown), why.
+    NotWaiting(String),
+}
+
 /// What StopPipelineExecution said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum StopResult {
@@ -564,6 +573,50 @@ impl SageMaker {
                 _ => return Ok(Some((selected, false))),
             }
         }
+    }
+
+    /// SendPipelineExecutionStepFailure: answers a Callback step with a failure, with our own
+    /// ClientRequestToken (every attempt for one callback is the same request to SageMaker).
+    pub(crate) async fn fail_step(
+        &self,
+        arn: &ExecutionArn,
+        callback_token: &str,
+        failure_reason: &str,
+        client_token: &str,
+    ) -> Result<StepAnswer, UpstreamError> {
+        const OPERATION: &str = "SendPipelineExecutionStepFailure";
+        let (started, span) = (Instant::now(), self.span(OPERATION));
+        let result = self
+            .client
+            .send_pipeline_execution_step_failure()
+            .callback_token(callback_token)
+            .failure_reason(failure_reason)
+            .client_request_token(client_token)
+            .send()
+            .instrument(span.clone())
+            .await;
+        let (answer, result) = match result {
+            Ok(_) => (Ok(StepAnswer::Answered), "ok"),
+            Err(error)
+                if error
+                    .as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found())
+                    || error.code() == Some("ValidationException") =>
+            {
+                let why = error
+                    .message()
+                    .unwrap_or("the callback is not waiting")
+                    .to_string();
+                (Ok(StepAnswer::NotWaiting(why)), "not_found")
+            }
+            Err(error) => {
+                let error = self.failed(OPERATION, arn, &error);
+                let label = error.label();
+                (Err(error), label)
+            }
+        };
+        self.record(OPERATION, result, started, &span);
+        answer
     }
 
     /// DescribePipelineExecution; `None` when there is no such execution.

@@ -22,16 +22,19 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     audit::AuditLog,
-    domain::{ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StopOutcome},
+    domain::{
+        ClientToken, ExecutionArn, ExecutionStatus, LAMBDA_STEP_TIMEOUT_MAX, Principal, Reason,
+        StepDetail, StopOutcome,
+    },
     error::Error,
     estate::Estate,
     hooks,
     jitter::jittered,
     metrics::Metrics,
-    sagemaker::{SageMaker, StopResult, UpstreamError},
+    sagemaker::{SageMaker, StepAnswer, StopResult, UpstreamError},
     store::{
-        AuditEvent, AuditKind, Completion, NewBatch, NewStopRequest, RecordedError, RequestKey,
-        StopRecord, Store, StoreError, StoredBatch,
+        AuditEvent, AuditKind, Completion, NewBatch, NewStopRequest, RecordedError, Release,
+        RequestKey, StopRecord, Store, StoreError, StoredBatch,
     },
 };
 
@@ -79,12 +82,14 @@ pub(crate) struct StopInput {
     pub(crate) arn: ExecutionArn,
     pub(crate) token: ClientToken,
     pub(crate) reason: Reason,
+    /// Answer the Callback steps still holding the execution this long after the stop.
+    pub(crate) force_after: Option<Duration>,
 }
 
 impl StopInput {
     /// The record to claim for this request.
     fn request(&self) -> NewStopRequest {
-        let fingerprint = fingerprint(&self.arn, &self.reason);
+        let fingerprint = fingerprint(&self.arn, &self.reason, self.force_after);
         NewStopRequest {
             key: RequestKey {
                 principal: self.principal.as_str().to_string(),
@@ -95,6 +100,7 @@ impl StopInput {
             method: METHOD.to_string(),
             pipeline_execution_arn: self.arn.as_str().to_string(),
             reason: self.reason.as_str().to_string(),
+            force_after: self.force_after,
         }
     }
 }
@@ -161,9 +167,34 @@ pub(crate) fn digest(parts: &[&str]) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The request's identity: the same key with another fingerprint is a reused key.
-pub(crate) fn fingerprint(arn: &ExecutionArn, reason: &Reason) -> String {
-    digest(&[METHOD, arn.as_str(), reason.as_str()])
+/// What a forced stop tells a Callback step: `stopped by pipeline-control: <reason>`, cut to
+/// SageMaker's 256 characters.
+fn failure_reason(reason: &str) -> String {
+    let text = if reason.is_empty() {
+        "stopped by pipeline-control".to_string()
+    } else {
+        format!("stopped by pipeline-control: {reason}")
+    };
+    text.chars().take(256).collect()
+}
+
+/// The request's identity: the same key with another fingerprint is a reused key. Without
+/// `force_after` it is what it always was, so records made before `force_after` existed
+/// still match their retries.
+pub(crate) fn fingerprint(
+    arn: &ExecutionArn,
+    reason: &Reason,
+    force_after: Option<Duration>,
+) -> String {
+    match force_after {
+        None => digest(&[METHOD, arn.as_str(), reason.as_str()]),
+        Some(after) => digest(&[
+            METHOD,
+            arn.as_str(),
+            reason.as_str(),
+            &format!("force_after={}ms", after.as_millis()),
+        ]),
+    }
 }
 
 /// SageMaker's ClientRequestToken for a request: 64 hex characters (SageMaker takes 32 to
@@ -326,6 +357,14 @@ impl Stopper {
             .await?)
     }
 
+    /// The callbacks the force of `record` released (none without `force_after`).
+    pub(crate) async fn releases(&self, record: &StopRecord) -> Result<Vec<Release>, Error> {
+        if record.force_at.is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store.releases(&record.key).await?)
+    }
+
     /// ListStopRequests: a page of the stop requests `caller` may see.
     pub(crate) async fn history(
         &self,
@@ -359,6 +398,134 @@ impl Stopper {
             }
         }
         Ok(completed)
+    }
+
+    /// Carries out the force deadlines that have come: claims each (a new epoch and a lease,
+    /// so two replicas never both do it and a worker that lost the record is fenced off),
+    /// answers the Callback steps that still hold the execution, and records each release and
+    /// the end. Returns how many it carried out; one that fails is retried once its lease runs
+    /// out (with the same upstream tokens, so SageMaker sees one answer per callback).
+    pub(crate) async fn force_due(&self, limit: u32) -> Result<usize, Error> {
+        let mut done = 0;
+        for key in self.store.due_forces(limit).await? {
+            let Some(record) = self
+                .store
+                .claim_force(&key, &self.worker, self.settings.lease)
+                .await?
+            else {
+                continue; // another replica has it
+            };
+            match self.force(&record).await {
+                Ok(()) => done += 1,
+                Err(error) => {
+                    tracing::warn!(principal = %key.principal, token = %key.token, %error, "a force deadline was not carried out; retried once its lease runs out");
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    async fn force(&self, record: &StopRecord) -> Result<(), Error> {
+        let fenced = || Error::Internal("another worker took the force over".into());
+        let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
+            .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
+        let sagemaker = self.estate.client(&arn).await?;
+        let mut notes = Vec::new();
+        let failure = failure_reason(&record.reason);
+        match sagemaker.execution(&arn).await? {
+            None => notes.push("the execution no longer exists".to_string()),
+            Some(snapshot) => {
+                // Released by an earlier attempt that did not live to record it: the step says
+                // what it was told.
+                for step in &snapshot.steps {
+                    if let StepDetail::Callback { token, .. } = &step.detail
+                        && step.status == crate::domain::StepStatus::Failed
+                        && step.failure_reason == failure
+                        && !self
+                            .store
+                            .record_release(
+                                &record.key,
+                                record.epoch,
+                                &self.worker,
+                                &step.name,
+                                token,
+                            )
+                            .await?
+                    {
+                        return Err(fenced());
+                    }
+                }
+                if snapshot.status != ExecutionStatus::Stopping {
+                    // Stopped (or ended) by itself before the deadline: nothing to force.
+                    return self.finish(record, None).await;
+                }
+                for step in snapshot.steps.iter().filter(|s| s.status.is_running()) {
+                    match &step.detail {
+                        StepDetail::Callback { token, .. } => {
+                            let upstream =
+                                digest(&[&record.key.principal, &record.key.token, token]);
+                            let answer = sagemaker
+                                .fail_step(&arn, token, &failure, &upstream)
+                                .await?;
+                            hooks::abandon_if_set(hooks::FORCE_AFTER_RELEASE)?;
+                            match answer {
+                                StepAnswer::Answered => {
+                                    let recorded = self
+                                        .store
+                                        .record_release(
+                                            &record.key,
+                                            record.epoch,
+                                            &self.worker,
+                                            &step.name,
+                                            token,
+                                        )
+                                        .await?;
+                                    if !recorded {
+                                        return Err(fenced());
+                                    }
+                                }
+                                StepAnswer::NotWaiting(why) => notes.push(format!(
+                                    "the callback of step {} was not waiting any more ({why})",
+                                    step.name
+                                )),
+                            }
+                        }
+                        StepDetail::Lambda { function_arn } => {
+                            let by = step
+                                .start_time
+                                .map(|t| {
+                                    format!(
+                                        ", at the latest by {}",
+                                        (t + chrono::Duration::seconds(LAMBDA_STEP_TIMEOUT_MAX))
+                                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                                    )
+                                })
+                                .unwrap_or_default();
+                            notes.push(format!(
+                                "Lambda step {} cannot be forced: function {function_arn} runs until it finishes (then Stopped) or times out (then Failed){by}",
+                                step.name
+                            ));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let note = (!notes.is_empty()).then(|| notes.join("; "));
+        self.finish(record, note.as_deref()).await
+    }
+
+    /// Records the force carried out, if this worker still holds the record.
+    async fn finish(&self, record: &StopRecord, note: Option<&str>) -> Result<(), Error> {
+        if self
+            .store
+            .finish_force(&record.key, record.epoch, &self.worker, note)
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::Internal("another worker took the force over".into()))
+        }
     }
 
     /// Deletes up to `batch` expired records; returns how many.
@@ -734,6 +901,7 @@ mod tests {
             arn: arn(),
             token: ClientToken::parse("held-elsewhere").unwrap(),
             reason: Reason::default(),
+            force_after: None,
         };
         let held = store
             .insert_new(&input.request(), "other-replica", hour, hour)
@@ -767,28 +935,34 @@ mod tests {
 
     #[test]
     fn fingerprints_tell_requests_apart() {
-        let a = fingerprint(&arn(), &Reason::parse("maintenance").unwrap());
-        assert_eq!(
-            a,
-            fingerprint(&arn(), &Reason::parse("maintenance").unwrap())
-        );
-        assert_ne!(a, fingerprint(&arn(), &Reason::parse("other").unwrap()));
-        let other_arn = ExecutionArn::parse(&ARN.replace("abcdefghijkl", "zzzzzzzzzzzz")).unwrap();
+        let maintenance = || Reason::parse("maintenance").unwrap();
+        let a = fingerprint(&arn(), &maintenance(), None);
+        assert_eq!(a, fingerprint(&arn(), &maintenance(), None));
         assert_ne!(
             a,
-            fingerprint(&other_arn, &Reason::parse("maintenance").unwrap())
+            fingerprint(&arn(), &Reason::parse("other").unwrap(), None)
         );
+        let other_arn = ExecutionArn::parse(&ARN.replace("abcdefghijkl", "zzzzzzzzzzzz")).unwrap();
+        assert_ne!(a, fingerprint(&other_arn, &maintenance(), None));
         assert_eq!(a.len(), 64);
+        // force_after is part of the request; none is the fingerprint it always was.
+        let forced = fingerprint(&arn(), &maintenance(), Some(Duration::from_secs(60)));
+        assert_ne!(a, forced);
+        assert_ne!(
+            forced,
+            fingerprint(&arn(), &maintenance(), Some(Duration::ZERO))
+        );
+        assert_eq!(a, digest(&[METHOD, ARN, "maintenance"]));
     }
 
     #[test]
     fn upstream_tokens_come_from_the_key_and_fit_sagemaker() {
         let token = ClientToken::parse("retry-me").unwrap();
-        let fp = fingerprint(&arn(), &Reason::default());
+        let fp = fingerprint(&arn(), &Reason::default(), None);
         let alice = upstream_token(&Principal::new("alice"), &token, &fp);
         assert_eq!(alice, upstream_token(&Principal::new("alice"), &token, &fp));
         assert_ne!(alice, upstream_token(&Principal::new("bob"), &token, &fp));
-        let other_request = fingerprint(&arn(), &Reason::parse("other").unwrap());
+        let other_request = fingerprint(&arn(), &Reason::parse("other").unwrap(), None);
         assert_ne!(
             alice,
             upstream_token(&Principal::new("alice"), &token, &other_request)

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! `audit` lets the principal list every principal's stop requests for the executions it
-//! matches (ListStopRequests); without it a principal sees only its own.
+//! matches (ListStopRequests); without it a principal sees only its own. `force` lets it give
+//! a stop `force_after` for the executions it matches.
 //!
 //! Patterns are globs over the whole execution ARN, matched as IAM matches resource ARNs: `*`
 //! is any run of characters (`/` included), `?` one character; `{a,b}` and `[...]` work too.
@@ -34,6 +35,7 @@ struct Rules {
     stop: GlobSet,
     read: GlobSet,
     audit: GlobSet,
+    force: GlobSet,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,24 +55,27 @@ struct AllowEntry {
     read: Vec<String>,
     #[serde(default)]
     audit: Vec<String>,
+    #[serde(default)]
+    force: Vec<String>,
 }
 
 impl Policy {
     /// Parses a policy file's text; the error says which entry is wrong and why.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let file: PolicyFile = crate::files::parse_toml(text)?;
-        let mut patterns: HashMap<String, [GlobSetBuilder; 3]> = HashMap::new();
+        let mut patterns: HashMap<String, [GlobSetBuilder; 4]> = HashMap::new();
         for (index, entry) in file.allow.iter().enumerate() {
             let position = index + 1;
             let principal = Principal::parse(&entry.principal)
                 .map_err(|e| format!("[[allow]] #{position}: {e}"))?;
-            let [stop, read, audit] = patterns
+            let [stop, read, audit, force] = patterns
                 .entry(principal.as_str().to_string())
                 .or_insert_with(|| std::array::from_fn(|_| GlobSetBuilder::new()));
             for (name, builder, list) in [
                 ("stop", stop, &entry.stop),
                 ("read", read, &entry.read),
                 ("audit", audit, &entry.audit),
+                ("force", force, &entry.force),
             ] {
                 for pattern in list {
                     let glob = Glob::new(pattern).map_err(|e| {
@@ -83,7 +88,7 @@ impl Policy {
             }
         }
         let mut rules = HashMap::with_capacity(patterns.len());
-        for (principal, [stop, read, audit]) in patterns {
+        for (principal, [stop, read, audit, force]) in patterns {
             let build = |builder: GlobSetBuilder| {
                 builder
                     .build()
@@ -92,7 +97,16 @@ impl Policy {
             let stop = build(stop)?;
             let read = build(read)?;
             let audit = build(audit)?;
-            rules.insert(principal, Rules { stop, read, audit });
+            let force = build(force)?;
+            rules.insert(
+                principal,
+                Rules {
+                    stop,
+                    read,
+                    audit,
+                    force,
+                },
+            );
         }
         Ok(Self { rules })
     }
@@ -123,6 +137,7 @@ impl Rules {
             Action::Stop => &self.stop,
             Action::Read => &self.read,
             Action::Audit => &self.audit,
+            Action::Force => &self.force,
         }
     }
 }

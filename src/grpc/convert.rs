@@ -9,7 +9,7 @@ use tonic::metadata::MetadataMap;
 use super::pb;
 use crate::{
     domain::{ExecutionSnapshot, ExecutionStatus, StepDetail, StepStatus, StopOutcome},
-    store::{Completion, RecordState, StopRecord},
+    store::{Completion, RecordState, Release, StopRecord},
     watch::{WatchEvent, WatchEventKind},
 };
 
@@ -121,10 +121,12 @@ pub(crate) fn stop_response(record: &StopRecord, replayed: bool) -> pb::StopExec
         status: execution_status(completion.and_then(Completion::status)).into(),
         replayed,
         first_requested_at: Some(timestamp(record.created_at)),
+        force_at: record.force_at.map(timestamp),
     }
 }
 
-pub(crate) fn stop_request(record: &StopRecord) -> pb::StopRequest {
+/// A recorded stop request, with the callbacks its force released.
+pub(crate) fn stop_request(record: &StopRecord, releases: &[Release]) -> pb::StopRequest {
     let completion = record.state.completion();
     pb::StopRequest {
         client_request_token: record.key.token.clone(),
@@ -147,6 +149,17 @@ pub(crate) fn stop_request(record: &StopRecord) -> pb::StopRequest {
         last_attempted_at: Some(timestamp(record.updated_at)),
         completed_at: record.completed_at.map(timestamp),
         expires_at: Some(timestamp(record.expires_at)),
+        force_at: record.force_at.map(timestamp),
+        forced_at: record.forced_at.map(timestamp),
+        force_note: record.force_note.clone().unwrap_or_default(),
+        released_callbacks: releases
+            .iter()
+            .map(|release| pb::ReleasedCallback {
+                step_name: release.step_name.clone(),
+                callback_token: release.callback_token.clone(),
+                released_at: Some(timestamp(release.released_at)),
+            })
+            .collect(),
     }
 }
 

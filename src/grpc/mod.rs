@@ -106,16 +106,48 @@ impl PipelineControlService {
                 ));
             }
         };
+        let force_after = force_after(message.force_after.as_ref())?;
         // Before anything is recorded or sent; the same answer whether the execution exists.
         caller.authorize(Action::Stop, &arn)?;
+        if force_after.is_some() {
+            caller.authorize(Action::Force, &arn)?;
+        }
         let input = StopInput {
             principal: caller.principal().clone(),
             arn,
             token,
             reason,
+            force_after,
         };
         self.stopper.stop(&input, deadline).await
     }
+}
+
+/// The longest `force_after` accepted.
+const FORCE_AFTER_MAX: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// `force_after`, checked: zero or more, at most [`FORCE_AFTER_MAX`].
+fn force_after(
+    value: Option<&prost_types::Duration>,
+) -> Result<Option<std::time::Duration>, Error> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let converted = u64::try_from(value.seconds)
+        .ok()
+        .zip(
+            u32::try_from(value.nanos)
+                .ok()
+                .filter(|n| *n < 1_000_000_000),
+        )
+        .map(|(seconds, nanos)| std::time::Duration::new(seconds, nanos))
+        .filter(|d| *d <= FORCE_AFTER_MAX);
+    converted.map(Some).ok_or_else(|| {
+        Error::InvalidArgument(vec![FieldViolation::new(
+            "force_after",
+            "must be between 0s and 7 days",
+        )])
+    })
 }
 
 /// A StopExecutions request, checked; every violation is named.
@@ -134,6 +166,14 @@ fn batch_input(message: &pb::StopExecutionsRequest) -> Result<BatchInput, Error>
     let reason = Reason::parse(&message.reason)
         .map_err(|v| violations.push(v))
         .ok();
+    let force = match force_after(message.force_after.as_ref()) {
+        Ok(force) => force,
+        Err(Error::InvalidArgument(mut more)) => {
+            violations.append(&mut more);
+            None
+        }
+        Err(_) => None,
+    };
     let max_executions = match message.max_executions {
         0 => batch::DEFAULT_MAX,
         n if n > 0 && n as usize <= batch::MAX => n as usize,
@@ -178,6 +218,7 @@ fn batch_input(message: &pb::StopExecutionsRequest) -> Result<BatchInput, Error>
             created_after,
             created_before,
             max_executions,
+            force_after: force,
         }),
         _ => Err(Error::InvalidArgument(violations)),
     }
@@ -408,6 +449,9 @@ impl PipelineControl for PipelineControlService {
         let result = async {
             let caller = caller(&request)?;
             let input = batch_input(request.get_ref())?;
+            if input.force_after.is_some() {
+                caller.authorize_any(Action::Force)?;
+            }
             batch::start(
                 self.stopper.clone(),
                 &self.estate,
@@ -443,8 +487,15 @@ impl PipelineControl for PipelineControlService {
                 &message.page_token,
             )?;
             let page = self.stopper.history(&caller, &query).await?;
+            let mut stop_requests = Vec::with_capacity(page.records.len());
+            for record in &page.records {
+                stop_requests.push(convert::stop_request(
+                    record,
+                    &self.stopper.releases(record).await?,
+                ));
+            }
             Ok::<_, Error>(Response::new(pb::ListStopRequestsResponse {
-                stop_requests: page.records.iter().map(convert::stop_request).collect(),
+                stop_requests,
                 next_page_token: page.next_page_token,
             }))
         };
@@ -468,7 +519,8 @@ impl PipelineControl for PipelineControlService {
             let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
                 .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
             caller.authorize(Action::Read, &arn)?;
-            Ok::<_, Error>(Response::new(convert::stop_request(&record)))
+            let releases = self.stopper.releases(&record).await?;
+            Ok::<_, Error>(Response::new(convert::stop_request(&record, &releases)))
         };
         self.counted(result.await.map_err(Status::from))
     }

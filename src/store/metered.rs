@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use tracing::Instrument as _;
 
 use super::{
-    AuditEvent, Backend, Completion, ListQuery, NewBatch, NewStopRequest, RequestKey, StopRecord,
-    Store, StoreError, StoredBatch,
+    AuditEvent, Backend, Completion, ListQuery, NewBatch, NewStopRequest, Release, RequestKey,
+    StopRecord, Store, StoreError, StoredBatch,
 };
 use crate::metrics::Metrics;
 
@@ -153,6 +153,55 @@ impl Store for Metered {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
         self.measure("list", self.inner.list(query)).await
+    }
+
+    async fn due_forces(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {
+        self.measure("due_forces", self.inner.due_forces(limit))
+            .await
+    }
+
+    async fn claim_force(
+        &self,
+        key: &RequestKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<StopRecord>, StoreError> {
+        self.measure("claim_force", self.inner.claim_force(key, owner, lease))
+            .await
+    }
+
+    async fn record_release(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        step_name: &str,
+        callback_token: &str,
+    ) -> Result<bool, StoreError> {
+        self.measure(
+            "record_release",
+            self.inner
+                .record_release(key, epoch, owner, step_name, callback_token),
+        )
+        .await
+    }
+
+    async fn finish_force(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.measure(
+            "finish_force",
+            self.inner.finish_force(key, epoch, owner, note),
+        )
+        .await
+    }
+
+    async fn releases(&self, key: &RequestKey) -> Result<Vec<Release>, StoreError> {
+        self.measure("releases", self.inner.releases(key)).await
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {

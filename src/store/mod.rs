@@ -78,6 +78,9 @@ pub struct NewStopRequest {
     pub reason: String,
     /// SageMaker's ClientRequestToken for this key.
     pub upstream_token: String,
+    /// `force_after`: how long after the claim Callback steps that still hold the execution
+    /// are to be answered with a failure.
+    pub force_after: Option<Duration>,
 }
 
 /// How a request ended: what every retry of its key replays.
@@ -209,6 +212,20 @@ pub struct StopRecord {
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub expires_at: DateTime<Utc>,
+    /// When the stop is to be forced (`force_after` after the claim), if it asked to be.
+    pub force_at: Option<DateTime<Utc>>,
+    /// When the forcing was carried out.
+    pub forced_at: Option<DateTime<Utc>>,
+    /// What the forcing could not do (a Lambda step), for people.
+    pub force_note: Option<String>,
+}
+
+/// A callback a forced stop released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub step_name: String,
+    pub callback_token: String,
+    pub released_at: DateTime<Utc>,
 }
 
 /// What happened to a request, as the audit trail names it.
@@ -229,6 +246,10 @@ pub enum AuditKind {
     /// An attempt ended in an answer that is not recorded (the request can be made afresh):
     /// the pending record was deleted.
     Discarded,
+    /// A forced stop answered a Callback step with a failure.
+    Released,
+    /// A forced stop's deadline was carried out.
+    Forced,
 }
 
 impl AuditKind {
@@ -242,6 +263,8 @@ impl AuditKind {
             Self::Replayed => "replayed",
             Self::KeyReused => "key_reused",
             Self::Discarded => "discarded",
+            Self::Released => "callback_released",
+            Self::Forced => "forced",
         }
     }
 }
@@ -327,6 +350,43 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Live records as `query` asks, newest first (see [`ListQuery`]).
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError>;
+
+    /// Keys of completed stops whose force deadline has come and has not been carried out
+    /// (and whose force lease, if any, ran out), earliest first.
+    async fn due_forces(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError>;
+
+    /// Claims a due force for `owner` (a new epoch, a lease), or `None` if it is not due,
+    /// done, or held by a live lease.
+    async fn claim_force(
+        &self,
+        key: &RequestKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<StopRecord>, StoreError>;
+
+    /// Records a released callback, with its audit row, if `epoch` still holds the record;
+    /// `false` if fenced.
+    async fn record_release(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        step_name: &str,
+        callback_token: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Marks the force carried out (with what it could not do), with its audit row, if
+    /// `epoch` still holds the record; `false` if fenced.
+    async fn finish_force(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    /// The callbacks released for the record under `key`, oldest first.
+    async fn releases(&self, key: &RequestKey) -> Result<Vec<Release>, StoreError>;
 
     /// Keys of pending records whose lease ran out, oldest first.
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError>;

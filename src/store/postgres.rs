@@ -18,8 +18,8 @@ use sqlx::{
 
 use super::{
     AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, ListQuery, NewBatch,
-    NewStopRequest, RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store,
-    StoreError, StoredBatch, seconds,
+    NewStopRequest, RecordState, RecordedError, Release, RequestKey, StopOutcome, StopRecord,
+    Store, StoreError, StoredBatch, seconds,
 };
 use crate::config::DatabaseArgs;
 
@@ -159,10 +159,10 @@ impl Store for PostgresStore {
             with_audit(
                 "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
                  pipeline_execution_arn, pipeline_arn, reason, upstream_token, state,
-                 lease_owner, lease_expires_at, epoch, attempts, expires_at)
+                 lease_owner, lease_expires_at, epoch, attempts, expires_at, force_at)
              VALUES ($1, $2, $3, $4, $5, split_part($5, '/execution/', 1), $6, $7, 'pending',
                  $8, now() + make_interval(secs => $9), 1, 1,
-                 now() + make_interval(secs => $10))
+                 now() + make_interval(secs => $10), now() + make_interval(secs => $11))
              ON CONFLICT (principal, client_token) DO UPDATE SET
                  fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method,
                  pipeline_execution_arn = EXCLUDED.pipeline_execution_arn,
@@ -172,7 +172,8 @@ impl Store for PostgresStore {
                  lease_expires_at = EXCLUDED.lease_expires_at, epoch = stop_requests.epoch + 1,
                  attempts = 1, outcome = NULL, error_code = NULL, execution_status = NULL,
                  last_error = NULL, created_at = now(), updated_at = now(), completed_at = NULL,
-                 expires_at = EXCLUDED.expires_at
+                 expires_at = EXCLUDED.expires_at, force_at = EXCLUDED.force_at,
+                 forced_at = NULL, force_note = NULL
              WHERE stop_requests.expires_at <= now()
              RETURNING *",
                 AuditKind::Received,
@@ -190,6 +191,7 @@ impl Store for PostgresStore {
             .bind(owner)
             .bind(seconds(lease))
             .bind(seconds(retention))
+            .bind(request.force_after.map(seconds))
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| self.failed(e))?;
@@ -429,6 +431,151 @@ impl Store for PostgresStore {
         rows.iter().map(record).collect()
     }
 
+    async fn due_forces(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT principal, client_token FROM stop_requests
+             WHERE force_at IS NOT NULL AND forced_at IS NULL AND force_at <= now()
+               AND state = 'completed' AND outcome IN ('STOP_REQUESTED', 'ALREADY_STOPPING')
+               AND expires_at > now()
+               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+             ORDER BY force_at
+             LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(RequestKey {
+                    principal: row.try_get("principal")?,
+                    token: row.try_get("client_token")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_force(
+        &self,
+        key: &RequestKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<StopRecord>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE stop_requests
+             SET lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
+                 epoch = epoch + 1, updated_at = now()
+             WHERE principal = $1 AND client_token = $2 AND force_at IS NOT NULL
+               AND forced_at IS NULL AND force_at <= now() AND state = 'completed'
+               AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+             RETURNING *",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(owner)
+        .bind(seconds(lease))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(row.as_ref().map(record).transpose()?)
+    }
+
+    async fn record_release(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        step_name: &str,
+        callback_token: &str,
+    ) -> Result<bool, StoreError> {
+        let held: i64 = sqlx::query_scalar(
+            "WITH held AS (
+                 SELECT principal, client_token, pipeline_execution_arn, reason, epoch
+                 FROM stop_requests
+                 WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND lease_owner = $4),
+             released AS (
+                 INSERT INTO stop_releases (principal, client_token, callback_token, step_name,
+                     epoch, worker)
+                 SELECT principal, client_token, $6, $5, epoch, $4 FROM held
+                 ON CONFLICT DO NOTHING RETURNING 1),
+             audited AS (
+                 INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
+                     event, epoch, worker, detail)
+                 SELECT principal, client_token, pipeline_execution_arn, reason,
+                     'callback_released', epoch, $4, 'step ' || $5 || ', callback token ' || $6
+                 FROM held)
+             SELECT count(*) FROM held",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(epoch)
+        .bind(owner)
+        .bind(step_name)
+        .bind(callback_token)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(held > 0)
+    }
+
+    async fn finish_force(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let changed: i64 = sqlx::query_scalar(
+            "WITH changed AS (
+                 UPDATE stop_requests
+                 SET forced_at = now(), force_note = $5, lease_owner = NULL,
+                     lease_expires_at = NULL, updated_at = now()
+                 WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND lease_owner = $4
+                   AND forced_at IS NULL
+                 RETURNING *),
+             audited AS (
+                 INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
+                     event, outcome, error_code, epoch, worker, detail)
+                 SELECT principal, client_token, pipeline_execution_arn, reason, 'forced',
+                     outcome, error_code, epoch, $4, $5
+                 FROM changed)
+             SELECT count(*) FROM changed",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(epoch)
+        .bind(owner)
+        .bind(note)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        Ok(changed > 0)
+    }
+
+    async fn releases(&self, key: &RequestKey) -> Result<Vec<Release>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.step_name, r.callback_token, r.released_at
+             FROM stop_releases r JOIN stop_requests q
+               ON q.principal = r.principal AND q.client_token = r.client_token
+             WHERE r.principal = $1 AND r.client_token = $2 AND r.released_at >= q.created_at
+             ORDER BY r.released_at, r.callback_token",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Release {
+                    step_name: row.try_get("step_name")?,
+                    callback_token: row.try_get("callback_token")?,
+                    released_at: row.try_get("released_at")?,
+                })
+            })
+            .collect()
+    }
+
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {
         let rows = sqlx::query(
             "SELECT principal, client_token FROM stop_requests
@@ -563,5 +710,8 @@ fn record(row: &PgRow) -> Result<StopRecord, StoreError> {
         updated_at: row.try_get("updated_at")?,
         completed_at: row.try_get("completed_at")?,
         expires_at: row.try_get("expires_at")?,
+        force_at: row.try_get("force_at")?,
+        forced_at: row.try_get("forced_at")?,
+        force_note: row.try_get("force_note")?,
     })
 }

@@ -15,8 +15,8 @@ use sqlx::{
 
 use super::{
     AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, ListQuery, NewBatch,
-    NewStopRequest, RecordState, RecordedError, RequestKey, StopOutcome, StopRecord, Store,
-    StoreError, StoredBatch,
+    NewStopRequest, RecordState, RecordedError, Release, RequestKey, StopOutcome, StopRecord,
+    Store, StoreError, StoredBatch,
 };
 
 /// The database clock in milliseconds since the epoch (see the migration's header).
@@ -110,9 +110,9 @@ impl Store for SqliteStore {
         let inserted = sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
                  pipeline_execution_arn, pipeline_arn, reason, upstream_token, state,
-                 lease_owner, lease_expires_at, epoch, attempts, expires_at)
+                 lease_owner, lease_expires_at, epoch, attempts, expires_at, force_at)
              VALUES (?1, ?2, ?3, ?4, ?5, substr(?5, 1, instr(?5, '/execution/') - 1), ?6, ?7,
-                 'pending', ?8, {NOW} + ?9, 1, 1, {NOW} + ?10)
+                 'pending', ?8, {NOW} + ?9, 1, 1, {NOW} + ?10, {NOW} + ?11)
              ON CONFLICT (principal, client_token) DO UPDATE SET
                  fingerprint = excluded.fingerprint, method = excluded.method,
                  pipeline_execution_arn = excluded.pipeline_execution_arn,
@@ -122,7 +122,8 @@ impl Store for SqliteStore {
                  lease_expires_at = excluded.lease_expires_at, epoch = stop_requests.epoch + 1,
                  attempts = 1, outcome = NULL, error_code = NULL, execution_status = NULL,
                  last_error = NULL, created_at = {NOW}, updated_at = {NOW}, completed_at = NULL,
-                 expires_at = excluded.expires_at
+                 expires_at = excluded.expires_at, force_at = excluded.force_at,
+                 forced_at = NULL, force_note = NULL
              WHERE stop_requests.expires_at <= {NOW}
              RETURNING *"
         )))
@@ -136,6 +137,7 @@ impl Store for SqliteStore {
         .bind(owner)
         .bind(millis(lease))
         .bind(millis(retention))
+        .bind(request.force_after.map(millis))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
@@ -372,6 +374,165 @@ impl Store for SqliteStore {
         rows.iter().map(record).collect()
     }
 
+    async fn due_forces(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT principal, client_token FROM stop_requests
+             WHERE force_at IS NOT NULL AND forced_at IS NULL AND force_at <= {NOW}
+               AND state = 'completed' AND outcome IN ('STOP_REQUESTED', 'ALREADY_STOPPING')
+               AND expires_at > {NOW}
+               AND (lease_expires_at IS NULL OR lease_expires_at <= {NOW})
+             ORDER BY force_at
+             LIMIT ?1"
+        )))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RequestKey {
+                    principal: row.try_get("principal")?,
+                    token: row.try_get("client_token")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn claim_force(
+        &self,
+        key: &RequestKey,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<StopRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE stop_requests
+             SET lease_owner = ?3, lease_expires_at = {NOW} + ?4, epoch = epoch + 1,
+                 updated_at = {NOW}
+             WHERE principal = ?1 AND client_token = ?2 AND force_at IS NOT NULL
+               AND forced_at IS NULL AND force_at <= {NOW} AND state = 'completed'
+               AND (lease_expires_at IS NULL OR lease_expires_at <= {NOW})
+             RETURNING *"
+        )))
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(owner)
+        .bind(millis(lease))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(record).transpose()?)
+    }
+
+    async fn record_release(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        step_name: &str,
+        callback_token: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let held = sqlx::query(
+            "SELECT * FROM stop_requests
+             WHERE principal = ?1 AND client_token = ?2 AND epoch = ?3 AND lease_owner = ?4",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(epoch)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(held) = held else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let held = record(&held)?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO stop_releases (principal, client_token, callback_token,
+                 step_name, epoch, worker)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(callback_token)
+        .bind(step_name)
+        .bind(epoch)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit_detail(
+            &mut tx,
+            &held,
+            AuditKind::Released,
+            owner,
+            &format!("step {step_name}, callback token {callback_token}"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn finish_force(
+        &self,
+        key: &RequestKey,
+        epoch: i64,
+        owner: &str,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE stop_requests
+             SET forced_at = {NOW}, force_note = ?5, lease_owner = NULL, lease_expires_at = NULL,
+                 updated_at = {NOW}
+             WHERE principal = ?1 AND client_token = ?2 AND epoch = ?3 AND lease_owner = ?4
+               AND forced_at IS NULL
+             RETURNING *"
+        )))
+        .bind(&key.principal)
+        .bind(&key.token)
+        .bind(epoch)
+        .bind(owner)
+        .bind(note)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let changed = record(&row)?;
+        insert_audit_detail(
+            &mut tx,
+            &changed,
+            AuditKind::Forced,
+            owner,
+            note.unwrap_or_default(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn releases(&self, key: &RequestKey) -> Result<Vec<Release>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.step_name, r.callback_token, r.released_at
+             FROM stop_releases r JOIN stop_requests q
+               ON q.principal = r.principal AND q.client_token = r.client_token
+             WHERE r.principal = ?1 AND r.client_token = ?2 AND r.released_at >= q.created_at
+             ORDER BY r.released_at, r.callback_token",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Release {
+                    step_name: row.try_get("step_name")?,
+                    callback_token: row.try_get("callback_token")?,
+                    released_at: time(row.try_get("released_at")?),
+                })
+            })
+            .collect()
+    }
+
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT principal, client_token FROM stop_requests
@@ -462,6 +623,38 @@ async fn insert_audit(
     insert_audit_with(conn, record, kind, error, owner).await
 }
 
+/// The audit row of `kind` about `record`, with what it is about in `detail`.
+async fn insert_audit_detail(
+    conn: &mut sqlx::SqliteConnection,
+    record: &StopRecord,
+    kind: AuditKind,
+    owner: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    let (outcome, error_code, _) = record
+        .state
+        .completion()
+        .map_or((None, None, None), Completion::columns);
+    sqlx::query(
+        "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn, reason,
+             event, outcome, error_code, epoch, worker, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .bind(&record.key.principal)
+    .bind(&record.key.token)
+    .bind(&record.pipeline_execution_arn)
+    .bind(&record.reason)
+    .bind(kind.as_str())
+    .bind(outcome)
+    .bind(error_code)
+    .bind(record.epoch)
+    .bind(owner)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The audit row of `kind` about `record`, with `error_code` (the record's recorded error, or
 /// why an attempt was discarded).
 async fn insert_audit_with(
@@ -528,5 +721,8 @@ fn record(row: &SqliteRow) -> Result<StopRecord, StoreError> {
         updated_at: time(row.try_get("updated_at")?),
         completed_at: optional_time("completed_at")?,
         expires_at: time(row.try_get("expires_at")?),
+        force_at: optional_time("force_at")?,
+        forced_at: optional_time("forced_at")?,
+        force_note: row.try_get("force_note")?,
     })
 }

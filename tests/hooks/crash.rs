@@ -26,6 +26,7 @@ fn request(arn: &str, token: &str) -> pb::StopExecutionRequest {
         pipeline_execution_arn: arn.to_string(),
         client_request_token: token.to_string(),
         reason: "crash test".into(),
+        force_after: None,
     }
 }
 

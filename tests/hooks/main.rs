@@ -7,4 +7,5 @@
 mod common;
 
 mod crash;
+mod force;
 mod shutdown;

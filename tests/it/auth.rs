@@ -240,6 +240,7 @@ fn stop_request(arn: &str, token: &str) -> pb::StopExecutionRequest {
         pipeline_execution_arn: arn.to_string(),
         client_request_token: token.to_string(),
         reason: String::new(),
+        force_after: None,
     }
 }
 

@@ -92,6 +92,7 @@ async fn stop(stack: &Stack, secret: &str, arn: &str, token: &str) {
                 pipeline_execution_arn: arn.to_string(),
                 client_request_token: token.to_string(),
                 reason: format!("reason of {token}"),
+                force_after: None,
             },
             secret,
         ))

@@ -11,6 +11,7 @@ mod batch;
 mod cli;
 mod estate;
 mod executions;
+mod force;
 mod history;
 mod input;
 mod metrics;

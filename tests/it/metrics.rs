@@ -172,6 +172,7 @@ async fn a_scrape_after_known_calls_shows_exact_counts(backend: Backend) {
         pipeline_execution_arn: arn.clone(),
         client_request_token: token.to_string(),
         reason: String::new(),
+        force_after: None,
     };
     // A stop, its replay, another token (already stopping), an invalid token.
     let first = client
@@ -608,6 +609,7 @@ async fn a_duplicate_that_waits_for_the_first_answer_is_counted() {
         pipeline_execution_arn: arn.clone(),
         client_request_token: "twice".into(),
         reason: String::new(),
+        force_after: None,
     };
     let mut first = stack.client.clone();
     let first = tokio::spawn({

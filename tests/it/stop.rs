@@ -44,6 +44,7 @@ fn stop_request(arn: &str, token: &str, reason: &str) -> pb::StopExecutionReques
         pipeline_execution_arn: arn.to_string(),
         client_request_token: token.to_string(),
         reason: reason.to_string(),
+        force_after: None,
     }
 }
 

@@ -333,6 +333,7 @@ mod records {
                 "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl".into(),
             reason: "test".into(),
             upstream_token: "u".repeat(64),
+            force_after: None,
         }
     }
 

@@ -164,6 +164,7 @@ async fn a_call_is_traced_under_the_callers_trace_with_its_sagemaker_and_store_s
         pipeline_execution_arn: arn.clone(),
         client_request_token: "traced".into(),
         reason: String::new(),
+        force_after: None,
     });
     request.metadata_mut().insert(
         "traceparent",
