@@ -391,8 +391,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Keys of pending records whose lease ran out, oldest first.
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError>;
 
-    /// Deletes up to `limit` records past their expiry, and up to `limit` batches; returns how
-    /// many.
+    /// Deletes up to `limit` records past their expiry, up to `limit` batches and up to
+    /// `limit` releases of records that are gone; returns how many.
     async fn delete_expired(&self, limit: u32) -> Result<u64, StoreError>;
 
     /// Deletes up to `limit` audit rows older than `retention` (by the database clock), oldest

@@ -570,7 +570,17 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() + batches.rows_affected())
+        // The releases of records that are gone or expired.
+        let releases = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM stop_releases WHERE rowid IN (
+                 SELECT r.rowid FROM stop_releases r LEFT JOIN stop_requests q
+                   ON q.principal = r.principal AND q.client_token = r.client_token
+                 WHERE q.principal IS NULL OR q.expires_at <= {NOW} LIMIT ?1)"
+        )))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() + batches.rows_affected() + releases.rows_affected())
     }
 
     async fn delete_old_audit(&self, retention: Duration, limit: u32) -> Result<u64, StoreError> {

@@ -757,23 +757,71 @@ async fn expired_records_are_deleted_and_their_tokens_freed(backend: Backend) {
     let stack = Stack::start(backend, 1000.0, |args| {
         args.idempotency_retention = Duration::from_millis(500);
         args.retention_interval = Duration::from_millis(100);
+        args.completer_interval = Duration::from_millis(100);
     })
     .await;
     let arn = stack.callback_execution().await;
     let answer = stop(&stack, &arn, "short-lived", "first").await.unwrap();
     let expiry = metadata(answer.metadata(), "idempotency-expires-at");
     assert!(!expiry.is_empty());
+    // A forced stop (its release) and a batch expire with the records too.
+    let forced = stack.callback_execution().await;
+    stack
+        .client
+        .clone()
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: forced.clone(),
+            client_request_token: "forced".into(),
+            reason: String::new(),
+            force_after: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap();
+    let batch = stack.callback_execution().await;
+    let mut events = stack
+        .client
+        .clone()
+        .stop_executions(pb::StopExecutionsRequest {
+            pipeline_arn: batch.split("/execution/").next().unwrap().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while events.message().await.unwrap().is_some() {}
+    let mut released = 0;
+    for _ in 0..200 {
+        released = crate::common::count_rows(&stack.db, "stop_releases").await;
+        if released > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(released, 1, "the forced stop released its callback");
 
     // Bounded wait for the retention task.
-    let mut left = stack.stored_requests().await;
+    let rows = async || {
+        let mut rows = 0;
+        for table in ["stop_requests", "stop_batches", "stop_releases"] {
+            rows += crate::common::count_rows(&stack.db, table).await;
+        }
+        rows
+    };
+    let mut left = rows().await;
     for _ in 0..200 {
         if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        left = stack.stored_requests().await;
+        left = rows().await;
     }
-    assert_eq!(left, 0, "the expired record was deleted");
+    assert_eq!(
+        left, 0,
+        "the expired records, batch and release were deleted"
+    );
     assert_eq!(
         get(&stack, "short-lived").await.unwrap_err().code(),
         Code::NotFound
