@@ -445,14 +445,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.failed(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(RequestKey {
-                    principal: row.try_get("principal")?,
-                    token: row.try_get("client_token")?,
-                })
-            })
-            .collect()
+        keys(&rows)
     }
 
     async fn claim_force(
@@ -587,14 +580,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.failed(e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(RequestKey {
-                    principal: row.try_get("principal")?,
-                    token: row.try_get("client_token")?,
-                })
-            })
-            .collect()
+        keys(&rows)
     }
 
     async fn delete_expired(&self, limit: u32) -> Result<u64, StoreError> {
@@ -725,4 +711,16 @@ fn record(row: &PgRow) -> Result<StopRecord, StoreError> {
         forced_at: row.try_get("forced_at")?,
         force_note: row.try_get("force_note")?,
     })
+}
+
+/// The keys of rows that hold `principal` and `client_token`.
+fn keys(rows: &[PgRow]) -> Result<Vec<RequestKey>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok(RequestKey {
+                principal: row.try_get("principal")?,
+                token: row.try_get("client_token")?,
+            })
+        })
+        .collect()
 }

@@ -387,14 +387,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RequestKey {
-                    principal: row.try_get("principal")?,
-                    token: row.try_get("client_token")?,
-                })
-            })
-            .collect()
+        keys(&rows)
     }
 
     async fn claim_force(
@@ -543,14 +536,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(RequestKey {
-                    principal: row.try_get("principal")?,
-                    token: row.try_get("client_token")?,
-                })
-            })
-            .collect()
+        keys(&rows)
     }
 
     async fn delete_expired(&self, limit: u32) -> Result<u64, StoreError> {
@@ -735,4 +721,16 @@ fn record(row: &SqliteRow) -> Result<StopRecord, StoreError> {
         forced_at: optional_time("forced_at")?,
         force_note: row.try_get("force_note")?,
     })
+}
+
+/// The keys of rows that hold `principal` and `client_token`.
+fn keys(rows: &[SqliteRow]) -> Result<Vec<RequestKey>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok(RequestKey {
+                principal: row.try_get("principal")?,
+                token: row.try_get("client_token")?,
+            })
+        })
+        .collect()
 }
