@@ -149,6 +149,28 @@ pub(crate) async fn start(
     caller.authorize_any(Action::Stop)?;
     let pipeline = &input.pipeline;
     estate.check_in(pipeline.account(), pipeline.region())?;
+    let key = RequestKey {
+        principal: caller.principal().as_str().to_string(),
+        token: input.token.as_str().to_string(),
+    };
+    let fingerprint = input.fingerprint();
+    // A batch retried works on what its first attempt selected, without asking SageMaker
+    // again (it may be throttling, or the executions have moved on since).
+    if !input.dry_run
+        && let Some(stored) = stopper.batch(&key).await?
+    {
+        if stored.fingerprint != fingerprint {
+            return Err(Error::IdempotencyKeyReused);
+        }
+        let selection = Selection {
+            arns: stored.selected,
+            token: input.token.as_str().to_string(),
+            dry_run: false,
+            truncated: stored.truncated,
+            replayed: true,
+        };
+        return Ok(events(stopper, rate, caller, input, selection));
+    }
     let sagemaker = estate
         .client_in(pipeline.account(), pipeline.region())
         .await;
@@ -170,13 +192,9 @@ pub(crate) async fn start(
             replayed: false,
         }
     } else {
-        let fingerprint = input.fingerprint();
         let stored = stopper
             .claim_batch(&NewBatch {
-                key: RequestKey {
-                    principal: caller.principal().as_str().to_string(),
-                    token: input.token.as_str().to_string(),
-                },
+                key,
                 fingerprint: fingerprint.clone(),
                 pipeline_arn: pipeline.as_str().to_string(),
                 selected: arns,

@@ -84,7 +84,7 @@ const UPSTREAM_RESULTS: [&str; 8] = [
 ];
 
 /// The store's statements, as the `Store` trait names them.
-pub(crate) const STORE_OPERATIONS: [&str; 18] = [
+pub(crate) const STORE_OPERATIONS: [&str; 19] = [
     "insert_new",
     "take_over",
     "complete",
@@ -93,6 +93,7 @@ pub(crate) const STORE_OPERATIONS: [&str; 18] = [
     "get",
     "list",
     "claim_batch",
+    "batch",
     "due_forces",
     "claim_force",
     "record_release",

@@ -348,6 +348,11 @@ impl Stopper {
             .ok_or(Error::StopRequestNotFound)
     }
 
+    /// The live batch under `key`, if an earlier attempt recorded one.
+    pub(crate) async fn batch(&self, key: &RequestKey) -> Result<Option<StoredBatch>, Error> {
+        Ok(self.store.batch(key).await?)
+    }
+
     /// Records a StopExecutions batch's selection, kept as long as stop requests are; returns
     /// the one that stands for its key.
     pub(crate) async fn claim_batch(&self, batch: &NewBatch) -> Result<StoredBatch, Error> {
@@ -417,8 +422,24 @@ impl Stopper {
             };
             match self.force(&record).await {
                 Ok(()) => done += 1,
-                Err(error) => {
+                // Worth another try once the lease runs out: SageMaker or the database were
+                // unavailable, or the work was abandoned (as a crash would).
+                Err(
+                    error @ (Error::UpstreamUnavailable { .. }
+                    | Error::StoreUnavailable(_)
+                    | Error::Abandoned(_)
+                    | Error::ShuttingDown),
+                ) => {
                     tracing::warn!(principal = %key.principal, token = %key.token, %error, "a force deadline was not carried out; retried once its lease runs out");
+                }
+                // Lasting (credentials refused, the account no longer served, a refusal this
+                // service does not expect): trying again would not help, so it ends with a note.
+                Err(error) => {
+                    tracing::warn!(principal = %key.principal, token = %key.token, %error, "a force deadline could not be carried out");
+                    let note = format!("not forced: {error}");
+                    if self.finish(&record, Some(&note)).await.is_ok() {
+                        done += 1;
+                    }
                 }
             }
         }

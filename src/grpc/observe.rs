@@ -4,8 +4,9 @@
 //!
 //! A call is handled when its status is known: from the response headers for a trailers-only
 //! answer (every error before the first message), else from the trailers at the end of the
-//! body (streams, and unary answers with a message). A body dropped before its trailers (the
-//! caller went away) counts as `Canceled`. Messages are counted from the gRPC framing of the
+//! body (streams, and unary answers with a message). A call dropped before its status (the
+//! caller went away, or its deadline passed, before the answer or the trailers) counts as
+//! `Canceled`. Messages are counted from the gRPC framing of the
 //! bodies, which does not depend on how the transport cuts them into frames. Only methods the
 //! descriptor sets declare are counted (an unknown path has no series: no unbounded labels).
 
@@ -157,17 +158,19 @@ where
         });
         let call = span.in_scope(|| inner.call(request));
         Box::pin(async move {
-            let response = match call.instrument(span.clone()).await {
+            // Made before the wait, so a call dropped before it answers (its caller went away,
+            // or its deadline passed) is counted too.
+            let mut handled = Handled {
+                method,
+                started,
+                span: span.clone(),
+                done: false,
+            };
+            let response = match call.instrument(span).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
             let (parts, body) = response.into_parts();
-            let mut handled = Handled {
-                method,
-                started,
-                span,
-                done: false,
-            };
             if let Some(code) = grpc_status(&parts.headers) {
                 handled.finish(code);
             }

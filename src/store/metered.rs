@@ -151,6 +151,10 @@ impl Store for Metered {
             .await
     }
 
+    async fn batch(&self, key: &RequestKey) -> Result<Option<StoredBatch>, StoreError> {
+        self.measure("batch", self.inner.batch(key)).await
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
         self.measure("list", self.inner.list(query)).await
     }

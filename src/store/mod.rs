@@ -348,6 +348,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         retention: Duration,
     ) -> Result<StoredBatch, StoreError>;
 
+    /// The live batch under `key` (`inserted` is `false`).
+    async fn batch(&self, key: &RequestKey) -> Result<Option<StoredBatch>, StoreError>;
+
     /// Live records as `query` asks, newest first (see [`ListQuery`]).
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError>;
 
@@ -392,7 +395,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError>;
 
     /// Deletes up to `limit` records past their expiry, up to `limit` batches and up to
-    /// `limit` releases of records that are gone; returns how many.
+    /// `limit` releases of records that are gone; returns the most any of the three deleted
+    /// (`limit`: there may be more).
     async fn delete_expired(&self, limit: u32) -> Result<u64, StoreError>;
 
     /// Deletes up to `limit` audit rows older than `retention` (by the database clock), oldest

@@ -241,7 +241,10 @@ impl Store for PostgresStore {
                 "UPDATE stop_requests
                  SET state = 'completed', outcome = $4, error_code = $5, execution_status = $6,
                      completed_at = now(), updated_at = now(), lease_owner = NULL,
-                     lease_expires_at = NULL
+                     lease_expires_at = NULL,
+                     -- Only a stop that left the execution Stopping can need forcing.
+                     force_at = CASE WHEN $4 IN ('STOP_REQUESTED', 'ALREADY_STOPPING')
+                         THEN force_at END
                  WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND state = 'pending'
                  RETURNING *",
                 AuditKind::Completed,
@@ -386,6 +389,28 @@ impl Store for PostgresStore {
         })
     }
 
+    async fn batch(&self, key: &RequestKey) -> Result<Option<StoredBatch>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fingerprint, selected, truncated FROM stop_batches
+             WHERE principal = $1 AND client_token = $2 AND expires_at > now()",
+        )
+        .bind(&key.principal)
+        .bind(&key.token)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.failed(e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let selected: String = row.try_get("selected")?;
+        Ok(Some(StoredBatch {
+            fingerprint: row.try_get("fingerprint")?,
+            selected: selected.lines().map(str::to_string).collect(),
+            truncated: row.try_get("truncated")?,
+            inserted: false,
+        }))
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
         // Only the conditions asked for, so that the planner sees which index serves them.
         let mut sql = String::from("SELECT * FROM stop_requests WHERE expires_at > now()");
@@ -485,7 +510,8 @@ impl Store for PostgresStore {
             "WITH held AS (
                  SELECT principal, client_token, pipeline_execution_arn, reason, epoch
                  FROM stop_requests
-                 WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND lease_owner = $4),
+                 WHERE principal = $1 AND client_token = $2 AND epoch = $3 AND lease_owner = $4
+                 FOR UPDATE),
              released AS (
                  INSERT INTO stop_releases (principal, client_token, callback_token, step_name,
                      epoch, worker)
@@ -496,7 +522,7 @@ impl Store for PostgresStore {
                      event, epoch, worker, detail)
                  SELECT principal, client_token, pipeline_execution_arn, reason,
                      'callback_released', epoch, $4, 'step ' || $5 || ', callback token ' || $6
-                 FROM held)
+                 FROM held WHERE EXISTS (SELECT 1 FROM released))
              SELECT count(*) FROM held",
         )
         .bind(&key.principal)
@@ -613,7 +639,11 @@ impl Store for PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(|e| self.failed(e))?;
-        Ok(done.rows_affected() + batches.rows_affected() + releases.rows_affected())
+        // The largest: a table whose batch came back full has more to delete.
+        Ok(done
+            .rows_affected()
+            .max(batches.rows_affected())
+            .max(releases.rows_affected()))
     }
 
     async fn delete_old_audit(&self, retention: Duration, limit: u32) -> Result<u64, StoreError> {

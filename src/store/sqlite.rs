@@ -194,7 +194,10 @@ impl Store for SqliteStore {
             "UPDATE stop_requests
              SET state = 'completed', outcome = ?4, error_code = ?5, execution_status = ?6,
                  completed_at = {NOW}, updated_at = {NOW}, lease_owner = NULL,
-                 lease_expires_at = NULL
+                 lease_expires_at = NULL,
+                 -- Only a stop that left the execution Stopping can need forcing.
+                 force_at = CASE WHEN ?4 IN ('STOP_REQUESTED', 'ALREADY_STOPPING')
+                     THEN force_at END
              WHERE principal = ?1 AND client_token = ?2 AND epoch = ?3 AND state = 'pending'
              RETURNING *"
         )))
@@ -331,6 +334,27 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn batch(&self, key: &RequestKey) -> Result<Option<StoredBatch>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT fingerprint, selected, truncated FROM stop_batches
+             WHERE principal = ?1 AND client_token = ?2 AND expires_at > {NOW}"
+        )))
+        .bind(&key.principal)
+        .bind(&key.token)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let selected: String = row.try_get("selected")?;
+        Ok(Some(StoredBatch {
+            fingerprint: row.try_get("fingerprint")?,
+            selected: selected.lines().map(str::to_string).collect(),
+            truncated: row.try_get("truncated")?,
+            inserted: false,
+        }))
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
         // Only the conditions asked for, so that the planner sees which index serves them.
         let mut sql = format!("SELECT * FROM stop_requests WHERE expires_at > {NOW}");
@@ -438,7 +462,7 @@ impl Store for SqliteStore {
             return Ok(false);
         };
         let held = record(&held)?;
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT OR IGNORE INTO stop_releases (principal, client_token, callback_token,
                  step_name, epoch, worker)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -451,14 +475,17 @@ impl Store for SqliteStore {
         .bind(owner)
         .execute(&mut *tx)
         .await?;
-        insert_audit_detail(
-            &mut tx,
-            &held,
-            AuditKind::Released,
-            owner,
-            &format!("step {step_name}, callback token {callback_token}"),
-        )
-        .await?;
+        // Once per release: a later epoch that finds it recorded writes no second audit row.
+        if inserted.rows_affected() > 0 {
+            insert_audit_detail(
+                &mut tx,
+                &held,
+                AuditKind::Released,
+                owner,
+                &format!("step {step_name}, callback token {callback_token}"),
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -566,7 +593,11 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() + batches.rows_affected() + releases.rows_affected())
+        // The largest: a table whose batch came back full has more to delete.
+        Ok(done
+            .rows_affected()
+            .max(batches.rows_affected())
+            .max(releases.rows_affected()))
     }
 
     async fn delete_old_audit(&self, retention: Duration, limit: u32) -> Result<u64, StoreError> {

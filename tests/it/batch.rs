@@ -234,8 +234,11 @@ async fn a_batch_stops_what_is_executing_replays_when_retried_and_a_dry_run_chan
     assert_eq!(admin.calls("StopPipelineExecution").await, 18);
     assert_eq!(count_rows(&db, "stop_requests").await, 18);
 
-    // The same batch again: the same selection, every stop replayed, none sent again.
+    // The same batch again: the same selection (not listed again), every stop replayed, none
+    // sent again.
+    let listed = admin.calls("ListPipelineExecutions").await;
     let again = shape(batch(&mut client, request("incident-42")).await.unwrap());
+    assert_eq!(admin.calls("ListPipelineExecutions").await, listed);
     assert!(again.selected.replayed);
     assert_eq!(again.selected.pipeline_execution_arns, newest_first);
     let replayed = again

@@ -153,6 +153,32 @@ async fn a_stuck_callback_is_released_at_the_deadline_and_the_execution_stops(ba
         stack.admin.calls("SendPipelineExecutionStepFailure").await,
         2
     );
+
+    // SageMaker refusing the service's credentials for the release is lasting: the force ends
+    // with a note rather than being retried for ever.
+    let refused = stack.callback_execution().await;
+    stack
+        .admin
+        .set_fault(
+            "SendPipelineExecutionStepFailure",
+            serde_json::json!({"accessDenied": {"count": 1000}}),
+        )
+        .await;
+    client
+        .stop_execution(forced(&refused, "refused", Some(duration(0))))
+        .await
+        .unwrap();
+    let record = once_forced(&stack, "refused").await;
+    assert!(
+        record.force_note.starts_with("not forced:"),
+        "{}",
+        record.force_note
+    );
+    assert!(record.released_callbacks.is_empty());
+    assert_eq!(
+        execution_status(&stack.sagemaker, &refused).await,
+        "Stopping"
+    );
 }
 
 async fn a_lambda_step_is_explained_not_forced(backend: Backend) {
