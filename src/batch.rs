@@ -7,8 +7,9 @@
 //! StopExecution would stop it, with a key of its own derived from the batch's, so a retry
 //! replays what was done and carries out the rest; each stop is claimed and completed by the
 //! stop machinery (on a task of its own), so a caller that goes away leaves every execution
-//! either stopped and recorded or untouched. A few stops run at a time, each spending one of
-//! the caller's StopExecution rate, and each is authorized on its own.
+//! either stopped and recorded or untouched. A few stops run at a time (four per batch, and
+//! at most sixteen for all the batches of a server together), each spending one of the
+//! caller's StopExecution rate, and each is authorized on its own.
 
 use std::{
     collections::BTreeMap,
@@ -289,6 +290,7 @@ async fn stop_one(
     if input.dry_run {
         return None;
     }
+    let _permit = stopper.batch_stop_permit().await;
     rate.wait(caller.principal()).await;
     let stop = StopInput {
         principal: caller.principal().clone(),

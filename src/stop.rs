@@ -155,7 +155,14 @@ pub(crate) struct Stopper {
     /// so that shutdown can wait for them.
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
+    /// Stops of StopExecutions batches running at once, all batches together: a stream holds
+    /// no permit of the guard's once its first message is out, so this bounds what many
+    /// batches together ask of SageMaker and the database.
+    batch_stops: Arc<tokio::sync::Semaphore>,
 }
+
+/// Stops of all StopExecutions batches together at once (each batch runs a few itself).
+const BATCH_STOPS_AT_ONCE: usize = 16;
 
 /// SHA-256 of the parts, each length-prefixed so that no two lists of parts collide; hex.
 pub(crate) fn digest(parts: &[&str]) -> String {
@@ -227,6 +234,7 @@ impl Stopper {
             inflight: DashMap::new(),
             completed: quick_cache::sync::Cache::new(REPLAY_CACHE),
             tasks: TaskTracker::new(),
+            batch_stops: Arc::new(tokio::sync::Semaphore::new(BATCH_STOPS_AT_ONCE)),
         }
     }
 
@@ -346,6 +354,11 @@ impl Stopper {
             .get(&key)
             .await?
             .ok_or(Error::StopRequestNotFound)
+    }
+
+    /// A permit to run one stop of a batch, waiting for one when all are in use.
+    pub(crate) async fn batch_stop_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.batch_stops.clone().acquire_owned().await.ok()
     }
 
     /// The live batch under `key`, if an earlier attempt recorded one.
