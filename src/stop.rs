@@ -24,7 +24,7 @@ use crate::{
     audit::AuditLog,
     domain::{
         ClientToken, ExecutionArn, ExecutionStatus, LAMBDA_STEP_TIMEOUT_MAX, Principal, Reason,
-        StepDetail, StopOutcome,
+        StepDetail, StepSnapshot, StopOutcome,
     },
     error::Error,
     estate::Estate,
@@ -172,6 +172,24 @@ pub(crate) fn digest(parts: &[&str]) -> String {
         hasher.update(part.as_bytes());
     }
     hex::encode(hasher.finalize())
+}
+
+/// Why a running Lambda step cannot be forced, with the latest time it can end.
+fn lambda_note(step: &StepSnapshot, function_arn: &str) -> String {
+    let by = step
+        .start_time
+        .map(|t| {
+            format!(
+                ", at the latest by {}",
+                (t + chrono::Duration::seconds(LAMBDA_STEP_TIMEOUT_MAX))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "Lambda step {} cannot be forced: function {function_arn} runs until it finishes (then Stopped) or times out (then Failed){by}",
+        step.name
+    )
 }
 
 /// What a forced stop tells a Callback step: `stopped by pipeline-control: <reason>`, cut to
@@ -375,6 +393,27 @@ impl Stopper {
             .await?)
     }
 
+    /// What a forced stop of `arn` will not be able to force, as things stand: its running
+    /// Lambda steps (empty when there are none, or SageMaker cannot say now).
+    pub(crate) async fn unforceable(&self, arn: &ExecutionArn) -> String {
+        let Ok(sagemaker) = self.estate.client(arn).await else {
+            return String::new();
+        };
+        let Ok(Some(snapshot)) = sagemaker.execution(arn).await else {
+            return String::new();
+        };
+        let notes: Vec<String> = snapshot
+            .steps
+            .iter()
+            .filter(|step| step.status.is_running())
+            .filter_map(|step| match &step.detail {
+                StepDetail::Lambda { function_arn } => Some(lambda_note(step, function_arn)),
+                _ => None,
+            })
+            .collect();
+        notes.join("; ")
+    }
+
     /// The callbacks the force of `record` released (none without `force_after`).
     pub(crate) async fn releases(&self, record: &StopRecord) -> Result<Vec<Release>, Error> {
         if record.force_at.is_none() {
@@ -525,20 +564,7 @@ impl Stopper {
                             }
                         }
                         StepDetail::Lambda { function_arn } => {
-                            let by = step
-                                .start_time
-                                .map(|t| {
-                                    format!(
-                                        ", at the latest by {}",
-                                        (t + chrono::Duration::seconds(LAMBDA_STEP_TIMEOUT_MAX))
-                                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                                    )
-                                })
-                                .unwrap_or_default();
-                            notes.push(format!(
-                                "Lambda step {} cannot be forced: function {function_arn} runs until it finishes (then Stopped) or times out (then Failed){by}",
-                                step.name
-                            ));
+                            notes.push(lambda_note(step, function_arn));
                         }
                         _ => {}
                     }

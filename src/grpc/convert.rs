@@ -122,6 +122,7 @@ pub(crate) fn stop_response(record: &StopRecord, replayed: bool) -> pb::StopExec
         replayed,
         first_requested_at: Some(timestamp(record.created_at)),
         force_at: record.force_at.map(timestamp),
+        force_note: String::new(),
     }
 }
 

@@ -391,7 +391,14 @@ impl PipelineControl for PipelineControlService {
         let result = self.stop(request).await;
         let (outcome, replayed) = outcome_label(&result);
         self.metrics.stop_answered(outcome, replayed);
-        self.counted(result.map_err(Status::from).and_then(answer))
+        let mut response = self.counted(result.map_err(Status::from).and_then(answer))?;
+        // A forced stop says at once what its deadline cannot force (Lambda steps).
+        if response.get_ref().force_at.is_some()
+            && let Ok(arn) = ExecutionArn::parse(&response.get_ref().pipeline_execution_arn)
+        {
+            response.get_mut().force_note = self.stopper.unforceable(&arn).await;
+        }
+        Ok(response)
     }
 
     async fn get_execution(

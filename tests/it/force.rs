@@ -71,6 +71,7 @@ async fn a_stuck_callback_is_released_at_the_deadline_and_the_execution_stops(ba
         .unwrap()
         .into_inner();
     assert_eq!(answer.outcome(), pb::StopOutcome::StopRequested);
+    assert_eq!(answer.force_note, "", "a Callback step can be forced");
     let force_at = answer.force_at.expect("the deadline is in the answer");
     let requested = answer.first_requested_at.unwrap();
     assert_eq!(
@@ -214,10 +215,20 @@ async fn a_lambda_step_is_explained_not_forced(backend: Backend) {
         assert!(Instant::now() < deadline, "the Lambda step did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    client
+    // The answer says at once that the Lambda step cannot be forced, and until when it runs.
+    let answer = client
         .stop_execution(forced(&arn, "lambda", Some(duration(0))))
         .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    assert!(
+        answer
+            .force_note
+            .contains("Lambda step Score cannot be forced")
+            && answer.force_note.contains("at the latest by"),
+        "{}",
+        answer.force_note
+    );
     let record = once_forced(&stack, "lambda").await;
     assert!(record.released_callbacks.is_empty());
     assert!(
