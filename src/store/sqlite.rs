@@ -311,27 +311,15 @@ impl Store for SqliteStore {
         .bind(millis(retention))
         .fetch_optional(&self.pool)
         .await?;
-        let (row, inserted) = match inserted {
-            Some(row) => (row, true),
-            None => {
-                let row = sqlx::query(
-                    "SELECT fingerprint, selected, truncated FROM stop_batches
-                     WHERE principal = ?1 AND client_token = ?2",
-                )
-                .bind(&batch.key.principal)
-                .bind(&batch.key.token)
-                .fetch_one(&self.pool)
-                .await?;
-                (row, false)
-            }
-        };
-        let selected: String = row.try_get("selected")?;
-        Ok(StoredBatch {
-            fingerprint: row.try_get("fingerprint")?,
-            selected: selected.lines().map(str::to_string).collect(),
-            truncated: row.try_get("truncated")?,
-            inserted,
-        })
+        match inserted {
+            Some(row) => stored_batch(&row, true),
+            // A live batch stands under the key: an earlier attempt's. (Gone meanwhile only
+            // if it expired and was swept in between; a retry then starts afresh.)
+            None => self
+                .batch(&batch.key)
+                .await?
+                .ok_or(StoreError::Unavailable(sqlx::Error::RowNotFound)),
+        }
     }
 
     async fn batch(&self, key: &RequestKey) -> Result<Option<StoredBatch>, StoreError> {
@@ -343,16 +331,7 @@ impl Store for SqliteStore {
         .bind(&key.token)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let selected: String = row.try_get("selected")?;
-        Ok(Some(StoredBatch {
-            fingerprint: row.try_get("fingerprint")?,
-            selected: selected.lines().map(str::to_string).collect(),
-            truncated: row.try_get("truncated")?,
-            inserted: false,
-        }))
+        row.as_ref().map(|row| stored_batch(row, false)).transpose()
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
@@ -764,4 +743,15 @@ fn keys(rows: &[SqliteRow]) -> Result<Vec<RequestKey>, StoreError> {
             })
         })
         .collect()
+}
+
+/// A `stop_batches` row (`fingerprint`, `selected`, `truncated`).
+fn stored_batch(row: &SqliteRow, inserted: bool) -> Result<StoredBatch, StoreError> {
+    let selected: String = row.try_get("selected")?;
+    Ok(StoredBatch {
+        fingerprint: row.try_get("fingerprint")?,
+        selected: selected.lines().map(str::to_string).collect(),
+        truncated: row.try_get("truncated")?,
+        inserted,
+    })
 }
