@@ -29,10 +29,22 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The subcommands of the one binary.
+/// The subcommands of the one binary: the service's, and the clients'.
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once at start; boxing would only add noise
 pub enum Command {
+    /// The service, its database and the emulator.
+    #[command(flatten)]
+    Service(ServiceCommand),
+    /// The command line for people: clients of a running service.
+    #[command(flatten)]
+    Client(crate::client::ClientCommand),
+}
+
+/// The subcommands that run the service or its parts.
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; boxing would only add noise
+pub enum ServiceCommand {
     /// Run the gRPC service (applies pending migrations first).
     Serve(ServeArgs),
     /// Apply pending database migrations, then exit.
@@ -419,7 +431,7 @@ mod tests {
         ])
         .map_err(|e| e.to_string());
         let Ok(Cli {
-            command: Command::Serve(args),
+            command: Command::Service(ServiceCommand::Serve(args)),
             ..
         }) = cli
         else {

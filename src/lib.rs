@@ -52,6 +52,10 @@
 //! - `jitter`: spreading retries and polls.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 //!
+//! The command line for people:
+//! - [`client`]: `stop`, `get`, `watch` and `history`, clients of a running service through
+//!   the generated client of the contract, with a live view on a terminal.
+//!
 //! Imports point one way: no module imports one that imports it back.
 
 pub mod app;
@@ -59,6 +63,7 @@ mod audit;
 mod auth;
 mod background;
 mod batch;
+pub mod client;
 pub mod config;
 mod demo;
 mod domain;

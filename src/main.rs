@@ -6,15 +6,21 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use pipeline_control::{
     app::Application,
-    config::{Cli, Command},
+    client,
+    config::{Cli, Command, ServiceCommand},
     shutdown, store, telemetry,
 };
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let traces = match &cli.command {
-        Command::Serve(args) => args.traces_endpoint().map(str::to_string),
+    let command = match cli.command {
+        // The client commands print for people (or scripts): no service logs.
+        Command::Client(command) => return client::run(command).await,
+        Command::Service(command) => command,
+    };
+    let traces = match &command {
+        ServiceCommand::Serve(args) => args.traces_endpoint().map(str::to_string),
         _ => None,
     };
     let telemetry = match telemetry::init(cli.log_format, &cli.log_filter, traces.as_deref()) {
@@ -24,7 +30,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = run(cli.command).await;
+    let result = run(command).await;
     telemetry.shutdown().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,17 +42,17 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: ServiceCommand) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => Application::build(args).await?.run().await,
-        Command::Migrate(args) => {
+        ServiceCommand::Serve(args) => Application::build(args).await?.run().await,
+        ServiceCommand::Migrate(args) => {
             let store = store::connect(&args).await?;
             store.migrate().await?;
             store.close().await;
             tracing::info!(backend = ?store.backend(), "migrations applied");
             Ok(())
         }
-        Command::Emulator(args) => {
+        ServiceCommand::Emulator(args) => {
             let signal = shutdown::signal()?;
             let started = |endpoint: &str| {
                 tracing::info!(

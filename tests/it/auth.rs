@@ -87,7 +87,7 @@ impl Authority {
         )
     }
 
-    fn client(&self, cn: &str, sans: Vec<SanType>) -> Leaf {
+    pub(crate) fn client(&self, cn: &str, sans: Vec<SanType>) -> Leaf {
         self.leaf(cn, sans, ExtendedKeyUsagePurpose::ClientAuth)
     }
 }
@@ -101,14 +101,14 @@ fn dns(text: &str) -> SanType {
 }
 
 /// Files for one test, removed with it.
-struct Files(tempfile::TempDir);
+pub(crate) struct Files(tempfile::TempDir);
 
 impl Files {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(tempfile::tempdir().unwrap())
     }
 
-    fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.0.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
@@ -118,11 +118,11 @@ impl Files {
 // ---------------------------------------------------------------------------------------------
 // A server with its database and emulator
 
-struct Secured {
-    db: TestDb,
-    app: TestApp,
-    admin: Admin,
-    sagemaker: aws_sdk_sagemaker::Client,
+pub(crate) struct Secured {
+    pub(crate) db: TestDb,
+    pub(crate) app: TestApp,
+    pub(crate) admin: Admin,
+    pub(crate) sagemaker: aws_sdk_sagemaker::Client,
     _emulator: sagemaker_emulator::RunningEmulator,
 }
 
@@ -143,7 +143,7 @@ impl Secured {
     }
 
     /// A running execution (it stays Executing until stopped).
-    async fn execution(&self, pipeline: &str) -> String {
+    pub(crate) async fn execution(&self, pipeline: &str) -> String {
         let steps = json!([{"Name": "Train", "Type": "Training",
             "Arguments": {"Emulator": {"DurationSeconds": 100000000}}}]);
         let definition = json!({"Version": "2020-12-01", "Steps": steps}).to_string();
@@ -631,7 +631,10 @@ async fn tls_serves_callers_that_trust_the_server_certificate() {
 
 /// A server with TLS, checking client certificates against its CA when `client_ca`, and
 /// tokens too when given a token file: the server, its CA, and the test's files.
-async fn tls_server(client_ca: bool, tokens: Option<&str>) -> (Secured, Authority, Files) {
+pub(crate) async fn tls_server(
+    client_ca: bool,
+    tokens: Option<&str>,
+) -> (Secured, Authority, Files) {
     let ca = Authority::new("Test CA");
     let leaf = ca.server();
     let files = Files::new();

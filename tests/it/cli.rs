@@ -32,6 +32,12 @@ pub(crate) fn command() -> Command {
         "PIPELINE_CONTROL_ACCOUNTS_FILE",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "RUST_BACKTRACE",
+        "PIPELINE_CONTROL_SERVER",
+        "PIPELINE_CONTROL_CA_CERT",
+        "PIPELINE_CONTROL_CLIENT_CERT",
+        "PIPELINE_CONTROL_CLIENT_KEY",
+        "PIPELINE_CONTROL_BEARER_TOKEN",
+        "PIPELINE_CONTROL_BEARER_TOKEN_FILE",
     ] {
         command.env_remove(var);
     }
@@ -223,7 +229,7 @@ fn logged_address(line: &str) -> SocketAddr {
 
 /// [`spawn_server_with`], also returning where metrics are served (if they are).
 pub(crate) fn spawn_server_metered(
-    mut command: Command,
+    command: Command,
     db: &TestDb,
     extra: &[&str],
 ) -> (
@@ -232,14 +238,23 @@ pub(crate) fn spawn_server_metered(
     Option<SocketAddr>,
     std::thread::JoinHandle<String>,
 ) {
+    spawn_server_listening(command, db, "127.0.0.1:0", extra)
+}
+
+/// [`spawn_server_metered`] on `listen` (an address a server before it had, say).
+pub(crate) fn spawn_server_listening(
+    mut command: Command,
+    db: &TestDb,
+    listen: &str,
+    extra: &[&str],
+) -> (
+    Child,
+    SocketAddr,
+    Option<SocketAddr>,
+    std::thread::JoinHandle<String>,
+) {
     let mut child = command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            &db.url,
-        ])
+        .args(["serve", "--listen", listen, "--database-url", &db.url])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

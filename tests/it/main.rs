@@ -9,6 +9,7 @@ mod common;
 mod auth;
 mod batch;
 mod cli;
+mod client;
 mod estate;
 mod executions;
 mod force;

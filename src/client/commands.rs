@@ -1,0 +1,694 @@
+//! Each client subcommand: its calls, retries and waits. What it prints is `view`'s.
+//!
+//! Safety of retries: a stop is only ever re-sent with the same client token, which the
+//! service answers from its record (and SageMaker deduplicates by the token derived from it),
+//! so a retry or a reconnect never stops anything twice. Reads are repeated freely.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use futures_util::StreamExt as _;
+use tokio::time::Instant;
+use tonic::{Request, Status, Streaming};
+
+use super::{
+    Backoff, Exit, Failure, Output,
+    args::{GetArgs, HistoryArgs, StopArgs, WatchArgs},
+    connect::{Client, connect},
+    describe, reason, retryable,
+    view::{self, View, emit, emit_json},
+    with_retries,
+};
+use crate::grpc::pb::{
+    self, stop_executions_response::Response as BatchMessage, watch_execution_response::Event,
+};
+
+/// The deadline of one unary call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stop (or a read) is retried while the service is unavailable, without
+/// `--wait-timeout`.
+const RETRY_BUDGET: Duration = Duration::from_secs(120);
+/// How long a wait without `--wait-timeout` goes on reconnecting to a service that stays
+/// unreachable before giving up.
+const RECONNECT_BUDGET: Duration = Duration::from_secs(300);
+/// Executions of a pipeline followed at once by `stop --pipeline --wait`.
+const FOLLOWED_AT_ONCE: usize = 16;
+
+/// `message` with a deadline: [`CALL_TIMEOUT`], or less when `until` comes sooner.
+fn timed<T>(message: T, until: Option<Instant>) -> Request<T> {
+    let mut request = Request::new(message);
+    let left = until.map_or(CALL_TIMEOUT, |until| {
+        until
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_secs(1), CALL_TIMEOUT)
+    });
+    request.set_timeout(left);
+    request
+}
+
+/// The opening of a stream, bounded by [`CALL_TIMEOUT`]. (A deadline on the call itself would
+/// bound the whole stream.) No answer in time is UNAVAILABLE, so it is retried.
+async fn opening<T>(
+    call: impl Future<Output = Result<tonic::Response<Streaming<T>>, Status>>,
+) -> Result<Streaming<T>, Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(response) => Ok(response?.into_inner()),
+        Err(_) => Err(Status::unavailable(format!(
+            "no answer within {}s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn retry_note(status: &Status, delay: Duration) -> String {
+    format!(
+        "{}; retrying in {:.1}s",
+        describe(status),
+        delay.as_secs_f64()
+    )
+}
+
+fn duration_proto(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or_default(),
+    }
+}
+
+/// The client token given, or a new one (and `true`: it must be printed).
+fn client_token(given: Option<&String>) -> (String, bool) {
+    match given {
+        Some(token) => (token.clone(), false),
+        None => (uuid::Uuid::new_v4().to_string(), true),
+    }
+}
+
+/// `stop`.
+pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
+    // clap does not hold `requires` against an argument of a group another member satisfied.
+    if args.pipeline.is_none() {
+        for (given, flag) in [
+            (args.dry_run, "--dry-run"),
+            (args.created_after.is_some(), "--created-after"),
+            (args.created_before.is_some(), "--created-before"),
+            (args.max_executions.is_some(), "--max-executions"),
+        ] {
+            if given {
+                return Err(Failure::usage(format!(
+                    "{flag} selects executions of a pipeline: it needs --pipeline PIPELINE_ARN, not an execution ARN"
+                )));
+            }
+        }
+    }
+    let client = connect(&args.client)?;
+    let started = Instant::now();
+    let (token, generated) = client_token(args.client_token.as_ref());
+    if let Some(pipeline) = &args.pipeline {
+        return stop_pipeline(&client, &args, pipeline, &token, generated, started).await;
+    }
+    let arn = args.execution_arn.clone().unwrap_or_default();
+    let request = pb::StopExecutionRequest {
+        pipeline_execution_arn: arn.clone(),
+        client_request_token: token.clone(),
+        reason: args.reason.clone(),
+        force_after: args.force_after.map(duration_proto),
+    };
+    let mut view = View::new(args.client.output, args.wait);
+    let until = started + args.wait_timeout.unwrap_or(RETRY_BUDGET);
+    let answer = send_stop(&client, &request, until, &mut view)
+        .await
+        .map_err(|status| {
+            view.finish(None);
+            stop_failure(&status, &token, generated)
+        })?;
+    view.stop_answer(&answer, generated);
+    if !args.wait {
+        return Ok(Exit::Done);
+    }
+    let deadline = args.wait_timeout.map(|wait| (started + wait, wait));
+    follow(&client, &arn, Some(&request), deadline, view).await
+}
+
+/// StopExecution, retried while the service says to (or cannot be reached) until `until`.
+async fn send_stop(
+    client: &Client,
+    request: &pb::StopExecutionRequest,
+    until: Instant,
+    view: &mut View,
+) -> Result<pb::StopExecutionResponse, Status> {
+    with_retries(
+        || {
+            let mut client = client.clone();
+            let request = timed(request.clone(), Some(until));
+            async move { Ok(client.stop_execution(request).await?.into_inner()) }
+        },
+        until,
+        |status, delay| view.note(&retry_note(status, delay)),
+    )
+    .await
+}
+
+/// A stop that failed. An execution that had already ended is the outcome of exit status 3;
+/// a transient failure that outlasted the retries names the token to retry with.
+fn stop_failure(status: &Status, token: &str, generated: bool) -> Failure {
+    if reason(status).as_deref() == Some("EXECUTION_ALREADY_TERMINAL") {
+        use tonic_types::StatusExt as _;
+        let ended = status
+            .get_details_error_info()
+            .and_then(|info| info.metadata.get("status").cloned())
+            .unwrap_or_else(|| "in another status".to_string());
+        return Failure::outcome(
+            Exit::OtherStatus,
+            format!("the execution had already ended {ended}: nothing to stop"),
+        );
+    }
+    let mut failure = Failure::call(status);
+    if generated && retryable(status) {
+        failure.line.push_str(&format!(
+            " (retry with --client-token {token}: the same stop, never a second one)"
+        ));
+    }
+    failure
+}
+
+/// Follows `arn` until it ends: its snapshots into `view`, reconnecting when the stream
+/// breaks. A follow of a stop first re-sends `restop` (the same request, the same token) on
+/// each reconnect: the service answers it from its record, and an answer shows the service
+/// is back. `deadline` is `--wait-timeout`'s end and length.
+async fn follow(
+    client: &Client,
+    arn: &str,
+    restop: Option<&pb::StopExecutionRequest>,
+    deadline: Option<(Instant, Duration)>,
+    mut view: View,
+) -> Result<Exit, Failure> {
+    let mut last: Option<pb::Execution> = None;
+    let mut backoff = Backoff::new();
+    let mut reconnect = false;
+    loop {
+        let until = deadline.map_or_else(|| Instant::now() + RECONNECT_BUDGET, |(at, _)| at);
+        if reconnect
+            && let Some(request) = restop
+            && let Err(status) = send_stop(client, request, until, &mut view).await
+        {
+            return Err(lost(&mut view, &status, last.as_ref(), deadline));
+        }
+        reconnect = true;
+        let opened = with_retries(
+            || {
+                let mut client = client.clone();
+                let request = pb::WatchExecutionRequest {
+                    pipeline_execution_arn: arn.to_string(),
+                };
+                opening(async move { client.watch_execution(request).await })
+            },
+            until,
+            |status, delay| view.note(&retry_note(status, delay)),
+        )
+        .await;
+        let mut stream: Streaming<pb::WatchExecutionResponse> = match opened {
+            Ok(stream) => stream,
+            Err(status) => return Err(lost(&mut view, &status, last.as_ref(), deadline)),
+        };
+        loop {
+            let next = match deadline {
+                Some((at, wait)) => match tokio::time::timeout_at(at, stream.message()).await {
+                    Ok(next) => next,
+                    Err(_) => return Err(timed_out(&mut view, last.as_ref(), wait)),
+                },
+                None => stream.message().await,
+            };
+            match next {
+                Ok(Some(message)) => {
+                    view.watched(&message);
+                    if let Some(Event::Execution(execution)) = message.event {
+                        let status = execution.status();
+                        last = Some(execution);
+                        if is_terminal(status) {
+                            view.finish(last.as_ref());
+                            return ended(last.as_ref());
+                        }
+                    }
+                }
+                // Ended without a terminal snapshot (the service shutting down cleanly ends
+                // streams with UNAVAILABLE; this is the same news): reconnect.
+                Ok(None) => break,
+                Err(status) if retryable(&status) => {
+                    let delay = backoff.after(&status);
+                    view.note(&format!(
+                        "the watch broke ({}); reconnecting in {:.1}s",
+                        describe(&status),
+                        delay.as_secs_f64()
+                    ));
+                    tokio::time::sleep(delay).await;
+                    break;
+                }
+                Err(status) => {
+                    view.finish(last.as_ref());
+                    return Err(Failure::call(&status));
+                }
+            }
+        }
+    }
+}
+
+/// The wait could not go on: past the deadline that is a timeout, else an error.
+fn lost(
+    view: &mut View,
+    status: &Status,
+    last: Option<&pb::Execution>,
+    deadline: Option<(Instant, Duration)>,
+) -> Failure {
+    match deadline {
+        Some((at, wait)) if Instant::now() + Duration::from_secs(1) >= at && retryable(status) => {
+            timed_out(view, last, wait)
+        }
+        _ => {
+            view.finish(last);
+            Failure::call(status)
+        }
+    }
+}
+
+fn timed_out(view: &mut View, last: Option<&pb::Execution>, wait: Duration) -> Failure {
+    view.finish(last);
+    let status = last.map_or("not yet seen", |e| view::status_name(e.status()));
+    Failure::outcome(
+        Exit::TimedOut,
+        format!(
+            "--wait-timeout of {} passed; the execution is {status}",
+            humantime::format_duration(wait)
+        ),
+    )
+}
+
+fn is_terminal(status: pb::ExecutionStatus) -> bool {
+    matches!(
+        status,
+        pb::ExecutionStatus::Stopped
+            | pb::ExecutionStatus::Failed
+            | pb::ExecutionStatus::Succeeded
+            | pb::ExecutionStatus::CompletedWithFailures
+    )
+}
+
+/// The exit of a follow that saw the terminal snapshot `last`.
+fn ended(last: Option<&pb::Execution>) -> Result<Exit, Failure> {
+    match last {
+        Some(e) if e.status() == pb::ExecutionStatus::Stopped => Ok(Exit::Done),
+        Some(e) => {
+            let mut line = format!("the execution ended {}", view::status_name(e.status()));
+            if !e.failure_reason.is_empty() {
+                line.push_str(&format!(": {}", e.failure_reason));
+            }
+            Err(Failure::outcome(Exit::OtherStatus, line))
+        }
+        None => Err(Failure::error("the watch ended without a snapshot".into())),
+    }
+}
+
+/// `get`.
+pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
+    let client = connect(&args.client)?;
+    let until = Instant::now() + RETRY_BUDGET;
+    let execution = with_retries(
+        || {
+            let mut client = client.clone();
+            let request = timed(
+                pb::GetExecutionRequest {
+                    pipeline_execution_arn: args.execution_arn.clone(),
+                },
+                Some(until),
+            );
+            async move { Ok(client.get_execution(request).await?.into_inner()) }
+        },
+        until,
+        |_, _| {},
+    )
+    .await
+    .map_err(|status| Failure::call(&status))?;
+    match args.client.output {
+        Output::Json => emit_json(&execution),
+        Output::Text => emit(&view::render(&execution, chrono::Utc::now())[1..].join("\n")),
+    }
+    Ok(Exit::Done)
+}
+
+/// `watch`.
+pub(super) async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
+    let client = connect(&args.client)?;
+    let deadline = args.wait_timeout.map(|wait| (Instant::now() + wait, wait));
+    let view = View::new(args.client.output, true);
+    follow(&client, &args.execution_arn, None, deadline, view).await
+}
+
+/// `history`.
+pub(super) async fn history(args: HistoryArgs) -> Result<Exit, Failure> {
+    let client = connect(&args.client)?;
+    let mut remaining = args.limit;
+    let mut page_token = String::new();
+    let mut rows = vec![
+        [
+            "REQUESTED (UTC)",
+            "PRINCIPAL",
+            "EXECUTION",
+            "RESULT",
+            "STATUS THEN",
+            "TOKEN",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    loop {
+        let until = Instant::now() + RETRY_BUDGET;
+        let request = pb::ListStopRequestsRequest {
+            pipeline_arn: args.pipeline.clone().unwrap_or_default(),
+            pipeline_execution_arn: args.execution.clone().unwrap_or_default(),
+            page_size: i32::try_from(remaining.min(100)).unwrap_or(100),
+            page_token: page_token.clone(),
+        };
+        let page = with_retries(
+            || {
+                let mut client = client.clone();
+                let request = timed(request.clone(), Some(until));
+                async move { Ok(client.list_stop_requests(request).await?.into_inner()) }
+            },
+            until,
+            |_, _| {},
+        )
+        .await
+        .map_err(|status| Failure::call(&status))?;
+        for record in &page.stop_requests {
+            match args.client.output {
+                Output::Json => emit_json(record),
+                Output::Text => rows.push(history_row(record)),
+            }
+            remaining = remaining.saturating_sub(1);
+        }
+        if remaining == 0 || page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if args.client.output == Output::Text {
+        if rows.len() == 1 {
+            emit("no stop requests to show");
+        } else {
+            view::table(&rows).iter().for_each(|line| emit(line));
+        }
+    }
+    Ok(Exit::Done)
+}
+
+fn history_row(record: &pb::StopRequest) -> Vec<String> {
+    let result = if record.state() == pb::StopRequestState::Pending {
+        "pending".to_string()
+    } else if !record.error_code.is_empty() {
+        record.error_code.clone()
+    } else {
+        outcome_name(record.outcome()).to_string()
+    };
+    let status = if record.status() == pb::ExecutionStatus::Unspecified {
+        "-".to_string()
+    } else {
+        view::status_name(record.status()).to_string()
+    };
+    let mut reason = record.reason.clone();
+    if record.forced_at.is_some() {
+        reason = format!("(forced) {reason}");
+    }
+    vec![
+        record.first_requested_at.as_ref().map_or_else(
+            || "-".to_string(),
+            |t| view::time_text(t, chrono::SecondsFormat::Secs),
+        ),
+        record.principal.clone(),
+        view::short_arn(&record.pipeline_execution_arn).to_string(),
+        result,
+        status,
+        record.client_request_token.clone(),
+        reason,
+    ]
+}
+
+/// `STOP_REQUESTED`.
+fn outcome_name(outcome: pb::StopOutcome) -> &'static str {
+    let name = outcome.as_str_name();
+    name.strip_prefix("STOP_OUTCOME_").unwrap_or(name)
+}
+
+/// `stop --pipeline`: StopExecutions, followed to its summary, reopened with the same token
+/// when the stream breaks (the service replays the recorded selection and results; results
+/// already printed are not printed again).
+async fn stop_pipeline(
+    client: &Client,
+    args: &StopArgs,
+    pipeline: &str,
+    token: &str,
+    generated: bool,
+    started: Instant,
+) -> Result<Exit, Failure> {
+    let output = args.client.output;
+    let request = pb::StopExecutionsRequest {
+        pipeline_arn: pipeline.to_string(),
+        client_request_token: token.to_string(),
+        reason: args.reason.clone(),
+        force_after: args.force_after.map(duration_proto),
+        dry_run: args.dry_run,
+        created_after: args.created_after,
+        created_before: args.created_before,
+        max_executions: args.max_executions.map_or(0, i32::from),
+    };
+    let until = started + args.wait_timeout.unwrap_or(RETRY_BUDGET);
+    let mut selected = false;
+    let mut results: BTreeMap<String, Option<pb::StopExecutionResponse>> = BTreeMap::new();
+    let mut backoff = Backoff::new();
+    let summary = 'stream: loop {
+        let opened = with_retries(
+            || {
+                let mut client = client.clone();
+                let request = request.clone();
+                opening(async move { client.stop_executions(request).await })
+            },
+            until,
+            |status, delay| {
+                if output == Output::Text {
+                    emit(&retry_note(status, delay));
+                }
+            },
+        )
+        .await;
+        let mut stream = opened.map_err(|status| stop_failure(&status, token, generated))?;
+        loop {
+            match stream.message().await {
+                Ok(Some(message)) => {
+                    let Some(response) = &message.response else {
+                        continue;
+                    };
+                    let new = match response {
+                        BatchMessage::Selected(_) => !std::mem::replace(&mut selected, true),
+                        BatchMessage::Result(result) => {
+                            !results.contains_key(&result.pipeline_execution_arn)
+                        }
+                        BatchMessage::Summary(_) => true,
+                    };
+                    if !new {
+                        continue;
+                    }
+                    match output {
+                        Output::Json => emit_json(&message),
+                        Output::Text => batch_lines(response, pipeline, token, generated)
+                            .iter()
+                            .for_each(|line| emit(line)),
+                    }
+                    match response {
+                        BatchMessage::Result(result) => {
+                            let answer = match &result.result {
+                                Some(pb::execution_stop_result::Result::Response(answer)) => {
+                                    Some(answer.clone())
+                                }
+                                _ => None,
+                            };
+                            results.insert(result.pipeline_execution_arn.clone(), answer);
+                        }
+                        BatchMessage::Summary(summary) => break 'stream summary.clone(),
+                        BatchMessage::Selected(_) => {}
+                    }
+                }
+                Ok(None) => {
+                    return Err(Failure::error(
+                        "the service ended StopExecutions without a summary".into(),
+                    ));
+                }
+                Err(status) if retryable(&status) && Instant::now() < until => {
+                    let delay = backoff.after(&status);
+                    if output == Output::Text {
+                        emit(&format!(
+                            "the stream broke ({}); reopening it with the same client token in {:.1}s",
+                            describe(&status),
+                            delay.as_secs_f64()
+                        ));
+                    }
+                    tokio::time::sleep(delay).await;
+                    continue 'stream;
+                }
+                Err(status) => return Err(stop_failure(&status, token, generated)),
+            }
+        }
+    };
+    if summary.failed > 0 {
+        let errors: Vec<String> = summary
+            .errors
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        return Err(Failure::error(format!(
+            "{} of {} stops failed ({})",
+            summary.failed,
+            summary.selected,
+            errors.join(", ")
+        )));
+    }
+    if !args.wait {
+        return Ok(Exit::Done);
+    }
+    let deadline = args.wait_timeout.map(|wait| (started + wait, wait));
+    let followed: Vec<String> = results
+        .into_iter()
+        .filter_map(|(arn, answer)| answer.map(|_| arn))
+        .collect();
+    follow_all(client, followed, deadline, output).await
+}
+
+fn batch_lines(
+    response: &BatchMessage,
+    pipeline: &str,
+    token: &str,
+    generated: bool,
+) -> Vec<String> {
+    match response {
+        BatchMessage::Selected(selected) => {
+            let mut lines = vec![format!(
+                "Selected {} Executing execution(s) of {pipeline}{}{}",
+                selected.pipeline_execution_arns.len(),
+                if selected.dry_run {
+                    " (dry run: nothing is stopped)"
+                } else {
+                    ""
+                },
+                if selected.replayed {
+                    ", answered from the record of an earlier identical request"
+                } else {
+                    ""
+                }
+            )];
+            if selected.truncated {
+                lines.push(
+                    "more were Executing than --max-executions allows: the newest are selected"
+                        .to_string(),
+                );
+            }
+            if !selected.dry_run {
+                lines.push(if generated {
+                    format!(
+                        "client token {token} (generated: pass --client-token {token} to retry)"
+                    )
+                } else {
+                    format!("client token {token}")
+                });
+            } else {
+                for arn in &selected.pipeline_execution_arns {
+                    lines.push(format!("  would stop {}", view::short_arn(arn)));
+                }
+            }
+            lines
+        }
+        BatchMessage::Result(result) => vec![match &result.result {
+            Some(pb::execution_stop_result::Result::Response(answer)) => format!(
+                "  {:<16} {} ({})",
+                outcome_name(answer.outcome()),
+                view::short_arn(&result.pipeline_execution_arn),
+                view::status_name(answer.status())
+            ),
+            Some(pb::execution_stop_result::Result::Error(error)) => {
+                let status = tonic::Status::with_details(
+                    tonic::Code::from(error.code),
+                    error.message.clone(),
+                    prost::Message::encode_to_vec(error).into(),
+                );
+                format!(
+                    "  {:<16} {} {}",
+                    "FAILED",
+                    view::short_arn(&result.pipeline_execution_arn),
+                    describe(&status)
+                )
+            }
+            None => format!("  {}", result.pipeline_execution_arn),
+        }],
+        BatchMessage::Summary(summary) if summary.would_stop > 0 || summary.selected == 0 => {
+            vec![format!(
+                "{} selected: {} would be stopped, {} refused",
+                summary.selected, summary.would_stop, summary.failed
+            )]
+        }
+        BatchMessage::Summary(summary) => vec![format!(
+            "{} selected: {} stop requested, {} already stopping, {} already stopped, {} failed",
+            summary.selected,
+            summary.stop_requested,
+            summary.already_stopping,
+            summary.already_stopped,
+            summary.failed
+        )],
+    }
+}
+
+/// `stop --pipeline --wait`: follows every stopped execution to its end, a few at a time, and
+/// says how each ended (one line each; with `--output json`, its last snapshot).
+async fn follow_all(
+    client: &Client,
+    arns: Vec<String>,
+    deadline: Option<(Instant, Duration)>,
+    output: Output,
+) -> Result<Exit, Failure> {
+    let ends: Vec<(String, Result<Exit, Failure>)> = futures_util::stream::iter(arns)
+        .map(|arn| async move {
+            let end = follow(client, &arn, None, deadline, View::Quiet(output)).await;
+            (arn, end)
+        })
+        .buffer_unordered(FOLLOWED_AT_ONCE)
+        .collect()
+        .await;
+    let mut worst = Exit::Done;
+    let mut worst_line = String::new();
+    for (arn, end) in &ends {
+        let (exit, line) = match end {
+            Ok(_) => (Exit::Done, "Stopped".to_string()),
+            Err(failure) => (failure.exit, failure.line.clone()),
+        };
+        if output == Output::Text {
+            emit(&format!("  {}: {line}", view::short_arn(arn)));
+        }
+        // An error outweighs a timeout, which outweighs another status.
+        let rank = |exit: Exit| match exit {
+            Exit::Done => 0,
+            Exit::OtherStatus => 1,
+            Exit::TimedOut => 2,
+            Exit::Error | Exit::Usage => 3,
+        };
+        if rank(exit) > rank(worst) {
+            worst = exit;
+            worst_line = format!("{}: {line}", view::short_arn(arn));
+        }
+    }
+    match worst {
+        Exit::Done => Ok(Exit::Done),
+        exit => Err(Failure {
+            exit,
+            line: format!(
+                "{} of {} executions did not end Stopped; first: {worst_line}",
+                ends.iter().filter(|(_, end)| end.is_err()).count(),
+                ends.len()
+            ),
+        }),
+    }
+}

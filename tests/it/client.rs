@@ -1,0 +1,723 @@
+//! The command line for people, as they run it: the real binary (`stop`, `get`, `watch`,
+//! `history`) against a real server, database and emulator. Plain lines in a pipe, JSON lines
+//! for scripts, the live view under a pseudo-terminal, exit statuses, retries across a server
+//! restart, TLS and bearer tokens.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use tokio::{sync::mpsc, time::Instant};
+
+use crate::{
+    auth::tls_server,
+    cli::{
+        assert_clean_failure, command, run_bounded, send_signal, spawn_server_listening,
+        wait_bounded_async,
+    },
+    common::{
+        Backend, Stack, TestDb, create_pipeline, spawn_emulator, start_execution, token_file,
+        wait_for_status,
+    },
+};
+
+/// The binary as a client of the server at `url`.
+fn client(url: &str) -> Command {
+    let mut command = command();
+    command.env("PIPELINE_CONTROL_SERVER", url);
+    command
+}
+
+/// A client command running, its standard output read line by line as it comes.
+struct Running {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits (a minute at most) for a line containing `text`, and returns it.
+    async fn until(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.seen.iter().find(|line| line.contains(text)) {
+                return line.clone();
+            }
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => self.seen.push(line),
+                Ok(None) => panic!("exited before printing {text:?}:\n{}", self.seen.join("\n")),
+                Err(_) => panic!("no {text:?} within a minute:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Waits for the exit; returns the status, every line of standard output, standard error.
+    async fn finish(mut self) -> (ExitStatus, Vec<String>, String) {
+        let (_, status) = wait_bounded_async(self.child).await;
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        (status, self.seen, self.stderr.join().unwrap())
+    }
+}
+
+/// The callback token in a plain `blocked:` line.
+fn token_in(line: &str) -> String {
+    line.split("callback token ")
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ']).next())
+        .expect("a callback token in the line")
+        .to_string()
+}
+
+async fn answer(sagemaker: &aws_sdk_sagemaker::Client, token: &str) {
+    sagemaker
+        .send_pipeline_execution_step_success()
+        .callback_token(token)
+        .send()
+        .await
+        .unwrap();
+}
+
+fn position(lines: &[String], text: &str) -> usize {
+    lines
+        .iter()
+        .position(|line| line.contains(text))
+        .unwrap_or_else(|| panic!("no {text:?} in:\n{}", lines.join("\n")))
+}
+
+/// The one line on standard error, with no panic or backtrace.
+fn one_line(stderr: &str) -> &str {
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+    lines[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_wait_shows_the_callback_that_blocks_then_stopped_and_exits_zero() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    let mut stop = client(&stack.app.url());
+    stop.args(["stop", &arn, "--reason", "INC-7 bad data", "--wait"]);
+    let mut running = Running::spawn(stop);
+
+    // Another task answers the callback once the command has shown what blocks the stop.
+    let blocked = running.until("blocked: Approve (Callback)").await;
+    assert!(
+        blocked.contains("aws sagemaker send-pipeline-execution-step-failure --region us-east-1"),
+        "{blocked}"
+    );
+    answer(&stack.sagemaker, &token_in(&blocked)).await;
+    let (status, lines, stderr) = running.finish().await;
+
+    assert_eq!(status.code(), Some(0), "{}\n{stderr}", lines.join("\n"));
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("Stop requested for {arn}")),
+        "{lines:?}"
+    );
+    // The token was generated, printed, and is the one the service recorded.
+    let printed = lines[1]
+        .strip_prefix("client token ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap();
+    uuid::Uuid::parse_str(printed).unwrap();
+    assert!(lines[1].contains(&format!("pass --client-token {printed}")));
+    let record = stack
+        .client
+        .clone()
+        .get_stop_request(pipeline_control::grpc::pb::GetStopRequestRequest {
+            client_request_token: printed.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(record.reason, "INC-7 bad data");
+    // What blocked it came before the end, and every line is plain text.
+    assert!(position(&lines, "blocked: Approve") < position(&lines, " Stopped"));
+    assert!(
+        lines.last().unwrap().contains("Stopped") || lines.iter().any(|l| l.ends_with("Stopped"))
+    );
+    for line in &lines {
+        assert!(!line.contains('\u{1b}'), "an escape code in {line:?}");
+    }
+    assert_eq!(stack.admin.stop_tokens(&arn).await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lambda_step_that_times_out_ends_failed_with_exit_three() {
+    // Twenty emulated seconds a second: the function's 60 s timeout passes in 3 s.
+    let stack = Stack::start(Backend::Sqlite, 20.0, |_| {}).await;
+    let arn = stack
+        .execution(json!([{"Name": "Score", "Type": "Lambda",
+            "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:score",
+            "Arguments": {"Emulator": {"DurationSeconds": 600, "TimeoutSeconds": 60}}}]))
+        .await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    let output = {
+        let mut stop = client(&stack.app.url());
+        stop.args(["stop", &arn, "--wait"]);
+        let running = Running::spawn(stop);
+        running.finish().await
+    };
+    let (status, lines, stderr) = output;
+    assert_eq!(status.code(), Some(3), "{}\n{stderr}", lines.join("\n"));
+    assert!(
+        one_line(&stderr).starts_with("pipeline-control: the execution ended Failed"),
+        "{stderr}"
+    );
+    let blocked = position(&lines, "blocked: Score (Lambda) cannot be interrupted");
+    assert!(
+        lines[blocked].contains("function arn:aws:lambda:us-east-1:123456789012:function:score")
+    );
+    assert!(lines[blocked].contains("at the latest by"));
+    assert!(blocked < position(&lines, " Failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_timeout_gives_exit_four_and_bad_input_one_or_two() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+
+    let output = run_bounded(client(&stack.app.url()).args([
+        "stop",
+        &arn,
+        "--wait",
+        "--wait-timeout",
+        "2s",
+    ]));
+    assert_eq!(output.status.code(), Some(4));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        one_line(&stderr),
+        "pipeline-control: --wait-timeout of 2s passed; the execution is Stopping"
+    );
+
+    // A malformed ARN: the service's INVALID_ARGUMENT, its reason and the field, in one line.
+    let output = run_bounded(client(&stack.app.url()).args(["stop", "arn:aws:sagemaker:nope"]));
+    assert_clean_failure(
+        &output,
+        "pipeline-control: error: INVALID_ARGUMENT (INVALID_ARGUMENT)",
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("pipeline_execution_arn"));
+    // A well-formed ARN of nothing: NOT_FOUND with its reason.
+    let missing = format!("{arn}x");
+    let output = run_bounded(client(&stack.app.url()).args(["get", &missing]));
+    assert_clean_failure(
+        &output,
+        "pipeline-control: error: NOT_FOUND (EXECUTION_NOT_FOUND)",
+    );
+
+    // Bad usage is 2, before any call.
+    for args in [
+        vec!["stop"],
+        vec!["stop", &arn, "--dry-run"],
+        vec!["stop", &arn, "--max-executions", "3"],
+        vec![
+            "stop",
+            &arn,
+            "--pipeline",
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p",
+        ],
+        vec!["stop", &arn, "--wait-timeout", "soon"],
+        vec!["stop", &arn, "--server", "ftp://localhost:1"],
+        vec!["stop", &arn, "--client-cert", "c.pem"],
+        vec!["history", "--limit", "0"],
+    ] {
+        let output = run_bounded(client(&stack.app.url()).args(&args));
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("panicked"));
+    }
+    assert_eq!(stack.admin.stop_tokens(&arn).await.len(), 1);
+
+    // Nobody listening: UNAVAILABLE once the retries run out, naming the token to retry with.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let output = run_bounded(client(&nobody).args(["stop", &arn, "--wait-timeout", "2s"]));
+    assert_clean_failure(&output, "pipeline-control: error: UNAVAILABLE");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("retry with --client-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_survives_a_server_killed_and_restarted_with_one_upstream_stop() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let sagemaker = crate::common::sagemaker_client(&emulator.endpoint_url, 1);
+    let admin = crate::common::Admin::new(&emulator.endpoint_url);
+    let pipeline = create_pipeline(
+        &sagemaker,
+        json!([{"Name": "Approve", "Type": "Callback",
+            "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q"}]),
+    )
+    .await;
+    let arn = start_execution(&sagemaker, &pipeline).await;
+    wait_for_status(&sagemaker, &arn, "Executing").await;
+    let extra = [
+        "--sagemaker-endpoint",
+        &emulator.endpoint_url,
+        "--sts-endpoint",
+        &emulator.endpoint_url,
+        "--metrics-listen",
+        "off",
+    ];
+    let (server, addr, _, _) = spawn_server_listening(command(), &db, "127.0.0.1:0", &extra);
+
+    let mut stop = client(&format!("http://{addr}"));
+    stop.args(["stop", &arn, "--client-token", "restart-1", "--wait"]);
+    let mut running = Running::spawn(stop);
+    let blocked = running.until("blocked: Approve (Callback)").await;
+
+    // The server dies without a word; a new one comes up on the same address.
+    send_signal(&server, "-KILL");
+    let (_, killed) = wait_bounded_async(server).await;
+    assert!(!killed.success());
+    running.until("the watch broke").await;
+    let (server, _, _, _) = spawn_server_listening(command(), &db, &addr.to_string(), &extra);
+
+    // The command is back on the stream (the same stop re-sent, answered from its record).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    answer(&sagemaker, &token_in(&blocked)).await;
+    let (status, lines, stderr) = running.finish().await;
+    assert_eq!(status.code(), Some(0), "{}\n{stderr}", lines.join("\n"));
+    assert!(position(&lines, "the watch broke") < position(&lines, " Stopped"));
+    assert_eq!(admin.stop_tokens(&arn).await.len(), 1, "one upstream stop");
+    send_signal(&server, "-TERM");
+    assert_eq!(wait_bounded_async(server).await.1.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_is_one_proto_json_object_a_line() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    let mut stop = client(&stack.app.url());
+    stop.args([
+        "stop",
+        &arn,
+        "--client-token",
+        "json-1",
+        "--reason",
+        "scripted",
+        "--wait",
+        "--output",
+        "json",
+    ]);
+    let mut running = Running::spawn(stop);
+    let blocked = running.until("\"blockingReason\"").await;
+    let snapshot: Value = serde_json::from_str(&blocked).unwrap();
+    let token = snapshot["execution"]["steps"][0]["callback"]["callbackToken"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    answer(&stack.sagemaker, &token).await;
+    let (status, lines, stderr) = running.finish().await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let objects: Vec<Value> = lines
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(objects[0]["pipelineExecutionArn"], json!(arn));
+    assert_eq!(objects[0]["clientRequestToken"], json!("json-1"));
+    assert_eq!(objects[0]["outcome"], json!("STOP_OUTCOME_STOP_REQUESTED"));
+    assert!(
+        objects[0]["firstRequestedAt"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    for object in &objects[1..] {
+        assert!(object["sequence"].is_string(), "{object}");
+    }
+    let last = objects.last().unwrap();
+    assert_eq!(
+        last["execution"]["status"],
+        json!("EXECUTION_STATUS_STOPPED")
+    );
+
+    // `get` and `history` speak it too.
+    let output = run_bounded(client(&stack.app.url()).args(["get", &arn, "--output", "json"]));
+    let execution: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(execution["status"], json!("EXECUTION_STATUS_STOPPED"));
+    let output = run_bounded(client(&stack.app.url()).args(["history", "--output", "json"]));
+    assert!(output.status.success());
+    let records: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["clientRequestToken"], json!("json-1"));
+    assert_eq!(records[0]["reason"], json!("scripted"));
+    assert_eq!(records[0]["state"], json!("STOP_REQUEST_STATE_COMPLETED"));
+}
+
+/// Runs `args` under a pseudo-terminal (`script`, of util-linux) of 160 × 60, feeding what it
+/// draws to a terminal emulator; `on_screen` sees each screen as it changes and may act on
+/// it. Returns the exit status and the last screen.
+async fn under_a_terminal(
+    url: &str,
+    args: &[&str],
+    mut on_screen: impl FnMut(&str),
+) -> (Option<i32>, String) {
+    let line = std::iter::once(env!("CARGO_BIN_EXE_pipeline-control").to_string())
+        .chain(args.iter().map(|arg| format!("'{arg}'")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    // The environment `command()` prepares, for `script` and so for the binary under it.
+    let mut script = Command::new("script");
+    for (key, value) in command().get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let mut child = script
+        .env("PIPELINE_CONTROL_SERVER", url)
+        .env("TERM", "xterm-256color")
+        .args(["-q", "-f", "-e", "-c"])
+        .arg(format!("stty cols 160 rows 60; exec {line}"))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, mut chunks) = mpsc::unbounded_channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 || tx.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let size = |n| std::num::NonZeroU16::new(n).unwrap();
+    let mut parser = vt100::Parser::new(size(60), size(160), 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, chunks.recv()).await {
+            Ok(Some(chunk)) => {
+                parser.process(&chunk);
+                on_screen(&parser.screen().contents());
+            }
+            Ok(None) => break,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the live view did not end:\n{}", parser.screen().contents());
+            }
+        }
+    }
+    let (_, status) = wait_bounded_async(child).await;
+    (status.code(), parser.screen().contents())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_live_view_redraws_in_place_and_ends_on_the_stopped_screen() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    let (callback, mut rx) = mpsc::unbounded_channel::<String>();
+    let mut screens = Vec::new();
+    let sagemaker = stack.sagemaker.clone();
+    // Answers the callback the first time the screen shows it.
+    let answering = tokio::spawn(async move {
+        if let Some(token) = rx.recv().await {
+            answer(&sagemaker, &token).await;
+        }
+    });
+    let mut sent = false;
+    let (code, last) = under_a_terminal(&stack.app.url(), &["stop", &arn, "--wait"], |screen| {
+        if !sent && let Some(at) = screen.find("callback token  ") {
+            let token = screen[at + 16..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+            callback.send(token).unwrap();
+            sent = true;
+            screens.push(screen.to_string());
+        }
+    })
+    .await;
+    answering.await.unwrap();
+    assert_eq!(code, Some(0), "{last}");
+    // While the Callback step held the stop, the screen said so, with the command that
+    // answers it, the execution's status and the elapsed time.
+    let held = screens.first().expect("a screen showed the callback token");
+    assert!(held.contains("What keeps it Stopping:"), "{held}");
+    assert!(held.contains("Approve (Callback) waits for SendPipelineExecutionStepSuccess"));
+    assert!(held.contains("answer it with  aws sagemaker send-pipeline-execution-step-failure"));
+    assert!(held.contains("Status     Stopping"), "{held}");
+    assert!(held.contains("Stopping  00:00:"), "{held}");
+    // The last screen: the stop's answer once, the final snapshot once, nothing left of the
+    // live view (a redraw in place leaves no copies behind).
+    assert!(
+        last.contains(&format!("Stop requested for {arn}")),
+        "{last}"
+    );
+    assert!(last.contains("Status     Stopped"), "{last}");
+    assert!(last.contains("Approve  Callback  Stopped"), "{last}");
+    assert!(!last.contains("What keeps it Stopping"), "{last}");
+    assert_eq!(last.matches("Execution  ").count(), 1, "{last}");
+    assert_eq!(last.matches("Stop requested for").count(), 1, "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_pipeline_dry_runs_then_stops_every_executing_execution_and_history_lists_them() {
+    let stack = Stack::start(Backend::Postgres, 1.0, |_| {}).await;
+    let name = create_pipeline(
+        &stack.sagemaker,
+        json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 100000}}}]),
+    )
+    .await;
+    let first = start_execution(&stack.sagemaker, &name).await;
+    let second = start_execution(&stack.sagemaker, &name).await;
+    for arn in [&first, &second] {
+        wait_for_status(&stack.sagemaker, arn, "Executing").await;
+    }
+    let pipeline = format!("arn:aws:sagemaker:us-east-1:123456789012:pipeline/{name}");
+    let url = stack.app.url();
+
+    let output = run_bounded(client(&url).args(["stop", "--pipeline", &pipeline, "--dry-run"]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("Selected 2 Executing execution(s)") && text.contains("dry run"),
+        "{text}"
+    );
+    for arn in [&first, &second] {
+        let short = arn.split(":pipeline/").nth(1).unwrap();
+        assert!(text.contains(&format!("would stop {short}")), "{text}");
+        assert!(stack.admin.stop_tokens(arn).await.is_empty());
+    }
+
+    let output = run_bounded(client(&url).args([
+        "stop",
+        "--pipeline",
+        &pipeline,
+        "--reason",
+        "INC-9",
+        "--client-token",
+        "fleet-1",
+        "--wait",
+    ]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains(
+            "2 selected: 2 stop requested, 0 already stopping, 0 already stopped, 0 failed"
+        ),
+        "{text}"
+    );
+    for arn in [&first, &second] {
+        let short = arn.split(":pipeline/").nth(1).unwrap();
+        assert!(
+            text.contains(&format!("STOP_REQUESTED   {short}")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{short}: Stopped")), "{text}");
+        assert_eq!(stack.admin.stop_tokens(arn).await.len(), 1);
+    }
+
+    // The history shows both stops, newest first, with the reason; --limit cuts it.
+    let output = run_bounded(client(&url).args(["history", "--pipeline", &pipeline]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[0].starts_with("REQUESTED (UTC)") && lines[0].contains("PRINCIPAL"),
+        "{text}"
+    );
+    for line in &lines[1..] {
+        assert!(
+            line.contains("anonymous")
+                && line.contains("STOP_REQUESTED")
+                && line.ends_with("INC-9"),
+            "{line}"
+        );
+    }
+    let output = run_bounded(client(&url).args(["history", "--limit", "1"]));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mutual_tls_and_bearer_tokens_reach_a_secured_server() {
+    let tokens = token_file(&[("alice", "alice-secret"), ("bob", "bob-secret")]);
+    let (server, ca, files) = tls_server(true, Some(&tokens)).await;
+    let arn = server.execution("cli-tls").await;
+    let url = format!("https://localhost:{}", server.app.addr.port());
+    let ca_file = files.write("ca.pem", &ca.pem());
+    let ca_file = ca_file.to_str().unwrap();
+    let leaf = ca.client("carol", vec![]);
+    let cert = files.write("carol.pem", &leaf.cert);
+    let key = files.write("carol.key", &leaf.key);
+    let token = files.write("alice.token", "alice-secret\n");
+
+    // A token from a file, over TLS verified against --ca-cert.
+    let output = run_bounded(client(&url).args([
+        "stop",
+        &arn,
+        "--client-token",
+        "by-file",
+        "--ca-cert",
+        ca_file,
+        "--bearer-token-file",
+        token.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // A token from the environment.
+    let output = run_bounded(
+        client(&url)
+            .env("PIPELINE_CONTROL_BEARER_TOKEN", "bob-secret")
+            .env("PIPELINE_CONTROL_CA_CERT", ca_file)
+            .args(["stop", &arn, "--client-token", "by-env"]),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // No token, a client certificate: the certificate names the caller.
+    let output = run_bounded(client(&url).args([
+        "stop",
+        &arn,
+        "--client-token",
+        "by-cert",
+        "--ca-cert",
+        ca_file,
+        "--client-cert",
+        cert.to_str().unwrap(),
+        "--client-key",
+        key.to_str().unwrap(),
+    ]));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for (principal, token) in [
+        ("alice", "by-file"),
+        ("bob", "by-env"),
+        ("carol", "by-cert"),
+    ] {
+        let table = format!("client_token = '{token}' AND principal = '{principal}'");
+        assert_eq!(
+            crate::common::count_where(&server.db, "stop_requests", &table).await,
+            1,
+            "{principal}"
+        );
+    }
+    // A wrong token is UNAUTHENTICATED; a server the system's roots do not vouch for is not
+    // trusted (the CA is the test's own).
+    let output = run_bounded(
+        client(&url)
+            .env("PIPELINE_CONTROL_BEARER_TOKEN", "wrong")
+            .args(["get", &arn, "--ca-cert", ca_file]),
+    );
+    assert_clean_failure(
+        &output,
+        "pipeline-control: error: UNAUTHENTICATED (UNAUTHENTICATED)",
+    );
+    let output = run_bounded(
+        client(&url)
+            .args(["get", &arn])
+            .env("PIPELINE_CONTROL_BEARER_TOKEN", "alice-secret"),
+    );
+    assert_clean_failure(&output, "pipeline-control: error: UNAVAILABLE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_and_get_show_an_execution_and_help_shows_examples() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack
+        .execution(json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 2}}}]))
+        .await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    let output = run_bounded(client(&stack.app.url()).args(["get", &arn]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(
+        text.contains(&format!("ARN        {arn}")) && text.contains("Status     Executing"),
+        "{text}"
+    );
+    // It succeeds on its own: `watch` follows it to the end, which is not Stopped (3).
+    let output = run_bounded(client(&stack.app.url()).args(["watch", &arn]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3), "{text}");
+    assert!(text.contains("step Train (Training) Succeeded"), "{text}");
+    assert_eq!(
+        one_line(&String::from_utf8_lossy(&output.stderr)),
+        "pipeline-control: the execution ended Succeeded"
+    );
+    // Stopping it now: it had already ended, which is 3 as well.
+    let output = run_bounded(client(&stack.app.url()).args(["stop", &arn]));
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(
+        one_line(&String::from_utf8_lossy(&output.stderr)),
+        "pipeline-control: the execution had already ended Succeeded: nothing to stop"
+    );
+
+    for subcommand in ["stop", "get", "watch", "history"] {
+        let output = run_bounded(command().args([subcommand, "--help"]));
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success());
+        assert!(
+            help.contains("Example") && help.contains(&format!("pipeline-control {subcommand}")),
+            "{help}"
+        );
+        assert!(
+            help.contains("PIPELINE_CONTROL_SERVER") && help.contains("--output"),
+            "{help}"
+        );
+    }
+}
