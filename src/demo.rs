@@ -131,7 +131,19 @@ impl Demo {
             ),
             rpc("WatchExecution", &self.callback_execution, ""),
             rpc("StopExecution", &self.lambda_execution, ""),
+            String::new(),
+            "Or for people, with the command line (in a checkout, `cargo run --release --` does for `pipeline-control`):".to_string(),
         ];
+        let server = match (grpc, tls) {
+            ("127.0.0.1:50051", false) => String::new(),
+            (address, false) => format!(" --server http://{address}"),
+            (address, true) => format!(" --server https://{address} --ca-cert CA.pem"),
+        };
+        lines.push(format!(
+            "  pipeline-control stop {} --reason demo --wait{server}    (live until Stopped)",
+            self.callback_execution
+        ));
+        lines.push(format!("  pipeline-control history{server}"));
         if let Some(token) = &self.callback_token {
             lines.push(String::new());
             lines.push(
