@@ -328,7 +328,7 @@ pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
     .map_err(|status| Failure::call(&status))?;
     match args.client.output {
         Output::Json => emit_json(&execution),
-        Output::Text => emit(&view::render(&execution, chrono::Utc::now())[1..].join("\n")),
+        Output::Text => emit(&view::render(&execution, chrono::Utc::now()).join("\n")),
     }
     Ok(Exit::Done)
 }
@@ -590,9 +590,7 @@ fn batch_lines(
             }
             if !selected.dry_run {
                 lines.push(if generated {
-                    format!(
-                        "client token {token} (generated: pass --client-token {token} to retry)"
-                    )
+                    format!("client token {token} (generated: retry with --client-token {token})")
                 } else {
                     format!("client token {token}")
                 });

@@ -8,6 +8,7 @@
 use std::{
     collections::BTreeMap,
     io::{IsTerminal as _, Write as _},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -99,12 +100,7 @@ impl View {
     /// The end: the live view gives way to the last snapshot, drawn once more for good.
     pub(crate) fn finish(&mut self, last: Option<&pb::Execution>) {
         match (self, last) {
-            (Self::Live(live), last) => {
-                live.bar.finish_and_clear();
-                if let Some(execution) = last {
-                    emit(&render(execution, Utc::now())[1..].join("\n"));
-                }
-            }
+            (Self::Live(live), last) => live.finish(last),
             (Self::Quiet(Output::Json), Some(execution)) => emit_json(execution),
             _ => {}
         }
@@ -112,9 +108,12 @@ impl View {
 }
 
 /// The live view: one indicatif bar whose message is the rendered snapshot, redrawn in place
-/// (and every half second, for the elapsed time and the running steps' times).
+/// when a snapshot comes, and every second (a task of its own) for the running steps' times;
+/// the spinner and the elapsed time tick twice a second.
 pub(crate) struct Live {
     bar: ProgressBar,
+    last: Arc<Mutex<Option<pb::Execution>>>,
+    refresher: tokio::task::JoinHandle<()>,
 }
 
 impl Live {
@@ -127,7 +126,25 @@ impl Live {
         }
         bar.set_prefix("connecting");
         bar.enable_steady_tick(Duration::from_millis(500));
-        Self { bar }
+        let last: Arc<Mutex<Option<pb::Execution>>> = Arc::default();
+        let refresher = tokio::spawn({
+            let (bar, last) = (bar.clone(), last.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let snapshot = last.lock().ok().and_then(|last| last.clone());
+                    if let Some(execution) = snapshot {
+                        bar.set_message(body(&execution));
+                    }
+                }
+            }
+        });
+        Self {
+            bar,
+            last,
+            refresher,
+        }
     }
 
     fn println(&self, text: &str) {
@@ -136,9 +153,31 @@ impl Live {
 
     fn show(&self, execution: &pb::Execution) {
         self.bar.set_prefix(status_name(execution.status()));
-        self.bar
-            .set_message(render(execution, Utc::now())[1..].join("\n"));
+        self.bar.set_message(body(execution));
+        if let Ok(mut last) = self.last.lock() {
+            *last = Some(execution.clone());
+        }
     }
+
+    /// The live part goes; the last snapshot is printed for good, with how long it took.
+    fn finish(&self, last: Option<&pb::Execution>) {
+        self.refresher.abort();
+        let elapsed = self.bar.elapsed();
+        self.bar.finish_and_clear();
+        if let Some(execution) = last {
+            emit(&body(execution));
+            emit(&format!(
+                "{} after {}",
+                status_name(execution.status()),
+                clock(elapsed.as_secs())
+            ));
+        }
+    }
+}
+
+/// The snapshot as the live view shows it under its status line.
+fn body(execution: &pb::Execution) -> String {
+    render(execution, Utc::now()).join("\n")
 }
 
 /// One plain line per change, each with the time since the command started.
@@ -210,7 +249,7 @@ impl Lines {
 
 fn stop_answer_lines(answer: &pb::StopExecutionResponse, generated: bool) -> Vec<String> {
     let mut lines = vec![format!(
-        "{} {} (status {}){}",
+        "{} {} ({}){}",
         outcome_text(answer.outcome()),
         answer.pipeline_execution_arn,
         status_name(answer.status()),
@@ -222,7 +261,7 @@ fn stop_answer_lines(answer: &pb::StopExecutionResponse, generated: bool) -> Vec
     )];
     lines.push(if generated {
         format!(
-            "client token {} (generated: pass --client-token {} to retry this stop)",
+            "client token {} (generated: retry with --client-token {})",
             answer.client_request_token, answer.client_request_token
         )
     } else {
@@ -240,7 +279,7 @@ fn stop_answer_lines(answer: &pb::StopExecutionResponse, generated: bool) -> Vec
     lines
 }
 
-/// The whole snapshot, for the live view and for `get`: a title line, then the rest.
+/// The whole snapshot, for the live view and for `get`.
 pub(crate) fn render(execution: &pb::Execution, now: DateTime<Utc>) -> Vec<String> {
     let name = if execution.display_name.is_empty() {
         short_arn(&execution.pipeline_execution_arn).to_string()
@@ -248,7 +287,6 @@ pub(crate) fn render(execution: &pb::Execution, now: DateTime<Utc>) -> Vec<Strin
         execution.display_name.clone()
     };
     let mut lines = vec![
-        format!("{} {name}", status_name(execution.status())),
         format!("Execution  {name}"),
         format!("ARN        {}", execution.pipeline_execution_arn),
         format!("Status     {}", status_name(execution.status())),
@@ -459,8 +497,8 @@ fn step_status_name(status: pb::StepStatus) -> &'static str {
 
 pub(crate) fn outcome_text(outcome: pb::StopOutcome) -> &'static str {
     match outcome {
-        pb::StopOutcome::Unspecified => "Stop answered for",
-        pb::StopOutcome::StopRequested => "Stop requested for",
+        pb::StopOutcome::Unspecified => "Stop answered:",
+        pb::StopOutcome::StopRequested => "Stop requested:",
         pb::StopOutcome::AlreadyStopping => "Already stopping:",
         pb::StopOutcome::AlreadyStopped => "Already stopped:",
     }

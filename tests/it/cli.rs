@@ -227,17 +227,17 @@ fn logged_address(line: &str) -> SocketAddr {
         .unwrap()
 }
 
-/// [`spawn_server_with`], also returning where metrics are served (if they are).
-pub(crate) fn spawn_server_metered(
-    command: Command,
-    db: &TestDb,
-    extra: &[&str],
-) -> (
+/// A `serve` started: the child, its gRPC address, its metrics address (if it serves them),
+/// and the thread that drains its logs (joined, all of them).
+pub(crate) type Spawned = (
     Child,
     SocketAddr,
     Option<SocketAddr>,
     std::thread::JoinHandle<String>,
-) {
+);
+
+/// [`spawn_server_with`], also returning where metrics are served (if they are).
+pub(crate) fn spawn_server_metered(command: Command, db: &TestDb, extra: &[&str]) -> Spawned {
     spawn_server_listening(command, db, "127.0.0.1:0", extra)
 }
 
@@ -247,12 +247,7 @@ pub(crate) fn spawn_server_listening(
     db: &TestDb,
     listen: &str,
     extra: &[&str],
-) -> (
-    Child,
-    SocketAddr,
-    Option<SocketAddr>,
-    std::thread::JoinHandle<String>,
-) {
+) -> Spawned {
     let mut child = command
         .args(["serve", "--listen", listen, "--database-url", &db.url])
         .args(extra)

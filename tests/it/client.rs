@@ -118,6 +118,15 @@ fn position(lines: &[String], text: &str) -> usize {
         .unwrap_or_else(|| panic!("no {text:?} in:\n{}", lines.join("\n")))
 }
 
+fn succeeded(output: &std::process::Output) {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// The one line on standard error, with no panic or backtrace.
 fn one_line(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr.lines().collect();
@@ -147,7 +156,7 @@ async fn stop_wait_shows_the_callback_that_blocks_then_stopped_and_exits_zero() 
     assert_eq!(status.code(), Some(0), "{}\n{stderr}", lines.join("\n"));
     assert!(stderr.is_empty(), "{stderr}");
     assert!(
-        lines[0].starts_with(&format!("Stop requested for {arn}")),
+        lines[0].starts_with(&format!("Stop requested: {arn}")),
         "{lines:?}"
     );
     // The token was generated, printed, and is the one the service recorded.
@@ -156,7 +165,7 @@ async fn stop_wait_shows_the_callback_that_blocks_then_stopped_and_exits_zero() 
         .and_then(|rest| rest.split(' ').next())
         .unwrap();
     uuid::Uuid::parse_str(printed).unwrap();
-    assert!(lines[1].contains(&format!("pass --client-token {printed}")));
+    assert!(lines[1].contains(&format!("retry with --client-token {printed}")));
     let record = stack
         .client
         .clone()
@@ -272,6 +281,48 @@ async fn the_wait_timeout_gives_exit_four_and_bad_input_one_or_two() {
     let output = run_bounded(client(&nobody).args(["stop", &arn, "--wait-timeout", "2s"]));
     assert_clean_failure(&output, "pipeline-control: error: UNAVAILABLE");
     assert!(String::from_utf8_lossy(&output.stderr).contains("retry with --client-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_stop_is_retried_with_the_same_token_after_the_delay_the_service_gives() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |args| args.upstream_attempts = 1).await;
+    let arn = stack
+        .execution(json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 100000}}}]))
+        .await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    // SageMaker throttles the first stop: the service answers UNAVAILABLE with RetryInfo.
+    stack
+        .admin
+        .set_fault("StopPipelineExecution", json!({"throttle": {"count": 1}}))
+        .await;
+    let started = Instant::now();
+    let output = run_bounded(client(&stack.app.url()).args(["stop", &arn, "--wait"]));
+    let text = String::from_utf8_lossy(&output.stdout);
+    succeeded(&output);
+    let retries: Vec<&str> = text.lines().filter(|l| l.contains("retrying in")).collect();
+    assert_eq!(retries.len(), 1, "{text}");
+    assert!(
+        retries[0].contains("UNAVAILABLE (UPSTREAM_UNAVAILABLE)"),
+        "{text}"
+    );
+    // The command waited as long as the service asked (seconds, for throttling), not its own
+    // quarter of a second.
+    let asked = retries[0]
+        .rsplit("retrying in ")
+        .next()
+        .and_then(|d| d.strip_suffix('s'))
+        .unwrap()
+        .parse::<f64>()
+        .unwrap();
+    assert!(asked >= 1.0, "{}", retries[0]);
+    assert!(started.elapsed().as_secs_f64() >= asked, "{text}");
+    assert!(text.contains(" Stopped"), "{text}");
+    // The stops that reached SageMaker all carried the one token derived from the command's.
+    let tokens = stack.admin.stop_tokens(&arn).await;
+    assert!(!tokens.is_empty());
+    assert!(tokens.iter().all(|t| t == &tokens[0]), "{tokens:?}");
+    assert_eq!(stack.stored_requests().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,15 +538,13 @@ async fn on_a_terminal_the_live_view_redraws_in_place_and_ends_on_the_stopped_sc
     assert!(held.contains("Stopping  00:00:"), "{held}");
     // The last screen: the stop's answer once, the final snapshot once, nothing left of the
     // live view (a redraw in place leaves no copies behind).
-    assert!(
-        last.contains(&format!("Stop requested for {arn}")),
-        "{last}"
-    );
+    assert!(last.contains(&format!("Stop requested: {arn}")), "{last}");
     assert!(last.contains("Status     Stopped"), "{last}");
     assert!(last.contains("Approve  Callback  Stopped"), "{last}");
+    assert!(last.contains("\nStopped after 0:00:"), "{last}");
     assert!(!last.contains("What keeps it Stopping"), "{last}");
     assert_eq!(last.matches("Execution  ").count(), 1, "{last}");
-    assert_eq!(last.matches("Stop requested for").count(), 1, "{last}");
+    assert_eq!(last.matches("Stop requested:").count(), 1, "{last}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -606,12 +655,7 @@ async fn tls_mutual_tls_and_bearer_tokens_reach_a_secured_server() {
         "--bearer-token-file",
         token.to_str().unwrap(),
     ]));
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&output);
     // A token from the environment.
     let output = run_bounded(
         client(&url)
@@ -619,12 +663,7 @@ async fn tls_mutual_tls_and_bearer_tokens_reach_a_secured_server() {
             .env("PIPELINE_CONTROL_CA_CERT", ca_file)
             .args(["stop", &arn, "--client-token", "by-env"]),
     );
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&output);
     // No token, a client certificate: the certificate names the caller.
     let output = run_bounded(client(&url).args([
         "stop",
@@ -638,12 +677,7 @@ async fn tls_mutual_tls_and_bearer_tokens_reach_a_secured_server() {
         "--client-key",
         key.to_str().unwrap(),
     ]));
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    succeeded(&output);
     for (principal, token) in [
         ("alice", "by-file"),
         ("bob", "by-env"),
