@@ -230,8 +230,11 @@ async fn follow(
                     }
                 }
                 // Ended without a terminal snapshot (the service shutting down cleanly ends
-                // streams with UNAVAILABLE; this is the same news): reconnect.
-                Ok(None) => break,
+                // streams with UNAVAILABLE; this is the same news): reconnect, not at once.
+                Ok(None) => {
+                    tokio::time::sleep(backoff.after(&Status::unavailable(""))).await;
+                    break;
+                }
                 Err(status) if retryable(&status) => {
                     let delay = backoff.after(&status);
                     view.note(&format!(
