@@ -24,6 +24,29 @@
 //!   "refuse": false}` sets what AssumeRole of that role demands: exactly this ExternalId, or
 //!   (`refuse`) nothing will do. `GET /_emulator/roles` lists the rules (those of
 //!   `--role-external-id` too); `DELETE /_emulator/roles` clears them all.
+//! - `PUT /_emulator/events/queues` with `{"queueName": NAME, "account": "111111111111",
+//!   "region": "eu-west-1"}` (`account` and `region` optional: the emulator's default ones)
+//!   makes that SQS queue (made on first use) receive SageMaker's EventBridge events of the
+//!   executions of that account and region, as an EventBridge rule with an SQS target would
+//!   deliver them: the whole event as the message body, on every status change of an
+//!   execution (`SageMaker Model Building Pipeline Execution Status Change`) or of a step
+//!   (`... Execution Step Status Change`). It answers the target with both filled in; adding
+//!   one twice changes nothing. `GET /_emulator/events/queues` lists the targets (those of
+//!   `--events-queue` too), `[{"queueName": ..., "account": ..., "region": ...}]`, by account
+//!   and region; `DELETE /_emulator/events/queues` removes them all. A malformed name, account
+//!   or region is 400.
+//! - `PUT /_emulator/events/faults` with `{"duplicate": {"count": 1}, "drop": {"fraction":
+//!   0.1}, "delayMs": 500, "reorder": true}` (any subset; `count` and `fraction` as for the
+//!   operations' faults, `delayMs` at most 900000) sets the faults of event delivery, in place
+//!   of those in force, for every delivery of an event to a target queue: `duplicate` sends it
+//!   twice, `drop` never, `delayMs` holds it back that many real milliseconds (a receiver sees
+//!   it no sooner, and its SentTimestamp is then), and `reorder` swaps consecutive events of an
+//!   execution pair by pair where they come together (one status change that leads to others:
+//!   a start, a stop, a step's end). `GET /_emulator/events/faults` shows them (counts as they
+//!   are now), `DELETE /_emulator/events/faults` clears them.
+//! - `GET /_emulator/events?pipelineExecutionArn=ARN`: the events the execution's status
+//!   changes made (of any account and region), oldest first, as generated: before any fault
+//!   of their delivery, and whether or not any queue received them.
 //! - `GET /_emulator/config`: the default region and account, time scale.
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -38,8 +61,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    faults::FaultConfig,
+    events::{EventTarget, valid_region},
+    faults::{EventFaultConfig, FaultConfig},
     identity::RoleRule,
+    queue::valid_queue_name,
     state::{Emulator, Operation, ScopedCounts},
     sts,
 };
@@ -234,6 +259,92 @@ pub(crate) async fn set_role(
 
 pub(crate) async fn clear_roles(State(emulator): State<Arc<Emulator>>) -> StatusCode {
     emulator.identity.clear_roles();
+    StatusCode::NO_CONTENT
+}
+
+pub(crate) async fn events(
+    State(emulator): State<Arc<Emulator>>,
+    Query(filter): Query<CallbackFilter>,
+) -> Response {
+    let arn = filter.pipeline_execution_arn.unwrap_or_default();
+    let Some((res, cell)) = emulator.execution_by_arn(&arn) else {
+        return refuse(StatusCode::NOT_FOUND, format!("no execution {arn}"));
+    };
+    let execution = emulator.lock(&res, &cell);
+    Json(execution.events.clone()).into_response()
+}
+
+/// A target as `PUT /_emulator/events/queues` takes it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct EventQueueInput {
+    queue_name: String,
+    account: Option<String>,
+    region: Option<String>,
+}
+
+pub(crate) async fn add_event_queue(
+    State(emulator): State<Arc<Emulator>>,
+    Json(input): Json<EventQueueInput>,
+) -> Response {
+    let target = EventTarget {
+        queue_name: input.queue_name,
+        account: input.account.unwrap_or_else(|| emulator.account_id.clone()),
+        region: input.region.unwrap_or_else(|| emulator.region.clone()),
+    };
+    if !valid_queue_name(&target.queue_name) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "queueName {:?} is not a queue name (1 to 80 letters, digits, - and _)",
+                target.queue_name
+            ),
+        );
+    }
+    if target.account.len() != 12 || !target.account.bytes().all(|b| b.is_ascii_digit()) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("account {} is not 12 digits", target.account),
+        );
+    }
+    if !valid_region(&target.region) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("region {:?} is not a region", target.region),
+        );
+    }
+    emulator.add_event_target(&target);
+    (StatusCode::OK, Json(target)).into_response()
+}
+
+pub(crate) async fn list_event_queues(
+    State(emulator): State<Arc<Emulator>>,
+) -> Json<Vec<EventTarget>> {
+    Json(emulator.events.list())
+}
+
+pub(crate) async fn clear_event_queues(State(emulator): State<Arc<Emulator>>) -> StatusCode {
+    emulator.events.clear();
+    StatusCode::NO_CONTENT
+}
+
+pub(crate) async fn event_faults(State(emulator): State<Arc<Emulator>>) -> Json<EventFaultConfig> {
+    Json(emulator.events.faults.snapshot())
+}
+
+pub(crate) async fn set_event_faults(
+    State(emulator): State<Arc<Emulator>>,
+    Json(config): Json<EventFaultConfig>,
+) -> Response {
+    if let Err(message) = config.check() {
+        return refuse(StatusCode::BAD_REQUEST, message);
+    }
+    emulator.events.faults.set(&config);
+    (StatusCode::OK, Json(config)).into_response()
+}
+
+pub(crate) async fn clear_event_faults(State(emulator): State<Arc<Emulator>>) -> StatusCode {
+    emulator.events.faults.clear();
     StatusCode::NO_CONTENT
 }
 

@@ -8,13 +8,16 @@
 //!   (`PIPELINE_CONTROL_EMULATOR_ROLE_EXTERNAL_IDS`, pairs separated by spaces): AssumeRole of
 //!   ROLE_ARN must pass exactly this ExternalId (as `PUT /_emulator/roles` sets it).
 //! - [`EmulatorSettings`], shared with `pipeline-control serve --emulator`: `--time-scale`,
-//!   `--seed`, `--account-id` (the account of every key but those its STS issued).
+//!   `--seed`, `--account-id` (the account of every key but those its STS issued), and
+//!   `--events-queue NAME`, repeatable (`PIPELINE_CONTROL_EMULATOR_EVENTS_QUEUES`, names
+//!   separated by commas or spaces): SQS queues of the default account and region that
+//!   receive SageMaker's EventBridge events (as `PUT /_emulator/events/queues` adds them).
 
 use std::{future::Future, net::SocketAddr};
 
 use clap::Args;
 
-use crate::{EmulatorOptions, EmulatorServer, identity::RoleRule, sts};
+use crate::{EmulatorOptions, EmulatorServer, identity::RoleRule, queue::valid_queue_name, sts};
 
 /// Settings of a standalone emulator.
 #[derive(Debug, Clone, Args)]
@@ -67,6 +70,19 @@ pub struct EmulatorSettings {
     /// the assumed role's account), in the ARNs they make.
     #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_ACCOUNT_ID", default_value = "123456789012", value_parser = account_id)]
     pub account_id: String,
+
+    /// An SQS queue of the emulator's default account and region (made on first use) that
+    /// receives SageMaker's EventBridge events of that account and region's executions, as an
+    /// EventBridge rule with an SQS target would (repeatable; names separated by commas or
+    /// spaces, in the environment too).
+    #[arg(
+        long = "events-queue",
+        env = "PIPELINE_CONTROL_EMULATOR_EVENTS_QUEUES",
+        value_name = "NAME",
+        value_parser = queue_names,
+        value_delimiter = ','
+    )]
+    pub events_queues: Vec<String>,
 }
 
 fn positive_scale(text: &str) -> Result<f64, String> {
@@ -90,6 +106,20 @@ fn role_external_id(text: &str) -> Result<(String, String), String> {
     Ok((role_arn.to_string(), external_id.to_string()))
 }
 
+/// One or more queue names separated by spaces (commas separate values already), each an SQS
+/// queue name; kept as given, split by [`EmulatorSettings::events_queue_names`].
+fn queue_names(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        return Err("must name a queue".into());
+    }
+    match text.split_whitespace().find(|name| !valid_queue_name(name)) {
+        Some(name) => Err(format!(
+            "{name:?} is not a queue name (1 to 80 letters, digits, - and _)"
+        )),
+        None => Ok(text.to_string()),
+    }
+}
+
 fn account_id(text: &str) -> Result<String, String> {
     if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
         Ok(text.to_string())
@@ -107,7 +137,20 @@ impl EmulatorSettings {
             region: region.to_string(),
             account_id: self.account_id.clone(),
             role_external_ids: Vec::new(),
+            events_queues: self.events_queue_names(),
         }
+    }
+
+    /// The names `--events-queue` gave, each once, in order (a value may hold several,
+    /// separated by spaces).
+    pub fn events_queue_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for name in self.events_queues.iter().flat_map(|v| v.split_whitespace()) {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+        names
     }
 }
 
@@ -172,6 +215,41 @@ mod tests {
         assert_eq!(cli.args.settings.time_scale, 60.0);
         assert_eq!(cli.args.settings.seed, Some(7));
         assert!(cli.args.role_external_ids.is_empty());
+        assert!(
+            cli.args
+                .settings
+                .options("us-east-1")
+                .events_queues
+                .is_empty()
+        );
+
+        // Repeated, and separated by commas or spaces, as the environment gives them.
+        let cli = Cli::try_parse_from([
+            "e",
+            "--events-queue",
+            "events",
+            "--events-queue",
+            "a,b c",
+            "--events-queue",
+            "events",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.settings.options("eu-west-1").events_queues,
+            ["events", "a", "b", "c"]
+        );
+        for bad in ["bad.name", "a,b bad!", ""] {
+            assert!(
+                Cli::try_parse_from(["e", "--events-queue", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--events-queue <NAME>"), "{help}");
+        assert!(
+            help.contains("PIPELINE_CONTROL_EMULATOR_EVENTS_QUEUES"),
+            "{help}"
+        );
 
         let cli = Cli::try_parse_from([
             "e",

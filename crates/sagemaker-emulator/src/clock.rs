@@ -117,13 +117,14 @@ pub(crate) enum IdKind {
     Job = 4,
     Credential = 5,
     Message = 6,
+    Event = 7,
 }
 
 /// Lock-free, optionally deterministic identifier source.
 #[derive(Debug)]
 pub(crate) struct Ids {
     seed: u64,
-    counters: [AtomicU64; 7],
+    counters: [AtomicU64; 8],
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -219,6 +220,11 @@ impl Ids {
     /// An SQS message id, in UUID form as SQS's.
     pub(crate) fn message_id(&self) -> String {
         self.uuid(IdKind::Message)
+    }
+
+    /// An EventBridge event id, in UUID form as EventBridge's.
+    pub(crate) fn event_id(&self) -> String {
+        self.uuid(IdKind::Event)
     }
 
     /// An SQS receipt handle: opaque and long, as SQS's, and new for every receive.

@@ -1,13 +1,20 @@
 //! The execution state machine: how an execution and its steps move, in emulated time.
 //!
-//! Nothing runs in the background. An execution is advanced to "now" whenever it is looked at
-//! or acted on: every step completion due by then is applied in time order, at its exact
-//! emulated time, and the steps it unblocks start at that same time. So an execution nobody
-//! asks about costs nothing, there are no timers to leak, and the times reported are exact
-//! whatever the time scale.
+//! Nothing here runs in the background. An execution is advanced to "now" whenever it is
+//! looked at or acted on: every step completion due by then is applied in time order, at its
+//! exact emulated time, and the steps it unblocks start at that same time. So the times
+//! reported are exact whatever the time scale, and advancing in many small steps or in one
+//! gives the same states at the same times. ([`ExecutionState::next_event`] says when
+//! something is next due, for whoever must act on it then: the receivers of a Callback step's
+//! queue, and the delivery of events.)
 //!
-//! A step is `Starting` for its `StartSeconds` (0 unless scripted), then `Executing`: only
-//! then does a Callback step send its message and a Lambda step invoke its function.
+//! A step is `Starting` for its `StartSeconds` (0 unless scripted: then it is `Starting` and
+//! `Executing` at the same moment), then `Executing`: only then does a Callback step send its
+//! message and a Lambda step invoke its function.
+//!
+//! Every status change, of the execution or of a step, is recorded in
+//! [`ExecutionState::transitions`] with its emulated time and the step as it was then, in the
+//! order they happened: what SageMaker's EventBridge events report (see `events`).
 //!
 //! The stop semantics follow SageMaker's: a stop moves an Executing execution to Stopping;
 //! steps not yet started never start, and a step still Starting is Stopped at once; a
@@ -22,7 +29,7 @@ use serde_json::{Value, json};
 
 use super::{
     clock::{Ids, VTime},
-    definition::{Bindings, PipelineSpec, StepKind, resolve},
+    definition::{Bindings, PipelineSpec, StepKind, StepSpec, resolve},
 };
 
 /// SageMaker's PipelineExecutionStatus.
@@ -75,6 +82,31 @@ impl StepStatus {
     }
 }
 
+/// A status change, at its emulated time.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Transition {
+    pub(crate) at: VTime,
+    pub(crate) change: Change,
+}
+
+/// What changed status.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Change {
+    /// The execution (`previous` is `None` when it starts).
+    Execution {
+        previous: Option<ExecutionStatus>,
+        current: ExecutionStatus,
+    },
+    /// Step `index` of the definition, as it was right after the change (its `status` is the
+    /// new one). `previous` is `None` when it first starts; a step retried after it failed or
+    /// stopped starts again from that status.
+    Step {
+        index: usize,
+        previous: Option<StepStatus>,
+        run: Box<StepRun>,
+    },
+}
+
 /// What happens when a running step's time comes.
 #[derive(Debug, Clone, PartialEq)]
 enum Ending {
@@ -84,7 +116,7 @@ enum Ending {
 }
 
 /// The live state of one step.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct StepRun {
     pub(crate) status: Option<StepStatus>,
     pub(crate) start_time: Option<VTime>,
@@ -108,6 +140,94 @@ pub(crate) struct StepRun {
     /// Ran on after a stop and failed (a Lambda step's timeout): the execution ends Failed,
     /// not Stopped.
     failed_while_stopping: bool,
+    /// Set by a retry that made the step wait again: the status it had before.
+    retried_from: Option<StepStatus>,
+}
+
+impl StepRun {
+    /// The step as a transition records it: everything but the arguments its messages carry.
+    fn snapshot(&self) -> Box<StepRun> {
+        let mut run = self.clone();
+        run.arguments = None;
+        Box::new(run)
+    }
+
+    /// The step's `Metadata`, as ListPipelineExecutionSteps reports it (and the step events'
+    /// `metadata`): its job (once it has one), callback, function or outcome. Job ARNs name
+    /// `region` and `account`.
+    pub(crate) fn metadata(&self, def: &StepSpec, region: &str, account: &str) -> Value {
+        let resource = |kind: &str| {
+            format!(
+                "arn:aws:sagemaker:{region}:{account}:{kind}/{}",
+                self.job_name.clone().unwrap_or_default()
+            )
+        };
+        let outputs = || {
+            Value::Array(
+                self.outputs
+                    .iter()
+                    .map(|(name, value)| json!({ "Name": name, "Value": value }))
+                    .collect(),
+            )
+        };
+        match (&def.kind, def.step_type.as_str()) {
+            // No job yet while the step is Starting.
+            (StepKind::Job, _) if self.job_name.is_none() => json!({}),
+            (StepKind::Callback { sqs_queue_url }, _) => {
+                let mut callback = json!({
+                    "SqsQueueUrl": sqs_queue_url,
+                    "OutputParameters": outputs(),
+                });
+                // None while the step is Starting: it has sent nothing yet.
+                if let Some(token) = &self.callback_token {
+                    callback["CallbackToken"] = json!(token);
+                }
+                json!({ "Callback": callback })
+            }
+            (StepKind::Lambda { function_arn, .. }, _) => json!({ "Lambda": {
+                "Arn": function_arn,
+                "OutputParameters": outputs(),
+            }}),
+            (StepKind::Condition { .. }, _) => match self.condition_outcome {
+                Some(outcome) => {
+                    json!({ "Condition": { "Outcome": if outcome { "True" } else { "False" } } })
+                }
+                None => json!({ "Condition": {} }),
+            },
+            (StepKind::Fail { error_message }, _) => {
+                json!({ "Fail": { "ErrorMessage": error_message } })
+            }
+            (StepKind::Job, "Training") => {
+                json!({ "TrainingJob": { "Arn": resource("training-job") } })
+            }
+            (StepKind::Job, "Processing") => {
+                json!({ "ProcessingJob": { "Arn": resource("processing-job") } })
+            }
+            (StepKind::Job, "Transform") => {
+                json!({ "TransformJob": { "Arn": resource("transform-job") } })
+            }
+            (StepKind::Job, "Tuning") => {
+                json!({ "TuningJob": { "Arn": resource("hyper-parameter-tuning-job") } })
+            }
+            (StepKind::Job, "AutoML") => {
+                json!({ "AutoMLJob": { "Arn": resource("automl-job") } })
+            }
+            (StepKind::Job, "Model") => json!({ "Model": { "Arn": resource("model") } }),
+            (StepKind::Job, "RegisterModel") => {
+                json!({ "RegisterModel": { "Arn": resource("model-package") } })
+            }
+            (StepKind::Job, "EMR") => {
+                json!({ "EMR": { "ClusterId": "j-EMULATOR", "StepId": self.job_name, "StepName": def.name } })
+            }
+            (StepKind::Job, "QualityCheck") => {
+                json!({ "QualityCheck": { "CheckType": "DATA_QUALITY", "CheckJobArn": resource("processing-job") } })
+            }
+            (StepKind::Job, "ClarifyCheck") => {
+                json!({ "ClarifyCheck": { "CheckType": "DATA_BIAS", "CheckJobArn": resource("processing-job") } })
+            }
+            _ => json!({}),
+        }
+    }
 }
 
 /// A message SageMaker would have sent to a Callback step's SQS queue.
@@ -145,6 +265,8 @@ pub(crate) struct ExecutionState {
     execution_id: String,
     /// Parameter values: the definition's defaults overridden by StartPipelineExecution's.
     parameters: Vec<(String, String)>,
+    /// Status changes not yet taken by the caller, oldest first (see `state::Locked`).
+    pub(crate) transitions: Vec<Transition>,
 }
 
 /// The failure reason SageMaker gives an execution whose steps failed.
@@ -172,6 +294,13 @@ impl ExecutionState {
             messages: Vec::new(),
             max_parallel,
             execution_id,
+            transitions: vec![Transition {
+                at: now,
+                change: Change::Execution {
+                    previous: None,
+                    current: ExecutionStatus::Executing,
+                },
+            }],
         };
         state.settle(spec, now, ids);
         state.advance(spec, now, ids);
@@ -215,6 +344,38 @@ impl ExecutionState {
             .min_by(f64::total_cmp)
     }
 
+    /// The execution's status becomes `status` at `at`.
+    fn set_status(&mut self, status: ExecutionStatus, at: VTime) {
+        let previous = self.status;
+        self.status = status;
+        if previous != status {
+            self.transitions.push(Transition {
+                at,
+                change: Change::Execution {
+                    previous: Some(previous),
+                    current: status,
+                },
+            });
+        }
+    }
+
+    /// Records that step `i`, whose status was `previous`, changed at `at` to what it is now.
+    fn record_step(&mut self, i: usize, previous: Option<StepStatus>, at: VTime) {
+        let run = &self.steps[i];
+        if run.status.is_none() || run.status == previous {
+            return;
+        }
+        let run = run.snapshot();
+        self.transitions.push(Transition {
+            at,
+            change: Change::Step {
+                index: i,
+                previous,
+                run,
+            },
+        });
+    }
+
     /// ParallelismConfiguration changed (UpdatePipelineExecution) at `now`: steps waiting for
     /// a free slot start at once if there is one now.
     pub(crate) fn set_max_parallel(
@@ -232,6 +393,7 @@ impl ExecutionState {
 
     fn end_step(&mut self, spec: &PipelineSpec, i: usize, at: VTime) {
         let stopping = self.status == ExecutionStatus::Stopping;
+        let previous = self.steps[i].status;
         let step = &mut self.steps[i];
         let ending = step.ending.take().unwrap_or(Ending::Succeed);
         step.ends_at = None;
@@ -269,6 +431,7 @@ impl ExecutionState {
             Ending::Stop => step.status = Some(StepStatus::Stopped),
         }
         self.last_modified_time = at;
+        self.record_step(i, previous, at);
     }
 
     /// After a change at `at`: start what can start, and end the execution if nothing runs.
@@ -307,7 +470,7 @@ impl ExecutionState {
         if final_status == ExecutionStatus::Failed && self.failure_reason.is_none() {
             self.failure_reason = Some(STEP_FAILURE.to_string());
         }
-        self.status = final_status;
+        self.set_status(final_status, at);
         self.last_modified_time = at;
     }
 
@@ -374,9 +537,11 @@ impl ExecutionState {
         step.ending = None;
         // A new attempt waits with a token of its own, issued when it begins.
         step.callback_token = None;
+        let previous = step.retried_from.take();
+        step.status = Some(StepStatus::Starting);
+        self.record_step(i, previous, at);
         if def.start_seconds > 0.0 {
-            step.status = Some(StepStatus::Starting);
-            step.begins_at = Some(at + def.start_seconds);
+            self.steps[i].begins_at = Some(at + def.start_seconds);
         } else {
             self.begin_step(spec, i, at, ids);
         }
@@ -390,6 +555,7 @@ impl ExecutionState {
         let arguments =
             matches!(def.kind, StepKind::Callback { .. }).then(|| self.resolved_arguments(spec, i));
         let step = &mut self.steps[i];
+        let previous = step.status;
         step.status = Some(StepStatus::Executing);
         step.begins_at = None;
         let scripted_failure = step.attempt_count <= def.fail_attempts;
@@ -441,6 +607,7 @@ impl ExecutionState {
                 step.ending = Some(ending);
             }
         }
+        self.record_step(i, previous, at);
     }
 
     /// Refuses an action that only an execution in status `wanted` allows, in SageMaker's words.
@@ -465,15 +632,17 @@ impl ExecutionState {
     ) -> Result<(), Refusal> {
         self.advance(spec, now, ids);
         self.require(ExecutionStatus::Executing, "stopped")?;
-        self.status = ExecutionStatus::Stopping;
+        self.set_status(ExecutionStatus::Stopping, now);
         self.last_modified_time = now;
         for (i, def) in spec.steps.iter().enumerate() {
             let step = &mut self.steps[i];
+            let previous = step.status;
             if step.status == Some(StepStatus::Starting) {
                 // Nothing began yet (no message sent, no function invoked): stopped at once.
                 step.status = Some(StepStatus::Stopped);
                 step.begins_at = None;
                 step.end_time = Some(now);
+                self.record_step(i, previous, now);
                 continue;
             }
             if step.status != Some(StepStatus::Executing) {
@@ -502,6 +671,7 @@ impl ExecutionState {
                     step.ending = Some(Ending::Stop);
                 }
             }
+            self.record_step(i, previous, now);
         }
         self.settle(spec, now, ids);
         self.advance(spec, now, ids);
@@ -526,7 +696,8 @@ impl ExecutionState {
                 "The step with callback token {token} is not waiting for a callback."
             )));
         };
-        let stopping = self.steps[i].status == Some(StepStatus::Stopping);
+        let previous = self.steps[i].status;
+        let stopping = previous == Some(StepStatus::Stopping);
         let step = &mut self.steps[i];
         step.end_time = Some(now);
         match answer {
@@ -548,6 +719,7 @@ impl ExecutionState {
             }
         }
         self.last_modified_time = now;
+        self.record_step(i, previous, now);
         self.settle(spec, now, ids);
         self.advance(spec, now, ids);
         Ok(())
@@ -567,11 +739,11 @@ impl ExecutionState {
                 step.status,
                 Some(StepStatus::Failed) | Some(StepStatus::Stopped)
             ) {
-                step.status = None;
+                step.retried_from = step.status.take();
                 step.failed_while_stopping = false;
             }
         }
-        self.status = ExecutionStatus::Executing;
+        self.set_status(ExecutionStatus::Executing, now);
         self.failure_reason = None;
         self.last_modified_time = now;
         self.settle(spec, now, ids);
@@ -628,6 +800,155 @@ mod tests {
 
     fn status(state: &ExecutionState, i: usize) -> Option<StepStatus> {
         state.steps[i].status
+    }
+
+    /// Each recorded change: (time, the execution or the step's name, previous, current).
+    fn changes(
+        state: &mut ExecutionState,
+        spec: &PipelineSpec,
+    ) -> Vec<(VTime, String, Option<&'static str>, &'static str)> {
+        std::mem::take(&mut state.transitions)
+            .into_iter()
+            .map(|t| match t.change {
+                Change::Execution { previous, current } => (
+                    t.at,
+                    "execution".to_string(),
+                    previous.map(ExecutionStatus::as_str),
+                    current.as_str(),
+                ),
+                Change::Step {
+                    index,
+                    previous,
+                    run,
+                } => (
+                    t.at,
+                    spec.steps[index].name.clone(),
+                    previous.map(StepStatus::as_str),
+                    run.status.map_or("none", StepStatus::as_str),
+                ),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_status_change_is_recorded_in_order_with_the_step_as_it_was() {
+        let ids = Ids::new(Some(12));
+        let spec = spec(json!([
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs/q"},
+            {"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 10}}},
+            {"Name": "After", "Type": "Training", "DependsOn": ["Train"],
+             "Arguments": {"Emulator": {"DurationSeconds": 100}}}
+        ]));
+        let mut state = start(&spec, &ids);
+        let starting = state.transitions.iter().find_map(|t| match &t.change {
+            Change::Step { index: 0, run, .. } if run.status == Some(StepStatus::Starting) => {
+                Some(run.callback_token.clone())
+            }
+            _ => None,
+        });
+        assert_eq!(starting, Some(None), "no token while Starting");
+        let executing = state.transitions.iter().find_map(|t| match &t.change {
+            Change::Step { index: 0, run, .. } if run.status == Some(StepStatus::Executing) => {
+                run.callback_token.clone()
+            }
+            _ => None,
+        });
+        assert_eq!(executing, state.steps[0].callback_token);
+        assert_eq!(
+            changes(&mut state, &spec),
+            [
+                (1000.0, "execution".into(), None, "Executing"),
+                (1000.0, "Approve".into(), None, "Starting"),
+                (1000.0, "Approve".into(), Some("Starting"), "Executing"),
+                (1000.0, "Train".into(), None, "Starting"),
+                (1000.0, "Train".into(), Some("Starting"), "Executing"),
+            ]
+        );
+        state.advance(&spec, 1015.0, &ids);
+        assert_eq!(
+            changes(&mut state, &spec),
+            [
+                (1010.0, "Train".into(), Some("Executing"), "Succeeded"),
+                (1010.0, "After".into(), None, "Starting"),
+                (1010.0, "After".into(), Some("Starting"), "Executing"),
+            ]
+        );
+        state.advance(&spec, 1016.0, &ids);
+        assert!(state.transitions.is_empty(), "nothing changed");
+        state.stop(&spec, 1020.0, &ids).unwrap();
+        assert_eq!(
+            changes(&mut state, &spec),
+            [
+                (1020.0, "execution".into(), Some("Executing"), "Stopping"),
+                (1020.0, "Approve".into(), Some("Executing"), "Stopping"),
+                (1020.0, "After".into(), Some("Executing"), "Stopping"),
+                (1020.0, "After".into(), Some("Stopping"), "Stopped"),
+            ]
+        );
+        let token = state.steps[0].callback_token.clone().unwrap();
+        state
+            .answer_callback(&spec, &token, Ok(vec![]), 1030.0, &ids)
+            .unwrap();
+        assert_eq!(
+            changes(&mut state, &spec),
+            [
+                (1030.0, "Approve".into(), Some("Stopping"), "Stopped"),
+                (1030.0, "execution".into(), Some("Stopping"), "Stopped"),
+            ]
+        );
+
+        // A retried step starts again from the status it failed with.
+        let failing = self::spec(json!([
+            {"Name": "A", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 10, "FailAttempts": 1, "FailureReason": "oom"}}}
+        ]));
+        let mut state = start(&failing, &ids);
+        state.advance(&failing, 1010.0, &ids);
+        let failed = state.transitions.iter().find_map(|t| match &t.change {
+            Change::Step { run, .. } if run.status == Some(StepStatus::Failed) => {
+                run.failure_reason.clone()
+            }
+            _ => None,
+        });
+        assert_eq!(failed.as_deref(), Some("oom"));
+        changes(&mut state, &failing);
+        state.retry(&failing, 1100.0, &ids).unwrap();
+        assert_eq!(
+            changes(&mut state, &failing),
+            [
+                (1100.0, "execution".into(), Some("Failed"), "Executing"),
+                (1100.0, "A".into(), Some("Failed"), "Starting"),
+                (1100.0, "A".into(), Some("Starting"), "Executing"),
+            ]
+        );
+    }
+
+    #[test]
+    fn advancing_in_small_steps_changes_nothing_of_what_happens_or_when() {
+        let definition = json!([
+            {"Name": "Prep", "Type": "Processing", "Arguments": {"Emulator": {"StartSeconds": 3, "DurationSeconds": 7}}},
+            {"Name": "Train", "Type": "Training", "DependsOn": ["Prep"], "Arguments": {"Emulator": {"DurationSeconds": 42.5}}},
+            {"Name": "Notify", "Type": "Lambda", "FunctionArn": "arn:f", "DependsOn": ["Prep"],
+             "Arguments": {"Emulator": {"DurationSeconds": 200, "TimeoutSeconds": 120}}},
+            {"Name": "Check", "Type": "Condition", "DependsOn": ["Train"], "Arguments": {
+                "IfSteps": [{"Name": "Deploy", "Type": "Model", "Arguments": {"Emulator": {"DurationSeconds": 5}}}],
+                "ElseSteps": []}}
+        ]);
+        let spec = spec(definition);
+        let (ids_once, ids_often) = (Ids::new(Some(13)), Ids::new(Some(13)));
+        let mut once = start(&spec, &ids_once);
+        let mut often = start(&spec, &ids_often);
+        once.advance(&spec, 1300.0, &ids_once);
+        let mut t = 1000.0;
+        while t < 1300.0 {
+            t += 0.25;
+            often.advance(&spec, t, &ids_often);
+        }
+        assert_eq!(once.status, ExecutionStatus::Failed, "the Lambda timed out");
+        assert_eq!(once.status, often.status);
+        assert_eq!(once.last_modified_time, often.last_modified_time);
+        assert_eq!(once.steps, often.steps);
+        assert_eq!(once.transitions, often.transitions);
+        assert_eq!(once.transitions.len(), 17);
     }
 
     #[test]

@@ -4,6 +4,11 @@
 //! answers with members replaced (a status SageMaker may add one day, say). Rules for `*`
 //! apply to every operation; rules set for one account apply only to its calls, the others to
 //! every account's. A faulted call has no other effect.
+//!
+//! The EventBridge events the emulator delivers to SQS have faults of their own
+//! ([`EventFaults`]), as EventBridge gives no more than at-least-once and no order: an event
+//! sent twice, never sent, held back, or swapped with the next event of its execution. They
+//! change only what reaches the queues, never the events an execution generated.
 
 use std::{
     collections::HashMap,
@@ -57,24 +62,65 @@ pub(crate) struct FaultConfig {
     pub(crate) replace: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Checks that each named rule has exactly one of `count` and `fraction`, and a fraction in
+/// [0, 1]; the error is for the admin caller.
+fn check_rules(rules: &[(&str, &Option<FaultRule>)]) -> Result<(), String> {
+    for (name, rule) in rules {
+        let Some(rule) = rule else { continue };
+        match (rule.count, rule.fraction) {
+            (Some(_), None) => {}
+            (None, Some(f)) if (0.0..=1.0).contains(&f) => {}
+            (None, Some(_)) => return Err(format!("{name}.fraction must be between 0 and 1")),
+            _ => return Err(format!("{name} needs exactly one of count and fraction")),
+        }
+    }
+    Ok(())
+}
+
 impl FaultConfig {
     /// Checks the rules make sense; the error is for the admin caller.
     pub(crate) fn check(&self) -> Result<(), String> {
-        for (name, rule) in [
+        check_rules(&[
             ("throttle", &self.throttle),
             ("internalError", &self.internal_error),
             ("conflict", &self.conflict),
             ("accessDenied", &self.access_denied),
-        ] {
-            let Some(rule) = rule else { continue };
-            match (rule.count, rule.fraction) {
-                (Some(_), None) => {}
-                (None, Some(f)) if (0.0..=1.0).contains(&f) => {}
-                (None, Some(_)) => return Err(format!("{name}.fraction must be between 0 and 1")),
-                _ => return Err(format!("{name} needs exactly one of count and fraction")),
+        ])
+    }
+}
+
+/// The faults of event delivery, as the admin surface reads and writes them. Each applies to
+/// every delivery of an event to a target queue.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct EventFaultConfig {
+    /// Send the event twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) duplicate: Option<FaultRule>,
+    /// Never send the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) drop: Option<FaultRule>,
+    /// Hold every event back this many (real) milliseconds before it reaches the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) delay_ms: Option<u64>,
+    /// Swap consecutive events of an execution, pair by pair, where they come together.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) reorder: bool,
+}
+
+/// The longest `delayMs`: 15 minutes, SQS's longest DelaySeconds.
+pub(crate) const MAX_EVENT_DELAY_MS: u64 = 900_000;
+
+impl EventFaultConfig {
+    /// Checks the rules make sense; the error is for the admin caller.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        check_rules(&[("duplicate", &self.duplicate), ("drop", &self.drop)])?;
+        match self.delay_ms {
+            Some(ms) if ms > MAX_EVENT_DELAY_MS => {
+                Err(format!("delayMs must be at most {MAX_EVENT_DELAY_MS}"))
             }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -126,6 +172,85 @@ struct LiveFaults {
     access_denied: Option<LiveRule>,
     latency: Option<Duration>,
     replace: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The event faults in force, as delivery reads them.
+#[derive(Debug)]
+pub(crate) struct LiveEventFaults {
+    duplicate: Option<LiveRule>,
+    drop: Option<LiveRule>,
+    delay: Duration,
+    reorder: bool,
+}
+
+impl LiveEventFaults {
+    /// Whether this delivery is dropped (counts down a `count` rule when it is).
+    pub(crate) fn drops(&self, ids: &Ids) -> bool {
+        self.drop.as_ref().is_some_and(|r| r.fires(ids))
+    }
+
+    /// Whether this delivery is sent twice (counts down a `count` rule when it is).
+    pub(crate) fn duplicates(&self, ids: &Ids) -> bool {
+        self.duplicate.as_ref().is_some_and(|r| r.fires(ids))
+    }
+
+    /// How long each event is held back.
+    pub(crate) fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// Whether consecutive events are swapped.
+    pub(crate) fn reorder(&self) -> bool {
+        self.reorder
+    }
+}
+
+/// The event faults in force: none, or one set. Read once per batch of events delivered
+/// (only while some queue receives events), written only by the admin surface.
+#[derive(Debug, Default)]
+pub(crate) struct EventFaults {
+    live: std::sync::Mutex<Option<Arc<LiveEventFaults>>>,
+}
+
+impl EventFaults {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<LiveEventFaults>>> {
+        // Only ever replaced whole: a poisoned lock still holds a whole value.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the event faults, replacing those in force.
+    pub(crate) fn set(&self, config: &EventFaultConfig) {
+        let live = LiveEventFaults {
+            duplicate: config.duplicate.as_ref().map(LiveRule::new),
+            drop: config.drop.as_ref().map(LiveRule::new),
+            delay: Duration::from_millis(config.delay_ms.unwrap_or_default()),
+            reorder: config.reorder,
+        };
+        *self.slot() = Some(Arc::new(live));
+    }
+
+    /// Clears the event faults.
+    pub(crate) fn clear(&self) {
+        *self.slot() = None;
+    }
+
+    /// The event faults in force, if any.
+    pub(crate) fn current(&self) -> Option<Arc<LiveEventFaults>> {
+        self.slot().clone()
+    }
+
+    /// The event faults in force (counts as they are now), or an empty config.
+    pub(crate) fn snapshot(&self) -> EventFaultConfig {
+        match self.current() {
+            None => EventFaultConfig::default(),
+            Some(live) => EventFaultConfig {
+                duplicate: live.duplicate.as_ref().map(LiveRule::snapshot),
+                drop: live.drop.as_ref().map(LiveRule::snapshot),
+                delay_ms: (!live.delay.is_zero()).then(|| live.delay.as_millis() as u64),
+                reorder: live.reorder,
+            },
+        }
+    }
 }
 
 /// Whom a rule is for: an operation (or `*`), and one account or (`None`) every account.
@@ -356,6 +481,53 @@ mod tests {
         );
         faults.clear(None, None);
         assert!(faults.snapshot(None).is_empty());
+    }
+
+    #[test]
+    fn event_faults_count_down_and_clear() {
+        let faults = EventFaults::default();
+        let ids = Ids::new(Some(3));
+        assert!(faults.current().is_none());
+        let config = EventFaultConfig {
+            duplicate: count(1),
+            drop: Some(FaultRule {
+                count: None,
+                fraction: Some(1.0),
+            }),
+            delay_ms: Some(250),
+            reorder: true,
+        };
+        assert!(config.check().is_ok());
+        faults.set(&config);
+        let live = faults.current().unwrap();
+        assert!(live.duplicates(&ids));
+        assert!(!live.duplicates(&ids), "a count of one fires once");
+        assert!(
+            live.drops(&ids) && live.drops(&ids),
+            "a fraction of 1 always"
+        );
+        assert_eq!(live.delay(), Duration::from_millis(250));
+        assert!(live.reorder());
+        let left = faults.snapshot();
+        assert_eq!(left.duplicate.and_then(|r| r.count), Some(0));
+        assert_eq!(left.delay_ms, Some(250));
+        faults.clear();
+        assert!(faults.current().is_none());
+        assert_eq!(faults.snapshot(), EventFaultConfig::default());
+
+        let too_long = EventFaultConfig {
+            delay_ms: Some(MAX_EVENT_DELAY_MS + 1),
+            ..Default::default()
+        };
+        assert!(too_long.check().is_err());
+        let both = EventFaultConfig {
+            drop: Some(FaultRule {
+                count: Some(1),
+                fraction: Some(0.1),
+            }),
+            ..Default::default()
+        };
+        assert!(both.check().unwrap_err().contains("drop"));
     }
 
     #[test]

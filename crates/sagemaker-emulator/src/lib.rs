@@ -11,8 +11,8 @@
 //! of its definition, and an execution the version it started with. Pipelines run real definition
 //! documents as simulated work, scripted per step (see [`definition`] for the keys), in
 //! emulated time that `time_scale` speeds up. A small admin surface under `/_emulator/` counts
-//! calls, shows the messages Callback steps would have sent, injects faults and sets what
-//! roles demand.
+//! calls, shows the messages Callback steps would have sent and the events executions made,
+//! injects faults and sets what roles demand.
 //!
 //! One emulator plays every account and region, kept apart as SageMaker keeps them: a call
 //! acts in the region of its SigV4 credential scope and in the account of its access key, and
@@ -21,12 +21,16 @@
 //! emulated clock; and SQS (CreateQueue, GetQueueUrl, ListQueues, SendMessage, ReceiveMessage
 //! with long polling, DeleteMessage, ChangeMessageVisibility, PurgeQueue), whose queues
 //! receive the messages of the Callback steps whose `SqsQueueUrl` names them, so a callback
-//! consumer can be tested end to end.
+//! consumer can be tested end to end. Queues named by `events_queues` or the admin surface
+//! receive SageMaker's EventBridge events (every status change of an execution or a step,
+//! in EventBridge's envelope), as an EventBridge rule with an SQS target would deliver them,
+//! when they are due whether or not anybody looks at the execution.
 //!
 //! # Layout
 //!
-//! - This file: the server ([`EmulatorServer`] binds, then serves; [`RunningEmulator`] in the
-//!   background) and its routes. `options`: how an emulator behaves ([`EmulatorOptions`]).
+//! - This file: the server ([`EmulatorServer`] binds, then serves, with the event pump beside
+//!   it; [`RunningEmulator`] in the background) and its routes. `options`: how an emulator
+//!   behaves ([`EmulatorOptions`]).
 //!   [`cli`]: the command line of the binary and of `pipeline-control emulator`.
 //! - `wire`: the HTTP entry point and its two protocols; `error`: SageMaker's error shapes,
 //!   the only place a SageMaker error becomes a response.
@@ -35,17 +39,20 @@
 //!   what else both use); `sts`: STS (awsQuery, AssumeRole, GetCallerIdentity, its XML and
 //!   errors); `sqs`: SQS (awsJson1_0, its actions and errors); `validate`: AWS-style
 //!   validation.
-//! - [`definition`]: pipeline definitions; `engine`: the execution state machine.
+//! - [`definition`]: pipeline definitions; `engine`: the execution state machine, which
+//!   records every status change; `events`: SageMaker's EventBridge events, the queues that
+//!   receive them and what their faults let through.
 //! - `state`: the data, per (account, region) in sharded maps with a lock per execution and
-//!   per token record, and the call counts; `identity`: the (account, region) and principal
+//!   per token record, the call counts, and the event pump that advances executions whose
+//!   events someone receives when they are due; `identity`: the (account, region) and principal
 //!   of a call, the keys STS issued, the roles' rules; `queue`: an SQS queue (messages,
 //!   visibility, long polling); `clock`: time and ids.
 //! - `faults` and `admin`: fault injection and the admin surface.
 //!
 //! A module imports only modules of the groups after its own, in this order, so none imports
 //! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`, `sts`, `sqs`; `state`,
-//! `validate`; `engine`, `error`; `definition`, `faults`, `identity`, `options`, `queue`;
-//! `clock`.
+//! `validate`; `events`; `engine`, `error`; `definition`, `faults`, `identity`, `options`,
+//! `queue`; `clock`.
 //! Inside `ops` likewise: `ops.rs`; `pipelines`, `executions`; `common`.
 
 mod admin;
@@ -54,6 +61,7 @@ mod clock;
 pub mod definition;
 mod engine;
 mod error;
+mod events;
 mod faults;
 mod identity;
 mod ops;
@@ -74,6 +82,8 @@ use axum::{
     routing::{get, post, put},
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use queue::valid_queue_name;
 
 use state::Emulator;
 
@@ -101,6 +111,19 @@ fn router(emulator: Arc<Emulator>) -> Router {
                 .put(admin::set_role)
                 .delete(admin::clear_roles),
         )
+        .route("/_emulator/events", get(admin::events))
+        .route(
+            "/_emulator/events/queues",
+            get(admin::list_event_queues)
+                .put(admin::add_event_queue)
+                .delete(admin::clear_event_queues),
+        )
+        .route(
+            "/_emulator/events/faults",
+            get(admin::event_faults)
+                .put(admin::set_event_faults)
+                .delete(admin::clear_event_faults),
+        )
         .route("/_emulator/config", get(admin::config))
         .with_state(emulator)
 }
@@ -114,8 +137,17 @@ pub struct EmulatorServer {
 }
 
 impl EmulatorServer {
-    /// Binds `addr` (port 0 picks a free port).
+    /// Binds `addr` (port 0 picks a free port). An `events_queues` name that is no SQS queue
+    /// name is an `InvalidInput` error.
     pub async fn bind(addr: SocketAddr, options: &EmulatorOptions) -> io::Result<Self> {
+        if let Some(name) = options.events_queues.iter().find(|n| !valid_queue_name(n)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "events queue {name:?} is not a queue name (1 to 80 letters, digits, - and _)"
+                ),
+            ));
+        }
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -130,11 +162,13 @@ impl EmulatorServer {
         format!("http://{}", self.local_addr)
     }
 
-    /// Serves until `shutdown` completes.
+    /// Serves until `shutdown` completes, with the event pump beside it (see `state`), which
+    /// ends with it.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
+        let _pump = EndsOnDrop(tokio::spawn(self.emulator.clone().pump_events()));
         axum::serve(self.listener, router(self.emulator))
             .with_graceful_shutdown(shutdown)
             .await
@@ -156,6 +190,16 @@ impl EmulatorServer {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+}
+
+/// A task that ends when this is dropped: the server's companion ends with it, however the
+/// server ends.
+struct EndsOnDrop(JoinHandle<()>);
+
+impl Drop for EndsOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -207,5 +251,49 @@ impl Drop for RunningEmulator {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn any_port() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    }
+
+    #[tokio::test]
+    async fn the_event_pump_ends_with_the_server() {
+        let options = EmulatorOptions {
+            events_queues: vec!["events".into()],
+            ..Default::default()
+        };
+        let server = EmulatorServer::bind(any_port(), &options).await.unwrap();
+        let emulator = server.emulator.clone();
+        let running = server.spawn();
+        running.stop().await.unwrap();
+        // The server's task and the pump held the only other references.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&emulator) > 1 {
+            assert!(tokio::time::Instant::now() < deadline, "the pump runs on");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_events_queue_must_be_a_queue_name() {
+        let options = EmulatorOptions {
+            events_queues: vec!["ok".into(), "not.ok".into()],
+            ..Default::default()
+        };
+        let error = EmulatorServer::bind(any_port(), &options)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("not.ok"), "{error}");
     }
 }

@@ -16,6 +16,10 @@ pub struct EmulatorOptions {
     pub account_id: String,
     /// Roles whose AssumeRole must pass exactly this ExternalId: (role ARN, external id).
     pub role_external_ids: Vec<(String, String)>,
+    /// SQS queues of the default account and region (made on first use) that receive
+    /// SageMaker's EventBridge events of that account and region's executions, as an
+    /// EventBridge rule with an SQS target would deliver them.
+    pub events_queues: Vec<String>,
 }
 
 impl Default for EmulatorOptions {
@@ -26,6 +30,7 @@ impl Default for EmulatorOptions {
             region: "us-east-1".into(),
             account_id: "123456789012".into(),
             role_external_ids: Vec::new(),
+            events_queues: Vec::new(),
         }
     }
 }

@@ -120,17 +120,45 @@ impl Queue {
     /// Stores a message, visible after `delay` (the queue's DelaySeconds when `None`), and
     /// wakes the receivers waiting: its id and the MD5 of its body.
     pub(crate) fn send(&self, body: String, delay: Option<u32>, ids: &Ids) -> (String, String) {
+        self.store(body, ids, |attributes| {
+            (
+                Duration::ZERO,
+                Duration::from_secs(u64::from(delay.unwrap_or(attributes.delay))),
+            )
+        })
+    }
+
+    /// Stores a message as if it were sent `after` from now: until then no receiver sees it,
+    /// and its SentTimestamp is then. (How the emulator holds an event back.) The queue's
+    /// DelaySeconds applies from that moment, as to any message sent.
+    pub(crate) fn send_after(&self, body: String, after: Duration, ids: &Ids) -> (String, String) {
+        self.store(body, ids, |attributes| {
+            (
+                after,
+                after + Duration::from_secs(u64::from(attributes.delay)),
+            )
+        })
+    }
+
+    /// Stores a message, sent and visible after the durations `timing` gives for the queue's
+    /// attributes, and wakes the receivers waiting.
+    fn store(
+        &self,
+        body: String,
+        ids: &Ids,
+        timing: impl FnOnce(&QueueAttributes) -> (Duration, Duration),
+    ) -> (String, String) {
         let id = ids.message_id();
         let md5 = md5_hex(body.as_bytes());
         {
             let mut inner = self.lock();
-            let delay = delay.unwrap_or(inner.attributes.delay);
+            let (sent_after, visible_after) = timing(&inner.attributes);
             inner.messages.push(Stored {
                 id: id.clone(),
                 body,
                 md5: md5.clone(),
-                sent_at_ms: epoch_ms(),
-                visible_at: Instant::now() + Duration::from_secs(u64::from(delay)),
+                sent_at_ms: epoch_ms() + sent_after.as_millis() as u64,
+                visible_at: Instant::now() + visible_after,
                 receive_count: 0,
                 first_receive_ms: None,
                 handles: Vec::new(),
@@ -394,5 +422,24 @@ mod tests {
         );
         assert_eq!(queue.delete(&again[0].receipt_handle), Ok(()));
         assert_eq!(queue.delete("garbage"), Err(HandleError::Invalid));
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_after_a_delay_is_overtaken_by_one_sent_at_once() {
+        let ids = Ids::new(Some(2));
+        let queue = Queue::new(QueueAttributes::default());
+        let sending = Instant::now();
+        queue.send_after("late".into(), Duration::from_millis(300), &ids);
+        queue.send("early".into(), None, &ids);
+        let first = queue.receive(10, None, Duration::ZERO, &ids, || None).await;
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].body, "early");
+        let second = queue
+            .receive(10, None, Duration::from_secs(10), &ids, || None)
+            .await;
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].body, "late");
+        assert!(sending.elapsed() >= Duration::from_millis(300));
+        assert!(second[0].sent_at_ms >= first[0].sent_at_ms + 250);
     }
 }

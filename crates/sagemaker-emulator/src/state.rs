@@ -6,9 +6,18 @@
 //!
 //! A call reaches only the resources of its own (account, region), so what another account
 //! or region holds is invisible to it by construction, as in SageMaker.
+//!
+//! Whoever locks an execution advances it (see `engine`), and the status changes that made
+//! become SageMaker's EventBridge events there and then: kept with the execution, and sent to
+//! the SQS queues that receive its (account, region)'s events (see `events`). So that those
+//! queues get every event when it is due even if nobody looks at the execution, the event
+//! pump ([`Emulator::pump_events`], a task of the server) wakes at the next step change of
+//! each running execution that has such queues, and locks it then. While no queue receives
+//! events the pump has nothing to do and sleeps.
 
 use std::{
-    collections::BTreeMap,
+    cmp,
+    collections::{BTreeMap, BinaryHeap},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, Ordering},
@@ -17,11 +26,13 @@ use std::{
 
 use dashmap::DashMap;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::{
     clock::{Clock, Ids, VTime},
     definition::{PipelineSpec, StepKind},
     engine::{ExecutionState, ExecutionStatus},
+    events::{EventTarget, Events, ExecutionInfo, render},
     faults::Faults,
     identity::{Identity, RoleRule, Scope},
     options::EmulatorOptions,
@@ -375,6 +386,11 @@ pub(crate) struct Execution {
     pub(crate) registered_messages: usize,
     /// Every StopPipelineExecution it received: ClientRequestToken and time.
     pub(crate) stop_requests: Vec<(String, VTime)>,
+    /// The EventBridge events its status changes made, oldest first, as generated (before
+    /// any fault of their delivery).
+    pub(crate) events: Vec<Value>,
+    /// The time of its next step change that the event pump was told of.
+    pub(crate) event_due: Option<VTime>,
 }
 
 /// An execution behind its own lock. Critical sections are short and never await.
@@ -435,10 +451,60 @@ impl std::ops::DerefMut for Locked<'_> {
     }
 }
 
+impl Locked<'_> {
+    /// Turns the status changes made so far into events: kept with the execution, and sent
+    /// to the queues that receive its (account, region)'s events. Then, if there are such
+    /// queues, tells the event pump when the execution next changes.
+    fn flush_events(&mut self) {
+        let scope = &self.resources.scope;
+        let emulator = self.emulator;
+        let execution = &mut *self.execution;
+        let queues = emulator.events.queues_of(scope);
+        if !execution.state.transitions.is_empty() {
+            let transitions = std::mem::take(&mut execution.state.transitions);
+            let info = ExecutionInfo {
+                scope,
+                pipeline_arn: &execution.pipeline_arn,
+                execution_arn: &self.cell.arn,
+                display_name: &execution.display_name,
+                description: execution.description.as_deref(),
+                start_time: execution.state.creation_time,
+                spec: &execution.spec,
+            };
+            let events: Vec<Value> = transitions
+                .iter()
+                .map(|t| render(&info, t, &emulator.ids))
+                .collect();
+            for name in &queues {
+                let queue = emulator.queue(scope, name);
+                for (body, after) in emulator.events.plan(&events, &emulator.ids) {
+                    queue.send_after(body, after, &emulator.ids);
+                }
+            }
+            execution.events.extend(events);
+        }
+        if queues.is_empty() {
+            return;
+        }
+        let next = execution.state.next_event();
+        if execution.event_due != next {
+            execution.event_due = next;
+            if let Some(at) = next {
+                emulator.schedule(Due {
+                    at,
+                    scope: scope.clone(),
+                    arn: self.cell.arn.clone(),
+                });
+            }
+        }
+    }
+}
+
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         // Lock order: an execution, then a shard of the callback-token map or of the scope
         // and queue maps, then a queue; nothing takes them the other way round.
+        self.flush_events();
         let execution = &mut *self.execution;
         for message in &execution.state.messages[execution.registered_messages..] {
             if let Some(token) = message.body.get("token").and_then(|t| t.as_str()) {
@@ -509,6 +575,35 @@ impl Resources {
     }
 }
 
+/// An execution whose next step change is due at `at`: when the event pump must lock it.
+#[derive(Debug)]
+pub(crate) struct Due {
+    at: VTime,
+    scope: Scope,
+    arn: String,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    /// The soonest is the greatest, so that a (max-)heap gives it first.
+    fn cmp(&self, other: &Self) -> cmp::Ordering {
+        other.at.total_cmp(&self.at)
+    }
+}
+
 /// Everything the emulator holds.
 #[derive(Debug)]
 pub(crate) struct Emulator {
@@ -522,6 +617,12 @@ pub(crate) struct Emulator {
     pub(crate) identity: Identity,
     pub(crate) stats: Stats,
     pub(crate) faults: Faults,
+    /// The queues that receive events, and the faults of their delivery.
+    pub(crate) events: Events,
+    /// To the event pump: executions to lock when their next step change is due.
+    due: mpsc::UnboundedSender<Due>,
+    /// The event pump's end, until the pump takes it.
+    due_receiver: Mutex<Option<mpsc::UnboundedReceiver<Due>>>,
 }
 
 impl Emulator {
@@ -536,6 +637,11 @@ impl Emulator {
                 refuse: false,
             });
         let user_id = ids.unique_id("AIDA", &options.account_id);
+        let default_scope = Scope {
+            account: options.account_id.clone(),
+            region: options.region.clone(),
+        };
+        let (due, due_receiver) = mpsc::unbounded_channel();
         Self {
             clock: Clock::new(options.time_scale),
             identity: Identity::new(&options.region, &options.account_id, user_id, roles),
@@ -545,6 +651,9 @@ impl Emulator {
             scopes: DashMap::new(),
             stats: Stats::default(),
             faults: Faults::default(),
+            events: Events::new(&default_scope, &options.events_queues),
+            due,
+            due_receiver: Mutex::new(Some(due_receiver)),
         }
     }
 
@@ -633,12 +742,102 @@ impl Emulator {
         let now = self.clock.now();
         let spec = execution.spec.clone();
         execution.state.advance(&spec, now, &self.ids);
-        Locked {
+        let mut locked = Locked {
             execution,
             cell,
             resources,
             emulator: self,
             now,
+        };
+        // What the holder reads of the events includes those of this advance.
+        locked.flush_events();
+        locked
+    }
+
+    /// Adds a queue that receives events, and tells the event pump of the running executions
+    /// of its (account, region): false if it was one already.
+    pub(crate) fn add_event_target(&self, target: &EventTarget) -> bool {
+        if !self.events.add(target) {
+            return false;
         }
+        let scope = Scope {
+            account: target.account.clone(),
+            region: target.region.clone(),
+        };
+        let resources = self.resources(&scope);
+        let cells: Vec<Arc<ExecutionCell>> = resources
+            .executions
+            .iter()
+            .map(|c| c.value().clone())
+            .collect();
+        for cell in &cells {
+            let mut execution = self.lock(&resources, cell);
+            // The pump may have dropped it while there was no target: tell it again.
+            execution.event_due = None;
+        }
+        true
+    }
+
+    fn schedule(&self, due: Due) {
+        // Refused only once the pump has ended with the server: nothing is due any more.
+        let _ = self.due.send(due);
+    }
+
+    /// The event pump, until the task running it is ended: locks each running execution
+    /// whose (account, region) has queues that receive events when its next step change is
+    /// due, so that the change is applied and its events sent then, even if nobody looks at
+    /// the execution. Locking again when the lock is released schedules the next one. It
+    /// waits on its channel while nothing is due, so it costs nothing while no queue
+    /// receives events. Only the first call pumps; any other returns at once.
+    pub(crate) async fn pump_events(self: Arc<Self>) {
+        let taken = self
+            .due_receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(mut receiver) = taken else { return };
+        let mut due: BinaryHeap<Due> = BinaryHeap::new();
+        loop {
+            let now = self.clock.now();
+            while let Some(next) = due.peek()
+                && next.at <= now
+            {
+                if let Some(next) = due.pop() {
+                    self.advance_due(&next);
+                }
+            }
+            let wake = due
+                .peek()
+                .map(|next| tokio::time::Instant::from_std(self.clock.instant_at(next.at)));
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                received = receiver.recv() => match received {
+                    Some(next) => due.push(next),
+                    None => return,
+                },
+                () = sleep => {}
+            }
+        }
+    }
+
+    /// Locks (so advances, and delivers the events of) the execution `due` names, if it is
+    /// still there.
+    fn advance_due(&self, due: &Due) {
+        let Some(resources) = self.scopes.get(&due.scope).map(|r| r.value().clone()) else {
+            return;
+        };
+        let Some(cell) = resources
+            .executions
+            .get(&due.arn)
+            .map(|c| c.value().clone())
+        else {
+            return;
+        };
+        drop(self.lock(&resources, &cell));
     }
 }

@@ -13,7 +13,6 @@ use super::common::{
     page, page_start, paged, parallelism, parse, with_pipeline,
 };
 use crate::{
-    definition::StepKind,
     engine::{ExecutionState, Refusal, StepRun},
     error::AwsError,
     identity::Scope,
@@ -224,10 +223,15 @@ pub(super) fn start_execution(emulator: &Emulator, res: &Resources, raw: Value) 
                     state,
                     registered_messages: 0,
                     stop_requests: Vec::new(),
+                    events: Vec::new(),
+                    event_due: None,
                 };
                 let cell = Arc::new(ExecutionCell::new(arn.clone(), now, execution));
-                drop(emulator.lock(res, &cell)); // registers the callback tokens of its first steps
+                // Findable before anything is due (the event pump finds it by its ARN); no
+                // caller knows the ARN yet.
                 res.executions.insert(arn.clone(), cell.clone());
+                // Registers the callback tokens of its first steps and sends its first events.
+                drop(emulator.lock(res, &cell));
                 pipeline_state.executions.push(cell);
                 pipeline_state.last_run_time = Some(now);
                 if let Some(version) = usize::try_from(version_id - 1)
@@ -549,79 +553,10 @@ pub(super) fn list_steps(emulator: &Emulator, res: &Resources, input: ListStepsI
     Ok(paged("PipelineExecutionSteps", steps, next))
 }
 
-pub(super) fn outputs_json(outputs: &[(String, String)]) -> Value {
-    Value::Array(
-        outputs
-            .iter()
-            .map(|(name, value)| json!({ "Name": name, "Value": value }))
-            .collect(),
-    )
-}
-
 pub(super) fn step_json(scope: &Scope, execution: &Execution, i: usize, run: &StepRun) -> Value {
     let def = &execution.spec.steps[i];
     let status = run.status.map(|s| s.as_str()).unwrap_or("Starting");
-    let resource = |kind: &str| {
-        format!(
-            "arn:aws:sagemaker:{}:{}:{kind}/{}",
-            scope.region,
-            scope.account,
-            run.job_name.clone().unwrap_or_default()
-        )
-    };
-    let metadata = match (&def.kind, def.step_type.as_str()) {
-        (StepKind::Callback { sqs_queue_url }, _) => {
-            let mut callback = json!({
-                "SqsQueueUrl": sqs_queue_url,
-                "OutputParameters": outputs_json(&run.outputs),
-            });
-            // None while the step is Starting: it has sent nothing yet.
-            if let Some(token) = &run.callback_token {
-                callback["CallbackToken"] = json!(token);
-            }
-            json!({ "Callback": callback })
-        }
-        (StepKind::Lambda { function_arn, .. }, _) => json!({ "Lambda": {
-            "Arn": function_arn,
-            "OutputParameters": outputs_json(&run.outputs),
-        }}),
-        (StepKind::Condition { .. }, _) => match run.condition_outcome {
-            Some(outcome) => {
-                json!({ "Condition": { "Outcome": if outcome { "True" } else { "False" } } })
-            }
-            None => json!({ "Condition": {} }),
-        },
-        (StepKind::Fail { error_message }, _) => {
-            json!({ "Fail": { "ErrorMessage": error_message } })
-        }
-        (StepKind::Job, "Training") => {
-            json!({ "TrainingJob": { "Arn": resource("training-job") } })
-        }
-        (StepKind::Job, "Processing") => {
-            json!({ "ProcessingJob": { "Arn": resource("processing-job") } })
-        }
-        (StepKind::Job, "Transform") => {
-            json!({ "TransformJob": { "Arn": resource("transform-job") } })
-        }
-        (StepKind::Job, "Tuning") => {
-            json!({ "TuningJob": { "Arn": resource("hyper-parameter-tuning-job") } })
-        }
-        (StepKind::Job, "AutoML") => json!({ "AutoMLJob": { "Arn": resource("automl-job") } }),
-        (StepKind::Job, "Model") => json!({ "Model": { "Arn": resource("model") } }),
-        (StepKind::Job, "RegisterModel") => {
-            json!({ "RegisterModel": { "Arn": resource("model-package") } })
-        }
-        (StepKind::Job, "EMR") => {
-            json!({ "EMR": { "ClusterId": "j-EMULATOR", "StepId": run.job_name, "StepName": def.name } })
-        }
-        (StepKind::Job, "QualityCheck") => {
-            json!({ "QualityCheck": { "CheckType": "DATA_QUALITY", "CheckJobArn": resource("processing-job") } })
-        }
-        (StepKind::Job, "ClarifyCheck") => {
-            json!({ "ClarifyCheck": { "CheckType": "DATA_BIAS", "CheckJobArn": resource("processing-job") } })
-        }
-        _ => json!({}),
-    };
+    let metadata = run.metadata(def, &scope.region, &scope.account);
     let mut out = json!({
         "StepName": def.name,
         "StepStatus": status,

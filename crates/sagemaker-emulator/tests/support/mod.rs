@@ -351,3 +351,68 @@ pub async fn assume(endpoint: &str, role_arn: &str) -> aws_sdk_sagemaker::config
         .expect("assume the role");
     session_keys(answer.credentials().expect("credentials"))
 }
+
+impl Admin {
+    /// A call to the admin surface: its HTTP status and JSON answer (`null` when empty).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.http.request(method, format!("{}/{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+        };
+        (status, value)
+    }
+
+    /// Makes a queue receive events: `{"queueName": ..., "account": ..., "region": ...}`
+    /// (account and region optional); the target as the emulator filled it in.
+    pub async fn add_events_queue(&self, target: serde_json::Value) -> serde_json::Value {
+        let (status, answer) = self
+            .call(reqwest::Method::PUT, "events/queues", Some(target))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
+    /// The queues that receive events.
+    pub async fn events_queues(&self) -> serde_json::Value {
+        self.get("events/queues").await
+    }
+
+    /// Sets the faults of event delivery.
+    pub async fn set_event_faults(&self, faults: serde_json::Value) {
+        self.put("events/faults", &faults).await;
+    }
+
+    /// Clears the faults of event delivery.
+    pub async fn clear_event_faults(&self) {
+        let (status, _) = self
+            .call(reqwest::Method::DELETE, "events/faults", None)
+            .await;
+        assert_eq!(status, 204);
+    }
+
+    /// The events an execution's status changes made, oldest first, before any fault.
+    pub async fn events(&self, execution_arn: &str) -> Vec<serde_json::Value> {
+        self.http
+            .get(format!("{}/events", self.base))
+            .query(&[("pipelineExecutionArn", execution_arn)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
