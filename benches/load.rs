@@ -405,6 +405,262 @@ async fn watch_scenario(url: &str, emulator: &str, server: u32, streams: usize) 
     )
 }
 
+/// `count` Executing executions of a new pipeline of one long Training step (a stop ends it
+/// at once: Stopping, then Stopped).
+async fn training_executions(emulator: &str, pipeline: &str, count: usize) -> Vec<String> {
+    let client = sagemaker(emulator);
+    let definition = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 86400}}}]}"#;
+    client
+        .create_pipeline()
+        .pipeline_name(pipeline)
+        .pipeline_definition(definition)
+        .role_arn("arn:aws:iam::123456789012:role/Bench")
+        .client_request_token(format!("{pipeline}-create-0000000000000000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    let mut arns = Vec::with_capacity(count);
+    for i in 0..count {
+        arns.push(
+            client
+                .start_pipeline_execution()
+                .pipeline_name(pipeline)
+                .client_request_token(format!("{pipeline}-start-{i:032}"))
+                .send()
+                .await
+                .unwrap()
+                .pipeline_execution_arn()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    arns
+}
+
+/// Replicas on one database for the fleet scenario: `count` servers with `extra` settings.
+fn replicas(
+    binary: &str,
+    database_url: &str,
+    emulator: &str,
+    count: usize,
+    extra: &[&str],
+) -> Vec<(Child, String)> {
+    (0..count)
+        .map(|_| {
+            let mut args = vec![
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database-url",
+                database_url,
+                "--database-max-connections",
+                "16",
+                "--metrics-listen",
+                "off",
+                "--sagemaker-endpoint",
+                emulator,
+                "--sqs-endpoint",
+                emulator,
+                "--aws-region",
+                "us-east-1",
+            ];
+            args.extend_from_slice(extra);
+            let (child, address) = start(binary, &args, "address");
+            (child, format!("http://{address}"))
+        })
+        .collect()
+}
+
+/// Watchers of every execution of `arns` on every replica (`per_replica` each); each watcher
+/// sends, when it sees Stopped, how long after the execution's last change (the emulator's
+/// transition) it arrived.
+async fn watch_all(
+    urls: &[String],
+    arns: &[String],
+    per_replica: usize,
+    lags: tokio::sync::mpsc::UnboundedSender<Duration>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut expected = 0;
+    for url in urls {
+        let channel = Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for arn in arns {
+            for _ in 0..per_replica {
+                expected += 1;
+                let (channel, arn, lags, ready) =
+                    (channel.clone(), arn.clone(), lags.clone(), ready_tx.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut stream =
+                        pb::pipeline_control_client::PipelineControlClient::new(channel)
+                            .watch_execution(pb::WatchExecutionRequest {
+                                pipeline_execution_arn: arn,
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                    stream.message().await.unwrap().unwrap();
+                    ready.send(()).unwrap();
+                    while let Ok(Some(message)) = stream.message().await {
+                        if let Some(pb::watch_execution_response::Event::Execution(execution)) =
+                            message.event
+                            && execution.status() == pb::ExecutionStatus::Stopped
+                        {
+                            let changed = execution.last_modified_time.unwrap();
+                            let changed = std::time::UNIX_EPOCH
+                                + Duration::new(changed.seconds as u64, changed.nanos as u32);
+                            let lag = std::time::SystemTime::now()
+                                .duration_since(changed)
+                                .unwrap_or_default();
+                            let _ = lags.send(lag);
+                            break;
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    for _ in 0..expected {
+        ready_rx.recv().await.unwrap();
+    }
+    tasks
+}
+
+/// Describe and ListSteps calls the emulator answered during `window`.
+async fn reads_during(emulator: &str, window: Duration) -> (u64, u64) {
+    let before = (
+        emulator_calls(emulator, "DescribePipelineExecution").await,
+        emulator_calls(emulator, "ListPipelineExecutionSteps").await,
+    );
+    tokio::time::sleep(window).await;
+    (
+        emulator_calls(emulator, "DescribePipelineExecution").await - before.0,
+        emulator_calls(emulator, "ListPipelineExecutionSteps").await - before.1,
+    )
+}
+
+/// Upstream economy across replicas, and push: watchers of 100 executions on 1 replica and
+/// spread over 3 (Describe calls per 2 s interval); then 3 replicas polling alone against 3
+/// with events flowing (calls a minute, and the delay from the emulator's transition to the
+/// watchers of a stop). Its own emulator, which sends its events to a queue. Table rows.
+async fn fleet_scenario(binary: &str, database_url: &str) -> Vec<String> {
+    const EXECUTIONS: usize = 100;
+    let (mut emulator_process, emulator) = start(
+        binary,
+        &[
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--events-queue",
+            "pipeline-events",
+        ],
+        "endpoint",
+    );
+    let queue = format!("{emulator}/123456789012/pipeline-events");
+    let mut rows = Vec::new();
+    let window = Duration::from_secs(10);
+    let mut per_interval = Vec::new();
+    for (count, watchers) in [(1usize, 3usize), (3, 1)] {
+        let arns = training_executions(&emulator, &format!("fleet-poll-{count}"), EXECUTIONS).await;
+        let mut servers = replicas(binary, database_url, &emulator, count, &[]);
+        let urls: Vec<String> = servers.iter().map(|(_, url)| url.clone()).collect();
+        let (lags, _) = tokio::sync::mpsc::unbounded_channel();
+        let tasks = watch_all(&urls, &arns, watchers, lags).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (describes, _) = reads_during(&emulator, window).await;
+        let calls = describes as f64 / (window.as_secs_f64() / 2.0);
+        per_interval.push(calls);
+        rows.push(format!(
+            "| {count} | {} | {calls:.1} | {:.2} |",
+            count * watchers * EXECUTIONS,
+            calls / per_interval[0]
+        ));
+        for task in tasks {
+            task.abort();
+        }
+        for (server, _) in &mut servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+    rows.push(String::new());
+    rows.push(
+        "| 3 replicas | upstream calls a minute | vs polling alone | stop → watchers p50 | p99 |"
+            .into(),
+    );
+    rows.push("| --- | ---: | ---: | ---: | ---: |".into());
+    let mut baseline = 0.0;
+    for (label, extra) in [
+        ("polling alone (2 s)", vec![]),
+        (
+            "events, fallback 60 s",
+            vec![
+                "--events-queue-url",
+                queue.as_str(),
+                "--poll-fallback-interval",
+                "60s",
+            ],
+        ),
+    ] {
+        let pipeline = format!("fleet-push-{}", rows.len());
+        let arns = training_executions(&emulator, &pipeline, EXECUTIONS).await;
+        let mut servers = replicas(binary, database_url, &emulator, 3, &extra);
+        let urls: Vec<String> = servers.iter().map(|(_, url)| url.clone()).collect();
+        let (lags_tx, mut lags_rx) = tokio::sync::mpsc::unbounded_channel();
+        let tasks = watch_all(&urls, &arns, 1, lags_tx).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let window = Duration::from_secs(20);
+        let (describes, steps) = reads_during(&emulator, window).await;
+        let per_minute = (describes + steps) as f64 * 60.0 / window.as_secs_f64();
+        if baseline == 0.0 {
+            baseline = per_minute;
+        }
+        let mut client = pb::pipeline_control_client::PipelineControlClient::new(
+            Channel::from_shared(urls[0].clone())
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        for arn in &arns {
+            client
+                .stop_execution(pb::StopExecutionRequest {
+                    pipeline_execution_arn: arn.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let mut lags = Vec::new();
+        for _ in 0..arns.len() * urls.len() {
+            lags.push(lags_rx.recv().await.unwrap());
+        }
+        lags.sort();
+        let pct =
+            |p: f64| lags[((lags.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0;
+        rows.push(format!(
+            "| {label} | {per_minute:.0} | {:.2} | {:.0} ms | {:.0} ms |",
+            per_minute / baseline,
+            pct(0.5),
+            pct(0.99)
+        ));
+        for task in tasks {
+            task.abort();
+        }
+        for (server, _) in &mut servers {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+    let _ = emulator_process.kill();
+    let _ = emulator_process.wait();
+    rows
+}
+
 /// Sets `synchronous_commit` server-wide (superuser only); whether it worked.
 /// GetExecution across the estate: `accounts` accounts (each reached through a role the
 /// service assumes, as an accounts file names them) x `regions`, against one account and
@@ -923,6 +1179,16 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}")
 }
 
+fn print_fleet(rows: &[String]) {
+    println!(
+        "| replicas | watch streams (100 executions) | Describe calls per 2 s interval | vs 1 replica |"
+    );
+    println!("| ---: | ---: | ---: | ---: |");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let binary =
@@ -930,6 +1196,12 @@ async fn main() {
     let database_url = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench sets it)");
     let concurrency = env_or("BENCH_CONCURRENCY", 16) as usize;
     let seconds = Duration::from_secs(env_or("BENCH_SECONDS", 8));
+    // BENCH_ONLY=fleet runs the fleet scenario alone.
+    let only_fleet = std::env::var("BENCH_ONLY").is_ok_and(|only| only == "fleet");
+    if only_fleet {
+        print_fleet(&fleet_scenario(&binary, &database_url).await);
+        return;
+    }
 
     // The emulator in a process of its own, so each one's CPU can be told apart.
     let (mut emulator_process, emulator) = start(
@@ -1184,6 +1456,7 @@ async fn main() {
     let incident = batch_scenario(&url, &emulator, 500).await;
     let telemetry =
         telemetry_scenario(&binary, &database_url, &emulator, concurrency, seconds).await;
+    let fleet = fleet_scenario(&binary, &database_url).await;
 
     for child in [&mut server, &mut emulator_process] {
         let _ = Command::new("kill")
@@ -1241,6 +1514,8 @@ async fn main() {
     print!("{incident}");
     println!();
     print!("{telemetry}");
+    println!();
+    print_fleet(&fleet);
     println!();
     println!("CPU per first call: {first_cpu}");
     println!(

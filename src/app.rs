@@ -147,6 +147,7 @@ impl Application {
         let mut estate = EstateSettings {
             endpoint: args.sagemaker.sagemaker_endpoint.clone(),
             sts_endpoint: args.sagemaker.sts_endpoint.clone(),
+            sqs_endpoint: args.sagemaker.sqs_endpoint.clone(),
             accounts_file: args.sagemaker.accounts_file.clone(),
             static_credentials: args.sagemaker.static_credentials.clone(),
             region: args.sagemaker.aws_region.clone(),
@@ -163,6 +164,7 @@ impl Application {
             // The emulator serves STS too, for roles an accounts file names.
             estate.endpoint = Some(emulator.endpoint_url.clone());
             estate.sts_endpoint = Some(emulator.endpoint_url.clone());
+            estate.sqs_endpoint = Some(emulator.endpoint_url.clone());
             estate.static_credentials = Some(("EMULATOR".into(), "emulator".into()));
             estate.region = Some(region.to_string());
             Some(emulator)
@@ -213,6 +215,7 @@ impl Application {
             worker_id(),
             metrics.clone(),
         ));
+        let push = crate::events::Push::new(args.events_queue_urls.len());
         let watcher = Watcher::new(
             estate.clone(),
             WatchSettings {
@@ -221,10 +224,25 @@ impl Application {
                 heartbeat: args.heartbeat_interval,
                 linger: args.poller_linger,
                 max_streams: args.max_watch_streams,
+                lease: args.watch_lease.max(Duration::from_millis(300)),
+                fallback_interval: args.poll_fallback_interval,
             },
             draining.clone(),
             metrics.clone(),
+            store.postgres_pool().map(|pool| {
+                Arc::new(crate::store::fleet::PostgresFleet::new(pool))
+                    as Arc<dyn crate::store::fleet::Fleet>
+            }),
+            push.clone(),
         );
+        crate::events::start(
+            &args.events_queue_urls,
+            &push,
+            &estate,
+            &watcher,
+            &metrics,
+            &draining,
+        )?;
         let service = PipelineControlService::new(
             stopper.clone(),
             estate.clone(),

@@ -119,9 +119,32 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_CONTROL_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
+    /// SQS queues an EventBridge rule fills with SageMaker's pipeline execution and step
+    /// status changes (repeatable; comma-separated in the environment). An event makes the
+    /// execution's poller read it at once; while events flow, pollers read only every
+    /// `--poll-fallback-interval`.
+    #[arg(
+        long = "events-queue-url",
+        env = "PIPELINE_CONTROL_EVENTS_QUEUE_URLS",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub events_queue_urls: Vec<String>,
+
+    /// How often a watched execution is read from SageMaker while events flow (every events
+    /// queue answering); when one fails, `--poll-interval` again.
+    #[arg(long, env = "PIPELINE_CONTROL_POLL_FALLBACK_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub poll_fallback_interval: Duration,
+
     /// A watch stream with nothing new sends a heartbeat after this long.
     #[arg(long, env = "PIPELINE_CONTROL_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
+
+    /// On Postgres, replicas share the reading of each watched execution: one holds a lease
+    /// and reads SageMaker for all. This is how long the lease lasts unrenewed, so how soon
+    /// another replica takes over from one that died (it is renewed every third of it).
+    #[arg(long, env = "PIPELINE_CONTROL_WATCH_LEASE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub watch_lease: Duration,
 
     /// How long a poller goes on after its last watcher left, for a quick reconnect.
     #[arg(long, env = "PIPELINE_CONTROL_POLLER_LINGER", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -298,6 +321,11 @@ pub struct SageMakerArgs {
     /// SageMaker endpoint override (an emulator, a VPC endpoint); else the AWS default.
     #[arg(long, env = "SAGEMAKER_ENDPOINT_URL")]
     pub sagemaker_endpoint: Option<String>,
+
+    /// SQS endpoint override for the events queues (an emulator, a VPC endpoint); else the
+    /// AWS default of each queue's region.
+    #[arg(long, env = "SQS_ENDPOINT_URL")]
+    pub sqs_endpoint: Option<String>,
 
     /// STS endpoint override for the roles the accounts file names (an emulator, a VPC
     /// endpoint); else the AWS default for each execution's region.

@@ -309,7 +309,8 @@ impl fmt::Display for Principal {
 }
 
 /// A pipeline execution's status, as SageMaker reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", from = "String")]
 pub enum ExecutionStatus {
     Executing,
     Stopping,
@@ -633,7 +634,8 @@ mod tests {
 }
 
 /// A step's status, as SageMaker reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", from = "String")]
 pub(crate) enum StepStatus {
     Starting,
     Executing,
@@ -667,10 +669,48 @@ impl StepStatus {
     pub(crate) fn is_running(&self) -> bool {
         matches!(self, Self::Starting | Self::Executing | Self::Stopping)
     }
+
+    /// SageMaker's spelling.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Starting => "Starting",
+            Self::Executing => "Executing",
+            Self::Stopping => "Stopping",
+            Self::Stopped => "Stopped",
+            Self::Failed => "Failed",
+            Self::Succeeded => "Succeeded",
+            Self::Unknown(s) => s,
+        }
+    }
+}
+
+// Statuses are shared between replicas in SageMaker's spelling.
+impl From<StepStatus> for String {
+    fn from(status: StepStatus) -> Self {
+        status.as_str().to_string()
+    }
+}
+
+impl From<String> for StepStatus {
+    fn from(value: String) -> Self {
+        Self::parse(&value)
+    }
+}
+
+impl From<ExecutionStatus> for String {
+    fn from(status: ExecutionStatus) -> Self {
+        status.as_str().to_string()
+    }
+}
+
+impl From<String> for ExecutionStatus {
+    fn from(value: String) -> Self {
+        Self::parse(&value)
+    }
 }
 
 /// What a step's metadata says about the work it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) enum StepDetail {
     /// A Callback step: answered with SendPipelineExecutionStep* and this token.
     Callback { token: String, queue_url: String },
@@ -683,7 +723,7 @@ pub(crate) enum StepDetail {
 }
 
 /// One step of an execution, as SageMaker lists it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct StepSnapshot {
     pub(crate) name: String,
     pub(crate) display_name: String,
@@ -697,8 +737,9 @@ pub(crate) struct StepSnapshot {
     pub(crate) detail: StepDetail,
 }
 
-/// An execution and its steps, as read from SageMaker at `observed_at`.
-#[derive(Debug, Clone, PartialEq)]
+/// An execution and its steps, as read from SageMaker at `observed_at`. Replicas share it as
+/// JSON (see `watch`), statuses in SageMaker's spelling.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ExecutionSnapshot {
     pub(crate) arn: String,
     pub(crate) pipeline_arn: String,

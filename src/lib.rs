@@ -32,7 +32,9 @@
 //!   out, waiting for duplicates, completing abandoned requests.
 //! - `history`: ListStopRequests: who stopped what, newest first, in keyset pages, with the
 //!   policy's `audit` lists.
-//! - `watch`: WatchExecution's shared pollers and streams of domain events.
+//! - `watch`: WatchExecution's shared pollers (per process, or across the replicas on one
+//!   Postgres) and streams of domain events.
+//! - `events`: push from EventBridge: the SQS queues whose events wake pollers up.
 //! - `batch`: StopExecutions: a pipeline's Executing executions selected, recorded and
 //!   stopped a few at a time, each as StopExecution would.
 //! - `rate`: each principal's StopExecution rate, which StopExecutions spends too.
@@ -69,6 +71,7 @@ mod demo;
 mod domain;
 mod error;
 mod estate;
+mod events;
 mod files;
 pub mod grpc;
 mod history;

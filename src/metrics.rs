@@ -168,6 +168,10 @@ pub(crate) struct Metrics {
     watch_streams: Gauge,
     watch_streams_limit: Gauge,
     pollers: Gauge,
+    watch_roles: Family<Labels1, Gauge>,
+    watch_fallbacks: Counter,
+    events: Family<Labels1, Counter>,
+    events_flowing: Gauge,
     snapshots: Counter,
     store_statements: Family<Labels2, Counter>,
     store_duration: Histograms<Labels1>,
@@ -292,6 +296,38 @@ impl Metrics {
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
 
+        let watch_roles = Family::<Labels1, Gauge>::default();
+        registry.register(
+            "pipeline_control_watch_pollers",
+            "Watched executions by this server's role for each: holder (it reads SageMaker for every replica), follower (fed from the database by the holder), alone (it reads SageMaker for its own watchers: SQLite, or the database out)",
+            watch_roles.clone(),
+        );
+        for role in ["holder", "follower", "alone"] {
+            let _ = watch_roles.get_or_create(&[("role", role)]);
+        }
+        let watch_fallbacks = Counter::default();
+        registry.register(
+            "pipeline_control_watch_fallbacks",
+            "Times a watched execution's shared polling failed (the database did not answer) and this server read SageMaker on its own for it until the database came back",
+            watch_fallbacks.clone(),
+        );
+
+        let events = Family::<Labels1, Counter>::default();
+        registry.register(
+            "pipeline_control_events",
+            "SageMaker events read from the events queues, by result: watched (a poller was woken), unwatched (nobody watches the execution: dropped), malformed (deleted unread), error (a receive that failed)",
+            events.clone(),
+        );
+        for result in ["watched", "unwatched", "malformed", "error"] {
+            let _ = events.get_or_create(&[("result", result)]);
+        }
+        let events_flowing = Gauge::default();
+        registry.register(
+            "pipeline_control_events_flowing",
+            "1 while every events queue answers (pollers read at --poll-fallback-interval), else 0 (at --poll-interval; also without queues)",
+            events_flowing.clone(),
+        );
+
         let snapshots = Counter::default();
         registry.register(
             "pipeline_control_snapshots_published",
@@ -355,6 +391,10 @@ impl Metrics {
             watch_streams,
             watch_streams_limit,
             pollers,
+            watch_roles,
+            watch_fallbacks,
+            events,
+            events_flowing,
             snapshots,
             store_statements,
             store_duration,
@@ -500,6 +540,26 @@ impl Metrics {
 
     pub(crate) fn pollers(&self) -> &Gauge {
         &self.pollers
+    }
+
+    /// The gauge of watched executions in `role` (`holder`, `follower`, `alone`).
+    pub(crate) fn watch_role(&self, role: &'static str) -> Gauge {
+        self.watch_roles.get_or_create(&[("role", role)]).clone()
+    }
+
+    /// `count` events (or failed receives) with `result`.
+    pub(crate) fn events_received(&self, result: &'static str, count: u64) {
+        self.events
+            .get_or_create(&[("result", result)])
+            .inc_by(count);
+    }
+
+    pub(crate) fn set_events_flowing(&self, flowing: bool) {
+        self.events_flowing.set(i64::from(flowing));
+    }
+
+    pub(crate) fn watch_fallback(&self) {
+        self.watch_fallbacks.inc();
     }
 
     pub(crate) fn snapshot_published(&self) {

@@ -937,6 +937,7 @@ mod tests {
                     crate::estate::EstateSettings {
                         endpoint: Some("http://127.0.0.1:9".into()),
                         sts_endpoint: Some("http://127.0.0.1:9".into()),
+                        sqs_endpoint: None,
                         static_credentials: Some(("AKIDTEST".into(), "secret".into())),
                         region: Some("us-east-1".into()),
                         accounts_file: None,

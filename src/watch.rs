@@ -1,4 +1,5 @@
-//! WatchExecution: one poller per execution per process, shared by every watcher of it.
+//! WatchExecution: one poller per execution, shared by every watcher of it: per process on
+//! SQLite, and across every replica on one Postgres.
 //!
 //! A poller reads the execution from SageMaker once per interval (with jitter) and publishes a
 //! snapshot on a `tokio::sync::watch` channel only when something a watcher cares about
@@ -6,6 +7,15 @@
 //! a queue of old ones, so a slow watcher costs no memory. The poller backs off exponentially
 //! (with jitter, up to `max_backoff`) while SageMaker fails or throttles, stops after a
 //! terminal snapshot, and ends `linger` after its last watcher left.
+//!
+//! On Postgres the replicas share the reading (see `store::fleet`): for each watched execution
+//! one replica holds a lease and reads SageMaker (the *holder*); it publishes each changed
+//! snapshot to the database, which notifies every replica, and the others (*followers*) feed
+//! their watchers from there. Followers check the shared row every third of a lease as well,
+//! so a lost notification costs at most that delay, and take the lease over when it ran out
+//! (its holder died) or was given up (its last watcher left). When the database does not
+//! answer, a poller reads SageMaker on its own (*alone*; logged and counted) and rejoins when
+//! the database is back: watchers never go without news.
 //!
 //! Each stream is an `unfold` over its own small state: it computes its next event only when
 //! the transport asks for one (backpressure by construction, no task per stream). Streams yield
@@ -24,16 +34,21 @@ use std::{
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use futures_util::stream::{self, Stream};
-use tokio::sync::watch;
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::{ExecutionArn, ExecutionSnapshot},
     error::Error,
     estate::Estate,
+    events::Push,
     jitter::jittered,
     metrics::Metrics,
     sagemaker::UpstreamError,
+    store::fleet::{Fleet, Notice},
 };
 
 /// Tuning of watching.
@@ -44,6 +59,17 @@ pub(crate) struct WatchSettings {
     pub(crate) heartbeat: Duration,
     pub(crate) linger: Duration,
     pub(crate) max_streams: usize,
+    /// How long a replica's lease on reading an execution for the fleet lasts unrenewed.
+    pub(crate) lease: Duration,
+    /// How often a watched execution is read while events flow (`--poll-fallback-interval`).
+    pub(crate) fallback_interval: Duration,
+}
+
+/// What replicas share about an execution, as JSON in the database.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum SharedState {
+    Snapshot(ExecutionSnapshot),
+    NotFound,
 }
 
 /// What a poller has to say.
@@ -66,6 +92,10 @@ struct Poller {
     tx: watch::Sender<Published>,
     /// When SageMaker was last read, in Unix milliseconds (heartbeats report it).
     last_observed: AtomicI64,
+    /// Rung when another replica published a snapshot of the execution (a follower reads it).
+    shared: Notify,
+    /// Rung when an event asks for a read now (the holder reads SageMaker).
+    read: Notify,
 }
 
 /// Runs the pollers and makes the streams.
@@ -79,6 +109,10 @@ pub(crate) struct Watcher {
     /// Cancelled when the server starts draining: pollers and streams end.
     stopping: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Reading shared with the other replicas (Postgres), and this replica's name in it.
+    fleet: Option<(Arc<dyn Fleet>, String)>,
+    /// Whether events flow (then pollers read less often).
+    push: Arc<Push>,
 }
 
 /// One message of a watch stream, numbered from 1.
@@ -129,21 +163,135 @@ impl Drop for PollerRunning<'_> {
 }
 
 impl Watcher {
+    /// The watcher of one server; with `fleet`, it shares reading with the other replicas
+    /// (and listens to the database's notifications until `stopping`).
     pub(crate) fn new(
         estate: Arc<Estate>,
         settings: WatchSettings,
         stopping: CancellationToken,
         metrics: Arc<Metrics>,
+        fleet: Option<Arc<dyn Fleet>>,
+        push: Arc<Push>,
     ) -> Arc<Self> {
         metrics.set_watch_streams_limit(settings.max_streams);
-        Arc::new(Self {
+        let watcher = Arc::new(Self {
             estate,
             settings,
             pollers: DashMap::new(),
             streams: Arc::new(AtomicUsize::new(0)),
             stopping,
             metrics,
-        })
+            fleet: fleet.map(|fleet| (fleet, format!("watch-{}", uuid::Uuid::new_v4().simple()))),
+            push,
+        });
+        if let Some((fleet, _)) = &watcher.fleet {
+            tokio::spawn(watcher.clone().listen(fleet.clone()));
+        }
+        watcher
+    }
+
+    /// Passes the database's notifications to this replica's pollers, reconnecting when the
+    /// connection drops (every poller then re-reads the shared row, in case one was lost), and
+    /// forgets executions nobody has watched for an hour.
+    async fn listen(self: Arc<Self>, fleet: Arc<dyn Fleet>) {
+        let mut forget = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            let mut listener = tokio::select! {
+                listener = fleet.listen() => match listener {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot listen for shared watch snapshots; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            () = self.stopping.cancelled() => return,
+                        }
+                    }
+                },
+                () = self.stopping.cancelled() => return,
+            };
+            self.wake_all();
+            loop {
+                tokio::select! {
+                    received = listener.try_recv() => match received {
+                        Ok(Some(notification)) => {
+                            match Notice::parse(notification.channel(), notification.payload()) {
+                                Some(Notice::Snapshot { arn, .. }) => {
+                                    if let Some(poller) = self.pollers.get(&arn) {
+                                        poller.shared.notify_one();
+                                    }
+                                }
+                                Some(Notice::Wake { arn }) => {
+                                    if let Some(poller) = self.pollers.get(&arn) {
+                                        poller.read.notify_one();
+                                    }
+                                }
+                                None => {}
+                            }
+                        }
+                        // The connection dropped and came back: what was sent meanwhile is lost.
+                        Ok(None) => self.wake_all(),
+                        Err(error) => {
+                            tracing::warn!(%error, "lost the shared watch notifications; reconnecting");
+                            break;
+                        }
+                    },
+                    _ = forget.tick() => {
+                        if let Err(error) = fleet.forget_idle(Duration::from_secs(3600)).await {
+                            tracing::debug!(%error, "cannot forget idle shared watches");
+                        }
+                    }
+                    () = self.stopping.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// Every follower re-reads its shared row.
+    fn wake_all(&self) {
+        for poller in &self.pollers {
+            poller.shared.notify_one();
+        }
+    }
+
+    /// An event says `arn` changed: its holder, on whichever replica, reads it now. `false`
+    /// when nobody watches it (the event is of no use); `None` when the other replicas could
+    /// not be told (the database did not answer: the event should come again).
+    pub(crate) async fn wake(&self, arn: &str) -> Option<bool> {
+        let here = match self.pollers.get(arn) {
+            Some(poller) => {
+                poller.read.notify_one();
+                true
+            }
+            None => false,
+        };
+        match &self.fleet {
+            Some((fleet, _)) => match fleet.wake(arn).await {
+                Ok(watched) => Some(watched || here),
+                // Watched here, and read here meanwhile if this replica is alone.
+                Err(_) if here => Some(true),
+                Err(_) => None,
+            },
+            None => Some(here),
+        }
+    }
+
+    /// Whether events flow changed: every poller reads at once and then at the interval now
+    /// in force.
+    pub(crate) fn interval_changed(&self) {
+        for poller in &self.pollers {
+            poller.read.notify_one();
+        }
+    }
+
+    /// How often pollers read SageMaker now: `--poll-fallback-interval` while events flow.
+    fn interval(&self) -> Duration {
+        if self.push.flowing() {
+            self.settings
+                .fallback_interval
+                .max(self.settings.poll_interval)
+        } else {
+            self.settings.poll_interval
+        }
     }
 
     /// A stream of the execution's state: the first snapshot is awaited here, so a missing
@@ -223,79 +371,114 @@ impl Watcher {
                 let poller = Arc::new(Poller {
                     tx,
                     last_observed: AtomicI64::new(0),
+                    shared: Notify::new(),
+                    read: Notify::new(),
                 });
-                tokio::spawn(self.clone().poll(arn.clone(), poller.clone()));
+                match &self.fleet {
+                    Some((fleet, owner)) => tokio::spawn(self.clone().feed(
+                        arn.clone(),
+                        poller.clone(),
+                        fleet.clone(),
+                        owner.clone(),
+                    )),
+                    None => tokio::spawn(self.clone().poll(arn.clone(), poller.clone())),
+                };
                 poller
             });
         let rx = entry.tx.subscribe();
         (entry.clone(), rx)
     }
 
+    /// One read of SageMaker: publishes to this replica's watchers what changed, and adjusts
+    /// `delay` (back to the interval after a success, doubled after a failure).
+    async fn read(
+        &self,
+        arn: &ExecutionArn,
+        poller: &Poller,
+        last_digest: &mut Option<Vec<String>>,
+        delay: &mut Duration,
+    ) -> Read {
+        let Ok(sagemaker) = self.estate.client(arn).await else {
+            // A reload took the account or region out of the accounts file.
+            poller.tx.send_replace(Published::NotServed);
+            return Read::Ended;
+        };
+        match sagemaker.execution(arn).await {
+            Ok(Some(snapshot)) => {
+                *delay = self.interval();
+                poller
+                    .last_observed
+                    .store(snapshot.observed_at.timestamp_millis(), Ordering::Relaxed);
+                let digest = snapshot.digest();
+                if last_digest.as_ref() == Some(&digest) {
+                    return Read::Same(snapshot.observed_at);
+                }
+                *last_digest = Some(digest);
+                let snapshot = Arc::new(snapshot);
+                poller
+                    .tx
+                    .send_replace(Published::Snapshot(snapshot.clone()));
+                self.metrics.snapshot_published();
+                Read::Changed(snapshot)
+            }
+            Ok(None) => {
+                poller.tx.send_replace(Published::NotFound);
+                Read::NotFound
+            }
+            Err(error) => {
+                if last_digest.is_none() {
+                    poller.tx.send_replace(if error.is_transient() {
+                        Published::Unavailable
+                    } else {
+                        Published::Refused(error)
+                    });
+                    return Read::Ended;
+                }
+                *delay = (*delay * 2).min(self.settings.max_backoff);
+                if matches!(error, UpstreamError::Throttled(_)) {
+                    tracing::debug!(execution = %arn, ?delay, "throttled; backing off");
+                } else {
+                    tracing::warn!(execution = %arn, %error, ?delay, "poll failed; backing off");
+                }
+                Read::Failed
+            }
+        }
+    }
+
+    /// Nobody watching: lingers a little for a reconnect, then removes the poller unless
+    /// someone subscribed in the meantime (checked under the map's lock). `true`: removed.
+    async fn idle_and_gone(&self, arn: &ExecutionArn, poller: &Arc<Poller>) -> bool {
+        if poller.tx.receiver_count() > 0 {
+            return false;
+        }
+        tokio::time::sleep(self.settings.linger).await;
+        self.pollers
+            .remove_if(arn.as_str(), |_, current| {
+                Arc::ptr_eq(current, poller) && current.tx.receiver_count() == 0
+            })
+            .is_some()
+    }
+
+    /// The in-process poller (SQLite: one process).
     async fn poll(self: Arc<Self>, arn: ExecutionArn, poller: Arc<Poller>) {
         self.metrics.pollers().inc();
         let _running = PollerRunning(&self.metrics);
-        let mut delay = self.settings.poll_interval;
+        let _role = Role::new(&self.metrics, "alone");
+        let mut delay = self.interval();
         let mut last_digest: Option<Vec<String>> = None;
         let stopping = self.stopping.clone();
         loop {
-            let Ok(sagemaker) = self.estate.client(&arn).await else {
-                // A reload took the account or region out of the accounts file.
-                poller.tx.send_replace(Published::NotServed);
-                break;
-            };
-            match sagemaker.execution(&arn).await {
-                Ok(Some(snapshot)) => {
-                    delay = self.settings.poll_interval;
-                    poller
-                        .last_observed
-                        .store(snapshot.observed_at.timestamp_millis(), Ordering::Relaxed);
-                    let digest = snapshot.digest();
-                    let terminal = snapshot.status.is_terminal();
-                    if last_digest.as_ref() != Some(&digest) {
-                        last_digest = Some(digest);
-                        poller
-                            .tx
-                            .send_replace(Published::Snapshot(Arc::new(snapshot)));
-                        self.metrics.snapshot_published();
-                    }
-                    if terminal {
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    poller.tx.send_replace(Published::NotFound);
-                    break;
-                }
-                Err(error) => {
-                    if last_digest.is_none() {
-                        poller.tx.send_replace(if error.is_transient() {
-                            Published::Unavailable
-                        } else {
-                            Published::Refused(error)
-                        });
-                        break;
-                    }
-                    delay = (delay * 2).min(self.settings.max_backoff);
-                    if matches!(error, UpstreamError::Throttled(_)) {
-                        tracing::debug!(execution = %arn, ?delay, "throttled; backing off");
-                    } else {
-                        tracing::warn!(execution = %arn, %error, ?delay, "poll failed; backing off");
-                    }
-                }
+            match self.read(&arn, &poller, &mut last_digest, &mut delay).await {
+                Read::Changed(snapshot) if snapshot.status.is_terminal() => break,
+                Read::Changed(_) | Read::Same(_) | Read::Failed => {}
+                Read::NotFound | Read::Ended => break,
             }
-            // Nobody watching: linger a little for a reconnect, then end, unless someone
-            // subscribed in the meantime (checked under the map's lock).
-            if poller.tx.receiver_count() == 0 {
-                tokio::time::sleep(self.settings.linger).await;
-                let removed = self.pollers.remove_if(arn.as_str(), |_, current| {
-                    Arc::ptr_eq(current, &poller) && current.tx.receiver_count() == 0
-                });
-                if removed.is_some() {
-                    return;
-                }
+            if self.idle_and_gone(&arn, &poller).await {
+                return;
             }
             tokio::select! {
                 () = tokio::time::sleep(jittered(delay, 0.1)) => {}
+                () = poller.read.notified() => {}
                 () = stopping.cancelled() => break,
             }
         }
@@ -303,6 +486,253 @@ impl Watcher {
         // start a fresh poller. Only this poller's own entry is removed.
         self.pollers
             .remove_if(arn.as_str(), |_, current| Arc::ptr_eq(current, &poller));
+    }
+
+    /// The poller of a replica that shares reading with the fleet: holder, follower, or alone
+    /// while the database does not answer (see the module's doc).
+    async fn feed(
+        self: Arc<Self>,
+        arn: ExecutionArn,
+        poller: Arc<Poller>,
+        fleet: Arc<dyn Fleet>,
+        owner: String,
+    ) {
+        self.metrics.pollers().inc();
+        let _running = PollerRunning(&self.metrics);
+        let mut role = Role::new(&self.metrics, "follower");
+        let lease = self.settings.lease;
+        // Database calls are bounded: an outage must not hold the watchers' news up.
+        let bound = (lease / 3).min(Duration::from_secs(2));
+        let mut delay = self.interval();
+        let mut last_digest: Option<Vec<String>> = None;
+        let mut version = 0_i64;
+        let mut next_read = Instant::now();
+        let stopping = self.stopping.clone();
+        let finished = 'feed: loop {
+            // Who reads SageMaker now? Followers first take what the holder shared.
+            let turn = tokio::time::timeout(bound, async {
+                if role.name() != "holder" {
+                    if let Some(shared) = fleet.shared(arn.as_str()).await? {
+                        if let Some(at) = shared.observed_at {
+                            poller
+                                .last_observed
+                                .store(at.timestamp_millis(), Ordering::Relaxed);
+                        }
+                        if shared.version > version
+                            && let Some(state) = shared
+                                .snapshot
+                                .as_deref()
+                                .and_then(|json| serde_json::from_str::<SharedState>(json).ok())
+                        {
+                            version = shared.version;
+                            if self.adopt(&poller, state, &mut last_digest) {
+                                return Ok(Turn::Ended);
+                            }
+                        }
+                        if shared.held {
+                            // Someone holds it; if it is us from before an outage, renew.
+                            return Ok(if fleet.renew(arn.as_str(), &owner, lease, None).await? {
+                                Turn::Hold
+                            } else {
+                                Turn::Follow
+                            });
+                        }
+                    }
+                    return Ok(if fleet.claim(arn.as_str(), &owner, lease).await? {
+                        Turn::Hold
+                    } else {
+                        Turn::Follow
+                    });
+                }
+                Ok::<_, crate::store::StoreError>(Turn::Hold)
+            })
+            .await;
+            let reading = match turn {
+                Ok(Ok(Turn::Ended)) => break 'feed false,
+                Ok(Ok(Turn::Follow)) => {
+                    role.set(&self.metrics, "follower");
+                    false
+                }
+                Ok(Ok(Turn::Hold)) => {
+                    if role.name() != "holder" {
+                        // A new holder reads at once: the last holder may be long gone.
+                        next_read = Instant::now();
+                        if role.name() == "alone" {
+                            tracing::info!(execution = %arn, "shared watching is back");
+                        }
+                    }
+                    role.set(&self.metrics, "holder");
+                    Instant::now() >= next_read
+                }
+                Ok(Err(_)) | Err(_) => {
+                    if role.name() != "alone" {
+                        tracing::warn!(execution = %arn, "the database does not answer: reading SageMaker for this server's watchers alone");
+                        self.metrics.watch_fallback();
+                        role.set(&self.metrics, "alone");
+                    }
+                    Instant::now() >= next_read
+                }
+            };
+            if reading {
+                let read = self.read(&arn, &poller, &mut last_digest, &mut delay).await;
+                next_read = Instant::now() + jittered(delay, 0.1);
+                let shared = match &read {
+                    Read::Changed(snapshot) => Some(SharedState::Snapshot((**snapshot).clone())),
+                    Read::NotFound => Some(SharedState::NotFound),
+                    Read::Same(_) | Read::Failed | Read::Ended => None,
+                };
+                if role.name() == "holder" {
+                    let kept = tokio::time::timeout(bound, async {
+                        match (&shared, &read) {
+                            (Some(state), _) => {
+                                let json = serde_json::to_string(state).unwrap_or_default();
+                                let published = fleet
+                                    .publish(arn.as_str(), &owner, lease, &json, chrono::Utc::now())
+                                    .await?;
+                                if let Some(published) = published {
+                                    version = published;
+                                }
+                                Ok(published.is_some())
+                            }
+                            (None, Read::Same(observed)) => {
+                                fleet
+                                    .renew(arn.as_str(), &owner, lease, Some(*observed))
+                                    .await
+                            }
+                            (None, _) => fleet.renew(arn.as_str(), &owner, lease, None).await,
+                        }
+                    })
+                    .await;
+                    match kept {
+                        Ok(Ok(true)) => {}
+                        // Another replica took over (this one was too slow to renew).
+                        Ok(Ok(false)) => role.set(&self.metrics, "follower"),
+                        Ok(Err(_)) | Err(_) => {
+                            tracing::warn!(execution = %arn, "the database does not answer: reading SageMaker for this server's watchers alone");
+                            self.metrics.watch_fallback();
+                            role.set(&self.metrics, "alone");
+                        }
+                    }
+                }
+                match read {
+                    Read::Changed(snapshot) if snapshot.status.is_terminal() => break 'feed true,
+                    Read::Changed(_) | Read::Same(_) | Read::Failed => {}
+                    Read::NotFound | Read::Ended => break 'feed true,
+                }
+            } else if role.name() == "holder" {
+                // Between reads the holder keeps its lease.
+                let renewed =
+                    tokio::time::timeout(bound, fleet.renew(arn.as_str(), &owner, lease, None))
+                        .await;
+                if !matches!(renewed, Ok(Ok(true))) {
+                    role.set(&self.metrics, "follower");
+                }
+            }
+            if self.idle_and_gone(&arn, &poller).await {
+                break 'feed true;
+            }
+            // Sleep until the next read (holder, alone) or check (every third of a lease),
+            // or until a notification says there is news.
+            let check = Instant::now() + lease / 3;
+            let until = match role.name() {
+                "follower" => check,
+                _ => next_read.min(check),
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = poller.shared.notified(), if role.name() == "follower" => {}
+                () = poller.read.notified() => next_read = Instant::now(),
+                () = stopping.cancelled() => break 'feed true,
+            }
+        };
+        // The holder gives the lease up, so that a replica with watchers takes over at once
+        // (after a terminal snapshot, nobody needs to: the row keeps it).
+        if finished && role.name() == "holder" {
+            let _ = tokio::time::timeout(bound, fleet.release(arn.as_str(), &owner)).await;
+        }
+        self.pollers
+            .remove_if(arn.as_str(), |_, current| Arc::ptr_eq(current, &poller));
+    }
+
+    /// Feeds this replica's watchers what the holder shared; `true` when it was final.
+    fn adopt(
+        &self,
+        poller: &Poller,
+        state: SharedState,
+        last_digest: &mut Option<Vec<String>>,
+    ) -> bool {
+        match state {
+            SharedState::Snapshot(snapshot) => {
+                let terminal = snapshot.status.is_terminal();
+                let digest = snapshot.digest();
+                if last_digest.as_ref() != Some(&digest) {
+                    *last_digest = Some(digest);
+                    poller
+                        .tx
+                        .send_replace(Published::Snapshot(Arc::new(snapshot)));
+                    self.metrics.snapshot_published();
+                }
+                terminal
+            }
+            SharedState::NotFound => {
+                poller.tx.send_replace(Published::NotFound);
+                true
+            }
+        }
+    }
+}
+
+/// What one read of SageMaker found.
+enum Read {
+    /// Something watchers care about changed (published to this replica's watchers).
+    Changed(Arc<ExecutionSnapshot>),
+    /// Nothing new; SageMaker answered at this time.
+    Same(DateTime<Utc>),
+    /// The execution does not exist (published).
+    NotFound,
+    /// A read failed after an earlier success: back off and read again.
+    Failed,
+    /// The poller cannot go on (the first read failed, the account is no longer served).
+    Ended,
+}
+
+/// Who reads SageMaker for a watched execution, this turn.
+enum Turn {
+    /// Another replica: this one follows the shared row.
+    Follow,
+    /// This replica.
+    Hold,
+    /// The shared row had the final word (terminal, not found).
+    Ended,
+}
+
+/// A poller's role, counted in the gauge of its role while it lasts.
+struct Role {
+    name: &'static str,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Role {
+    fn new(metrics: &Metrics, name: &'static str) -> Self {
+        let gauge = metrics.watch_role(name);
+        gauge.inc();
+        Self { name, gauge }
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn set(&mut self, metrics: &Metrics, name: &'static str) {
+        if self.name != name {
+            *self = Self::new(metrics, name);
+        }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

@@ -61,6 +61,8 @@ pub(crate) struct EstateSettings {
     pub(crate) endpoint: Option<String>,
     /// `--sts-endpoint`: where roles are assumed.
     pub(crate) sts_endpoint: Option<String>,
+    /// `--sqs-endpoint`: where the events queues are read.
+    pub(crate) sqs_endpoint: Option<String>,
     /// `--accounts-file`.
     pub(crate) accounts_file: Option<PathBuf>,
     /// Fixed credentials instead of the default chain (embedders and tests).
@@ -218,17 +220,8 @@ impl Estate {
         if let Some(endpoint) = &endpoint {
             config = config.endpoint_url(endpoint);
         }
-        if let Some(account) = account
-            && let Some(role) = &account.role_arn
-        {
-            let mut provider = AssumeRoleProvider::builder(role)
-                .session_name(SESSION_NAME)
-                .region(Region::new(region.to_string()))
-                .configure(&self.for_sts);
-            if let Some(external_id) = &account.external_id {
-                provider = provider.external_id(external_id);
-            }
-            config = config.credentials_provider(provider.build().await);
+        if let Some(provider) = self.role_credentials(account_id, region).await {
+            config = config.credentials_provider(provider);
         }
         tracing::debug!(account = account_id, region, "SageMaker client made");
         SageMaker::new(
@@ -237,6 +230,56 @@ impl Estate {
             region,
             self.metrics.clone(),
         )
+    }
+
+    /// The credentials of the role the accounts file names for `account_id`, if it names one
+    /// (else the base configuration's, the service's own chain).
+    async fn role_credentials(
+        &self,
+        account_id: &str,
+        region: &str,
+    ) -> Option<aws_sdk_sagemaker::config::SharedCredentialsProvider> {
+        let accounts = self.accounts.load();
+        let account = accounts.as_ref().as_ref().and_then(|a| a.get(account_id))?;
+        let role = account.role_arn.as_ref()?;
+        let mut provider = AssumeRoleProvider::builder(role)
+            .session_name(SESSION_NAME)
+            .region(Region::new(region.to_string()))
+            .configure(&self.for_sts);
+        if let Some(external_id) = &account.external_id {
+            provider = provider.external_id(external_id);
+        }
+        Some(aws_sdk_sagemaker::config::SharedCredentialsProvider::new(
+            provider.build().await,
+        ))
+    }
+
+    /// An SQS client for a queue of `account_id` in `region`, with that account's credentials
+    /// (those SageMaker calls of the account use) and the estate's HTTP client.
+    pub(crate) async fn sqs(&self, account_id: &str, region: &str) -> aws_sdk_sqs::Client {
+        let mut config = aws_sdk_sqs::config::Builder::from(&self.base)
+            .region(Region::new(region.to_string()))
+            .timeout_config(
+                // Long polls wait 20 s for a message: the operation may take longer than that.
+                aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(5))
+                    .operation_timeout(std::time::Duration::from_secs(40))
+                    .build(),
+            );
+        if let Some(endpoint) = &self.settings.sqs_endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        if let Some(provider) = self.role_credentials(account_id, region).await {
+            config = config.credentials_provider(provider);
+        }
+        aws_sdk_sqs::Client::from_conf(config.build())
+    }
+
+    /// The region of the base configuration: a queue URL that names none is read there.
+    pub(crate) fn default_region(&self) -> String {
+        self.base
+            .region()
+            .map_or_else(|| "us-east-1".to_string(), |r| r.to_string())
     }
 
     /// Where SageMaker calls go when no account names its own endpoint.

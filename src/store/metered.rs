@@ -66,6 +66,10 @@ impl Store for Metered {
         self.inner.backend()
     }
 
+    fn postgres_pool(&self) -> Option<sqlx::PgPool> {
+        self.inner.postgres_pool()
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         self.inner.migrate().await
     }

@@ -5,6 +5,7 @@
 //! single process. [`connect`] picks one from the database URL. Each implementation owns its
 //! SQL and its migrations (`migrations/postgres`, `migrations/sqlite`), embedded in the binary.
 
+pub(crate) mod fleet;
 mod metered;
 mod postgres;
 mod sqlite;
@@ -282,6 +283,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks that the database answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The Postgres pool, for what only a database shared by replicas offers (watching shared
+    /// across the fleet, in [`fleet`]); `None` on SQLite.
+    fn postgres_pool(&self) -> Option<sqlx::PgPool> {
+        None
+    }
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);

@@ -128,6 +128,10 @@ impl Store for PostgresStore {
         Backend::Postgres
     }
 
+    fn postgres_pool(&self) -> Option<PgPool> {
+        Some(self.pool.clone())
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())

@@ -12,6 +12,7 @@ mod cli;
 mod client;
 mod estate;
 mod executions;
+mod fleet;
 mod force;
 mod history;
 mod input;

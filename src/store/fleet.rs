@@ -1,0 +1,281 @@
+//! Watching shared by every replica on one Postgres: a lease per watched execution (which
+//! replica reads it from SageMaker), the latest snapshot it read (so a replica's watchers need
+//! no SageMaker call of their own), and notifications (`NOTIFY`) when a snapshot changes or an
+//! event asks for an immediate read. SQLite (one process) has none of this.
+//!
+//! One row per watched execution in `watch_pollers`: owner and lease (database clock),
+//! `version` (incremented by each publication), the snapshot as JSON, and when SageMaker was
+//! last read. Every write by a holder is fenced by its ownership: a replica that lost the
+//! lease cannot publish over the one that took it.
+
+use std::{fmt, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row as _, postgres::PgListener};
+
+use super::{StoreError, seconds};
+
+/// The channel of published snapshots: the payload is `<version> <execution ARN>`.
+pub(crate) const SNAPSHOTS: &str = "pipeline_control_snapshots";
+/// The channel of wake-ups (an event arrived for the execution): the payload is its ARN.
+pub(crate) const WAKEUPS: &str = "pipeline_control_wakeups";
+
+/// The shared state of one watched execution.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Shared {
+    /// Bumped by every publication; 0 before the first.
+    pub(crate) version: i64,
+    /// The latest publication (JSON), if any.
+    pub(crate) snapshot: Option<String>,
+    /// When the holder last read SageMaker.
+    pub(crate) observed_at: Option<DateTime<Utc>>,
+    /// Whether some replica holds a live lease.
+    pub(crate) held: bool,
+}
+
+/// A notification, as the listener receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// A new snapshot of the execution, at this version.
+    Snapshot { arn: String, version: i64 },
+    /// Read the execution now.
+    Wake { arn: String },
+}
+
+impl Notice {
+    /// `None` for a payload this version does not understand (ignored).
+    pub(crate) fn parse(channel: &str, payload: &str) -> Option<Self> {
+        match channel {
+            SNAPSHOTS => {
+                let (version, arn) = payload.split_once(' ')?;
+                Some(Self::Snapshot {
+                    arn: arn.to_string(),
+                    version: version.parse().ok()?,
+                })
+            }
+            WAKEUPS => Some(Self::Wake {
+                arn: payload.to_string(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The operations of shared watching.
+#[async_trait]
+pub(crate) trait Fleet: Send + Sync + fmt::Debug + 'static {
+    /// Takes the lease on reading `arn` for `owner`, or renews it: `true` while `owner` holds
+    /// it. A lease held by another replica and not expired stays theirs.
+    async fn claim(&self, arn: &str, owner: &str, lease: Duration) -> Result<bool, StoreError>;
+
+    /// Publishes `snapshot` (JSON) as the holder and notifies every replica: the new version,
+    /// or `None` when `owner` no longer holds the lease (nothing written).
+    async fn publish(
+        &self,
+        arn: &str,
+        owner: &str,
+        lease: Duration,
+        snapshot: &str,
+        observed_at: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// Renews the holder's lease after a read that changed nothing: `false` when lost.
+    async fn renew(
+        &self,
+        arn: &str,
+        owner: &str,
+        lease: Duration,
+        observed_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease up (the last watcher left, or the execution ended), so that another
+    /// replica with watchers takes over at once.
+    async fn release(&self, arn: &str, owner: &str) -> Result<(), StoreError>;
+
+    /// The shared state of `arn`, if it was ever watched.
+    async fn shared(&self, arn: &str) -> Result<Option<Shared>, StoreError>;
+
+    /// Asks the holder of `arn` (whichever replica) to read it now. `false` when nobody holds
+    /// a live lease on it (nobody watches it: nothing to do).
+    async fn wake(&self, arn: &str) -> Result<bool, StoreError>;
+
+    /// A listener of both channels, on a connection of its own.
+    async fn listen(&self) -> Result<PgListener, StoreError>;
+
+    /// Deletes the rows of executions nobody has held for `idle`.
+    async fn forget_idle(&self, idle: Duration) -> Result<u64, StoreError>;
+}
+
+/// [`Fleet`] on the service's Postgres pool.
+#[derive(Debug, Clone)]
+pub(crate) struct PostgresFleet {
+    pool: PgPool,
+}
+
+impl PostgresFleet {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl Fleet for PostgresFleet {
+    async fn claim(&self, arn: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO watch_pollers (execution_arn, owner, lease_expires_at)
+             VALUES ($1, $2, now() + make_interval(secs => $3))
+             ON CONFLICT (execution_arn) DO UPDATE
+                SET owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at,
+                    updated_at = now()
+              WHERE watch_pollers.owner = EXCLUDED.owner
+                 OR watch_pollers.lease_expires_at < now()
+             RETURNING 1",
+        )
+        .bind(arn)
+        .bind(owner)
+        .bind(seconds(lease))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn publish(
+        &self,
+        arn: &str,
+        owner: &str,
+        lease: Duration,
+        snapshot: &str,
+        observed_at: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        // One statement: the fenced write and its notification (sent at commit).
+        let row = sqlx::query(
+            "WITH published AS (
+                 UPDATE watch_pollers
+                    SET version = version + 1, snapshot = $3, observed_at = $4,
+                        lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
+                  WHERE execution_arn = $1 AND owner = $2
+              RETURNING version)
+             SELECT version, pg_notify($6, version::text || ' ' || $1) FROM published",
+        )
+        .bind(arn)
+        .bind(owner)
+        .bind(snapshot)
+        .bind(observed_at)
+        .bind(seconds(lease))
+        .bind(SNAPSHOTS)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|row| row.try_get::<i64, _>("version"))
+            .transpose()?)
+    }
+
+    async fn renew(
+        &self,
+        arn: &str,
+        owner: &str,
+        lease: Duration,
+        observed_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE watch_pollers
+                SET lease_expires_at = now() + make_interval(secs => $3),
+                    observed_at = COALESCE($4, observed_at), updated_at = now()
+              WHERE execution_arn = $1 AND owner = $2",
+        )
+        .bind(arn)
+        .bind(owner)
+        .bind(seconds(lease))
+        .bind(observed_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release(&self, arn: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE watch_pollers SET lease_expires_at = now() - interval '1 second',
+                    updated_at = now()
+              WHERE execution_arn = $1 AND owner = $2",
+        )
+        .bind(arn)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn shared(&self, arn: &str) -> Result<Option<Shared>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, snapshot, observed_at, lease_expires_at >= now() AS held
+               FROM watch_pollers WHERE execution_arn = $1",
+        )
+        .bind(arn)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(Shared {
+                version: row.try_get("version")?,
+                snapshot: row.try_get("snapshot")?,
+                observed_at: row.try_get("observed_at")?,
+                held: row.try_get("held")?,
+            })
+        })
+        .transpose()
+        .map_err(StoreError::Unavailable)
+    }
+
+    async fn wake(&self, arn: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT pg_notify($2, execution_arn) FROM watch_pollers
+              WHERE execution_arn = $1 AND lease_expires_at >= now()",
+        )
+        .bind(arn)
+        .bind(WAKEUPS)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn listen(&self) -> Result<PgListener, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([SNAPSHOTS, WAKEUPS]).await?;
+        Ok(listener)
+    }
+
+    async fn forget_idle(&self, idle: Duration) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM watch_pollers
+              WHERE lease_expires_at < now() - make_interval(secs => $1)",
+        )
+        .bind(seconds(idle))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_parse_and_unknown_ones_are_ignored() {
+        let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/x";
+        assert_eq!(
+            Notice::parse(SNAPSHOTS, &format!("7 {arn}")),
+            Some(Notice::Snapshot {
+                arn: arn.into(),
+                version: 7
+            })
+        );
+        assert_eq!(
+            Notice::parse(WAKEUPS, arn),
+            Some(Notice::Wake { arn: arn.into() })
+        );
+        assert_eq!(Notice::parse(SNAPSHOTS, "seven"), None);
+        assert_eq!(Notice::parse(SNAPSHOTS, "x y"), None);
+        assert_eq!(Notice::parse("other", arn), None);
+    }
+}

@@ -1,0 +1,507 @@
+//! Watching shared by replicas on one Postgres: one replica reads each watched execution from
+//! SageMaker for all of them, the others are fed through the database; a replica that dies is
+//! taken over, and one that loses the database reads SageMaker on its own meanwhile.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
+
+use std::{str::FromStr as _, time::Duration};
+
+use pipeline_control::{
+    config::ServeArgs,
+    grpc::pb::{
+        self, pipeline_control_client::PipelineControlClient, watch_execution_response::Event,
+    },
+};
+use serde_json::json;
+use tokio::time::Instant;
+use tonic::{Streaming, transport::Channel};
+
+use crate::{
+    cli::{command, send_signal, spawn_server_listening, wait_bounded_async},
+    common::{
+        Admin, Backend, Metrics, TestApp, TestDb, create_pipeline,
+        proxy::{Proxy, Target},
+        sagemaker_client, spawn_emulator, stack_args, start_execution, wait_for_status,
+    },
+};
+
+const POLL: Duration = Duration::from_millis(250);
+
+fn shared(args: &mut ServeArgs) {
+    args.poll_interval = POLL;
+    args.watch_lease = Duration::from_secs(3);
+    args.poller_linger = Duration::from_millis(500);
+    args.heartbeat_interval = Duration::from_secs(3600);
+}
+
+/// A running execution (a Training step that takes a day unless stopped).
+async fn running(sagemaker: &aws_sdk_sagemaker::Client) -> String {
+    let pipeline = create_pipeline(
+        sagemaker,
+        json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 86400}}}]),
+    )
+    .await;
+    let arn = start_execution(sagemaker, &pipeline).await;
+    wait_for_status(sagemaker, &arn, "Executing").await;
+    arn
+}
+
+async fn client(url: String) -> PipelineControlClient<Channel> {
+    PipelineControlClient::new(
+        tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
+/// A watch whose first snapshot has arrived.
+async fn watching(
+    client: &PipelineControlClient<Channel>,
+    arn: &str,
+) -> Streaming<pb::WatchExecutionResponse> {
+    let mut stream = client
+        .clone()
+        .watch_execution(pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("a first snapshot in time")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first.event, Some(Event::Execution(_))));
+    stream
+}
+
+/// Reads `stream` to its end (a minute at most) and returns the last status it showed.
+async fn last_status(mut stream: Streaming<pb::WatchExecutionResponse>) -> pb::ExecutionStatus {
+    let mut last = pb::ExecutionStatus::Unspecified;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(message))) => {
+                if let Some(Event::Execution(execution)) = message.event {
+                    last = execution.status();
+                }
+            }
+            Ok(Ok(None)) => return last,
+            Ok(Err(status)) => panic!("the stream failed: {status:?} (last {last:?})"),
+            Err(_) => panic!("the stream did not end within a minute (last {last:?})"),
+        }
+    }
+}
+
+async fn stop(client: &PipelineControlClient<Channel>, arn: &str) {
+    client
+        .clone()
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+fn role(metrics: &Metrics, role: &str) -> f64 {
+    metrics.value("pipeline_control_watch_pollers", &[("role", role)])
+}
+
+async fn scrape(address: std::net::SocketAddr) -> Metrics {
+    let page = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    Metrics::parse(&page)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_with_watchers_read_sagemaker_once_per_interval() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let sagemaker = sagemaker_client(&emulator.endpoint_url, 1);
+    let admin = Admin::new(&emulator.endpoint_url);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let mut args = stack_args(&db, &emulator.endpoint_url);
+        shared(&mut args);
+        replicas.push(TestApp::spawn(args).await);
+    }
+    let arn = running(&sagemaker).await;
+    let mut streams = Vec::new();
+    for replica in &replicas {
+        let client = client(replica.url()).await;
+        for _ in 0..3 {
+            streams.push(watching(&client, &arn).await);
+        }
+    }
+    // One replica holds the execution, the other two follow it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut roles = (0.0, 0.0, 0.0);
+    for replica in &replicas {
+        let metrics = replica.scrape().await;
+        roles.0 += role(&metrics, "holder");
+        roles.1 += role(&metrics, "follower");
+        roles.2 += role(&metrics, "alone");
+    }
+    assert_eq!(roles, (1.0, 2.0, 0.0));
+
+    // Nine watchers on three replicas: one DescribePipelineExecution per interval.
+    admin.reset_stats().await;
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let describes = admin.calls("DescribePipelineExecution").await as f64;
+    let intervals = window.as_secs_f64() / POLL.as_secs_f64();
+    assert!(
+        describes >= intervals * 0.6 && describes <= intervals * 1.3,
+        "{describes} Describe calls in {intervals} intervals"
+    );
+
+    // A stop through one replica reaches every watcher on every replica.
+    stop(&client(replicas[2].url()).await, &arn).await;
+    for stream in streams {
+        assert_eq!(last_status(stream).await, pb::ExecutionStatus::Stopped);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_polling_replica_killed_is_taken_over_and_watchers_see_the_stop() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let sagemaker = sagemaker_client(&emulator.endpoint_url, 1);
+    let arn = running(&sagemaker).await;
+    let extra = [
+        "--sagemaker-endpoint",
+        &emulator.endpoint_url,
+        "--sts-endpoint",
+        &emulator.endpoint_url,
+        "--poll-interval",
+        "250ms",
+        "--watch-lease",
+        "2s",
+        "--heartbeat-interval",
+        "1h",
+    ];
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let (child, addr, metrics, _) =
+            spawn_server_listening(command(), &db, "127.0.0.1:0", &extra);
+        servers.push((child, addr, metrics.expect("metrics are served")));
+    }
+    let mut clients = Vec::new();
+    for (_, addr, _) in &servers {
+        let client = client(format!("http://{addr}")).await;
+        let stream = watching(&client, &arn).await;
+        clients.push((client, stream));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut holder = None;
+    for (i, (_, _, metrics)) in servers.iter().enumerate() {
+        if role(&scrape(*metrics).await, "holder") == 1.0 {
+            assert!(holder.replace(i).is_none(), "two holders");
+        }
+    }
+    let holder = holder.expect("one replica holds the execution");
+    let survivor = 1 - holder;
+
+    // The holder dies without a word; the survivor's watcher still sees the stop through.
+    let (child, _, _) = servers.remove(holder);
+    send_signal(&child, "-KILL");
+    wait_bounded_async(child).await;
+    let (survivor_client, survivor_stream) = clients.remove(survivor);
+    stop(&survivor_client, &arn).await;
+    let started = Instant::now();
+    assert_eq!(
+        last_status(survivor_stream).await,
+        pb::ExecutionStatus::Stopped
+    );
+    // Within one lease (2 s) and a check (a third of it), give or take a poll.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let (child, _, metrics) = servers.remove(0);
+    let metrics = scrape(metrics).await;
+    assert_eq!(role(&metrics, "alone"), 0.0);
+    send_signal(&child, "-TERM");
+    assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_the_database_keeps_its_watchers_updated_and_rejoins() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let sagemaker = sagemaker_client(&emulator.endpoint_url, 1);
+    // Replica A reaches the database through a proxy the test cuts; B directly.
+    let options = sqlx::postgres::PgConnectOptions::from_str(&db.url).unwrap();
+    let target = match options.get_socket() {
+        Some(dir) => Target::Unix(dir.join(format!(".s.PGSQL.{}", options.get_port()))),
+        None => Target::Tcp(
+            format!("{}:{}", options.get_host(), options.get_port())
+                .parse()
+                .unwrap(),
+        ),
+    };
+    let proxy = Proxy::start(target).await;
+    let mut args = stack_args(&db, &emulator.endpoint_url);
+    shared(&mut args);
+    args.database.database_url = format!(
+        "postgres://{}@{}/{}",
+        options.get_username(),
+        proxy.addr,
+        options.get_database().unwrap()
+    );
+    args.database.database_timeout = Duration::from_millis(500);
+    let a = TestApp::spawn(args).await;
+    let mut args = stack_args(&db, &emulator.endpoint_url);
+    shared(&mut args);
+    let b = TestApp::spawn(args).await;
+    let (a_client, b_client) = (client(a.url()).await, client(b.url()).await);
+
+    // B holds both executions (it watched first); A follows them.
+    let (stopped, kept) = (running(&sagemaker).await, running(&sagemaker).await);
+    let _b_streams = (
+        watching(&b_client, &stopped).await,
+        watching(&b_client, &kept).await,
+    );
+    let a_stopped = watching(&a_client, &stopped).await;
+    let _a_kept = watching(&a_client, &kept).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(role(&a.scrape().await, "follower"), 2.0);
+
+    proxy.cut();
+    // A cannot hear from B any more: it reads SageMaker for its own watchers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while role(&a.scrape().await, "alone") < 2.0 {
+        assert!(Instant::now() < deadline, "A never went on alone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        a.scrape()
+            .await
+            .value("pipeline_control_watch_fallbacks_total", &[])
+            >= 2.0
+    );
+    stop(&b_client, &stopped).await;
+    assert_eq!(last_status(a_stopped).await, pb::ExecutionStatus::Stopped);
+
+    // The database back, A rejoins: it follows B again for the execution still running.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = a.scrape().await;
+        if role(&metrics, "alone") == 0.0 && role(&metrics, "follower") == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A did not rejoin");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Push from EventBridge (the emulator's events, through its SQS)
+
+/// The emulator's events go to queue `name` (made here, as an operator would) of its default
+/// account and region; its URL.
+async fn events_queue(endpoint: &str, name: &str) -> String {
+    let url = sqs_client(endpoint)
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let response = reqwest::Client::new()
+        .put(format!("{endpoint}/_emulator/events/queues"))
+        .json(&json!({"queueName": name}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+    assert_eq!(url, format!("{endpoint}/123456789012/{name}"));
+    url
+}
+
+async fn event_faults(endpoint: &str, faults: serde_json::Value) {
+    let response = reqwest::Client::new()
+        .put(format!("{endpoint}/_emulator/events/faults"))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+}
+
+fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+        .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "AKIDTEST", "secret", None, None, "tests",
+        ))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+/// Three replicas reading `queue`, polling every `POLL` without events and every `fallback`
+/// while they flow; returns once events flow on each.
+async fn pushed_replicas(
+    db: &TestDb,
+    endpoint: &str,
+    queue: &str,
+    fallback: Duration,
+) -> Vec<TestApp> {
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let mut args = stack_args(db, endpoint);
+        shared(&mut args);
+        args.sagemaker.sqs_endpoint = Some(endpoint.to_string());
+        args.events_queue_urls = vec![queue.to_string()];
+        args.poll_fallback_interval = fallback;
+        replicas.push(TestApp::spawn(args).await);
+    }
+    for replica in &replicas {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while replica
+            .scrape()
+            .await
+            .value("pipeline_control_events_flowing", &[])
+            < 1.0
+        {
+            assert!(Instant::now() < deadline, "events never flowed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    replicas
+}
+
+/// Three watchers, one on each replica, each past its first snapshot.
+async fn watch_everywhere(
+    replicas: &[TestApp],
+    arn: &str,
+) -> Vec<Streaming<pb::WatchExecutionResponse>> {
+    let mut streams = Vec::new();
+    for replica in replicas {
+        streams.push(watching(&client(replica.url()).await, arn).await);
+    }
+    streams
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_events_a_stop_reaches_every_replica_long_before_the_fallback_poll() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = emulator.endpoint_url.clone();
+    let sagemaker = sagemaker_client(&endpoint, 1);
+    let admin = Admin::new(&endpoint);
+    let queue = events_queue(&endpoint, "pipeline-events").await;
+    let replicas = pushed_replicas(&db, &endpoint, &queue, Duration::from_secs(60)).await;
+    let arn = running(&sagemaker).await;
+    let streams = watch_everywhere(&replicas, &arn).await;
+
+    // Events flow: nobody polls every 250 ms any more (one read a minute).
+    admin.reset_stats().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(admin.calls("DescribePipelineExecution").await <= 1);
+
+    let stopped_at = Instant::now();
+    stop(&client(replicas[1].url()).await, &arn).await;
+    for stream in streams {
+        assert_eq!(last_status(stream).await, pb::ExecutionStatus::Stopped);
+    }
+    // Woken by the events: seconds, not the fallback's minute.
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        stopped_at.elapsed()
+    );
+    let mut watched = 0.0;
+    for replica in &replicas {
+        watched += replica
+            .scrape()
+            .await
+            .value("pipeline_control_events_total", &[("result", "watched")]);
+    }
+    assert!(watched >= 1.0, "{watched}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_reordered_dropped_and_malformed_events_change_no_watchers_end() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = emulator.endpoint_url.clone();
+    let sagemaker = sagemaker_client(&endpoint, 1);
+    let queue = events_queue(&endpoint, "faulty-events").await;
+    // A short fallback: when every event is dropped, polling alone brings the end.
+    let replicas = pushed_replicas(&db, &endpoint, &queue, Duration::from_secs(3)).await;
+
+    // Twice each, late and out of order.
+    event_faults(
+        &endpoint,
+        json!({"duplicate": {"fraction": 1.0}, "reorder": true, "delayMs": 300}),
+    )
+    .await;
+    let arn = running(&sagemaker).await;
+    let streams = watch_everywhere(&replicas, &arn).await;
+    stop(&client(replicas[0].url()).await, &arn).await;
+    for stream in streams {
+        assert_eq!(last_status(stream).await, pb::ExecutionStatus::Stopped);
+    }
+
+    // None at all.
+    event_faults(&endpoint, json!({"drop": {"fraction": 1.0}})).await;
+    let arn = running(&sagemaker).await;
+    let streams = watch_everywhere(&replicas, &arn).await;
+    stop(&client(replicas[2].url()).await, &arn).await;
+    for stream in streams {
+        assert_eq!(last_status(stream).await, pb::ExecutionStatus::Stopped);
+    }
+
+    // Messages that are not SageMaker's events are deleted and counted, never retried.
+    let sqs = sqs_client(&endpoint);
+    for body in [
+        "not json",
+        r#"{"source": "aws.ec2", "detail-type": "x", "detail": {}}"#,
+    ] {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut malformed = 0.0;
+        for replica in &replicas {
+            malformed += replica
+                .scrape()
+                .await
+                .value("pipeline_control_events_total", &[("result", "malformed")]);
+        }
+        if malformed >= 2.0 {
+            assert_eq!(malformed, 2.0, "each malformed message once");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{malformed} malformed counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
