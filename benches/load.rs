@@ -613,7 +613,9 @@ async fn fleet_scenario(binary: &str, database_url: &str) -> Vec<String> {
         let (lags_tx, mut lags_rx) = tokio::sync::mpsc::unbounded_channel();
         let tasks = watch_all(&urls, &arns, 1, lags_tx).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let window = Duration::from_secs(20);
+        // With events, a window longer than the fallback interval: it holds one round of
+        // fallback reads.
+        let window = Duration::from_secs(if extra.is_empty() { 20 } else { 62 });
         let (describes, steps) = reads_during(&emulator, window).await;
         let per_minute = (describes + steps) as f64 * 60.0 / window.as_secs_f64();
         if baseline == 0.0 {

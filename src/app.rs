@@ -152,15 +152,24 @@ impl Application {
             static_credentials: args.sagemaker.static_credentials.clone(),
             region: args.sagemaker.aws_region.clone(),
         };
+        let mut events_queue_urls = args.events_queue_urls.clone();
         let emulator = if args.emulator {
             let region = args.sagemaker.aws_region.as_deref().unwrap_or("us-east-1");
-            let emulator = EmulatorServer::bind(
-                SocketAddr::from(([127, 0, 0, 1], 0)),
-                &args.emulator_settings.options(region),
-            )
-            .await
-            .context("cannot start the SageMaker emulator")?
-            .spawn();
+            let mut options = args.emulator_settings.options(region);
+            // The demo has push too: the emulator's events go to a queue the service reads,
+            // unless queues were named.
+            let demo_queue = events_queue_urls.is_empty().then_some(demo::EVENTS_QUEUE);
+            options.events_queues.extend(demo_queue.map(str::to_string));
+            let emulator = EmulatorServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &options)
+                .await
+                .context("cannot start the SageMaker emulator")?
+                .spawn();
+            if let Some(queue) = demo_queue {
+                events_queue_urls.push(format!(
+                    "{}/{}/{queue}",
+                    emulator.endpoint_url, args.emulator_settings.account_id
+                ));
+            }
             // The emulator serves STS too, for roles an accounts file names.
             estate.endpoint = Some(emulator.endpoint_url.clone());
             estate.sts_endpoint = Some(emulator.endpoint_url.clone());
@@ -215,7 +224,7 @@ impl Application {
             worker_id(),
             metrics.clone(),
         ));
-        let push = crate::events::Push::new(args.events_queue_urls.len());
+        let push = crate::events::Push::new(events_queue_urls.len());
         let watcher = Watcher::new(
             estate.clone(),
             WatchSettings {
@@ -236,7 +245,7 @@ impl Application {
             push.clone(),
         );
         crate::events::start(
-            &args.events_queue_urls,
+            &events_queue_urls,
             &push,
             &estate,
             &watcher,

@@ -25,6 +25,9 @@ pub(crate) struct Demo {
     pub(crate) lambda_execution: String,
 }
 
+/// The emulator's queue for its EventBridge events, which the demo service reads (push).
+pub(crate) const EVENTS_QUEUE: &str = "pipeline-control-events";
+
 /// Creates the demo pipelines and starts one execution of each.
 pub(crate) async fn seed(
     sagemaker: &SageMaker,

@@ -255,9 +255,17 @@ async fn consume(
                 Err(error) => tracing::debug!(%error, "cannot make a delete entry"),
             }
         }
-        if let Err(error) = batch.send().await {
-            // They come back after the visibility timeout: a second wake-up harms nothing.
-            tracing::warn!(queue = %queue.url, error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "cannot delete handled events");
+        // What is not deleted comes back after the visibility timeout: a second wake-up
+        // harms nothing.
+        match batch.send().await {
+            Ok(output) if !output.failed().is_empty() => {
+                let first = &output.failed()[0];
+                tracing::warn!(queue = %queue.url, failed = output.failed().len(), code = first.code(), message = first.message().unwrap_or_default(), "cannot delete some handled events");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(queue = %queue.url, error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "cannot delete handled events");
+            }
         }
     }
 }

@@ -504,4 +504,13 @@ async fn duplicated_reordered_dropped_and_malformed_events_change_no_watchers_en
         assert!(Instant::now() < deadline, "{malformed} malformed counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Handled messages go in batches.
+    let stats = Admin::new(&endpoint).stats_by_account().await;
+    assert!(
+        stats["123456789012"]["us-east-1"]["DeleteMessageBatch"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "{stats}"
+    );
 }

@@ -4,7 +4,8 @@
 //!
 //! CreateQueue, GetQueueUrl, ListQueues, SendMessage, ReceiveMessage (long polling with
 //! WaitTimeSeconds, answering as soon as a message arrives; MaxNumberOfMessages 1-10;
-//! VisibilityTimeout), DeleteMessage, ChangeMessageVisibility and PurgeQueue, on standard
+//! VisibilityTimeout), DeleteMessage, DeleteMessageBatch (up to 10 entries, each answered on
+//! its own), ChangeMessageVisibility and PurgeQueue, on standard
 //! queues (see `queue`). A queue belongs to an (account, region) like everything else: the
 //! caller's region, and the account its URL names (`http://HOST:PORT/ACCOUNT/NAME`, HOST:PORT
 //! as the caller reached the emulator). A Callback step's messages go to the queue its
@@ -185,6 +186,7 @@ async fn act(
         SqsAction::SendMessage => sqs.send_message(parse(body)?),
         SqsAction::ReceiveMessage => sqs.receive_message(parse(body)?).await,
         SqsAction::DeleteMessage => sqs.delete_message(parse(body)?),
+        SqsAction::DeleteMessageBatch => sqs.delete_message_batch(parse(body)?),
         SqsAction::ChangeMessageVisibility => sqs.change_visibility(parse(body)?),
         SqsAction::PurgeQueue => sqs.purge_queue(parse(body)?),
     }
@@ -244,6 +246,20 @@ struct HandleInput {
     queue_url: Option<String>,
     receipt_handle: Option<String>,
     visibility_timeout: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteBatchInput {
+    queue_url: Option<String>,
+    entries: Option<Vec<DeleteBatchEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteBatchEntry {
+    id: Option<String>,
+    receipt_handle: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +488,72 @@ impl Sqs<'_> {
             .delete(handle)
             .map_err(|e| SqsError::handle(e, handle))?;
         Ok(json!({}))
+    }
+
+    fn delete_message_batch(&self, input: DeleteBatchInput) -> SqsResult {
+        let queue = self.queue(input.queue_url.as_deref())?;
+        let entries = input.entries.unwrap_or_default();
+        if entries.is_empty() {
+            return Err(SqsError::new(
+                "EmptyBatchRequest",
+                "AWS.SimpleQueueService.EmptyBatchRequest;Sender",
+                "There should be at least one DeleteMessageBatchRequestEntry in the request.",
+            ));
+        }
+        if entries.len() > 10 {
+            return Err(SqsError::new(
+                "TooManyEntriesInBatchRequest",
+                "AWS.SimpleQueueService.TooManyEntriesInBatchRequest;Sender",
+                format!(
+                    "Maximum number of entries per request are 10. You have sent {}.",
+                    entries.len()
+                ),
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for entry in &entries {
+            let id = required("Id", entry.id.as_deref())?;
+            if id.is_empty()
+                || id.len() > 80
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(SqsError::new(
+                    "InvalidBatchEntryId",
+                    "AWS.SimpleQueueService.InvalidBatchEntryId;Sender",
+                    "A batch entry id can only contain alphanumeric characters, hyphens and underscores. It can be at most 80 letters long.",
+                ));
+            }
+            if !ids.insert(id) {
+                return Err(SqsError::new(
+                    "BatchEntryIdsNotDistinct",
+                    "AWS.SimpleQueueService.BatchEntryIdsNotDistinct;Sender",
+                    format!("Id {id} repeated."),
+                ));
+            }
+        }
+        let mut successful = Vec::new();
+        let mut failed = Vec::new();
+        for entry in &entries {
+            let id = entry.id.as_deref().unwrap_or_default();
+            let result = match entry.receipt_handle.as_deref() {
+                Some(handle) => queue
+                    .delete(handle)
+                    .map_err(|e| SqsError::handle(e, handle)),
+                None => Err(SqsError::missing("ReceiptHandle")),
+            };
+            match result {
+                Ok(()) => successful.push(json!({"Id": id})),
+                Err(error) => failed.push(json!({
+                    "Id": id,
+                    "SenderFault": true,
+                    "Code": error.shape,
+                    "Message": error.message,
+                })),
+            }
+        }
+        Ok(json!({"Successful": successful, "Failed": failed}))
     }
 
     fn change_visibility(&self, input: HandleInput) -> SqsResult {

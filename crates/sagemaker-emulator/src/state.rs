@@ -146,18 +146,20 @@ pub(crate) enum SqsAction {
     SendMessage,
     ReceiveMessage,
     DeleteMessage,
+    DeleteMessageBatch,
     ChangeMessageVisibility,
     PurgeQueue,
 }
 
 impl SqsAction {
-    pub(crate) const ALL: [SqsAction; 8] = [
+    pub(crate) const ALL: [SqsAction; 9] = [
         Self::CreateQueue,
         Self::GetQueueUrl,
         Self::ListQueues,
         Self::SendMessage,
         Self::ReceiveMessage,
         Self::DeleteMessage,
+        Self::DeleteMessageBatch,
         Self::ChangeMessageVisibility,
         Self::PurgeQueue,
     ];
@@ -170,6 +172,7 @@ impl SqsAction {
             Self::SendMessage => "SendMessage",
             Self::ReceiveMessage => "ReceiveMessage",
             Self::DeleteMessage => "DeleteMessage",
+            Self::DeleteMessageBatch => "DeleteMessageBatch",
             Self::ChangeMessageVisibility => "ChangeMessageVisibility",
             Self::PurgeQueue => "PurgeQueue",
         }

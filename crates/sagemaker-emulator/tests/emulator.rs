@@ -2903,6 +2903,104 @@ async fn receive_and_delete(endpoint: &str, queue_url: &str) -> Vec<serde_json::
 }
 
 #[tokio::test]
+async fn delete_message_batch_deletes_each_entry_and_says_which_failed() {
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = &emulator.endpoint_url;
+    let (_, _, created) = sqs(
+        endpoint,
+        "us-east-1",
+        "CreateQueue",
+        json!({"QueueName": "batch"}),
+    )
+    .await;
+    let queue_url = created["QueueUrl"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        let (status, _, _) = sqs(
+            endpoint,
+            "us-east-1",
+            "SendMessage",
+            json!({"QueueUrl": queue_url, "MessageBody": format!("m{i}")}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (_, _, received) = sqs(
+        endpoint,
+        "us-east-1",
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url, "MaxNumberOfMessages": 10, "VisibilityTimeout": 1}),
+    )
+    .await;
+    let handles: Vec<String> = received["Messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ReceiptHandle"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(handles.len(), 3);
+    let (status, _, answer) = sqs(
+        endpoint,
+        "us-east-1",
+        "DeleteMessageBatch",
+        json!({"QueueUrl": queue_url, "Entries": [
+            {"Id": "a", "ReceiptHandle": handles[0]},
+            {"Id": "b", "ReceiptHandle": handles[1]},
+            {"Id": "bad", "ReceiptHandle": "not-a-handle"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["Successful"], json!([{"Id": "a"}, {"Id": "b"}]));
+    assert_eq!(answer["Failed"][0]["Id"], "bad");
+    assert_eq!(answer["Failed"][0]["Code"], "ReceiptHandleIsInvalid");
+    assert_eq!(answer["Failed"][0]["SenderFault"], true);
+    // Only the message not deleted comes back after its visibility timeout.
+    let (_, _, again) = sqs(
+        endpoint,
+        "us-east-1",
+        "ReceiveMessage",
+        json!({"QueueUrl": queue_url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 5}),
+    )
+    .await;
+    let bodies: Vec<&str> = again["Messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["m2"]);
+    // Whole-request refusals: none, more than ten, ids repeated or malformed.
+    for (entries, query_error) in [
+        (json!([]), "AWS.SimpleQueueService.EmptyBatchRequest;Sender"),
+        (
+            json!(
+                (0..11)
+                    .map(|i| json!({"Id": format!("e{i}"), "ReceiptHandle": "h"}))
+                    .collect::<Vec<_>>()
+            ),
+            "AWS.SimpleQueueService.TooManyEntriesInBatchRequest;Sender",
+        ),
+        (
+            json!([{"Id": "x", "ReceiptHandle": "h"}, {"Id": "x", "ReceiptHandle": "h"}]),
+            "AWS.SimpleQueueService.BatchEntryIdsNotDistinct;Sender",
+        ),
+        (
+            json!([{"Id": "no spaces", "ReceiptHandle": "h"}]),
+            "AWS.SimpleQueueService.InvalidBatchEntryId;Sender",
+        ),
+    ] {
+        let (status, error, _) = sqs(
+            endpoint,
+            "us-east-1",
+            "DeleteMessageBatch",
+            json!({"QueueUrl": queue_url, "Entries": entries}),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(error.as_deref(), Some(query_error));
+    }
+}
+
+#[tokio::test]
 async fn a_callback_consumer_on_sqs_sees_the_stop_and_answers_it() {
     let emulator = spawn_emulator(1.0, None).await;
     let endpoint = &emulator.endpoint_url;
