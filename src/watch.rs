@@ -565,11 +565,7 @@ impl Watcher {
                     Instant::now() >= next_read
                 }
                 Ok(Err(_)) | Err(_) => {
-                    if role.name() != "alone" {
-                        tracing::warn!(execution = %arn, "the database does not answer: reading SageMaker for this server's watchers alone");
-                        self.metrics.watch_fallback();
-                        role.set(&self.metrics, "alone");
-                    }
+                    self.alone(&mut role, &arn);
                     Instant::now() >= next_read
                 }
             };
@@ -607,11 +603,7 @@ impl Watcher {
                         Ok(Ok(true)) => {}
                         // Another replica took over (this one was too slow to renew).
                         Ok(Ok(false)) => role.set(&self.metrics, "follower"),
-                        Ok(Err(_)) | Err(_) => {
-                            tracing::warn!(execution = %arn, "the database does not answer: reading SageMaker for this server's watchers alone");
-                            self.metrics.watch_fallback();
-                            role.set(&self.metrics, "alone");
-                        }
+                        Ok(Err(_)) | Err(_) => self.alone(&mut role, &arn),
                     }
                 }
                 match read {
@@ -652,6 +644,16 @@ impl Watcher {
         }
         self.pollers
             .remove_if(arn.as_str(), |_, current| Arc::ptr_eq(current, &poller));
+    }
+
+    /// The database did not answer: this replica reads SageMaker for its own watchers until it
+    /// does again (logged and counted once per outage of each poller).
+    fn alone(&self, role: &mut Role, arn: &ExecutionArn) {
+        if role.name() != "alone" {
+            tracing::warn!(execution = %arn, "the database does not answer: reading SageMaker for this server's watchers alone");
+            self.metrics.watch_fallback();
+            role.set(&self.metrics, "alone");
+        }
     }
 
     /// Feeds this replica's watchers what the holder shared; `true` when it was final.

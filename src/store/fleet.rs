@@ -89,8 +89,8 @@ pub(crate) trait Fleet: Send + Sync + fmt::Debug + 'static {
         observed_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError>;
 
-    /// Gives the lease up (the last watcher left, or the execution ended), so that another
-    /// replica with watchers takes over at once.
+    /// Gives the lease up (the last watcher left, or the execution ended) and tells the
+    /// followers, so that another replica with watchers takes over at once.
     async fn release(&self, arn: &str, owner: &str) -> Result<(), StoreError>;
 
     /// The shared state of `arn`, if it was ever watched.
@@ -194,14 +194,19 @@ impl Fleet for PostgresFleet {
     }
 
     async fn release(&self, arn: &str, owner: &str) -> Result<(), StoreError> {
+        // The notification makes followers look at once: one of them takes over.
         sqlx::query(
-            "UPDATE watch_pollers SET lease_expires_at = now() - interval '1 second',
-                    updated_at = now()
-              WHERE execution_arn = $1 AND owner = $2",
+            "WITH released AS (
+                 UPDATE watch_pollers SET lease_expires_at = now() - interval '1 second',
+                        updated_at = now()
+                  WHERE execution_arn = $1 AND owner = $2
+              RETURNING version)
+             SELECT pg_notify($3, version::text || ' ' || $1) FROM released",
         )
         .bind(arn)
         .bind(owner)
-        .execute(&self.pool)
+        .bind(SNAPSHOTS)
+        .fetch_optional(&self.pool)
         .await?;
         Ok(())
     }

@@ -437,6 +437,28 @@ impl Stack {
     }
 }
 
+/// A proxy in front of the test's Postgres, and a URL of the database through it (the test
+/// cuts it to take the database "down" for one server).
+pub async fn postgres_through_proxy(db: &TestDb) -> (String, proxy::Proxy) {
+    let options = sqlx::postgres::PgConnectOptions::from_str(&db.url).unwrap();
+    let target = match options.get_socket() {
+        Some(dir) => proxy::Target::Unix(dir.join(format!(".s.PGSQL.{}", options.get_port()))),
+        None => proxy::Target::Tcp(
+            format!("{}:{}", options.get_host(), options.get_port())
+                .parse()
+                .unwrap(),
+        ),
+    };
+    let proxy = proxy::Proxy::start(target).await;
+    let url = format!(
+        "postgres://{}@{}/{}",
+        options.get_username(),
+        proxy.addr,
+        options.get_database().unwrap()
+    );
+    (url, proxy)
+}
+
 /// Rows in `table` of the test database.
 pub async fn count_rows(db: &TestDb, table: &str) -> i64 {
     count_where(db, table, "true").await

@@ -3,7 +3,7 @@
 //! taken over, and one that loses the database reads SageMaker on its own meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-use std::{str::FromStr as _, time::Duration};
+use std::time::Duration;
 
 use pipeline_control::{
     config::ServeArgs,
@@ -240,24 +240,10 @@ async fn a_replica_that_loses_the_database_keeps_its_watchers_updated_and_rejoin
     let emulator = spawn_emulator(1.0, None).await;
     let sagemaker = sagemaker_client(&emulator.endpoint_url, 1);
     // Replica A reaches the database through a proxy the test cuts; B directly.
-    let options = sqlx::postgres::PgConnectOptions::from_str(&db.url).unwrap();
-    let target = match options.get_socket() {
-        Some(dir) => Target::Unix(dir.join(format!(".s.PGSQL.{}", options.get_port()))),
-        None => Target::Tcp(
-            format!("{}:{}", options.get_host(), options.get_port())
-                .parse()
-                .unwrap(),
-        ),
-    };
-    let proxy = Proxy::start(target).await;
+    let (url, proxy) = crate::common::postgres_through_proxy(&db).await;
     let mut args = stack_args(&db, &emulator.endpoint_url);
     shared(&mut args);
-    args.database.database_url = format!(
-        "postgres://{}@{}/{}",
-        options.get_username(),
-        proxy.addr,
-        options.get_database().unwrap()
-    );
+    args.database.database_url = url;
     args.database.database_timeout = Duration::from_millis(500);
     let a = TestApp::spawn(args).await;
     let mut args = stack_args(&db, &emulator.endpoint_url);
@@ -513,4 +499,102 @@ async fn duplicated_reordered_dropped_and_malformed_events_change_no_watchers_en
             >= 1,
         "{stats}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_last_watcher_left_hands_over_at_once() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let sagemaker = sagemaker_client(&emulator.endpoint_url, 1);
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut args = stack_args(&db, &emulator.endpoint_url);
+        shared(&mut args);
+        // A lease far longer than the test: only a hand-over can move it.
+        args.watch_lease = Duration::from_secs(600);
+        apps.push(TestApp::spawn(args).await);
+    }
+    let arn = running(&sagemaker).await;
+    let (a, b) = (client(apps[0].url()).await, client(apps[1].url()).await);
+    let a_stream = watching(&a, &arn).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b_stream = watching(&b, &arn).await;
+    assert_eq!(role(&apps[0].scrape().await, "holder"), 1.0);
+    assert_eq!(role(&apps[1].scrape().await, "follower"), 1.0);
+
+    // A's last watcher leaves: after its linger A gives the lease up, and B takes it.
+    drop(a_stream);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while role(&apps[1].scrape().await, "holder") < 1.0 {
+        assert!(Instant::now() < deadline, "B never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(role(&apps[0].scrape().await, "holder"), 0.0);
+    stop(&a, &arn).await;
+    assert_eq!(last_status(b_stream).await, pb::ExecutionStatus::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polling_returns_to_the_poll_interval_while_an_events_queue_fails() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = emulator.endpoint_url.clone();
+    let sagemaker = sagemaker_client(&endpoint, 1);
+    let admin = Admin::new(&endpoint);
+    let queue = events_queue(&endpoint, "flaky-events").await;
+    // SQS through a proxy the test cuts; SageMaker directly.
+    let proxy = Proxy::start(Target::Tcp(emulator.local_addr)).await;
+    let mut args = stack_args(&db, &endpoint);
+    shared(&mut args);
+    args.sagemaker.sqs_endpoint = Some(format!("http://{}", proxy.addr));
+    args.events_queue_urls = vec![queue];
+    args.poll_fallback_interval = Duration::from_secs(60);
+    let app = TestApp::spawn(args).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while flowing(&app).await < 1.0 {
+        assert!(Instant::now() < deadline, "events never flowed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arn = running(&sagemaker).await;
+    let _stream = watching(&client(app.url()).await, &arn).await;
+    admin.reset_stats().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(admin.calls("DescribePipelineExecution").await <= 1);
+
+    // The queue fails: every 250 ms again.
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while flowing(&app).await > 0.0 {
+        assert!(Instant::now() < deadline, "the failure went unnoticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    admin.reset_stats().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let describes = admin.calls("DescribePipelineExecution").await;
+    assert!(describes >= 4, "{describes} Describe calls in 2 s");
+    assert!(
+        app.scrape()
+            .await
+            .value("pipeline_control_events_total", &[("result", "error")])
+            >= 1.0
+    );
+
+    // It answers again: back to the fallback interval.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while flowing(&app).await < 1.0 {
+        assert!(Instant::now() < deadline, "events never flowed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A read due at the short interval may still come; after it, the long one holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin.reset_stats().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(admin.calls("DescribePipelineExecution").await <= 1);
+}
+
+async fn flowing(app: &TestApp) -> f64 {
+    app.scrape()
+        .await
+        .value("pipeline_control_events_flowing", &[])
 }

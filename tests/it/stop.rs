@@ -3,7 +3,7 @@
 //! faults, outages and retention.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-use std::{collections::HashSet, str::FromStr, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
 use crate::common::{
     Backend, Stack,
@@ -604,22 +604,7 @@ async fn a_database_outage_answers_store_unavailable_and_recovers(backend: Backe
     let emulator = crate::common::spawn_emulator(1000.0, None).await;
     let (url, proxy) = match backend {
         Backend::Postgres => {
-            let options = sqlx::postgres::PgConnectOptions::from_str(&db.url).unwrap();
-            let target = match options.get_socket() {
-                Some(dir) => Target::Unix(dir.join(format!(".s.PGSQL.{}", options.get_port()))),
-                None => Target::Tcp(
-                    format!("{}:{}", options.get_host(), options.get_port())
-                        .parse()
-                        .unwrap(),
-                ),
-            };
-            let proxy = Proxy::start(target).await;
-            let url = format!(
-                "postgres://{}@{}/{}",
-                options.get_username(),
-                proxy.addr,
-                options.get_database().unwrap()
-            );
+            let (url, proxy) = crate::common::postgres_through_proxy(&db).await;
             (url, Some(proxy))
         }
         Backend::Sqlite => (db.url.clone(), None),
