@@ -530,8 +530,9 @@ impl Watcher {
                             }
                         }
                         if shared.held {
-                            // Someone holds it; if it is us from before an outage, renew.
-                            return Ok(if fleet.renew(arn.as_str(), &owner, lease, None).await? {
+                            // Someone holds it: another replica, or this one from before an
+                            // outage (then it reads on as the holder).
+                            return Ok(if shared.owner == owner {
                                 Turn::Hold
                             } else {
                                 Turn::Follow

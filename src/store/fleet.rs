@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) observed_at: Option<DateTime<Utc>>,
     /// Whether some replica holds a live lease.
     pub(crate) held: bool,
+    /// The replica that holds or last held it.
+    pub(crate) owner: String,
 }
 
 /// A notification, as the listener receives it.
@@ -213,7 +215,7 @@ impl Fleet for PostgresFleet {
 
     async fn shared(&self, arn: &str) -> Result<Option<Shared>, StoreError> {
         let row = sqlx::query(
-            "SELECT version, snapshot, observed_at, lease_expires_at >= now() AS held
+            "SELECT version, snapshot, observed_at, lease_expires_at >= now() AS held, owner
                FROM watch_pollers WHERE execution_arn = $1",
         )
         .bind(arn)
@@ -225,6 +227,7 @@ impl Fleet for PostgresFleet {
                 snapshot: row.try_get("snapshot")?,
                 observed_at: row.try_get("observed_at")?,
                 held: row.try_get("held")?,
+                owner: row.try_get("owner")?,
             })
         })
         .transpose()
