@@ -224,7 +224,8 @@ impl Application {
             worker_id(),
             metrics.clone(),
         ));
-        let push = crate::events::Push::new(events_queue_urls.len());
+        let queues = crate::events::queues(&events_queue_urls, &estate.default_region())?;
+        let push = crate::events::Push::new(&queues);
         let watcher = Watcher::new(
             estate.clone(),
             WatchSettings {
@@ -244,14 +245,7 @@ impl Application {
             }),
             push.clone(),
         );
-        crate::events::start(
-            &events_queue_urls,
-            &push,
-            &estate,
-            &watcher,
-            &metrics,
-            &draining,
-        )?;
+        crate::events::start(queues, &push, &estate, &watcher, &metrics, &draining);
         let service = PipelineControlService::new(
             stopper.clone(),
             estate.clone(),

@@ -38,34 +38,54 @@ const VISIBILITY_TIMEOUT: i32 = 30;
 /// The long poll of each ReceiveMessage (seconds; SQS's longest).
 const WAIT_TIME: i32 = 20;
 
-/// Whether events flow: every configured queue answered its last receive.
+/// Whether events flow: for an (account, region), whether a queue of theirs answered its
+/// last receive; overall, whether every queue did.
 #[derive(Debug)]
 pub(crate) struct Push {
-    queues: Vec<AtomicBool>,
+    queues: Vec<(Queue, AtomicBool)>,
 }
 
 impl Push {
-    /// `queues` consumers, none of which has answered yet (so pollers start at the normal
-    /// interval).
-    pub(crate) fn new(queues: usize) -> Arc<Self> {
+    /// The consumers of `queues`, none of which has answered yet (so pollers start at the
+    /// normal interval).
+    pub(crate) fn new(queues: &[Queue]) -> Arc<Self> {
         Arc::new(Self {
-            queues: (0..queues).map(|_| AtomicBool::new(false)).collect(),
+            queues: queues
+                .iter()
+                .map(|queue| (queue.clone(), AtomicBool::new(false)))
+                .collect(),
         })
     }
 
-    /// Events flow: there are queues and every one of them answered its last receive.
+    /// Every queue answered its last receive (and there is one).
     pub(crate) fn flowing(&self) -> bool {
-        !self.queues.is_empty() && self.queues.iter().all(|q| q.load(Ordering::Relaxed))
+        !self.queues.is_empty() && self.queues.iter().all(|(_, q)| q.load(Ordering::Relaxed))
     }
 
-    /// Records how queue `index` answered; returns whether that changed whether events flow.
-    fn set(&self, index: usize, healthy: bool) -> bool {
-        let before = self.flowing();
-        if let Some(queue) = self.queues.get(index) {
-            queue.store(healthy, Ordering::Relaxed);
-        }
-        before != self.flowing()
+    /// The events of executions of `account` in `region` flow: a queue of theirs answers.
+    pub(crate) fn flowing_for(&self, account: &str, region: &str) -> bool {
+        self.queues.iter().any(|(queue, healthy)| {
+            queue.account == account && queue.region == region && healthy.load(Ordering::Relaxed)
+        })
     }
+
+    /// Records how queue `index` answered; returns whether that changed it.
+    fn set(&self, index: usize, healthy: bool) -> bool {
+        self.queues
+            .get(index)
+            .is_some_and(|(_, queue)| queue.swap(healthy, Ordering::Relaxed) != healthy)
+    }
+}
+
+/// The queues `urls` name (a URL that cannot be a queue's stops the start).
+pub(crate) fn queues(urls: &[String], default_region: &str) -> anyhow::Result<Vec<Queue>> {
+    urls.iter()
+        .map(|url| {
+            Queue::parse(url, default_region)
+                .map_err(anyhow::Error::msg)
+                .context("--events-queue-url")
+        })
+        .collect()
 }
 
 /// A queue to read: its URL, and the account and region whose SQS holds it.
@@ -134,21 +154,16 @@ pub(crate) fn execution_of(body: &str) -> Result<ExecutionArn, &'static str> {
     ExecutionArn::parse(arn).map_err(|_| "not a pipeline execution ARN")
 }
 
-/// Starts one consumer per queue (until `stopping`); a URL that cannot be a queue's stops the
-/// start.
+/// Starts one consumer per queue (until `stopping`).
 pub(crate) fn start(
-    urls: &[String],
+    queues: Vec<Queue>,
     push: &Arc<Push>,
     estate: &Arc<Estate>,
     watcher: &Arc<Watcher>,
     metrics: &Arc<Metrics>,
     stopping: &CancellationToken,
-) -> anyhow::Result<()> {
-    let default_region = estate.default_region();
-    for (index, url) in urls.iter().enumerate() {
-        let queue = Queue::parse(url, &default_region)
-            .map_err(anyhow::Error::msg)
-            .context("--events-queue-url")?;
+) {
+    for (index, queue) in queues.into_iter().enumerate() {
         tracing::info!(queue = %queue.url, account = %queue.account, region = %queue.region, "reading SageMaker's events");
         tokio::spawn(consume(
             queue,
@@ -160,7 +175,6 @@ pub(crate) fn start(
             stopping.clone(),
         ));
     }
-    Ok(())
 }
 
 /// What came of one message.
@@ -200,7 +214,7 @@ async fn consume(
             Err(error) => {
                 metrics.events_received("error", 1);
                 if push.set(index, false) {
-                    metrics.set_events_flowing(false);
+                    metrics.set_events_flowing(push.flowing());
                     tracing::warn!(queue = %queue.url, error = %aws_sdk_sqs::error::DisplayErrorContext(&error), "the events queue failed: polling at --poll-interval again");
                     watcher.interval_changed();
                 }
@@ -216,6 +230,7 @@ async fn consume(
         if push.set(index, true) {
             metrics.set_events_flowing(push.flowing());
             tracing::info!(queue = %queue.url, "events flow: polling at --poll-fallback-interval");
+            watcher.interval_changed();
         }
         let mut done = Vec::new();
         for message in output.messages() {
@@ -335,14 +350,28 @@ mod tests {
     }
 
     #[test]
-    fn events_flow_only_while_every_queue_answers() {
-        let push = Push::new(2);
-        assert!(!push.flowing());
+    fn events_flow_for_the_account_and_region_of_a_queue_that_answers() {
+        let parsed = queues(
+            &[
+                "https://sqs.eu-west-1.amazonaws.com/111111111111/events".to_string(),
+                "https://sqs.us-east-1.amazonaws.com/222222222222/events".to_string(),
+            ],
+            "us-east-1",
+        )
+        .unwrap();
+        let push = Push::new(&parsed);
+        assert!(!push.flowing() && !push.flowing_for("111111111111", "eu-west-1"));
+        assert!(push.set(0, true));
         assert!(!push.set(0, true));
+        assert!(push.flowing_for("111111111111", "eu-west-1"));
+        assert!(!push.flowing_for("111111111111", "us-east-1"));
+        assert!(!push.flowing_for("222222222222", "us-east-1"));
+        assert!(!push.flowing());
         assert!(push.set(1, true));
         assert!(push.flowing());
-        assert!(push.set(0, false));
-        assert!(!push.flowing());
-        assert!(!Push::new(0).flowing());
+        assert!(push.set(1, false));
+        assert!(!push.flowing() && push.flowing_for("111111111111", "eu-west-1"));
+        assert!(!Push::new(&[]).flowing());
+        assert!(queues(&["ftp://x/1/q".to_string()], "us-east-1").is_err());
     }
 }

@@ -72,6 +72,16 @@ enum SharedState {
     NotFound,
 }
 
+impl SharedState {
+    /// Nothing more will be read after it.
+    fn is_final(&self) -> bool {
+        match self {
+            Self::Snapshot(snapshot) => snapshot.status.is_terminal(),
+            Self::NotFound => true,
+        }
+    }
+}
+
 /// What a poller has to say.
 #[derive(Debug, Clone)]
 enum Published {
@@ -96,6 +106,8 @@ struct Poller {
     shared: Notify,
     /// Rung when an event asks for a read now (the holder reads SageMaker).
     read: Notify,
+    /// Rung when whether events flow changed: the next read is timed anew.
+    retime: Notify,
 }
 
 /// Runs the pollers and makes the streams.
@@ -113,6 +125,8 @@ pub(crate) struct Watcher {
     fleet: Option<(Arc<dyn Fleet>, String)>,
     /// Whether events flow (then pollers read less often).
     push: Arc<Push>,
+    /// Numbers this replica's pollers, so that each has a name of its own in the fleet.
+    poller_ids: std::sync::atomic::AtomicU64,
 }
 
 /// One message of a watch stream, numbered from 1.
@@ -183,6 +197,7 @@ impl Watcher {
             metrics,
             fleet: fleet.map(|fleet| (fleet, format!("watch-{}", uuid::Uuid::new_v4().simple()))),
             push,
+            poller_ids: std::sync::atomic::AtomicU64::new(0),
         });
         if let Some((fleet, _)) = &watcher.fleet {
             tokio::spawn(watcher.clone().listen(fleet.clone()));
@@ -257,35 +272,37 @@ impl Watcher {
     /// when nobody watches it (the event is of no use); `None` when the other replicas could
     /// not be told (the database did not answer: the event should come again).
     pub(crate) async fn wake(&self, arn: &str) -> Option<bool> {
-        let here = match self.pollers.get(arn) {
-            Some(poller) => {
+        let here = self.pollers.get(arn).map(|poller| poller.clone());
+        let Some((fleet, _)) = &self.fleet else {
+            if let Some(poller) = &here {
                 poller.read.notify_one();
-                true
             }
-            None => false,
+            return Some(here.is_some());
         };
-        match &self.fleet {
-            Some((fleet, _)) => match fleet.wake(arn).await {
-                Ok(watched) => Some(watched || here),
-                // Watched here, and read here meanwhile if this replica is alone.
-                Err(_) if here => Some(true),
-                Err(_) => None,
-            },
-            None => Some(here),
+        // The notification reaches this replica's holder too, so it is the only wake-up.
+        match tokio::time::timeout(Duration::from_secs(2), fleet.wake(arn)).await {
+            Ok(Ok(watched)) => Some(watched || here.is_some()),
+            _ => {
+                // This replica's own poller (alone while the database is out) still hears it.
+                let poller = here?;
+                poller.read.notify_one();
+                Some(true)
+            }
         }
     }
 
-    /// Whether events flow changed: every poller reads at once and then at the interval now
-    /// in force.
+    /// Whether events flow changed: every poller times its next read anew.
     pub(crate) fn interval_changed(&self) {
         for poller in &self.pollers {
-            poller.read.notify_one();
+            poller.retime.notify_one();
         }
     }
 
-    /// How often pollers read SageMaker now: `--poll-fallback-interval` while events flow.
-    fn interval(&self) -> Duration {
-        if self.push.flowing() {
+    /// How often `arn` is read now: `--poll-fallback-interval` while the events of its account
+    /// and region flow and can reach its poller (`events_reach`: not while the poller is
+    /// alone, cut off from the other replicas' wake-ups), else `--poll-interval`.
+    fn interval(&self, arn: &ExecutionArn, events_reach: bool) -> Duration {
+        if events_reach && self.push.flowing_for(arn.account(), arn.region()) {
             self.settings
                 .fallback_interval
                 .max(self.settings.poll_interval)
@@ -373,14 +390,18 @@ impl Watcher {
                     last_observed: AtomicI64::new(0),
                     shared: Notify::new(),
                     read: Notify::new(),
+                    retime: Notify::new(),
                 });
                 match &self.fleet {
-                    Some((fleet, owner)) => tokio::spawn(self.clone().feed(
-                        arn.clone(),
-                        poller.clone(),
-                        fleet.clone(),
-                        owner.clone(),
-                    )),
+                    Some((fleet, replica)) => {
+                        let id = self.poller_ids.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(self.clone().feed(
+                            arn.clone(),
+                            poller.clone(),
+                            fleet.clone(),
+                            format!("{replica}/{id}"),
+                        ))
+                    }
                     None => tokio::spawn(self.clone().poll(arn.clone(), poller.clone())),
                 };
                 poller
@@ -397,6 +418,7 @@ impl Watcher {
         poller: &Poller,
         last_digest: &mut Option<Vec<String>>,
         delay: &mut Duration,
+        events_reach: bool,
     ) -> Read {
         let Ok(sagemaker) = self.estate.client(arn).await else {
             // A reload took the account or region out of the accounts file.
@@ -405,7 +427,7 @@ impl Watcher {
         };
         match sagemaker.execution(arn).await {
             Ok(Some(snapshot)) => {
-                *delay = self.interval();
+                *delay = self.interval(arn, events_reach);
                 poller
                     .last_observed
                     .store(snapshot.observed_at.timestamp_millis(), Ordering::Relaxed);
@@ -445,18 +467,32 @@ impl Watcher {
         }
     }
 
-    /// Nobody watching: lingers a little for a reconnect, then removes the poller unless
-    /// someone subscribed in the meantime (checked under the map's lock). `true`: removed.
-    async fn idle_and_gone(&self, arn: &ExecutionArn, poller: &Arc<Poller>) -> bool {
+    /// Nobody watching: after `linger` (a reconnect may come meanwhile; the poller reads on),
+    /// removes the poller unless someone subscribed (checked under the map's lock). `true`:
+    /// removed. `idle_since` is when the last watcher left.
+    fn gone(
+        &self,
+        arn: &ExecutionArn,
+        poller: &Arc<Poller>,
+        idle_since: &mut Option<Instant>,
+    ) -> bool {
         if poller.tx.receiver_count() > 0 {
+            *idle_since = None;
             return false;
         }
-        tokio::time::sleep(self.settings.linger).await;
-        self.pollers
-            .remove_if(arn.as_str(), |_, current| {
-                Arc::ptr_eq(current, poller) && current.tx.receiver_count() == 0
-            })
-            .is_some()
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        since.elapsed() >= self.settings.linger
+            && self
+                .pollers
+                .remove_if(arn.as_str(), |_, current| {
+                    Arc::ptr_eq(current, poller) && current.tx.receiver_count() == 0
+                })
+                .is_some()
+    }
+
+    /// When a poller wakes next: `until`, or sooner for the end of its linger.
+    fn wake_at(&self, until: Instant, idle_since: Option<Instant>) -> Instant {
+        idle_since.map_or(until, |since| until.min(since + self.settings.linger))
     }
 
     /// The in-process poller (SQLite: one process).
@@ -464,22 +500,39 @@ impl Watcher {
         self.metrics.pollers().inc();
         let _running = PollerRunning(&self.metrics);
         let _role = Role::new(&self.metrics, "alone");
-        let mut delay = self.interval();
+        let mut delay = self.interval(&arn, true);
         let mut last_digest: Option<Vec<String>> = None;
+        let mut idle_since = None;
         let stopping = self.stopping.clone();
-        loop {
-            match self.read(&arn, &poller, &mut last_digest, &mut delay).await {
+        'poll: loop {
+            let read = self
+                .read(&arn, &poller, &mut last_digest, &mut delay, true)
+                .await;
+            // An event does not hurry a poller that backs off from a failing SageMaker.
+            let backing_off = matches!(read, Read::Failed);
+            match read {
                 Read::Changed(snapshot) if snapshot.status.is_terminal() => break,
                 Read::Changed(_) | Read::Same(_) | Read::Failed => {}
                 Read::NotFound | Read::Ended => break,
             }
-            if self.idle_and_gone(&arn, &poller).await {
-                return;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(jittered(delay, 0.1)) => {}
-                () = poller.read.notified() => {}
-                () = stopping.cancelled() => break,
+            let mut next_read = Instant::now() + jittered(delay, 0.1);
+            loop {
+                if self.gone(&arn, &poller, &mut idle_since) {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(self.wake_at(next_read, idle_since)) => {
+                        if Instant::now() >= next_read {
+                            break;
+                        }
+                    }
+                    () = poller.read.notified(), if !backing_off => break,
+                    () = poller.retime.notified() => {
+                        next_read = next_read
+                            .min(Instant::now() + jittered(self.interval(&arn, true), 0.1));
+                    }
+                    () = stopping.cancelled() => break 'poll,
+                }
             }
         }
         // A final state (terminal, not found, unreachable at first, shutdown): later watchers
@@ -489,7 +542,8 @@ impl Watcher {
     }
 
     /// The poller of a replica that shares reading with the fleet: holder, follower, or alone
-    /// while the database does not answer (see the module's doc).
+    /// while the database does not answer (see the module's doc). `owner` is this poller's
+    /// name in the shared rows.
     async fn feed(
         self: Arc<Self>,
         arn: ExecutionArn,
@@ -503,56 +557,73 @@ impl Watcher {
         let lease = self.settings.lease;
         // Database calls are bounded: an outage must not hold the watchers' news up.
         let bound = (lease / 3).min(Duration::from_secs(2));
-        let mut delay = self.interval();
+        let mut delay = self.interval(&arn, true);
         let mut last_digest: Option<Vec<String>> = None;
+        // The shared version this poller last took, and the one it found first: a final word
+        // (terminal, not found) already there when it began may be stale (an execution
+        // retried since, one that exists now), so it does not end a new poller.
         let mut version = 0_i64;
+        let mut baseline: Option<i64> = None;
+        // What this poller read and has not yet got into the shared row (a publication that
+        // failed, a change read alone during an outage): published once it holds the lease.
+        let mut pending: Option<SharedState> = None;
+        let mut observed: Option<DateTime<Utc>> = None;
+        let mut backing_off = false;
         let mut next_read = Instant::now();
+        let mut idle_since = None;
         let stopping = self.stopping.clone();
         let finished = 'feed: loop {
             // Who reads SageMaker now? Followers first take what the holder shared.
             let turn = tokio::time::timeout(bound, async {
-                if role.name() != "holder" {
-                    if let Some(shared) = fleet.shared(arn.as_str()).await? {
-                        if let Some(at) = shared.observed_at {
-                            poller
-                                .last_observed
-                                .store(at.timestamp_millis(), Ordering::Relaxed);
-                        }
-                        if shared.version > version
-                            && let Some(state) = shared
-                                .snapshot
-                                .as_deref()
-                                .and_then(|json| serde_json::from_str::<SharedState>(json).ok())
-                        {
-                            version = shared.version;
-                            if self.adopt(&poller, state, &mut last_digest) {
-                                return Ok(Turn::Ended);
+                if role.name() == "holder" {
+                    return Ok(Turn::Hold);
+                }
+                if let Some(shared) = fleet.shared(arn.as_str()).await? {
+                    if let Some(at) = shared.observed_at {
+                        poller
+                            .last_observed
+                            .store(at.timestamp_millis(), Ordering::Relaxed);
+                    }
+                    let first = *baseline.get_or_insert(shared.version);
+                    // Versions only grow, unless the row was forgotten and made anew.
+                    if shared.version != version {
+                        version = shared.version;
+                        match shared.snapshot.as_deref().map(serde_json::from_str::<SharedState>) {
+                            Some(Ok(state)) => {
+                                let stale = state.is_final() && shared.version <= first;
+                                if !stale && self.adopt(&poller, state, &mut last_digest) {
+                                    return Ok(Turn::Ended);
+                                }
                             }
-                        }
-                        if shared.held {
-                            // Someone holds it: another replica, or this one from before an
-                            // outage (then it reads on as the holder).
-                            return Ok(if shared.owner == owner {
-                                Turn::Hold
-                            } else {
-                                Turn::Follow
-                            });
+                            Some(Err(error)) => {
+                                tracing::warn!(execution = %arn, %error, "a shared snapshot this version cannot read: ignored");
+                            }
+                            None => {}
                         }
                     }
-                    return Ok(if fleet.claim(arn.as_str(), &owner, lease).await? {
-                        Turn::Hold
-                    } else {
-                        Turn::Follow
-                    });
+                    if shared.held {
+                        // Someone holds it: another poller, or this one from before an outage
+                        // (then it reads on as the holder).
+                        return Ok(if shared.owner == owner {
+                            Turn::Hold
+                        } else {
+                            Turn::Follow
+                        });
+                    }
                 }
-                Ok::<_, crate::store::StoreError>(Turn::Hold)
+                Ok::<_, crate::store::StoreError>(if fleet.claim(arn.as_str(), &owner, lease).await? {
+                    Turn::Hold
+                } else {
+                    Turn::Follow
+                })
             })
             .await;
-            let reading = match turn {
+            match turn {
                 Ok(Ok(Turn::Ended)) => break 'feed false,
                 Ok(Ok(Turn::Follow)) => {
+                    // The holder publishes what it reads; what this one read is not needed.
+                    pending = None;
                     role.set(&self.metrics, "follower");
-                    false
                 }
                 Ok(Ok(Turn::Hold)) => {
                     if role.name() != "holder" {
@@ -563,65 +634,87 @@ impl Watcher {
                         }
                     }
                     role.set(&self.metrics, "holder");
-                    Instant::now() >= next_read
                 }
-                Ok(Err(_)) | Err(_) => {
-                    self.alone(&mut role, &arn);
-                    Instant::now() >= next_read
-                }
-            };
-            if reading {
-                let read = self.read(&arn, &poller, &mut last_digest, &mut delay).await;
-                next_read = Instant::now() + jittered(delay, 0.1);
-                let shared = match &read {
-                    Read::Changed(snapshot) => Some(SharedState::Snapshot((**snapshot).clone())),
-                    Read::NotFound => Some(SharedState::NotFound),
-                    Read::Same(_) | Read::Failed | Read::Ended => None,
-                };
-                if role.name() == "holder" {
-                    let kept = tokio::time::timeout(bound, async {
-                        match (&shared, &read) {
-                            (Some(state), _) => {
-                                let json = serde_json::to_string(state).unwrap_or_default();
-                                let published = fleet
-                                    .publish(arn.as_str(), &owner, lease, &json, chrono::Utc::now())
-                                    .await?;
-                                if let Some(published) = published {
-                                    version = published;
-                                }
-                                Ok(published.is_some())
+                Ok(Err(_)) | Err(_) => self.alone(&mut role, &arn),
+            }
+            let mut read = None;
+            if role.name() != "follower" && Instant::now() >= next_read {
+                let holder = role.name() == "holder";
+                // SageMaker may be slow (retries, throttling): the lease is kept meanwhile.
+                let done = {
+                    let reading = self.read(
+                        &arn,
+                        &poller,
+                        &mut last_digest,
+                        &mut delay,
+                        role.name() != "alone",
+                    );
+                    tokio::pin!(reading);
+                    loop {
+                        tokio::select! {
+                            done = &mut reading => break done,
+                            () = tokio::time::sleep(lease / 3), if holder => {
+                                let _ = tokio::time::timeout(
+                                    bound,
+                                    fleet.renew(arn.as_str(), &owner, lease, None),
+                                )
+                                .await;
                             }
-                            (None, Read::Same(observed)) => {
-                                fleet
-                                    .renew(arn.as_str(), &owner, lease, Some(*observed))
-                                    .await
-                            }
-                            (None, _) => fleet.renew(arn.as_str(), &owner, lease, None).await,
                         }
-                    })
-                    .await;
-                    match kept {
-                        Ok(Ok(true)) => {}
-                        // Another replica took over (this one was too slow to renew).
-                        Ok(Ok(false)) => role.set(&self.metrics, "follower"),
-                        Ok(Err(_)) | Err(_) => self.alone(&mut role, &arn),
                     }
+                };
+                backing_off = matches!(done, Read::Failed);
+                next_read = Instant::now() + jittered(delay, 0.1);
+                match &done {
+                    Read::Changed(snapshot) => {
+                        pending = Some(SharedState::Snapshot((**snapshot).clone()));
+                        observed = Some(snapshot.observed_at);
+                    }
+                    Read::NotFound => pending = Some(SharedState::NotFound),
+                    Read::Same(at) => observed = Some(*at),
+                    Read::Failed | Read::Ended => {}
                 }
-                match read {
-                    Read::Changed(snapshot) if snapshot.status.is_terminal() => break 'feed true,
-                    Read::Changed(_) | Read::Same(_) | Read::Failed => {}
-                    Read::NotFound | Read::Ended => break 'feed true,
-                }
-            } else if role.name() == "holder" {
-                // Between reads the holder keeps its lease.
-                let renewed =
-                    tokio::time::timeout(bound, fleet.renew(arn.as_str(), &owner, lease, None))
-                        .await;
-                if !matches!(renewed, Ok(Ok(true))) {
-                    role.set(&self.metrics, "follower");
+                read = Some(done);
+            }
+            if role.name() == "holder" {
+                // Publish what is pending, or keep the lease (with when SageMaker was read).
+                let publishing = pending.is_some();
+                let kept = tokio::time::timeout(bound, async {
+                    match &pending {
+                        Some(state) => {
+                            let json = serde_json::to_string(state).unwrap_or_default();
+                            let at = observed.unwrap_or_else(Utc::now);
+                            let published = fleet
+                                .publish(arn.as_str(), &owner, lease, &json, at)
+                                .await?;
+                            if let Some(published) = published {
+                                version = published;
+                            }
+                            Ok(published.is_some())
+                        }
+                        None => fleet.renew(arn.as_str(), &owner, lease, observed).await,
+                    }
+                })
+                .await;
+                match kept {
+                    Ok(Ok(true)) => {
+                        if publishing {
+                            pending = None;
+                        }
+                    }
+                    // Another poller took over (this one was too slow to renew).
+                    Ok(Ok(false)) => role.set(&self.metrics, "follower"),
+                    Ok(Err(_)) | Err(_) => self.alone(&mut role, &arn),
                 }
             }
-            if self.idle_and_gone(&arn, &poller).await {
+            match read {
+                Some(Read::Changed(snapshot)) if snapshot.status.is_terminal() => {
+                    break 'feed true;
+                }
+                Some(Read::NotFound | Read::Ended) => break 'feed true,
+                _ => {}
+            }
+            if self.gone(&arn, &poller, &mut idle_since) {
                 break 'feed true;
             }
             // Sleep until the next read (holder, alone) or check (every third of a lease),
@@ -632,9 +725,18 @@ impl Watcher {
                 _ => next_read.min(check),
             };
             tokio::select! {
-                () = tokio::time::sleep_until(until) => {}
+                () = tokio::time::sleep_until(self.wake_at(until, idle_since)) => {}
                 () = poller.shared.notified(), if role.name() == "follower" => {}
-                () = poller.read.notified() => next_read = Instant::now(),
+                // An event does not hurry a poller that backs off from a failing SageMaker.
+                () = poller.read.notified() => {
+                    if !backing_off {
+                        next_read = Instant::now();
+                    }
+                }
+                () = poller.retime.notified() => {
+                    let interval = self.interval(&arn, role.name() != "alone");
+                    next_read = next_read.min(Instant::now() + jittered(interval, 0.1));
+                }
                 () = stopping.cancelled() => break 'feed true,
             }
         };

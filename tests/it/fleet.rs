@@ -598,3 +598,49 @@ async fn flowing(app: &TestApp) -> f64 {
         .await
         .value("pipeline_control_events_flowing", &[])
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_execution_is_watched_afresh_not_from_the_shared_end_of_its_first_run() {
+    let db = TestDb::new(Backend::Postgres).await;
+    // Ten emulated seconds a second: the failing step's attempt ends in a second.
+    let emulator = spawn_emulator(10.0, None).await;
+    let sagemaker = sagemaker_client(&emulator.endpoint_url, 1);
+    let mut args = stack_args(&db, &emulator.endpoint_url);
+    shared(&mut args);
+    let app = TestApp::spawn(args).await;
+    let pipeline = create_pipeline(
+        &sagemaker,
+        json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 10, "FailAttempts": 1}}}]),
+    )
+    .await;
+    let arn = start_execution(&sagemaker, &pipeline).await;
+    let client = client(app.url()).await;
+    assert_eq!(
+        last_status(watching(&client, &arn).await).await,
+        pb::ExecutionStatus::Failed
+    );
+    // The shared row says Failed; SageMaker runs it again under the same ARN.
+    sagemaker
+        .retry_pipeline_execution()
+        .pipeline_execution_arn(&arn)
+        .client_request_token(crate::common::token())
+        .send()
+        .await
+        .unwrap();
+    wait_for_status(&sagemaker, &arn, "Executing").await;
+    let mut stream = client
+        .clone()
+        .watch_execution(pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    let Some(Event::Execution(execution)) = first.event else {
+        panic!("a snapshot first");
+    };
+    assert_eq!(execution.status(), pb::ExecutionStatus::Executing);
+    assert_eq!(last_status(stream).await, pb::ExecutionStatus::Succeeded);
+}
