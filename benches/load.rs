@@ -14,7 +14,11 @@
 //!   traces on (to a collector in this process), each on a server of its own;
 //! - GetExecution across an estate of 100 accounts (each through an assumed role) x 3 regions:
 //!   first calls to each (account, region), later calls, and the memory per cached client,
-//!   beside one account and region.
+//!   beside one account and region;
+//! - watching across replicas: watchers of 100 executions on 1 replica and on 3 (upstream
+//!   calls per interval), and 3 replicas polling alone against events flowing from the
+//!   emulator's SQS (calls a minute, and the delay of a change to the watchers); on servers and
+//!   an emulator of their own. `BENCH_ONLY=fleet` runs this scenario alone.
 //!
 //! Each is run at a fixed concurrency and reported as requests per second, p50 and p99
 //! latency, and the ratio of its throughput to the baseline's. Environment: BENCH_SERVER (the
