@@ -244,7 +244,10 @@ async fn consume(
                         metrics.events_received("unwatched", 1);
                         Handled::Done
                     }
-                    None => Handled::Again,
+                    None => {
+                        metrics.events_received("deferred", 1);
+                        Handled::Again
+                    }
                 },
                 Err(why) => {
                     tracing::debug!(queue = %queue.url, why, "a malformed event: deleted");

@@ -315,10 +315,10 @@ impl Metrics {
         let events = Family::<Labels1, Counter>::default();
         registry.register(
             "pipeline_control_events",
-            "SageMaker events read from the events queues, by result: watched (a poller was woken), unwatched (nobody watches the execution: dropped), malformed (deleted unread), error (a receive that failed)",
+            "SageMaker events read from the events queues, by result: watched (a poller was woken), unwatched (nobody watches the execution: dropped), malformed (deleted unread), deferred (the other replicas could not be told: left for redelivery), error (a receive that failed)",
             events.clone(),
         );
-        for result in ["watched", "unwatched", "malformed", "error"] {
+        for result in ["watched", "unwatched", "malformed", "deferred", "error"] {
             let _ = events.get_or_create(&[("result", result)]);
         }
         let events_flowing = Gauge::default();

@@ -644,3 +644,64 @@ async fn a_retried_execution_is_watched_afresh_not_from_the_shared_end_of_its_fi
     assert_eq!(execution.status(), pb::ExecutionStatus::Executing);
     assert_eq!(last_status(stream).await, pb::ExecutionStatus::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_could_not_be_passed_on_is_redelivered_and_wakes_the_holder() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = emulator.endpoint_url.clone();
+    let sagemaker = sagemaker_client(&endpoint, 1);
+    let queue = events_queue(&endpoint, "redelivered-events").await;
+    // A reads the events (its database through a proxy the test cuts) and watches nothing;
+    // B watches, reads no events, and polls only every two minutes.
+    let (url, proxy) = crate::common::postgres_through_proxy(&db).await;
+    let mut args = stack_args(&db, &endpoint);
+    shared(&mut args);
+    args.database.database_url = url;
+    args.database.database_timeout = Duration::from_millis(500);
+    args.sagemaker.sqs_endpoint = Some(endpoint.clone());
+    args.events_queue_urls = vec![queue];
+    let a = TestApp::spawn(args).await;
+    let mut args = stack_args(&db, &endpoint);
+    shared(&mut args);
+    args.poll_interval = Duration::from_secs(120);
+    let b = TestApp::spawn(args).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while flowing(&a).await < 1.0 {
+        assert!(Instant::now() < deadline, "events never flowed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let arn = running(&sagemaker).await;
+    let b_client = client(b.url()).await;
+    let stream = watching(&b_client, &arn).await;
+
+    // A takes the stop's events but cannot tell B: it leaves them in the queue.
+    proxy.cut();
+    let stopped_at = Instant::now();
+    stop(&b_client, &arn).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a
+        .scrape()
+        .await
+        .value("pipeline_control_events_total", &[("result", "deferred")])
+        < 1.0
+    {
+        assert!(Instant::now() < deadline, "no event was deferred");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.restore();
+    // Redelivered after the visibility timeout (30 s), they wake B's holder: Stopped comes
+    // long before B's own next poll (two minutes).
+    assert_eq!(last_status(stream).await, pb::ExecutionStatus::Stopped);
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        stopped_at.elapsed()
+    );
+    assert!(
+        a.scrape()
+            .await
+            .value("pipeline_control_events_total", &[("result", "watched")])
+            >= 1.0
+    );
+}
