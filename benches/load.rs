@@ -231,8 +231,18 @@ async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
 }
 
 async fn create_executions_named(emulator: &str, pipeline: &str, count: usize) -> Vec<String> {
-    let client = sagemaker(emulator);
     let definition = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/bench"}]}"#;
+    create_executions_of(emulator, pipeline, definition, count).await
+}
+
+/// `count` executions of a new pipeline `pipeline` of `definition`, started 16 at a time.
+async fn create_executions_of(
+    emulator: &str,
+    pipeline: &str,
+    definition: &str,
+    count: usize,
+) -> Vec<String> {
+    let client = sagemaker(emulator);
     client
         .create_pipeline()
         .pipeline_name(pipeline)
@@ -412,33 +422,8 @@ async fn watch_scenario(url: &str, emulator: &str, server: u32, streams: usize) 
 /// `count` Executing executions of a new pipeline of one long Training step (a stop ends it
 /// at once: Stopping, then Stopped).
 async fn training_executions(emulator: &str, pipeline: &str, count: usize) -> Vec<String> {
-    let client = sagemaker(emulator);
     let definition = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {"DurationSeconds": 86400}}}]}"#;
-    client
-        .create_pipeline()
-        .pipeline_name(pipeline)
-        .pipeline_definition(definition)
-        .role_arn("arn:aws:iam::123456789012:role/Bench")
-        .client_request_token(format!("{pipeline}-create-0000000000000000000000000000"))
-        .send()
-        .await
-        .unwrap();
-    let mut arns = Vec::with_capacity(count);
-    for i in 0..count {
-        arns.push(
-            client
-                .start_pipeline_execution()
-                .pipeline_name(pipeline)
-                .client_request_token(format!("{pipeline}-start-{i:032}"))
-                .send()
-                .await
-                .unwrap()
-                .pipeline_execution_arn()
-                .unwrap()
-                .to_string(),
-        );
-    }
-    arns
+    create_executions_of(emulator, pipeline, definition, count).await
 }
 
 /// Replicas on one database for the fleet scenario: `count` servers with `extra` settings.

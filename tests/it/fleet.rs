@@ -264,11 +264,10 @@ async fn a_replica_that_loses_the_database_keeps_its_watchers_updated_and_rejoin
 
     proxy.cut();
     // A cannot hear from B any more: it reads SageMaker for its own watchers.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while role(&a.scrape().await, "alone") < 2.0 {
-        assert!(Instant::now() < deadline, "A never went on alone");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_scraped(&a, Duration::from_secs(20), "A never went on alone", |m| {
+        role(m, "alone") == 2.0
+    })
+    .await;
     assert!(
         a.scrape()
             .await
@@ -280,15 +279,10 @@ async fn a_replica_that_loses_the_database_keeps_its_watchers_updated_and_rejoin
 
     // The database back, A rejoins: it follows B again for the execution still running.
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let metrics = a.scrape().await;
-        if role(&metrics, "alone") == 0.0 && role(&metrics, "follower") == 1.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "A did not rejoin");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_scraped(&a, Duration::from_secs(20), "A did not rejoin", |m| {
+        role(m, "alone") == 0.0 && role(m, "follower") == 1.0
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,16 +359,13 @@ async fn pushed_replicas(
         replicas.push(TestApp::spawn(args).await);
     }
     for replica in &replicas {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while replica
-            .scrape()
-            .await
-            .value("pipeline_control_events_flowing", &[])
-            < 1.0
-        {
-            assert!(Instant::now() < deadline, "events never flowed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_scraped(
+            replica,
+            Duration::from_secs(20),
+            "events never flowed",
+            |m| flowing(m) == 1.0,
+        )
+        .await;
     }
     replicas
 }
@@ -524,11 +515,13 @@ async fn a_holder_whose_last_watcher_left_hands_over_at_once() {
 
     // A's last watcher leaves: after its linger A gives the lease up, and B takes it.
     drop(a_stream);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while role(&apps[1].scrape().await, "holder") < 1.0 {
-        assert!(Instant::now() < deadline, "B never took over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_scraped(
+        &apps[1],
+        Duration::from_secs(20),
+        "B never took over",
+        |m| role(m, "holder") == 1.0,
+    )
+    .await;
     assert_eq!(role(&apps[0].scrape().await, "holder"), 0.0);
     stop(&a, &arn).await;
     assert_eq!(last_status(b_stream).await, pb::ExecutionStatus::Stopped);
@@ -550,11 +543,10 @@ async fn polling_returns_to_the_poll_interval_while_an_events_queue_fails() {
     args.events_queue_urls = vec![queue];
     args.poll_fallback_interval = Duration::from_secs(60);
     let app = TestApp::spawn(args).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while flowing(&app).await < 1.0 {
-        assert!(Instant::now() < deadline, "events never flowed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_scraped(&app, Duration::from_secs(20), "events never flowed", |m| {
+        flowing(m) == 1.0
+    })
+    .await;
     let arn = running(&sagemaker).await;
     let _stream = watching(&client(app.url()).await, &arn).await;
     admin.reset_stats().await;
@@ -563,11 +555,13 @@ async fn polling_returns_to_the_poll_interval_while_an_events_queue_fails() {
 
     // The queue fails: every 250 ms again.
     proxy.cut();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while flowing(&app).await > 0.0 {
-        assert!(Instant::now() < deadline, "the failure went unnoticed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_scraped(
+        &app,
+        Duration::from_secs(20),
+        "the failure went unnoticed",
+        |m| flowing(m) == 0.0,
+    )
+    .await;
     admin.reset_stats().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let describes = admin.calls("DescribePipelineExecution").await;
@@ -581,11 +575,13 @@ async fn polling_returns_to_the_poll_interval_while_an_events_queue_fails() {
 
     // It answers again: back to the fallback interval.
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while flowing(&app).await < 1.0 {
-        assert!(Instant::now() < deadline, "events never flowed again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_scraped(
+        &app,
+        Duration::from_secs(40),
+        "events never flowed again",
+        |m| flowing(m) == 1.0,
+    )
+    .await;
     // A read due at the short interval may still come; after it, the long one holds.
     tokio::time::sleep(Duration::from_millis(500)).await;
     admin.reset_stats().await;
@@ -593,10 +589,23 @@ async fn polling_returns_to_the_poll_interval_while_an_events_queue_fails() {
     assert!(admin.calls("DescribePipelineExecution").await <= 1);
 }
 
-async fn flowing(app: &TestApp) -> f64 {
-    app.scrape()
-        .await
-        .value("pipeline_control_events_flowing", &[])
+fn flowing(metrics: &Metrics) -> f64 {
+    metrics.value("pipeline_control_events_flowing", &[])
+}
+
+/// Scrapes `app` every 50 ms until `holds` is true of its metrics, failing with `what` after
+/// `within`.
+async fn until_scraped(
+    app: &TestApp,
+    within: Duration,
+    what: &str,
+    holds: impl Fn(&Metrics) -> bool,
+) {
+    let deadline = Instant::now() + within;
+    while !holds(&app.scrape().await) {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -666,11 +675,10 @@ async fn an_event_that_could_not_be_passed_on_is_redelivered_and_wakes_the_holde
     shared(&mut args);
     args.poll_interval = Duration::from_secs(120);
     let b = TestApp::spawn(args).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while flowing(&a).await < 1.0 {
-        assert!(Instant::now() < deadline, "events never flowed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_scraped(&a, Duration::from_secs(20), "events never flowed", |m| {
+        flowing(m) == 1.0
+    })
+    .await;
     let arn = running(&sagemaker).await;
     let b_client = client(b.url()).await;
     let stream = watching(&b_client, &arn).await;
@@ -679,16 +687,10 @@ async fn an_event_that_could_not_be_passed_on_is_redelivered_and_wakes_the_holde
     proxy.cut();
     let stopped_at = Instant::now();
     stop(&b_client, &arn).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while a
-        .scrape()
-        .await
-        .value("pipeline_control_events_total", &[("result", "deferred")])
-        < 1.0
-    {
-        assert!(Instant::now() < deadline, "no event was deferred");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_scraped(&a, Duration::from_secs(20), "no event was deferred", |m| {
+        m.value("pipeline_control_events_total", &[("result", "deferred")]) >= 1.0
+    })
+    .await;
     proxy.restore();
     // Redelivered after the visibility timeout (30 s), they wake B's holder: Stopped comes
     // long before B's own next poll (two minutes).
