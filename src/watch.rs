@@ -72,16 +72,6 @@ enum SharedState {
     NotFound,
 }
 
-impl SharedState {
-    /// Nothing more will be read after it.
-    fn is_final(&self) -> bool {
-        match self {
-            Self::Snapshot(snapshot) => snapshot.status.is_terminal(),
-            Self::NotFound => true,
-        }
-    }
-}
-
 /// What a poller has to say.
 #[derive(Debug, Clone)]
 enum Published {
@@ -559,9 +549,11 @@ impl Watcher {
         let bound = (lease / 3).min(Duration::from_secs(2));
         let mut delay = self.interval(&arn, true);
         let mut last_digest: Option<Vec<String>> = None;
-        // The shared version this poller last took, and the one it found first: a final word
-        // (terminal, not found) already there when it began may be stale (an execution
-        // retried since, one that exists now), so it does not end a new poller.
+        // The shared version this poller last took, and the one it found first. What was
+        // there when it began is taken only while some poller holds the lease (it is being
+        // kept fresh): a row nobody holds may be old (a holder died, or a final word of an
+        // execution retried since, or one not found that exists now), so this poller claims
+        // it and reads SageMaker instead.
         let mut version = 0_i64;
         let mut baseline: Option<i64> = None;
         // What this poller read and has not yet got into the shared row (a publication that
@@ -585,20 +577,25 @@ impl Watcher {
                             .store(at.timestamp_millis(), Ordering::Relaxed);
                     }
                     let first = *baseline.get_or_insert(shared.version);
-                    // Versions only grow, unless the row was forgotten and made anew.
-                    if shared.version != version {
+                    // Versions only grow, unless the row was forgotten and made anew. A version
+                    // not taken (not fresh) is looked at again next time.
+                    let fresh = shared.held || shared.version > first;
+                    if shared.version != version && fresh {
                         version = shared.version;
-                        match shared.snapshot.as_deref().map(serde_json::from_str::<SharedState>) {
-                            Some(Ok(state)) => {
-                                let stale = state.is_final() && shared.version <= first;
-                                if !stale && self.adopt(&poller, state, &mut last_digest) {
-                                    return Ok(Turn::Ended);
-                                }
-                            }
+                        let ended = match shared
+                            .snapshot
+                            .as_deref()
+                            .map(serde_json::from_str::<SharedState>)
+                        {
+                            Some(Ok(state)) => self.adopt(&poller, state, &mut last_digest),
                             Some(Err(error)) => {
                                 tracing::warn!(execution = %arn, %error, "a shared snapshot this version cannot read: ignored");
+                                false
                             }
-                            None => {}
+                            None => false,
+                        };
+                        if ended {
+                            return Ok(Turn::Ended);
                         }
                     }
                     if shared.held {
