@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         // prost's codec, but a request that does not decode is the caller's fault. (The
         // generated client, used by tests and the load generator, shares it: a response that
         // does not decode reads as INVALID_ARGUMENT there.)
-        .codec_path("crate::grpc::codec::Codec")
+        .codec_path("crate::pb::codec::Codec")
         // The google.rpc messages are tonic-types' (the ones its error details use).
         .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(compiler.file_descriptor_set())?;

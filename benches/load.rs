@@ -32,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pipeline_control::grpc::pb;
+use pipeline_control::pb;
 use sqlx::{Connection as _, postgres::PgPoolOptions};
 use tokio::sync::Mutex;
 use tonic::transport::Channel;

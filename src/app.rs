@@ -25,10 +25,10 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use sagemaker_emulator::{EmulatorServer, RunningEmulator};
+use sagemaker_emulator::EmulatorServer;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt as _;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{
     Certificate, Identity, Server, ServerTlsConfig,
     server::{Router, TcpIncoming},
@@ -39,10 +39,12 @@ use crate::{
     auth::{Auth, AuthSettings},
     background::{self, Background, HealthChecker, Intervals},
     config::{SecurityArgs, ServeArgs},
-    demo::{self, Demo},
+    demo,
     estate::{Estate, EstateSettings},
-    grpc::{Guard, GuardSettings, Observe, PipelineControlService, pb},
-    metrics::{Metrics, MetricsServer},
+    events::{self, Push, Queue},
+    grpc::{Guard, GuardSettings, Observe, PipelineControlService},
+    metrics::{Metrics, server::MetricsServer},
+    pb,
     sagemaker::CallPolicy,
     shutdown::{self, CutOffIo},
     stop::{StopSettings, Stopper},
@@ -60,9 +62,17 @@ pub struct Application {
     background: Background,
     stopper: Arc<Stopper>,
     store: Arc<dyn Store>,
-    /// With `--emulator`: the in-process emulator, and the demo executions it holds.
-    emulator: Option<RunningEmulator>,
-    demo: Option<Demo>,
+    /// With `--emulator`: the in-process emulator (bound, not yet serving), and the account and
+    /// region of the demo executions `run` seeds in it.
+    emulator: Option<(EmulatorServer, DemoPlace)>,
+    estate: Arc<Estate>,
+    watcher: Arc<Watcher>,
+    /// The events queues, and whether events flow from them.
+    queues: Vec<Queue>,
+    push: Arc<Push>,
+    /// The tasks of a running service that are not background rounds: pollers, the fleet's
+    /// listener, the events consumers. Shutdown waits for them before the store closes.
+    tasks: TaskTracker,
     tls: bool,
     /// `GET /metrics`, unless `--metrics-listen off`.
     metrics_server: Option<MetricsServer>,
@@ -162,21 +172,25 @@ impl Application {
             options.events_queues.extend(demo_queue.map(str::to_string));
             let emulator = EmulatorServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &options)
                 .await
-                .context("cannot start the SageMaker emulator")?
-                .spawn();
+                .context("cannot start the SageMaker emulator")?;
+            let endpoint = emulator.endpoint_url();
             if let Some(queue) = demo_queue {
                 events_queue_urls.push(format!(
-                    "{}/{}/{queue}",
-                    emulator.endpoint_url, args.emulator_settings.account_id
+                    "{endpoint}/{}/{queue}",
+                    args.emulator_settings.account_id
                 ));
             }
             // The emulator serves STS too, for roles an accounts file names.
-            estate.endpoint = Some(emulator.endpoint_url.clone());
-            estate.sts_endpoint = Some(emulator.endpoint_url.clone());
-            estate.sqs_endpoint = Some(emulator.endpoint_url.clone());
+            estate.endpoint = Some(endpoint.clone());
+            estate.sts_endpoint = Some(endpoint.clone());
+            estate.sqs_endpoint = Some(endpoint);
             estate.static_credentials = Some(("EMULATOR".into(), "emulator".into()));
             estate.region = Some(region.to_string());
-            Some(emulator)
+            let place = DemoPlace {
+                account: args.emulator_settings.account_id.clone(),
+                region: region.to_string(),
+            };
+            Some((emulator, place))
         } else {
             None
         };
@@ -189,26 +203,6 @@ impl Application {
             endpoint = estate.endpoint().unwrap_or("(AWS default)"),
             "SageMaker clients ready: each call goes to its execution's region and account"
         );
-
-        let demo = match &emulator {
-            Some(emulator) => {
-                let region = args.sagemaker.aws_region.as_deref().unwrap_or("us-east-1");
-                let sagemaker = estate
-                    .client_in(&args.emulator_settings.account_id, region)
-                    .await;
-                let demo = demo::seed(&sagemaker, emulator, region)
-                    .await
-                    .context("cannot seed the demo executions")?;
-                tracing::info!(
-                    emulator = %demo.emulator_url,
-                    callback_execution = %demo.callback_execution,
-                    lambda_execution = %demo.lambda_execution,
-                    "SageMaker emulator running with demo executions"
-                );
-                Some(demo)
-            }
-            None => None,
-        };
 
         let cut_off = CancellationToken::new();
         let draining = cut_off.child_token();
@@ -224,8 +218,9 @@ impl Application {
             worker_id(),
             metrics.clone(),
         ));
-        let queues = crate::events::queues(&events_queue_urls, &estate.default_region())?;
-        let push = crate::events::Push::new(&queues);
+        let queues = events::push::queues(&events_queue_urls, &estate.default_region())?;
+        let push = Push::new(&queues);
+        let tasks = TaskTracker::new();
         let watcher = Watcher::new(
             estate.clone(),
             WatchSettings {
@@ -244,12 +239,12 @@ impl Application {
                     as Arc<dyn crate::store::fleet::Fleet>
             }),
             push.clone(),
+            tasks.clone(),
         );
-        crate::events::start(queues, &push, &estate, &watcher, &metrics, &draining);
         let service = PipelineControlService::new(
             stopper.clone(),
             estate.clone(),
-            watcher,
+            watcher.clone(),
             auth.clone(),
             metrics.clone(),
             guard.stop_rate(),
@@ -318,7 +313,7 @@ impl Application {
                 health: checker,
                 stopper: stopper.clone(),
                 auth,
-                estate,
+                estate: estate.clone(),
                 hangup,
                 intervals: Intervals {
                     health_check: args.health_check_interval,
@@ -329,7 +324,11 @@ impl Application {
             stopper,
             store,
             emulator,
-            demo,
+            estate,
+            watcher,
+            queues,
+            push,
+            tasks,
             tls: tls_on,
             metrics_server,
             metrics,
@@ -355,7 +354,8 @@ impl Application {
         self.run_until(signal).await
     }
 
-    /// Serves until `shutdown` completes, then shuts down gracefully (see the module doc).
+    /// Starts the tasks of a running service, serves until `shutdown` completes, then shuts
+    /// down gracefully (see the module doc).
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             listener,
@@ -366,7 +366,11 @@ impl Application {
             stopper,
             store,
             emulator,
-            demo,
+            estate,
+            watcher,
+            queues,
+            push,
+            tasks,
             tls,
             metrics_server,
             metrics,
@@ -381,6 +385,27 @@ impl Application {
             tracing::info!(address = %server.local_addr(), "serving metrics on /metrics");
             server.spawn(metrics.clone(), metrics_stop.clone())
         });
+        let (emulator, demo) = match emulator {
+            Some((emulator, place)) => {
+                let emulator = emulator.spawn();
+                let sagemaker = estate.client_in(&place.account, &place.region).await;
+                let demo = demo::seed(&sagemaker, &emulator, &place.region)
+                    .await
+                    .context("cannot seed the demo executions")?;
+                tracing::info!(
+                    emulator = %demo.emulator_url,
+                    callback_execution = %demo.callback_execution,
+                    lambda_execution = %demo.lambda_execution,
+                    "SageMaker emulator running with demo executions"
+                );
+                (Some(emulator), Some(demo))
+            }
+            None => (None, None),
+        };
+        watcher.start();
+        events::start(
+            queues, &push, &estate, &watcher, &metrics, &draining, &tasks,
+        );
         let mut background = Some(background.start(draining.child_token()));
         let incoming = {
             let cut_off = cut_off.clone();
@@ -431,14 +456,22 @@ impl Application {
         if let Some(background) = background.take() {
             background.stop().await;
         }
-        // Stops whose callers were cut off may still be running: give them what is left of
-        // the grace period (at least a second).
-        let left = shutdown_started
-            .map_or(shutdown_grace, |started| {
-                shutdown_grace.saturating_sub(started.elapsed())
-            })
-            .max(Duration::from_secs(1));
-        stopper.shutdown(left).await;
+        // Stops whose callers were cut off may still be running, and pollers may be giving
+        // their leases up: give them what is left of the grace period (at least a second).
+        let left = || {
+            shutdown_started
+                .map_or(shutdown_grace, |started| {
+                    shutdown_grace.saturating_sub(started.elapsed())
+                })
+                .max(Duration::from_secs(1))
+        };
+        tasks.close();
+        if tokio::time::timeout(left(), tasks.wait()).await.is_err() {
+            tracing::warn!(
+                "pollers or events consumers still running at the end of the grace period"
+            );
+        }
+        stopper.shutdown(left()).await;
         if let Some(emulator) = emulator
             && let Err(error) = emulator.stop().await
         {
@@ -452,6 +485,13 @@ impl Application {
         tracing::info!("stopped");
         result
     }
+}
+
+/// Where `serve --emulator` seeds its demo executions.
+#[derive(Debug)]
+struct DemoPlace {
+    account: String,
+    region: String,
 }
 
 /// The TLS settings, read and checked now so that a bad file stops the start. `None` without

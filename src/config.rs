@@ -3,43 +3,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, Subcommand};
 use sagemaker_emulator::cli::{EmulatorArgs, EmulatorSettings};
-
-/// Stop Amazon SageMaker pipeline executions safely: durable idempotency, honest progress,
-/// upstream economy.
-#[derive(Debug, Parser)]
-#[command(name = "pipeline-control", version, about, long_about = None)]
-pub struct Cli {
-    /// Log format: `text` for people, `json` for log pipelines (one object a line).
-    #[arg(long, env = "PIPELINE_CONTROL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
-
-    /// Which logs to write, as a tracing filter (`info`, `debug`, `pipeline_control=debug,info`).
-    #[arg(
-        long,
-        env = "PIPELINE_CONTROL_LOG",
-        default_value = "info",
-        global = true
-    )]
-    pub log_filter: String,
-
-    /// What to run.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The subcommands of the one binary: the service's, and the clients'.
-#[derive(Debug, Subcommand)]
-#[allow(clippy::large_enum_variant)] // parsed once at start; boxing would only add noise
-pub enum Command {
-    /// The service, its database and the emulator.
-    #[command(flatten)]
-    Service(ServiceCommand),
-    /// The command line for people: clients of a running service.
-    #[command(flatten)]
-    Client(crate::client::ClientCommand),
-}
 
 /// The subcommands that run the service or its parts.
 #[derive(Debug, Subcommand)]
@@ -51,15 +16,6 @@ pub enum ServiceCommand {
     Migrate(DatabaseArgs),
     /// Run the SageMaker Pipelines emulator alone (SageMaker's wire protocol on HTTP).
     Emulator(EmulatorArgs),
-}
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object a line.
-    Json,
 }
 
 /// Settings of `serve`.
@@ -385,7 +341,14 @@ fn declared_defaults<T: Args + FromArgMatches>() -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
+
+    /// The service's commands as the binary parses them (its `Cli` also has the client's).
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    }
 
     #[test]
     fn command_line_definition_is_consistent() {
@@ -459,8 +422,7 @@ mod tests {
         ])
         .map_err(|e| e.to_string());
         let Ok(Cli {
-            command: Command::Service(ServiceCommand::Serve(args)),
-            ..
+            command: ServiceCommand::Serve(args),
         }) = cli
         else {
             panic!("serve did not parse: {cli:?}");

@@ -15,7 +15,7 @@
 //!
 //! The gRPC surface (the only code that builds proto messages and `tonic::Status`):
 //! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC (validate,
-//!   authorize, call the domain, convert), the generated contract ([`grpc::pb`]), its codec (a
+//!   authorize, call the domain, convert), the generated contract ([`pb`]), its codec (a
 //!   request that does not decode is INVALID_ARGUMENT) and `grpc::convert` (domain to proto).
 //! - `grpc::guard`: in front of the service: authentication, rate and concurrency limits,
 //!   message size, request timeout.
@@ -78,6 +78,7 @@ mod history;
 mod hooks;
 mod jitter;
 mod metrics;
+pub mod pb;
 mod rate;
 mod sagemaker;
 pub mod shutdown;

@@ -3,13 +3,49 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{Parser, Subcommand};
 use pipeline_control::{
     app::Application,
-    client,
-    config::{Cli, Command, ServiceCommand},
-    shutdown, store, telemetry,
+    client::{self, ClientCommand},
+    config::ServiceCommand,
+    shutdown, store,
+    telemetry::{self, LogFormat},
 };
+
+/// Stop Amazon SageMaker pipeline executions safely: durable idempotency, honest progress,
+/// upstream economy.
+#[derive(Debug, Parser)]
+#[command(name = "pipeline-control", version, about, long_about = None)]
+struct Cli {
+    /// Log format: `text` for people, `json` for log pipelines (one object a line).
+    #[arg(long, env = "PIPELINE_CONTROL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+
+    /// Which logs to write, as a tracing filter (`info`, `debug`, `pipeline_control=debug,info`).
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_LOG",
+        default_value = "info",
+        global = true
+    )]
+    log_filter: String,
+
+    /// What to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands of the one binary: the service's, and the clients'.
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; boxing would only add noise
+enum Command {
+    /// The service, its database and the emulator.
+    #[command(flatten)]
+    Service(ServiceCommand),
+    /// The command line for people: clients of a running service.
+    #[command(flatten)]
+    Client(ClientCommand),
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -65,5 +101,16 @@ async fn run(command: ServiceCommand) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -33,7 +33,14 @@ use tracing_subscriber::{
     util::SubscriberInitExt as _,
 };
 
-use crate::config::LogFormat;
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
 
 /// Spans dropped by this process's export queue. One exporter serves the process, so the
 /// counter is the process's; every registry shows it.

@@ -18,7 +18,7 @@ use super::{
     view::{self, View, emit, emit_json},
     with_retries,
 };
-use crate::grpc::pb::{
+use crate::pb::{
     self, stop_executions_response::Response as BatchMessage, watch_execution_response::Event,
 };
 

@@ -12,7 +12,7 @@ use tonic::{
 };
 
 use super::{Failure, args::ClientArgs};
-use crate::grpc::pb::pipeline_control_client::PipelineControlClient;
+use crate::pb::pipeline_control_client::PipelineControlClient;
 
 /// The contract's client, as every subcommand uses it.
 pub(crate) type Client = PipelineControlClient<InterceptedService<Channel, Credentials>>;

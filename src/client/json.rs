@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 
-use crate::grpc::pb;
+use crate::pb;
 
 /// The contract's messages (and google.rpc's, and the well-known types).
 static POOL: LazyLock<Result<DescriptorPool, String>> =

@@ -19,7 +19,7 @@ use unicode_width::UnicodeWidthStr as _;
 use super::{Output, json};
 use crate::{
     domain::LAMBDA_STEP_TIMEOUT_MAX,
-    grpc::pb::{self, step::Metadata},
+    pb::{self, step::Metadata},
 };
 
 /// Writes `line` to standard output. A reader that went away (`| head`) ends the command

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tonic::metadata::MetadataMap;
 
-use super::pb;
+use crate::pb;
 use crate::{
     domain::{ExecutionSnapshot, ExecutionStatus, StepDetail, StepStatus, StopOutcome},
     store::{Completion, RecordState, Release, StopRecord},

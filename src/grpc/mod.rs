@@ -1,8 +1,7 @@
-//! The gRPC surface: the generated contract ([`pb`]) and the `PipelineControl` service, one
+//! The gRPC surface: the `PipelineControl` service of the generated contract ([`crate::pb`]), one
 //! method per RPC (validate, authorize, call the domain, convert to proto), behind the
 //! [`Guard`] (authentication and limits). Errors become `Status` only in [`crate::error`].
 
-mod codec;
 mod convert;
 mod guard;
 mod observe;
@@ -30,18 +29,7 @@ use crate::{
     watch::{WatchStream, Watcher},
 };
 
-/// The generated messages, server and client of `proto/pipelinecontrol/v1`.
-pub mod pb {
-    #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
-    tonic::include_proto!("pipelinecontrol.v1");
-
-    /// The encoded descriptor set of the contract, with its imports and doc comments, for
-    /// server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/pipeline_control_descriptor.bin"));
-}
-
-use pb::pipeline_control_server::PipelineControl;
+use crate::pb::{self, pipeline_control_server::PipelineControl};
 
 /// The `pipelinecontrol.v1.PipelineControl` service.
 #[derive(Debug, Clone)]

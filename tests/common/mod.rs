@@ -361,7 +361,7 @@ pub struct Stack {
     pub app: TestApp,
     pub sagemaker: aws_sdk_sagemaker::Client,
     pub admin: Admin,
-    pub client: pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient<
+    pub client: pipeline_control::pb::pipeline_control_client::PipelineControlClient<
         tonic::transport::Channel,
     >,
 }
@@ -389,10 +389,9 @@ impl Stack {
         let mut args = stack_args(&db, &emulator.endpoint_url);
         tweak(&mut args);
         let app = TestApp::spawn(args).await;
-        let client =
-            pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::new(
-                app.channel().await,
-            );
+        let client = pipeline_control::pb::pipeline_control_client::PipelineControlClient::new(
+            app.channel().await,
+        );
         Self {
             sagemaker: sagemaker_client(&emulator.endpoint_url, 1),
             admin: Admin::new(&emulator.endpoint_url),
@@ -419,10 +418,10 @@ impl Stack {
     }
 
     /// StopExecution with a generated token; panics unless it succeeds.
-    pub async fn stop(&self, arn: &str) -> pipeline_control::grpc::pb::StopExecutionResponse {
+    pub async fn stop(&self, arn: &str) -> pipeline_control::pb::StopExecutionResponse {
         self.client
             .clone()
-            .stop_execution(pipeline_control::grpc::pb::StopExecutionRequest {
+            .stop_execution(pipeline_control::pb::StopExecutionRequest {
                 pipeline_execution_arn: arn.to_string(),
                 ..Default::default()
             })

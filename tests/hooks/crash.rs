@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use crate::common::{Backend, Stack, TestApp};
-use pipeline_control::grpc::pb;
+use pipeline_control::pb;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{Backend, Stack, TestApp, count_where, wait_for_status};
-use pipeline_control::grpc::pb;
+use pipeline_control::pb;
 
 on_both_databases!(a_release_is_sent_once_across_two_replicas_and_a_crash);
 

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use crate::common::{Backend, TestApp, TestDb, test_args};
-use pipeline_control::grpc::pb;
+use pipeline_control::pb;
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic_health::pb::{

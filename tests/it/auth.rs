@@ -11,7 +11,7 @@ use crate::common::{
 use pipeline_control::{
     ERROR_DOMAIN,
     config::ServeArgs,
-    grpc::pb::{self, pipeline_control_client::PipelineControlClient},
+    pb::{self, pipeline_control_client::PipelineControlClient},
 };
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,

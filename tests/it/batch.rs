@@ -9,7 +9,7 @@ use crate::common::{
     Admin, Backend, TestApp, TestDb, count_rows, sagemaker_client, spawn_emulator, stack_args,
     start_execution, token_file,
 };
-use pipeline_control::grpc::pb::{
+use pipeline_control::pb::{
     self, execution_stop_result::Result as Outcome, pipeline_control_client::PipelineControlClient,
     stop_executions_response::Response as Event,
 };

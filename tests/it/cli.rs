@@ -617,13 +617,13 @@ async fn sighup_reloads_the_accounts_file_without_dropping_connections() {
         .into_inner();
     assert!(watch.message().await.unwrap().is_some());
     let mut client =
-        pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::new(channel);
+        pipeline_control::pb::pipeline_control_client::PipelineControlClient::new(channel);
     let eu = "arn:aws:sagemaker:eu-west-1:123456789012:pipeline/p/execution/abcdefghijkl";
     let mut reason_until = async |expected: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let error = client
-                .get_execution(pipeline_control::grpc::pb::GetExecutionRequest {
+                .get_execution(pipeline_control::pb::GetExecutionRequest {
                     pipeline_execution_arn: eu.into(),
                 })
                 .await
@@ -697,14 +697,13 @@ async fn without_a_region_the_service_starts_and_serves_each_arns_region() {
     )
     .await;
     let arn = crate::common::start_execution(&sagemaker, &pipeline).await;
-    let mut client =
-        pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::connect(
-            format!("http://{addr}"),
-        )
-        .await
-        .unwrap();
+    let mut client = pipeline_control::pb::pipeline_control_client::PipelineControlClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
     let execution = client
-        .get_execution(pipeline_control::grpc::pb::GetExecutionRequest {
+        .get_execution(pipeline_control::pb::GetExecutionRequest {
             pipeline_execution_arn: arn.clone(),
         })
         .await
@@ -771,14 +770,14 @@ async fn the_sdks_endpoint_variables_are_honoured() {
             &["--accounts-file", accounts.to_str().unwrap()],
         );
         let mut client =
-            pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::connect(
-                format!("http://{addr}"),
-            )
+            pipeline_control::pb::pipeline_control_client::PipelineControlClient::connect(format!(
+                "http://{addr}"
+            ))
             .await
             .unwrap();
         for arn in &arns {
             let execution = client
-                .get_execution(pipeline_control::grpc::pb::GetExecutionRequest {
+                .get_execution(pipeline_control::pb::GetExecutionRequest {
                     pipeline_execution_arn: arn.clone(),
                 })
                 .await
@@ -809,12 +808,12 @@ async fn without_authentication_the_service_warns_that_callers_are_anonymous() {
 /// GetStopRequest for a token nobody used, as the holder of `bearer`: NOT_FOUND when the
 /// caller is authenticated and may read, else the refusal.
 async fn probe(
-    client: &mut pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient<
+    client: &mut pipeline_control::pb::pipeline_control_client::PipelineControlClient<
         tonic::transport::Channel,
     >,
     bearer: &str,
 ) -> tonic::Code {
-    let mut request = tonic::Request::new(pipeline_control::grpc::pb::GetStopRequestRequest {
+    let mut request = tonic::Request::new(pipeline_control::pb::GetStopRequestRequest {
         client_request_token: "never-used".into(),
     });
     request
@@ -825,7 +824,7 @@ async fn probe(
 
 /// Probes until the answer is `expected` (a reload is applied a moment after the signal).
 async fn probe_until(
-    client: &mut pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient<
+    client: &mut pipeline_control::pb::pipeline_control_client::PipelineControlClient<
         tonic::transport::Channel,
     >,
     bearer: &str,
@@ -876,9 +875,7 @@ async fn sighup_reloads_tokens_and_policy_and_keeps_the_previous_file_when_one_i
         .into_inner();
     assert!(watch.message().await.unwrap().is_some());
     let mut client =
-        pipeline_control::grpc::pb::pipeline_control_client::PipelineControlClient::new(
-            channel.clone(),
-        );
+        pipeline_control::pb::pipeline_control_client::PipelineControlClient::new(channel.clone());
     assert_eq!(probe(&mut client, "one").await, Code::NotFound);
     assert_eq!(probe(&mut client, "two").await, Code::Unauthenticated);
 

@@ -169,7 +169,7 @@ async fn stop_wait_shows_the_callback_that_blocks_then_stopped_and_exits_zero() 
     let record = stack
         .client
         .clone()
-        .get_stop_request(pipeline_control::grpc::pb::GetStopRequestRequest {
+        .get_stop_request(pipeline_control::pb::GetStopRequestRequest {
             client_request_token: printed.to_string(),
         })
         .await

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::{Backend, Stack};
-use pipeline_control::grpc::pb;
+use pipeline_control::pb;
 use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt as _;

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use pipeline_control::{
     config::ServeArgs,
-    grpc::pb::{
-        self, pipeline_control_client::PipelineControlClient, watch_execution_response::Event,
-    },
+    pb::{self, pipeline_control_client::PipelineControlClient, watch_execution_response::Event},
 };
 use serde_json::json;
 use tokio::time::Instant;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{Backend, Stack, count_where, execution_status, token_file, wait_for_status};
-use pipeline_control::grpc::pb;
+use pipeline_control::pb;
 use tonic::{Code, Request};
 use tonic_types::StatusExt as _;
 

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use crate::common::{Backend, Stack, start_execution, token_file};
-use pipeline_control::grpc::pb;
+use pipeline_control::pb;
 use tonic::{Code, Request};
 use tonic_types::StatusExt as _;
 

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use crate::common::{Backend, Stack, count_rows};
-use pipeline_control::{ERROR_DOMAIN, grpc::pb};
+use pipeline_control::{ERROR_DOMAIN, pb};
 use proptest::{
     prelude::*,
     test_runner::{Config, TestCaseError, TestRunner},

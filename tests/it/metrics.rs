@@ -7,7 +7,7 @@
 use std::{io::Write as _, process::Stdio, time::Duration};
 
 use crate::common::{Backend, Metrics, Stack, token_file};
-use pipeline_control::grpc::pb;
+use pipeline_control::pb;
 use serde_json::json;
 use tokio_stream::StreamExt as _;
 use tonic::{Code, Request};

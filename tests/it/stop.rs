@@ -9,7 +9,7 @@ use crate::common::{
     Backend, Stack,
     proxy::{Proxy, Target},
 };
-use pipeline_control::{ERROR_DOMAIN, grpc::pb};
+use pipeline_control::{ERROR_DOMAIN, pb};
 use serde_json::json;
 use tonic::{Code, Response, Status};
 use tonic_types::StatusExt as _;

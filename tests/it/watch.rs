@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::common::{Backend, Stack};
-use pipeline_control::grpc::pb::{self, watch_execution_response::Event};
+use pipeline_control::pb::{self, watch_execution_response::Event};
 use serde_json::json;
 use tonic::{Code, Streaming};
 use tonic_types::StatusExt as _;

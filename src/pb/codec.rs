@@ -96,18 +96,17 @@ mod tests {
     fn a_decode_error_names_its_field() {
         // A string field (1) holding bytes that are not UTF-8.
         let bytes: &[u8] = &[0x0a, 0x02, 0xff, 0xfe];
-        let error = crate::grpc::pb::StopExecutionRequest::decode(bytes).unwrap_err();
+        let error = crate::pb::StopExecutionRequest::decode(bytes).unwrap_err();
         let found = violation(&error);
         assert_eq!(found.field, "pipeline_execution_arn");
         assert!(found.description.contains("UTF-8"), "{found:?}");
 
         // A truncated field is named too.
-        let error =
-            crate::grpc::pb::StopExecutionRequest::decode(&[0x1a, 0x05, b'a'][..]).unwrap_err();
+        let error = crate::pb::StopExecutionRequest::decode(&[0x1a, 0x05, b'a'][..]).unwrap_err();
         assert_eq!(violation(&error).field, "reason");
 
         // Field number 0 is not a field at all.
-        let error = crate::grpc::pb::StopExecutionRequest::decode(&[0x00, 0x01][..]).unwrap_err();
+        let error = crate::pb::StopExecutionRequest::decode(&[0x00, 0x01][..]).unwrap_err();
         let found = violation(&error);
         assert_eq!(found.field, "");
         assert!(!found.description.is_empty());

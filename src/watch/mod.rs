@@ -38,18 +38,23 @@ use tokio::{
     sync::{Notify, watch},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     domain::{ExecutionArn, ExecutionSnapshot},
     error::Error,
     estate::Estate,
-    events::Push,
+    events::push::Push,
     jitter::jittered,
     metrics::Metrics,
     sagemaker::UpstreamError,
-    store::fleet::{Fleet, Notice},
+    store::fleet::Fleet,
 };
+
+mod feed;
+mod role;
+
+use role::{Counted, Role};
 
 /// Tuning of watching.
 #[derive(Debug, Clone, Copy)]
@@ -63,13 +68,6 @@ pub(crate) struct WatchSettings {
     pub(crate) lease: Duration,
     /// How often a watched execution is read while events flow (`--poll-fallback-interval`).
     pub(crate) fallback_interval: Duration,
-}
-
-/// What replicas share about an execution, as JSON in the database.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-enum SharedState {
-    Snapshot(ExecutionSnapshot),
-    NotFound,
 }
 
 /// What a poller has to say.
@@ -117,6 +115,9 @@ pub(crate) struct Watcher {
     push: Arc<Push>,
     /// Numbers this replica's pollers, so that each has a name of its own in the fleet.
     poller_ids: std::sync::atomic::AtomicU64,
+    /// The pollers and the fleet's listener: shutdown waits for them (a holder gives its
+    /// lease up) before the store closes.
+    tasks: TaskTracker,
 }
 
 /// One message of a watch stream, numbered from 1.
@@ -167,8 +168,8 @@ impl Drop for PollerRunning<'_> {
 }
 
 impl Watcher {
-    /// The watcher of one server; with `fleet`, it shares reading with the other replicas
-    /// (and listens to the database's notifications until `stopping`).
+    /// The watcher of one server; with `fleet`, it shares reading with the other replicas.
+    /// Its pollers run on `tasks` until `stopping`.
     pub(crate) fn new(
         estate: Arc<Estate>,
         settings: WatchSettings,
@@ -176,9 +177,10 @@ impl Watcher {
         metrics: Arc<Metrics>,
         fleet: Option<Arc<dyn Fleet>>,
         push: Arc<Push>,
+        tasks: TaskTracker,
     ) -> Arc<Self> {
         metrics.set_watch_streams_limit(settings.max_streams);
-        let watcher = Arc::new(Self {
+        Arc::new(Self {
             estate,
             settings,
             pollers: DashMap::new(),
@@ -188,66 +190,14 @@ impl Watcher {
             fleet: fleet.map(|fleet| (fleet, format!("watch-{}", uuid::Uuid::new_v4().simple()))),
             push,
             poller_ids: std::sync::atomic::AtomicU64::new(0),
-        });
-        if let Some((fleet, _)) = &watcher.fleet {
-            tokio::spawn(watcher.clone().listen(fleet.clone()));
-        }
-        watcher
+            tasks,
+        })
     }
 
-    /// Passes the database's notifications to this replica's pollers, reconnecting when the
-    /// connection drops (every poller then re-reads the shared row, in case one was lost), and
-    /// forgets executions nobody has watched for an hour.
-    async fn listen(self: Arc<Self>, fleet: Arc<dyn Fleet>) {
-        let mut forget = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            let mut listener = tokio::select! {
-                listener = fleet.listen() => match listener {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot listen for shared watch snapshots; retrying");
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                            () = self.stopping.cancelled() => return,
-                        }
-                    }
-                },
-                () = self.stopping.cancelled() => return,
-            };
-            self.wake_all();
-            loop {
-                tokio::select! {
-                    received = listener.try_recv() => match received {
-                        Ok(Some(notification)) => {
-                            match Notice::parse(notification.channel(), notification.payload()) {
-                                Some(Notice::Snapshot { arn, .. }) => {
-                                    if let Some(poller) = self.pollers.get(&arn) {
-                                        poller.shared.notify_one();
-                                    }
-                                }
-                                Some(Notice::Wake { arn }) => {
-                                    if let Some(poller) = self.pollers.get(&arn) {
-                                        poller.read.notify_one();
-                                    }
-                                }
-                                None => {}
-                            }
-                        }
-                        // The connection dropped and came back: what was sent meanwhile is lost.
-                        Ok(None) => self.wake_all(),
-                        Err(error) => {
-                            tracing::warn!(%error, "lost the shared watch notifications; reconnecting");
-                            break;
-                        }
-                    },
-                    _ = forget.tick() => {
-                        if let Err(error) = fleet.forget_idle(Duration::from_secs(3600)).await {
-                            tracing::debug!(%error, "cannot forget idle shared watches");
-                        }
-                    }
-                    () = self.stopping.cancelled() => return,
-                }
-            }
+    /// With a fleet, starts listening to the database's notifications (until `stopping`).
+    pub(crate) fn start(self: &Arc<Self>) {
+        if let Some((fleet, _)) = &self.fleet {
+            self.tasks.spawn(self.clone().listen(fleet.clone()));
         }
     }
 
@@ -325,7 +275,12 @@ impl Watcher {
                     });
                 }
             }
-            if rx.changed().await.is_err() {
+            // A shutdown ends the wait at once, not at the grace's end.
+            let changed = tokio::select! {
+                changed = rx.changed() => changed,
+                () = self.stopping.cancelled() => return Err(Error::ShuttingDown),
+            };
+            if changed.is_err() {
                 return Err(Error::UpstreamUnavailable {
                     retry_after: self.settings.poll_interval,
                 });
@@ -385,14 +340,16 @@ impl Watcher {
                 match &self.fleet {
                     Some((fleet, replica)) => {
                         let id = self.poller_ids.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(self.clone().feed(
+                        self.tasks.spawn(self.clone().feed(
                             arn.clone(),
                             poller.clone(),
                             fleet.clone(),
                             format!("{replica}/{id}"),
                         ))
                     }
-                    None => tokio::spawn(self.clone().poll(arn.clone(), poller.clone())),
+                    None => self
+                        .tasks
+                        .spawn(self.clone().poll(arn.clone(), poller.clone())),
                 };
                 poller
             });
@@ -489,7 +446,7 @@ impl Watcher {
     async fn poll(self: Arc<Self>, arn: ExecutionArn, poller: Arc<Poller>) {
         self.metrics.pollers().inc();
         let _running = PollerRunning(&self.metrics);
-        let _role = Role::new(&self.metrics, "alone");
+        let _role = Counted::new(&self.metrics, Role::Alone);
         let mut delay = self.interval(&arn, true);
         let mut last_digest: Option<Vec<String>> = None;
         let mut idle_since = None;
@@ -530,258 +487,6 @@ impl Watcher {
         self.pollers
             .remove_if(arn.as_str(), |_, current| Arc::ptr_eq(current, &poller));
     }
-
-    /// The poller of a replica that shares reading with the fleet: holder, follower, or alone
-    /// while the database does not answer (see the module's doc). `owner` is this poller's
-    /// name in the shared rows.
-    async fn feed(
-        self: Arc<Self>,
-        arn: ExecutionArn,
-        poller: Arc<Poller>,
-        fleet: Arc<dyn Fleet>,
-        owner: String,
-    ) {
-        self.metrics.pollers().inc();
-        let _running = PollerRunning(&self.metrics);
-        let mut role = Role::new(&self.metrics, "follower");
-        let lease = self.settings.lease;
-        // Database calls are bounded: an outage must not hold the watchers' news up.
-        let bound = (lease / 3).min(Duration::from_secs(2));
-        let mut delay = self.interval(&arn, true);
-        let mut last_digest: Option<Vec<String>> = None;
-        // The shared version this poller last took, and the one it found first. What was
-        // there when it began is taken only while some poller holds the lease (it is being
-        // kept fresh): a row nobody holds may be old (a holder died, or a final word of an
-        // execution retried since, or one not found that exists now), so this poller claims
-        // it and reads SageMaker instead.
-        let mut version = 0_i64;
-        let mut baseline: Option<i64> = None;
-        // What this poller read and has not yet got into the shared row (a publication that
-        // failed, a change read alone during an outage): published once it holds the lease.
-        let mut pending: Option<SharedState> = None;
-        let mut observed: Option<DateTime<Utc>> = None;
-        let mut backing_off = false;
-        let mut next_read = Instant::now();
-        let mut idle_since = None;
-        let stopping = self.stopping.clone();
-        let finished = 'feed: loop {
-            // Who reads SageMaker now? Followers first take what the holder shared.
-            let turn = tokio::time::timeout(bound, async {
-                if role.name() == "holder" {
-                    return Ok(Turn::Hold);
-                }
-                if let Some(shared) = fleet.shared(arn.as_str()).await? {
-                    if let Some(at) = shared.observed_at {
-                        poller
-                            .last_observed
-                            .store(at.timestamp_millis(), Ordering::Relaxed);
-                    }
-                    let first = *baseline.get_or_insert(shared.version);
-                    // Versions only grow, unless the row was forgotten and made anew. A version
-                    // not taken (not fresh) is looked at again next time.
-                    let fresh = shared.held || shared.version > first;
-                    if shared.version != version && fresh {
-                        version = shared.version;
-                        let ended = match shared
-                            .snapshot
-                            .as_deref()
-                            .map(serde_json::from_str::<SharedState>)
-                        {
-                            Some(Ok(state)) => self.adopt(&poller, state, &mut last_digest),
-                            Some(Err(error)) => {
-                                tracing::warn!(execution = %arn, %error, "a shared snapshot this version cannot read: ignored");
-                                false
-                            }
-                            None => false,
-                        };
-                        if ended {
-                            return Ok(Turn::Ended);
-                        }
-                    }
-                    if shared.held {
-                        // Someone holds it: another poller, or this one from before an outage
-                        // (then it reads on as the holder).
-                        return Ok(if shared.owner == owner {
-                            Turn::Hold
-                        } else {
-                            Turn::Follow
-                        });
-                    }
-                }
-                Ok::<_, crate::store::StoreError>(if fleet.claim(arn.as_str(), &owner, lease).await? {
-                    Turn::Hold
-                } else {
-                    Turn::Follow
-                })
-            })
-            .await;
-            match turn {
-                Ok(Ok(Turn::Ended)) => break 'feed false,
-                Ok(Ok(Turn::Follow)) => {
-                    // The holder publishes what it reads; what this one read is not needed.
-                    pending = None;
-                    role.set(&self.metrics, "follower");
-                }
-                Ok(Ok(Turn::Hold)) => {
-                    if role.name() != "holder" {
-                        // A new holder reads at once: the last holder may be long gone.
-                        next_read = Instant::now();
-                        if role.name() == "alone" {
-                            tracing::info!(execution = %arn, "shared watching is back");
-                        }
-                    }
-                    role.set(&self.metrics, "holder");
-                }
-                Ok(Err(_)) | Err(_) => self.alone(&mut role, &arn),
-            }
-            let mut read = None;
-            if role.name() != "follower" && Instant::now() >= next_read {
-                let holder = role.name() == "holder";
-                // SageMaker may be slow (retries, throttling): the lease is kept meanwhile.
-                let done = {
-                    let reading = self.read(
-                        &arn,
-                        &poller,
-                        &mut last_digest,
-                        &mut delay,
-                        role.name() != "alone",
-                    );
-                    tokio::pin!(reading);
-                    loop {
-                        tokio::select! {
-                            done = &mut reading => break done,
-                            () = tokio::time::sleep(lease / 3), if holder => {
-                                let _ = tokio::time::timeout(
-                                    bound,
-                                    fleet.renew(arn.as_str(), &owner, lease, None),
-                                )
-                                .await;
-                            }
-                        }
-                    }
-                };
-                backing_off = matches!(done, Read::Failed);
-                next_read = Instant::now() + jittered(delay, 0.1);
-                match &done {
-                    Read::Changed(snapshot) => {
-                        pending = Some(SharedState::Snapshot((**snapshot).clone()));
-                        observed = Some(snapshot.observed_at);
-                    }
-                    Read::NotFound => pending = Some(SharedState::NotFound),
-                    Read::Same(at) => observed = Some(*at),
-                    Read::Failed | Read::Ended => {}
-                }
-                read = Some(done);
-            }
-            if role.name() == "holder" {
-                // Publish what is pending, or keep the lease (with when SageMaker was read).
-                let publishing = pending.is_some();
-                let kept = tokio::time::timeout(bound, async {
-                    match &pending {
-                        Some(state) => {
-                            let json = serde_json::to_string(state).unwrap_or_default();
-                            let at = observed.unwrap_or_else(Utc::now);
-                            let published = fleet
-                                .publish(arn.as_str(), &owner, lease, &json, at)
-                                .await?;
-                            if let Some(published) = published {
-                                version = published;
-                            }
-                            Ok(published.is_some())
-                        }
-                        None => fleet.renew(arn.as_str(), &owner, lease, observed).await,
-                    }
-                })
-                .await;
-                match kept {
-                    Ok(Ok(true)) => {
-                        if publishing {
-                            pending = None;
-                        }
-                    }
-                    // Another poller took over (this one was too slow to renew).
-                    Ok(Ok(false)) => role.set(&self.metrics, "follower"),
-                    Ok(Err(_)) | Err(_) => self.alone(&mut role, &arn),
-                }
-            }
-            match read {
-                Some(Read::Changed(snapshot)) if snapshot.status.is_terminal() => {
-                    break 'feed true;
-                }
-                Some(Read::NotFound | Read::Ended) => break 'feed true,
-                _ => {}
-            }
-            if self.gone(&arn, &poller, &mut idle_since) {
-                break 'feed true;
-            }
-            // Sleep until the next read (holder, alone) or check (every third of a lease),
-            // or until a notification says there is news.
-            let check = Instant::now() + lease / 3;
-            let until = match role.name() {
-                "follower" => check,
-                _ => next_read.min(check),
-            };
-            tokio::select! {
-                () = tokio::time::sleep_until(self.wake_at(until, idle_since)) => {}
-                () = poller.shared.notified(), if role.name() == "follower" => {}
-                // An event does not hurry a poller that backs off from a failing SageMaker.
-                () = poller.read.notified() => {
-                    if !backing_off {
-                        next_read = Instant::now();
-                    }
-                }
-                () = poller.retime.notified() => {
-                    let interval = self.interval(&arn, role.name() != "alone");
-                    next_read = next_read.min(Instant::now() + jittered(interval, 0.1));
-                }
-                () = stopping.cancelled() => break 'feed true,
-            }
-        };
-        // The holder gives the lease up, so that a replica with watchers takes over at once
-        // (after a terminal snapshot, nobody needs to: the row keeps it).
-        if finished && role.name() == "holder" {
-            let _ = tokio::time::timeout(bound, fleet.release(arn.as_str(), &owner)).await;
-        }
-        self.pollers
-            .remove_if(arn.as_str(), |_, current| Arc::ptr_eq(current, &poller));
-    }
-
-    /// The database did not answer: this replica reads SageMaker for its own watchers until it
-    /// does again (logged and counted once per outage of each poller).
-    fn alone(&self, role: &mut Role, arn: &ExecutionArn) {
-        if role.name() != "alone" {
-            tracing::warn!(execution = %arn, "the database does not answer: reading SageMaker for this server's watchers alone");
-            self.metrics.watch_fallback();
-            role.set(&self.metrics, "alone");
-        }
-    }
-
-    /// Feeds this replica's watchers what the holder shared; `true` when it was final.
-    fn adopt(
-        &self,
-        poller: &Poller,
-        state: SharedState,
-        last_digest: &mut Option<Vec<String>>,
-    ) -> bool {
-        match state {
-            SharedState::Snapshot(snapshot) => {
-                let terminal = snapshot.status.is_terminal();
-                let digest = snapshot.digest();
-                if last_digest.as_ref() != Some(&digest) {
-                    *last_digest = Some(digest);
-                    poller
-                        .tx
-                        .send_replace(Published::Snapshot(Arc::new(snapshot)));
-                    self.metrics.snapshot_published();
-                }
-                terminal
-            }
-            SharedState::NotFound => {
-                poller.tx.send_replace(Published::NotFound);
-                true
-            }
-        }
-    }
 }
 
 /// What one read of SageMaker found.
@@ -796,46 +501,6 @@ enum Read {
     Failed,
     /// The poller cannot go on (the first read failed, the account is no longer served).
     Ended,
-}
-
-/// Who reads SageMaker for a watched execution, this turn.
-enum Turn {
-    /// Another replica: this one follows the shared row.
-    Follow,
-    /// This replica.
-    Hold,
-    /// The shared row had the final word (terminal, not found).
-    Ended,
-}
-
-/// A poller's role, counted in the gauge of its role while it lasts.
-struct Role {
-    name: &'static str,
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl Role {
-    fn new(metrics: &Metrics, name: &'static str) -> Self {
-        let gauge = metrics.watch_role(name);
-        gauge.inc();
-        Self { name, gauge }
-    }
-
-    fn name(&self) -> &'static str {
-        self.name
-    }
-
-    fn set(&mut self, metrics: &Metrics, name: &'static str) {
-        if self.name != name {
-            *self = Self::new(metrics, name);
-        }
-    }
-}
-
-impl Drop for Role {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
 }
 
 struct StreamState {

@@ -1,5 +1,5 @@
 //! The service's metrics, one registry per running service (so that servers in one process,
-//! tests' above all, never share counts), and `GET /metrics` on a port of its own.
+//! tests' above all, never share counts). `server` serves it on `GET /metrics`.
 //!
 //! Names are a contract: the gRPC server metrics are go-grpc-middleware's (dashboards and
 //! alerts for gRPC services know them), the service's own are prefixed `pipeline_control_`.
@@ -11,16 +11,15 @@
 //! (0.0.4), which every scraper reads, is made from it by [`prometheus_text`], and a scraper
 //! that asks for OpenMetrics gets it as it is.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use anyhow::Context as _;
+pub(crate) mod server;
+
 use prometheus_client::{
     encoding::text,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 /// The default buckets of Prometheus's client libraries (5 ms to 10 s), as go-grpc-middleware
 /// uses them for `grpc_server_handling_seconds`.
@@ -676,89 +675,6 @@ pub(crate) fn prometheus_text(openmetrics: &str) -> String {
 }
 
 /// The content type of each format.
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Whether the scraper's `Accept` asks for OpenMetrics (Prometheus asks for it first, with the
-/// text format as a fallback).
-fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.is_some_and(|accept| {
-        accept.split(',').any(|part| {
-            let mut params = part.split(';').map(str::trim);
-            let media = params.next().unwrap_or_default();
-            let refused = params.any(|p| p.replace(' ', "") == "q=0");
-            media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-        })
-    })
-}
-
-/// `GET /metrics` bound on its own address (no TLS, no authentication: put it where only the
-/// scraper reaches it).
-#[derive(Debug)]
-pub(crate) struct MetricsServer {
-    listener: TcpListener,
-    local_addr: SocketAddr,
-}
-
-impl MetricsServer {
-    /// Binds `address`; a port that cannot be had stops the start.
-    pub(crate) async fn bind(address: SocketAddr) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(address)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {address}"))?;
-        let local_addr = listener
-            .local_addr()
-            .context("cannot read the metrics address")?;
-        Ok(Self {
-            listener,
-            local_addr,
-        })
-    }
-
-    pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Serves until `stop` is cancelled.
-    pub(crate) fn spawn(
-        self,
-        metrics: Arc<Metrics>,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        use axum::{
-            http::{HeaderMap, StatusCode, header},
-            response::IntoResponse,
-            routing::get,
-        };
-        let page = move |headers: HeaderMap| {
-            let metrics = metrics.clone();
-            async move {
-                let accept = headers
-                    .get(header::ACCEPT)
-                    .and_then(|value| value.to_str().ok());
-                let (content_type, body) = if wants_openmetrics(accept) {
-                    (OPENMETRICS_TEXT, metrics.openmetrics())
-                } else {
-                    (PROMETHEUS_TEXT, metrics.prometheus())
-                };
-                ([(header::CONTENT_TYPE, content_type)], body).into_response()
-            }
-        };
-        let router = axum::Router::new()
-            .route("/metrics", get(page))
-            .fallback(|| async { (StatusCode::NOT_FOUND, "see /metrics\n") });
-        let address = self.local_addr;
-        tokio::spawn(async move {
-            let served = axum::serve(self.listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(error) = served {
-                tracing::error!(%error, %address, "the metrics server failed");
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,18 +750,5 @@ mod tests {
                 .any(|l| l.contains("grpc_code=\"OK\"") && l.ends_with(" 0"))
         );
         assert!(text.contains("grpc_server_handling_seconds_bucket{le=\"0.005\",grpc_type=\"unary\",grpc_service=\"pipelinecontrol.v1.PipelineControl\",grpc_method=\"GetExecution\"} 2\n"), "{text}");
-    }
-
-    #[test]
-    fn openmetrics_only_when_asked_for() {
-        assert!(wants_openmetrics(Some(
-            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
-        )));
-        assert!(!wants_openmetrics(Some("text/plain;version=0.0.4")));
-        assert!(!wants_openmetrics(Some("*/*")));
-        assert!(!wants_openmetrics(None));
-        assert!(!wants_openmetrics(Some(
-            "application/openmetrics-text; q=0"
-        )));
     }
 }
