@@ -22,6 +22,9 @@ pub(crate) const STOP_AFTER_CLAIM: &str = "stop::after_claim";
 pub(crate) const STOP_AFTER_UPSTREAM: &str = "stop::after_upstream";
 /// After the outcome is recorded, before the caller is answered.
 pub(crate) const STOP_AFTER_RECORD: &str = "stop::after_record";
+/// Before a shared poller that holds its lease gives it up (its watchers left, or shutdown):
+/// a test configures `return(<ms>)` to make the release late.
+pub(crate) const WATCH_BEFORE_RELEASE: &str = "watch::before_release";
 /// After a forced stop answered a Callback step upstream, before the release is recorded.
 pub(crate) const FORCE_AFTER_RELEASE: &str = "force::after_release";
 

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     domain::{ExecutionArn, ExecutionSnapshot},
+    hooks,
     jitter::jittered,
     store::{
         StoreError,
@@ -215,6 +216,7 @@ impl Feed {
         // The holder gives the lease up, so that a replica with watchers takes over at once
         // (after a terminal snapshot, nobody needs to: the row keeps it).
         if finished && self.role.get() == Role::Holder {
+            hooks::pause(hooks::WATCH_BEFORE_RELEASE).await;
             let _ = tokio::time::timeout(
                 self.bound,
                 self.fleet.release(self.arn.as_str(), &self.owner),
@@ -322,6 +324,8 @@ impl Feed {
             loop {
                 tokio::select! {
                     done = &mut reading => break done,
+                    // Reading changes nothing: a shutdown does not wait for it.
+                    () = self.watcher.stopping.cancelled() => break Read::Ended,
                     () = tokio::time::sleep(self.lease / 3), if holder => {
                         let _ = tokio::time::timeout(
                             self.bound,

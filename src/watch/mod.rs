@@ -452,9 +452,11 @@ impl Watcher {
         let mut idle_since = None;
         let stopping = self.stopping.clone();
         'poll: loop {
-            let read = self
-                .read(&arn, &poller, &mut last_digest, &mut delay, true)
-                .await;
+            // Reading changes nothing: a shutdown does not wait for it.
+            let read = tokio::select! {
+                read = self.read(&arn, &poller, &mut last_digest, &mut delay, true) => read,
+                () = stopping.cancelled() => break,
+            };
             // An event does not hurry a poller that backs off from a failing SageMaker.
             let backing_off = matches!(read, Read::Failed);
             match read {

@@ -517,3 +517,18 @@ pub fn token_file(entries: &[(&str, &str)]) -> String {
         })
         .collect()
 }
+
+/// Scrapes `app` every 50 ms until `holds` is true of its metrics, failing with `what` after
+/// `within`.
+pub async fn until_scraped(
+    app: &TestApp,
+    within: Duration,
+    what: &str,
+    holds: impl Fn(&Metrics) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !holds(&app.scrape().await) {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

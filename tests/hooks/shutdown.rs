@@ -1,5 +1,7 @@
 //! Graceful shutdown of a server in this process: calls in flight finish, health turns
-//! NOT_SERVING, streams that never end are cut off after the grace period, and the server exits.
+//! NOT_SERVING, streams that never end are cut off after the grace period, a watch still waiting
+//! for its first snapshot ends at once, pollers give their leases up before the store closes,
+//! and the server exits.
 //!
 //! These tests configure process-wide hooks, so each holds a `FailScenario` (a global lock)
 //! and they run one at a time; they live in their own test binary so no other test sees them.
@@ -7,8 +9,12 @@
 
 use std::time::Duration;
 
-use crate::common::{Backend, TestApp, TestDb, test_args};
+use crate::common::{
+    Admin, Backend, TestApp, TestDb, create_pipeline, sagemaker_client, spawn_emulator, stack_args,
+    start_execution, test_args, until_scraped, wait_for_status,
+};
 use pipeline_control::pb;
+use serde_json::json;
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic_health::pb::{
@@ -17,6 +23,7 @@ use tonic_health::pb::{
 
 const ENTERED: &str = "grpc::handler_entered";
 const PAUSE: &str = "grpc::handler_pause";
+const RELEASE: &str = "watch::before_release";
 
 #[tokio::test]
 async fn shutdown_lets_a_call_in_flight_finish_then_exits() {
@@ -87,5 +94,145 @@ async fn shutdown_reports_not_serving_and_cuts_off_endless_streams_after_the_gra
         .await
         .expect("the stream ends with the server");
     assert!(!matches!(after, Ok(Some(_))), "{after:?}");
+    scenario.teardown();
+}
+
+/// A running execution (a Training step that takes a day unless stopped).
+async fn running(sagemaker: &aws_sdk_sagemaker::Client) -> String {
+    let pipeline = create_pipeline(
+        sagemaker,
+        json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 86400}}}]),
+    )
+    .await;
+    let arn = start_execution(sagemaker, &pipeline).await;
+    wait_for_status(sagemaker, &arn, "Executing").await;
+    arn
+}
+
+async fn watch(app: &TestApp, arn: &str) -> tonic::Streaming<pb::WatchExecutionResponse> {
+    let mut client = pb::pipeline_control_client::PipelineControlClient::new(app.channel().await);
+    let mut stream = client
+        .watch_execution(pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("a first snapshot in time")
+        .unwrap();
+    assert!(first.is_some());
+    stream
+}
+
+fn role(metrics: &crate::common::Metrics, role: &str) -> f64 {
+    metrics.value("pipeline_control_watch_pollers", &[("role", role)])
+}
+
+/// A replica that shuts down gives up the leases its pollers hold before its store closes, so
+/// another replica with watchers takes over at once. The release is made late on purpose
+/// (a second): a replica that closed its store first would leave the lease to run out (ten
+/// minutes here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holding_replica_shutting_down_gives_its_lease_up_before_its_store_closes() {
+    let scenario = fail::FailScenario::setup();
+    fail::cfg(RELEASE, "return(1000)").unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let sagemaker = sagemaker_client(&emulator.endpoint_url, 1);
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let mut args = stack_args(&db, &emulator.endpoint_url);
+        args.poll_interval = Duration::from_millis(250);
+        args.watch_lease = Duration::from_secs(600);
+        args.heartbeat_interval = Duration::from_secs(3600);
+        apps.push(TestApp::spawn(args).await);
+    }
+    let arn = running(&sagemaker).await;
+    let _a_stream = watch(&apps[0], &arn).await;
+    until_scraped(&apps[0], Duration::from_secs(20), "A never held", |m| {
+        role(m, "holder") == 1.0
+    })
+    .await;
+    let b_stream = watch(&apps[1], &arn).await;
+    assert_eq!(role(&apps[1].scrape().await, "follower"), 1.0);
+
+    let mut a = apps.remove(0);
+    a.begin_shutdown();
+    a.shutdown().await.unwrap();
+    let b = apps.remove(0);
+    until_scraped(&b, Duration::from_secs(20), "B never took over", |m| {
+        role(m, "holder") == 1.0
+    })
+    .await;
+    fail::cfg(RELEASE, "off").unwrap();
+    let mut client = pb::pipeline_control_client::PipelineControlClient::new(b.channel().await);
+    client
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stream = b_stream;
+    let mut last = pb::ExecutionStatus::Unspecified;
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("the stream ends within a minute")
+        .unwrap()
+    {
+        if let Some(pb::watch_execution_response::Event::Execution(execution)) = message.event {
+            last = execution.status();
+        }
+    }
+    assert_eq!(last, pb::ExecutionStatus::Stopped);
+    scenario.teardown();
+}
+
+/// A WatchExecution still waiting for its first snapshot (SageMaker answers slowly) ends as
+/// shutdown starts, with UNAVAILABLE, rather than holding the drain until the grace runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_waiting_for_its_first_snapshot_ends_when_shutdown_starts() {
+    let scenario = fail::FailScenario::setup();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let sagemaker = sagemaker_client(&emulator.endpoint_url, 1);
+    let arn = running(&sagemaker).await;
+    Admin::new(&emulator.endpoint_url)
+        .set_fault("DescribePipelineExecution", json!({"latencyMs": 600_000}))
+        .await;
+    let mut args = stack_args(&db, &emulator.endpoint_url);
+    args.shutdown_grace = Duration::from_secs(600);
+    let mut app = TestApp::spawn(args).await;
+    let mut client = pb::pipeline_control_client::PipelineControlClient::new(app.channel().await);
+    let (entered_tx, mut entered) = mpsc::unbounded_channel();
+    fail::cfg_callback(ENTERED, move || {
+        let _ = entered_tx.send(());
+    })
+    .unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .watch_execution(pb::WatchExecutionRequest {
+                pipeline_execution_arn: arn,
+            })
+            .await
+    });
+    entered.recv().await.expect("the call reaches its handler");
+    fail::cfg(ENTERED, "off").unwrap();
+
+    app.begin_shutdown();
+    // Long before the grace (ten minutes) or SageMaker's answer (as long).
+    let answer = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the watch ends when shutdown starts")
+        .unwrap();
+    let status = answer.map(|_| ()).unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    tokio::time::timeout(Duration::from_secs(60), app.shutdown())
+        .await
+        .expect("the server stops")
+        .unwrap();
     scenario.teardown();
 }

@@ -18,7 +18,8 @@ use crate::{
     common::{
         Admin, Backend, Metrics, TestApp, TestDb, create_pipeline,
         proxy::{Proxy, Target},
-        sagemaker_client, spawn_emulator, stack_args, start_execution, wait_for_status,
+        sagemaker_client, spawn_emulator, stack_args, start_execution, until_scraped,
+        wait_for_status,
     },
 };
 
@@ -589,21 +590,6 @@ async fn polling_returns_to_the_poll_interval_while_an_events_queue_fails() {
 
 fn flowing(metrics: &Metrics) -> f64 {
     metrics.value("pipeline_control_events_flowing", &[])
-}
-
-/// Scrapes `app` every 50 ms until `holds` is true of its metrics, failing with `what` after
-/// `within`.
-async fn until_scraped(
-    app: &TestApp,
-    within: Duration,
-    what: &str,
-    holds: impl Fn(&Metrics) -> bool,
-) {
-    let deadline = Instant::now() + within;
-    while !holds(&app.scrape().await) {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
