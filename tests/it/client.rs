@@ -512,9 +512,31 @@ async fn on_a_terminal_the_live_view_redraws_in_place_and_ends_on_the_stopped_sc
             answer(&sagemaker, &token).await;
         }
     });
+    // What the screen shows while the Callback step holds the stop. A redraw arrives in
+    // chunks: only a screen that holds all of it counts (with a token of its full length),
+    // never the first one on which the token appears.
+    let held_block = [
+        "What keeps it Stopping:",
+        "Approve (Callback) waits for SendPipelineExecutionStepSuccess",
+        "answer it with  aws sagemaker send-pipeline-execution-step-failure",
+        "Status     Stopping",
+        "Stopping  00:00:",
+    ];
+    let complete = |screen: &str| {
+        held_block.iter().all(|line| screen.contains(line))
+            && screen.find("callback token  ").is_some_and(|at| {
+                screen[at + 16..]
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|token| token.len() == 10)
+            })
+    };
     let mut sent = false;
     let (code, last) = under_a_terminal(&stack.app.url(), &["stop", &arn, "--wait"], |screen| {
-        if !sent && let Some(at) = screen.find("callback token  ") {
+        if !sent
+            && complete(screen)
+            && let Some(at) = screen.find("callback token  ")
+        {
             let token = screen[at + 16..]
                 .split_whitespace()
                 .next()
@@ -529,13 +551,14 @@ async fn on_a_terminal_the_live_view_redraws_in_place_and_ends_on_the_stopped_sc
     answering.await.unwrap();
     assert_eq!(code, Some(0), "{last}");
     // While the Callback step held the stop, the screen said so, with the command that
-    // answers it, the execution's status and the elapsed time.
-    let held = screens.first().expect("a screen showed the callback token");
-    assert!(held.contains("What keeps it Stopping:"), "{held}");
-    assert!(held.contains("Approve (Callback) waits for SendPipelineExecutionStepSuccess"));
-    assert!(held.contains("answer it with  aws sagemaker send-pipeline-execution-step-failure"));
-    assert!(held.contains("Status     Stopping"), "{held}");
-    assert!(held.contains("Stopping  00:00:"), "{held}");
+    // answers it, the execution's status and the elapsed time (the callback was answered only
+    // once a screen showed all of that: without such a screen, the stop never ends).
+    let held = screens
+        .first()
+        .expect("a screen showed the whole block of what keeps it Stopping");
+    for line in held_block {
+        assert!(held.contains(line), "{line:?} missing from:\n{held}");
+    }
     // The last screen: the stop's answer once, the final snapshot once, nothing left of the
     // live view (a redraw in place leaves no copies behind).
     assert!(last.contains(&format!("Stop requested: {arn}")), "{last}");
