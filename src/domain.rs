@@ -8,6 +8,8 @@ use std::{
     sync::{LazyLock, Mutex},
 };
 
+use crate::holding;
+
 /// A field that failed validation: which, and why (for a BadRequest field violation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FieldViolation {
@@ -105,9 +107,6 @@ impl ExecutionArn {
         self.field(4)
     }
 }
-
-/// The longest a Lambda step can run, in seconds (SageMaker's limit on its timeout).
-pub(crate) const LAMBDA_STEP_TIMEOUT_MAX: i64 = 600;
 
 /// A SageMaker pipeline ARN: `arn:aws:sagemaker:REGION:ACCOUNT:pipeline/NAME`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -776,33 +775,11 @@ impl ExecutionSnapshot {
             return String::new();
         }
         match &step.detail {
-            StepDetail::Callback { token, queue_url } => format!(
-                "Callback step waits for SendPipelineExecutionStepSuccess or SendPipelineExecutionStepFailure with callback token {token} (its messages go to {queue_url}); the execution stays Stopping until one is sent"
-            ),
+            StepDetail::Callback { token, queue_url } => {
+                holding::callback(&step.name, token, queue_url)
+            }
             StepDetail::Lambda { function_arn } => {
-                let started = step
-                    .start_time
-                    .map(|t| {
-                        format!(
-                            " started at {}",
-                            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        )
-                    })
-                    .unwrap_or_default();
-                // A Lambda step's timeout is at most 10 minutes: the latest it can end.
-                let ends = step
-                    .start_time
-                    .map(|t| {
-                        format!(
-                            ", at the latest by {} (its start plus SageMaker's longest Lambda step timeout, 10 minutes)",
-                            (t + chrono::Duration::seconds(LAMBDA_STEP_TIMEOUT_MAX))
-                                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        )
-                    })
-                    .unwrap_or_default();
-                format!(
-                    "Lambda step cannot be interrupted, nor forced: the pipeline waits for function {function_arn}{started} to finish (then Stopped) or to time out (then Failed){ends}"
-                )
+                holding::lambda(&step.name, function_arn, step.start_time)
             }
             _ => String::new(),
         }

@@ -75,6 +75,7 @@ mod events;
 mod files;
 pub mod grpc;
 mod history;
+mod holding;
 mod hooks;
 mod jitter;
 mod metrics;

@@ -23,12 +23,11 @@ use tokio::{sync::Notify, time::Instant};
 use crate::{
     audit::AuditLog,
     domain::{
-        ClientToken, ExecutionArn, ExecutionStatus, LAMBDA_STEP_TIMEOUT_MAX, Principal, Reason,
-        StepDetail, StepSnapshot, StopOutcome,
+        ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StepDetail, StopOutcome,
     },
     error::Error,
     estate::Estate,
-    hooks,
+    holding, hooks,
     jitter::jittered,
     metrics::Metrics,
     sagemaker::{SageMaker, StepAnswer, StopResult, UpstreamError},
@@ -172,24 +171,6 @@ pub(crate) fn digest(parts: &[&str]) -> String {
         hasher.update(part.as_bytes());
     }
     hex::encode(hasher.finalize())
-}
-
-/// Why a running Lambda step cannot be forced, with the latest time it can end.
-fn lambda_note(step: &StepSnapshot, function_arn: &str) -> String {
-    let by = step
-        .start_time
-        .map(|t| {
-            format!(
-                ", at the latest by {}",
-                (t + chrono::Duration::seconds(LAMBDA_STEP_TIMEOUT_MAX))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        "Lambda step {} cannot be forced: function {function_arn} runs until it finishes (then Stopped) or times out (then Failed){by}",
-        step.name
-    )
 }
 
 /// What a forced stop tells a Callback step: `stopped by pipeline-control: <reason>`, cut to
@@ -407,7 +388,9 @@ impl Stopper {
             .iter()
             .filter(|step| step.status.is_running())
             .filter_map(|step| match &step.detail {
-                StepDetail::Lambda { function_arn } => Some(lambda_note(step, function_arn)),
+                StepDetail::Lambda { function_arn } => {
+                    Some(holding::lambda(&step.name, function_arn, step.start_time))
+                }
                 _ => None,
             })
             .collect();
@@ -564,7 +547,7 @@ impl Stopper {
                             }
                         }
                         StepDetail::Lambda { function_arn } => {
-                            notes.push(lambda_note(step, function_arn));
+                            notes.push(holding::lambda(&step.name, function_arn, step.start_time));
                         }
                         _ => {}
                     }

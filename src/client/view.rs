@@ -18,7 +18,7 @@ use unicode_width::UnicodeWidthStr as _;
 
 use super::{Output, json};
 use crate::{
-    domain::LAMBDA_STEP_TIMEOUT_MAX,
+    holding,
     pb::{self, step::Metadata},
 };
 
@@ -350,10 +350,7 @@ pub(crate) fn render(execution: &pb::Execution, now: DateTime<Utc>) -> Vec<Strin
 fn blocking_block(execution: &pb::Execution, step: &pb::Step, now: DateTime<Utc>) -> Vec<String> {
     match &step.metadata {
         Some(Metadata::Callback(callback)) => vec![
-            format!(
-                "  {} (Callback) waits for SendPipelineExecutionStepSuccess or SendPipelineExecutionStepFailure",
-                step.name
-            ),
+            format!("  {} (Callback) {}", step.name, holding::CALLBACK_WAITS),
             format!("    callback token  {}", callback.callback_token),
             format!("    queue           {}", callback.sqs_queue_url),
             format!(
@@ -368,16 +365,18 @@ fn blocking_block(execution: &pb::Execution, step: &pb::Step, now: DateTime<Utc>
         Some(Metadata::Lambda(lambda)) => {
             let mut lines = vec![
                 format!(
-                    "  {} (Lambda) cannot be interrupted: it runs until its function finishes (then Stopped) or times out (then Failed)",
-                    step.name
+                    "  {} (Lambda) {}: the pipeline waits for its function {}",
+                    step.name,
+                    holding::LAMBDA_CANNOT,
+                    holding::LAMBDA_ENDS
                 ),
                 format!("    function        {}", lambda.function_arn),
             ];
-            if let Some(latest) = lambda_latest_end(step) {
+            if let Some(latest) = started(step).map(holding::lambda_latest_end) {
                 let left = (latest - now).to_std().map(|d| d.as_secs()).unwrap_or(0);
                 lines.push(format!(
                     "    ends at latest  {} (in {}; SageMaker's longest Lambda step timeout is 10 minutes)",
-                    latest.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    holding::when(latest),
                     span_text(left)
                 ));
             }
@@ -391,23 +390,17 @@ fn blocking_block(execution: &pb::Execution, step: &pb::Step, now: DateTime<Utc>
 fn blocking_line(execution: &pb::Execution, step: &pb::Step) -> String {
     match &step.metadata {
         Some(Metadata::Callback(callback)) => format!(
-            "{} (Callback) waits for SendPipelineExecutionStepSuccess or SendPipelineExecutionStepFailure: callback token {}, queue {}; answer it with: {}",
-            step.name,
-            callback.callback_token,
-            callback.sqs_queue_url,
+            "{}; answer it with: {}",
+            holding::callback(
+                &step.name,
+                &callback.callback_token,
+                &callback.sqs_queue_url
+            ),
             answer_command(execution, callback)
         ),
-        Some(Metadata::Lambda(lambda)) => format!(
-            "{} (Lambda) cannot be interrupted: function {} runs until it finishes or times out{}",
-            step.name,
-            lambda.function_arn,
-            lambda_latest_end(step)
-                .map(|t| format!(
-                    ", at the latest by {}",
-                    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-                ))
-                .unwrap_or_default()
-        ),
+        Some(Metadata::Lambda(lambda)) => {
+            holding::lambda(&step.name, &lambda.function_arn, started(step))
+        }
         _ => format!("{}: {}", step.name, step.blocking_reason),
     }
 }
@@ -427,9 +420,9 @@ fn answer_command(execution: &pb::Execution, callback: &pb::CallbackMetadata) ->
     )
 }
 
-/// The latest a running Lambda step can end: its start plus SageMaker's longest timeout.
-fn lambda_latest_end(step: &pb::Step) -> Option<DateTime<Utc>> {
-    Some(to_chrono(step.start_time.as_ref()?)? + chrono::Duration::seconds(LAMBDA_STEP_TIMEOUT_MAX))
+/// When a step started.
+fn started(step: &pb::Step) -> Option<DateTime<Utc>> {
+    to_chrono(step.start_time.as_ref()?)
 }
 
 /// Steps as they started, the oldest first (SageMaker lists the newest first).
@@ -607,10 +600,10 @@ mod tests {
         assert_eq!(first[0], "execution train/execution/abc Stopping");
         assert_eq!(first[1], "step Approve (Callback) Executing");
         assert_eq!(first[2], "step Score (Lambda) Executing");
-        assert!(first[3].starts_with("blocked: Approve (Callback) waits for SendPipelineExecutionStepSuccess or SendPipelineExecutionStepFailure: callback token tok123, queue https://sqs.eu-west-1.amazonaws.com/123456789012/q; answer it with: aws sagemaker send-pipeline-execution-step-failure --region eu-west-1 --callback-token tok123"), "{}", first[3]);
+        assert!(first[3].starts_with("blocked: Approve (Callback) waits for SendPipelineExecutionStepSuccess or SendPipelineExecutionStepFailure with callback token tok123 (its messages go to https://sqs.eu-west-1.amazonaws.com/123456789012/q); the execution stays Stopping until one is sent; answer it with: aws sagemaker send-pipeline-execution-step-failure --region eu-west-1 --callback-token tok123"), "{}", first[3]);
         assert_eq!(
             first[4],
-            "blocked: Score (Lambda) cannot be interrupted: function arn:aws:lambda:eu-west-1:123456789012:function:score runs until it finishes or times out, at the latest by 2026-12-01T08:11:00Z"
+            "blocked: Score (Lambda) cannot be interrupted, nor forced: the pipeline waits for function arn:aws:lambda:eu-west-1:123456789012:function:score started at 2026-12-01T08:01:00Z to finish (then Stopped) or to time out (then Failed), at the latest by 2026-12-01T08:11:00Z (its start plus SageMaker's longest Lambda step timeout, 10 minutes)"
         );
         assert!(lines.changes(&execution).is_empty());
 

@@ -224,7 +224,7 @@ async fn a_lambda_step_is_explained_not_forced(backend: Backend) {
     assert!(
         answer
             .force_note
-            .contains("Lambda step Score cannot be forced")
+            .contains("Score (Lambda) cannot be interrupted, nor forced")
             && answer.force_note.contains("at the latest by"),
         "{}",
         answer.force_note
@@ -234,7 +234,7 @@ async fn a_lambda_step_is_explained_not_forced(backend: Backend) {
     assert!(
         record
             .force_note
-            .contains("Lambda step Score cannot be forced")
+            .contains("Score (Lambda) cannot be interrupted, nor forced")
             && record.force_note.contains("at the latest by"),
         "{}",
         record.force_note
