@@ -1187,8 +1187,10 @@ async fn main() {
     let database_url = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench sets it)");
     let concurrency = env_or("BENCH_CONCURRENCY", 16) as usize;
     let seconds = Duration::from_secs(env_or("BENCH_SECONDS", 8));
-    // BENCH_ONLY=fleet runs the fleet scenario alone.
+    // BENCH_ONLY=fleet runs the fleet scenario alone; BENCH_ONLY=stop the StopExecution table
+    // alone (with its baseline, and the CPU per call).
     let only_fleet = std::env::var("BENCH_ONLY").is_ok_and(|only| only == "fleet");
+    let only_stop = std::env::var("BENCH_ONLY").is_ok_and(|only| only == "stop");
     if only_fleet {
         print_fleet(&fleet_scenario(&binary, &database_url).await);
         return;
@@ -1425,29 +1427,42 @@ async fn main() {
         None
     };
 
-    // Watching: N streams on one execution.
-    let mut watch_rows = Vec::new();
-    for streams in [1_000usize, 10_000] {
-        watch_rows.push(watch_scenario(&url, &emulator, server.id(), streams).await);
-    }
+    // Watching, the estate, an incident, telemetry and the fleet (not with BENCH_ONLY=stop).
+    let rest = if only_stop {
+        None
+    } else {
+        // Watching: N streams on one execution.
+        let mut watch_rows = Vec::new();
+        for streams in [1_000usize, 10_000] {
+            watch_rows.push(watch_scenario(&url, &emulator, server.id(), streams).await);
+        }
 
-    // The estate: 100 accounts x 3 regions, on a server of its own.
-    let (estate_phases, estate_memory) = estate_scenario(
-        &binary,
-        &database_url,
-        &emulator,
-        emulator_pid,
-        100,
-        &["us-east-1", "eu-west-1", "ap-southeast-2"],
-        concurrency,
-        seconds,
-    )
-    .await;
+        // The estate: 100 accounts x 3 regions, on a server of its own.
+        let (estate_phases, estate_memory) = estate_scenario(
+            &binary,
+            &database_url,
+            &emulator,
+            emulator_pid,
+            100,
+            &["us-east-1", "eu-west-1", "ap-southeast-2"],
+            concurrency,
+            seconds,
+        )
+        .await;
 
-    let incident = batch_scenario(&url, &emulator, 500).await;
-    let telemetry =
-        telemetry_scenario(&binary, &database_url, &emulator, concurrency, seconds).await;
-    let fleet = fleet_scenario(&binary, &database_url).await;
+        let incident = batch_scenario(&url, &emulator, 500).await;
+        let telemetry =
+            telemetry_scenario(&binary, &database_url, &emulator, concurrency, seconds).await;
+        let fleet = fleet_scenario(&binary, &database_url).await;
+        Some((
+            watch_rows,
+            estate_phases,
+            estate_memory,
+            incident,
+            telemetry,
+            fleet,
+        ))
+    };
 
     for child in [&mut server, &mut emulator_process] {
         let _ = Command::new("kill")
@@ -1467,7 +1482,9 @@ async fn main() {
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let mut phases = vec![&baseline, &first_calls, &replays, &database, &sdk_alone];
     phases.extend(unflushed.as_ref());
-    phases.extend(&estate_phases);
+    if let Some((_, estate_phases, ..)) = &rest {
+        phases.extend(estate_phases);
+    }
     for phase in phases {
         println!(
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.0} % |",
@@ -1485,28 +1502,30 @@ async fn main() {
         commits as f64 / done.max(1) as f64,
         100.0 * first_calls.rate() / database.rate()
     );
-    println!();
-    println!(
-        "| watch streams on one execution | upstream calls per poll interval (1 stream → N) | server memory per stream | change reaches streams, p50 / p99 / max |"
-    );
-    println!("| ---: | ---: | ---: | ---: |");
-    for row in &watch_rows {
-        println!("{row}");
+    if let Some((watch_rows, estate_phases, estate_memory, incident, telemetry, fleet)) = &rest {
+        println!();
+        println!(
+            "| watch streams on one execution | upstream calls per poll interval (1 stream → N) | server memory per stream | change reaches streams, p50 / p99 / max |"
+        );
+        println!("| ---: | ---: | ---: | ---: |");
+        for row in watch_rows {
+            println!("{row}");
+        }
+        println!();
+        println!("{estate_memory}");
+        println!(
+            "estate: later calls across 300 (account, region) run at {:.0} % of one account's rate; a first call to a new one costs {:.2} ms at p50 against {:.2} ms",
+            100.0 * estate_phases[2].rate() / estate_phases[0].rate(),
+            estate_phases[1].percentile(0.50).as_secs_f64() * 1000.0,
+            estate_phases[0].percentile(0.50).as_secs_f64() * 1000.0
+        );
+        println!();
+        print!("{incident}");
+        println!();
+        print!("{telemetry}");
+        println!();
+        print_fleet(fleet);
     }
-    println!();
-    println!("{estate_memory}");
-    println!(
-        "estate: later calls across 300 (account, region) run at {:.0} % of one account's rate; a first call to a new one costs {:.2} ms at p50 against {:.2} ms",
-        100.0 * estate_phases[2].rate() / estate_phases[0].rate(),
-        estate_phases[1].percentile(0.50).as_secs_f64() * 1000.0,
-        estate_phases[0].percentile(0.50).as_secs_f64() * 1000.0
-    );
-    println!();
-    print!("{incident}");
-    println!();
-    print!("{telemetry}");
-    println!();
-    print_fleet(&fleet);
     println!();
     println!("CPU per first call: {first_cpu}");
     println!(
