@@ -37,7 +37,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     auth::{Auth, AuthSettings},
-    background::{self, Background, HealthChecker, Intervals},
+    background::{self, Background, HealthChecker, Intervals, Retention},
+    batch::Records,
     config::{SecurityArgs, ServeArgs},
     demo,
     estate::{Estate, EstateSettings},
@@ -212,7 +213,6 @@ impl Application {
             StopSettings {
                 lease: args.lease,
                 retention: args.idempotency_retention,
-                audit_retention: args.audit_retention,
                 duplicate_wait: args.duplicate_wait,
             },
             worker_id(),
@@ -243,6 +243,10 @@ impl Application {
         );
         let service = PipelineControlService::new(
             stopper.clone(),
+            Records {
+                store: store.clone(),
+                retention: args.idempotency_retention,
+            },
             estate.clone(),
             watcher.clone(),
             auth.clone(),
@@ -312,6 +316,10 @@ impl Application {
             background: Background {
                 health: checker,
                 stopper: stopper.clone(),
+                store: store.clone(),
+                retention: Retention {
+                    audit: args.audit_retention,
+                },
                 auth,
                 estate: estate.clone(),
                 hangup,
@@ -402,6 +410,7 @@ impl Application {
             }
             None => (None, None),
         };
+        stopper.start();
         watcher.start();
         events::start(
             queues, &push, &estate, &watcher, &metrics, &draining, &tasks,

@@ -29,35 +29,49 @@ const BATCH: usize = 2_000;
 /// How long an event waits for company before its batch is written.
 const LINGER: Duration = Duration::from_millis(100);
 
+/// What the writer works on, before it starts.
+type Unstarted = (Arc<dyn Store>, mpsc::Receiver<AuditEvent>);
+
 /// The queue's sending side.
 #[derive(Debug)]
 pub(crate) struct AuditLog {
     tx: mpsc::Sender<AuditEvent>,
     dropped: Arc<AtomicU64>,
     stop: CancellationToken,
+    /// Until the writer starts: what it needs (it takes them).
+    waiting: std::sync::Mutex<Option<Unstarted>>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
 
 impl AuditLog {
-    /// Starts the writer task.
-    pub(crate) fn start(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+    /// The queue; events wait in it until [`AuditLog::start`].
+    pub(crate) fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let stop = CancellationToken::new();
-        let dropped = Arc::new(AtomicU64::new(0));
+        Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            stop: CancellationToken::new(),
+            waiting: std::sync::Mutex::new(Some((store, rx))),
+            writer: std::sync::Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// Starts the writer task (once; [`AuditLog::flush_and_stop`] waits for it).
+    pub(crate) fn start(&self) {
+        let Some((store, rx)) = self.waiting.lock().ok().and_then(|mut w| w.take()) else {
+            return;
+        };
         let writer = tokio::spawn(write(
             store,
             rx,
-            stop.clone(),
-            dropped.clone(),
-            metrics.clone(),
+            self.stop.clone(),
+            self.dropped.clone(),
+            self.metrics.clone(),
         ));
-        Self {
-            tx,
-            dropped,
-            stop,
-            writer: std::sync::Mutex::new(Some(writer)),
-            metrics,
+        if let Ok(mut slot) = self.writer.lock() {
+            *slot = Some(writer);
         }
     }
 

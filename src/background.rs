@@ -16,7 +16,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{auth::Auth, estate::Estate, metrics::Metrics, stop::Stopper, store::Store};
+use crate::{
+    auth::Auth, error::Error, estate::Estate, metrics::Metrics, stop::Stopper, store::Store,
+};
 
 /// The gRPC service name health reports on, besides the whole server ("").
 pub(crate) const SERVICE_NAME: &str = "pipelinecontrol.v1.PipelineControl";
@@ -35,11 +37,19 @@ pub(crate) struct Intervals {
     pub(crate) retention: Duration,
 }
 
+/// How long audit rows are kept (`--audit-retention`); stop requests carry their own expiry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    pub(crate) audit: Duration,
+}
+
 /// What the background tasks work on, gathered before serving.
 #[derive(Debug)]
 pub(crate) struct Background {
     pub(crate) health: HealthChecker,
     pub(crate) stopper: Arc<Stopper>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) retention: Retention,
     pub(crate) auth: Arc<Auth>,
     pub(crate) estate: Arc<Estate>,
     /// SIGHUP, listened for from the start (its default action would end the process).
@@ -60,6 +70,8 @@ impl Background {
         let Self {
             health,
             stopper,
+            store,
+            retention,
             auth,
             estate,
             hangup,
@@ -67,7 +79,13 @@ impl Background {
         } = self;
         let mut tasks = JoinSet::new();
         tasks.spawn(health.run(intervals.health_check, token.clone()));
-        tasks.spawn(maintain(stopper, intervals, token.clone()));
+        tasks.spawn(maintain(
+            stopper,
+            store,
+            retention,
+            intervals,
+            token.clone(),
+        ));
         tasks.spawn(reload_on_hangup(auth, estate, hangup, token.clone()));
         Running { tasks, token }
     }
@@ -89,7 +107,13 @@ impl Running {
 /// retention sweeper, each on its own interval (the first round at once), on one task: their statements never compete with each other for connections. A
 /// round in progress runs to its end (a stop the completer carries out is finished and
 /// recorded, not left to its lease).
-async fn maintain(stopper: Arc<Stopper>, intervals: Intervals, token: CancellationToken) {
+async fn maintain(
+    stopper: Arc<Stopper>,
+    store: Arc<dyn Store>,
+    retention: Retention,
+    intervals: Intervals,
+    token: CancellationToken,
+) {
     let mut completer = tokio::time::interval(intervals.completer);
     let mut sweeper = tokio::time::interval(intervals.retention);
     completer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -102,7 +126,7 @@ async fn maintain(stopper: Arc<Stopper>, intervals: Intervals, token: Cancellati
                 complete_abandoned(&stopper).await;
                 force_due(&stopper).await;
             }
-            _ = sweeper.tick() => delete_expired(&stopper).await,
+            _ = sweeper.tick() => delete_expired(store.as_ref(), retention).await,
         }
     }
 }
@@ -125,13 +149,15 @@ async fn force_due(stopper: &Stopper) {
 }
 
 /// Expired stop requests, then audit rows past their retention, each in bounded batches.
-async fn delete_expired(stopper: &Stopper) {
-    in_batches("expired stop requests", || {
-        stopper.delete_expired(RETENTION_BATCH)
+async fn delete_expired(store: &dyn Store, retention: Retention) {
+    in_batches("expired stop requests", || async {
+        Ok(store.delete_expired(RETENTION_BATCH).await?)
     })
     .await;
-    in_batches("audit rows past their retention", || {
-        stopper.delete_old_audit(RETENTION_BATCH)
+    in_batches("audit rows past their retention", || async {
+        Ok(store
+            .delete_old_audit(retention.audit, RETENTION_BATCH)
+            .await?)
     })
     .await;
 }
@@ -141,7 +167,7 @@ async fn delete_expired(stopper: &Stopper) {
 async fn in_batches<F, Fut>(what: &str, mut delete: F)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<u64, crate::error::Error>>,
+    Fut: Future<Output = Result<u64, Error>>,
 {
     loop {
         match delete().await {

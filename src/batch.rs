@@ -14,6 +14,7 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use futures_util::{StreamExt as _, stream};
@@ -25,7 +26,7 @@ use crate::{
     estate::Estate,
     rate::StopRate,
     stop::{Answer, StopInput, Stopper, digest},
-    store::{Completion, NewBatch, RequestKey},
+    store::{Completion, NewBatch, RequestKey, Store},
 };
 
 /// Upstream stops of one batch running at once.
@@ -137,10 +138,18 @@ impl Summary {
     }
 }
 
+/// Where batches are recorded, and for how long (as long as stop requests).
+#[derive(Debug, Clone)]
+pub(crate) struct Records {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) retention: Duration,
+}
+
 /// Selects a batch's executions (recording the selection unless it is a dry run) and returns
 /// the stream of its events; a failure to select is the call's error.
 pub(crate) async fn start(
     stopper: Arc<Stopper>,
+    records: &Records,
     estate: &Estate,
     rate: Arc<StopRate>,
     caller: Caller,
@@ -158,7 +167,7 @@ pub(crate) async fn start(
     // A batch retried works on what its first attempt selected, without asking SageMaker
     // again (it may be throttling, or the executions have moved on since).
     if !input.dry_run
-        && let Some(stored) = stopper.batch(&key).await?
+        && let Some(stored) = records.store.batch(&key).await?
     {
         if stored.fingerprint != fingerprint {
             return Err(Error::IdempotencyKeyReused);
@@ -193,14 +202,18 @@ pub(crate) async fn start(
             replayed: false,
         }
     } else {
-        let stored = stopper
-            .claim_batch(&NewBatch {
-                key,
-                fingerprint: fingerprint.clone(),
-                pipeline_arn: pipeline.as_str().to_string(),
-                selected: arns,
-                truncated,
-            })
+        let stored = records
+            .store
+            .claim_batch(
+                &NewBatch {
+                    key,
+                    fingerprint: fingerprint.clone(),
+                    pipeline_arn: pipeline.as_str().to_string(),
+                    selected: arns,
+                    truncated,
+                },
+                records.retention,
+            )
             .await?;
         if stored.fingerprint != fingerprint {
             return Err(Error::IdempotencyKeyReused);
@@ -299,5 +312,5 @@ async fn stop_one(
         reason: input.reason.clone(),
         force_after: input.force_after,
     };
-    Some(stopper.stop(&stop, None).await)
+    Some(stopper.stop_in_batch(&stop, None).await)
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tonic::metadata::MetadataMap;
 
-use crate::pb;
 use crate::{
     domain::{ExecutionSnapshot, ExecutionStatus, StepDetail, StepStatus, StopOutcome},
+    pb,
+    stop::Answer,
     store::{Completion, RecordState, Release, StopRecord},
     watch::{WatchEvent, WatchEventKind},
 };
@@ -112,17 +113,22 @@ pub(crate) fn stop_outcome(outcome: Option<StopOutcome>) -> pb::StopOutcome {
     }
 }
 
-pub(crate) fn stop_response(record: &StopRecord, replayed: bool) -> pb::StopExecutionResponse {
+pub(crate) fn stop_response(answer: &Answer) -> pb::StopExecutionResponse {
+    let Answer {
+        record,
+        replayed,
+        force_note,
+    } = answer;
     let completion = record.state.completion();
     pb::StopExecutionResponse {
         pipeline_execution_arn: record.pipeline_execution_arn.clone(),
         client_request_token: record.key.token.clone(),
         outcome: stop_outcome(completion.and_then(Completion::outcome)).into(),
         status: execution_status(completion.and_then(Completion::status)).into(),
-        replayed,
+        replayed: *replayed,
         first_requested_at: Some(timestamp(record.created_at)),
         force_at: record.force_at.map(timestamp),
-        force_note: String::new(),
+        force_note: force_note.clone(),
     }
 }
 

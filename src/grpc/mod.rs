@@ -17,7 +17,7 @@ use futures_util::StreamExt as _;
 
 use crate::{
     auth::{Auth, Caller},
-    batch::{self, BatchEvent, BatchInput},
+    batch::{self, BatchEvent, BatchInput, Records},
     domain::{Action, ClientToken, ExecutionArn, FieldViolation, PipelineArn, Reason},
     error::Error,
     estate::Estate,
@@ -35,6 +35,8 @@ use crate::pb::{self, pipeline_control_server::PipelineControl};
 #[derive(Debug, Clone)]
 pub(crate) struct PipelineControlService {
     stopper: Arc<Stopper>,
+    /// Where stop requests and batches are recorded (history reads it; batches write it).
+    records: Records,
     estate: Arc<Estate>,
     watcher: Arc<Watcher>,
     auth: Arc<Auth>,
@@ -46,6 +48,7 @@ pub(crate) struct PipelineControlService {
 impl PipelineControlService {
     pub(crate) fn new(
         stopper: Arc<Stopper>,
+        records: Records,
         estate: Arc<Estate>,
         watcher: Arc<Watcher>,
         auth: Arc<Auth>,
@@ -54,6 +57,7 @@ impl PipelineControlService {
     ) -> Self {
         Self {
             stopper,
+            records,
             estate,
             watcher,
             auth,
@@ -269,7 +273,9 @@ fn batch_response(event: BatchEvent) -> pb::StopExecutionsResponse {
 /// recorded one for a replayed refusal).
 fn outcome_label(result: &Result<Answer, Error>) -> (&'static str, bool) {
     match result {
-        Ok(Answer { record, replayed }) => match record.state.completion() {
+        Ok(Answer {
+            record, replayed, ..
+        }) => match record.state.completion() {
             Some(Completion::Stopped { outcome, .. }) => (outcome.as_str(), *replayed),
             Some(Completion::Refused { error, status }) => {
                 (Error::recorded(*error, status.as_ref()).reason(), *replayed)
@@ -358,14 +364,16 @@ fn idempotency_metadata(
 
 /// A completed record as StopExecution answers it: the recorded outcome, or the recorded error.
 fn answer(answer: Answer) -> Result<Response<pb::StopExecutionResponse>, Status> {
-    let Answer { record, replayed } = answer;
+    let Answer {
+        record, replayed, ..
+    } = &answer;
     if let Some(Completion::Refused { error, status }) = record.state.completion() {
         let mut status = Status::from(Error::recorded(*error, status.as_ref()));
-        idempotency_metadata(status.metadata_mut(), &record, replayed);
+        idempotency_metadata(status.metadata_mut(), record, *replayed);
         return Err(status);
     }
-    let mut response = Response::new(convert::stop_response(&record, replayed));
-    idempotency_metadata(response.metadata_mut(), &record, replayed);
+    let mut response = Response::new(convert::stop_response(&answer));
+    idempotency_metadata(response.metadata_mut(), &answer.record, answer.replayed);
     Ok(response)
 }
 
@@ -379,14 +387,7 @@ impl PipelineControl for PipelineControlService {
         let result = self.stop(request).await;
         let (outcome, replayed) = outcome_label(&result);
         self.metrics.stop_answered(outcome, replayed);
-        let mut response = self.counted(result.map_err(Status::from).and_then(answer))?;
-        // A forced stop says at once what its deadline cannot force (Lambda steps).
-        if response.get_ref().force_at.is_some()
-            && let Ok(arn) = ExecutionArn::parse(&response.get_ref().pipeline_execution_arn)
-        {
-            response.get_mut().force_note = self.stopper.unforceable(&arn).await;
-        }
-        Ok(response)
+        self.counted(result.map_err(Status::from).and_then(answer))
     }
 
     async fn get_execution(
@@ -449,6 +450,7 @@ impl PipelineControl for PipelineControlService {
             }
             batch::start(
                 self.stopper.clone(),
+                &self.records,
                 &self.estate,
                 self.rate.clone(),
                 caller,
@@ -481,7 +483,7 @@ impl PipelineControl for PipelineControlService {
                 message.page_size,
                 &message.page_token,
             )?;
-            let page = self.stopper.history(&caller, &query).await?;
+            let page = history::list(self.records.store.as_ref(), &caller, &query).await?;
             let mut stop_requests = Vec::with_capacity(page.records.len());
             for record in &page.records {
                 stop_requests.push(convert::stop_request(

@@ -1,5 +1,5 @@
-//! StopExecution and GetStopRequest: the idempotency contract of DESIGN.md, over the store and
-//! the SageMaker module.
+//! StopExecution and GetStopRequest: the idempotency contract, over the store and the SageMaker
+//! module. Forcing a stuck stop (`force_after`) has a file of its own (`force`).
 //!
 //! A request is keyed by (principal, client token) and fingerprinted (method, ARN, reason).
 //! It is claimed in the database (pending, with a lease and a fencing epoch) before anything
@@ -20,20 +20,20 @@ use dashmap::DashMap;
 use sha2::{Digest as _, Sha256};
 use tokio::{sync::Notify, time::Instant};
 
+mod force;
+
 use crate::{
     audit::AuditLog,
-    domain::{
-        ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StepDetail, StopOutcome,
-    },
+    domain::{ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StopOutcome},
     error::Error,
     estate::Estate,
-    holding, hooks,
+    hooks,
     jitter::jittered,
     metrics::Metrics,
-    sagemaker::{SageMaker, StepAnswer, StopResult, UpstreamError},
+    sagemaker::{SageMaker, StopResult, UpstreamError},
     store::{
-        AuditEvent, AuditKind, Completion, NewBatch, NewStopRequest, RecordedError, Release,
-        RequestKey, StopRecord, Store, StoreError, StoredBatch,
+        AuditEvent, AuditKind, Completion, NewStopRequest, RecordedError, Release, RequestKey,
+        StopRecord, Store, StoreError,
     },
 };
 
@@ -68,8 +68,6 @@ pub(crate) struct StopSettings {
     pub(crate) lease: Duration,
     /// How long records are kept (and so how long a token is remembered).
     pub(crate) retention: Duration,
-    /// How long audit rows are kept.
-    pub(crate) audit_retention: Duration,
     /// The longest a duplicate waits for the first attempt's outcome.
     pub(crate) duplicate_wait: Duration,
 }
@@ -132,6 +130,9 @@ impl From<UpstreamError> for Failure {
 pub(crate) struct Answer {
     pub(crate) record: StopRecord,
     pub(crate) replayed: bool,
+    /// For a forced stop: what its deadline will not be able to force (running Lambda steps),
+    /// as things stand when it is answered; empty otherwise.
+    pub(crate) force_note: String,
 }
 
 /// Carries out stop requests.
@@ -171,17 +172,6 @@ pub(crate) fn digest(parts: &[&str]) -> String {
         hasher.update(part.as_bytes());
     }
     hex::encode(hasher.finalize())
-}
-
-/// What a forced stop tells a Callback step: `stopped by pipeline-control: <reason>`, cut to
-/// SageMaker's 256 characters.
-fn failure_reason(reason: &str) -> String {
-    let text = if reason.is_empty() {
-        "stopped by pipeline-control".to_string()
-    } else {
-        format!("stopped by pipeline-control: {reason}")
-    };
-    text.chars().take(256).collect()
 }
 
 /// The request's identity: the same key with another fingerprint is a reused key. Without
@@ -224,7 +214,7 @@ impl Stopper {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            audit: AuditLog::start(store.clone(), metrics.clone()),
+            audit: AuditLog::new(store.clone(), metrics.clone()),
             metrics,
             store,
             estate,
@@ -235,6 +225,11 @@ impl Stopper {
             tasks: TaskTracker::new(),
             batch_stops: Arc::new(tokio::sync::Semaphore::new(BATCH_STOPS_AT_ONCE)),
         }
+    }
+
+    /// Starts writing audit events behind (replays, reused keys).
+    pub(crate) fn start(&self) {
+        self.audit.start();
     }
 
     /// Waits (at most `within`) for the stops still running on their own tasks, then writes
@@ -270,8 +265,28 @@ impl Stopper {
         }
     }
 
-    /// StopExecution. `deadline` is the caller's, when it sent one.
+    /// StopExecution. `deadline` is the caller's, when it sent one. A forced stop that stopped
+    /// says at once what its deadline cannot force.
     pub(crate) async fn stop(
+        self: &Arc<Self>,
+        input: &StopInput,
+        deadline: Option<Instant>,
+    ) -> Result<Answer, Error> {
+        let mut answer = self.stop_in_batch(input, deadline).await?;
+        if answer.record.force_at.is_some()
+            && answer
+                .record
+                .state
+                .completion()
+                .is_some_and(|completion| completion.outcome().is_some())
+        {
+            answer.force_note = self.unforceable(&input.arn).await;
+        }
+        Ok(answer)
+    }
+
+    /// One stop of a StopExecutions batch: as [`Stopper::stop`], without the force note.
+    pub(crate) async fn stop_in_batch(
         self: &Arc<Self>,
         input: &StopInput,
         deadline: Option<Instant>,
@@ -336,6 +351,7 @@ impl Stopper {
         Ok(Answer {
             record,
             replayed: true,
+            force_note: String::new(),
         })
     }
 
@@ -360,58 +376,12 @@ impl Stopper {
         self.batch_stops.clone().acquire_owned().await.ok()
     }
 
-    /// The live batch under `key`, if an earlier attempt recorded one.
-    pub(crate) async fn batch(&self, key: &RequestKey) -> Result<Option<StoredBatch>, Error> {
-        Ok(self.store.batch(key).await?)
-    }
-
-    /// Records a StopExecutions batch's selection, kept as long as stop requests are; returns
-    /// the one that stands for its key.
-    pub(crate) async fn claim_batch(&self, batch: &NewBatch) -> Result<StoredBatch, Error> {
-        Ok(self
-            .store
-            .claim_batch(batch, self.settings.retention)
-            .await?)
-    }
-
-    /// What a forced stop of `arn` will not be able to force, as things stand: its running
-    /// Lambda steps (empty when there are none, or SageMaker cannot say now).
-    pub(crate) async fn unforceable(&self, arn: &ExecutionArn) -> String {
-        let Ok(sagemaker) = self.estate.client(arn).await else {
-            return String::new();
-        };
-        let Ok(Some(snapshot)) = sagemaker.execution(arn).await else {
-            return String::new();
-        };
-        let notes: Vec<String> = snapshot
-            .steps
-            .iter()
-            .filter(|step| step.status.is_running())
-            .filter_map(|step| match &step.detail {
-                StepDetail::Lambda { function_arn } => {
-                    Some(holding::lambda(&step.name, function_arn, step.start_time))
-                }
-                _ => None,
-            })
-            .collect();
-        notes.join("; ")
-    }
-
     /// The callbacks the force of `record` released (none without `force_after`).
     pub(crate) async fn releases(&self, record: &StopRecord) -> Result<Vec<Release>, Error> {
         if record.force_at.is_none() {
             return Ok(Vec::new());
         }
         Ok(self.store.releases(&record.key).await?)
-    }
-
-    /// ListStopRequests: a page of the stop requests `caller` may see.
-    pub(crate) async fn history(
-        &self,
-        caller: &crate::auth::Caller,
-        request: &crate::history::ListRequest,
-    ) -> Result<crate::history::Page, Error> {
-        crate::history::list(self.store.as_ref(), caller, request).await
     }
 
     /// Finishes pending requests whose owner is gone (lease run out), without any retry from
@@ -438,150 +408,6 @@ impl Stopper {
             }
         }
         Ok(completed)
-    }
-
-    /// Carries out the force deadlines that have come: claims each (a new epoch and a lease,
-    /// so two replicas never both do it and a worker that lost the record is fenced off),
-    /// answers the Callback steps that still hold the execution, and records each release and
-    /// the end. Returns how many it carried out; one that fails is retried once its lease runs
-    /// out (with the same upstream tokens, so SageMaker sees one answer per callback).
-    pub(crate) async fn force_due(&self, limit: u32) -> Result<usize, Error> {
-        let mut done = 0;
-        for key in self.store.due_forces(limit).await? {
-            let Some(record) = self
-                .store
-                .claim_force(&key, &self.worker, self.settings.lease)
-                .await?
-            else {
-                continue; // another replica has it
-            };
-            match self.force(&record).await {
-                Ok(()) => done += 1,
-                // Worth another try once the lease runs out: SageMaker or the database were
-                // unavailable, or the work was abandoned (as a crash would).
-                Err(
-                    error @ (Error::UpstreamUnavailable { .. }
-                    | Error::StoreUnavailable(_)
-                    | Error::Abandoned(_)
-                    | Error::ShuttingDown),
-                ) => {
-                    tracing::warn!(principal = %key.principal, token = %key.token, %error, "a force deadline was not carried out; retried once its lease runs out");
-                }
-                // Lasting (credentials refused, the account no longer served, a refusal this
-                // service does not expect): trying again would not help, so it ends with a note.
-                Err(error) => {
-                    tracing::warn!(principal = %key.principal, token = %key.token, %error, "a force deadline could not be carried out");
-                    let note = format!("not forced: {error}");
-                    if self.finish(&record, Some(&note)).await.is_ok() {
-                        done += 1;
-                    }
-                }
-            }
-        }
-        Ok(done)
-    }
-
-    async fn force(&self, record: &StopRecord) -> Result<(), Error> {
-        let fenced = || Error::Internal("another worker took the force over".into());
-        let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
-            .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
-        let sagemaker = self.estate.client(&arn).await?;
-        let mut notes = Vec::new();
-        let failure = failure_reason(&record.reason);
-        match sagemaker.execution(&arn).await? {
-            None => notes.push("the execution no longer exists".to_string()),
-            Some(snapshot) => {
-                // Released by an earlier attempt that did not live to record it: the step says
-                // what it was told.
-                for step in &snapshot.steps {
-                    if let StepDetail::Callback { token, .. } = &step.detail
-                        && step.status == crate::domain::StepStatus::Failed
-                        && step.failure_reason == failure
-                        && !self
-                            .store
-                            .record_release(
-                                &record.key,
-                                record.epoch,
-                                &self.worker,
-                                &step.name,
-                                token,
-                            )
-                            .await?
-                    {
-                        return Err(fenced());
-                    }
-                }
-                if snapshot.status != ExecutionStatus::Stopping {
-                    // Stopped (or ended) by itself before the deadline: nothing to force.
-                    return self.finish(record, None).await;
-                }
-                for step in snapshot.steps.iter().filter(|s| s.status.is_running()) {
-                    match &step.detail {
-                        StepDetail::Callback { token, .. } => {
-                            let upstream =
-                                digest(&[&record.key.principal, &record.key.token, token]);
-                            let answer = sagemaker
-                                .fail_step(&arn, token, &failure, &upstream)
-                                .await?;
-                            hooks::abandon_if_set(hooks::FORCE_AFTER_RELEASE)?;
-                            match answer {
-                                StepAnswer::Answered => {
-                                    let recorded = self
-                                        .store
-                                        .record_release(
-                                            &record.key,
-                                            record.epoch,
-                                            &self.worker,
-                                            &step.name,
-                                            token,
-                                        )
-                                        .await?;
-                                    if !recorded {
-                                        return Err(fenced());
-                                    }
-                                }
-                                StepAnswer::NotWaiting(why) => notes.push(format!(
-                                    "the callback of step {} was not waiting any more ({why})",
-                                    step.name
-                                )),
-                            }
-                        }
-                        StepDetail::Lambda { function_arn } => {
-                            notes.push(holding::lambda(&step.name, function_arn, step.start_time));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        }
-        let note = (!notes.is_empty()).then(|| notes.join("; "));
-        self.finish(record, note.as_deref()).await
-    }
-
-    /// Records the force carried out, if this worker still holds the record.
-    async fn finish(&self, record: &StopRecord, note: Option<&str>) -> Result<(), Error> {
-        if self
-            .store
-            .finish_force(&record.key, record.epoch, &self.worker, note)
-            .await?
-        {
-            Ok(())
-        } else {
-            Err(Error::Internal("another worker took the force over".into()))
-        }
-    }
-
-    /// Deletes up to `batch` expired records; returns how many.
-    pub(crate) async fn delete_expired(&self, batch: u32) -> Result<u64, Error> {
-        Ok(self.store.delete_expired(batch).await?)
-    }
-
-    /// Deletes up to `batch` audit rows older than the audit retention; returns how many.
-    pub(crate) async fn delete_old_audit(&self, batch: u32) -> Result<u64, Error> {
-        Ok(self
-            .store
-            .delete_old_audit(self.settings.audit_retention, batch)
-            .await?)
     }
 
     fn audit(&self, record: &StopRecord, kind: AuditKind) {
@@ -673,6 +499,7 @@ impl Stopper {
                 Answer {
                     record,
                     replayed: false,
+                    force_note: String::new(),
                 }
             }
             None => {
@@ -685,6 +512,7 @@ impl Stopper {
                     Some(newer) if !newer.state.is_pending() => Answer {
                         record: newer,
                         replayed: true,
+                        force_note: String::new(),
                     },
                     _ => {
                         return Err(Error::RequestInProgress {
@@ -804,6 +632,7 @@ impl Stopper {
                     return Ok(Answer {
                         record: current,
                         replayed: true,
+                        force_note: String::new(),
                     });
                 }
                 Some(current) => {
@@ -934,7 +763,6 @@ mod tests {
             StopSettings {
                 lease: hour,
                 retention: hour,
-                audit_retention: hour,
                 duplicate_wait: hour,
             },
             "this-replica".into(),
