@@ -2,21 +2,24 @@
 //!
 //! # Layout
 //!
-//! Start-up and shutdown:
-//! - [`config`]: the command line; every setting is a flag with an environment variable, its
-//!   default declared once (clap's).
-//! - [`app`]: `Application::build` constructs the whole service and binds the port; `run`
-//!   serves and drains. The cancellation tree of a running service is drawn there.
-//! - `background`: the tasks of a running service (health checker, completer, retention of
-//!   records and audit rows, reload on SIGHUP), stopped together.
+//! Start-up and shutdown (the binary's command line, `Cli`, is in `main.rs`):
+//! - [`config`]: the settings of the service's commands; every setting is a flag with an
+//!   environment variable, its default declared once (clap's), turned into each module's own
+//!   settings type.
+//! - [`app`]: `Application::build` constructs the whole service and binds its ports; `run`
+//!   starts its tasks, serves and drains. The cancellation tree of a running service is drawn
+//!   there.
+//! - `background`: the rounds of a running service (health checker, completer and forcer,
+//!   retention of records and audit rows, reload on SIGHUP), stopped together.
 //! - [`shutdown`]: the signals that start a shutdown, and connections cut off after its grace.
 //! - `demo`: `serve --emulator`, the emulator (crate `sagemaker-emulator`) in-process with demo
 //!   executions.
 //!
-//! The gRPC surface (the only code that builds proto messages and `tonic::Status`):
+//! The contract and the gRPC surface (the only code that builds `tonic::Status`):
+//! - [`pb`]: the generated contract (messages, server, client, descriptor set) and its codec (a
+//!   request that does not decode is INVALID_ARGUMENT). The service and the command line use it.
 //! - `grpc`: the `pipelinecontrol.v1.PipelineControl` service, one method per RPC (validate,
-//!   authorize, call the domain, convert), the generated contract ([`pb`]), its codec (a
-//!   request that does not decode is INVALID_ARGUMENT) and `grpc::convert` (domain to proto).
+//!   authorize, call the domain, convert) and `grpc::convert` (domain to proto).
 //! - `grpc::guard`: in front of the service: authentication, rate and concurrency limits,
 //!   message size, request timeout.
 //! - `grpc::observe`: in front of every service (and of the guard): go-grpc-middleware's
@@ -26,23 +29,29 @@
 //!
 //! The domain (no proto, no SDK types):
 //! - `domain`: checked values (ARN, token, reason, principal), statuses, outcomes, actions.
+//! - `holding`: what a Callback or Lambda step holding a stop means, in words (the service and
+//!   the command line both say it).
 //! - `auth`: who a caller is (bearer token, client certificate) and what the policy allows;
 //!   token and policy files reloaded on SIGHUP.
 //! - `stop`: StopExecution and GetStopRequest, the idempotency contract: claiming, carrying
-//!   out, waiting for duplicates, completing abandoned requests.
+//!   out, waiting for duplicates, completing abandoned requests; `stop::force`: forcing a stuck
+//!   stop when its `force_after` deadline comes.
 //! - `history`: ListStopRequests: who stopped what, newest first, in keyset pages, with the
 //!   policy's `audit` lists.
-//! - `watch`: WatchExecution's shared pollers (per process, or across the replicas on one
-//!   Postgres) and streams of domain events.
-//! - `events`: push from EventBridge: the SQS queues whose events wake pollers up.
+//! - `watch`: WatchExecution's shared pollers and streams of domain events; `watch::feed`: the
+//!   poller of a replica that shares reading with the others on one Postgres (holder,
+//!   follower, or alone: `watch::role`).
+//! - `events`: push from EventBridge: the SQS queues whose events wake pollers up;
+//!   `events::push`: whether events flow, per account and region, which pollers read.
 //! - `batch`: StopExecutions: a pipeline's Executing executions selected, recorded and
 //!   stopped a few at a time, each as StopExecution would.
 //! - `rate`: each principal's StopExecution rate, which StopExecutions spends too.
 //! - `audit`: write-behind of audit events that change no record (replays).
 //!
 //! The edges:
-//! - [`store`]: the stop-request store, plain operations on typed rows, one trait over
-//!   Postgres and SQLite pools.
+//! - [`store`]: the stop-request store: one implementation over Postgres and SQLite (a small
+//!   dialect for placeholders, the database's clock and times), its metrics measured in one
+//!   place, and `store::fleet`, the shared watching rows and notifications of Postgres.
 //! - `estate`: every account and region served: the accounts file (reloaded on SIGHUP), the
 //!   refusal of what it does not list, and the cached SageMaker client of each (account,
 //!   region), with roles assumed through STS.
@@ -50,15 +59,18 @@
 //!   (account, region), and the sorting of its failures.
 //! - `files`: reading the TOML settings files (tokens, policy, accounts) with one-line errors.
 //! - [`telemetry`]: logging, as text or JSON, and traces exported over OTLP/gRPC.
-//! - `metrics`: the registry of one running service, its metrics, and `GET /metrics`.
+//! - `metrics`: the registry of one running service and its metrics; `metrics::server`:
+//!   `GET /metrics` on a port of its own.
 //! - `jitter`: spreading retries and polls.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 //!
 //! The command line for people:
 //! - [`client`]: `stop`, `get`, `watch` and `history`, clients of a running service through
-//!   the generated client of the contract, with a live view on a terminal.
+//!   the generated client of the contract ([`pb`]), with a live view on a terminal.
 //!
-//! Imports point one way: no module imports one that imports it back.
+//! Imports point one way, downwards: `app` → `grpc` → the domain → the edges → `domain` and
+//! `error`; the command line imports only `pb` and small shared vocabulary. No module imports
+//! one that imports it back: `scripts/check-imports` (run by `scripts/test`) fails if one does.
 
 pub mod app;
 mod audit;

@@ -8,7 +8,7 @@
 //! (with jitter, up to `max_backoff`) while SageMaker fails or throttles, stops after a
 //! terminal snapshot, and ends `linger` after its last watcher left.
 //!
-//! On Postgres the replicas share the reading (see `store::fleet`): for each watched execution
+//! On Postgres the replicas share the reading (`feed`, over `store::fleet`): for each watched execution
 //! one replica holds a lease and reads SageMaker (the *holder*); it publishes each changed
 //! snapshot to the database, which notifies every replica, and the others (*followers*) feed
 //! their watchers from there. Followers check the shared row every third of a lease as well,
@@ -16,6 +16,9 @@
 //! (its holder died) or was given up (its last watcher left). When the database does not
 //! answer, a poller reads SageMaker on its own (*alone*; logged and counted) and rejoins when
 //! the database is back: watchers never go without news.
+//!
+//! Pollers run on the server's tracked tasks: shutdown waits for them (a holder gives its lease
+//! up) before the store closes, and a reading in progress does not hold it.
 //!
 //! Each stream is an `unfold` over its own small state: it computes its next event only when
 //! the transport asks for one (backpressure by construction, no task per stream). Streams yield
