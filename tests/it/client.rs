@@ -216,7 +216,9 @@ async fn a_lambda_step_that_times_out_ends_failed_with_exit_three() {
     assert!(lines[blocked].contains("at the latest by"));
     // A Failed line comes after it (the blocked line says "then Failed" itself).
     assert!(
-        lines[blocked + 1..].iter().any(|line| line.contains(" Failed")),
+        lines[blocked + 1..]
+            .iter()
+            .any(|line| line.contains(" Failed")),
         "{lines:#?}"
     );
 }
