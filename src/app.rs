@@ -134,7 +134,7 @@ impl Application {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
 
-        let store = store::connect(&args.database).await?;
+        let store = store::connect(&args.database.store()).await?;
         store.migrate().await?;
         tracing::info!(backend = ?store.backend(), "database ready");
         let store = store::metered(store, metrics.clone());

@@ -924,7 +924,7 @@ mod tests {
     async fn a_duplicate_whose_caller_goes_away_leaves_no_in_flight_entry() {
         let dir = tempfile::tempdir().unwrap();
         let url = dir.path().join("stops.db").display().to_string();
-        let store = crate::store::connect(&crate::config::DatabaseArgs::new(url))
+        let store = crate::store::connect(&crate::config::DatabaseArgs::new(url).store())
             .await
             .unwrap();
         store.migrate().await.unwrap();

@@ -15,12 +15,23 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::config::DatabaseArgs;
 pub use crate::domain::{ExecutionStatus, RecordedError, StopOutcome};
 
 pub(crate) use metered::metered;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+/// How to reach the database (made from the command line's settings by `config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `postgres://user:password@host/db` for Postgres; `sqlite://path`, or a plain file path,
+    /// for an SQLite file (created if missing).
+    pub url: String,
+    /// The most connections open at once.
+    pub max_connections: u32,
+    /// How long to wait for a connection (at start and per query) before giving up.
+    pub timeout: Duration,
+}
 
 /// Which database a store uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -515,19 +526,23 @@ fn seconds(d: Duration) -> f64 {
 
 /// Connects to the database the URL names: `postgres://` or `postgresql://` for Postgres,
 /// `sqlite:` or a plain file path for SQLite (the file is created if missing).
-pub async fn connect(args: &DatabaseArgs) -> Result<Arc<dyn Store>, StoreError> {
-    let url = args.database_url.trim();
+pub async fn connect(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+    let url = settings.url.trim();
     if url.is_empty() {
         return Err(StoreError::InvalidUrl("the database URL is empty".into()));
     }
     let scheme = url.split_once("://").map(|(scheme, _)| scheme);
     match scheme {
-        Some("postgres" | "postgresql") => Ok(Arc::new(PostgresStore::connect(url, args).await?)),
-        Some("sqlite") => Ok(Arc::new(SqliteStore::connect(url, args).await?)),
+        Some("postgres" | "postgresql") => {
+            Ok(Arc::new(PostgresStore::connect(url, settings).await?))
+        }
+        Some("sqlite") => Ok(Arc::new(SqliteStore::connect(url, settings).await?)),
         Some(other) => Err(StoreError::InvalidUrl(format!(
             "unsupported scheme `{other}://`; use postgres://, sqlite:// or a file path"
         ))),
-        None if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::connect(url, args).await?)),
-        None => Ok(Arc::new(SqliteStore::connect_file(url, args).await?)),
+        None if url.starts_with("sqlite:") => {
+            Ok(Arc::new(SqliteStore::connect(url, settings).await?))
+        }
+        None => Ok(Arc::new(SqliteStore::connect_file(url, settings).await?)),
     }
 }

@@ -18,10 +18,9 @@ use sqlx::{
 
 use super::{
     AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, ListQuery, NewBatch,
-    NewStopRequest, RecordState, RecordedError, Release, RequestKey, StopOutcome, StopRecord,
-    Store, StoreError, StoredBatch, seconds,
+    NewStopRequest, RecordState, RecordedError, Release, RequestKey, Settings, StopOutcome,
+    StopRecord, Store, StoreError, StoredBatch, seconds,
 };
-use crate::config::DatabaseArgs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -37,22 +36,22 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to `url` (a `postgres://` URL), failing within the configured timeout.
-    pub async fn connect(url: &str, args: &DatabaseArgs) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, settings: &Settings) -> Result<Self, StoreError> {
         let options =
             PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl(format!("{e}")))?;
-        Self::connect_with(options, args).await
+        Self::connect_with(options, settings).await
     }
 
     /// Connects with parsed options (tests use this to pick a fresh database).
     pub async fn connect_with(
         options: PgConnectOptions,
-        args: &DatabaseArgs,
+        settings: &Settings,
     ) -> Result<Self, StoreError> {
         let target = describe(&options);
         let epoch = Instant::now();
         let broken_at = Arc::new(AtomicU64::new(0));
         let pool = PgPoolOptions::new()
-            .max_connections(args.database_max_connections.max(1))
+            .max_connections(settings.max_connections.max(1))
             // No ping before each use: a round trip before every statement (sqlx still pings a
             // connection when it is given back, off the caller's path). A connection that
             // died fails its next statement instead (STORE_UNAVAILABLE, which callers retry;
@@ -75,7 +74,7 @@ impl PostgresStore {
                     Box::pin(async move { Ok(keep) })
                 }
             })
-            .acquire_timeout(args.database_timeout)
+            .acquire_timeout(settings.timeout)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect { target, source })?;

@@ -15,8 +15,8 @@ use sqlx::{
 
 use super::{
     AUDIT_ROWS_PER_STATEMENT, AuditEvent, AuditKind, Backend, Completion, ListQuery, NewBatch,
-    NewStopRequest, RecordState, RecordedError, Release, RequestKey, StopOutcome, StopRecord,
-    Store, StoreError, StoredBatch,
+    NewStopRequest, RecordState, RecordedError, Release, RequestKey, Settings, StopOutcome,
+    StopRecord, Store, StoreError, StoredBatch,
 };
 
 /// The database clock in milliseconds since the epoch (see the migration's header).
@@ -25,7 +25,6 @@ const NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
-use crate::config::DatabaseArgs;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -37,31 +36,31 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Connects to a `sqlite:` URL, creating the file if missing.
-    pub async fn connect(url: &str, args: &DatabaseArgs) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, settings: &Settings) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(format!("{e}")))?;
-        Self::connect_with(options, args).await
+        Self::connect_with(options, settings).await
     }
 
     /// Opens the SQLite file at `path`, creating it if missing.
-    pub async fn connect_file(path: &str, args: &DatabaseArgs) -> Result<Self, StoreError> {
-        Self::connect_with(SqliteConnectOptions::new().filename(path), args).await
+    pub async fn connect_file(path: &str, settings: &Settings) -> Result<Self, StoreError> {
+        Self::connect_with(SqliteConnectOptions::new().filename(path), settings).await
     }
 
     async fn connect_with(
         options: SqliteConnectOptions,
-        args: &DatabaseArgs,
+        settings: &Settings,
     ) -> Result<Self, StoreError> {
         let target = format!("sqlite database {}", options.get_filename().display());
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(args.database_timeout)
+            .busy_timeout(settings.timeout)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
-            .max_connections(args.database_max_connections.max(1))
-            .acquire_timeout(args.database_timeout)
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(settings.timeout)
             .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect { target, source })?;
