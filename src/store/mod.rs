@@ -1,14 +1,16 @@
 //! The stop-request store: where idempotency records and the audit trail live.
 //!
-//! One trait, [`Store`], with two implementations over concrete sqlx pools: [`PostgresStore`]
-//! for production (several replicas share it) and [`SqliteStore`], an embedded file for a
-//! single process. [`connect`] picks one from the database URL. Each implementation owns its
-//! SQL and its migrations (`migrations/postgres`, `migrations/sqlite`), embedded in the binary.
+//! One trait, [`Store`], and one implementation of it (`sql`) over either database: Postgres
+//! for production (several replicas share it) or an embedded SQLite file for a single
+//! process. Each operation is written once; what differs between the two databases
+//! (placeholders, the database's clock, how a time is stored, how each connects and migrates)
+//! is in `dialect`. [`connect`] picks the database from its URL. The migrations
+//! (`migrations/postgres`, `migrations/sqlite`) are embedded in the binary. On Postgres the
+//! store also offers the shared watching of [`fleet`].
 
+mod dialect;
 pub(crate) mod fleet;
-mod metered;
-mod postgres;
-mod sqlite;
+mod sql;
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,10 +18,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 pub use crate::domain::{ExecutionStatus, RecordedError, StopOutcome};
-
-pub(crate) use metered::metered;
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+use crate::metrics::Metrics;
+use fleet::Fleet;
+use sql::SqlStore;
 
 /// How to reach the database (made from the command line's settings by `config`).
 #[derive(Debug, Clone)]
@@ -295,11 +296,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Checks that the database answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// The Postgres pool, for what only a database shared by replicas offers (watching shared
-    /// across the fleet, in [`fleet`]); `None` on SQLite.
-    fn postgres_pool(&self) -> Option<sqlx::PgPool> {
-        None
-    }
+    /// What only a database shared by replicas offers: watching shared across them (see
+    /// [`fleet`]), measured with the store's operations. `None` on SQLite.
+    fn fleet(&self) -> Option<Arc<dyn Fleet>>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
@@ -517,32 +516,16 @@ impl AuditEvent {
     }
 }
 
-/// Audit events per INSERT statement.
-const AUDIT_ROWS_PER_STATEMENT: usize = 500;
-
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
+/// Connects to the database `settings.url` names: `postgres://` or `postgresql://` for
+/// Postgres, `sqlite:` or a plain file path for SQLite (the file is created if missing).
+pub async fn connect(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqlStore::connect(settings, None).await?))
 }
 
-/// Connects to the database the URL names: `postgres://` or `postgresql://` for Postgres,
-/// `sqlite:` or a plain file path for SQLite (the file is created if missing).
-pub async fn connect(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
-    let url = settings.url.trim();
-    if url.is_empty() {
-        return Err(StoreError::InvalidUrl("the database URL is empty".into()));
-    }
-    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-    match scheme {
-        Some("postgres" | "postgresql") => {
-            Ok(Arc::new(PostgresStore::connect(url, settings).await?))
-        }
-        Some("sqlite") => Ok(Arc::new(SqliteStore::connect(url, settings).await?)),
-        Some(other) => Err(StoreError::InvalidUrl(format!(
-            "unsupported scheme `{other}://`; use postgres://, sqlite:// or a file path"
-        ))),
-        None if url.starts_with("sqlite:") => {
-            Ok(Arc::new(SqliteStore::connect(url, settings).await?))
-        }
-        None => Ok(Arc::new(SqliteStore::connect_file(url, settings).await?)),
-    }
+/// [`connect`], with each operation measured into `metrics`.
+pub(crate) async fn connect_measured(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqlStore::connect(settings, Some(metrics)).await?))
 }

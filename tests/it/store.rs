@@ -2,14 +2,14 @@
 //! schema the idempotency contract needs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, time::Duration};
 
 use crate::common::{Backend, TestDb, admin_url, with_database};
 use pipeline_control::{
     config::DatabaseArgs,
-    store::{self, PostgresStore, SqliteStore, Store, StoreError},
+    store::{self, StoreError},
 };
-use sqlx::{Row as _, postgres::PgConnectOptions};
+use sqlx::{PgPool, Row as _, SqlitePool};
 
 fn migration_count(backend: &str) -> i64 {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,14 +28,12 @@ fn migration_count(backend: &str) -> i64 {
 #[tokio::test]
 async fn migrations_run_twice_are_harmless_on_postgres() {
     let db = TestDb::new(Backend::Postgres).await;
-    let options = PgConnectOptions::from_str(&db.url).unwrap();
-    let store = PostgresStore::connect_with(options, &db.args().store())
-        .await
-        .unwrap();
+    let store = store::connect(&db.args().store()).await.unwrap();
+    assert_eq!(store.backend(), store::Backend::Postgres);
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(store.pool())
+        .fetch_one(&PgPool::connect(&db.url).await.unwrap())
         .await
         .unwrap();
     assert_eq!(applied, migration_count("postgres"));
@@ -46,13 +44,12 @@ async fn migrations_run_twice_are_harmless_on_postgres() {
 #[tokio::test]
 async fn migrations_run_twice_are_harmless_on_sqlite() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let store = SqliteStore::connect(&db.url, &db.args().store())
-        .await
-        .unwrap();
+    let store = store::connect(&db.args().store()).await.unwrap();
+    assert_eq!(store.backend(), store::Backend::Sqlite);
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(store.pool())
+        .fetch_one(&SqlitePool::connect(&db.url).await.unwrap())
         .await
         .unwrap();
     assert_eq!(applied, migration_count("sqlite"));
@@ -83,14 +80,9 @@ async fn replicas_migrating_at_once_all_succeed_on_postgres() {
 #[tokio::test]
 async fn schema_holds_the_idempotency_record_and_audit_trail_on_postgres() {
     let db = TestDb::new(Backend::Postgres).await;
-    let store = PostgresStore::connect_with(
-        PgConnectOptions::from_str(&db.url).unwrap(),
-        &db.args().store(),
-    )
-    .await
-    .unwrap();
+    let store = store::connect(&db.args().store()).await.unwrap();
     store.migrate().await.unwrap();
-    let pool = store.pool();
+    let pool = &PgPool::connect(&db.url).await.unwrap();
 
     sqlx::query(
         "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
@@ -156,11 +148,9 @@ async fn schema_holds_the_idempotency_record_and_audit_trail_on_postgres() {
 #[tokio::test]
 async fn schema_holds_the_idempotency_record_and_audit_trail_on_sqlite() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let store = SqliteStore::connect(&db.url, &db.args().store())
-        .await
-        .unwrap();
+    let store = store::connect(&db.args().store()).await.unwrap();
     store.migrate().await.unwrap();
-    let pool = store.pool();
+    let pool = &SqlitePool::connect(&db.url).await.unwrap();
     const NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
     sqlx::query(sqlx::AssertSqlSafe(format!(
