@@ -98,7 +98,7 @@ impl StopInput {
             upstream_token: upstream_token(&self.principal, &self.token, &fingerprint),
             fingerprint,
             method: METHOD.to_string(),
-            pipeline_execution_arn: self.arn.as_str().to_string(),
+            pipeline_execution_arn: self.arn.clone(),
             reason: self.reason.as_str().to_string(),
             force_after: self.force_after,
         }
@@ -500,12 +500,11 @@ impl Stopper {
 
     async fn force(&self, record: &StopRecord) -> Result<(), Error> {
         let fenced = || Error::Internal("another worker took the force over".into());
-        let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
-            .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
-        let sagemaker = self.estate.client(&arn).await?;
+        let arn = &record.pipeline_execution_arn;
+        let sagemaker = self.estate.client(arn).await?;
         let mut notes = Vec::new();
         let failure = failure_reason(&record.reason);
-        match sagemaker.execution(&arn).await? {
+        match sagemaker.execution(arn).await? {
             None => notes.push("the execution no longer exists".to_string()),
             Some(snapshot) => {
                 // Released by an earlier attempt that did not live to record it: the step says
@@ -537,9 +536,8 @@ impl Stopper {
                         StepDetail::Callback { token, .. } => {
                             let upstream =
                                 digest(&[&record.key.principal, &record.key.token, token]);
-                            let answer = sagemaker
-                                .fail_step(&arn, token, &failure, &upstream)
-                                .await?;
+                            let answer =
+                                sagemaker.fail_step(arn, token, &failure, &upstream).await?;
                             hooks::abandon_if_set(hooks::FORCE_AFTER_RELEASE)?;
                             match answer {
                                 StepAnswer::Answered => {
@@ -643,11 +641,10 @@ impl Stopper {
 
     async fn carry_out_inner(&self, record: StopRecord) -> Result<Answer, Error> {
         hooks::abandon_if_set(hooks::STOP_AFTER_CLAIM)?;
-        let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
-            .map_err(|_| Error::Internal("a recorded ARN no longer parses".into()))?;
-        let completion = match self.estate.client(&arn).await {
+        let arn = &record.pipeline_execution_arn;
+        let completion = match self.estate.client(arn).await {
             Ok(sagemaker) => {
-                self.ask_sagemaker(&sagemaker, &arn, &record.upstream_token)
+                self.ask_sagemaker(&sagemaker, arn, &record.upstream_token)
                     .await
             }
             // The accounts file changed since the claim: no longer served.

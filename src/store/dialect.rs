@@ -36,6 +36,7 @@ use sqlx::{
 };
 
 use super::{Backend, Settings, StoreError};
+use crate::domain::ExecutionArn;
 
 /// SQLite's clock in milliseconds since the epoch, as its migrations store times.
 const SQLITE_NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
@@ -280,6 +281,12 @@ impl<'a> From<&'a String> for Arg<'a> {
 impl<'a> From<Option<&'a str>> for Arg<'a> {
     fn from(text: Option<&'a str>) -> Self {
         Self::Text(text)
+    }
+}
+
+impl<'a> From<&'a ExecutionArn> for Arg<'a> {
+    fn from(arn: &'a ExecutionArn) -> Self {
+        Self::Text(Some(arn.as_str()))
     }
 }
 

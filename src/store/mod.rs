@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use crate::domain::{ExecutionStatus, RecordedError, StopOutcome};
+pub use crate::domain::{ExecutionArn, ExecutionStatus, RecordedError, StopOutcome};
 use crate::metrics::Metrics;
 use fleet::Fleet;
 use sql::SqlStore;
@@ -87,7 +87,7 @@ pub struct NewStopRequest {
     pub fingerprint: String,
     /// The RPC (`StopExecution`).
     pub method: String,
-    pub pipeline_execution_arn: String,
+    pub pipeline_execution_arn: ExecutionArn,
     pub reason: String,
     /// SageMaker's ClientRequestToken for this key.
     pub upstream_token: String,
@@ -210,7 +210,7 @@ pub struct StopRecord {
     pub key: RequestKey,
     pub fingerprint: String,
     pub method: String,
-    pub pipeline_execution_arn: String,
+    pub pipeline_execution_arn: ExecutionArn,
     pub reason: String,
     pub upstream_token: String,
     pub state: RecordState,
@@ -505,7 +505,7 @@ impl AuditEvent {
             at: Utc::now(),
             principal: record.key.principal.clone(),
             token: record.key.token.clone(),
-            pipeline_execution_arn: record.pipeline_execution_arn.clone(),
+            pipeline_execution_arn: record.pipeline_execution_arn.to_string(),
             reason: record.reason.clone(),
             kind,
             outcome: completion.and_then(Completion::outcome),

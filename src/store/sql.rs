@@ -24,7 +24,7 @@ use super::{
     dialect::{Arg, Breaks, Pool, Time, args, on_pool},
     fleet::{Fleet, PostgresFleet},
 };
-use crate::metrics::Metrics;
+use crate::{domain::ExecutionArn, metrics::Metrics};
 
 /// Audit events per INSERT statement.
 const AUDIT_ROWS_PER_STATEMENT: usize = 500;
@@ -324,6 +324,11 @@ impl TryFrom<StopRow> for StopRecord {
             row.error_code.as_deref(),
             row.execution_status.as_deref(),
         )?;
+        let pipeline_execution_arn =
+            ExecutionArn::parse(&row.pipeline_execution_arn).map_err(|_| StoreError::Decode {
+                column: "pipeline_execution_arn",
+                value: row.pipeline_execution_arn.clone(),
+            })?;
         let time = |time: Option<Time>| time.map(|Time(time)| time);
         Ok(Self {
             key: RequestKey {
@@ -332,7 +337,7 @@ impl TryFrom<StopRow> for StopRecord {
             },
             fingerprint: row.fingerprint,
             method: row.method,
-            pipeline_execution_arn: row.pipeline_execution_arn,
+            pipeline_execution_arn,
             reason: row.reason,
             upstream_token: row.upstream_token,
             state,
@@ -400,9 +405,6 @@ impl Store for SqlStore {
         retention: Duration,
     ) -> Result<Option<StopRecord>, StoreError> {
         let (key, arn) = (&request.key, &request.pipeline_execution_arn);
-        let pipeline = arn
-            .split_once("/execution/")
-            .map_or("", |(pipeline, _)| pipeline);
         // A new row, or a fresh start in place of an expired one (its epoch keeps rising, so a
         // worker of the old incarnation stays fenced off).
         let insert = "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
@@ -429,7 +431,7 @@ impl Store for SqlStore {
             &request.fingerprint,
             &request.method,
             arn,
-            pipeline,
+            arn.pipeline(),
             &request.reason,
             &request.upstream_token,
             owner,

@@ -316,8 +316,8 @@ mod records {
 
     use crate::common::{Backend, TestDb};
     use pipeline_control::store::{
-        self, Completion, ExecutionStatus, NewStopRequest, RecordState, RequestKey, StopOutcome,
-        Store, StoreError,
+        self, Completion, ExecutionArn, ExecutionStatus, NewStopRequest, RecordState, RequestKey,
+        StopOutcome, Store, StoreError,
     };
 
     fn request(principal: &str, token: &str) -> NewStopRequest {
@@ -328,8 +328,10 @@ mod records {
             },
             fingerprint: "f".repeat(64),
             method: "StopExecution".into(),
-            pipeline_execution_arn:
-                "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl".into(),
+            pipeline_execution_arn: ExecutionArn::parse(
+                "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl",
+            )
+            .unwrap(),
             reason: "test".into(),
             upstream_token: "u".repeat(64),
             force_after: None,
@@ -488,6 +490,7 @@ mod records {
             ("outcome", "STOP_DEFERRED"),
             ("error_code", "EXECUTION_ON_FIRE"),
             ("execution_status", "Paused"),
+            ("pipeline_execution_arn", "arn:aws:sagemaker:somewhere"),
         ] {
             let token = format!("unknown-{column}");
             let req = request("p", &token);
