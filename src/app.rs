@@ -145,10 +145,9 @@ impl Application {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
 
-        let store = store::connect(&args.database).await?;
+        let store = store::connect_measured(&args.database.store(), metrics.clone()).await?;
         store.migrate().await?;
         tracing::info!(backend = ?store.backend(), "database ready");
-        let store = store::metered(store, metrics.clone());
 
         // One client, with the configured attempts, for stops, reads and pollers alike.
         let policy = CallPolicy {
@@ -234,10 +233,7 @@ impl Application {
             },
             draining.clone(),
             metrics.clone(),
-            store.postgres_pool().map(|pool| {
-                Arc::new(crate::store::fleet::PostgresFleet::new(pool))
-                    as Arc<dyn crate::store::fleet::Fleet>
-            }),
+            store.fleet(),
             push.clone(),
             tasks.clone(),
         );

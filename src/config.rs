@@ -313,6 +313,15 @@ impl DatabaseArgs {
         args.database_url = url.into();
         args
     }
+
+    /// The store's settings.
+    pub fn store(&self) -> crate::store::Settings {
+        crate::store::Settings {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+            timeout: self.database_timeout,
+        }
+    }
 }
 
 impl ServeArgs {

@@ -12,7 +12,7 @@ use crate::holding;
 
 /// A field that failed validation: which, and why (for a BadRequest field violation).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FieldViolation {
+pub struct FieldViolation {
     pub(crate) field: std::borrow::Cow<'static, str>,
     pub(crate) description: String,
 }
@@ -62,12 +62,12 @@ impl Action {
 
 /// A SageMaker pipeline execution ARN, as SageMaker's API model constrains it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct ExecutionArn(String);
+pub struct ExecutionArn(String);
 
 impl ExecutionArn {
     pub(crate) const FIELD: &'static str = "pipeline_execution_arn";
 
-    pub(crate) fn parse(value: &str) -> Result<Self, FieldViolation> {
+    pub fn parse(value: &str) -> Result<Self, FieldViolation> {
         if value.is_empty() {
             return Err(FieldViolation::new(Self::FIELD, "is required"));
         }
@@ -88,8 +88,15 @@ impl ExecutionArn {
         Ok(Self(value.to_string()))
     }
 
-    pub(crate) fn as_str(&self) -> &str {
+    pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The ARN of the pipeline the execution belongs to (all before `/execution/`).
+    pub(crate) fn pipeline(&self) -> &str {
+        self.0
+            .split_once("/execution/")
+            .map_or("", |(pipeline, _)| pipeline)
     }
 
     /// The ARN's `index`th `:`-separated field (checked present by [`ExecutionArn::parse`]).

@@ -82,7 +82,7 @@ async fn run(command: ServiceCommand) -> anyhow::Result<()> {
     match command {
         ServiceCommand::Serve(args) => Application::build(args).await?.run().await,
         ServiceCommand::Migrate(args) => {
-            let store = store::connect(&args).await?;
+            let store = store::connect(&args.store()).await?;
             store.migrate().await?;
             store.close().await;
             tracing::info!(backend = ?store.backend(), "migrations applied");

@@ -121,7 +121,7 @@ pub(crate) fn stop_response(answer: &Answer) -> pb::StopExecutionResponse {
     } = answer;
     let completion = record.state.completion();
     pb::StopExecutionResponse {
-        pipeline_execution_arn: record.pipeline_execution_arn.clone(),
+        pipeline_execution_arn: record.pipeline_execution_arn.to_string(),
         client_request_token: record.key.token.clone(),
         outcome: stop_outcome(completion.and_then(Completion::outcome)).into(),
         status: execution_status(completion.and_then(Completion::status)).into(),
@@ -137,7 +137,7 @@ pub(crate) fn stop_request(record: &StopRecord, releases: &[Release]) -> pb::Sto
     let completion = record.state.completion();
     pb::StopRequest {
         client_request_token: record.key.token.clone(),
-        pipeline_execution_arn: record.pipeline_execution_arn.clone(),
+        pipeline_execution_arn: record.pipeline_execution_arn.to_string(),
         reason: record.reason.clone(),
         principal: record.key.principal.clone(),
         state: match record.state {

@@ -92,12 +92,11 @@ impl Stopper {
 
     async fn force(&self, record: &StopRecord) -> Result<(), Error> {
         let fenced = || Error::Internal("another worker took the force over".into());
-        let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
-            .map_err(|_| Error::Internal("a recorded execution ARN does not parse".into()))?;
-        let sagemaker = self.estate.client(&arn).await?;
+        let arn = &record.pipeline_execution_arn;
+        let sagemaker = self.estate.client(arn).await?;
         let mut notes = Vec::new();
         let failure = failure_reason(&record.reason);
-        match sagemaker.execution(&arn).await? {
+        match sagemaker.execution(arn).await? {
             None => notes.push("the execution no longer exists".to_string()),
             Some(snapshot) => {
                 // Released by an earlier attempt that did not live to record it: the step says
@@ -129,9 +128,8 @@ impl Stopper {
                         StepDetail::Callback { token, .. } => {
                             let upstream =
                                 digest(&[&record.key.principal, &record.key.token, token]);
-                            let answer = sagemaker
-                                .fail_step(&arn, token, &failure, &upstream)
-                                .await?;
+                            let answer =
+                                sagemaker.fail_step(arn, token, &failure, &upstream).await?;
                             hooks::abandon_if_set(hooks::FORCE_AFTER_RELEASE)?;
                             match answer {
                                 StepAnswer::Answered => {

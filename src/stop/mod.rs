@@ -95,7 +95,7 @@ impl StopInput {
             upstream_token: upstream_token(&self.principal, &self.token, &fingerprint),
             fingerprint,
             method: METHOD.to_string(),
-            pipeline_execution_arn: self.arn.as_str().to_string(),
+            pipeline_execution_arn: self.arn.clone(),
             reason: self.reason.as_str().to_string(),
             force_after: self.force_after,
         }
@@ -452,11 +452,10 @@ impl Stopper {
 
     async fn carry_out_inner(&self, record: StopRecord) -> Result<Answer, Error> {
         hooks::abandon_if_set(hooks::STOP_AFTER_CLAIM)?;
-        let arn = ExecutionArn::parse(&record.pipeline_execution_arn)
-            .map_err(|_| Error::Internal("a recorded ARN no longer parses".into()))?;
-        let completion = match self.estate.client(&arn).await {
+        let arn = &record.pipeline_execution_arn;
+        let completion = match self.estate.client(arn).await {
             Ok(sagemaker) => {
-                self.ask_sagemaker(&sagemaker, &arn, &record.upstream_token)
+                self.ask_sagemaker(&sagemaker, arn, &record.upstream_token)
                     .await
             }
             // The accounts file changed since the claim: no longer served.
@@ -736,7 +735,7 @@ mod tests {
     async fn a_duplicate_whose_caller_goes_away_leaves_no_in_flight_entry() {
         let dir = tempfile::tempdir().unwrap();
         let url = dir.path().join("stops.db").display().to_string();
-        let store = crate::store::connect(&crate::config::DatabaseArgs::new(url))
+        let store = crate::store::connect(&crate::config::DatabaseArgs::new(url).store())
             .await
             .unwrap();
         store.migrate().await.unwrap();

@@ -6,7 +6,8 @@
 //! One row per watched execution in `watch_pollers`: owner and lease (database clock),
 //! `version` (incremented by each publication), the snapshot as JSON, and when SageMaker was
 //! last read. Every write by a holder is fenced by its ownership: a replica that lost the
-//! lease cannot publish over the one that took it.
+//! lease cannot publish over the one that took it. Its queries are measured with the
+//! store's, as `fleet_*` operations.
 
 use std::{fmt, time::Duration};
 
@@ -14,7 +15,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row as _, postgres::PgListener};
 
-use super::{StoreError, seconds};
+use super::{StoreError, sql::SqlStore};
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
 
 /// The channel of published snapshots: the payload is `<version> <execution ARN>`.
 pub(crate) const SNAPSHOTS: &str = "pipeline_control_snapshots";
@@ -23,7 +28,7 @@ pub(crate) const WAKEUPS: &str = "pipeline_control_wakeups";
 
 /// The shared state of one watched execution.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Shared {
+pub struct Shared {
     /// Bumped by every publication; 0 before the first.
     pub(crate) version: i64,
     /// The latest publication (JSON), if any.
@@ -66,7 +71,7 @@ impl Notice {
 
 /// The operations of shared watching.
 #[async_trait]
-pub(crate) trait Fleet: Send + Sync + fmt::Debug + 'static {
+pub trait Fleet: Send + Sync + fmt::Debug + 'static {
     /// Takes the lease on reading `arn` for `owner`, or renews it: `true` while `owner` holds
     /// it. A lease held by another replica and not expired stays theirs.
     async fn claim(&self, arn: &str, owner: &str, lease: Duration) -> Result<bool, StoreError>;
@@ -109,37 +114,42 @@ pub(crate) trait Fleet: Send + Sync + fmt::Debug + 'static {
     async fn forget_idle(&self, idle: Duration) -> Result<u64, StoreError>;
 }
 
-/// [`Fleet`] on the service's Postgres pool.
+/// [`Fleet`] on the store's Postgres pool, measured by the store.
 #[derive(Debug, Clone)]
-pub(crate) struct PostgresFleet {
+pub(super) struct PostgresFleet {
     pool: PgPool,
+    store: SqlStore,
 }
 
 impl PostgresFleet {
-    pub(crate) fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub(super) fn new(pool: PgPool, store: SqlStore) -> Self {
+        Self { pool, store }
     }
 }
 
 #[async_trait]
 impl Fleet for PostgresFleet {
     async fn claim(&self, arn: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO watch_pollers (execution_arn, owner, lease_expires_at)
-             VALUES ($1, $2, now() + make_interval(secs => $3))
-             ON CONFLICT (execution_arn) DO UPDATE
-                SET owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at,
-                    updated_at = now()
-              WHERE watch_pollers.owner = EXCLUDED.owner
-                 OR watch_pollers.lease_expires_at < now()
-             RETURNING 1",
-        )
-        .bind(arn)
-        .bind(owner)
-        .bind(seconds(lease))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
+        self.store
+            .run("fleet_claim", async {
+                let row = sqlx::query(
+                    "INSERT INTO watch_pollers (execution_arn, owner, lease_expires_at)
+                 VALUES ($1, $2, now() + make_interval(secs => $3))
+                 ON CONFLICT (execution_arn) DO UPDATE
+                    SET owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at,
+                        updated_at = now()
+                  WHERE watch_pollers.owner = EXCLUDED.owner
+                     OR watch_pollers.lease_expires_at < now()
+                 RETURNING 1",
+                )
+                .bind(arn)
+                .bind(owner)
+                .bind(seconds(lease))
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.is_some())
+            })
+            .await
     }
 
     async fn publish(
@@ -150,27 +160,31 @@ impl Fleet for PostgresFleet {
         snapshot: &str,
         observed_at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        // One statement: the fenced write and its notification (sent at commit).
-        let row = sqlx::query(
-            "WITH published AS (
-                 UPDATE watch_pollers
-                    SET version = version + 1, snapshot = $3, observed_at = $4,
-                        lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
-                  WHERE execution_arn = $1 AND owner = $2
-              RETURNING version)
-             SELECT version, pg_notify($6, version::text || ' ' || $1) FROM published",
-        )
-        .bind(arn)
-        .bind(owner)
-        .bind(snapshot)
-        .bind(observed_at)
-        .bind(seconds(lease))
-        .bind(SNAPSHOTS)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row
-            .map(|row| row.try_get::<i64, _>("version"))
-            .transpose()?)
+        self.store
+            .run("fleet_publish", async {
+                // One statement: the fenced write and its notification (sent at commit).
+                let row = sqlx::query(
+                    "WITH published AS (
+                     UPDATE watch_pollers
+                        SET version = version + 1, snapshot = $3, observed_at = $4,
+                            lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
+                      WHERE execution_arn = $1 AND owner = $2
+                  RETURNING version)
+                 SELECT version, pg_notify($6, version::text || ' ' || $1) FROM published",
+                )
+                .bind(arn)
+                .bind(owner)
+                .bind(snapshot)
+                .bind(observed_at)
+                .bind(seconds(lease))
+                .bind(SNAPSHOTS)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row
+                    .map(|row| row.try_get::<i64, _>("version"))
+                    .transpose()?)
+            })
+            .await
     }
 
     async fn renew(
@@ -180,87 +194,111 @@ impl Fleet for PostgresFleet {
         lease: Duration,
         observed_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE watch_pollers
-                SET lease_expires_at = now() + make_interval(secs => $3),
-                    observed_at = COALESCE($4, observed_at), updated_at = now()
-              WHERE execution_arn = $1 AND owner = $2",
-        )
-        .bind(arn)
-        .bind(owner)
-        .bind(seconds(lease))
-        .bind(observed_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.store
+            .run("fleet_renew", async {
+                let done = sqlx::query(
+                    "UPDATE watch_pollers
+                    SET lease_expires_at = now() + make_interval(secs => $3),
+                        observed_at = COALESCE($4, observed_at), updated_at = now()
+                  WHERE execution_arn = $1 AND owner = $2",
+                )
+                .bind(arn)
+                .bind(owner)
+                .bind(seconds(lease))
+                .bind(observed_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            })
+            .await
     }
 
     async fn release(&self, arn: &str, owner: &str) -> Result<(), StoreError> {
-        // The notification makes followers look at once: one of them takes over.
-        sqlx::query(
-            "WITH released AS (
-                 UPDATE watch_pollers SET lease_expires_at = now() - interval '1 second',
-                        updated_at = now()
-                  WHERE execution_arn = $1 AND owner = $2
-              RETURNING version)
-             SELECT pg_notify($3, version::text || ' ' || $1) FROM released",
-        )
-        .bind(arn)
-        .bind(owner)
-        .bind(SNAPSHOTS)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(())
+        self.store
+            .run("fleet_release", async {
+                // The notification makes followers look at once: one of them takes over.
+                sqlx::query(
+                    "WITH released AS (
+                     UPDATE watch_pollers SET lease_expires_at = now() - interval '1 second',
+                            updated_at = now()
+                      WHERE execution_arn = $1 AND owner = $2
+                  RETURNING version)
+                 SELECT pg_notify($3, version::text || ' ' || $1) FROM released",
+                )
+                .bind(arn)
+                .bind(owner)
+                .bind(SNAPSHOTS)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn shared(&self, arn: &str) -> Result<Option<Shared>, StoreError> {
-        let row = sqlx::query(
-            "SELECT version, snapshot, observed_at, lease_expires_at >= now() AS held, owner
-               FROM watch_pollers WHERE execution_arn = $1",
-        )
-        .bind(arn)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            Ok(Shared {
-                version: row.try_get("version")?,
-                snapshot: row.try_get("snapshot")?,
-                observed_at: row.try_get("observed_at")?,
-                held: row.try_get("held")?,
-                owner: row.try_get("owner")?,
+        self.store
+            .run("fleet_shared", async {
+                let row = sqlx::query(
+                "SELECT version, snapshot, observed_at, lease_expires_at >= now() AS held, owner
+                   FROM watch_pollers WHERE execution_arn = $1",
+            )
+            .bind(arn)
+            .fetch_optional(&self.pool)
+            .await?;
+                row.map(|row| {
+                    Ok(Shared {
+                        version: row.try_get("version")?,
+                        snapshot: row.try_get("snapshot")?,
+                        observed_at: row.try_get("observed_at")?,
+                        held: row.try_get("held")?,
+                        owner: row.try_get("owner")?,
+                    })
+                })
+                .transpose()
+                .map_err(StoreError::Unavailable)
             })
-        })
-        .transpose()
-        .map_err(StoreError::Unavailable)
+            .await
     }
 
     async fn wake(&self, arn: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT pg_notify($2, execution_arn) FROM watch_pollers
-              WHERE execution_arn = $1 AND lease_expires_at >= now()",
-        )
-        .bind(arn)
-        .bind(WAKEUPS)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
+        self.store
+            .run("fleet_wake", async {
+                let row = sqlx::query(
+                    "SELECT pg_notify($2, execution_arn) FROM watch_pollers
+                  WHERE execution_arn = $1 AND lease_expires_at >= now()",
+                )
+                .bind(arn)
+                .bind(WAKEUPS)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.is_some())
+            })
+            .await
     }
 
     async fn listen(&self) -> Result<PgListener, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen_all([SNAPSHOTS, WAKEUPS]).await?;
-        Ok(listener)
+        self.store
+            .run("fleet_listen", async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen_all([SNAPSHOTS, WAKEUPS]).await?;
+                Ok(listener)
+            })
+            .await
     }
 
     async fn forget_idle(&self, idle: Duration) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "DELETE FROM watch_pollers
-              WHERE lease_expires_at < now() - make_interval(secs => $1)",
-        )
-        .bind(seconds(idle))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        self.store
+            .run("fleet_forget_idle", async {
+                let done = sqlx::query(
+                    "DELETE FROM watch_pollers
+                  WHERE lease_expires_at < now() - make_interval(secs => $1)",
+                )
+                .bind(seconds(idle))
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected())
+            })
+            .await
     }
 }
 

@@ -1,26 +1,38 @@
 //! The stop-request store: where idempotency records and the audit trail live.
 //!
-//! One trait, [`Store`], with two implementations over concrete sqlx pools: [`PostgresStore`]
-//! for production (several replicas share it) and [`SqliteStore`], an embedded file for a
-//! single process. [`connect`] picks one from the database URL. Each implementation owns its
-//! SQL and its migrations (`migrations/postgres`, `migrations/sqlite`), embedded in the binary.
+//! One trait, [`Store`], and one implementation of it (`sql`) over either database: Postgres
+//! for production (several replicas share it) or an embedded SQLite file for a single
+//! process. Each operation is written once; what differs between the two databases
+//! (placeholders, the database's clock, how a time is stored, how each connects and migrates)
+//! is in `dialect`. [`connect`] picks the database from its URL. The migrations
+//! (`migrations/postgres`, `migrations/sqlite`) are embedded in the binary. On Postgres the
+//! store also offers the shared watching of [`fleet`].
 
+mod dialect;
 pub(crate) mod fleet;
-mod metered;
-mod postgres;
-mod sqlite;
+mod sql;
 
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::config::DatabaseArgs;
-pub use crate::domain::{ExecutionStatus, RecordedError, StopOutcome};
+pub use crate::domain::{ExecutionArn, ExecutionStatus, RecordedError, StopOutcome};
+use crate::metrics::Metrics;
+use fleet::Fleet;
+use sql::SqlStore;
 
-pub(crate) use metered::metered;
-pub use postgres::PostgresStore;
-pub use sqlite::SqliteStore;
+/// How to reach the database (made from the command line's settings by `config`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `postgres://user:password@host/db` for Postgres; `sqlite://path`, or a plain file path,
+    /// for an SQLite file (created if missing).
+    pub url: String,
+    /// The most connections open at once.
+    pub max_connections: u32,
+    /// How long to wait for a connection (at start and per query) before giving up.
+    pub timeout: Duration,
+}
 
 /// Which database a store uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +87,7 @@ pub struct NewStopRequest {
     pub fingerprint: String,
     /// The RPC (`StopExecution`).
     pub method: String,
-    pub pipeline_execution_arn: String,
+    pub pipeline_execution_arn: ExecutionArn,
     pub reason: String,
     /// SageMaker's ClientRequestToken for this key.
     pub upstream_token: String,
@@ -198,7 +210,7 @@ pub struct StopRecord {
     pub key: RequestKey,
     pub fingerprint: String,
     pub method: String,
-    pub pipeline_execution_arn: String,
+    pub pipeline_execution_arn: ExecutionArn,
     pub reason: String,
     pub upstream_token: String,
     pub state: RecordState,
@@ -284,11 +296,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Checks that the database answers a trivial query.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// The Postgres pool, for what only a database shared by replicas offers (watching shared
-    /// across the fleet, in [`fleet`]); `None` on SQLite.
-    fn postgres_pool(&self) -> Option<sqlx::PgPool> {
-        None
-    }
+    /// What only a database shared by replicas offers: watching shared across them (see
+    /// [`fleet`]), measured with the store's operations. `None` on SQLite.
+    fn fleet(&self) -> Option<Arc<dyn Fleet>>;
 
     /// Closes the pool, waiting for connections in use to be returned.
     async fn close(&self);
@@ -495,7 +505,7 @@ impl AuditEvent {
             at: Utc::now(),
             principal: record.key.principal.clone(),
             token: record.key.token.clone(),
-            pipeline_execution_arn: record.pipeline_execution_arn.clone(),
+            pipeline_execution_arn: record.pipeline_execution_arn.to_string(),
             reason: record.reason.clone(),
             kind,
             outcome: completion.and_then(Completion::outcome),
@@ -506,28 +516,16 @@ impl AuditEvent {
     }
 }
 
-/// Audit events per INSERT statement.
-const AUDIT_ROWS_PER_STATEMENT: usize = 500;
-
-fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
+/// Connects to the database `settings.url` names: `postgres://` or `postgresql://` for
+/// Postgres, `sqlite:` or a plain file path for SQLite (the file is created if missing).
+pub async fn connect(settings: &Settings) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqlStore::connect(settings, None).await?))
 }
 
-/// Connects to the database the URL names: `postgres://` or `postgresql://` for Postgres,
-/// `sqlite:` or a plain file path for SQLite (the file is created if missing).
-pub async fn connect(args: &DatabaseArgs) -> Result<Arc<dyn Store>, StoreError> {
-    let url = args.database_url.trim();
-    if url.is_empty() {
-        return Err(StoreError::InvalidUrl("the database URL is empty".into()));
-    }
-    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-    match scheme {
-        Some("postgres" | "postgresql") => Ok(Arc::new(PostgresStore::connect(url, args).await?)),
-        Some("sqlite") => Ok(Arc::new(SqliteStore::connect(url, args).await?)),
-        Some(other) => Err(StoreError::InvalidUrl(format!(
-            "unsupported scheme `{other}://`; use postgres://, sqlite:// or a file path"
-        ))),
-        None if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::connect(url, args).await?)),
-        None => Ok(Arc::new(SqliteStore::connect_file(url, args).await?)),
-    }
+/// [`connect`], with each operation measured into `metrics`.
+pub(crate) async fn connect_measured(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(SqlStore::connect(settings, Some(metrics)).await?))
 }

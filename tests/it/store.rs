@@ -2,14 +2,14 @@
 //! schema the idempotency contract needs.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, time::Duration};
 
 use crate::common::{Backend, TestDb, admin_url, with_database};
 use pipeline_control::{
     config::DatabaseArgs,
-    store::{self, PostgresStore, SqliteStore, Store, StoreError},
+    store::{self, StoreError},
 };
-use sqlx::{Row as _, postgres::PgConnectOptions};
+use sqlx::{PgPool, Row as _, SqlitePool};
 
 fn migration_count(backend: &str) -> i64 {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,14 +28,12 @@ fn migration_count(backend: &str) -> i64 {
 #[tokio::test]
 async fn migrations_run_twice_are_harmless_on_postgres() {
     let db = TestDb::new(Backend::Postgres).await;
-    let options = PgConnectOptions::from_str(&db.url).unwrap();
-    let store = PostgresStore::connect_with(options, &db.args())
-        .await
-        .unwrap();
+    let store = store::connect(&db.args().store()).await.unwrap();
+    assert_eq!(store.backend(), store::Backend::Postgres);
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(store.pool())
+        .fetch_one(&PgPool::connect(&db.url).await.unwrap())
         .await
         .unwrap();
     assert_eq!(applied, migration_count("postgres"));
@@ -46,11 +44,12 @@ async fn migrations_run_twice_are_harmless_on_postgres() {
 #[tokio::test]
 async fn migrations_run_twice_are_harmless_on_sqlite() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let store = SqliteStore::connect(&db.url, &db.args()).await.unwrap();
+    let store = store::connect(&db.args().store()).await.unwrap();
+    assert_eq!(store.backend(), store::Backend::Sqlite);
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(store.pool())
+        .fetch_one(&SqlitePool::connect(&db.url).await.unwrap())
         .await
         .unwrap();
     assert_eq!(applied, migration_count("sqlite"));
@@ -63,9 +62,9 @@ async fn replicas_migrating_at_once_all_succeed_on_postgres() {
     let db = TestDb::new(Backend::Postgres).await;
     let mut replicas = Vec::new();
     for _ in 0..4 {
-        let args = db.args();
+        let settings = db.args().store();
         replicas.push(tokio::spawn(async move {
-            let store = store::connect(&args).await?;
+            let store = store::connect(&settings).await?;
             store.migrate().await?;
             store.close().await;
             Ok::<_, StoreError>(())
@@ -81,12 +80,9 @@ async fn replicas_migrating_at_once_all_succeed_on_postgres() {
 #[tokio::test]
 async fn schema_holds_the_idempotency_record_and_audit_trail_on_postgres() {
     let db = TestDb::new(Backend::Postgres).await;
-    let store =
-        PostgresStore::connect_with(PgConnectOptions::from_str(&db.url).unwrap(), &db.args())
-            .await
-            .unwrap();
+    let store = store::connect(&db.args().store()).await.unwrap();
     store.migrate().await.unwrap();
-    let pool = store.pool();
+    let pool = &PgPool::connect(&db.url).await.unwrap();
 
     sqlx::query(
         "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
@@ -152,9 +148,9 @@ async fn schema_holds_the_idempotency_record_and_audit_trail_on_postgres() {
 #[tokio::test]
 async fn schema_holds_the_idempotency_record_and_audit_trail_on_sqlite() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let store = SqliteStore::connect(&db.url, &db.args()).await.unwrap();
+    let store = store::connect(&db.args().store()).await.unwrap();
     store.migrate().await.unwrap();
-    let pool = store.pool();
+    let pool = &SqlitePool::connect(&db.url).await.unwrap();
     const NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -235,7 +231,7 @@ async fn schema_holds_the_idempotency_record_and_audit_trail_on_sqlite() {
 #[tokio::test]
 async fn connect_picks_the_backend_from_the_url() {
     let pg = TestDb::new(Backend::Postgres).await;
-    let store = store::connect(&pg.args()).await.unwrap();
+    let store = store::connect(&pg.args().store()).await.unwrap();
     assert_eq!(store.backend(), store::Backend::Postgres);
     store.close().await;
 
@@ -245,7 +241,7 @@ async fn connect_picks_the_backend_from_the_url() {
         plain_path.display().to_string(),
         format!("sqlite://{}", dir.path().join("url.db").display()),
     ] {
-        let store = store::connect(&DatabaseArgs::new(url.clone()))
+        let store = store::connect(&DatabaseArgs::new(url.clone()).store())
             .await
             .unwrap();
         assert_eq!(store.backend(), store::Backend::Sqlite, "{url}");
@@ -258,7 +254,9 @@ async fn connect_picks_the_backend_from_the_url() {
 #[tokio::test]
 async fn bad_database_urls_fail_with_a_clear_error() {
     for url in ["", "mysql://root@localhost/db", "postgres://user@[::1/db"] {
-        let error = store::connect(&DatabaseArgs::new(url)).await.unwrap_err();
+        let error = store::connect(&DatabaseArgs::new(url).store())
+            .await
+            .unwrap_err();
         assert!(
             matches!(error, StoreError::InvalidUrl(_)),
             "{url:?}: {error}"
@@ -277,9 +275,9 @@ async fn an_unreachable_database_fails_within_the_timeout() {
     // Nothing listens on port 1 of the loopback address.
     let closed = "postgres://user:secret@127.0.0.1:1/db".to_string();
     for url in [missing, closed] {
-        let mut args = DatabaseArgs::new(url.clone());
-        args.database_timeout = Duration::from_secs(2);
-        let result = tokio::time::timeout(Duration::from_secs(60), store::connect(&args))
+        let mut settings = DatabaseArgs::new(url.clone()).store();
+        settings.timeout = Duration::from_secs(2);
+        let result = tokio::time::timeout(Duration::from_secs(60), store::connect(&settings))
             .await
             .expect("connect gives up by itself");
         let error = result.unwrap_err();
@@ -300,9 +298,10 @@ async fn an_unreachable_database_fails_within_the_timeout() {
 
     let dir = tempfile::tempdir().unwrap();
     let inside_missing_dir = dir.path().join("missing").join("x.db");
-    let error = store::connect(&DatabaseArgs::new(inside_missing_dir.display().to_string()))
-        .await
-        .unwrap_err();
+    let error =
+        store::connect(&DatabaseArgs::new(inside_missing_dir.display().to_string()).store())
+            .await
+            .unwrap_err();
     assert!(
         error
             .to_string()
@@ -317,8 +316,8 @@ mod records {
 
     use crate::common::{Backend, TestDb};
     use pipeline_control::store::{
-        self, Completion, ExecutionStatus, NewStopRequest, RecordState, RequestKey, StopOutcome,
-        Store, StoreError,
+        self, Completion, ExecutionArn, ExecutionStatus, NewStopRequest, RecordState, RequestKey,
+        StopOutcome, Store, StoreError,
     };
 
     fn request(principal: &str, token: &str) -> NewStopRequest {
@@ -329,8 +328,10 @@ mod records {
             },
             fingerprint: "f".repeat(64),
             method: "StopExecution".into(),
-            pipeline_execution_arn:
-                "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl".into(),
+            pipeline_execution_arn: ExecutionArn::parse(
+                "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl",
+            )
+            .unwrap(),
             reason: "test".into(),
             upstream_token: "u".repeat(64),
             force_after: None,
@@ -346,7 +347,7 @@ mod records {
 
     async fn open(backend: Backend) -> (TestDb, std::sync::Arc<dyn Store>) {
         let db = TestDb::new(backend).await;
-        let store = store::connect(&db.args()).await.unwrap();
+        let store = store::connect(&db.args().store()).await.unwrap();
         store.migrate().await.unwrap();
         (db, store)
     }
@@ -489,6 +490,7 @@ mod records {
             ("outcome", "STOP_DEFERRED"),
             ("error_code", "EXECUTION_ON_FIRE"),
             ("execution_status", "Paused"),
+            ("pipeline_execution_arn", "arn:aws:sagemaker:somewhere"),
         ] {
             let token = format!("unknown-{column}");
             let req = request("p", &token);
