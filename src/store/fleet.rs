@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row as _, postgres::PgListener};
 
-use super::{StoreError, sql::SqlStore};
+use super::{StoreError, meter::Meter};
 
 fn seconds(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -114,23 +114,23 @@ pub trait Fleet: Send + Sync + fmt::Debug + 'static {
     async fn forget_idle(&self, idle: Duration) -> Result<u64, StoreError>;
 }
 
-/// [`Fleet`] on the store's Postgres pool, measured by the store.
+/// [`Fleet`] on the store's Postgres pool, measured with the store's operations.
 #[derive(Debug, Clone)]
 pub(super) struct PostgresFleet {
     pool: PgPool,
-    store: SqlStore,
+    meter: Meter,
 }
 
 impl PostgresFleet {
-    pub(super) fn new(pool: PgPool, store: SqlStore) -> Self {
-        Self { pool, store }
+    pub(super) fn new(pool: PgPool, meter: Meter) -> Self {
+        Self { pool, meter }
     }
 }
 
 #[async_trait]
 impl Fleet for PostgresFleet {
     async fn claim(&self, arn: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
-        self.store
+        self.meter
             .run("fleet_claim", async {
                 let row = sqlx::query(
                     "INSERT INTO watch_pollers (execution_arn, owner, lease_expires_at)
@@ -160,7 +160,7 @@ impl Fleet for PostgresFleet {
         snapshot: &str,
         observed_at: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        self.store
+        self.meter
             .run("fleet_publish", async {
                 // One statement: the fenced write and its notification (sent at commit).
                 let row = sqlx::query(
@@ -194,7 +194,7 @@ impl Fleet for PostgresFleet {
         lease: Duration,
         observed_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
-        self.store
+        self.meter
             .run("fleet_renew", async {
                 let done = sqlx::query(
                     "UPDATE watch_pollers
@@ -214,7 +214,7 @@ impl Fleet for PostgresFleet {
     }
 
     async fn release(&self, arn: &str, owner: &str) -> Result<(), StoreError> {
-        self.store
+        self.meter
             .run("fleet_release", async {
                 // The notification makes followers look at once: one of them takes over.
                 sqlx::query(
@@ -236,7 +236,7 @@ impl Fleet for PostgresFleet {
     }
 
     async fn shared(&self, arn: &str) -> Result<Option<Shared>, StoreError> {
-        self.store
+        self.meter
             .run("fleet_shared", async {
                 let row = sqlx::query(
                 "SELECT version, snapshot, observed_at, lease_expires_at >= now() AS held, owner
@@ -261,7 +261,7 @@ impl Fleet for PostgresFleet {
     }
 
     async fn wake(&self, arn: &str) -> Result<bool, StoreError> {
-        self.store
+        self.meter
             .run("fleet_wake", async {
                 let row = sqlx::query(
                     "SELECT pg_notify($2, execution_arn) FROM watch_pollers
@@ -277,7 +277,7 @@ impl Fleet for PostgresFleet {
     }
 
     async fn listen(&self) -> Result<PgListener, StoreError> {
-        self.store
+        self.meter
             .run("fleet_listen", async {
                 let mut listener = PgListener::connect_with(&self.pool).await?;
                 listener.listen_all([SNAPSHOTS, WAKEUPS]).await?;
@@ -287,7 +287,7 @@ impl Fleet for PostgresFleet {
     }
 
     async fn forget_idle(&self, idle: Duration) -> Result<u64, StoreError> {
-        self.store
+        self.meter
             .run("fleet_forget_idle", async {
                 let done = sqlx::query(
                     "DELETE FROM watch_pollers

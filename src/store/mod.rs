@@ -4,12 +4,14 @@
 //! for production (several replicas share it) or an embedded SQLite file for a single
 //! process. Each operation is written once; what differs between the two databases
 //! (placeholders, the database's clock, how a time is stored, how each connects and migrates)
-//! is in `dialect`. [`connect`] picks the database from its URL. The migrations
+//! is in `dialect`; each operation is measured in `meter`. [`connect`] picks the database from
+//! its URL. The migrations
 //! (`migrations/postgres`, `migrations/sqlite`) are embedded in the binary. On Postgres the
 //! store also offers the shared watching of [`fleet`].
 
 mod dialect;
 pub(crate) mod fleet;
+mod meter;
 mod sql;
 
 use std::{sync::Arc, time::Duration};

@@ -2,11 +2,7 @@
 //! each operation is its SQL, its arguments and one of a few ways to run a statement, and runs
 //! through [`SqlStore::run`], which measures it.
 
-use std::{
-    borrow::Cow,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{borrow::Cow, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
@@ -15,7 +11,6 @@ use sqlx::{
     query::{Query, QueryAs},
     sqlite::SqliteRow,
 };
-use tracing::Instrument as _;
 
 use super::{
     AuditEvent, AuditKind, Backend, Completion, ListQuery, NewBatch, NewStopRequest, RecordState,
@@ -23,6 +18,7 @@ use super::{
     StoredBatch,
     dialect::{Arg, Breaks, Pool, Time, args, on_pool},
     fleet::{Fleet, PostgresFleet},
+    meter::Meter,
 };
 use crate::{domain::ExecutionArn, metrics::Metrics};
 
@@ -37,9 +33,7 @@ const AUDIT_COLUMNS: &str = "principal, client_token, pipeline_execution_arn, re
 #[derive(Debug, Clone)]
 pub(crate) struct SqlStore {
     pool: Pool,
-    /// Where operations are measured (`None`: they are not).
-    metrics: Option<Arc<Metrics>>,
-    breaks: Arc<Breaks>,
+    meter: Meter,
 }
 
 impl SqlStore {
@@ -49,49 +43,8 @@ impl SqlStore {
     ) -> Result<Self, StoreError> {
         let breaks = Arc::new(Breaks::new());
         let pool = Pool::connect(settings, &breaks).await?;
-        Ok(Self {
-            pool,
-            metrics,
-            breaks,
-        })
-    }
-
-    /// Runs `work` as the store operation `operation`: counted by result and timed (waiting
-    /// for a connection included), inside a client span named after it, under the caller's.
-    pub(super) async fn run<T>(
-        &self,
-        operation: &'static str,
-        work: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        // What runs every few seconds whatever callers do (the health checker's pings, the
-        // leases of shared watching) would be a trace each time: measured, not traced.
-        let span = if operation == "ping" || operation.starts_with("fleet_") {
-            tracing::Span::none()
-        } else {
-            tracing::info_span!(
-                "store",
-                otel.name = format!("store {operation}"),
-                otel.kind = "client",
-                db.system.name = match self.pool.backend() {
-                    Backend::Postgres => "postgresql",
-                    Backend::Sqlite => "sqlite",
-                },
-                db.operation.name = operation,
-                otel.status_code = tracing::field::Empty,
-            )
-        };
-        let started = Instant::now();
-        let result = work.instrument(span.clone()).await;
-        if let Some(metrics) = &self.metrics {
-            metrics.store(operation, result.is_ok(), started.elapsed());
-        }
-        if let Err(error) = &result {
-            if let StoreError::Unavailable(error) = error {
-                self.breaks.note(error);
-            }
-            span.record("otel.status_code", "ERROR");
-        }
-        result
+        let meter = Meter::new(pool.backend(), metrics, breaks);
+        Ok(Self { pool, meter })
     }
 
     /// The first row `statement` returns, if any.
@@ -378,7 +331,10 @@ impl Store for SqlStore {
 
     fn fleet(&self) -> Option<Arc<dyn Fleet>> {
         match &self.pool {
-            Pool::Postgres(pool) => Some(Arc::new(PostgresFleet::new(pool.clone(), self.clone()))),
+            Pool::Postgres(pool) => Some(Arc::new(PostgresFleet::new(
+                pool.clone(),
+                self.meter.clone(),
+            ))),
             Pool::Sqlite(_) => None,
         }
     }
@@ -388,7 +344,8 @@ impl Store for SqlStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.run("ping", self.execute("SELECT 1", &[]))
+        self.meter
+            .run("ping", self.execute("SELECT 1", &[]))
             .await
             .map(drop)
     }
@@ -440,7 +397,8 @@ impl Store for SqlStore {
             request.force_after,
         ];
         let audit = Audit::of(AuditKind::Received, owner);
-        self.run("insert_new", self.change(insert, &args, audit))
+        self.meter
+            .run("insert_new", self.change(insert, &args, audit))
             .await
     }
 
@@ -459,7 +417,8 @@ impl Store for SqlStore {
              RETURNING *";
         let args = args![&key.principal, &key.token, owner, lease];
         let audit = Audit::of(AuditKind::TakenOver, owner);
-        self.run("take_over", self.change(update, &args, audit))
+        self.meter
+            .run("take_over", self.change(update, &args, audit))
             .await
     }
 
@@ -489,7 +448,8 @@ impl Store for SqlStore {
             status
         ];
         let audit = Audit::of(AuditKind::Completed, owner);
-        self.run("complete", self.change(update, &args, audit))
+        self.meter
+            .run("complete", self.change(update, &args, audit))
             .await
     }
 
@@ -506,7 +466,7 @@ impl Store for SqlStore {
              RETURNING *";
         let args = args![&key.principal, &key.token, epoch, error];
         let audit = Audit::of(AuditKind::FailedTransient, owner);
-        let changed = self.run("release", self.change(update, &args, audit));
+        let changed = self.meter.run("release", self.change(update, &args, audit));
         Ok(changed.await?.is_some())
     }
 
@@ -525,18 +485,19 @@ impl Store for SqlStore {
             error: Some(reason),
             ..Audit::of(AuditKind::Discarded, owner)
         };
-        let changed = self.run("discard", self.change(delete, &args, audit));
+        let changed = self.meter.run("discard", self.change(delete, &args, audit));
         Ok(changed.await?.is_some())
     }
 
     async fn get(&self, key: &RequestKey) -> Result<Option<StopRecord>, StoreError> {
         let select = "SELECT * FROM stop_requests
              WHERE principal = $1 AND client_token = $2 AND expires_at > now()";
-        self.run(
-            "get",
-            self.record(select, &args![&key.principal, &key.token]),
-        )
-        .await
+        self.meter
+            .run(
+                "get",
+                self.record(select, &args![&key.principal, &key.token]),
+            )
+            .await
     }
 
     async fn claim_batch(
@@ -563,22 +524,23 @@ impl Store for SqlStore {
             batch.truncated,
             retention,
         ];
-        self.run("claim_batch", async {
-            match self.optional(insert, &args).await? {
-                Some(row) => Ok(stored_batch(row, true)),
-                // A live batch stands under the key: an earlier attempt's. (Gone meanwhile
-                // only if it expired and was swept in between; a retry then starts afresh.)
-                None => self
-                    .live_batch(&batch.key)
-                    .await?
-                    .ok_or(StoreError::Unavailable(sqlx::Error::RowNotFound)),
-            }
-        })
-        .await
+        self.meter
+            .run("claim_batch", async {
+                match self.optional(insert, &args).await? {
+                    Some(row) => Ok(stored_batch(row, true)),
+                    // A live batch stands under the key: an earlier attempt's. (Gone meanwhile
+                    // only if it expired and was swept in between; a retry then starts afresh.)
+                    None => self
+                        .live_batch(&batch.key)
+                        .await?
+                        .ok_or(StoreError::Unavailable(sqlx::Error::RowNotFound)),
+                }
+            })
+            .await
     }
 
     async fn batch(&self, key: &RequestKey) -> Result<Option<StoredBatch>, StoreError> {
-        self.run("batch", self.live_batch(key)).await
+        self.meter.run("batch", self.live_batch(key)).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<StopRecord>, StoreError> {
@@ -608,11 +570,12 @@ impl Store for SqlStore {
             " ORDER BY created_at DESC, principal DESC, client_token DESC LIMIT {}",
             query.limit
         ));
-        self.run("list", async {
-            let rows: Vec<StopRow> = self.all(select, &args).await?;
-            rows.into_iter().map(StopRecord::try_from).collect()
-        })
-        .await
+        self.meter
+            .run("list", async {
+                let rows: Vec<StopRow> = self.all(select, &args).await?;
+                rows.into_iter().map(StopRecord::try_from).collect()
+            })
+            .await
     }
 
     async fn due_forces(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {
@@ -623,7 +586,8 @@ impl Store for SqlStore {
                AND (lease_expires_at IS NULL OR lease_expires_at <= now())
              ORDER BY force_at
              LIMIT $1";
-        self.run("due_forces", self.keys(select, &args![limit]))
+        self.meter
+            .run("due_forces", self.keys(select, &args![limit]))
             .await
     }
 
@@ -641,7 +605,9 @@ impl Store for SqlStore {
                AND (lease_expires_at IS NULL OR lease_expires_at <= now())
              RETURNING *";
         let args = args![&key.principal, &key.token, owner, lease];
-        self.run("claim_force", self.record(update, &args)).await
+        self.meter
+            .run("claim_force", self.record(update, &args))
+            .await
     }
 
     async fn record_release(
@@ -678,27 +644,28 @@ impl Store for SqlStore {
             epoch,
             owner
         ];
-        self.run("record_release", async {
-            on_pool!(&self.pool, |pool| {
-                let mut tx = pool.begin_with(self.pool.begin_write()).await?;
-                let held: Option<StopRow> =
-                    bind_as(held, &held_args).fetch_optional(&mut *tx).await?;
-                let Some(held) = held else {
-                    return Ok(false);
-                };
-                let released = bind(insert, &insert_args).execute(&mut *tx).await?;
-                // Once per release: a later epoch that finds it recorded writes no second
-                // audit row.
-                if released.rows_affected() > 0 {
-                    bind(self.pool.sql(AUDIT_ROW), &audit.about(&held))
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(true)
+        self.meter
+            .run("record_release", async {
+                on_pool!(&self.pool, |pool| {
+                    let mut tx = pool.begin_with(self.pool.begin_write()).await?;
+                    let held: Option<StopRow> =
+                        bind_as(held, &held_args).fetch_optional(&mut *tx).await?;
+                    let Some(held) = held else {
+                        return Ok(false);
+                    };
+                    let released = bind(insert, &insert_args).execute(&mut *tx).await?;
+                    // Once per release: a later epoch that finds it recorded writes no second
+                    // audit row.
+                    if released.rows_affected() > 0 {
+                        bind(self.pool.sql(AUDIT_ROW), &audit.about(&held))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(true)
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn finish_force(
@@ -719,7 +686,9 @@ impl Store for SqlStore {
             detail: note,
             ..Audit::of(AuditKind::Forced, owner)
         };
-        let changed = self.run("finish_force", self.change(update, &args, audit));
+        let changed = self
+            .meter
+            .run("finish_force", self.change(update, &args, audit));
         Ok(changed.await?.is_some())
     }
 
@@ -729,19 +698,20 @@ impl Store for SqlStore {
                ON q.principal = r.principal AND q.client_token = r.client_token
              WHERE r.principal = $1 AND r.client_token = $2 AND r.released_at >= q.created_at
              ORDER BY r.released_at, r.callback_token";
-        self.run("releases", async {
-            let rows: Vec<(String, String, Time)> =
-                self.all(select, &args![&key.principal, &key.token]).await?;
-            Ok(rows
-                .into_iter()
-                .map(|(step_name, callback_token, Time(released_at))| Release {
-                    step_name,
-                    callback_token,
-                    released_at,
-                })
-                .collect())
-        })
-        .await
+        self.meter
+            .run("releases", async {
+                let rows: Vec<(String, String, Time)> =
+                    self.all(select, &args![&key.principal, &key.token]).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(step_name, callback_token, Time(released_at))| Release {
+                        step_name,
+                        callback_token,
+                        released_at,
+                    })
+                    .collect())
+            })
+            .await
     }
 
     async fn expired_leases(&self, limit: u32) -> Result<Vec<RequestKey>, StoreError> {
@@ -749,7 +719,8 @@ impl Store for SqlStore {
              WHERE state = 'pending' AND lease_expires_at <= now() AND expires_at > now()
              ORDER BY lease_expires_at
              LIMIT $1";
-        self.run("expired_leases", self.keys(select, &args![limit]))
+        self.meter
+            .run("expired_leases", self.keys(select, &args![limit]))
             .await
     }
 
@@ -768,73 +739,77 @@ impl Store for SqlStore {
                    ON q.principal = r.principal AND q.client_token = r.client_token
                  WHERE q.principal IS NULL OR q.expires_at <= now() LIMIT $1)",
         ];
-        self.run("delete_expired", async {
-            // The largest: a table whose batch came back full has more to delete.
-            let mut most = 0;
-            for delete in deletes {
-                most = most.max(self.execute(delete, &args![limit]).await?);
-            }
-            Ok(most)
-        })
-        .await
+        self.meter
+            .run("delete_expired", async {
+                // The largest: a table whose batch came back full has more to delete.
+                let mut most = 0;
+                for delete in deletes {
+                    most = most.max(self.execute(delete, &args![limit]).await?);
+                }
+                Ok(most)
+            })
+            .await
     }
 
     async fn delete_old_audit(&self, retention: Duration, limit: u32) -> Result<u64, StoreError> {
         let delete = "DELETE FROM stop_audit WHERE id IN (
                  SELECT id FROM stop_audit WHERE at < now() - $1 ORDER BY at LIMIT $2)";
-        self.run(
-            "delete_old_audit",
-            self.execute(delete, &args![retention, limit]),
-        )
-        .await
+        self.meter
+            .run(
+                "delete_old_audit",
+                self.execute(delete, &args![retention, limit]),
+            )
+            .await
     }
 
     async fn audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
-        self.run("audit", async {
-            for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
-                let mut insert = String::from(
+        self.meter
+            .run("audit", async {
+                for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
+                    let mut insert = String::from(
                     "INSERT INTO stop_audit (at, principal, client_token, pipeline_execution_arn,
                          reason, event, outcome, error_code, epoch, worker) VALUES ",
                 );
-                let mut args = Vec::new();
-                for event in chunk {
-                    let first = args.len() + 1;
-                    args.extend(args![
-                        event.at,
-                        &event.principal,
-                        &event.token,
-                        &event.pipeline_execution_arn,
-                        &event.reason,
-                        event.kind.as_str(),
-                        event.outcome.map(StopOutcome::as_str),
-                        event.error.map(RecordedError::as_str),
-                        event.epoch,
-                        &event.worker,
-                    ]);
-                    let row: Vec<String> = (first..=args.len()).map(|n| format!("${n}")).collect();
-                    if first > 1 {
-                        insert.push_str(", ");
+                    let mut args = Vec::new();
+                    for event in chunk {
+                        let first = args.len() + 1;
+                        args.extend(args![
+                            event.at,
+                            &event.principal,
+                            &event.token,
+                            &event.pipeline_execution_arn,
+                            &event.reason,
+                            event.kind.as_str(),
+                            event.outcome.map(StopOutcome::as_str),
+                            event.error.map(RecordedError::as_str),
+                            event.epoch,
+                            &event.worker,
+                        ]);
+                        let row: Vec<String> =
+                            (first..=args.len()).map(|n| format!("${n}")).collect();
+                        if first > 1 {
+                            insert.push_str(", ");
+                        }
+                        insert.push_str(&format!("({})", row.join(", ")));
                     }
-                    insert.push_str(&format!("({})", row.join(", ")));
+                    match &self.pool {
+                        // Not waiting for the disk (see the trait).
+                        Pool::Postgres(pool) => {
+                            let mut tx = pool.begin().await?;
+                            sqlx::query("SET LOCAL synchronous_commit TO OFF")
+                                .execute(&mut *tx)
+                                .await?;
+                            bind(self.pool.sql(insert), &args).execute(&mut *tx).await?;
+                            tx.commit().await?;
+                        }
+                        // SQLite's commits never wait for the disk (see `dialect`).
+                        Pool::Sqlite(pool) => {
+                            bind(self.pool.sql(insert), &args).execute(pool).await?;
+                        }
+                    }
                 }
-                match &self.pool {
-                    // Not waiting for the disk (see the trait).
-                    Pool::Postgres(pool) => {
-                        let mut tx = pool.begin().await?;
-                        sqlx::query("SET LOCAL synchronous_commit TO OFF")
-                            .execute(&mut *tx)
-                            .await?;
-                        bind(self.pool.sql(insert), &args).execute(&mut *tx).await?;
-                        tx.commit().await?;
-                    }
-                    // SQLite's commits never wait for the disk (see `dialect`).
-                    Pool::Sqlite(pool) => {
-                        bind(self.pool.sql(insert), &args).execute(pool).await?;
-                    }
-                }
-            }
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await
     }
 }
