@@ -40,6 +40,16 @@ enum SharedState {
     NotFound,
 }
 
+impl SharedState {
+    /// Terminal, or not found: the poller that reads it ends.
+    fn is_final(&self) -> bool {
+        match self {
+            Self::Snapshot(snapshot) => snapshot.status.is_terminal(),
+            Self::NotFound => true,
+        }
+    }
+}
+
 /// Who reads SageMaker for a watched execution, this turn.
 enum Turn {
     /// Another replica: this one follows the shared row.
@@ -242,16 +252,23 @@ impl Feed {
                     .store(at.timestamp_millis(), Ordering::Relaxed);
             }
             let first = *self.baseline.get_or_insert(shared.version);
-            // Versions only grow, unless the row was forgotten and made anew. A version not
-            // taken (not fresh) is looked at again next time.
-            let fresh = shared.held || shared.version > first;
+            let state = shared
+                .snapshot
+                .as_deref()
+                .map(serde_json::from_str::<SharedState>);
+            // Versions only grow, unless the row was forgotten and made anew. What was there
+            // when this poller began is taken only while its holder keeps it fresh, and never
+            // a final word (a holder publishes one just before it gives the lease up, and the
+            // execution may have been retried since): SageMaker says. A version not taken is
+            // looked at again next time.
+            let newer = shared.version > first;
+            let fresh = match &state {
+                Some(Ok(state)) => newer || (shared.held && !state.is_final()),
+                _ => newer || shared.held,
+            };
             if shared.version != self.version && fresh {
                 self.version = shared.version;
-                let ended = match shared
-                    .snapshot
-                    .as_deref()
-                    .map(serde_json::from_str::<SharedState>)
-                {
+                let ended = match state {
                     Some(Ok(state)) => self.adopt(state),
                     Some(Err(error)) => {
                         tracing::warn!(execution = %self.arn, %error, "a shared snapshot this version cannot read: ignored");

@@ -170,6 +170,20 @@ impl Drop for PollerRunning<'_> {
     }
 }
 
+impl Poller {
+    /// Whether this poller has published its final word and ends (or has ended).
+    fn ended(&self) -> bool {
+        match &*self.tx.borrow() {
+            Published::Nothing => false,
+            Published::Snapshot(snapshot) => snapshot.status.is_terminal(),
+            Published::NotFound
+            | Published::Unavailable
+            | Published::Refused(_)
+            | Published::NotServed => true,
+        }
+    }
+}
+
 impl Watcher {
     /// The watcher of one server; with `fleet`, it shares reading with the other replicas.
     /// Its pollers run on `tasks` until `stopping`.
@@ -328,36 +342,45 @@ impl Watcher {
         self: &Arc<Self>,
         arn: &ExecutionArn,
     ) -> (Arc<Poller>, watch::Receiver<Published>) {
-        let entry = self
+        let mut entry = self
             .pollers
             .entry(arn.as_str().to_string())
-            .or_insert_with(|| {
-                let (tx, _) = watch::channel(Published::Nothing);
-                let poller = Arc::new(Poller {
-                    tx,
-                    last_observed: AtomicI64::new(0),
-                    shared: Notify::new(),
-                    read: Notify::new(),
-                    retime: Notify::new(),
-                });
-                match &self.fleet {
-                    Some((fleet, replica)) => {
-                        let id = self.poller_ids.fetch_add(1, Ordering::Relaxed);
-                        self.tasks.spawn(self.clone().feed(
-                            arn.clone(),
-                            poller.clone(),
-                            fleet.clone(),
-                            format!("{replica}/{id}"),
-                        ))
-                    }
-                    None => self
-                        .tasks
-                        .spawn(self.clone().poll(arn.clone(), poller.clone())),
-                };
-                poller
-            });
+            .or_insert_with(|| self.start_poller(arn));
+        // A poller that has said its final word (terminal, not found, or its first read failed)
+        // is on its way out: a new watcher gets a poller of its own, which reads afresh (the
+        // execution may have been retried since).
+        if entry.ended() {
+            *entry = self.start_poller(arn);
+        }
         let rx = entry.tx.subscribe();
         (entry.clone(), rx)
+    }
+
+    /// A poller of `arn` on a task of its own.
+    fn start_poller(self: &Arc<Self>, arn: &ExecutionArn) -> Arc<Poller> {
+        let (tx, _) = watch::channel(Published::Nothing);
+        let poller = Arc::new(Poller {
+            tx,
+            last_observed: AtomicI64::new(0),
+            shared: Notify::new(),
+            read: Notify::new(),
+            retime: Notify::new(),
+        });
+        match &self.fleet {
+            Some((fleet, replica)) => {
+                let id = self.poller_ids.fetch_add(1, Ordering::Relaxed);
+                self.tasks.spawn(self.clone().feed(
+                    arn.clone(),
+                    poller.clone(),
+                    fleet.clone(),
+                    format!("{replica}/{id}"),
+                ))
+            }
+            None => self
+                .tasks
+                .spawn(self.clone().poll(arn.clone(), poller.clone())),
+        };
+        poller
     }
 
     /// One read of SageMaker: publishes to this replica's watchers what changed, and adjusts
