@@ -16,7 +16,9 @@
 //!
 //! One emulator plays every account and region, kept apart as SageMaker keeps them: a call
 //! acts in the region of its SigV4 credential scope and in the account of its access key, and
-//! sees nothing of another (account, region). On the same port it serves STS's AssumeRole and
+//! sees nothing of another (account, region). The SigV4 signatures of the keys whose secrets
+//! it knows (those its STS issues) are checked as AWS checks them; other keys are accepted
+//! with any signature. On the same port it serves STS's AssumeRole and
 //! GetCallerIdentity, whose temporary keys act in the role's account and expire on the
 //! emulated clock; and SQS (CreateQueue, GetQueueUrl, ListQueues, SendMessage, ReceiveMessage
 //! with long polling, DeleteMessage, ChangeMessageVisibility, PurgeQueue), whose queues
@@ -45,14 +47,15 @@
 //! - `state`: the data, per (account, region) in sharded maps with a lock per execution and
 //!   per token record, the call counts, and the event pump that advances executions whose
 //!   events someone receives when they are due; `identity`: the (account, region) and principal
-//!   of a call, the keys STS issued, the roles' rules; `queue`: an SQS queue (messages,
-//!   visibility, long polling); `clock`: time and ids.
+//!   of a call, the keys whose secrets it knows and the checks of their calls, the roles'
+//!   rules; `queue`: an SQS queue (messages, visibility, long polling); `clock`: time and ids;
+//!   `sigv4`: AWS Signature Version 4 as a service checks it.
 //! - `faults` and `admin`: fault injection and the admin surface.
 //!
 //! A module imports only modules of the groups after its own, in this order, so none imports
 //! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`, `sts`, `sqs`; `state`,
 //! `validate`; `events`; `engine`, `error`; `definition`, `faults`, `identity`, `options`,
-//! `queue`; `clock`.
+//! `queue`; `clock`, `sigv4`.
 //! Inside `ops` likewise: `ops.rs`; `pipelines`, `executions`; `common`.
 
 mod admin;
@@ -67,6 +70,7 @@ mod identity;
 mod ops;
 mod options;
 mod queue;
+mod sigv4;
 mod sqs;
 mod state;
 mod sts;

@@ -34,7 +34,7 @@ use super::{
     engine::{ExecutionState, ExecutionStatus},
     events::{EventTarget, Events, ExecutionInfo, render},
     faults::Faults,
-    identity::{Identity, RoleRule, Scope},
+    identity::{Identity, Principal, RoleRule, Scope},
     options::EmulatorOptions,
     queue::{Queue, QueueAttributes, parse_queue_url},
 };
@@ -639,7 +639,12 @@ impl Emulator {
                 external_id: Some(external_id.clone()),
                 refuse: false,
             });
-        let user_id = ids.unique_id("AIDA", &options.account_id);
+        // Every key but those STS issues belongs to the IAM user of its account.
+        let user = Principal::user(
+            &options.account_id,
+            ids.unique_id("AIDA", &options.account_id),
+        );
+        let identity = Identity::new(&options.region, user, roles);
         let default_scope = Scope {
             account: options.account_id.clone(),
             region: options.region.clone(),
@@ -647,7 +652,7 @@ impl Emulator {
         let (due, due_receiver) = mpsc::unbounded_channel();
         Self {
             clock: Clock::new(options.time_scale),
-            identity: Identity::new(&options.region, &options.account_id, user_id, roles),
+            identity,
             ids,
             region: options.region.clone(),
             account_id: options.account_id.clone(),
