@@ -1,11 +1,12 @@
 //! Who a call comes from and where it acts: the (account, region) of every call, whether its
-//! credentials are refused, the keys whose secrets the emulator knows (those its STS issued),
-//! and what the roles it knows demand.
+//! credentials are refused, the keys whose secrets the emulator knows (those its STS issued and
+//! those given with `--access-key`), and what the roles it knows demand.
 //!
 //! The region is the one in the SigV4 credential scope of the `Authorization` header
 //! (`Credential=AKID/DATE/REGION/SERVICE/aws4_request`), else `--region`. The account is the
 //! owner of the access key id: a key AssumeRole issued belongs to the role's account (and,
-//! once its emulated lifetime is over, is expired); any other key, or none, to `--account-id`.
+//! once its emulated lifetime is over, is expired); a key given with `--access-key`, to its
+//! account; any other key, or none, to `--account-id`.
 //!
 //! A call made with a key whose secret the emulator knows is checked as AWS checks it: an
 //! issued key must come with the session token issued with it, and must not be expired (on
@@ -18,7 +19,10 @@
 //! Issued keys live as long as the emulator (an expired one must keep answering
 //! ExpiredTokenException, not become a key of the default account).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -82,6 +86,13 @@ pub(crate) struct Session {
     pub(crate) session_token: String,
     /// On the emulator's clock.
     pub(crate) expires_at: VTime,
+}
+
+/// A key given with its secret (`--access-key`).
+#[derive(Debug)]
+pub(crate) struct StaticKey {
+    pub(crate) principal: Principal,
+    pub(crate) secret_access_key: String,
 }
 
 /// The caller of one request.
@@ -195,21 +206,26 @@ pub(crate) struct Identity {
     default_region: String,
     /// Who the keys the emulator knows no secret of are: the default account's user.
     default_user: Principal,
+    /// The keys given with their secrets, by access key id.
+    keys: HashMap<String, StaticKey>,
     sessions: DashMap<String, Arc<Session>>,
     roles: DashMap<String, RoleRule>,
 }
 
 impl Identity {
     /// Calls with no key the emulator knows act as `default_user`; calls without a credential
-    /// scope, in `region`. `roles` are the rules in force at the start.
+    /// scope, in `region`. `keys` are those given with their secrets (`--access-key`), `roles`
+    /// the rules in force at the start.
     pub(crate) fn new(
         region: &str,
         default_user: Principal,
+        keys: impl IntoIterator<Item = (String, StaticKey)>,
         roles: impl IntoIterator<Item = RoleRule>,
     ) -> Self {
         Self {
             default_region: region.to_string(),
             default_user,
+            keys: keys.into_iter().collect(),
             sessions: DashMap::new(),
             roles: roles
                 .into_iter()
@@ -239,7 +255,14 @@ impl Identity {
                 };
             return Caller::new(&session.principal, region, refusal);
         }
-        Caller::new(&self.default_user, region, None)
+        match self.keys.get(key) {
+            Some(key) => Caller::new(
+                &key.principal,
+                region,
+                check_signature(request, &key.secret_access_key, time),
+            ),
+            None => Caller::new(&self.default_user, region, None),
+        }
     }
 
     /// Records the credentials AssumeRole issued under `access_key_id`.
@@ -324,9 +347,14 @@ mod tests {
     const NOW_DATE: &str = "20261201T120000Z";
 
     fn identity() -> Identity {
+        let static_key = StaticKey {
+            principal: Principal::user("444444444444", "AIDAS".into()),
+            secret_access_key: "static-secret".into(),
+        };
         Identity::new(
             "us-east-1",
             Principal::user("123456789012", "AIDAX".into()),
+            [("AKIDSTATIC".to_string(), static_key)],
             [],
         )
     }
@@ -501,6 +529,28 @@ mod tests {
             caller_of(&identity, &old_and_wrong, 0.0).refusal,
             Some(Refusal::SignatureExpired { .. })
         ));
+    }
+
+    #[test]
+    fn a_static_key_is_checked_and_acts_in_its_account() {
+        let identity = identity();
+        let caller = caller_of(
+            &identity,
+            &signed("AKIDSTATIC", "static-secret", NOW_DATE, None),
+            0.0,
+        );
+        assert_eq!(caller.refusal, None);
+        assert_eq!(caller.scope.account, "444444444444");
+        assert_eq!(caller.arn, "arn:aws:iam::444444444444:user/emulator");
+        assert_eq!(caller.user_id, "AIDAS");
+        for refused in [
+            signed("AKIDSTATIC", "wrong", NOW_DATE, None),
+            signed("AKIDSTATIC", "static-secret", "20261201T110000Z", None),
+        ] {
+            let caller = caller_of(&identity, &refused, 0.0);
+            assert!(caller.refusal.is_some());
+            assert_eq!(caller.scope.account, "444444444444");
+        }
     }
 
     #[test]

@@ -17,8 +17,8 @@
 //! One emulator plays every account and region, kept apart as SageMaker keeps them: a call
 //! acts in the region of its SigV4 credential scope and in the account of its access key, and
 //! sees nothing of another (account, region). The SigV4 signatures of the keys whose secrets
-//! it knows (those its STS issues) are checked as AWS checks them; other keys are accepted
-//! with any signature. On the same port it serves STS's AssumeRole and
+//! it knows (those its STS issues, and [`AccessKey`]s given to it) are checked as AWS checks
+//! them; other keys are accepted with any signature. On the same port it serves STS's AssumeRole and
 //! GetCallerIdentity, whose temporary keys act in the role's account and expire on the
 //! emulated clock; and SQS (CreateQueue, GetQueueUrl, ListQueues, SendMessage, ReceiveMessage
 //! with long polling, DeleteMessage, ChangeMessageVisibility, PurgeQueue), whose queues
@@ -77,7 +77,7 @@ mod sts;
 mod validate;
 mod wire;
 
-pub use options::EmulatorOptions;
+pub use options::{AccessKey, EmulatorOptions};
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
@@ -142,15 +142,24 @@ pub struct EmulatorServer {
 
 impl EmulatorServer {
     /// Binds `addr` (port 0 picks a free port). An `events_queues` name that is no SQS queue
-    /// name is an `InvalidInput` error.
+    /// name, and an access key that is malformed or given twice, are `InvalidInput` errors.
     pub async fn bind(addr: SocketAddr, options: &EmulatorOptions) -> io::Result<Self> {
+        let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
         if let Some(name) = options.events_queues.iter().find(|n| !valid_queue_name(n)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "events queue {name:?} is not a queue name (1 to 80 letters, digits, - and _)"
-                ),
-            ));
+            return Err(invalid(format!(
+                "events queue {name:?} is not a queue name (1 to 80 letters, digits, - and _)"
+            )));
+        }
+        for (i, key) in options.access_keys.iter().enumerate() {
+            let id = &key.access_key_id;
+            key.check()
+                .map_err(|reason| invalid(format!("access key {id:?}: {reason}")))?;
+            if options.access_keys[..i]
+                .iter()
+                .any(|other| other.access_key_id == *id)
+            {
+                return Err(invalid(format!("access key {id:?} is given twice")));
+            }
         }
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
@@ -285,6 +294,45 @@ mod tests {
         while Arc::strong_count(&emulator) > 1 {
             assert!(tokio::time::Instant::now() < deadline, "the pump runs on");
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn access_keys_must_be_well_formed_and_given_once() {
+        for (keys, wanted) in [
+            (
+                vec![AccessKey {
+                    account_id: Some("1234".into()),
+                    ..AccessKey::new("AKIDONE", "secret")
+                }],
+                "access key \"AKIDONE\": the account must be 12 digits",
+            ),
+            (
+                vec![AccessKey::new("AKID ONE", "secret")],
+                "access key \"AKID ONE\": the access key id must be",
+            ),
+            (
+                vec![AccessKey::new("AKIDONE", "")],
+                "access key \"AKIDONE\": the secret must be",
+            ),
+            (
+                vec![
+                    AccessKey::new("AKIDONE", "a"),
+                    AccessKey::new("AKIDTWO", "b"),
+                    AccessKey::new("AKIDONE", "c"),
+                ],
+                "access key \"AKIDONE\" is given twice",
+            ),
+        ] {
+            let options = EmulatorOptions {
+                access_keys: keys,
+                ..Default::default()
+            };
+            let error = EmulatorServer::bind(any_port(), &options)
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+            assert!(error.to_string().starts_with(wanted), "{error}");
         }
     }
 
