@@ -7,17 +7,23 @@
 //! - `--role-external-id ROLE_ARN=EXTERNAL_ID`, repeatable
 //!   (`PIPELINE_CONTROL_EMULATOR_ROLE_EXTERNAL_IDS`, pairs separated by spaces): AssumeRole of
 //!   ROLE_ARN must pass exactly this ExternalId (as `PUT /_emulator/roles` sets it).
+//! - `--access-key AKID:SECRET[:ACCOUNT]`, repeatable (`PIPELINE_CONTROL_EMULATOR_ACCESS_KEYS`,
+//!   separated by commas): a key whose signatures the emulator checks, whose calls act in
+//!   ACCOUNT (default `--account-id`).
 //! - [`EmulatorSettings`], shared with `pipeline-control serve --emulator`: `--time-scale`,
-//!   `--seed`, `--account-id` (the account of every key but those its STS issued), and
+//!   `--seed`, `--account-id` (the account of every key but those its STS issued and those
+//!   `--access-key` gives to another), and
 //!   `--events-queue NAME`, repeatable (`PIPELINE_CONTROL_EMULATOR_EVENTS_QUEUES`, names
 //!   separated by commas or spaces): SQS queues of the default account and region that
 //!   receive SageMaker's EventBridge events (as `PUT /_emulator/events/queues` adds them).
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, str::FromStr as _};
 
 use clap::Args;
 
-use crate::{EmulatorOptions, EmulatorServer, identity::RoleRule, queue::valid_queue_name, sts};
+use crate::{
+    AccessKey, EmulatorOptions, EmulatorServer, identity::RoleRule, queue::valid_queue_name, sts,
+};
 
 /// Settings of a standalone emulator.
 #[derive(Debug, Clone, Args)]
@@ -50,6 +56,20 @@ pub struct EmulatorArgs {
     )]
     pub role_external_ids: Vec<(String, String)>,
 
+    /// A key whose secret the emulator knows, and the 12-digit account its calls act in
+    /// (default: --account-id): the emulator checks the SigV4 signature of every call made
+    /// with it, and accepts calls with other keys with any signature (repeatable; separated by
+    /// commas, in the environment too).
+    #[arg(
+        long = "access-key",
+        env = "PIPELINE_CONTROL_EMULATOR_ACCESS_KEYS",
+        value_name = "AKID:SECRET[:ACCOUNT]",
+        value_parser = AccessKey::from_str,
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub access_keys: Vec<AccessKey>,
+
     /// The emulator's behaviour.
     #[command(flatten)]
     pub settings: EmulatorSettings,
@@ -67,7 +87,8 @@ pub struct EmulatorSettings {
     pub seed: Option<u64>,
 
     /// The 12-digit account of every call not signed with a key its STS issued (those act in
-    /// the assumed role's account), in the ARNs they make.
+    /// the assumed role's account) nor with an --access-key of another account, in the ARNs
+    /// they make.
     #[arg(long, env = "PIPELINE_CONTROL_EMULATOR_ACCOUNT_ID", default_value = "123456789012", value_parser = account_id)]
     pub account_id: String,
 
@@ -136,6 +157,7 @@ impl EmulatorSettings {
             seed: self.seed,
             region: region.to_string(),
             account_id: self.account_id.clone(),
+            access_keys: Vec::new(),
             role_external_ids: Vec::new(),
             events_queues: self.events_queue_names(),
         }
@@ -164,12 +186,14 @@ impl EmulatorArgs {
     ) -> std::io::Result<()> {
         let options = EmulatorOptions {
             role_external_ids: self.role_external_ids.clone(),
+            access_keys: self.access_keys.clone(),
             ..self.settings.options(&self.region)
         };
         let server = EmulatorServer::bind(self.listen, &options)
             .await
-            .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", self.listen))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidInput => e,
+                kind => std::io::Error::new(kind, format!("cannot listen on {}: {e}", self.listen)),
             })?;
         started(&server.endpoint_url());
         server.run_until(shutdown).await
@@ -271,6 +295,60 @@ mod tests {
                     "x:y".to_string()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn access_keys_are_repeatable_and_refused_when_malformed() {
+        let cli = Cli::try_parse_from([
+            "e",
+            "--access-key",
+            "AKIDONE:secret/one+",
+            "--access-key",
+            "AKIDTWO:secret-two:444444444444,AKIDTHREE:three",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.access_keys,
+            [
+                AccessKey::new("AKIDONE", "secret/one+"),
+                AccessKey {
+                    account_id: Some("444444444444".into()),
+                    ..AccessKey::new("AKIDTWO", "secret-two")
+                },
+                AccessKey::new("AKIDTHREE", "three"),
+            ]
+        );
+        // `serve --emulator` takes its options from the settings alone: no keys.
+        assert!(
+            cli.args
+                .settings
+                .options("us-east-1")
+                .access_keys
+                .is_empty()
+        );
+
+        let error = Cli::try_parse_from(["e", "--access-key", "AKIDONE:secret:12345"])
+            .unwrap_err()
+            .to_string();
+        let first = error.lines().next().unwrap();
+        assert!(first.contains("'AKIDONE:secret:12345'"), "{error}");
+        assert!(first.contains("--access-key"), "{error}");
+        assert!(first.contains("the account must be 12 digits"), "{error}");
+        for bad in ["AKIDONE", "AKIDONE:", "AKID ONE:s", "A:s:1:2"] {
+            assert!(
+                Cli::try_parse_from(["e", "--access-key", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("--access-key <AKID:SECRET[:ACCOUNT]>"),
+            "{help}"
+        );
+        assert!(
+            help.contains("PIPELINE_CONTROL_EMULATOR_ACCESS_KEYS"),
+            "{help}"
         );
     }
 }

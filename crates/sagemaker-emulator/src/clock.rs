@@ -43,6 +43,11 @@ impl Clock {
         round_ms(self.epoch_at_start + virtual_elapsed)
     }
 
+    /// Now on the real (wall) clock, in epoch seconds: what SigV4's window is measured on.
+    pub(crate) fn wall_now(&self) -> f64 {
+        self.epoch_at_start + self.started.elapsed().as_secs_f64()
+    }
+
     /// Emulated seconds per real second.
     pub(crate) fn scale(&self) -> f64 {
         self.scale
@@ -64,9 +69,48 @@ impl Clock {
 
 /// Epoch seconds as ISO 8601 in UTC, whole seconds rounded down: `2026-12-01T12:00:00Z`.
 pub(crate) fn iso8601(epoch_seconds: f64) -> String {
-    let secs = epoch_seconds.floor() as i64;
+    let (year, month, day, hour, minute, second) = civil(epoch_seconds.floor() as i64);
+    format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}Z")
+}
+
+/// Epoch seconds in ISO 8601's basic format, as SigV4 writes times (`X-Amz-Date`), whole
+/// seconds rounded down: `20261201T120000Z`.
+pub(crate) fn amz_date(epoch_seconds: f64) -> String {
+    let (year, month, day, hour, minute, second) = civil(epoch_seconds.floor() as i64);
+    format!("{year:04}{month:02}{day:02}T{hour:02}{minute:02}{second:02}Z")
+}
+
+/// The epoch seconds of an `X-Amz-Date` (`20261201T120000Z`), if it is one.
+pub(crate) fn parse_amz_date(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let digits = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = bytes.get(range)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0, |n, b| n * 10 + i64::from(b - b'0')))
+    };
+    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
+    let (hour, minute, second) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if !(1..=days_in_month).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Whole epoch seconds as a civil date and time in UTC: (year, month, day, hour, minute,
+/// second), by Howard Hinnant's algorithm.
+fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let (days, in_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z - era * 146_097;
@@ -77,12 +121,24 @@ pub(crate) fn iso8601(epoch_seconds: f64) -> String {
     let day = day_of_year - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+    (
+        year,
+        month,
+        day,
         in_day / 3600,
         in_day % 3600 / 60,
-        in_day % 60
+        in_day % 60,
     )
+}
+
+/// Days since 1970-01-01 of a civil date: `civil`'s inverse, by the same algorithm.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 pub(crate) fn round_ms(t: f64) -> f64 {
@@ -326,6 +382,39 @@ mod tests {
         assert_eq!(iso8601(1_796_126_400.9), "2026-12-01T12:00:00Z");
         assert_eq!(iso8601(951_825_599.0), "2000-02-29T11:59:59Z");
         assert_eq!(iso8601(4_107_542_400.0), "2100-03-01T00:00:00Z");
+    }
+
+    #[test]
+    fn sigv4_dates_are_read_and_written_in_the_basic_format() {
+        assert_eq!(amz_date(1_440_938_160.5), "20150830T123600Z");
+        assert_eq!(parse_amz_date("20150830T123600Z"), Some(1_440_938_160));
+        for t in [0, 951_825_599, 951_868_800, 1_796_126_400, 4_107_542_400] {
+            assert_eq!(parse_amz_date(&amz_date(t as f64)), Some(t), "{t}");
+        }
+        for bad in [
+            "",
+            "2015-08-30T12:36:00Z",
+            "20150830T123600",
+            "20150830 123600Z",
+            "20151330T123600Z",
+            "20150229T123600Z",
+            "20150830T243600Z",
+            "2015083OT123600Z",
+            "+0150830T123600Z",
+        ] {
+            assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+        assert_eq!(parse_amz_date("20000229T000000Z"), Some(951_782_400));
+    }
+
+    #[test]
+    fn the_wall_clock_is_the_real_one() {
+        let clock = Clock::new(1000.0);
+        let real_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((clock.wall_now() - real_now).abs() < 0.5);
     }
 
     #[test]

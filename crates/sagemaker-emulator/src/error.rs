@@ -1,8 +1,8 @@
 //! SageMaker's errors as the emulator answers them: the one error type every operation returns,
 //! its constructors (one per error code the emulator sends), and the only place an error
 //! becomes an HTTP response, so the body's `__type` and the `X-Amzn-ErrorType` header cannot
-//! disagree. It imports nothing but `faults` (for the injected errors), so every module that
-//! answers calls can use it without an import cycle.
+//! disagree. It imports nothing but `faults` (for the injected errors) and `identity` (for the
+//! refused credentials), so every module that answers calls can use it without an import cycle.
 
 use axum::{
     http::{HeaderValue, StatusCode},
@@ -10,7 +10,7 @@ use axum::{
 };
 use serde_json::json;
 
-use super::faults::Fault;
+use super::{faults::Fault, identity::Refusal};
 
 /// An error as SageMaker answers it.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,13 +63,17 @@ impl AwsError {
         )
     }
 
-    /// The caller's key is one the emulator's STS issued, and its lifetime is over.
-    pub(crate) fn expired_token() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "ExpiredTokenException",
-            "The security token included in the request is expired",
-        )
+    /// The caller's credentials are refused, as SageMaker's JSON protocol answers it: 400 for
+    /// an expired key, 403 for the others.
+    pub(crate) fn refused(refusal: &Refusal) -> Self {
+        let (status, code) = match refusal {
+            Refusal::ExpiredToken => (StatusCode::BAD_REQUEST, "ExpiredTokenException"),
+            Refusal::InvalidToken => (StatusCode::FORBIDDEN, "UnrecognizedClientException"),
+            Refusal::SignatureExpired { .. }
+            | Refusal::SignatureNotYetCurrent { .. }
+            | Refusal::SignatureMismatch => (StatusCode::FORBIDDEN, "InvalidSignatureException"),
+        };
+        Self::new(status, code, refusal.message())
     }
 
     /// The error an injected fault answers; `denial` words an AccessDeniedException (who was

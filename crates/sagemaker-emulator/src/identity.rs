@@ -1,21 +1,36 @@
-//! Who a call comes from and where it acts: the (account, region) of every call, the temporary
-//! keys the emulator's STS issued, and what the roles it knows demand.
+//! Who a call comes from and where it acts: the (account, region) of every call, whether its
+//! credentials are refused, the keys whose secrets the emulator knows (those its STS issued and
+//! those given with `--access-key`), and what the roles it knows demand.
 //!
 //! The region is the one in the SigV4 credential scope of the `Authorization` header
 //! (`Credential=AKID/DATE/REGION/SERVICE/aws4_request`), else `--region`. The account is the
 //! owner of the access key id: a key AssumeRole issued belongs to the role's account (and,
-//! once its emulated lifetime is over, is expired); any other key, or none, belongs to
-//! `--account-id`. Signatures are still not checked, so any secret works with any key.
+//! once its emulated lifetime is over, is expired); a key given with `--access-key`, to its
+//! account; any other key, or none, to `--account-id`.
+//!
+//! A call made with a key whose secret the emulator knows is checked as AWS checks it: an
+//! issued key must come with the session token issued with it, and must not be expired (on
+//! the emulated clock); the request must be dated within the service's window around the
+//! real clock (`X-Amz-Date`: SigV4 signatures are made and checked on real clocks); and its
+//! signature must be the one the key's secret makes (see `sigv4`). The first check that fails
+//! is the [`Refusal`], which each protocol answers with its own error. A call with any other
+//! key, or none, is accepted with any signature, or none.
 //!
 //! Issued keys live as long as the emulator (an expired one must keep answering
 //! ExpiredTokenException, not become a key of the default account).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-use super::clock::VTime;
+use super::{
+    clock::{VTime, amz_date, parse_amz_date},
+    sigv4::{self, Request},
+};
 
 /// An (account, region): what SageMaker keeps apart. Every resource belongs to one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,17 +53,46 @@ impl Scope {
     }
 }
 
+/// Who the calls made with a key are.
+#[derive(Debug, Clone)]
+pub(crate) struct Principal {
+    /// The account every call with the key acts in.
+    pub(crate) account: String,
+    /// As AWS names it in GetCallerIdentity and in AccessDenied messages.
+    pub(crate) arn: String,
+    pub(crate) user_id: String,
+}
+
+impl Principal {
+    /// The IAM user that the keys not issued by STS belong to in `account`, whose unique id
+    /// (`AIDA...`) is `user_id`.
+    pub(crate) fn user(account: &str, user_id: String) -> Self {
+        Self {
+            account: account.to_string(),
+            arn: format!("arn:aws:iam::{account}:user/emulator"),
+            user_id,
+        }
+    }
+}
+
 /// Temporary credentials AssumeRole issued, by access key id.
 #[derive(Debug)]
 pub(crate) struct Session {
-    /// The role's account: the account every call with this key acts in.
-    pub(crate) account: String,
-    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE_NAME/SESSION_NAME`.
-    pub(crate) arn: String,
-    /// `AROA...:SESSION_NAME`.
-    pub(crate) user_id: String,
+    /// The assumed role: `arn:aws:sts::ACCOUNT:assumed-role/ROLE_NAME/SESSION_NAME`, whose
+    /// user id is `AROA...:SESSION_NAME`.
+    pub(crate) principal: Principal,
+    pub(crate) secret_access_key: String,
+    /// Every call with the key must carry it (`X-Amz-Security-Token`).
+    pub(crate) session_token: String,
     /// On the emulator's clock.
     pub(crate) expires_at: VTime,
+}
+
+/// A key given with its secret (`--access-key`).
+#[derive(Debug)]
+pub(crate) struct StaticKey {
+    pub(crate) principal: Principal,
+    pub(crate) secret_access_key: String,
 }
 
 /// The caller of one request.
@@ -59,8 +103,88 @@ pub(crate) struct Caller {
     /// The principal, as AWS names it in GetCallerIdentity and in AccessDenied messages.
     pub(crate) arn: String,
     pub(crate) user_id: String,
-    /// The call is signed with an issued key whose lifetime is over.
-    pub(crate) expired: bool,
+    /// Why its credentials are refused, if they are.
+    pub(crate) refusal: Option<Refusal>,
+}
+
+impl Caller {
+    fn new(principal: &Principal, region: String, refusal: Option<Refusal>) -> Self {
+        Self {
+            scope: Scope {
+                account: principal.account.clone(),
+                region,
+            },
+            arn: principal.arn.clone(),
+            user_id: principal.user_id.clone(),
+            refusal,
+        }
+    }
+}
+
+/// Why a call's credentials are refused. Each protocol answers it with its own error code
+/// (`error` for SageMaker, `sts`, `sqs`); the words are the same in all three.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Refusal {
+    /// An issued key whose lifetime is over on the emulated clock.
+    ExpiredToken,
+    /// An issued key without the session token issued with it, or with another.
+    InvalidToken,
+    /// Signed (`X-Amz-Date` `signed`) more than `window` minutes before `now`, real epoch
+    /// seconds.
+    SignatureExpired {
+        signed: String,
+        now: f64,
+        window: i64,
+    },
+    /// Signed more than `window` minutes after `now`.
+    SignatureNotYetCurrent {
+        signed: String,
+        now: f64,
+        window: i64,
+    },
+    /// The signature is not the one the key's secret makes for this request.
+    SignatureMismatch,
+}
+
+impl Refusal {
+    /// The message, in AWS's words.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            Self::ExpiredToken => "The security token included in the request is expired".into(),
+            Self::InvalidToken => "The security token included in the request is invalid.".into(),
+            Self::SignatureExpired {
+                signed,
+                now,
+                window,
+            } => format!(
+                "Signature expired: {signed} is now earlier than {} ({} - {window} min.)",
+                amz_date(now - (window * 60) as f64),
+                amz_date(*now)
+            ),
+            Self::SignatureNotYetCurrent {
+                signed,
+                now,
+                window,
+            } => format!(
+                "Signature not yet current: {signed} is still later than {} ({} + {window} min.)",
+                amz_date(now + (window * 60) as f64),
+                amz_date(*now)
+            ),
+            Self::SignatureMismatch => "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
+        }
+    }
+}
+
+/// When a call is made: what its checks compare it with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallTime {
+    /// On the emulated clock: issued keys expire on it.
+    pub(crate) now: VTime,
+    /// On the real clock, in epoch seconds: signatures are dated on it.
+    pub(crate) wall_now: f64,
+    /// How many minutes a signature may be dated before or after `wall_now`: the called
+    /// service's window.
+    pub(crate) window: i64,
 }
 
 /// What AssumeRole of one role demands, as the admin surface reads and writes it.
@@ -76,30 +200,32 @@ pub(crate) struct RoleRule {
     pub(crate) refuse: bool,
 }
 
-/// The keys issued and the roles' rules.
+/// The keys whose secrets the emulator knows, and the roles' rules.
 #[derive(Debug)]
 pub(crate) struct Identity {
     default_region: String,
-    default_account: String,
-    /// The unique id of the default account's user, `AIDA...`.
-    default_user_id: String,
+    /// Who the keys the emulator knows no secret of are: the default account's user.
+    default_user: Principal,
+    /// The keys given with their secrets, by access key id.
+    keys: HashMap<String, StaticKey>,
     sessions: DashMap<String, Arc<Session>>,
     roles: DashMap<String, RoleRule>,
 }
 
 impl Identity {
-    /// Calls without an issued key act in `account`; calls without a credential scope, in
-    /// `region`. `roles` are the rules in force at the start.
+    /// Calls with no key the emulator knows act as `default_user`; calls without a credential
+    /// scope, in `region`. `keys` are those given with their secrets (`--access-key`), `roles`
+    /// the rules in force at the start.
     pub(crate) fn new(
         region: &str,
-        account: &str,
-        default_user_id: String,
+        default_user: Principal,
+        keys: impl IntoIterator<Item = (String, StaticKey)>,
         roles: impl IntoIterator<Item = RoleRule>,
     ) -> Self {
         Self {
             default_region: region.to_string(),
-            default_account: account.to_string(),
-            default_user_id,
+            default_user,
+            keys: keys.into_iter().collect(),
             sessions: DashMap::new(),
             roles: roles
                 .into_iter()
@@ -108,30 +234,34 @@ impl Identity {
         }
     }
 
-    /// The caller of a request with this `Authorization` header, at emulated time `now`.
-    pub(crate) fn caller(&self, authorization: Option<&str>, now: VTime) -> Caller {
-        let (key, region) = authorization.map_or((None, None), credential_scope);
-        let region = region.unwrap_or(&self.default_region).to_string();
-        let session = key.and_then(|key| self.sessions.get(key).map(|s| s.clone()));
-        match session {
-            Some(session) => Caller {
-                scope: Scope {
-                    account: session.account.clone(),
-                    region,
-                },
-                arn: session.arn.clone(),
-                user_id: session.user_id.clone(),
-                expired: now >= session.expires_at,
-            },
-            None => Caller {
-                scope: Scope {
-                    account: self.default_account.clone(),
-                    region,
-                },
-                arn: format!("arn:aws:iam::{}:user/emulator", self.default_account),
-                user_id: self.default_user_id.clone(),
-                expired: false,
-            },
+    /// The caller of `request`, made at `time`, and whether its credentials are refused.
+    pub(crate) fn caller(&self, request: &Request<'_>, time: CallTime) -> Caller {
+        let authorization = request.authorization();
+        let region = authorization
+            .region
+            .unwrap_or(&self.default_region)
+            .to_string();
+        let Some(key) = authorization.access_key_id else {
+            return Caller::new(&self.default_user, region, None);
+        };
+        if let Some(session) = self.sessions.get(key).map(|s| s.clone()) {
+            let refusal =
+                if request.header("x-amz-security-token") != Some(session.session_token.as_str()) {
+                    Some(Refusal::InvalidToken)
+                } else if time.now >= session.expires_at {
+                    Some(Refusal::ExpiredToken)
+                } else {
+                    check_signature(request, &session.secret_access_key, time)
+                };
+            return Caller::new(&session.principal, region, refusal);
+        }
+        match self.keys.get(key) {
+            Some(key) => Caller::new(
+                &key.principal,
+                region,
+                check_signature(request, &key.secret_access_key, time),
+            ),
+            None => Caller::new(&self.default_user, region, None),
         }
     }
 
@@ -176,76 +306,284 @@ impl Identity {
     }
 }
 
-/// The access key id and the region of a SigV4 `Authorization` header
-/// (`AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request, ...`), as far as it
-/// has them. A SigV4a scope (`AKID/DATE/SERVICE/aws4_request`) names no region.
-fn credential_scope(authorization: &str) -> (Option<&str>, Option<&str>) {
-    let Some((_, rest)) = authorization.split_once("Credential=") else {
-        return (None, None);
+/// Whether `request` was signed with `secret` within the window around the real clock: the
+/// date first, as AWS checks it, then the signature.
+fn check_signature(request: &Request<'_>, secret: &str, time: CallTime) -> Option<Refusal> {
+    let Some((signed, at)) = request
+        .signed_at()
+        .and_then(|signed| Some((signed, parse_amz_date(signed)?)))
+    else {
+        return Some(Refusal::SignatureMismatch);
     };
-    let credential = rest.split([',', ' ']).next().unwrap_or_default();
-    let parts: Vec<&str> = credential.split('/').collect();
-    let non_empty = |s: &&str| !s.is_empty();
-    match parts.as_slice() {
-        [key, _date, region, _service, "aws4_request"] => (
-            Some(*key).filter(non_empty),
-            Some(*region).filter(non_empty),
-        ),
-        [key, ..] => (Some(*key).filter(non_empty), None),
-        [] => (None, None),
+    let (at, window) = (at as f64, time.window);
+    let signed = signed.to_string();
+    if at < time.wall_now - (window * 60) as f64 {
+        Some(Refusal::SignatureExpired {
+            signed,
+            now: time.wall_now,
+            window,
+        })
+    } else if at > time.wall_now + (window * 60) as f64 {
+        Some(Refusal::SignatureNotYetCurrent {
+            signed,
+            now: time.wall_now,
+            window,
+        })
+    } else if sigv4::is_signed_by(request, secret) {
+        None
+    } else {
+        Some(Refusal::SignatureMismatch)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
     use super::*;
 
+    /// 2026-12-01T12:00:00Z, on the real clock.
+    const WALL_NOW: f64 = 1_796_126_400.0;
+    const NOW_DATE: &str = "20261201T120000Z";
+
     fn identity() -> Identity {
-        Identity::new("us-east-1", "123456789012", "AIDAX".into(), [])
+        let static_key = StaticKey {
+            principal: Principal::user("444444444444", "AIDAS".into()),
+            secret_access_key: "static-secret".into(),
+        };
+        Identity::new(
+            "us-east-1",
+            Principal::user("123456789012", "AIDAX".into()),
+            [("AKIDSTATIC".to_string(), static_key)],
+            [],
+        )
+    }
+
+    /// At emulated time `now`, with SigV4's 15 minutes.
+    fn at(now: VTime) -> CallTime {
+        CallTime {
+            now,
+            wall_now: WALL_NOW,
+            window: 15,
+        }
+    }
+
+    fn request(headers: &HeaderMap) -> Request<'_> {
+        Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers,
+            body: b"Action=GetCallerIdentity&Version=2011-06-15",
+        }
+    }
+
+    fn header(value: &str) -> HeaderValue {
+        HeaderValue::from_str(value).unwrap()
+    }
+
+    /// A request signed as an SDK signs it, at `signed_at`, with `token` if any.
+    fn signed(key: &str, secret: &str, signed_at: &str, token: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", header("127.0.0.1:9380"));
+        headers.insert("x-amz-date", header(signed_at));
+        if let Some(token) = token {
+            headers.insert("x-amz-security-token", header(token));
+        }
+        let authorization =
+            sigv4::authorization_for(&request(&headers), key, secret, "us-west-2", "sts");
+        headers.insert("authorization", header(&authorization));
+        headers
+    }
+
+    fn caller_of(identity: &Identity, headers: &HeaderMap, now: VTime) -> Caller {
+        identity.caller(&request(headers), at(now))
     }
 
     #[test]
     fn the_region_is_the_credential_scopes() {
-        let caller = identity().caller(
-            Some("AWS4-HMAC-SHA256 Credential=AKID/20261201/eu-west-1/sagemaker/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc"),
-            0.0,
-        );
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", header("AWS4-HMAC-SHA256 Credential=AKID/20261201/eu-west-1/sagemaker/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc"));
+        let caller = caller_of(&identity(), &headers, 0.0);
         assert_eq!(caller.scope.region, "eu-west-1");
         assert_eq!(caller.scope.account, "123456789012");
         assert_eq!(caller.arn, "arn:aws:iam::123456789012:user/emulator");
+        assert_eq!(caller.refusal, None);
         for unscoped in [
             None,
             Some("AWS4-HMAC-SHA256 SignedHeaders=host, Signature=abc"),
             Some("AWS4-ECDSA-P256-SHA256 Credential=AKID/20261201/sagemaker/aws4_request"),
             Some("AWS4-HMAC-SHA256 Credential=AKID/20261201//sagemaker/aws4_request"),
         ] {
-            assert_eq!(identity().caller(unscoped, 0.0).scope.region, "us-east-1");
+            let mut headers = HeaderMap::new();
+            if let Some(unscoped) = unscoped {
+                headers.insert("authorization", header(unscoped));
+            }
+            assert_eq!(
+                caller_of(&identity(), &headers, 0.0).scope.region,
+                "us-east-1"
+            );
         }
     }
 
-    #[test]
-    fn an_issued_key_acts_in_its_roles_account_until_it_expires() {
+    /// `identity()` with the key `ASIAKEY` issued, of secret `issued-secret` and token `TOKEN`,
+    /// expiring at emulated time 100.
+    fn with_issued_key() -> Identity {
         let identity = identity();
         identity.issue(
             "ASIAKEY".into(),
             Session {
-                account: "222222222222".into(),
-                arn: "arn:aws:sts::222222222222:assumed-role/R/s".into(),
-                user_id: "AROAX:s".into(),
+                principal: Principal {
+                    account: "222222222222".into(),
+                    arn: "arn:aws:sts::222222222222:assumed-role/R/s".into(),
+                    user_id: "AROAX:s".into(),
+                },
+                secret_access_key: "issued-secret".into(),
+                session_token: "TOKEN".into(),
                 expires_at: 100.0,
             },
         );
-        let header =
-            "AWS4-HMAC-SHA256 Credential=ASIAKEY/20261201/us-west-2/sts/aws4_request, Signature=x";
-        let caller = identity.caller(Some(header), 99.0);
+        identity
+    }
+
+    #[test]
+    fn an_issued_key_acts_in_its_roles_account_until_it_expires() {
+        let identity = with_issued_key();
+        let headers = signed("ASIAKEY", "issued-secret", NOW_DATE, Some("TOKEN"));
+        let caller = caller_of(&identity, &headers, 99.0);
         assert_eq!(caller.scope.account, "222222222222");
         assert_eq!(caller.scope.region, "us-west-2");
-        assert!(!caller.expired);
-        assert!(identity.caller(Some(header), 100.0).expired);
-        let other = header.replace("ASIAKEY", "ASIAOTHER");
+        assert_eq!(caller.arn, "arn:aws:sts::222222222222:assumed-role/R/s");
+        assert_eq!(caller.refusal, None);
         assert_eq!(
-            identity.caller(Some(&other), 0.0).scope.account,
-            "123456789012"
+            caller_of(&identity, &headers, 100.0).refusal,
+            Some(Refusal::ExpiredToken)
+        );
+
+        // Its token, then its lifetime, then its signature.
+        for (headers, refusal) in [
+            (
+                signed("ASIAKEY", "issued-secret", NOW_DATE, None),
+                Refusal::InvalidToken,
+            ),
+            (
+                signed("ASIAKEY", "issued-secret", NOW_DATE, Some("OTHER")),
+                Refusal::InvalidToken,
+            ),
+            (
+                signed("ASIAKEY", "wrong", NOW_DATE, Some("TOKEN")),
+                Refusal::SignatureMismatch,
+            ),
+        ] {
+            let caller = caller_of(&identity, &headers, 99.0);
+            assert_eq!(caller.refusal, Some(refusal));
+            assert_eq!(caller.scope.account, "222222222222");
+        }
+        let expired_and_wrong = signed("ASIAKEY", "wrong", NOW_DATE, Some("TOKEN"));
+        assert_eq!(
+            caller_of(&identity, &expired_and_wrong, 100.0).refusal,
+            Some(Refusal::ExpiredToken)
+        );
+
+        // A key it does not know: the default account's, with any signature.
+        let other = signed("ASIAOTHER", "anything", NOW_DATE, None);
+        let caller = caller_of(&identity, &other, 0.0);
+        assert_eq!(caller.scope.account, "123456789012");
+        assert_eq!(caller.refusal, None);
+    }
+
+    #[test]
+    fn a_signature_must_be_dated_within_the_window_around_the_real_clock() {
+        let identity = with_issued_key();
+        for (date, refusal) in [
+            ("20261201T114500Z", None),
+            ("20261201T121500Z", None),
+            (
+                "20261201T114459Z",
+                Some(Refusal::SignatureExpired {
+                    signed: "20261201T114459Z".into(),
+                    now: WALL_NOW,
+                    window: 15,
+                }),
+            ),
+            (
+                "20261201T121501Z",
+                Some(Refusal::SignatureNotYetCurrent {
+                    signed: "20261201T121501Z".into(),
+                    now: WALL_NOW,
+                    window: 15,
+                }),
+            ),
+            ("2026-12-01T12:00:00Z", Some(Refusal::SignatureMismatch)),
+        ] {
+            let headers = signed("ASIAKEY", "issued-secret", date, Some("TOKEN"));
+            assert_eq!(
+                caller_of(&identity, &headers, 0.0).refusal,
+                refusal,
+                "{date}"
+            );
+        }
+        // The date is checked first: an old request with a wrong secret is an old one.
+        let old_and_wrong = signed("ASIAKEY", "wrong", "20261201T110000Z", Some("TOKEN"));
+        assert!(matches!(
+            caller_of(&identity, &old_and_wrong, 0.0).refusal,
+            Some(Refusal::SignatureExpired { .. })
+        ));
+    }
+
+    #[test]
+    fn a_static_key_is_checked_and_acts_in_its_account() {
+        let identity = identity();
+        let caller = caller_of(
+            &identity,
+            &signed("AKIDSTATIC", "static-secret", NOW_DATE, None),
+            0.0,
+        );
+        assert_eq!(caller.refusal, None);
+        assert_eq!(caller.scope.account, "444444444444");
+        assert_eq!(caller.arn, "arn:aws:iam::444444444444:user/emulator");
+        assert_eq!(caller.user_id, "AIDAS");
+        for refused in [
+            signed("AKIDSTATIC", "wrong", NOW_DATE, None),
+            signed("AKIDSTATIC", "static-secret", "20261201T110000Z", None),
+        ] {
+            let caller = caller_of(&identity, &refused, 0.0);
+            assert!(caller.refusal.is_some());
+            assert_eq!(caller.scope.account, "444444444444");
+        }
+    }
+
+    #[test]
+    fn refusals_speak_aws_words() {
+        let expired = Refusal::SignatureExpired {
+            signed: "20150830T120000Z".into(),
+            now: 1_440_938_160.7,
+            window: 15,
+        };
+        assert_eq!(
+            expired.message(),
+            "Signature expired: 20150830T120000Z is now earlier than 20150830T122100Z (20150830T123600Z - 15 min.)"
+        );
+        let early = Refusal::SignatureNotYetCurrent {
+            signed: "20150830T130000Z".into(),
+            now: 1_440_938_160.0,
+            window: 5,
+        };
+        assert_eq!(
+            early.message(),
+            "Signature not yet current: 20150830T130000Z is still later than 20150830T124100Z (20150830T123600Z + 5 min.)"
+        );
+        assert_eq!(
+            Refusal::SignatureMismatch.message(),
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details."
+        );
+        assert_eq!(
+            Refusal::InvalidToken.message(),
+            "The security token included in the request is invalid."
+        );
+        assert_eq!(
+            Refusal::ExpiredToken.message(),
+            "The security token included in the request is expired"
         );
     }
 

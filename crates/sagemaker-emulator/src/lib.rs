@@ -16,7 +16,9 @@
 //!
 //! One emulator plays every account and region, kept apart as SageMaker keeps them: a call
 //! acts in the region of its SigV4 credential scope and in the account of its access key, and
-//! sees nothing of another (account, region). On the same port it serves STS's AssumeRole and
+//! sees nothing of another (account, region). The SigV4 signatures of the keys whose secrets
+//! it knows (those its STS issues, and [`AccessKey`]s given to it) are checked as AWS checks
+//! them; other keys are accepted with any signature. On the same port it serves STS's AssumeRole and
 //! GetCallerIdentity, whose temporary keys act in the role's account and expire on the
 //! emulated clock; and SQS (CreateQueue, GetQueueUrl, ListQueues, SendMessage, ReceiveMessage
 //! with long polling, DeleteMessage, ChangeMessageVisibility, PurgeQueue), whose queues
@@ -45,14 +47,15 @@
 //! - `state`: the data, per (account, region) in sharded maps with a lock per execution and
 //!   per token record, the call counts, and the event pump that advances executions whose
 //!   events someone receives when they are due; `identity`: the (account, region) and principal
-//!   of a call, the keys STS issued, the roles' rules; `queue`: an SQS queue (messages,
-//!   visibility, long polling); `clock`: time and ids.
+//!   of a call, the keys whose secrets it knows and the checks of their calls, the roles'
+//!   rules; `queue`: an SQS queue (messages, visibility, long polling); `clock`: time and ids;
+//!   `sigv4`: AWS Signature Version 4 as a service checks it.
 //! - `faults` and `admin`: fault injection and the admin surface.
 //!
 //! A module imports only modules of the groups after its own, in this order, so none imports
 //! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`, `sts`, `sqs`; `state`,
 //! `validate`; `events`; `engine`, `error`; `definition`, `faults`, `identity`, `options`,
-//! `queue`; `clock`.
+//! `queue`; `clock`, `sigv4`.
 //! Inside `ops` likewise: `ops.rs`; `pipelines`, `executions`; `common`.
 
 mod admin;
@@ -67,13 +70,14 @@ mod identity;
 mod ops;
 mod options;
 mod queue;
+mod sigv4;
 mod sqs;
 mod state;
 mod sts;
 mod validate;
 mod wire;
 
-pub use options::EmulatorOptions;
+pub use options::{AccessKey, EmulatorOptions};
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
@@ -138,15 +142,24 @@ pub struct EmulatorServer {
 
 impl EmulatorServer {
     /// Binds `addr` (port 0 picks a free port). An `events_queues` name that is no SQS queue
-    /// name is an `InvalidInput` error.
+    /// name, and an access key that is malformed or given twice, are `InvalidInput` errors.
     pub async fn bind(addr: SocketAddr, options: &EmulatorOptions) -> io::Result<Self> {
+        let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
         if let Some(name) = options.events_queues.iter().find(|n| !valid_queue_name(n)) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "events queue {name:?} is not a queue name (1 to 80 letters, digits, - and _)"
-                ),
-            ));
+            return Err(invalid(format!(
+                "events queue {name:?} is not a queue name (1 to 80 letters, digits, - and _)"
+            )));
+        }
+        for (i, key) in options.access_keys.iter().enumerate() {
+            let id = &key.access_key_id;
+            key.check()
+                .map_err(|reason| invalid(format!("access key {id:?}: {reason}")))?;
+            if options.access_keys[..i]
+                .iter()
+                .any(|other| other.access_key_id == *id)
+            {
+                return Err(invalid(format!("access key {id:?} is given twice")));
+            }
         }
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
@@ -281,6 +294,45 @@ mod tests {
         while Arc::strong_count(&emulator) > 1 {
             assert!(tokio::time::Instant::now() < deadline, "the pump runs on");
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn access_keys_must_be_well_formed_and_given_once() {
+        for (keys, wanted) in [
+            (
+                vec![AccessKey {
+                    account_id: Some("1234".into()),
+                    ..AccessKey::new("AKIDONE", "secret")
+                }],
+                "access key \"AKIDONE\": the account must be 12 digits",
+            ),
+            (
+                vec![AccessKey::new("AKID ONE", "secret")],
+                "access key \"AKID ONE\": the access key id must be",
+            ),
+            (
+                vec![AccessKey::new("AKIDONE", "")],
+                "access key \"AKIDONE\": the secret must be",
+            ),
+            (
+                vec![
+                    AccessKey::new("AKIDONE", "a"),
+                    AccessKey::new("AKIDTWO", "b"),
+                    AccessKey::new("AKIDONE", "c"),
+                ],
+                "access key \"AKIDONE\" is given twice",
+            ),
+        ] {
+            let options = EmulatorOptions {
+                access_keys: keys,
+                ..Default::default()
+            };
+            let error = EmulatorServer::bind(any_port(), &options)
+                .await
+                .unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+            assert!(error.to_string().starts_with(wanted), "{error}");
         }
     }
 

@@ -1,5 +1,8 @@
-//! How an emulator behaves: the settings the crate root's server and the state are built from.
-//! A module of its own so that the state does not import the crate root that imports it.
+//! How an emulator behaves: the settings the crate root's server and the state are built from,
+//! and the keys whose secrets it knows ([`AccessKey`], `--access-key`). A module of its own so
+//! that the state does not import the crate root that imports it.
+
+use std::{fmt, str::FromStr};
 
 /// How an emulator behaves.
 #[derive(Debug, Clone)]
@@ -12,8 +15,12 @@ pub struct EmulatorOptions {
     /// region of every other call).
     pub region: String,
     /// The 12-digit account of calls not signed with a key the emulator's STS issued (those
-    /// act in the assumed role's account).
+    /// act in the assumed role's account) nor with one of `access_keys`.
     pub account_id: String,
+    /// Keys whose secrets the emulator knows, besides those its STS issues: it checks the
+    /// SigV4 signature of every call made with one, and the call acts in the key's account.
+    /// Calls with other keys are accepted with any signature.
+    pub access_keys: Vec<AccessKey>,
     /// Roles whose AssumeRole must pass exactly this ExternalId: (role ARN, external id).
     pub role_external_ids: Vec<(String, String)>,
     /// SQS queues of the default account and region (made on first use) that receive
@@ -29,8 +36,123 @@ impl Default for EmulatorOptions {
             seed: None,
             region: "us-east-1".into(),
             account_id: "123456789012".into(),
+            access_keys: Vec::new(),
             role_external_ids: Vec::new(),
             events_queues: Vec::new(),
+        }
+    }
+}
+
+/// An access key whose secret the emulator knows (`--access-key AKID:SECRET[:ACCOUNT]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessKey {
+    /// 1 to 128 letters, digits and underscores, as IAM's (`AKIA...`).
+    pub access_key_id: String,
+    /// 1 to 128 visible ASCII characters but `,` and `:` (AWS's are 40 of `A-Za-z0-9/+`).
+    pub secret_access_key: String,
+    /// The 12-digit account its calls act in; `None` for the emulator's `account_id`.
+    pub account_id: Option<String>,
+}
+
+impl AccessKey {
+    /// A key of the emulator's default account.
+    pub fn new(access_key_id: impl Into<String>, secret_access_key: impl Into<String>) -> Self {
+        Self {
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            account_id: None,
+        }
+    }
+
+    /// Whether its id, secret and account have their shapes: the reason if not, which names
+    /// neither the key nor its secret.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let id = &self.access_key_id;
+        if id.is_empty()
+            || id.len() > 128
+            || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(
+                "the access key id must be 1 to 128 letters, digits and underscores".into(),
+            );
+        }
+        let secret = &self.secret_access_key;
+        if secret.is_empty()
+            || secret.len() > 128
+            || !secret
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b',' && b != b':')
+        {
+            return Err(
+                "the secret must be 1 to 128 visible ASCII characters, without , and :".into(),
+            );
+        }
+        match &self.account_id {
+            Some(account)
+                if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Err("the account must be 12 digits".into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl FromStr for AccessKey {
+    type Err = String;
+
+    /// `AKID:SECRET` or `AKID:SECRET:ACCOUNT`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let key = match text.split(':').collect::<Vec<_>>().as_slice() {
+            [id, secret] => Self::new(*id, *secret),
+            [id, secret, account] => Self {
+                account_id: Some((*account).to_string()),
+                ..Self::new(*id, *secret)
+            },
+            _ => return Err("must be AKID:SECRET or AKID:SECRET:ACCOUNT".into()),
+        };
+        key.check()?;
+        Ok(key)
+    }
+}
+
+/// Without the secret: options and command lines are printed.
+impl fmt::Debug for AccessKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccessKey")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<hidden>")
+            .field("account_id", &self.account_id)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_access_key_is_akid_secret_and_an_optional_account() {
+        let key: AccessKey = "AKIDSTATIC:wJalr/K7+MDENG:444444444444".parse().unwrap();
+        assert_eq!(key.access_key_id, "AKIDSTATIC");
+        assert_eq!(key.secret_access_key, "wJalr/K7+MDENG");
+        assert_eq!(key.account_id.as_deref(), Some("444444444444"));
+        assert_eq!("test:test".parse(), Ok(AccessKey::new("test", "test")));
+        assert!(!format!("{key:?}").contains("wJalr"));
+        for bad in [
+            "",
+            "AKID",
+            "AKID:",
+            ":secret",
+            "AKID:secret:",
+            "AKID:secret:12345",
+            "AKID:secret:1234567890123",
+            "AKID:secret:44444444444x",
+            "AKID:secret:444444444444:more",
+            "AK-ID:secret",
+            "AKID:sec ret",
+        ] {
+            assert!(bad.parse::<AccessKey>().is_err(), "{bad:?}");
         }
     }
 }

@@ -14,7 +14,12 @@
 //!
 //! Errors are SQS's: HTTP 400 with `{"__type": "com.amazonaws.sqs#QueueDoesNotExist",
 //! "message": ...}` and the awsQuery-compatible code in `x-amzn-query-error`
-//! (`AWS.SimpleQueueService.NonExistentQueue;Sender`), which SDKs read for the old codes.
+//! (`AWS.SimpleQueueService.NonExistentQueue;Sender`), which SDKs read for the old codes (both
+//! the Rust SDK and boto3 report the header's code when there is one). Refused credentials
+//! (see `identity`) are AWS's own errors, HTTP 403 with `com.amazon.coral.service#` types, and
+//! SQS's query codes in the header: `InvalidSignatureException` / `SignatureDoesNotMatch`,
+//! `UnrecognizedClientException` / `InvalidClientTokenId`. SQS allows signatures dated up to
+//! [`SIGNATURE_WINDOW`] minutes from its clock.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -27,18 +32,24 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{
-    identity::{Caller, Scope},
+    identity::{Caller, Refusal, Scope},
     queue::{HandleError, Queue, QueueAttributes, Received, parse_queue_url, valid_queue_name},
     state::{Call, Emulator, SqsAction},
 };
 
 pub(crate) const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
 
+/// How many minutes before or after SQS's clock a signature may be dated (its "Signature
+/// expired: ... (... - 15 min.)").
+pub(crate) const SIGNATURE_WINDOW: i64 = 15;
+
 /// An error as SQS answers it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct SqsError {
     status: StatusCode,
-    /// The shape name (`__type` is `com.amazonaws.sqs#` and it).
+    /// The shape's namespace: `com.amazonaws.sqs` for SQS's own errors.
+    namespace: &'static str,
+    /// The shape name (`__type` is the namespace, `#` and it).
     shape: &'static str,
     /// The awsQuery code and fault, for `x-amzn-query-error`.
     query_code: &'static str,
@@ -49,9 +60,33 @@ impl SqsError {
     fn new(shape: &'static str, query_code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
+            namespace: "com.amazonaws.sqs",
             shape,
             query_code,
             message: message.into(),
+        }
+    }
+
+    /// The caller's credentials are refused: SQS's own ExpiredToken (400) for an expired key;
+    /// the others are the errors AWS's front end answers for every JSON service (403).
+    fn refused(refusal: &Refusal) -> Self {
+        let (shape, query_code) = match refusal {
+            Refusal::ExpiredToken => {
+                return Self::new("ExpiredToken", "ExpiredToken;Sender", refusal.message());
+            }
+            Refusal::InvalidToken => ("UnrecognizedClientException", "InvalidClientTokenId;Sender"),
+            Refusal::SignatureExpired { .. }
+            | Refusal::SignatureNotYetCurrent { .. }
+            | Refusal::SignatureMismatch => {
+                ("InvalidSignatureException", "SignatureDoesNotMatch;Sender")
+            }
+        };
+        Self {
+            status: StatusCode::FORBIDDEN,
+            namespace: "com.amazon.coral.service",
+            shape,
+            query_code,
+            message: refusal.message(),
         }
     }
 
@@ -112,7 +147,7 @@ impl SqsError {
 impl IntoResponse for SqsError {
     fn into_response(self) -> Response {
         let body = json!({
-            "__type": format!("com.amazonaws.sqs#{}", self.shape),
+            "__type": format!("{}#{}", self.namespace, self.shape),
             "message": self.message,
         });
         let mut response = (self.status, body.to_string()).into_response();
@@ -167,12 +202,8 @@ async fn act(
         .and_then(SqsAction::from_name)
         .ok_or_else(|| SqsError::unknown_action(target))?;
     emulator.stats.count(&caller.scope, Call::Sqs(action));
-    if caller.expired {
-        return Err(SqsError::new(
-            "ExpiredToken",
-            "ExpiredToken;Sender",
-            "The security token included in the request is expired",
-        ));
+    if let Some(refusal) = &caller.refusal {
+        return Err(SqsError::refused(refusal));
     }
     let sqs = Sqs {
         emulator,

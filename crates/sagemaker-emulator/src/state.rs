@@ -34,7 +34,7 @@ use super::{
     engine::{ExecutionState, ExecutionStatus},
     events::{EventTarget, Events, ExecutionInfo, render},
     faults::Faults,
-    identity::{Identity, RoleRule, Scope},
+    identity::{Identity, Principal, RoleRule, Scope, StaticKey},
     options::EmulatorOptions,
     queue::{Queue, QueueAttributes, parse_queue_url},
 };
@@ -614,7 +614,8 @@ pub(crate) struct Emulator {
     pub(crate) ids: Ids,
     /// The region of calls whose signature names none.
     pub(crate) region: String,
-    /// The account of calls not made with a key the emulator's STS issued.
+    /// The default account (`--account-id`): of every key but those STS issued and those
+    /// given with another account.
     pub(crate) account_id: String,
     scopes: DashMap<Scope, Arc<Resources>>,
     pub(crate) identity: Identity,
@@ -639,7 +640,21 @@ impl Emulator {
                 external_id: Some(external_id.clone()),
                 refuse: false,
             });
-        let user_id = ids.unique_id("AIDA", &options.account_id);
+        // Every key but those STS issues belongs to the IAM user of its account.
+        let user = |account: &str| Principal::user(account, ids.unique_id("AIDA", account));
+        let keys: Vec<(String, StaticKey)> = options
+            .access_keys
+            .iter()
+            .map(|key| {
+                let account = key.account_id.as_deref().unwrap_or(&options.account_id);
+                let key_of = StaticKey {
+                    principal: user(account),
+                    secret_access_key: key.secret_access_key.clone(),
+                };
+                (key.access_key_id.clone(), key_of)
+            })
+            .collect();
+        let identity = Identity::new(&options.region, user(&options.account_id), keys, roles);
         let default_scope = Scope {
             account: options.account_id.clone(),
             region: options.region.clone(),
@@ -647,7 +662,7 @@ impl Emulator {
         let (due, due_receiver) = mpsc::unbounded_channel();
         Self {
             clock: Clock::new(options.time_scale),
-            identity: Identity::new(&options.region, &options.account_id, user_id, roles),
+            identity,
             ids,
             region: options.region.clone(),
             account_id: options.account_id.clone(),

@@ -7,7 +7,9 @@
 //! time scale), so an SDK's credential cache, which reads a real clock, refreshes in time.
 //! Roles may refuse every AssumeRole or demand an ExternalId (see `identity`).
 //! GetCallerIdentity names the caller. Errors are STS's `ErrorResponse` documents: HTTP 400,
-//! 403 for AccessDenied.
+//! 403 for AccessDenied and for refused credentials (InvalidClientTokenId,
+//! SignatureDoesNotMatch; see `identity`). STS allows signatures dated up to
+//! [`SIGNATURE_WINDOW`] minutes from its clock.
 
 use std::{collections::HashMap, fmt::Write as _};
 
@@ -16,7 +18,7 @@ use axum::http::StatusCode;
 use super::{
     clock::iso8601,
     error::AwsError,
-    identity::{Caller, RoleRule, Session},
+    identity::{Caller, Principal, Refusal, RoleRule, Session},
     state::{Call, Emulator, StsAction},
     validate::{Validator, patterns},
 };
@@ -24,6 +26,10 @@ use super::{
 const VERSION: &str = "2011-06-15";
 const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 const DEFAULT_DURATION: i64 = 3600;
+
+/// How many minutes before or after STS's clock a signature may be dated (its "Signature
+/// expired: ... (... - 15 min.)").
+pub(crate) const SIGNATURE_WINDOW: i64 = 15;
 
 /// An error as STS answers it.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,12 +71,17 @@ impl StsError {
         )
     }
 
-    fn expired_token() -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "ExpiredToken",
-            "The security token included in the request is expired",
-        )
+    /// The caller's credentials are refused, as STS answers it: 400 for an expired key, 403
+    /// for the others.
+    fn refused(refusal: &Refusal) -> Self {
+        let (status, code) = match refusal {
+            Refusal::ExpiredToken => (StatusCode::BAD_REQUEST, "ExpiredToken"),
+            Refusal::InvalidToken => (StatusCode::FORBIDDEN, "InvalidClientTokenId"),
+            Refusal::SignatureExpired { .. }
+            | Refusal::SignatureNotYetCurrent { .. }
+            | Refusal::SignatureMismatch => (StatusCode::FORBIDDEN, "SignatureDoesNotMatch"),
+        };
+        Self::new(status, code, refusal.message())
     }
 
     fn invalid_action(action: &str, version: &str) -> Self {
@@ -127,8 +138,8 @@ fn act(
         .filter(|_| version == VERSION)
         .ok_or_else(|| StsError::invalid_action(name, version))?;
     emulator.stats.count(&caller.scope, Call::Sts(action));
-    if caller.expired {
-        return Err(StsError::expired_token());
+    if let Some(refusal) = &caller.refusal {
+        return Err(StsError::refused(refusal));
     }
     let result = match action {
         StsAction::AssumeRole => assume_role(emulator, caller, &param)?,
@@ -236,9 +247,13 @@ fn assume_role<'a>(
     emulator.identity.issue(
         access_key_id,
         Session {
-            account: (*account).to_string(),
-            arn,
-            user_id,
+            principal: Principal {
+                account: (*account).to_string(),
+                arn,
+                user_id,
+            },
+            secret_access_key,
+            session_token,
             expires_at,
         },
     );
@@ -263,15 +278,58 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::EmulatorOptions;
+    use axum::http::{HeaderMap, HeaderValue};
 
-    fn call(emulator: &Emulator, authorization: Option<&str>, body: &str) -> (u16, String) {
-        let caller = emulator
-            .identity
-            .caller(authorization, emulator.clock.now());
+    use super::*;
+    use crate::{
+        EmulatorOptions,
+        clock::{Clock, amz_date},
+        identity::CallTime,
+        sigv4::{Request, authorization_for},
+    };
+
+    /// One call with `headers` (none: unsigned), now.
+    fn call(emulator: &Emulator, headers: &HeaderMap, body: &str) -> (u16, String) {
+        let request = Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers,
+            body: body.as_bytes(),
+        };
+        let time = CallTime {
+            now: emulator.clock.now(),
+            wall_now: emulator.clock.wall_now(),
+            window: SIGNATURE_WINDOW,
+        };
+        let caller = emulator.identity.caller(&request, time);
         let (status, xml) = answer(emulator, &caller, body.as_bytes(), "req-1");
         (status.as_u16(), xml)
+    }
+
+    /// Headers signed as an SDK signs them, now, for `body`.
+    fn signed(key: &str, secret: &str, token: &str, body: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("127.0.0.1:9380"));
+        let now = amz_date(Clock::new(1.0).wall_now());
+        headers.insert("x-amz-date", HeaderValue::from_str(&now).unwrap());
+        headers.insert(
+            "x-amz-security-token",
+            HeaderValue::from_str(token).unwrap(),
+        );
+        let request = Request {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: body.as_bytes(),
+        };
+        let authorization = authorization_for(&request, key, secret, "eu-west-1", "sts");
+        headers.insert(
+            "authorization",
+            HeaderValue::from_str(&authorization).unwrap(),
+        );
+        headers
     }
 
     fn between<'a>(xml: &'a str, tag: &str) -> &'a str {
@@ -286,7 +344,7 @@ mod tests {
         let emulator = Emulator::new(&EmulatorOptions::default());
         let (status, xml) = call(
             &emulator,
-            None,
+            &HeaderMap::new(),
             "Action=AssumeRole&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A222222222222%3Arole%2Fteam%2Fdeployer&RoleSessionName=ci%40build",
         );
         assert_eq!(status, 200, "{xml}");
@@ -297,24 +355,47 @@ mod tests {
         );
         let role_id = between(&xml, "AssumedRoleId");
         assert!(role_id.starts_with("AROA") && role_id.ends_with(":ci@build"));
-        let key = between(&xml, "AccessKeyId");
-        let header =
-            format!("AWS4-HMAC-SHA256 Credential={key}/20261201/eu-west-1/sts/aws4_request");
-        let (status, xml) = call(
-            &emulator,
-            Some(&header),
-            "Action=GetCallerIdentity&Version=2011-06-15",
+        let (key, secret, token) = (
+            between(&xml, "AccessKeyId"),
+            between(&xml, "SecretAccessKey"),
+            between(&xml, "SessionToken"),
         );
-        assert_eq!(status, 200, "{xml}");
-        assert_eq!(between(&xml, "Account"), "222222222222");
-        assert_eq!(between(&xml, "UserId"), role_id);
-        assert_eq!(between(&xml, "RequestId"), "req-1");
+        let body = "Action=GetCallerIdentity&Version=2011-06-15";
+        let (status, answer) = call(&emulator, &signed(key, secret, token, body), body);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(between(&answer, "Account"), "222222222222");
+        assert_eq!(between(&answer, "UserId"), role_id);
+        assert_eq!(between(&answer, "RequestId"), "req-1");
+
+        // Its secret, and its token, and nothing else.
+        for (headers, status, code) in [
+            (
+                signed(key, "wrong", token, body),
+                403,
+                "SignatureDoesNotMatch",
+            ),
+            (
+                signed(key, secret, "wrong", body),
+                403,
+                "InvalidClientTokenId",
+            ),
+        ] {
+            let (got, answer) = call(&emulator, &headers, body);
+            assert_eq!((got, between(&answer, "Code")), (status, code), "{answer}");
+            assert!(answer.starts_with(&format!(
+                "<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>Sender</Type>"
+            )));
+        }
     }
 
     #[test]
     fn refusals_are_sts_error_documents() {
         let emulator = Emulator::new(&EmulatorOptions::default());
-        let (status, xml) = call(&emulator, None, "Action=Nope&Version=2011-06-15");
+        let (status, xml) = call(
+            &emulator,
+            &HeaderMap::new(),
+            "Action=Nope&Version=2011-06-15",
+        );
         assert_eq!(status, 400);
         assert_eq!(
             xml,
@@ -324,7 +405,7 @@ mod tests {
         );
         let (status, xml) = call(
             &emulator,
-            None,
+            &HeaderMap::new(),
             "Action=AssumeRole&Version=2011-06-15&RoleArn=arn:aws:iam::222222222222:role/R&RoleSessionName=s&DurationSeconds=899",
         );
         assert_eq!(status, 400);

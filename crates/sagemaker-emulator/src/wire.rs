@@ -6,24 +6,28 @@
 //! [`AwsError`]). SQS's awsJson1_0: `X-Amz-Target: AmazonSQS.<Action>` (see `sqs`). STS's
 //! awsQuery: no `X-Amz-Target` and a form-encoded body (see `sts`).
 //!
-//! Every call acts for its caller, in the caller's account and region (see `identity`).
-//! Signatures are not checked: any, or none, is accepted; a key the emulator's STS issued
-//! answers ExpiredTokenException once its lifetime is over.
+//! Every call acts for its caller, in the caller's account and region (see `identity`). The
+//! signature of a call made with a key whose secret the emulator knows is checked, within the
+//! called service's window around the real clock (SageMaker's [`SIGNATURE_WINDOW`], STS's and
+//! SQS's); each protocol answers a refusal with its own error. Calls with other keys are
+//! accepted with any signature, or none.
 
 use std::sync::Arc;
 
 use axum::{
     body::Bytes,
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
 
 use super::{
     error::AwsError,
-    identity::Caller,
-    ops, sqs,
+    identity::{CallTime, Caller},
+    ops,
+    sigv4::Request,
+    sqs,
     state::{Call, Emulator, Operation},
     sts,
 };
@@ -31,40 +35,58 @@ use super::{
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const STS_CONTENT_TYPE: &str = "text/xml";
 
-/// `POST /`: one SageMaker or STS call.
+/// How many minutes before or after SageMaker's clock a signature may be dated: its "Signature
+/// expired: ... (... - 5 min.)", as AWS's JSON services write it.
+const SIGNATURE_WINDOW: i64 = 5;
+
+/// `POST /`: one SageMaker, STS or SQS call.
 pub(crate) async fn handle(
     State(emulator): State<Arc<Emulator>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let request_id = emulator.ids.request_id();
-    let authorization = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let caller = emulator
-        .identity
-        .caller(authorization, emulator.clock.now());
     let target = headers
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let (mut response, content_type) = if is_sts(&headers) {
-        let answer = sts::answer(&emulator, &caller, &body, &request_id);
-        (answer.into_response(), STS_CONTENT_TYPE)
-    } else if target.starts_with("AmazonSQS.") {
-        // Queue URLs name the emulator as this caller reached it.
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("127.0.0.1");
-        let answer = sqs::answer(&emulator, &caller, target, host, &body).await;
-        (answer, sqs::CONTENT_TYPE)
-    } else {
-        let response = match answer(&emulator, &caller, &headers, &body).await {
-            Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
-            Err(error) => error.into_response(),
-        };
-        (response, CONTENT_TYPE)
+    let protocol = Protocol::of(&headers, target);
+    let request = Request {
+        method: method.as_str(),
+        path: uri.path(),
+        query: uri.query().unwrap_or_default(),
+        headers: &headers,
+        body: &body,
+    };
+    let time = CallTime {
+        now: emulator.clock.now(),
+        wall_now: emulator.clock.wall_now(),
+        window: protocol.signature_window(),
+    };
+    let caller = emulator.identity.caller(&request, time);
+    let (mut response, content_type) = match protocol {
+        Protocol::Sts => {
+            let answer = sts::answer(&emulator, &caller, &body, &request_id);
+            (answer.into_response(), STS_CONTENT_TYPE)
+        }
+        Protocol::Sqs => {
+            // Queue URLs name the emulator as this caller reached it.
+            let host = headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            let answer = sqs::answer(&emulator, &caller, target, host, &body).await;
+            (answer, sqs::CONTENT_TYPE)
+        }
+        Protocol::SageMaker => {
+            let response = match answer(&emulator, &caller, &headers, &body).await {
+                Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
+                Err(error) => error.into_response(),
+            };
+            (response, CONTENT_TYPE)
+        }
     };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -72,6 +94,36 @@ pub(crate) async fn handle(
         headers.insert("x-amzn-requestid", id);
     }
     response
+}
+
+/// The protocols on `POST /`.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Sts,
+    Sqs,
+    SageMaker,
+}
+
+impl Protocol {
+    /// The protocol of a call with these headers (`target`: its `X-Amz-Target`).
+    fn of(headers: &HeaderMap, target: &str) -> Self {
+        if is_sts(headers) {
+            Self::Sts
+        } else if target.starts_with("AmazonSQS.") {
+            Self::Sqs
+        } else {
+            Self::SageMaker
+        }
+    }
+
+    /// How many minutes from the real clock the service allows a signature to be dated.
+    fn signature_window(self) -> i64 {
+        match self {
+            Self::Sts => sts::SIGNATURE_WINDOW,
+            Self::Sqs => sqs::SIGNATURE_WINDOW,
+            Self::SageMaker => SIGNATURE_WINDOW,
+        }
+    }
 }
 
 /// An STS call: a form-encoded body and no `X-Amz-Target` (every SageMaker call has one).
@@ -102,8 +154,8 @@ async fn answer(
         .and_then(Operation::from_name)
         .ok_or_else(|| AwsError::unknown_operation(target))?;
     emulator.stats.count(&caller.scope, Call::SageMaker(op));
-    if caller.expired {
-        return Err(AwsError::expired_token());
+    if let Some(refusal) = &caller.refusal {
+        return Err(AwsError::refused(refusal));
     }
 
     let verdict = emulator

@@ -34,7 +34,14 @@ pub async fn spawn_emulator(
         seed,
         ..Default::default()
     };
-    sagemaker_emulator::EmulatorServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), &options)
+    spawn_emulator_with(&options).await
+}
+
+/// An emulator on a free port with `options`.
+pub async fn spawn_emulator_with(
+    options: &sagemaker_emulator::EmulatorOptions,
+) -> sagemaker_emulator::RunningEmulator {
+    sagemaker_emulator::EmulatorServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), options)
         .await
         .expect("bind the emulator")
         .spawn()
