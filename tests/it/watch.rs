@@ -96,13 +96,38 @@ async fn a_stopped_callback_execution_streams_to_stopped_then_ends() {
         .send()
         .await
         .unwrap();
-    let stopped = next(&mut stream).await.unwrap();
-    assert_eq!(
-        stopped.sequence,
-        sequence + 1,
-        "no duplicate snapshot in between"
-    );
-    assert_eq!(snapshot(&stopped).status(), pb::ExecutionStatus::Stopped);
+    // Then Stopped. A read is two calls (the execution, then its steps): one that straddles
+    // the answer may show the step Stopped while the execution is still Stopping. Every
+    // snapshot says something new, and none is sent twice.
+    let state = |execution: &pb::Execution| {
+        let steps: Vec<_> = execution
+            .steps
+            .iter()
+            .map(|step| (step.name.clone(), step.status, step.failure_reason.clone()))
+            .collect();
+        (execution.status, steps)
+    };
+    let mut last = stopping.clone();
+    loop {
+        let message = next(&mut stream).await.expect("the stream goes on");
+        sequence += 1;
+        assert_eq!(message.sequence, sequence, "numbered in order");
+        let execution = snapshot(&message).clone();
+        assert_ne!(
+            state(&execution),
+            state(&last),
+            "a snapshot that says nothing new: {execution:#?}"
+        );
+        if execution.status() == pb::ExecutionStatus::Stopped {
+            break;
+        }
+        assert_eq!(
+            execution.status(),
+            pb::ExecutionStatus::Stopping,
+            "{execution:#?}"
+        );
+        last = execution;
+    }
     assert!(
         next(&mut stream).await.is_none(),
         "the stream ends with OK after a terminal snapshot"
