@@ -77,6 +77,8 @@ pub struct Application {
     tls: bool,
     /// `GET /metrics`, unless `--metrics-listen off`.
     metrics_server: Option<MetricsServer>,
+    /// With `--health-listen`: the plaintext health port and its server.
+    health_port: Option<(TcpListener, Router)>,
     metrics: Arc<Metrics>,
     /// The root of the cancellation tree (see the module doc), and its `draining` child.
     cut_off: CancellationToken,
@@ -285,7 +287,7 @@ impl Application {
             args.traces_endpoint().is_some(),
         )?;
         let router = server
-            .add_service(observe.wrap(health_service))
+            .add_service(observe.wrap(health_service.clone()))
             .add_service(observe.wrap(reflection_v1))
             .add_service(observe.wrap(reflection_v1alpha))
             .add_service(
@@ -298,6 +300,24 @@ impl Application {
                 ),
             );
 
+        // Probes that carry no client certificate get health alone, in plaintext, on a port of
+        // its own; its messages are tiny.
+        let health_port = match args.health_listen {
+            Some(address) => {
+                let listener = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen for health checks on {address}"))?;
+                let router = Server::builder().add_service(
+                    observe.wrap(
+                        health_service
+                            .clone()
+                            .max_decoding_message_size(HEALTH_MESSAGE),
+                    ),
+                );
+                Some((listener, router))
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -335,6 +355,7 @@ impl Application {
             tasks,
             tls: tls_on,
             metrics_server,
+            health_port,
             metrics,
             cut_off,
             draining,
@@ -350,6 +371,13 @@ impl Application {
     /// Where `GET /metrics` is served (`None` with `--metrics-listen off`).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_server.as_ref().map(MetricsServer::local_addr)
+    }
+
+    /// Where the plaintext health port listens (`None` without `--health-listen`).
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_port
+            .as_ref()
+            .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
@@ -377,6 +405,7 @@ impl Application {
             tasks,
             tls,
             metrics_server,
+            health_port,
             metrics,
             cut_off,
             draining,
@@ -388,6 +417,26 @@ impl Application {
         let metrics_task = metrics_server.map(|server| {
             tracing::info!(address = %server.local_addr(), "serving metrics on /metrics");
             server.spawn(metrics.clone(), metrics_stop.clone())
+        });
+        // Health answers until the end, NOT_SERVING while draining: it stops with the metrics.
+        let health_task = health_port.map(|(listener, router)| {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "serving health checks (plaintext)");
+            }
+            // A watch on it never ends by itself: its connections are cut when it stops.
+            let stop = metrics_stop.clone();
+            let incoming = TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .map(move |accepted| accepted.map(|io| CutOffIo::new(io, &stop)));
+            let stop = metrics_stop.clone();
+            tokio::spawn(async move {
+                let served = router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(%error, "the health port failed");
+                }
+            })
         });
         let (emulator, demo) = match emulator {
             Some((emulator, place)) => {
@@ -484,7 +533,7 @@ impl Application {
         }
         store.close().await;
         metrics_stop.cancel();
-        if let Some(task) = metrics_task {
+        for task in [metrics_task, health_task].into_iter().flatten() {
             let _ = task.await;
         }
         tracing::info!("stopped");
@@ -553,6 +602,9 @@ fn worker_id() -> String {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     format!("{host}-{}-{}", std::process::id(), &suffix[..8])
 }
+
+/// The largest health request the health port reads (a service name).
+const HEALTH_MESSAGE: usize = 4096;
 
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -120,6 +120,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_CONTROL_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = MetricsListen::parse)]
     pub metrics_listen: MetricsListen,
 
+    /// Serve only `grpc.health.v1` here, in plaintext, on a port of its own (port 0 picks a
+    /// free port): for probes that carry no client certificate, such as kubelet's gRPC probes,
+    /// while the main port requires mutual TLS. NOT_SERVING while the database is out and from
+    /// the moment a shutdown starts. Off when unset.
+    #[arg(long, env = "PIPELINE_CONTROL_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
     /// Export traces over OTLP/gRPC to this collector (`http://host:4317`); off when unset.
     /// The standard `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables tune the export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]

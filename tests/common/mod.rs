@@ -153,6 +153,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// Where `/metrics` is served (`None` with `--metrics-listen off`).
     pub metrics: Option<SocketAddr>,
+    /// The plaintext health port (`None` without `--health-listen`).
+    pub health: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -179,6 +181,7 @@ impl TestApp {
             .expect("the application builds");
         let addr = app.local_addr();
         let metrics = app.metrics_addr();
+        let health = app.health_addr();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -186,6 +189,7 @@ impl TestApp {
         Self {
             addr,
             metrics,
+            health,
             shutdown: Some(tx),
             handle: Some(handle),
         }

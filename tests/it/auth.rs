@@ -740,6 +740,80 @@ async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
     assert_eq!(server.admin.calls("StopPipelineExecution").await, 0);
 }
 
+/// Kubelet's gRPC probes carry no client certificate: with `--health-listen`, health answers
+/// them in plaintext on its own port while the main port requires mutual TLS, and turns
+/// NOT_SERVING as soon as a shutdown starts. Only health is served there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_port_answers_probes_without_a_certificate_while_the_main_port_requires_one() {
+    let ca = Authority::new("Test CA");
+    let leaf = ca.server();
+    let files = Files::new();
+    let cert = files.write("server.pem", &leaf.cert);
+    let key = files.write("server.key", &leaf.key);
+    let client_ca = files.write("client-ca.pem", &ca.pem());
+    let mut server = Secured::start(Backend::Postgres, |args| {
+        args.security.tls_cert = Some(cert);
+        args.security.tls_key = Some(key);
+        args.security.tls_client_ca = Some(client_ca);
+        args.health_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let health = server.app.health.expect("the health port is bound");
+    assert_ne!(health, server.app.addr);
+    let probe = Endpoint::from_shared(format!("http://{health}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let check = |service: &str| {
+        let mut client = HealthClient::new(probe.clone());
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        async move { client.check(request).await.map(|r| r.into_inner().status()) }
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    assert_eq!(check("").await.unwrap(), ServingStatus::Serving);
+    assert_eq!(
+        check("pipelinecontrol.v1.PipelineControl").await.unwrap(),
+        ServingStatus::Serving
+    );
+    // The main port still refuses a caller without a certificate.
+    if let Ok(channel) = server.tls(client_tls(&ca, None)).await {
+        let refused = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await;
+        assert!(refused.is_err(), "{refused:?}");
+    }
+    // Nothing but health on the health port.
+    let other = PipelineControlClient::new(probe.clone())
+        .get_stop_request(pb::GetStopRequestRequest {
+            client_request_token: "x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::Unimplemented, "{other:?}");
+
+    // A watch on the health port sees NOT_SERVING as soon as the shutdown starts, and does not
+    // hold the shutdown up.
+    let mut watch = HealthClient::new(probe.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("a first status");
+    assert_eq!(first.status(), ServingStatus::Serving);
+    server.app.begin_shutdown();
+    let next = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("a status change in time")
+        .unwrap()
+        .expect("a status change");
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    let Secured { app, .. } = server;
+    app.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_tokens_and_mutual_tls_a_token_wins_and_a_certificate_is_optional() {
     let (server, ca, _files) =
