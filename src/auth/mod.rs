@@ -536,7 +536,7 @@ impl Auth {
                         "the token's issuer was removed from the identity file",
                     ));
                 }
-                if *expires + jwt::LEEWAY < jwt::now() {
+                if expires.saturating_add(jwt::LEEWAY) < jwt::now() {
                     return Err(Error::CredentialsExpired);
                 }
             }
@@ -792,6 +792,52 @@ mod tests {
         })
         .unwrap_err();
         assert!(format!("{missing:#}").contains("/nonexistent/policy.toml"));
+    }
+
+    #[test]
+    fn a_reload_rechecks_jwt_and_mesh_callers() {
+        let identity = file(
+            "[[jwt]]\nissuer = \"https://issuer.example\"\naudiences = [\"pc\"]\n\n[mesh]\nheader = \"l5d-client-id\"\n",
+        );
+        let auth = load(AuthSettings {
+            identity_file: Some(identity.path().into()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        assert!(auth.authenticates());
+        let arn = ExecutionArn::parse(
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abc",
+        )
+        .unwrap();
+        let caller = |credential| Caller {
+            principal: Principal::new("system:serviceaccount:billing:reporter"),
+            credential,
+            credentials: auth.current.load_full(),
+        };
+        let jwt = |expires| Credential::Jwt {
+            issuer: Arc::from("https://issuer.example"),
+            expires,
+        };
+        let fresh = caller(jwt(jwt::now() + 600));
+        let expired = caller(jwt(jwt::now() - jwt::LEEWAY - 1));
+        let meshed = caller(Credential::Mesh);
+        assert_eq!((fresh.method(), meshed.method()), ("jwt", "mesh"));
+        let recheck = |caller: &Caller| {
+            auth.recheck(caller, Action::Read, &arn)
+                .map_err(|e| e.reason())
+        };
+        assert_eq!(recheck(&fresh), Ok(()));
+        assert_eq!(recheck(&meshed), Ok(()));
+        assert_eq!(recheck(&expired), Err("CREDENTIALS_EXPIRED"));
+
+        std::fs::write(
+            identity.path(),
+            "[[jwt]]\nissuer = \"https://other.example\"\naudiences = [\"pc\"]\n",
+        )
+        .unwrap();
+        auth.reload();
+        assert_eq!(recheck(&fresh), Err("UNAUTHENTICATED"));
+        assert_eq!(recheck(&meshed), Err("UNAUTHENTICATED"));
     }
 
     #[tokio::test]
