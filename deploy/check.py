@@ -71,6 +71,8 @@ METRICS = {
     "pipeline_control_audit_queue_depth": ("gauge", set()),
     "pipeline_control_audit_events_dropped_total": ("counter", {"reason"}),
     "pipeline_control_auth_refusals_total": ("counter", {"reason"}),
+    "pipeline_control_authentications_total": ("counter", {"method", "result"}),
+    "pipeline_control_jwks_fetches_total": ("counter", {"result"}),
     "pipeline_control_limit_refusals_total": ("counter", {"limit"}),
     "pipeline_control_trace_spans_dropped_total": ("counter", set()),
     # Prometheus's own, per target
@@ -97,8 +99,14 @@ VALUES = {
     ("pipeline_control_stop_duplicates_total", "result"): {"answered", "aborted", "took_over"},
     ("pipeline_control_stop_takeovers_total", "by"): {"completer", "caller"},
     ("pipeline_control_auth_refusals_total", "reason"): {
-        "no_credentials", "bad_token", "revoked_token", "bad_certificate", "permission_denied",
+        "no_credentials", "bad_token", "revoked_token", "bad_certificate", "credentials_invalid",
+        "credentials_expired", "permission_denied",
     },
+    ("pipeline_control_authentications_total", "method"): {
+        "token", "mtls", "jwt", "mesh", "anonymous",
+    },
+    ("pipeline_control_authentications_total", "result"): {"ok", "refused"},
+    ("pipeline_control_jwks_fetches_total", "result"): {"ok", "error"},
     ("pipeline_control_limit_refusals_total", "limit"): {
         "concurrency", "stop_rate", "watch_streams", "message_size",
     },

@@ -101,29 +101,36 @@ impl Application {
     /// anything) when any of that fails.
     pub async fn build(args: ServeArgs) -> anyhow::Result<Self> {
         // Credentials first: a bad file or a missing requirement stops the start at once.
+        let metrics = Arc::new(Metrics::new());
+        let security = &args.security;
         let auth = Arc::new(
-            Auth::load(AuthSettings {
-                client_certificates: args.security.tls_client_ca.is_some(),
-                tokens_file: args.security.auth_tokens_file.clone(),
-                policy_file: args.security.policy_file.clone(),
-            })
+            Auth::load(
+                AuthSettings {
+                    client_certificates: security.tls_client_ca.is_some(),
+                    tokens_file: security.auth_tokens_file.clone(),
+                    policy_file: security.policy_file.clone(),
+                    identity_file: security.identity_file.clone(),
+                    require_credentials: security.require_auth,
+                },
+                metrics.clone(),
+            )
             .context("cannot load the authentication settings")?,
         );
-        if args.security.require_auth && !auth.authenticates() {
+        if security.require_auth && !auth.authenticates() {
             anyhow::bail!(
-                "--require-auth is set but no authentication is configured: give --tls-client-ca (with --tls-cert and --tls-key) or --auth-tokens-file"
+                "--require-auth is set but no authentication is configured: give --tls-client-ca (with --tls-cert and --tls-key), --auth-tokens-file, or an --identity-file with [[jwt]] issuers or a [mesh]"
             );
         }
-        // With tokens as well, a client certificate is optional at the handshake (but verified
-        // when presented): a caller may identify with either.
-        let tls = tls_config(&args.security, args.security.auth_tokens_file.is_some())?;
-        if tls.is_none() && args.security.auth_tokens_file.is_some() {
+        // With tokens or the platform's identities as well, a client certificate is optional
+        // at the handshake (but verified when presented): a caller may identify with either.
+        let bearer = security.auth_tokens_file.is_some() || security.identity_file.is_some();
+        let tls = tls_config(security, bearer)?;
+        if tls.is_none() && bearer {
             tracing::warn!(
                 "bearer tokens are accepted over plaintext: configure --tls-cert and --tls-key unless a proxy in front terminates TLS"
             );
         }
         auth.log_summary();
-        let metrics = Arc::new(Metrics::new());
         // Bound early: a port that cannot be had stops the start before anything else runs.
         let metrics_server = match args.metrics_listen.0 {
             Some(address) => Some(MetricsServer::bind(address).await?),

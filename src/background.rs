@@ -5,7 +5,7 @@
 //! - the completer finishes stop requests whose owner died (lease run out), with no retry
 //!   from their callers, and the retention sweeper deletes expired stop requests and audit
 //!   rows past `--audit-retention` in bounded batches (one task for both);
-//! - the reloader reloads the token, policy and accounts files on SIGHUP.
+//! - the reloader reloads the token, policy, identity and accounts files on SIGHUP.
 //!
 //! [`Background::stop`] cancels them all and waits until each has ended, so that nothing they
 //! do (a late health check setting SERVING, say) happens after it returns.
@@ -180,7 +180,7 @@ where
     }
 }
 
-/// Reloads the token, policy and accounts files on each SIGHUP.
+/// Reloads the token, policy, identity and accounts files on each SIGHUP.
 async fn reload_on_hangup(
     auth: Arc<Auth>,
     estate: Arc<Estate>,
@@ -194,7 +194,7 @@ async fn reload_on_hangup(
                 if received.is_none() {
                     return;
                 }
-                tracing::info!("received SIGHUP: reloading the token, policy and accounts files");
+                tracing::info!("received SIGHUP: reloading the token, policy, identity and accounts files");
                 auth.reload();
                 estate.reload();
             }

@@ -209,7 +209,14 @@ pub struct SecurityArgs {
     #[arg(long, env = "PIPELINE_CONTROL_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
 
-    /// Refuse to start unless client certificates or tokens are configured.
+    /// TOML file of the platform identities callers may prove: `[[jwt]]` issuers (Kubernetes
+    /// service-account tokens, OpenID Connect), `[iam]`, and a `[mesh]` proxy in front.
+    /// Reloaded on SIGHUP.
+    #[arg(long, env = "PIPELINE_CONTROL_IDENTITY_FILE")]
+    pub identity_file: Option<PathBuf>,
+
+    /// Refuse to start unless client certificates, tokens, JWT issuers or a mesh are
+    /// configured, and refuse every call that proves no identity.
     #[arg(long, env = "PIPELINE_CONTROL_REQUIRE_AUTH")]
     pub require_auth: bool,
 }

@@ -80,6 +80,13 @@ pub(crate) enum Error {
     /// The call carries no credentials, or bad ones.
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
+    /// A token or a proxy's word about the caller that does not prove who it is. The caller is
+    /// not told which check failed (the log says).
+    #[error("unauthenticated: the credentials are not valid")]
+    CredentialsInvalid,
+    /// A token that has expired, or is not valid yet.
+    #[error("unauthenticated: the credentials have expired or are not valid yet")]
+    CredentialsExpired,
     /// The policy does not allow this principal to do this.
     #[error("{principal} may not {} this pipeline execution", .action.verb())]
     PermissionDenied {
@@ -167,6 +174,8 @@ impl Error {
             Error::StopRequestNotFound => "STOP_REQUEST_NOT_FOUND",
             Error::LimitExceeded { .. } | Error::MessageTooLarge { .. } => "LIMIT_EXCEEDED",
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
+            Error::CredentialsInvalid => "CREDENTIALS_INVALID",
+            Error::CredentialsExpired => "CREDENTIALS_EXPIRED",
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Error::Cancelled => "CANCELLED",
@@ -193,7 +202,9 @@ impl Error {
             | Error::StoreUnavailable(_)
             | Error::Abandoned(_) => Code::Unavailable,
             Error::LimitExceeded { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
-            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::Unauthenticated(_) | Error::CredentialsInvalid | Error::CredentialsExpired => {
+                Code::Unauthenticated
+            }
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Cancelled => Code::Cancelled,

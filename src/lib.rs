@@ -31,8 +31,10 @@
 //! - `domain`: checked values (ARN, token, reason, principal), statuses, outcomes, actions.
 //! - `holding`: what a Callback or Lambda step holding a stop means, in words (the service and
 //!   the command line both say it).
-//! - `auth`: who a caller is (bearer token, client certificate) and what the policy allows;
-//!   token and policy files reloaded on SIGHUP.
+//! - `auth`: who a caller is (bearer token, client certificate, and what the platform proves:
+//!   a JWT of a configured issuer, whose key sets it fetches and caches, or a trusted mesh
+//!   proxy's header) and how it was proven, and what the policy allows; token, policy and
+//!   identity files reloaded on SIGHUP.
 //! - `stop`: StopExecution and GetStopRequest, the idempotency contract: claiming, carrying
 //!   out, waiting for duplicates, completing abandoned requests; `stop::force`: forcing a stuck
 //!   stop when its `force_after` deadline comes.

@@ -1,20 +1,40 @@
 //! Who is calling, and may they do this.
 //!
-//! Authentication ([`Auth::authenticate`]) names the caller's [`Principal`] from a bearer token
-//! (`--auth-tokens-file`) or a verified client certificate (`--tls-client-ca`); a call that has
-//! a token is identified by it, else by its certificate. With neither configured every caller
-//! is `anonymous`. Authorization ([`Auth::authorize`]) checks the policy (`--policy-file`), if
-//! one is configured, before anything else is done for the call.
+//! Authentication ([`Auth::authenticate`]) names the caller's [`Principal`] and how it was
+//! proven ([`Caller::method`]), from, in this order:
+//! 1. a bearer token (`authorization: Bearer <token>`): one of the static tokens
+//!    (`--auth-tokens-file`), else, when it has the shape of a JWT, a token of an issuer of
+//!    the identity file (`jwt`);
+//! 2. a mesh's header (`mesh`), believed only from a trusted proxy;
+//! 3. a verified client certificate (`--tls-client-ca`, `certificate`).
 //!
-//! The token and policy files are read at start (a bad file stops the start) and again on
-//! SIGHUP ([`Auth::reload`]): a file that fails to load then keeps the previous one in force,
-//! and the reason is logged. Readers take the current version without locking.
+//! Once tokens, client certificates or JWT issuers are configured (or `--require-auth` is
+//! set), a call that proves none of these is refused; otherwise it is `anonymous`.
+//! Authorization ([`Auth::authorize`]) checks the policy (`--policy-file`), if one is
+//! configured, before anything else is done for the call.
+//!
+//! The token, policy and identity files are read at start (a bad file stops the start) and
+//! again on SIGHUP ([`Auth::reload`]): a file that fails to load then keeps the previous one
+//! in force, and the reason is logged. Readers take the current version without locking. JWT
+//! issuers' keys are fetched and cached apart from the files (`jwks`), so that a reload keeps
+//! the keys of an issuer it does not change.
+//!
+//! Authentication is async because a JWT's issuer keys may have to be fetched; nothing else
+//! waits: static tokens, certificates and mesh headers are checked as before, in place.
 
 mod certificate;
+mod identity;
+mod jwks;
+mod jwt;
+mod mesh;
 mod policy;
 mod tokens;
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use tokio::sync::watch;
 
@@ -25,8 +45,13 @@ use crate::{
     domain::{Action, ExecutionArn, Principal},
     error::Error,
     files::read,
+    metrics::Metrics,
 };
 
+use identity::{IamSettings, IdentityFile, MeshSettings};
+use jwks::Fetcher;
+use jwt::Issuers;
+use mesh::{IgnoredPeers, MeshWord};
 use policy::Policy;
 use tokens::Tokens;
 
@@ -39,17 +64,56 @@ pub(crate) struct AuthSettings {
     pub(crate) tokens_file: Option<PathBuf>,
     /// The policy file.
     pub(crate) policy_file: Option<PathBuf>,
+    /// The identity file: JWT issuers, IAM, a mesh in front.
+    pub(crate) identity_file: Option<PathBuf>,
+    /// Refuse calls that prove no identity even when only a mesh is configured
+    /// (`--require-auth`).
+    pub(crate) require_credentials: bool,
 }
 
-/// The token and policy files in force: one version, swapped whole, so that a call is
-/// authenticated and authorized against the same one.
+/// The token, policy and identity files in force: one version, swapped whole, so that a call
+/// is authenticated and authorized against the same one.
 #[derive(Debug, Default)]
 struct Credentials {
     tokens: Option<Tokens>,
     policy: Option<Policy>,
+    identity: Option<Arc<Identity>>,
+}
+
+/// The identity file in force.
+#[derive(Debug)]
+struct Identity {
+    issuers: Issuers,
+    /// Checked and kept for IAM authentication, which reads it when it comes.
+    iam: Option<IamSettings>,
+    mesh: Option<MeshSettings>,
+}
+
+impl Identity {
+    /// The identity of a (re)loaded file; issuers it keeps keep their cached keys.
+    fn new(file: IdentityFile, previous: Option<&Identity>, fetcher: &Arc<Fetcher>) -> Self {
+        Self {
+            issuers: Issuers::new(file.jwt, previous.map(|p| &p.issuers), fetcher),
+            iam: file.iam,
+            mesh: file.mesh,
+        }
+    }
 }
 
 impl Credentials {
+    fn issuers(&self) -> Option<&Issuers> {
+        self.identity
+            .as_ref()
+            .map(|identity| &identity.issuers)
+            .filter(|issuers| !issuers.is_empty())
+    }
+
+    fn mesh(&self) -> Option<&MeshSettings> {
+        self.identity
+            .as_ref()
+            .and_then(|identity| identity.mesh.as_ref())
+    }
+
     fn authorize(
         &self,
         principal: &Principal,
@@ -75,6 +139,26 @@ enum Credential {
     /// The SHA-256 of the bearer token it sent.
     Token([u8; 32]),
     Certificate,
+    /// A JWT of this issuer, valid until `expires` (seconds since the epoch).
+    Jwt {
+        issuer: Arc<str>,
+        expires: u64,
+    },
+    /// A trusted proxy's header.
+    Mesh,
+}
+
+impl Credential {
+    /// The `method` of the metrics and of the server span.
+    fn method(&self) -> &'static str {
+        match self {
+            Credential::Anonymous => "anonymous",
+            Credential::Token(_) => "token",
+            Credential::Certificate => "mtls",
+            Credential::Jwt { .. } => "jwt",
+            Credential::Mesh => "mesh",
+        }
+    }
 }
 
 /// An authenticated call: who it is, how it proved it, and the credentials version that
@@ -89,6 +173,11 @@ pub(crate) struct Caller {
 impl Caller {
     pub(crate) fn principal(&self) -> &Principal {
         &self.principal
+    }
+
+    /// How the caller was proven: `mtls`, `token`, `jwt`, `mesh` or `anonymous`.
+    pub(crate) fn method(&self) -> &'static str {
+        self.credential.method()
     }
 
     /// Whether the caller may do `action` to `arn`: always, without a policy.
@@ -128,6 +217,15 @@ impl Caller {
     }
 }
 
+/// What a call presents: its headers, and its connection's peer and verified client
+/// certificates.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Presented<'a> {
+    pub(crate) headers: &'a http::HeaderMap,
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) certificates: Option<&'a [CertificateDer<'static>]>,
+}
+
 /// Authentication and authorization for every call of the service.
 #[derive(Debug)]
 pub(crate) struct Auth {
@@ -135,29 +233,60 @@ pub(crate) struct Auth {
     current: ArcSwap<Credentials>,
     /// Counts reloads, so that long-lived calls (watch streams) can check their caller again.
     reloads: watch::Sender<u64>,
+    /// Fetches JWT issuers' key sets.
+    fetcher: Arc<Fetcher>,
+    /// Peers whose mesh header was ignored (each logged once).
+    ignored: IgnoredPeers,
+    metrics: Arc<Metrics>,
+}
+
+/// Reads the file at `path` (if one is configured) with `parse`.
+fn load<T>(
+    path: Option<&PathBuf>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> anyhow::Result<Option<T>> {
+    path.map(|path| read(path, parse)).transpose()
 }
 
 impl Auth {
-    /// Reads the configured files; fails (naming the file and the fault) when one is bad.
-    pub(crate) fn load(settings: AuthSettings) -> anyhow::Result<Self> {
-        let tokens = match &settings.tokens_file {
-            Some(path) => Some(read(path, Tokens::parse)?),
-            None => None,
-        };
-        let policy = match &settings.policy_file {
-            Some(path) => Some(read(path, Policy::parse)?),
-            None => None,
-        };
+    /// Reads the configured files; fails (naming the file, the entry and the fault) when one
+    /// is bad.
+    pub(crate) fn load(settings: AuthSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let tokens = load(settings.tokens_file.as_ref(), Tokens::parse)?;
+        let policy = load(settings.policy_file.as_ref(), Policy::parse)?;
+        let fetcher = Arc::new(Fetcher::new(metrics.clone()));
+        let identity = load(settings.identity_file.as_ref(), IdentityFile::parse)?
+            .map(|file| Arc::new(Identity::new(file, None, &fetcher)));
         Ok(Self {
             settings,
-            current: ArcSwap::from_pointee(Credentials { tokens, policy }),
+            current: ArcSwap::from_pointee(Credentials {
+                tokens,
+                policy,
+                identity,
+            }),
             reloads: watch::Sender::new(0),
+            fetcher,
+            ignored: IgnoredPeers::default(),
+            metrics,
         })
     }
 
-    /// Whether callers must identify themselves (tokens or client certificates configured).
+    /// Whether callers can identify themselves: tokens, client certificates, or JWT issuers or
+    /// a mesh in the identity file.
     pub(crate) fn authenticates(&self) -> bool {
-        self.settings.tokens_file.is_some() || self.settings.client_certificates
+        let current = self.current.load();
+        self.settings.tokens_file.is_some()
+            || self.settings.client_certificates
+            || current.issuers().is_some()
+            || current.mesh().is_some()
+    }
+
+    /// Whether a call that proves no identity is refused.
+    fn requires_credentials(&self, credentials: &Credentials) -> bool {
+        self.settings.require_credentials
+            || credentials.tokens.is_some()
+            || self.settings.client_certificates
+            || credentials.issuers().is_some()
     }
 
     /// Logs what is in force, at start.
@@ -166,10 +295,15 @@ impl Auth {
         let tokens = current.tokens.as_ref().map(Tokens::len);
         let policy = current.policy.as_ref().map(Policy::principals);
         let policy = policy.map_or_else(|| "off (all allowed)".to_string(), |n| n.to_string());
+        let identity = current.identity.as_ref();
+        let issuers = identity.map_or(0, |identity| identity.issuers.len());
+        let mesh = current.mesh().map_or("off", |mesh| mesh.header.name());
         if self.authenticates() {
             tracing::info!(
                 client_certificates = self.settings.client_certificates,
                 tokens = tokens.map_or_else(|| "off".to_string(), |n| n.to_string()),
+                jwt_issuers = issuers,
+                mesh,
                 policy_principals = policy,
                 "authentication on"
             );
@@ -177,47 +311,77 @@ impl Auth {
             tracing::warn!(
                 policy_principals = policy,
                 "no authentication configured: every caller is `anonymous`; configure \
-                 --tls-client-ca or --auth-tokens-file (and --require-auth) in production"
+                 --tls-client-ca, --auth-tokens-file or --identity-file (and --require-auth) in \
+                 production"
+            );
+        }
+        if let Some(iam) = identity.and_then(|identity| identity.iam.as_ref()) {
+            tracing::warn!(
+                server_id = iam.server_id,
+                accounts = iam.accounts.as_ref().map_or(0, Vec::len),
+                "the identity file's [iam] section is read, but this version does not \
+                 authenticate IAM callers yet"
             );
         }
     }
 
-    /// Reads the token and policy files again and puts the result in force as one version. A
-    /// file that fails keeps its previous version; each outcome is logged. Watch streams then
-    /// check their callers against the new version.
+    /// Reads the token, policy and identity files again and puts the result in force as one
+    /// version. A file that fails keeps its previous version; each outcome is logged. Watch
+    /// streams then check their callers against the new version.
     pub(crate) fn reload(&self) {
-        let previous = self.current.load_full();
-        let tokens = match &self.settings.tokens_file {
-            Some(path) => match read(path, Tokens::parse) {
-                Ok(tokens) => {
-                    tracing::info!(file = %path.display(), tokens = tokens.len(), "reloaded the token file");
-                    Some(tokens)
-                }
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "kept the previous tokens");
-                    previous.tokens.clone()
-                }
-            },
-            None => None,
-        };
-        let policy = match &self.settings.policy_file {
-            Some(path) => match read(path, Policy::parse) {
-                Ok(policy) => {
-                    tracing::info!(file = %path.display(), principals = policy.principals(), "reloaded the policy file");
-                    Some(policy)
-                }
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "kept the previous policy");
-                    previous.policy.clone()
-                }
-            },
-            None => None,
-        };
-        if self.settings.tokens_file.is_none() && self.settings.policy_file.is_none() {
-            tracing::info!("nothing to reload: no token or policy file is configured");
+        let settings = &self.settings;
+        if settings.tokens_file.is_none()
+            && settings.policy_file.is_none()
+            && settings.identity_file.is_none()
+        {
+            tracing::info!("nothing to reload: no token, policy or identity file is configured");
             return;
         }
-        self.current.store(Arc::new(Credentials { tokens, policy }));
+        let previous = self.current.load_full();
+        let tokens = reread(
+            settings.tokens_file.as_deref(),
+            Tokens::parse,
+            |path, tokens| tracing::info!(file = %path.display(), tokens = tokens.len(), "reloaded the token file"),
+            "tokens",
+        )
+        .unwrap_or_else(|| previous.tokens.clone());
+        let policy = reread(
+            settings.policy_file.as_deref(),
+            Policy::parse,
+            |path, policy| tracing::info!(file = %path.display(), principals = policy.principals(), "reloaded the policy file"),
+            "policy",
+        )
+        .unwrap_or_else(|| previous.policy.clone());
+        let identity = reread(
+            settings.identity_file.as_deref(),
+            IdentityFile::parse,
+            |path, file| {
+                tracing::info!(
+                    file = %path.display(),
+                    jwt_issuers = file.jwt.len(),
+                    mesh = file.mesh.as_ref().map_or("off", |mesh| mesh.header.name()),
+                    "reloaded the identity file"
+                )
+            },
+            "identity file",
+        )
+        .map_or_else(
+            || previous.identity.clone(),
+            |file| {
+                file.map(|file| {
+                    Arc::new(Identity::new(
+                        file,
+                        previous.identity.as_deref(),
+                        &self.fetcher,
+                    ))
+                })
+            },
+        );
+        self.current.store(Arc::new(Credentials {
+            tokens,
+            policy,
+            identity,
+        }));
         self.reloads.send_modify(|generation| *generation += 1);
     }
 
@@ -226,61 +390,126 @@ impl Auth {
         self.reloads.subscribe()
     }
 
-    /// The caller, from the request's `authorization` header and the TLS connection's verified
-    /// client certificate (if any).
-    pub(crate) fn authenticate(
-        &self,
-        headers: &http::HeaderMap,
-        peer_certificates: Option<&[CertificateDer<'static>]>,
-    ) -> Result<Caller, Error> {
+    /// The caller of a call, from what it presents; each outcome is counted by method.
+    pub(crate) async fn authenticate(&self, call: Presented<'_>) -> Result<Caller, Error> {
         let credentials = self.current.load_full();
-        let caller = |principal: Principal, credential: Credential| Caller {
-            principal,
-            credential,
-            credentials: credentials.clone(),
-        };
-        if let Some(tokens) = &credentials.tokens
-            && let Some(header) = headers.get(http::header::AUTHORIZATION)
+        let outcome = self.identify(&credentials, call).await;
+        match outcome {
+            Ok((principal, credential)) => {
+                self.metrics.authenticated(credential.method(), true);
+                Ok(Caller {
+                    principal,
+                    credential,
+                    credentials,
+                })
+            }
+            Err((method, error)) => {
+                self.metrics.authenticated(method, false);
+                Err(error)
+            }
+        }
+    }
+
+    /// Who the call proves to be and how, or by which method it was refused and why.
+    async fn identify(
+        &self,
+        credentials: &Credentials,
+        call: Presented<'_>,
+    ) -> Result<(Principal, Credential), (&'static str, Error)> {
+        let issuers = credentials.issuers();
+        if (credentials.tokens.is_some() || issuers.is_some())
+            && let Some(header) = call.headers.get(http::header::AUTHORIZATION)
         {
-            let token = bearer_token(header).ok_or(Error::Unauthenticated(
-                "the authorization header must be `Bearer <token>`",
-            ))?;
-            let digest = Tokens::digest(token);
-            let principal = tokens
-                .principal_of(&digest)
-                .cloned()
-                .ok_or(Error::Unauthenticated("the bearer token is not valid"))?;
-            return Ok(caller(principal, Credential::Token(digest)));
+            return self.bearer(credentials, header).await;
+        }
+        if let Some(mesh) = credentials.mesh() {
+            let peer = call.peer.map(|peer| peer.ip());
+            match mesh::word(mesh, call.headers, peer, &self.ignored) {
+                MeshWord::Absent => {}
+                MeshWord::Caller(principal) => return Ok((principal, Credential::Mesh)),
+                MeshWord::Unusable(why) => {
+                    tracing::info!(%why, "refused a mesh header from a trusted proxy");
+                    return Err(("mesh", Error::CredentialsInvalid));
+                }
+            }
         }
         if self.settings.client_certificates
-            && let Some(leaf) = peer_certificates.and_then(|certificates| certificates.first())
+            && let Some(leaf) = call
+                .certificates
+                .and_then(|certificates| certificates.first())
         {
             let principal = certificate::principal(leaf).map_err(|why| {
                 tracing::info!(%why, "refused a client certificate");
-                Error::Unauthenticated("the client certificate names no usable identity")
+                (
+                    "mtls",
+                    Error::Unauthenticated("the client certificate names no usable identity"),
+                )
             })?;
-            return Ok(caller(principal, Credential::Certificate));
+            return Ok((principal, Credential::Certificate));
         }
-        match (
-            credentials.tokens.is_some(),
-            self.settings.client_certificates,
-        ) {
-            (false, false) => Ok(caller(Principal::anonymous(), Credential::Anonymous)),
-            (true, false) => Err(Error::Unauthenticated(
-                "credentials are required: send `authorization: Bearer <token>`",
+        if !self.requires_credentials(credentials) {
+            return Ok((Principal::anonymous(), Credential::Anonymous));
+        }
+        let bearer = credentials.tokens.is_some() || issuers.is_some();
+        let why = match (bearer, self.settings.client_certificates) {
+            (true, false) => "credentials are required: send `authorization: Bearer <token>`",
+            (false, true) => "credentials are required: connect with a client certificate",
+            (true, true) => {
+                "credentials are required: send `authorization: Bearer <token>` or connect with a client certificate"
+            }
+            (false, false) if credentials.mesh().is_some() => {
+                "credentials are required: call through the mesh, whose proxy names the caller"
+            }
+            (false, false) => "credentials are required",
+        };
+        Err(("anonymous", Error::Unauthenticated(why)))
+    }
+
+    /// The caller of an `authorization` header: a static token, else a JWT.
+    async fn bearer(
+        &self,
+        credentials: &Credentials,
+        header: &http::HeaderValue,
+    ) -> Result<(Principal, Credential), (&'static str, Error)> {
+        let token = bearer_token(header).ok_or((
+            "token",
+            Error::Unauthenticated("the authorization header must be `Bearer <token>`"),
+        ))?;
+        if let Some(tokens) = &credentials.tokens {
+            let digest = Tokens::digest(token);
+            if let Some(principal) = tokens.principal_of(&digest) {
+                return Ok((principal.clone(), Credential::Token(digest)));
+            }
+        }
+        let Some(issuers) = credentials.issuers().filter(|_| jwt::is_jwt(token)) else {
+            return Err((
+                "token",
+                Error::Unauthenticated("the bearer token is not valid"),
+            ));
+        };
+        match issuers.verify(token).await {
+            Ok(verified) => Ok((
+                verified.principal,
+                Credential::Jwt {
+                    issuer: verified.issuer,
+                    expires: verified.expires,
+                },
             )),
-            (false, true) => Err(Error::Unauthenticated(
-                "credentials are required: connect with a client certificate",
-            )),
-            (true, true) => Err(Error::Unauthenticated(
-                "credentials are required: send `authorization: Bearer <token>` or connect with a client certificate",
-            )),
+            Err(jwt::Refused::Invalid(why)) => {
+                tracing::info!(%why, "refused a JWT");
+                Err(("jwt", Error::CredentialsInvalid))
+            }
+            Err(jwt::Refused::Expired(why)) => {
+                tracing::info!(%why, "refused a JWT: expired or not valid yet");
+                Err(("jwt", Error::CredentialsExpired))
+            }
         }
     }
 
     /// Checks a caller again against the credentials now in force: its token must still name
-    /// it, and the policy must still allow `action` to `arn`. (A certificate stays valid: the
-    /// CA is not reloaded.)
+    /// it, its JWT's issuer or its mesh must still be trusted (and the JWT not expired since),
+    /// and the policy must still allow `action` to `arn`. (A certificate stays valid: the CA
+    /// is not reloaded.)
     pub(crate) fn recheck(
         &self,
         caller: &Caller,
@@ -288,21 +517,65 @@ impl Auth {
         arn: &ExecutionArn,
     ) -> Result<(), Error> {
         let current = self.current.load();
-        if let Credential::Token(digest) = &caller.credential {
-            let still = current
-                .tokens
-                .as_ref()
-                .and_then(|tokens| tokens.principal_of(digest));
-            if still != Some(&caller.principal) {
-                return Err(Error::Unauthenticated("the bearer token was revoked"));
+        match &caller.credential {
+            Credential::Token(digest) => {
+                let still = current
+                    .tokens
+                    .as_ref()
+                    .and_then(|tokens| tokens.principal_of(digest));
+                if still != Some(&caller.principal) {
+                    return Err(Error::Unauthenticated("the bearer token was revoked"));
+                }
             }
+            Credential::Jwt { issuer, expires } => {
+                if !current
+                    .issuers()
+                    .is_some_and(|issuers| issuers.trusts(issuer))
+                {
+                    return Err(Error::Unauthenticated(
+                        "the token's issuer was removed from the identity file",
+                    ));
+                }
+                if expires.saturating_add(jwt::LEEWAY) < jwt::now() {
+                    return Err(Error::CredentialsExpired);
+                }
+            }
+            Credential::Mesh => {
+                if current.mesh().is_none() {
+                    return Err(Error::Unauthenticated(
+                        "the mesh was removed from the identity file",
+                    ));
+                }
+            }
+            Credential::Anonymous | Credential::Certificate => {}
         }
         current.authorize(&caller.principal, action, arn)
     }
 }
 
-/// A TOML error on one line, with where it is: the file's errors go to logs and to the one
-/// line a failed start prints.
+/// Reads a file again for a reload: `None` when it failed (logged; the caller keeps the
+/// previous version), else what is now configured.
+fn reread<T>(
+    path: Option<&Path>,
+    parse: impl Fn(&str) -> Result<T, String>,
+    loaded: impl Fn(&Path, &T),
+    what: &str,
+) -> Option<Option<T>> {
+    let Some(path) = path else {
+        return Some(None);
+    };
+    match read(path, parse) {
+        Ok(value) => {
+            loaded(path, &value);
+            Some(Some(value))
+        }
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "kept the previous {what}");
+            None
+        }
+    }
+}
+
 /// The token of an `authorization: Bearer <token>` header (the scheme in any case).
 fn bearer_token(header: &http::HeaderValue) -> Option<&str> {
     let value = header.to_str().ok()?;
@@ -343,31 +616,48 @@ mod tests {
         headers
     }
 
+    fn load(settings: AuthSettings) -> anyhow::Result<Auth> {
+        Auth::load(settings, Arc::default())
+    }
+
+    async fn call(
+        auth: &Auth,
+        headers: &http::HeaderMap,
+        certificates: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Caller, Error> {
+        auth.authenticate(Presented {
+            headers,
+            peer: None,
+            certificates,
+        })
+        .await
+    }
+
     fn reason(result: Result<Caller, Error>) -> Result<String, &'static str> {
         result
             .map(|caller| caller.principal().as_str().to_string())
             .map_err(|e| e.reason())
     }
 
-    #[test]
-    fn without_configuration_everyone_is_anonymous() {
-        let auth = Auth::load(AuthSettings::default()).unwrap();
+    #[tokio::test]
+    async fn without_configuration_everyone_is_anonymous() {
+        let auth = load(AuthSettings::default()).unwrap();
         assert!(!auth.authenticates());
         assert_eq!(
-            reason(auth.authenticate(&headers(None), None)),
+            reason(call(&auth, &headers(None), None).await),
             Ok("anonymous".into())
         );
         // A token means nothing when none are configured.
         assert_eq!(
-            reason(auth.authenticate(&headers(Some("Bearer x")), None)),
+            reason(call(&auth, &headers(Some("Bearer x")), None).await),
             Ok("anonymous".into())
         );
     }
 
-    #[test]
-    fn tokens_identify_callers_and_anything_else_is_unauthenticated() {
+    #[tokio::test]
+    async fn tokens_identify_callers_and_anything_else_is_unauthenticated() {
         let tokens = file(&token_file(&[("billing", "s3cret")]));
-        let auth = Auth::load(AuthSettings {
+        let auth = load(AuthSettings {
             tokens_file: Some(tokens.path().into()),
             ..AuthSettings::default()
         })
@@ -375,7 +665,7 @@ mod tests {
         assert!(auth.authenticates());
         for good in ["Bearer s3cret", "bearer s3cret", "BEARER   s3cret "] {
             assert_eq!(
-                reason(auth.authenticate(&headers(Some(good)), None)),
+                reason(call(&auth, &headers(Some(good)), None).await),
                 Ok("billing".into()),
                 "{good}"
             );
@@ -388,25 +678,25 @@ mod tests {
             Some("s3cret"),
         ] {
             assert_eq!(
-                reason(auth.authenticate(&headers(bad), None)),
+                reason(call(&auth, &headers(bad), None).await),
                 Err("UNAUTHENTICATED"),
                 "{bad:?}"
             );
         }
     }
 
-    #[test]
-    fn a_bad_file_on_reload_keeps_the_previous_one() {
+    #[tokio::test]
+    async fn a_bad_file_on_reload_keeps_the_previous_one() {
         let tokens = file(&token_file(&[("billing", "one")]));
-        let auth = Auth::load(AuthSettings {
+        let auth = load(AuthSettings {
             tokens_file: Some(tokens.path().into()),
             ..AuthSettings::default()
         })
         .unwrap();
-        let call = |auth: &Auth, token: &str| {
-            reason(auth.authenticate(&headers(Some(&format!("Bearer {token}"))), None))
+        let bearer = async |auth: &Auth, token: &str| {
+            reason(call(auth, &headers(Some(&format!("Bearer {token}"))), None).await)
         };
-        assert_eq!(call(&auth, "one"), Ok("billing".into()));
+        assert_eq!(bearer(&auth, "one").await, Ok("billing".into()));
 
         std::fs::write(
             tokens.path(),
@@ -415,15 +705,15 @@ mod tests {
         .unwrap();
         auth.reload();
         assert_eq!(
-            call(&auth, "one"),
+            bearer(&auth, "one").await,
             Ok("billing".into()),
             "the previous file stays"
         );
 
         std::fs::write(tokens.path(), token_file(&[("ops", "two")])).unwrap();
         auth.reload();
-        assert_eq!(call(&auth, "one"), Err("UNAUTHENTICATED"));
-        assert_eq!(call(&auth, "two"), Ok("ops".into()));
+        assert_eq!(bearer(&auth, "one").await, Err("UNAUTHENTICATED"));
+        assert_eq!(bearer(&auth, "two").await, Ok("ops".into()));
     }
 
     #[test]
@@ -440,13 +730,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_reload_rechecks_callers_against_the_new_files() {
+    #[tokio::test]
+    async fn a_reload_rechecks_callers_against_the_new_files() {
         let tokens = file(&token_file(&[("alice", "a"), ("bob", "b")]));
         let policy = file(
             "[[allow]]\nprincipal = \"alice\"\nread = [\"*\"]\n[[allow]]\nprincipal = \"bob\"\nread = [\"*\"]\n",
         );
-        let auth = Auth::load(AuthSettings {
+        let auth = load(AuthSettings {
             tokens_file: Some(tokens.path().into()),
             policy_file: Some(policy.path().into()),
             ..AuthSettings::default()
@@ -456,8 +746,8 @@ mod tests {
             "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abc",
         )
         .unwrap();
-        let alice = auth.authenticate(&headers(Some("Bearer a")), None).unwrap();
-        let bob = auth.authenticate(&headers(Some("Bearer b")), None).unwrap();
+        let alice = call(&auth, &headers(Some("Bearer a")), None).await.unwrap();
+        let bob = call(&auth, &headers(Some("Bearer b")), None).await.unwrap();
         let reloads = auth.reloads();
         assert!(auth.recheck(&alice, Action::Read, &arn).is_ok());
 
@@ -482,7 +772,7 @@ mod tests {
         );
         // A call authenticated before the reload is authorized against its own version.
         assert!(alice.authorize(Action::Read, &arn).is_ok());
-        let carol = auth.authenticate(&headers(Some("Bearer b")), None).unwrap();
+        let carol = call(&auth, &headers(Some("Bearer b")), None).await.unwrap();
         assert_eq!(carol.principal().as_str(), "carol");
         assert!(carol.authorize(Action::Read, &arn).is_ok());
     }
@@ -490,13 +780,13 @@ mod tests {
     #[test]
     fn a_bad_file_at_start_is_an_error_naming_the_file() {
         let tokens = file("[[token]]\nprincipal = 1\n");
-        let error = Auth::load(AuthSettings {
+        let error = load(AuthSettings {
             tokens_file: Some(tokens.path().into()),
             ..AuthSettings::default()
         })
         .unwrap_err();
         assert!(format!("{error:#}").contains(&tokens.path().display().to_string()));
-        let missing = Auth::load(AuthSettings {
+        let missing = load(AuthSettings {
             policy_file: Some("/nonexistent/policy.toml".into()),
             ..AuthSettings::default()
         })
@@ -505,18 +795,71 @@ mod tests {
     }
 
     #[test]
-    fn with_client_certificates_a_call_without_one_is_unauthenticated() {
-        let auth = Auth::load(AuthSettings {
+    fn a_reload_rechecks_jwt_and_mesh_callers() {
+        let identity = file(
+            "[[jwt]]\nissuer = \"https://issuer.example\"\naudiences = [\"pc\"]\n\n[mesh]\nheader = \"l5d-client-id\"\n",
+        );
+        let auth = load(AuthSettings {
+            identity_file: Some(identity.path().into()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        assert!(auth.authenticates());
+        let arn = ExecutionArn::parse(
+            "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abc",
+        )
+        .unwrap();
+        let caller = |credential| Caller {
+            principal: Principal::new("system:serviceaccount:billing:reporter"),
+            credential,
+            credentials: auth.current.load_full(),
+        };
+        let jwt = |expires| Credential::Jwt {
+            issuer: Arc::from("https://issuer.example"),
+            expires,
+        };
+        let fresh = caller(jwt(jwt::now() + 600));
+        let expired = caller(jwt(jwt::now() - jwt::LEEWAY - 1));
+        let meshed = caller(Credential::Mesh);
+        assert_eq!((fresh.method(), meshed.method()), ("jwt", "mesh"));
+        let recheck = |caller: &Caller| {
+            auth.recheck(caller, Action::Read, &arn)
+                .map_err(|e| e.reason())
+        };
+        assert_eq!(recheck(&fresh), Ok(()));
+        assert_eq!(recheck(&meshed), Ok(()));
+        assert_eq!(recheck(&expired), Err("CREDENTIALS_EXPIRED"));
+
+        std::fs::write(
+            identity.path(),
+            "[[jwt]]\nissuer = \"https://other.example\"\naudiences = [\"pc\"]\n",
+        )
+        .unwrap();
+        auth.reload();
+        assert_eq!(recheck(&fresh), Err("UNAUTHENTICATED"));
+        assert_eq!(recheck(&meshed), Err("UNAUTHENTICATED"));
+    }
+
+    #[tokio::test]
+    async fn with_client_certificates_a_call_without_one_is_unauthenticated() {
+        let auth = load(AuthSettings {
             client_certificates: true,
             ..AuthSettings::default()
         })
         .unwrap();
         assert_eq!(
-            reason(auth.authenticate(&headers(None), None)),
+            reason(call(&auth, &headers(None), None).await),
             Err("UNAUTHENTICATED")
         );
         assert_eq!(
-            reason(auth.authenticate(&headers(None), Some(&[CertificateDer::from(vec![1, 2, 3])]))),
+            reason(
+                call(
+                    &auth,
+                    &headers(None),
+                    Some(&[CertificateDer::from(vec![1, 2, 3])])
+                )
+                .await
+            ),
             Err("UNAUTHENTICATED")
         );
     }

@@ -38,7 +38,7 @@ use tonic::{
 use tower::Service;
 
 use crate::{
-    auth::Auth,
+    auth::{Auth, Presented},
     domain::{FieldViolation, Principal},
     error::Error,
     metrics::Metrics,
@@ -132,19 +132,34 @@ impl Guard {
     }
 
     /// Steps 1 to 3: who is calling, and whether the call may start now.
-    fn admit(&self, parts: &mut http::request::Parts) -> Result<OwnedSemaphorePermit, Error> {
-        let certificates = parts
-            .extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs);
+    async fn admit(&self, parts: &mut http::request::Parts) -> Result<OwnedSemaphorePermit, Error> {
+        let tls = parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
+        let certificates = tls.and_then(TlsConnectInfo::peer_certs);
+        let peer = match tls {
+            Some(tls) => tls.get_ref().remote_addr(),
+            None => parts
+                .extensions
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr),
+        };
+        let presented = Presented {
+            headers: &parts.headers,
+            peer,
+            certificates: certificates.as_deref().map(Vec::as_slice),
+        };
         let caller = self
             .auth
-            .authenticate(&parts.headers, certificates.as_deref().map(Vec::as_slice))
+            .authenticate(presented)
+            .await
             .inspect_err(|error| {
-                if let Error::Unauthenticated(why) = error {
-                    self.metrics.auth_refused(unauthenticated_reason(why));
+                if let Some(reason) = refusal_reason(error) {
+                    self.metrics.auth_refused(reason);
                 }
             })?;
+        // The server span (with traces on) names the caller and how it was proven.
+        let span = tracing::Span::current();
+        span.record("enduser.id", caller.principal().as_str());
+        span.record("auth.method", caller.method());
         // The permit first: a call refused for concurrency spends none of the caller's rate.
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             self.metrics.limit_refused("concurrency");
@@ -204,16 +219,18 @@ impl Guard {
     }
 }
 
-/// The `reason` label of an authentication refusal, from what it says.
-fn unauthenticated_reason(why: &str) -> &'static str {
-    if why.starts_with("credentials are required") {
-        "no_credentials"
-    } else if why.contains("revoked") {
-        "revoked_token"
-    } else if why.contains("certificate") {
-        "bad_certificate"
-    } else {
-        "bad_token"
+/// The `reason` label of an authentication refusal.
+fn refusal_reason(error: &Error) -> Option<&'static str> {
+    match error {
+        Error::Unauthenticated(why) if why.starts_with("credentials are required") => {
+            Some("no_credentials")
+        }
+        Error::Unauthenticated(why) if why.contains("revoked") => Some("revoked_token"),
+        Error::Unauthenticated(why) if why.contains("certificate") => Some("bad_certificate"),
+        Error::Unauthenticated(_) => Some("bad_token"),
+        Error::CredentialsInvalid => Some("credentials_invalid"),
+        Error::CredentialsExpired => Some("credentials_expired"),
+        _ => None,
     }
 }
 
@@ -288,7 +305,7 @@ where
         let guard = self.guard.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            let permit = match guard.admit(&mut parts) {
+            let permit = match guard.admit(&mut parts).await {
                 Ok(permit) => permit,
                 Err(error) => return Ok(Status::from(error).into_http()),
             };
@@ -344,7 +361,8 @@ mod tests {
     }
 
     fn guard(stop_rate: Option<(f64, u32)>) -> Guard {
-        let auth = Arc::new(Auth::load(crate::auth::AuthSettings::default()).unwrap());
+        let auth =
+            Arc::new(Auth::load(crate::auth::AuthSettings::default(), Arc::default()).unwrap());
         Guard::new(
             auth,
             GuardSettings {
@@ -382,26 +400,32 @@ mod tests {
         assert!(self::guard(None).check_stop_rate(&alice).is_ok());
     }
 
-    #[test]
-    fn calls_beyond_the_concurrency_limit_are_refused_until_a_permit_returns() {
+    #[tokio::test]
+    async fn calls_beyond_the_concurrency_limit_are_refused_until_a_permit_returns() {
         let guard = guard(None);
-        let first = guard.admit(&mut parts(
-            "/pipelinecontrol.v1.PipelineControl/GetExecution",
-        ));
-        let second = guard.admit(&mut parts(
-            "/pipelinecontrol.v1.PipelineControl/GetExecution",
-        ));
+        let first = guard
+            .admit(&mut parts(
+                "/pipelinecontrol.v1.PipelineControl/GetExecution",
+            ))
+            .await;
+        let second = guard
+            .admit(&mut parts(
+                "/pipelinecontrol.v1.PipelineControl/GetExecution",
+            ))
+            .await;
         assert!(first.is_ok() && second.is_ok());
-        let third = guard.admit(&mut parts(
-            "/pipelinecontrol.v1.PipelineControl/GetExecution",
-        ));
+        let third = guard
+            .admit(&mut parts(
+                "/pipelinecontrol.v1.PipelineControl/GetExecution",
+            ))
+            .await;
         assert_eq!(
             third.map(|_| ()).map_err(|e| e.reason()),
             Err("LIMIT_EXCEEDED")
         );
         drop(first);
         let mut fourth = parts("/pipelinecontrol.v1.PipelineControl/GetExecution");
-        assert!(guard.admit(&mut fourth).is_ok());
+        assert!(guard.admit(&mut fourth).await.is_ok());
         assert_eq!(
             fourth
                 .extensions
@@ -437,7 +461,8 @@ mod tests {
 
     #[test]
     fn unusable_limits_are_refused() {
-        let auth = Arc::new(Auth::load(crate::auth::AuthSettings::default()).unwrap());
+        let auth =
+            Arc::new(Auth::load(crate::auth::AuthSettings::default(), Arc::default()).unwrap());
         let settings = GuardSettings {
             max_message_size: 1024,
             request_timeout: Duration::from_secs(30),

@@ -195,6 +195,9 @@ fn server_span(method: &Method, headers: &http::HeaderMap) -> Span {
         rpc.service = %method.service,
         rpc.method = %method.method,
         rpc.grpc.status_code = field::Empty,
+        // Recorded by the guard once the caller is known (PipelineControl calls only).
+        enduser.id = field::Empty,
+        auth.method = field::Empty,
         otel.status_code = field::Empty,
         trace_id = field::Empty,
     );

@@ -177,6 +177,8 @@ pub(crate) struct Metrics {
     audit_queue: Gauge,
     audit_dropped: Family<Labels1, Counter>,
     auth_refusals: Family<Labels1, Counter>,
+    authentications: Family<Labels2, Counter>,
+    jwks_fetches: Family<Labels1, Counter>,
     limit_refusals: Family<Labels1, Counter>,
     serving: Gauge,
 }
@@ -217,7 +219,11 @@ impl Metrics {
         );
         let auth_refusals = counter(
             "pipeline_control_auth_refusals",
-            "Calls refused by authentication or the policy, by reason: no_credentials, bad_token, revoked_token, bad_certificate, permission_denied",
+            "Calls refused by authentication or the policy, by reason: no_credentials, bad_token, revoked_token, bad_certificate, credentials_invalid, credentials_expired, permission_denied",
+        );
+        let jwks_fetches = counter(
+            "pipeline_control_jwks_fetches",
+            "Fetches of a JWT issuer's key set, by result (ok, error); while they fail the last good set serves for up to 24 h",
         );
         let limit_refusals = counter(
             "pipeline_control_limit_refusals",
@@ -240,6 +246,10 @@ impl Metrics {
         let store_statements = counter2(
             "pipeline_control_store_statements",
             "Store operations (a statement or a short transaction) by operation and result (ok, error)",
+        );
+        let authentications = counter2(
+            "pipeline_control_authentications",
+            "Calls authenticated, by how the caller was proven (token, mtls, jwt, mesh, anonymous) and result (ok, refused)",
         );
 
         let upstream_duration: Histograms<Labels1> =
@@ -400,6 +410,8 @@ impl Metrics {
             audit_queue,
             audit_dropped,
             auth_refusals,
+            authentications,
+            jwks_fetches,
             limit_refusals,
             serving,
         };
@@ -448,6 +460,15 @@ impl Metrics {
         for reason in AUTH_REFUSALS {
             self.auth_refusals
                 .get_or_create_owned(&[("reason", reason)]);
+        }
+        for method in AUTH_METHODS {
+            for result in ["ok", "refused"] {
+                self.authentications
+                    .get_or_create_owned(&[("method", method), ("result", result)]);
+            }
+        }
+        for result in ["ok", "error"] {
+            self.jwks_fetches.get_or_create_owned(&[("result", result)]);
         }
         for limit in LIMITS {
             self.limit_refusals.get_or_create_owned(&[("limit", limit)]);
@@ -594,6 +615,19 @@ impl Metrics {
             .inc();
     }
 
+    /// A call's authentication: how it was proven or refused (one of [`AUTH_METHODS`]).
+    pub(crate) fn authenticated(&self, method: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.authentications
+            .get_or_create(&[("method", method), ("result", result)])
+            .inc();
+    }
+
+    /// A fetch of a JWT issuer's key set: `ok` or `error`.
+    pub(crate) fn jwks_fetched(&self, result: &'static str) {
+        self.jwks_fetches.get_or_create(&[("result", result)]).inc();
+    }
+
     /// A call refused by a limit (one of [`LIMITS`]).
     pub(crate) fn limit_refused(&self, limit: &'static str) {
         self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
@@ -620,13 +654,18 @@ impl Metrics {
 }
 
 /// `pipeline_control_auth_refusals_total` reasons.
-pub(crate) const AUTH_REFUSALS: [&str; 5] = [
+pub(crate) const AUTH_REFUSALS: [&str; 7] = [
     "no_credentials",
     "bad_token",
     "revoked_token",
     "bad_certificate",
+    "credentials_invalid",
+    "credentials_expired",
     "permission_denied",
 ];
+
+/// `pipeline_control_authentications_total` methods: how a caller was proven.
+pub(crate) const AUTH_METHODS: [&str; 5] = ["token", "mtls", "jwt", "mesh", "anonymous"];
 
 /// `pipeline_control_limit_refusals_total` limits.
 pub(crate) const LIMITS: [&str; 4] = ["concurrency", "stop_rate", "watch_streams", "message_size"];

@@ -127,7 +127,7 @@ pub(crate) struct Secured {
 }
 
 impl Secured {
-    async fn start(backend: Backend, tweak: impl FnOnce(&mut ServeArgs)) -> Self {
+    pub(crate) async fn start(backend: Backend, tweak: impl FnOnce(&mut ServeArgs)) -> Self {
         let db = TestDb::new(backend).await;
         let emulator = spawn_emulator(1.0, None).await;
         let mut args = stack_args(&db, &emulator.endpoint_url);
@@ -164,7 +164,7 @@ impl Secured {
         self.admin.stats().await.values().sum()
     }
 
-    fn plaintext(&self) -> PipelineControlClient<Channel> {
+    pub(crate) fn plaintext(&self) -> PipelineControlClient<Channel> {
         PipelineControlClient::new(
             Endpoint::from_shared(self.app.url())
                 .unwrap()
@@ -182,7 +182,7 @@ impl Secured {
     }
 }
 
-fn with_token<T>(message: T, token: &str) -> Request<T> {
+pub(crate) fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -235,7 +235,7 @@ async fn watch(
         .map(tonic::Response::into_inner)
 }
 
-fn stop_request(arn: &str, token: &str) -> pb::StopExecutionRequest {
+pub(crate) fn stop_request(arn: &str, token: &str) -> pb::StopExecutionRequest {
     pb::StopExecutionRequest {
         pipeline_execution_arn: arn.to_string(),
         client_request_token: token.to_string(),
@@ -244,7 +244,7 @@ fn stop_request(arn: &str, token: &str) -> pb::StopExecutionRequest {
     }
 }
 
-fn reason_of(status: &Status) -> String {
+pub(crate) fn reason_of(status: &Status) -> String {
     let info = status
         .get_details_error_info()
         .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
@@ -252,7 +252,11 @@ fn reason_of(status: &Status) -> String {
     info.reason
 }
 
-fn assert_refused(result: Result<impl std::fmt::Debug, Status>, code: Code, reason: &str) {
+pub(crate) fn assert_refused(
+    result: Result<impl std::fmt::Debug, Status>,
+    code: Code,
+    reason: &str,
+) {
     let status = result.expect_err("the call is refused");
     assert_eq!(status.code(), code, "{status:?}");
     assert_eq!(reason_of(&status), reason, "{status:?}");

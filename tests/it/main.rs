@@ -15,6 +15,7 @@ mod executions;
 mod fleet;
 mod force;
 mod history;
+mod identity;
 mod input;
 mod metrics;
 mod server;

@@ -201,6 +201,9 @@ async fn a_call_is_traced_under_the_callers_trace_with_its_sagemaker_and_store_s
         ("rpc.system", "grpc"),
         ("rpc.service", "pipelinecontrol.v1.PipelineControl"),
         ("rpc.method", "StopExecution"),
+        // Who called, and how it was proven (no credentials are configured here).
+        ("enduser.id", "anonymous"),
+        ("auth.method", "anonymous"),
     ] {
         assert_eq!(
             string_attribute(&server.attributes, key).as_deref(),
