@@ -73,6 +73,7 @@ METRICS = {
     "pipeline_control_auth_refusals_total": ("counter", {"reason"}),
     "pipeline_control_authentications_total": ("counter", {"method", "result"}),
     "pipeline_control_jwks_fetches_total": ("counter", {"result"}),
+    "pipeline_control_file_reloads_total": ("counter", {"file", "result"}),
     "pipeline_control_limit_refusals_total": ("counter", {"limit"}),
     "pipeline_control_trace_spans_dropped_total": ("counter", set()),
     # Prometheus's own, per target
@@ -107,6 +108,8 @@ VALUES = {
     },
     ("pipeline_control_authentications_total", "result"): {"ok", "refused"},
     ("pipeline_control_jwks_fetches_total", "result"): {"ok", "error"},
+    ("pipeline_control_file_reloads_total", "file"): {"tokens", "policy", "identity", "accounts"},
+    ("pipeline_control_file_reloads_total", "result"): {"ok", "kept_previous"},
     ("pipeline_control_limit_refusals_total", "limit"): {
         "concurrency", "stop_rate", "watch_streams", "message_size",
     },

@@ -37,7 +37,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     auth::{Auth, AuthSettings},
-    background::{self, Background, HealthChecker, Intervals, Retention},
+    background::{self, Background, HealthChecker, Intervals, Retention, SettingsFiles},
     batch::Records,
     config::{SecurityArgs, ServeArgs},
     demo,
@@ -346,6 +346,18 @@ impl Application {
                 auth,
                 estate: estate.clone(),
                 hangup,
+                files: SettingsFiles {
+                    auth: [
+                        &args.security.auth_tokens_file,
+                        &args.security.policy_file,
+                        &args.security.identity_file,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .cloned()
+                    .collect(),
+                    accounts: args.sagemaker.accounts_file.clone(),
+                },
                 intervals: Intervals {
                     health_check: args.health_check_interval,
                     completer: args.completer_interval,

@@ -5,19 +5,21 @@
 //! - the completer finishes stop requests whose owner died (lease run out), with no retry
 //!   from their callers, and the retention sweeper deletes expired stop requests and audit
 //!   rows past `--audit-retention` in bounded batches (one task for both);
-//! - the reloader reloads the token, policy, identity and accounts files on SIGHUP.
+//! - the reloader reloads the token, policy, identity and accounts files on SIGHUP, and each
+//!   when it changes on disk (checked every two seconds: a mounted ConfigMap changes without a
+//!   signal).
 //!
 //! [`Background::stop`] cancels them all and waits until each has ended, so that nothing they
 //! do (a late health check setting SERVING, say) happens after it returns.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    auth::Auth, error::Error, estate::Estate, metrics::Metrics, stop::Stopper, store::Store,
+    auth::Auth, error::Error, estate::Estate, files, metrics::Metrics, stop::Stopper, store::Store,
 };
 
 /// The gRPC service name health reports on, besides the whole server ("").
@@ -54,6 +56,8 @@ pub(crate) struct Background {
     pub(crate) estate: Arc<Estate>,
     /// SIGHUP, listened for from the start (its default action would end the process).
     pub(crate) hangup: tokio::signal::unix::Signal,
+    /// The files `auth` and `estate` read, watched for changes on disk.
+    pub(crate) files: SettingsFiles,
     pub(crate) intervals: Intervals,
 }
 
@@ -75,6 +79,7 @@ impl Background {
             auth,
             estate,
             hangup,
+            files,
             intervals,
         } = self;
         let mut tasks = JoinSet::new();
@@ -86,7 +91,7 @@ impl Background {
             intervals,
             token.clone(),
         ));
-        tasks.spawn(reload_on_hangup(auth, estate, hangup, token.clone()));
+        tasks.spawn(reload(auth, estate, hangup, files, token.clone()));
         Running { tasks, token }
     }
 }
@@ -180,13 +185,33 @@ where
     }
 }
 
-/// Reloads the token, policy, identity and accounts files on each SIGHUP.
-async fn reload_on_hangup(
+/// The settings files a running service reads: those of `auth` (tokens, policy, identity) and
+/// the accounts file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SettingsFiles {
+    pub(crate) auth: Vec<PathBuf>,
+    pub(crate) accounts: Option<PathBuf>,
+}
+
+/// How often the settings files are checked for a change on disk.
+const CHANGE_CHECK: Duration = Duration::from_secs(2);
+
+/// Reloads every settings file on each SIGHUP, and those of an owner (`auth`, `estate`) one of
+/// whose files changed on disk (a new file that does not load keeps the previous one).
+async fn reload(
     auth: Arc<Auth>,
     estate: Arc<Estate>,
     mut hangup: tokio::signal::unix::Signal,
+    files: SettingsFiles,
     token: CancellationToken,
 ) {
+    let stamps = |paths: &[PathBuf]| paths.iter().map(|p| files::stamp(p)).collect::<Vec<_>>();
+    let accounts: Vec<PathBuf> = files.accounts.iter().cloned().collect();
+    let mut auth_stamps = stamps(&files.auth);
+    let mut accounts_stamps = stamps(&accounts);
+    let mut check = tokio::time::interval(CHANGE_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watching = !files.auth.is_empty() || !accounts.is_empty();
     loop {
         tokio::select! {
             () = token.cancelled() => return,
@@ -195,8 +220,24 @@ async fn reload_on_hangup(
                     return;
                 }
                 tracing::info!("received SIGHUP: reloading the token, policy, identity and accounts files");
+                auth_stamps = stamps(&files.auth);
+                accounts_stamps = stamps(&accounts);
                 auth.reload();
                 estate.reload();
+            }
+            _ = check.tick(), if watching => {
+                let now = stamps(&files.auth);
+                if now != auth_stamps {
+                    auth_stamps = now;
+                    tracing::info!("a token, policy or identity file changed on disk: reloading");
+                    auth.reload();
+                }
+                let now = stamps(&accounts);
+                if now != accounts_stamps {
+                    accounts_stamps = now;
+                    tracing::info!("the accounts file changed on disk: reloading");
+                    estate.reload();
+                }
             }
         }
     }

@@ -343,15 +343,17 @@ impl Auth {
             Tokens::parse,
             |path, tokens| tracing::info!(file = %path.display(), tokens = tokens.len(), "reloaded the token file"),
             "tokens",
-        )
-        .unwrap_or_else(|| previous.tokens.clone());
+        );
+        self.count_reload("tokens", settings.tokens_file.as_deref(), tokens.is_some());
+        let tokens = tokens.unwrap_or_else(|| previous.tokens.clone());
         let policy = reread(
             settings.policy_file.as_deref(),
             Policy::parse,
             |path, policy| tracing::info!(file = %path.display(), principals = policy.principals(), "reloaded the policy file"),
             "policy",
-        )
-        .unwrap_or_else(|| previous.policy.clone());
+        );
+        self.count_reload("policy", settings.policy_file.as_deref(), policy.is_some());
+        let policy = policy.unwrap_or_else(|| previous.policy.clone());
         let identity = reread(
             settings.identity_file.as_deref(),
             IdentityFile::parse,
@@ -364,8 +366,13 @@ impl Auth {
                 )
             },
             "identity file",
-        )
-        .map_or_else(
+        );
+        self.count_reload(
+            "identity",
+            settings.identity_file.as_deref(),
+            identity.is_some(),
+        );
+        let identity = identity.map_or_else(
             || previous.identity.clone(),
             |file| {
                 file.map(|file| {
@@ -383,6 +390,13 @@ impl Auth {
             identity,
         }));
         self.reloads.send_modify(|generation| *generation += 1);
+    }
+
+    /// Counts the reload of a configured file.
+    fn count_reload(&self, file: &'static str, path: Option<&Path>, ok: bool) {
+        if path.is_some() {
+            self.metrics.file_reloaded(file, ok);
+        }
     }
 
     /// Notified after each reload.

@@ -156,9 +156,11 @@ impl Estate {
                 tracing::info!(file = %path.display(), accounts = accounts.len(), "reloaded the accounts file");
                 self.accounts.store(Arc::new(Some(accounts)));
                 self.clients.clear();
+                self.metrics.file_reloaded("accounts", true);
             }
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "kept the previous accounts");
+                self.metrics.file_reloaded("accounts", false);
             }
         }
     }

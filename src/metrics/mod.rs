@@ -178,6 +178,7 @@ pub(crate) struct Metrics {
     audit_dropped: Family<Labels1, Counter>,
     auth_refusals: Family<Labels1, Counter>,
     authentications: Family<Labels2, Counter>,
+    file_reloads: Family<Labels2, Counter>,
     jwks_fetches: Family<Labels1, Counter>,
     limit_refusals: Family<Labels1, Counter>,
     serving: Gauge,
@@ -250,6 +251,10 @@ impl Metrics {
         let authentications = counter2(
             "pipeline_control_authentications",
             "Calls authenticated, by how the caller was proven (token, mtls, jwt, mesh, anonymous) and result (ok, refused)",
+        );
+        let file_reloads = counter2(
+            "pipeline_control_file_reloads",
+            "Reloads of a settings file (tokens, policy, identity, accounts) on SIGHUP or a change on disk, by result: ok, or kept_previous (the new file was refused and the previous one stays in force)",
         );
 
         let upstream_duration: Histograms<Labels1> =
@@ -411,6 +416,7 @@ impl Metrics {
             audit_dropped,
             auth_refusals,
             authentications,
+            file_reloads,
             jwks_fetches,
             limit_refusals,
             serving,
@@ -469,6 +475,12 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.jwks_fetches.get_or_create_owned(&[("result", result)]);
+        }
+        for file in SETTINGS_FILES {
+            for result in ["ok", "kept_previous"] {
+                self.file_reloads
+                    .get_or_create_owned(&[("file", file), ("result", result)]);
+            }
         }
         for limit in LIMITS {
             self.limit_refusals.get_or_create_owned(&[("limit", limit)]);
@@ -623,6 +635,14 @@ impl Metrics {
             .inc();
     }
 
+    /// A reload of settings file `file` (one of [`SETTINGS_FILES`]): `ok`, or `kept_previous`.
+    pub(crate) fn file_reloaded(&self, file: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "kept_previous" };
+        self.file_reloads
+            .get_or_create(&[("file", file), ("result", result)])
+            .inc();
+    }
+
     /// A fetch of a JWT issuer's key set: `ok` or `error`.
     pub(crate) fn jwks_fetched(&self, result: &'static str) {
         self.jwks_fetches.get_or_create(&[("result", result)]).inc();
@@ -665,6 +685,9 @@ pub(crate) const AUTH_REFUSALS: [&str; 7] = [
 ];
 
 /// `pipeline_control_authentications_total` methods: how a caller was proven.
+/// `pipeline_control_file_reloads_total` files.
+pub(crate) const SETTINGS_FILES: [&str; 4] = ["tokens", "policy", "identity", "accounts"];
+
 pub(crate) const AUTH_METHODS: [&str; 5] = ["token", "mtls", "jwt", "mesh", "anonymous"];
 
 /// `pipeline_control_limit_refusals_total` limits.

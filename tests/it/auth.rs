@@ -113,6 +113,24 @@ impl Files {
         std::fs::write(&path, text).unwrap();
         path
     }
+
+    /// `name` as Kubernetes mounts a ConfigMap key: a symlink through `..data`, itself a
+    /// symlink to a directory of this version; each call makes a new version and swaps
+    /// `..data` atomically (a rename), as the kubelet does.
+    pub(crate) fn mounted(&self, name: &str, text: &str) -> PathBuf {
+        use std::os::unix::fs::symlink;
+        let dir = self.0.path();
+        let version = format!("..version_{}", uuid::Uuid::new_v4().simple());
+        std::fs::create_dir(dir.join(&version)).unwrap();
+        std::fs::write(dir.join(&version).join(name), text).unwrap();
+        symlink(&version, dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        let path = dir.join(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            symlink(format!("..data/{name}"), &path).unwrap();
+        }
+        path
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -742,6 +760,73 @@ async fn mutual_tls_refuses_a_certificate_from_another_ca_and_no_certificate() {
     }
     assert_eq!(count_where(&server.db, "stop_requests", "true").await, 0);
     assert_eq!(server.admin.calls("StopPipelineExecution").await, 0);
+}
+
+/// A mounted ConfigMap changes without a signal: the kubelet writes the new files into a fresh
+/// directory and swaps the `..data` symlink. The policy is reloaded within seconds; a new file
+/// that does not load keeps the previous one. Both are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_swap_reloads_the_policy_without_a_signal_and_a_bad_one_keeps_the_last() {
+    let files = Files::new();
+    let tokens = files.write("tokens.toml", &token_file(&[("alice", "a"), ("bob", "b")]));
+    let alice_only = "[[allow]]\nprincipal = \"alice\"\nread = [\"*\"]\n";
+    let policy = files.mounted("policy.toml", alice_only);
+    let server = Secured::start(Backend::Sqlite, |args| {
+        args.security.auth_tokens_file = Some(tokens.clone());
+        args.security.policy_file = Some(policy.clone());
+    })
+    .await;
+    let arn = server.execution("mounted").await;
+    let read = |token: &'static str| {
+        let mut client = server.plaintext();
+        let arn = arn.clone();
+        async move {
+            client
+                .get_execution(with_token(
+                    pb::GetExecutionRequest {
+                        pipeline_execution_arn: arn,
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        }
+    };
+    assert_eq!(read("b").await, Err(Code::PermissionDenied));
+
+    // Bob may read too, from the next version of the ConfigMap.
+    files.mounted(
+        "policy.toml",
+        "[[allow]]\nprincipal = \"alice\"\nread = [\"*\"]\n[[allow]]\nprincipal = \"bob\"\nread = [\"*\"]\n",
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read("b").await != Ok(()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the swap was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A version that does not parse: the previous policy stays, and the refusal is counted.
+    files.mounted("policy.toml", "[[allow]]\nprincipal = \n");
+    let kept = |m: &crate::common::Metrics| {
+        m.value(
+            "pipeline_control_file_reloads_total",
+            &[("file", "policy"), ("result", "kept_previous")],
+        ) >= 1.0
+    };
+    crate::common::until_scraped(&server.app, Duration::from_secs(30), "never refused", kept).await;
+    assert_eq!(read("b").await, Ok(()));
+    assert_eq!(read("a").await, Ok(()));
+    let page = server.app.scrape().await;
+    assert!(
+        page.value(
+            "pipeline_control_file_reloads_total",
+            &[("file", "policy"), ("result", "ok")],
+        ) >= 1.0
+    );
 }
 
 /// Kubelet's gRPC probes carry no client certificate: with `--health-listen`, health answers
