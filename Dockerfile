@@ -41,14 +41,22 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/pipeline-control \
                --create-home --shell /usr/sbin/nologin pipeline-control
 COPY --from=build /src/target/release/pipeline-control /usr/local/bin/pipeline-control
+# The Kubernetes manifests (deploy/kubernetes) run the pods as this user and group, with a
+# read-only root filesystem: the service writes nothing but its SQLite file.
 USER 10001:10001
-# The embedded SQLite default lands here; set DATABASE_URL to use Postgres.
+# The embedded SQLite default lands here; set DATABASE_URL to use Postgres. With a read-only
+# root filesystem, mount a writable volume here for SQLite (the demo overlay mounts an
+# emptyDir).
 WORKDIR /var/lib/pipeline-control
 # Metrics on a port of their own (no TLS, no authentication): publish it only to the scraper.
+# Health (grpc.health.v1 alone, plaintext) on a port of its own too, for probes that carry no
+# client certificate (the kubelet's gRPC probes).
 ENV PIPELINE_CONTROL_LISTEN=0.0.0.0:50051 \
     PIPELINE_CONTROL_METRICS_LISTEN=0.0.0.0:9464 \
+    PIPELINE_CONTROL_HEALTH_LISTEN=0.0.0.0:8081 \
     PIPELINE_CONTROL_LOG_FORMAT=json
-EXPOSE 50051 9464
+# gRPC, metrics, health.
+EXPOSE 50051 9464 8081
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/pipeline-control"]
 CMD ["serve"]
