@@ -17,7 +17,8 @@ those schemas cannot know:
   Service, named `pipeline-control`, the job deploy/prometheus/alerts.yml selects.
 - The pods run as the Dockerfile's USER, non-root, with a read-only root filesystem, no
   privilege escalation, no capabilities and RuntimeDefault seccomp; every file setting is under
-  a mount (a ConfigMap's file among its keys); an SQLite file is on a writable volume; the
+  a mount (a ConfigMap's file among its keys), and no ConfigMap or Secret is mounted with a
+  subPath (which would never see an update); an SQLite file is on a writable volume; the
   Dockerfile EXPOSEs every port and its ENV listens where the manifests do;
   terminationGracePeriodSeconds outlasts the preStop pause and --shutdown-grace.
 - The ServiceMonitor and the PrometheusRule (custom resources, which kubernetes-validate has no
@@ -296,6 +297,9 @@ class Render:
                 self.error(f"volumeMount {m['mountPath']}: no volume {m['name']}")
                 continue
             mounts.append((m["mountPath"].rstrip("/"), bool(m.get("readOnly")), volume))
+            if m.get("subPath") and ("configMap" in volume or "secret" in volume):
+                self.error(f"{m['mountPath']}: a subPath mount never sees its ConfigMap's or "
+                           "Secret's updates, which the service reloads: mount the volume")
 
         def mount_of(path):
             found = [m for m in mounts if path == m[0] or path.startswith(m[0] + "/")]
