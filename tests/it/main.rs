@@ -16,6 +16,7 @@ mod fleet;
 mod force;
 mod history;
 mod input;
+mod irsa;
 mod metrics;
 mod server;
 mod stop;
