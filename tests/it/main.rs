@@ -17,6 +17,7 @@ mod force;
 mod history;
 mod identity;
 mod input;
+mod irsa;
 mod metrics;
 mod server;
 mod stop;

@@ -10,6 +10,9 @@
 //! - `--access-key AKID:SECRET[:ACCOUNT]`, repeatable (`PIPELINE_CONTROL_EMULATOR_ACCESS_KEYS`,
 //!   separated by commas): a key whose signatures the emulator checks, whose calls act in
 //!   ACCOUNT (default `--account-id`).
+//! - `--web-identity-issuer URL`, repeatable (`PIPELINE_CONTROL_EMULATOR_WEB_IDENTITY_ISSUERS`,
+//!   separated by commas): the issuers whose web identity tokens AssumeRoleWithWebIdentity
+//!   accepts (none given: every issuer).
 //! - [`EmulatorSettings`], shared with `pipeline-control serve --emulator`: `--time-scale`,
 //!   `--seed`, `--account-id` (the account of every key but those its STS issued and those
 //!   `--access-key` gives to another), and
@@ -22,7 +25,8 @@ use std::{future::Future, net::SocketAddr, str::FromStr as _};
 use clap::Args;
 
 use crate::{
-    AccessKey, EmulatorOptions, EmulatorServer, identity::RoleRule, queue::valid_queue_name, sts,
+    AccessKey, EmulatorOptions, EmulatorServer, identity::RoleRule,
+    options::check_web_identity_issuer, queue::valid_queue_name, sts,
 };
 
 /// Settings of a standalone emulator.
@@ -69,6 +73,19 @@ pub struct EmulatorArgs {
         hide_env_values = true
     )]
     pub access_keys: Vec<AccessKey>,
+
+    /// An issuer (the `iss` of its tokens, such as an EKS cluster's OIDC issuer URL) whose web
+    /// identity tokens AssumeRoleWithWebIdentity accepts, as an OpenID Connect provider of the
+    /// account would; with none given, every issuer is (repeatable; separated by commas, in
+    /// the environment too).
+    #[arg(
+        long = "web-identity-issuer",
+        env = "PIPELINE_CONTROL_EMULATOR_WEB_IDENTITY_ISSUERS",
+        value_name = "URL",
+        value_parser = web_identity_issuer,
+        value_delimiter = ','
+    )]
+    pub web_identity_issuers: Vec<String>,
 
     /// The emulator's behaviour.
     #[command(flatten)]
@@ -141,6 +158,11 @@ fn queue_names(text: &str) -> Result<String, String> {
     }
 }
 
+fn web_identity_issuer(text: &str) -> Result<String, String> {
+    check_web_identity_issuer(text)?;
+    Ok(text.to_string())
+}
+
 fn account_id(text: &str) -> Result<String, String> {
     if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
         Ok(text.to_string())
@@ -160,6 +182,7 @@ impl EmulatorSettings {
             access_keys: Vec::new(),
             role_external_ids: Vec::new(),
             events_queues: self.events_queue_names(),
+            web_identity_issuers: Vec::new(),
         }
     }
 
@@ -187,6 +210,7 @@ impl EmulatorArgs {
         let options = EmulatorOptions {
             role_external_ids: self.role_external_ids.clone(),
             access_keys: self.access_keys.clone(),
+            web_identity_issuers: self.web_identity_issuers.clone(),
             ..self.settings.options(&self.region)
         };
         let server = EmulatorServer::bind(self.listen, &options)
@@ -295,6 +319,45 @@ mod tests {
                     "x:y".to_string()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn web_identity_issuers_are_repeatable_urls() {
+        let eks = "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE";
+        let cli = Cli::try_parse_from([
+            "e",
+            "--web-identity-issuer",
+            eks,
+            "--web-identity-issuer",
+            "https://token.actions.githubusercontent.com,http://127.0.0.1:8080",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.web_identity_issuers,
+            [
+                eks,
+                "https://token.actions.githubusercontent.com",
+                "http://127.0.0.1:8080"
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["e"])
+                .unwrap()
+                .args
+                .web_identity_issuers
+                .is_empty()
+        );
+        let error = Cli::try_parse_from(["e", "--web-identity-issuer", "oidc.example.com"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--web-identity-issuer"), "{error}");
+        assert!(error.contains("must be an https://"), "{error}");
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--web-identity-issuer <URL>"), "{help}");
+        assert!(
+            help.contains("PIPELINE_CONTROL_EMULATOR_WEB_IDENTITY_ISSUERS"),
+            "{help}"
         );
     }
 

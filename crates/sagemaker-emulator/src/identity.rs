@@ -1,11 +1,12 @@
 //! Who a call comes from and where it acts: the (account, region) of every call, whether its
 //! credentials are refused, the keys whose secrets the emulator knows (those its STS issued and
-//! those given with `--access-key`), and what the roles it knows demand.
+//! those given with `--access-key`), what the roles it knows demand, and which issuers of web
+//! identity tokens it trusts.
 //!
 //! The region is the one in the SigV4 credential scope of the `Authorization` header
 //! (`Credential=AKID/DATE/REGION/SERVICE/aws4_request`), else `--region`. The account is the
-//! owner of the access key id: a key AssumeRole issued belongs to the role's account (and,
-//! once its emulated lifetime is over, is expired); a key given with `--access-key`, to its
+//! owner of the access key id: a key AssumeRole or AssumeRoleWithWebIdentity issued belongs to
+//! the role's account (and, once its emulated lifetime is over, is expired); a key given with `--access-key`, to its
 //! account; any other key, or none, to `--account-id`.
 //!
 //! A call made with a key whose secret the emulator knows is checked as AWS checks it: an
@@ -75,7 +76,7 @@ impl Principal {
     }
 }
 
-/// Temporary credentials AssumeRole issued, by access key id.
+/// Temporary credentials AssumeRole or AssumeRoleWithWebIdentity issued, by access key id.
 #[derive(Debug)]
 pub(crate) struct Session {
     /// The assumed role: `arn:aws:sts::ACCOUNT:assumed-role/ROLE_NAME/SESSION_NAME`, whose
@@ -210,17 +211,22 @@ pub(crate) struct Identity {
     keys: HashMap<String, StaticKey>,
     sessions: DashMap<String, Arc<Session>>,
     roles: DashMap<String, RoleRule>,
+    /// The `iss` of the web identity tokens AssumeRoleWithWebIdentity accepts, as IAM's OpenID
+    /// Connect providers name them; empty: every issuer.
+    web_identity_issuers: Vec<String>,
 }
 
 impl Identity {
     /// Calls with no key the emulator knows act as `default_user`; calls without a credential
     /// scope, in `region`. `keys` are those given with their secrets (`--access-key`), `roles`
-    /// the rules in force at the start.
+    /// the rules in force at the start, `web_identity_issuers` the issuers of web identity
+    /// tokens trusted (none: all).
     pub(crate) fn new(
         region: &str,
         default_user: Principal,
         keys: impl IntoIterator<Item = (String, StaticKey)>,
         roles: impl IntoIterator<Item = RoleRule>,
+        web_identity_issuers: Vec<String>,
     ) -> Self {
         Self {
             default_region: region.to_string(),
@@ -231,6 +237,7 @@ impl Identity {
                 .into_iter()
                 .map(|rule| (rule.role_arn.clone(), rule))
                 .collect(),
+            web_identity_issuers,
         }
     }
 
@@ -265,7 +272,8 @@ impl Identity {
         }
     }
 
-    /// Records the credentials AssumeRole issued under `access_key_id`.
+    /// Records the credentials AssumeRole or AssumeRoleWithWebIdentity issued under
+    /// `access_key_id`.
     pub(crate) fn issue(&self, access_key_id: String, session: Session) {
         self.sessions.insert(access_key_id, Arc::new(session));
     }
@@ -284,6 +292,20 @@ impl Identity {
                         .is_none_or(|wanted| external_id == Some(wanted))
             }
         }
+    }
+
+    /// Whether AssumeRoleWithWebIdentity of `role_arn` is allowed: not if the role refuses.
+    /// An ExternalId is AssumeRole's alone: a role that demands one takes web identities
+    /// without.
+    pub(crate) fn may_assume_with_web_identity(&self, role_arn: &str) -> bool {
+        self.roles.get(role_arn).is_none_or(|rule| !rule.refuse)
+    }
+
+    /// Whether tokens issued by `issuer` (their `iss`) are trusted: those of the issuers
+    /// given, or of any issuer when none is.
+    pub(crate) fn trusts_issuer(&self, issuer: &str) -> bool {
+        self.web_identity_issuers.is_empty()
+            || self.web_identity_issuers.iter().any(|i| i == issuer)
     }
 
     /// Sets (replaces) the rule of `rule.role_arn`.
@@ -356,6 +378,7 @@ mod tests {
             Principal::user("123456789012", "AIDAX".into()),
             [("AKIDSTATIC".to_string(), static_key)],
             [],
+            Vec::new(),
         )
     }
 
@@ -607,6 +630,42 @@ mod tests {
         assert!(!identity.may_assume("arn:aws:iam::1:role/ext", Some("secret")));
         identity.clear_roles();
         assert!(identity.roles().is_empty());
+    }
+
+    #[test]
+    fn web_identities_need_a_role_that_does_not_refuse_and_a_trusted_issuer() {
+        let identity = identity();
+        identity.set_role(RoleRule {
+            role_arn: "arn:aws:iam::1:role/ext".into(),
+            external_id: Some("secret".into()),
+            refuse: false,
+        });
+        assert!(identity.may_assume_with_web_identity("arn:aws:iam::1:role/ext"));
+        assert!(identity.may_assume_with_web_identity("arn:aws:iam::1:role/free"));
+        identity.set_role(RoleRule {
+            role_arn: "arn:aws:iam::1:role/ext".into(),
+            external_id: None,
+            refuse: true,
+        });
+        assert!(!identity.may_assume_with_web_identity("arn:aws:iam::1:role/ext"));
+
+        assert!(identity.trusts_issuer("https://anyone.example"));
+        let eks = "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE";
+        let trusting = Identity::new(
+            "us-east-1",
+            Principal::user("123456789012", "AIDAX".into()),
+            [],
+            [],
+            vec![eks.to_string()],
+        );
+        assert!(trusting.trusts_issuer(eks));
+        for other in [
+            "https://oidc.eks.eu-west-1.amazonaws.com/id/OTHER",
+            "oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE",
+            "",
+        ] {
+            assert!(!trusting.trusts_issuer(other), "{other}");
+        }
     }
 
     #[test]

@@ -18,9 +18,10 @@
 //! acts in the region of its SigV4 credential scope and in the account of its access key, and
 //! sees nothing of another (account, region). The SigV4 signatures of the keys whose secrets
 //! it knows (those its STS issues, and [`AccessKey`]s given to it) are checked as AWS checks
-//! them; other keys are accepted with any signature. On the same port it serves STS's AssumeRole and
-//! GetCallerIdentity, whose temporary keys act in the role's account and expire on the
-//! emulated clock; and SQS (CreateQueue, GetQueueUrl, ListQueues, SendMessage, ReceiveMessage
+//! them; other keys are accepted with any signature. On the same port it serves STS's AssumeRole,
+//! AssumeRoleWithWebIdentity (for a web identity token, such as the one EKS gives a pod for
+//! IRSA) and GetCallerIdentity, whose temporary keys act in the role's account and expire on
+//! the emulated clock; and SQS (CreateQueue, GetQueueUrl, ListQueues, SendMessage, ReceiveMessage
 //! with long polling, DeleteMessage, ChangeMessageVisibility, PurgeQueue), whose queues
 //! receive the messages of the Callback steps whose `SqsQueueUrl` names them, so a callback
 //! consumer can be tested end to end. Queues named by `events_queues` or the admin surface
@@ -38,8 +39,8 @@
 //!   the only place a SageMaker error becomes a response.
 //! - `ops`: the SageMaker operations (`ops/pipelines.rs`: pipelines and their versions;
 //!   `ops/executions.rs`: executions; `ops/common.rs`: ClientRequestToken replay, paging and
-//!   what else both use); `sts`: STS (awsQuery, AssumeRole, GetCallerIdentity, its XML and
-//!   errors); `sqs`: SQS (awsJson1_0, its actions and errors); `validate`: AWS-style
+//!   what else both use); `sts`: STS (awsQuery, AssumeRole, AssumeRoleWithWebIdentity,
+//!   GetCallerIdentity, its XML and errors); `sqs`: SQS (awsJson1_0, its actions and errors); `validate`: AWS-style
 //!   validation.
 //! - [`definition`]: pipeline definitions; `engine`: the execution state machine, which
 //!   records every status change; `events`: SageMaker's EventBridge events, the queues that
@@ -49,13 +50,14 @@
 //!   events someone receives when they are due; `identity`: the (account, region) and principal
 //!   of a call, the keys whose secrets it knows and the checks of their calls, the roles'
 //!   rules; `queue`: an SQS queue (messages, visibility, long polling); `clock`: time and ids;
-//!   `sigv4`: AWS Signature Version 4 as a service checks it.
+//!   `sigv4`: AWS Signature Version 4 as a service checks it; `jwt`: the claims of a web
+//!   identity token.
 //! - `faults` and `admin`: fault injection and the admin surface.
 //!
 //! A module imports only modules of the groups after its own, in this order, so none imports
 //! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`, `sts`, `sqs`; `state`,
 //! `validate`; `events`; `engine`, `error`; `definition`, `faults`, `identity`, `options`,
-//! `queue`; `clock`, `sigv4`.
+//! `queue`; `clock`, `jwt`, `sigv4`.
 //! Inside `ops` likewise: `ops.rs`; `pipelines`, `executions`; `common`.
 
 mod admin;
@@ -67,6 +69,7 @@ mod error;
 mod events;
 mod faults;
 mod identity;
+mod jwt;
 mod ops;
 mod options;
 mod queue;
@@ -142,7 +145,8 @@ pub struct EmulatorServer {
 
 impl EmulatorServer {
     /// Binds `addr` (port 0 picks a free port). An `events_queues` name that is no SQS queue
-    /// name, and an access key that is malformed or given twice, are `InvalidInput` errors.
+    /// name, an access key that is malformed or given twice, and a web identity issuer that is
+    /// no http(s) URL are `InvalidInput` errors.
     pub async fn bind(addr: SocketAddr, options: &EmulatorOptions) -> io::Result<Self> {
         let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
         if let Some(name) = options.events_queues.iter().find(|n| !valid_queue_name(n)) {
@@ -160,6 +164,9 @@ impl EmulatorServer {
             {
                 return Err(invalid(format!("access key {id:?} is given twice")));
             }
+        }
+        for issuer in &options.web_identity_issuers {
+            options::check_web_identity_issuer(issuer).map_err(invalid)?;
         }
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
@@ -334,6 +341,22 @@ mod tests {
             assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
             assert!(error.to_string().starts_with(wanted), "{error}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_web_identity_issuer_must_be_a_url() {
+        let options = EmulatorOptions {
+            web_identity_issuers: vec![
+                "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE".into(),
+                "oidc.eks.eu-west-1.amazonaws.com/id/OTHER".into(),
+            ],
+            ..Default::default()
+        };
+        let error = EmulatorServer::bind(any_port(), &options)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("/id/OTHER"), "{error}");
     }
 
     #[tokio::test]

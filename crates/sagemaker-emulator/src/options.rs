@@ -1,6 +1,7 @@
 //! How an emulator behaves: the settings the crate root's server and the state are built from,
-//! and the keys whose secrets it knows ([`AccessKey`], `--access-key`). A module of its own so
-//! that the state does not import the crate root that imports it.
+//! the keys whose secrets it knows ([`AccessKey`], `--access-key`) and the issuers of web
+//! identity tokens it trusts (`--web-identity-issuer`). A module of its own so that the state
+//! does not import the crate root that imports it.
 
 use std::{fmt, str::FromStr};
 
@@ -27,6 +28,11 @@ pub struct EmulatorOptions {
     /// SageMaker's EventBridge events of that account and region's executions, as an
     /// EventBridge rule with an SQS target would deliver them.
     pub events_queues: Vec<String>,
+    /// The issuers (a token's `iss`, such as an EKS cluster's
+    /// `https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE`) whose web identity tokens
+    /// AssumeRoleWithWebIdentity accepts, as the OpenID Connect providers of an account would;
+    /// empty: every issuer.
+    pub web_identity_issuers: Vec<String>,
 }
 
 impl Default for EmulatorOptions {
@@ -39,7 +45,29 @@ impl Default for EmulatorOptions {
             access_keys: Vec::new(),
             role_external_ids: Vec::new(),
             events_queues: Vec::new(),
+            web_identity_issuers: Vec::new(),
         }
+    }
+}
+
+/// Whether `issuer` can be a trusted issuer of web identity tokens: an `https://` URL (or
+/// `http://`, for issuers on loopback in tests), as IAM's OpenID Connect providers are; the
+/// reason if not.
+pub(crate) fn check_web_identity_issuer(issuer: &str) -> Result<(), String> {
+    let host = issuer
+        .strip_prefix("https://")
+        .or_else(|| issuer.strip_prefix("http://"));
+    match host {
+        Some(rest)
+            if !rest.is_empty()
+                && !rest.starts_with('/')
+                && !rest.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "the web identity issuer {issuer:?} must be an https:// or http:// URL, as a token's iss names its issuer"
+        )),
     }
 }
 
@@ -153,6 +181,28 @@ mod tests {
             "AKID:sec ret",
         ] {
             assert!(bad.parse::<AccessKey>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_web_identity_issuer_is_an_https_url() {
+        for good in [
+            "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE",
+            "https://token.actions.githubusercontent.com",
+            "http://127.0.0.1:8080/issuer",
+        ] {
+            assert_eq!(check_web_identity_issuer(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE",
+            "https://",
+            "https:///path",
+            "https://a b",
+            "ftp://example.com",
+        ] {
+            let error = check_web_identity_issuer(bad).unwrap_err();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
         }
     }
 }

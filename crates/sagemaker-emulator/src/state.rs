@@ -119,15 +119,21 @@ impl Operation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum StsAction {
     AssumeRole,
+    AssumeRoleWithWebIdentity,
     GetCallerIdentity,
 }
 
 impl StsAction {
-    pub(crate) const ALL: [StsAction; 2] = [Self::AssumeRole, Self::GetCallerIdentity];
+    pub(crate) const ALL: [StsAction; 3] = [
+        Self::AssumeRole,
+        Self::AssumeRoleWithWebIdentity,
+        Self::GetCallerIdentity,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
             Self::AssumeRole => "AssumeRole",
+            Self::AssumeRoleWithWebIdentity => "AssumeRoleWithWebIdentity",
             Self::GetCallerIdentity => "GetCallerIdentity",
         }
     }
@@ -654,7 +660,13 @@ impl Emulator {
                 (key.access_key_id.clone(), key_of)
             })
             .collect();
-        let identity = Identity::new(&options.region, user(&options.account_id), keys, roles);
+        let identity = Identity::new(
+            &options.region,
+            user(&options.account_id),
+            keys,
+            roles,
+            options.web_identity_issuers.clone(),
+        );
         let default_scope = Scope {
             account: options.account_id.clone(),
             region: options.region.clone(),

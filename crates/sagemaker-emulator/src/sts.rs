@@ -6,19 +6,29 @@
 //! reports is the wall-clock moment that emulated expiry happens (now + DurationSeconds /
 //! time scale), so an SDK's credential cache, which reads a real clock, refreshes in time.
 //! Roles may refuse every AssumeRole or demand an ExternalId (see `identity`).
+//!
+//! AssumeRoleWithWebIdentity issues the same credentials for a web identity token (a JWT, such
+//! as the service-account token EKS projects into a pod for IRSA) instead of the caller's own
+//! credentials: the call needs none, and SDKs send it unsigned. The token is read (see `jwt`)
+//! and checked as STS checks it, but for its signature: its issuer must be one the emulator
+//! trusts (all, unless `--web-identity-issuer` names some), its audience STS's
+//! ([`WEB_IDENTITY_AUDIENCE`]), and its `exp` still ahead on the emulated clock. It is
+//! counted in the role's account, where AWS logs it.
+//!
 //! GetCallerIdentity names the caller. Errors are STS's `ErrorResponse` documents: HTTP 400,
 //! 403 for AccessDenied and for refused credentials (InvalidClientTokenId,
 //! SignatureDoesNotMatch; see `identity`). STS allows signatures dated up to
 //! [`SIGNATURE_WINDOW`] minutes from its clock.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::collections::HashMap;
 
 use axum::http::StatusCode;
 
 use super::{
     clock::iso8601,
     error::AwsError,
-    identity::{Caller, Principal, Refusal, RoleRule, Session},
+    identity::{Caller, Principal, Refusal, RoleRule, Scope, Session},
+    jwt::{self, Unreadable},
     state::{Call, Emulator, StsAction},
     validate::{Validator, patterns},
 };
@@ -26,6 +36,10 @@ use super::{
 const VERSION: &str = "2011-06-15";
 const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 const DEFAULT_DURATION: i64 = 3600;
+
+/// The audience (`aud`) a web identity token must be for: STS's, the client id of the OpenID
+/// Connect provider that EKS's IRSA and GitHub's workflows name.
+pub(crate) const WEB_IDENTITY_AUDIENCE: &str = "sts.amazonaws.com";
 
 /// How many minutes before or after STS's clock a signature may be dated (its "Signature
 /// expired: ... (... - 15 min.)").
@@ -84,6 +98,20 @@ impl StsError {
         Self::new(status, code, refusal.message())
     }
 
+    /// A web identity token STS does not accept (HTTP 400).
+    fn invalid_identity_token(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "InvalidIdentityToken", message)
+    }
+
+    /// Why a token that cannot be read is refused. Missing claims are named as STS names
+    /// them; for a token that is no JWT at all, the words are the emulator's.
+    fn unreadable_token(unreadable: Unreadable) -> Self {
+        Self::invalid_identity_token(match unreadable {
+            Unreadable::Malformed => "The web identity token is not a valid JWT.".to_string(),
+            Unreadable::Missing(claim) => format!("Missing a required claim: {claim}"),
+        })
+    }
+
     fn invalid_action(action: &str, version: &str) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,
@@ -137,12 +165,16 @@ fn act(
     let action = StsAction::from_name(name)
         .filter(|_| version == VERSION)
         .ok_or_else(|| StsError::invalid_action(name, version))?;
-    emulator.stats.count(&caller.scope, Call::Sts(action));
+    emulator.stats.count(
+        &counted_in(action, caller, param("RoleArn")),
+        Call::Sts(action),
+    );
     if let Some(refusal) = &caller.refusal {
         return Err(StsError::refused(refusal));
     }
     let result = match action {
         StsAction::AssumeRole => assume_role(emulator, caller, &param)?,
+        StsAction::AssumeRoleWithWebIdentity => assume_role_with_web_identity(emulator, &param)?,
         StsAction::GetCallerIdentity => format!(
             "<Arn>{}</Arn><UserId>{}</UserId><Account>{}</Account>",
             escape(&caller.arn),
@@ -156,6 +188,24 @@ fn act(
          <ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></{action}Response>",
         escape(request_id)
     ))
+}
+
+/// Where a call is counted: in its caller's account and region, but for
+/// AssumeRoleWithWebIdentity, which comes with no credentials of its own (the token proves
+/// who calls): that one is counted in the account of the role it names (in the caller's
+/// region), as AWS logs it there.
+fn counted_in(action: StsAction, caller: &Caller, role_arn: Option<&str>) -> Scope {
+    let role_account = role_arn
+        .and_then(Scope::of_arn)
+        .map(|scope| scope.account)
+        .filter(|account| account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()));
+    match (action, role_account) {
+        (StsAction::AssumeRoleWithWebIdentity, Some(account)) => Scope {
+            account,
+            region: caller.scope.region.clone(),
+        },
+        _ => caller.scope.clone(),
+    }
 }
 
 /// The constraints of STS's model on what names a role: its ARN, and the external id.
@@ -178,6 +228,30 @@ pub(crate) fn check_role_rule(rule: &RoleRule) -> Result<(), String> {
     v.finish().map_err(|e| e.message)
 }
 
+/// DurationSeconds, as given or STS's default.
+fn duration(text: Option<&str>) -> Result<i64, StsError> {
+    match text {
+        None => Ok(DEFAULT_DURATION),
+        Some(text) => text.parse::<i64>().map_err(|_| {
+            StsError::validation(format!(
+                "1 validation error detected: Value '{text}' at 'durationSeconds' failed to satisfy constraint: Member must be a number"
+            ))
+        }),
+    }
+}
+
+/// The constraints of STS's model on a session: its name and its duration.
+fn check_session(v: &mut Validator, session_name: Option<&str>, duration: i64) {
+    v.required_string(
+        "RoleSessionName",
+        session_name,
+        2,
+        64,
+        Some(&patterns::ROLE_SESSION_NAME),
+    );
+    v.range("DurationSeconds", Some(duration), 900, Some(43_200));
+}
+
 /// AssumeRole's result members.
 fn assume_role<'a>(
     emulator: &Emulator,
@@ -189,24 +263,10 @@ fn assume_role<'a>(
         param("RoleSessionName"),
         param("ExternalId"),
     );
-    let duration = match param("DurationSeconds") {
-        None => DEFAULT_DURATION,
-        Some(text) => text.parse::<i64>().map_err(|_| {
-            StsError::validation(format!(
-                "1 validation error detected: Value '{text}' at 'durationSeconds' failed to satisfy constraint: Member must be a number"
-            ))
-        })?,
-    };
+    let duration = duration(param("DurationSeconds"))?;
     let mut v = Validator::default();
     check_role(&mut v, role_arn, external_id);
-    v.required_string(
-        "RoleSessionName",
-        session_name,
-        2,
-        64,
-        Some(&patterns::ROLE_SESSION_NAME),
-    );
-    v.range("DurationSeconds", Some(duration), 900, Some(43_200));
+    check_session(&mut v, session_name, duration);
     v.finish().map_err(StsError::from_validation)?;
     let (role_arn, session_name) = (
         role_arn.unwrap_or_default(),
@@ -215,6 +275,106 @@ fn assume_role<'a>(
     if !emulator.identity.may_assume(role_arn, external_id) {
         return Err(StsError::access_denied(&caller.arn, role_arn));
     }
+    let issued = issue(emulator, role_arn, session_name, duration)?;
+    Ok(format!(
+        "{}{}",
+        issued.assumed_role_user, issued.credentials
+    ))
+}
+
+/// AssumeRoleWithWebIdentity's result members. The token is checked before the role, whose
+/// trust rests on the token's claims: readable, of a trusted issuer, for STS's audience, not
+/// expired on the emulated clock. Its signature is not verified (see `jwt`).
+fn assume_role_with_web_identity<'a>(
+    emulator: &Emulator,
+    param: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<String, StsError> {
+    let (role_arn, session_name, token) = (
+        param("RoleArn"),
+        param("RoleSessionName"),
+        param("WebIdentityToken"),
+    );
+    let duration = duration(param("DurationSeconds"))?;
+    let mut v = Validator::default();
+    check_role(&mut v, role_arn, None);
+    check_session(&mut v, session_name, duration);
+    v.required_string("WebIdentityToken", token, 4, 20_000, None);
+    v.finish().map_err(StsError::from_validation)?;
+    let (role_arn, session_name, token) = (
+        role_arn.unwrap_or_default(),
+        session_name.unwrap_or_default(),
+        token.unwrap_or_default(),
+    );
+
+    let claims = jwt::claims(token).map_err(StsError::unreadable_token)?;
+    if !emulator.identity.trusts_issuer(&claims.issuer) {
+        return Err(StsError::invalid_identity_token(format!(
+            "No OpenIDConnect provider found in your account for {}",
+            claims.issuer
+        )));
+    }
+    if !claims.audiences.iter().any(|a| a == WEB_IDENTITY_AUDIENCE) {
+        return Err(StsError::invalid_identity_token("Incorrect token audience"));
+    }
+    let now = emulator.clock.now();
+    if now >= claims.expires_at {
+        return Err(StsError::new(
+            StatusCode::BAD_REQUEST,
+            "ExpiredTokenException",
+            format!(
+                "Token expired: current date/time {} must be before the expiration date/time {}",
+                now.floor(),
+                claims.expires_at.floor()
+            ),
+        ));
+    }
+    if !emulator.identity.may_assume_with_web_identity(role_arn) {
+        return Err(StsError::new(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Not authorized to perform sts:AssumeRoleWithWebIdentity",
+        ));
+    }
+
+    let issued = issue(emulator, role_arn, session_name, duration)?;
+    // The provider as IAM names it: an OpenID Connect provider of the role's account, named
+    // by its issuer without the scheme.
+    let provider = claims
+        .issuer
+        .split_once("://")
+        .map_or(claims.issuer.as_str(), |(_, rest)| rest);
+    Ok(format!(
+        "<SubjectFromWebIdentityToken>{}</SubjectFromWebIdentityToken>\
+         <Audience>{WEB_IDENTITY_AUDIENCE}</Audience>{}{}\
+         <Provider>arn:{}:iam::{}:oidc-provider/{}</Provider>",
+        escape(&claims.subject),
+        issued.assumed_role_user,
+        issued.credentials,
+        issued.partition,
+        issued.account,
+        escape(provider),
+    ))
+}
+
+/// Temporary credentials of a role, issued and recorded: the XML members that describe them.
+struct Issued {
+    partition: String,
+    account: String,
+    /// `<AssumedRoleUser>...</AssumedRoleUser>`.
+    assumed_role_user: String,
+    /// `<Credentials>...</Credentials>`.
+    credentials: String,
+}
+
+/// Issues credentials of `role_arn` (checked against STS's pattern) for `duration` emulated
+/// seconds, and records them, so that their calls act in the role's account until they
+/// expire (see `identity`).
+fn issue(
+    emulator: &Emulator,
+    role_arn: &str,
+    session_name: &str,
+    duration: i64,
+) -> Result<Issued, StsError> {
     // The pattern checked makes it `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
     let fields: Vec<&str> = role_arn.splitn(6, ':').collect();
     let ["arn", partition, "iam", "", account, resource] = fields.as_slice() else {
@@ -233,15 +393,15 @@ fn assume_role<'a>(
     let access_key_id = emulator.ids.access_key_id();
     let secret_access_key = emulator.ids.secret_access_key();
     let session_token = emulator.ids.session_token();
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        "<AssumedRoleUser><AssumedRoleId>{}</AssumedRoleId><Arn>{}</Arn></AssumedRoleUser>\
-         <Credentials><AccessKeyId>{access_key_id}</AccessKeyId>\
-         <SecretAccessKey>{secret_access_key}</SecretAccessKey>\
-         <SessionToken>{session_token}</SessionToken><Expiration>{}</Expiration></Credentials>",
+    let assumed_role_user = format!(
+        "<AssumedRoleUser><AssumedRoleId>{}</AssumedRoleId><Arn>{}</Arn></AssumedRoleUser>",
         escape(&user_id),
         escape(&arn),
+    );
+    let credentials = format!(
+        "<Credentials><AccessKeyId>{access_key_id}</AccessKeyId>\
+         <SecretAccessKey>{secret_access_key}</SecretAccessKey>\
+         <SessionToken>{session_token}</SessionToken><Expiration>{}</Expiration></Credentials>",
         iso8601(emulator.clock.wall_time_at(expires_at)),
     );
     emulator.identity.issue(
@@ -257,7 +417,12 @@ fn assume_role<'a>(
             expires_at,
         },
     );
-    Ok(out)
+    Ok(Issued {
+        partition: (*partition).to_string(),
+        account: (*account).to_string(),
+        assumed_role_user,
+        credentials,
+    })
 }
 
 /// Text for XML content.
@@ -386,6 +551,83 @@ mod tests {
                 "<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>Sender</Type>"
             )));
         }
+    }
+
+    /// A token of `issuer` for `audience`, expiring at `exp`, signed with nothing checked.
+    fn web_identity_token(issuer: &str, audience: &str, exp: f64) -> String {
+        use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+        let claims = serde_json::json!({
+            "iss": issuer, "sub": "system:serviceaccount:ml:runner", "aud": [audience], "exp": exp,
+        });
+        format!(
+            "{}.{}.c2ln",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn a_web_identity_becomes_a_session_of_the_role_counted_in_its_account() {
+        let issuer = "https://oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE";
+        let emulator = Emulator::new(&EmulatorOptions {
+            web_identity_issuers: vec![issuer.into()],
+            ..EmulatorOptions::default()
+        });
+        let token = web_identity_token(issuer, WEB_IDENTITY_AUDIENCE, emulator.clock.now() + 60.0);
+        let (status, xml) = call(
+            &emulator,
+            &HeaderMap::new(),
+            &format!(
+                "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=arn%3Aaws%3Aiam%3A%3A222222222222%3Arole%2Fml&RoleSessionName=runner&WebIdentityToken={token}"
+            ),
+        );
+        assert_eq!(status, 200, "{xml}");
+        let (role_id, key) = (between(&xml, "AssumedRoleId"), between(&xml, "AccessKeyId"));
+        let (secret, session_token) = (
+            between(&xml, "SecretAccessKey"),
+            between(&xml, "SessionToken"),
+        );
+        let expiration = between(&xml, "Expiration");
+        assert_eq!(
+            xml,
+            format!(
+                "<AssumeRoleWithWebIdentityResponse xmlns=\"{XMLNS}\"><AssumeRoleWithWebIdentityResult>\
+                 <SubjectFromWebIdentityToken>system:serviceaccount:ml:runner</SubjectFromWebIdentityToken>\
+                 <Audience>sts.amazonaws.com</Audience>\
+                 <AssumedRoleUser><AssumedRoleId>{role_id}</AssumedRoleId><Arn>arn:aws:sts::222222222222:assumed-role/ml/runner</Arn></AssumedRoleUser>\
+                 <Credentials><AccessKeyId>{key}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>\
+                 <SessionToken>{session_token}</SessionToken><Expiration>{expiration}</Expiration></Credentials>\
+                 <Provider>arn:aws:iam::222222222222:oidc-provider/oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE</Provider>\
+                 </AssumeRoleWithWebIdentityResult><ResponseMetadata><RequestId>req-1</RequestId></ResponseMetadata>\
+                 </AssumeRoleWithWebIdentityResponse>"
+            )
+        );
+        assert!(role_id.starts_with("AROA") && role_id.ends_with(":runner"));
+
+        // Its keys are the role's session's, and their signatures are checked.
+        let body = "Action=GetCallerIdentity&Version=2011-06-15";
+        let (status, answer) = call(&emulator, &signed(key, secret, session_token, body), body);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(between(&answer, "Account"), "222222222222");
+        assert_eq!(
+            between(&answer, "Arn"),
+            "arn:aws:sts::222222222222:assumed-role/ml/runner"
+        );
+        let (status, answer) = call(&emulator, &signed(key, "wrong", session_token, body), body);
+        assert_eq!(
+            (status, between(&answer, "Code")),
+            (403, "SignatureDoesNotMatch")
+        );
+
+        // Unsigned, it is counted in the role's account and the default region; the signed
+        // GetCallerIdentity calls, in the session's account and their scope's region.
+        let counted = emulator.stats.by_scope();
+        assert_eq!(
+            counted["222222222222"]["us-east-1"]["AssumeRoleWithWebIdentity"],
+            1
+        );
+        assert_eq!(counted["222222222222"]["eu-west-1"]["GetCallerIdentity"], 2);
+        assert!(!counted.contains_key("123456789012"), "{counted:?}");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The SageMaker Pipelines emulator, driven only through the real aws-sdk-sagemaker and
 //! aws-sdk-sts clients (and, for what an SDK cannot send, plain HTTP): lifecycles, stop
 //! semantics, errors, pagination, faults, scale, ClientRequestToken replays under
-//! concurrency, accounts, regions and STS credentials, the SigV4 signatures of the keys it
-//! knows, pipeline versions, updates and deletion, and the EventBridge events delivered to SQS
-//! queues, with their faults. One binary, one module per surface.
+//! concurrency, accounts, regions and STS credentials (for a web identity token too), the
+//! SigV4 signatures of the keys it knows, pipeline versions, updates and deletion, and the
+//! EventBridge events delivered to SQS queues, with their faults. One binary, one module per
+//! surface.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 // Kept in tests/support: the service's integration tests include it too.
@@ -20,6 +21,7 @@ mod replays;
 mod signatures;
 mod sqs;
 mod stop;
+mod web_identity;
 
 use serde_json::json;
 use support::{start_execution, token};

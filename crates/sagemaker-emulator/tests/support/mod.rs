@@ -423,3 +423,40 @@ impl Admin {
             .unwrap()
     }
 }
+
+/// Now on the real clock, in epoch seconds.
+pub fn epoch_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// A web identity token (a JWT) carrying `claims`. Its signature is made with no key: the
+/// emulator reads the claims and does not check it.
+pub fn web_identity_token(claims: &serde_json::Value) -> String {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    let header = serde_json::json!({"alg": "RS256", "kid": "tests", "typ": "JWT"});
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode("not checked")
+    )
+}
+
+/// A service-account token as EKS projects it into a pod for IRSA: of `issuer` (the
+/// cluster's), naming `subject` (`system:serviceaccount:NAMESPACE:NAME`), for STS's audience,
+/// expiring at `exp` (epoch seconds, compared with the emulated clock).
+pub fn service_account_token(issuer: &str, subject: &str, exp: f64) -> String {
+    let now = epoch_now().floor();
+    web_identity_token(&serde_json::json!({
+        "iss": issuer,
+        "sub": subject,
+        "aud": ["sts.amazonaws.com"],
+        "exp": exp.floor(),
+        "iat": now,
+        "nbf": now,
+        "kubernetes.io": {"namespace": "ml", "serviceaccount": {"name": "pipeline-control"}},
+    }))
+}
