@@ -883,8 +883,40 @@ async fn the_health_port_answers_probes_without_a_certificate_while_the_main_por
         .unwrap_err();
     assert_eq!(other.code(), Code::Unimplemented, "{other:?}");
 
-    // A watch on the health port sees NOT_SERVING as soon as the shutdown starts, and does not
-    // hold the shutdown up.
+    // A stop in flight on the main port (SageMaker answers in three seconds) keeps the server
+    // draining for a while after the shutdown starts.
+    let arn = server.execution("draining").await;
+    server
+        .admin
+        .set_fault("StopPipelineExecution", json!({"latencyMs": 3000}))
+        .await;
+    let caller = ca.client("caller", vec![uri("spiffe://example.org/caller")]);
+    let channel = server.tls(client_tls(&ca, Some(&caller))).await.unwrap();
+    let in_flight = tokio::spawn(async move {
+        PipelineControlClient::new(channel)
+            .stop_execution(stop_request(&arn, "draining"))
+            .await
+    });
+    let started = |m: &crate::common::Metrics| {
+        m.value(
+            "grpc_server_started_total",
+            &[
+                ("grpc_method", "StopExecution"),
+                ("grpc_service", "pipelinecontrol.v1.PipelineControl"),
+                ("grpc_type", "unary"),
+            ],
+        ) >= 1.0
+    };
+    crate::common::until_scraped(
+        &server.app,
+        Duration::from_secs(30),
+        "the stop never began",
+        started,
+    )
+    .await;
+
+    // A watch on the health port sees NOT_SERVING while the server drains, and does not hold
+    // the shutdown up.
     let mut watch = HealthClient::new(probe.clone())
         .watch(HealthCheckRequest::default())
         .await
@@ -901,6 +933,8 @@ async fn the_health_port_answers_probes_without_a_certificate_while_the_main_por
     assert_eq!(next.status(), ServingStatus::NotServing);
     let Secured { app, .. } = server;
     app.shutdown().await.unwrap();
+    // The stop in flight finished during the drain.
+    assert!(in_flight.await.unwrap().is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
