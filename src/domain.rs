@@ -430,6 +430,52 @@ impl StopOutcome {
     }
 }
 
+/// How a caller proved who it is: kept with each stop request and audit row, beside the
+/// principal it proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// A client certificate verified against the client CA (mutual TLS).
+    Mtls,
+    /// A static bearer token of the token file.
+    Token,
+    /// A JWT of an issuer of the identity file.
+    Jwt,
+    /// A signed `sts:GetCallerIdentity` request (AWS IAM).
+    Iam,
+    /// A trusted mesh proxy's header.
+    Mesh,
+    /// Nothing: no credentials configured, none required.
+    Anonymous,
+}
+
+impl AuthMethod {
+    /// The spelling in records, audit rows, metrics, the server span and the proto.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mtls => "mtls",
+            Self::Token => "token",
+            Self::Jwt => "jwt",
+            Self::Iam => "iam",
+            Self::Mesh => "mesh",
+            Self::Anonymous => "anonymous",
+        }
+    }
+
+    /// The method `value` spells, or `None` for a value this version does not know.
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            Self::Mtls,
+            Self::Token,
+            Self::Jwt,
+            Self::Iam,
+            Self::Mesh,
+            Self::Anonymous,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == value)
+    }
+}
+
 /// A deterministic failure of a stop request: recorded, and replayed to every retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordedError {
@@ -519,6 +565,19 @@ mod tests {
         assert!(Principal::parse(&"p".repeat(512)).is_ok());
         for bad in ["", "new\nline", "nul\0", &"p".repeat(513)] {
             assert!(Principal::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn auth_methods_round_trip_and_unknown_ones_are_none() {
+        for method in ["mtls", "token", "jwt", "iam", "mesh", "anonymous"] {
+            assert_eq!(
+                AuthMethod::parse(method).map(AuthMethod::as_str),
+                Some(method)
+            );
+        }
+        for unknown in ["", "MTLS", "oauth", "unknown"] {
+            assert_eq!(AuthMethod::parse(unknown), None, "{unknown:?}");
         }
     }
 

@@ -28,7 +28,8 @@
 //! - `error`: the service's errors and the only conversion to `tonic::Status`.
 //!
 //! The domain (no proto, no SDK types):
-//! - `domain`: checked values (ARN, token, reason, principal), statuses, outcomes, actions.
+//! - `domain`: checked values (ARN, token, reason, principal), how a caller was proven,
+//!   statuses, outcomes, actions.
 //! - `holding`: what a Callback or Lambda step holding a stop means, in words (the service and
 //!   the command line both say it).
 //! - `auth`: who a caller is (bearer token, client certificate, and what the platform proves:

@@ -42,7 +42,7 @@ use arc_swap::ArcSwap;
 use tonic::transport::CertificateDer;
 
 use crate::{
-    domain::{Action, ExecutionArn, Principal},
+    domain::{Action, AuthMethod, ExecutionArn, Principal},
     error::Error,
     files::read,
     metrics::Metrics,
@@ -149,14 +149,14 @@ enum Credential {
 }
 
 impl Credential {
-    /// The `method` of the metrics and of the server span.
-    fn method(&self) -> &'static str {
+    /// The `method` of the metrics, the server span, the records and the audit rows.
+    fn method(&self) -> AuthMethod {
         match self {
-            Credential::Anonymous => "anonymous",
-            Credential::Token(_) => "token",
-            Credential::Certificate => "mtls",
-            Credential::Jwt { .. } => "jwt",
-            Credential::Mesh => "mesh",
+            Credential::Anonymous => AuthMethod::Anonymous,
+            Credential::Token(_) => AuthMethod::Token,
+            Credential::Certificate => AuthMethod::Mtls,
+            Credential::Jwt { .. } => AuthMethod::Jwt,
+            Credential::Mesh => AuthMethod::Mesh,
         }
     }
 }
@@ -176,7 +176,7 @@ impl Caller {
     }
 
     /// How the caller was proven: `mtls`, `token`, `jwt`, `mesh` or `anonymous`.
-    pub(crate) fn method(&self) -> &'static str {
+    pub(crate) fn method(&self) -> AuthMethod {
         self.credential.method()
     }
 
@@ -410,7 +410,8 @@ impl Auth {
         let outcome = self.identify(&credentials, call).await;
         match outcome {
             Ok((principal, credential)) => {
-                self.metrics.authenticated(credential.method(), true);
+                self.metrics
+                    .authenticated(credential.method().as_str(), true);
                 Ok(Caller {
                     principal,
                     credential,
@@ -835,7 +836,10 @@ mod tests {
         let fresh = caller(jwt(jwt::now() + 600));
         let expired = caller(jwt(jwt::now() - jwt::LEEWAY - 1));
         let meshed = caller(Credential::Mesh);
-        assert_eq!((fresh.method(), meshed.method()), ("jwt", "mesh"));
+        assert_eq!(
+            (fresh.method(), meshed.method()),
+            (AuthMethod::Jwt, AuthMethod::Mesh)
+        );
         let recheck = |caller: &Caller| {
             auth.recheck(caller, Action::Read, &arn)
                 .map_err(|e| e.reason())

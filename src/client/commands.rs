@@ -353,6 +353,7 @@ pub(super) async fn history(args: HistoryArgs) -> Result<Exit, Failure> {
         [
             "REQUESTED (UTC)",
             "PRINCIPAL",
+            "PROVEN BY",
             "EXECUTION",
             "RESULT",
             "STATUS THEN",
@@ -416,6 +417,12 @@ fn history_row(record: &pb::StopRequest) -> Vec<String> {
     } else {
         view::status_name(record.status()).to_string()
     };
+    // Empty for a request recorded before the service kept it.
+    let proven_by = if record.auth_method.is_empty() {
+        "-".to_string()
+    } else {
+        record.auth_method.clone()
+    };
     let mut reason = record.reason.clone();
     if record.forced_at.is_some() {
         reason = format!("(forced) {reason}");
@@ -426,6 +433,7 @@ fn history_row(record: &pb::StopRequest) -> Vec<String> {
             |t| view::time_text(t, chrono::SecondsFormat::Secs),
         ),
         record.principal.clone(),
+        proven_by,
         view::short_arn(&record.pipeline_execution_arn).to_string(),
         result,
         status,
@@ -691,5 +699,22 @@ async fn follow_all(
                 ends.len()
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_rows_say_how_the_principal_was_proven_or_that_it_is_not_known() {
+        let record = |auth_method: &str| pb::StopRequest {
+            principal: "billing".into(),
+            auth_method: auth_method.into(),
+            ..Default::default()
+        };
+        assert_eq!(history_row(&record("token"))[1..3], ["billing", "token"]);
+        // Recorded before the service kept it.
+        assert_eq!(history_row(&record(""))[1..3], ["billing", "-"]);
     }
 }

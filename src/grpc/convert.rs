@@ -140,6 +140,10 @@ pub(crate) fn stop_request(record: &StopRecord, releases: &[Release]) -> pb::Sto
         pipeline_execution_arn: record.pipeline_execution_arn.to_string(),
         reason: record.reason.clone(),
         principal: record.key.principal.clone(),
+        auth_method: record
+            .auth_method
+            .map(|method| method.as_str().to_string())
+            .unwrap_or_default(),
         state: match record.state {
             RecordState::Pending => pb::StopRequestState::Pending,
             RecordState::Completed(_) => pb::StopRequestState::Completed,

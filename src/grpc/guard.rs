@@ -159,7 +159,7 @@ impl Guard {
         // The server span (with traces on) names the caller and how it was proven.
         let span = tracing::Span::current();
         span.record("enduser.id", caller.principal().as_str());
-        span.record("auth.method", caller.method());
+        span.record("auth.method", caller.method().as_str());
         // The permit first: a call refused for concurrency spends none of the caller's rate.
         let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
             self.metrics.limit_refused("concurrency");

@@ -106,6 +106,7 @@ impl PipelineControlService {
         }
         let input = StopInput {
             principal: caller.principal().clone(),
+            auth_method: caller.method(),
             arn,
             token,
             reason,

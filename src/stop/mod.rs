@@ -2,6 +2,10 @@
 //! module. Forcing a stuck stop (`force_after`) has a file of its own (`force`).
 //!
 //! A request is keyed by (principal, client token) and fingerprinted (method, ARN, reason).
+//! How the principal was proven is recorded with the request, and each audit row keeps how
+//! the caller of its own call was (a replay's may differ); it is neither key nor fingerprint,
+//! so a caller proven another way (a static token replaced by a JWT naming the same
+//! principal) replays its own requests.
 //! It is claimed in the database (pending, with a lease and a fencing epoch) before anything
 //! is sent upstream; no transaction is open during the AWS call. SageMaker gets an upstream
 //! token derived from the key, the same on every attempt by any replica, so SageMaker
@@ -24,7 +28,9 @@ mod force;
 
 use crate::{
     audit::AuditLog,
-    domain::{ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StopOutcome},
+    domain::{
+        AuthMethod, ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StopOutcome,
+    },
     error::Error,
     estate::Estate,
     hooks,
@@ -76,6 +82,8 @@ pub(crate) struct StopSettings {
 #[derive(Debug, Clone)]
 pub(crate) struct StopInput {
     pub(crate) principal: Principal,
+    /// How the principal was proven.
+    pub(crate) auth_method: AuthMethod,
     pub(crate) arn: ExecutionArn,
     pub(crate) token: ClientToken,
     pub(crate) reason: Reason,
@@ -98,6 +106,7 @@ impl StopInput {
             pipeline_execution_arn: self.arn.clone(),
             reason: self.reason.as_str().to_string(),
             force_after: self.force_after,
+            auth_method: self.auth_method,
         }
     }
 }
@@ -296,18 +305,18 @@ impl Stopper {
         self.estate.check(&input.arn)?;
         let request = input.request();
         if let Some(record) = self.cached(&request.key) {
-            return self.existing(record, &request.fingerprint);
+            return self.existing(record, &request);
         }
         match self.claim(&request).await? {
             Claim::Acquired(record) => self.carry_out_detached(record).await,
             Claim::Existing(record)
                 if record.state.is_pending() && record.fingerprint == request.fingerprint =>
             {
-                self.wait_for(record, deadline).await
+                self.wait_for(record, request.auth_method, deadline).await
             }
             Claim::Existing(record) => {
                 self.remember(&record);
-                self.existing(record, &request.fingerprint)
+                self.existing(record, &request)
             }
         }
     }
@@ -331,7 +340,8 @@ impl Stopper {
             };
             if existing.state.is_pending() && existing.fingerprint == request.fingerprint {
                 // Conditional on the lease having run out; a live lease is left alone.
-                if let Some(record) = self.store.take_over(&request.key, owner, lease).await? {
+                let by = Some(request.auth_method);
+                if let Some(record) = self.store.take_over(&request.key, owner, lease, by).await? {
                     self.metrics.takeover("caller");
                     return Ok(Claim::Acquired(record));
                 }
@@ -341,13 +351,15 @@ impl Stopper {
         Err(StoreError::Unavailable(sqlx::Error::RowNotFound).into())
     }
 
-    /// Answers from a record that stands: a replay, or a reused key.
-    fn existing(&self, record: StopRecord, fingerprint: &str) -> Result<Answer, Error> {
-        if record.fingerprint != fingerprint {
-            self.audit(&record, AuditKind::KeyReused);
+    /// Answers `request` from a record that stands: a replay, or a reused key (audited with
+    /// how this request's caller was proven).
+    fn existing(&self, record: StopRecord, request: &NewStopRequest) -> Result<Answer, Error> {
+        let by = request.auth_method;
+        if record.fingerprint != request.fingerprint {
+            self.audit(&record, AuditKind::KeyReused, by);
             return Err(Error::IdempotencyKeyReused);
         }
-        self.audit(&record, AuditKind::Replayed);
+        self.audit(&record, AuditKind::Replayed, by);
         Ok(Answer {
             record,
             replayed: true,
@@ -393,7 +405,7 @@ impl Stopper {
         for key in expired {
             let Some(record) = self
                 .store
-                .take_over(&key, &self.worker, self.settings.lease)
+                .take_over(&key, &self.worker, self.settings.lease, None)
                 .await?
             else {
                 continue; // someone else took it first
@@ -410,9 +422,10 @@ impl Stopper {
         Ok(completed)
     }
 
-    fn audit(&self, record: &StopRecord, kind: AuditKind) {
+    /// Queues `kind` about `record`, in a call of a caller proven `by`.
+    fn audit(&self, record: &StopRecord, kind: AuditKind, by: AuthMethod) {
         self.audit
-            .record(AuditEvent::about(record, kind, &self.worker));
+            .record(AuditEvent::about(record, kind, by, &self.worker));
     }
 
     fn wake_waiters(&self, key: &RequestKey) {
@@ -600,10 +613,12 @@ impl Stopper {
     }
 
     /// Waits for another attempt at the same request to finish, taking over if its owner
-    /// dies; bounded by the caller's deadline and `duplicate_wait`.
+    /// dies; bounded by the caller's deadline and `duplicate_wait`. `by`: how the waiting
+    /// caller was proven.
     async fn wait_for(
         self: &Arc<Self>,
         mut record: StopRecord,
+        by: AuthMethod,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
         let limit = Instant::now() + self.settings.duplicate_wait;
@@ -627,7 +642,7 @@ impl Stopper {
                 Some(current) if !current.state.is_pending() => {
                     self.metrics.duplicate("answered");
                     self.remember(&current);
-                    self.audit(&current, AuditKind::Replayed);
+                    self.audit(&current, AuditKind::Replayed, by);
                     return Ok(Answer {
                         record: current,
                         replayed: true,
@@ -643,7 +658,7 @@ impl Stopper {
                     if lease_over
                         && let Some(taken) = self
                             .store
-                            .take_over(&key, &self.worker, self.settings.lease)
+                            .take_over(&key, &self.worker, self.settings.lease, Some(by))
                             .await?
                     {
                         drop(waiting);
@@ -769,6 +784,7 @@ mod tests {
         ));
         let input = StopInput {
             principal: Principal::anonymous(),
+            auth_method: AuthMethod::Anonymous,
             arn: arn(),
             token: ClientToken::parse("held-elsewhere").unwrap(),
             reason: Reason::default(),
@@ -824,6 +840,29 @@ mod tests {
             fingerprint(&arn(), &maintenance(), Some(Duration::ZERO))
         );
         assert_eq!(a, digest(&[METHOD, ARN, "maintenance"]));
+    }
+
+    #[test]
+    fn how_the_caller_was_proven_is_recorded_but_keys_nothing() {
+        let by = |auth_method| {
+            StopInput {
+                principal: Principal::new("spiffe://example.org/billing"),
+                auth_method,
+                arn: arn(),
+                token: ClientToken::parse("retry-me").unwrap(),
+                reason: Reason::default(),
+                force_after: None,
+            }
+            .request()
+        };
+        let (token, mtls) = (by(AuthMethod::Token), by(AuthMethod::Mtls));
+        assert_eq!(
+            (token.auth_method, mtls.auth_method),
+            (AuthMethod::Token, AuthMethod::Mtls)
+        );
+        assert_eq!(token.key, mtls.key);
+        assert_eq!(token.fingerprint, mtls.fingerprint);
+        assert_eq!(token.upstream_token, mtls.upstream_token);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use crate::domain::{ExecutionArn, ExecutionStatus, RecordedError, StopOutcome};
+pub use crate::domain::{AuthMethod, ExecutionArn, ExecutionStatus, RecordedError, StopOutcome};
 use crate::metrics::Metrics;
 use fleet::Fleet;
 use sql::SqlStore;
@@ -96,6 +96,9 @@ pub struct NewStopRequest {
     /// `force_after`: how long after the claim Callback steps that still hold the execution
     /// are to be answered with a failure.
     pub force_after: Option<Duration>,
+    /// How the principal was proven (not part of the key nor of the fingerprint: a caller
+    /// proven another way replays its own requests).
+    pub auth_method: AuthMethod,
 }
 
 /// How a request ended: what every retry of its key replays.
@@ -210,6 +213,9 @@ impl RecordState {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StopRecord {
     pub key: RequestKey,
+    /// How the principal was proven when the request was recorded; `None` for a record made
+    /// before this was kept.
+    pub auth_method: Option<AuthMethod>,
     pub fingerprint: String,
     pub method: String,
     pub pipeline_execution_arn: ExecutionArn,
@@ -317,12 +323,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Option<StopRecord>, StoreError>;
 
     /// Takes over a pending record whose lease ran out (a new epoch, one more attempt), or
-    /// `None` if it is not pending, still leased, or gone.
+    /// `None` if it is not pending, still leased, or gone. `by`: how the caller that takes it
+    /// over (a retry) was proven, for the audit row; `None` when no caller does (the
+    /// completer), and the row carries the record's.
     async fn take_over(
         &self,
         key: &RequestKey,
         owner: &str,
         lease: Duration,
+        by: Option<AuthMethod>,
     ) -> Result<Option<StopRecord>, StoreError>;
 
     /// Completes the record if `epoch` still holds it; `None` if a newer epoch does (fenced)
@@ -489,6 +498,9 @@ impl ListCursor {
 pub struct AuditEvent {
     pub at: DateTime<Utc>,
     pub principal: String,
+    /// How the caller whose call it records was proven (a replay's own caller, not the
+    /// record's).
+    pub auth_method: AuthMethod,
     pub token: String,
     pub pipeline_execution_arn: String,
     pub reason: String,
@@ -500,12 +512,13 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    /// `kind` about `record`, now, by `worker`.
-    pub fn about(record: &StopRecord, kind: AuditKind, worker: &str) -> Self {
+    /// `kind` about `record`, now, by `worker`, in a call of a caller proven `by`.
+    pub fn about(record: &StopRecord, kind: AuditKind, by: AuthMethod, worker: &str) -> Self {
         let completion = record.state.completion();
         Self {
             at: Utc::now(),
             principal: record.key.principal.clone(),
+            auth_method: by,
             token: record.key.token.clone(),
             pipeline_execution_arn: record.pipeline_execution_arn.to_string(),
             reason: record.reason.clone(),

@@ -13,9 +13,9 @@ use sqlx::{
 };
 
 use super::{
-    AuditEvent, AuditKind, Backend, Completion, ListQuery, NewBatch, NewStopRequest, RecordState,
-    RecordedError, Release, RequestKey, Settings, StopOutcome, StopRecord, Store, StoreError,
-    StoredBatch,
+    AuditEvent, AuditKind, AuthMethod, Backend, Completion, ListQuery, NewBatch, NewStopRequest,
+    RecordState, RecordedError, Release, RequestKey, Settings, StopOutcome, StopRecord, Store,
+    StoreError, StoredBatch,
     dialect::{Arg, Breaks, Pool, Time, args, on_pool},
     fleet::{Fleet, PostgresFleet},
     meter::Meter,
@@ -27,7 +27,7 @@ const AUDIT_ROWS_PER_STATEMENT: usize = 500;
 
 /// The columns of an audit row about a record.
 const AUDIT_COLUMNS: &str = "principal, client_token, pipeline_execution_arn, reason, event, \
-                             outcome, error_code, epoch, worker, detail";
+                             outcome, error_code, epoch, worker, detail, auth_method";
 
 /// The store on a Postgres or an SQLite pool.
 #[derive(Debug, Clone)]
@@ -120,15 +120,23 @@ impl SqlStore {
                      audited AS (
                          INSERT INTO stop_audit ({AUDIT_COLUMNS})
                          SELECT principal, client_token, pipeline_execution_arn, reason, ${},
-                             outcome, COALESCE(${}, error_code), epoch, ${}, ${}
+                             outcome, COALESCE(${}, error_code), epoch, ${}, ${},
+                             COALESCE(${}, auth_method)
                          FROM changed)
                      SELECT * FROM changed",
                     n + 1,
                     n + 2,
                     n + 3,
-                    n + 4
+                    n + 4,
+                    n + 5
                 );
-                let audit = args![audit.kind.as_str(), audit.error, audit.worker, audit.detail];
+                let audit = args![
+                    audit.kind.as_str(),
+                    audit.error,
+                    audit.worker,
+                    audit.detail,
+                    audit.by.map(AuthMethod::as_str),
+                ];
                 bind_as(self.pool.sql(statement), &[args, &audit[..]].concat())
                     .fetch_optional(pool)
                     .await?
@@ -205,12 +213,15 @@ struct Audit<'a> {
     /// What the event is about beyond the record (the released callback, what a force could
     /// not do).
     detail: Option<&'a str>,
+    /// How the caller whose call made the change was proven, when it is not the record's own
+    /// (a retry that takes a record over); `None`: the record's.
+    by: Option<AuthMethod>,
 }
 
 /// One audit row about a record (see [`Audit::about`]).
 const AUDIT_ROW: &str = "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn,
-         reason, event, outcome, error_code, epoch, worker, detail)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+         reason, event, outcome, error_code, epoch, worker, detail, auth_method)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
 impl<'a> Audit<'a> {
     fn of(kind: AuditKind, worker: &'a str) -> Self {
@@ -219,11 +230,12 @@ impl<'a> Audit<'a> {
             worker,
             error: None,
             detail: None,
+            by: None,
         }
     }
 
     /// The arguments of [`AUDIT_ROW`] about `row`.
-    fn about(&self, row: &'a StopRow) -> [Arg<'a>; 10] {
+    fn about(&self, row: &'a StopRow) -> [Arg<'a>; 11] {
         args![
             &row.principal,
             &row.client_token,
@@ -235,6 +247,9 @@ impl<'a> Audit<'a> {
             row.epoch,
             self.worker,
             self.detail,
+            self.by
+                .map(AuthMethod::as_str)
+                .or(row.auth_method.as_deref()),
         ]
     }
 }
@@ -243,6 +258,8 @@ impl<'a> Audit<'a> {
 #[derive(Debug, FromRow)]
 struct StopRow {
     principal: String,
+    /// NULL in rows recorded before the method was kept.
+    auth_method: Option<String>,
     client_token: String,
     fingerprint: String,
     method: String,
@@ -282,12 +299,22 @@ impl TryFrom<StopRow> for StopRecord {
                 column: "pipeline_execution_arn",
                 value: row.pipeline_execution_arn.clone(),
             })?;
+        let auth_method = row
+            .auth_method
+            .map(|method| {
+                AuthMethod::parse(&method).ok_or(StoreError::Decode {
+                    column: "auth_method",
+                    value: method,
+                })
+            })
+            .transpose()?;
         let time = |time: Option<Time>| time.map(|Time(time)| time);
         Ok(Self {
             key: RequestKey {
                 principal: row.principal,
                 token: row.client_token,
             },
+            auth_method,
             fingerprint: row.fingerprint,
             method: row.method,
             pipeline_execution_arn,
@@ -366,9 +393,10 @@ impl Store for SqlStore {
         // worker of the old incarnation stays fenced off).
         let insert = "INSERT INTO stop_requests (principal, client_token, fingerprint, method,
                  pipeline_execution_arn, pipeline_arn, reason, upstream_token, state,
-                 lease_owner, lease_expires_at, epoch, attempts, expires_at, force_at)
+                 lease_owner, lease_expires_at, epoch, attempts, expires_at, force_at,
+                 auth_method)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, now() + $10, 1, 1,
-                 now() + $11, now() + $12)
+                 now() + $11, now() + $12, $13)
              ON CONFLICT (principal, client_token) DO UPDATE SET
                  fingerprint = EXCLUDED.fingerprint, method = EXCLUDED.method,
                  pipeline_execution_arn = EXCLUDED.pipeline_execution_arn,
@@ -379,7 +407,7 @@ impl Store for SqlStore {
                  attempts = 1, outcome = NULL, error_code = NULL, execution_status = NULL,
                  last_error = NULL, created_at = now(), updated_at = now(), completed_at = NULL,
                  expires_at = EXCLUDED.expires_at, force_at = EXCLUDED.force_at,
-                 forced_at = NULL, force_note = NULL
+                 forced_at = NULL, force_note = NULL, auth_method = EXCLUDED.auth_method
              WHERE stop_requests.expires_at <= now()
              RETURNING *";
         let args = args![
@@ -395,6 +423,7 @@ impl Store for SqlStore {
             lease,
             retention,
             request.force_after,
+            request.auth_method.as_str(),
         ];
         let audit = Audit::of(AuditKind::Received, owner);
         self.meter
@@ -407,6 +436,7 @@ impl Store for SqlStore {
         key: &RequestKey,
         owner: &str,
         lease: Duration,
+        by: Option<AuthMethod>,
     ) -> Result<Option<StopRecord>, StoreError> {
         let update = "UPDATE stop_requests
              SET lease_owner = $3, lease_expires_at = now() + $4,
@@ -416,7 +446,10 @@ impl Store for SqlStore {
                AND expires_at > now()
              RETURNING *";
         let args = args![&key.principal, &key.token, owner, lease];
-        let audit = Audit::of(AuditKind::TakenOver, owner);
+        let audit = Audit {
+            by,
+            ..Audit::of(AuditKind::TakenOver, owner)
+        };
         self.meter
             .run("take_over", self.change(update, &args, audit))
             .await
@@ -768,7 +801,7 @@ impl Store for SqlStore {
                 for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
                     let mut insert = String::from(
                     "INSERT INTO stop_audit (at, principal, client_token, pipeline_execution_arn,
-                         reason, event, outcome, error_code, epoch, worker) VALUES ",
+                         reason, event, outcome, error_code, epoch, worker, auth_method) VALUES ",
                 );
                     let mut args = Vec::new();
                     for event in chunk {
@@ -784,6 +817,7 @@ impl Store for SqlStore {
                             event.error.map(RecordedError::as_str),
                             event.epoch,
                             &event.worker,
+                            event.auth_method.as_str(),
                         ]);
                         let row: Vec<String> =
                             (first..=args.len()).map(|n| format!("${n}")).collect();

@@ -1,6 +1,7 @@
 //! TLS, mutual TLS, bearer tokens, the policy and the limits, against a real server, database and
-//! emulator: who a caller is decides its idempotency keys and what it may do, and no caller can
-//! spend the service for the others. Certificates are made inside each test.
+//! emulator: who a caller is decides its idempotency keys and what it may do, how it was proven
+//! is recorded beside it, and no caller can spend the service for the others. Certificates are
+//! made inside each test.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use std::{path::PathBuf, time::Duration};
@@ -408,7 +409,10 @@ async fn tokens_name_the_principal_that_keys_and_audits_each_request(backend: Ba
             count_where(
                 &server.db,
                 "stop_requests",
-                &format!("principal = '{principal}' AND client_token = 'same-token'"),
+                &format!(
+                    "principal = '{principal}' AND client_token = 'same-token' \
+                     AND auth_method = 'token'"
+                ),
             )
             .await,
             1,
@@ -434,6 +438,7 @@ async fn tokens_name_the_principal_that_keys_and_audits_each_request(backend: Ba
         .await
         .unwrap();
     assert_eq!(record.principal, "billing");
+    assert_eq!(record.auth_method, "token");
     assert_eq!(record.pipeline_execution_arn, arn);
 
     // A replay is the principal's own.
@@ -447,6 +452,40 @@ async fn tokens_name_the_principal_that_keys_and_audits_each_request(backend: Ba
         .into_inner();
     assert!(replay.replayed);
     assert_eq!(replay.outcome(), pb::StopOutcome::AlreadyStopped);
+    // Every audit row names how its caller was proven, the replay's too (written behind).
+    until_rows(
+        &server.db,
+        "stop_audit",
+        "principal = 'search' AND event = 'replayed' AND auth_method = 'token'",
+        1,
+    )
+    .await;
+    assert_eq!(
+        count_where(
+            &server.db,
+            "stop_audit",
+            "auth_method IS NULL OR auth_method <> 'token'"
+        )
+        .await,
+        0
+    );
+}
+
+/// Waits (10 s at most) until `table` has `expected` rows where `condition` holds: audit rows
+/// of replays are written behind.
+pub(crate) async fn until_rows(db: &TestDb, table: &str, condition: &str, expected: i64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = count_where(db, table, condition).await;
+        if found == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{found} rows of {table} where {condition}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn the_policy_allows_and_denies_each_rpc_before_any_upstream_call(backend: Backend) {
@@ -988,6 +1027,105 @@ async fn with_tokens_and_mutual_tls_a_token_wins_and_a_certificate_is_optional()
         Code::Unauthenticated,
         "UNAUTHENTICATED",
     );
+}
+
+/// One principal, proven two ways: a static token and a client certificate naming the same
+/// SPIFFE ID. The key is (principal, token), so the certificate replays what the token asked,
+/// without a second stop; the record keeps the method that made it, and each audit row the
+/// method of its own call. GetStopRequest and ListStopRequests say how the record was proven.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_proven_another_way_replays_its_request_and_the_audit_says_how() {
+    let billing = "spiffe://example.org/billing";
+    let (server, ca, _files) = tls_server(true, Some(&token_file(&[(billing, "t0ken")]))).await;
+    let arn = server.execution("proven-twice").await;
+    let leaf = ca.client("billing", vec![uri(billing)]);
+    let by_token = PipelineControlClient::new(server.tls(client_tls(&ca, None)).await.unwrap());
+    let by_cert =
+        PipelineControlClient::new(server.tls(client_tls(&ca, Some(&leaf))).await.unwrap());
+
+    let first = by_token
+        .clone()
+        .stop_execution(with_token(stop_request(&arn, "incident-9"), "t0ken"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.replayed);
+    let again = by_cert
+        .clone()
+        .stop_execution(stop_request(&arn, "incident-9"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        again.replayed,
+        "the same principal's key, whatever proved it"
+    );
+    assert_eq!(
+        (again.outcome(), again.first_requested_at),
+        (first.outcome(), first.first_requested_at)
+    );
+    assert_eq!(server.admin.calls("StopPipelineExecution").await, 1);
+    assert_eq!(
+        count_where(
+            &server.db,
+            "stop_requests",
+            &format!("principal = '{billing}' AND auth_method = 'token'"),
+        )
+        .await,
+        1
+    );
+    for (event, method) in [("received", "token"), ("completed", "token")] {
+        assert_eq!(
+            count_where(
+                &server.db,
+                "stop_audit",
+                &format!("event = '{event}' AND auth_method = '{method}'"),
+            )
+            .await,
+            1,
+            "{event}"
+        );
+    }
+    until_rows(
+        &server.db,
+        "stop_audit",
+        &format!("principal = '{billing}' AND event = 'replayed' AND auth_method = 'mtls'"),
+        1,
+    )
+    .await;
+
+    // Read back by the certificate: the record says the token made it.
+    let record = by_cert
+        .clone()
+        .get_stop_request(pb::GetStopRequestRequest {
+            client_request_token: "incident-9".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (record.principal.as_str(), record.auth_method.as_str()),
+        (billing, "token")
+    );
+    // A request of its own by the certificate is recorded as such.
+    let other = server.execution("proven-by-certificate").await;
+    by_cert
+        .clone()
+        .stop_execution(stop_request(&other, "incident-10"))
+        .await
+        .unwrap();
+    let listed = by_token
+        .clone()
+        .list_stop_requests(with_token(pb::ListStopRequestsRequest::default(), "t0ken"))
+        .await
+        .unwrap()
+        .into_inner()
+        .stop_requests;
+    let methods: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|r| (r.client_request_token.as_str(), r.auth_method.as_str()))
+        .collect();
+    assert_eq!(methods, [("incident-10", "mtls"), ("incident-9", "token")]);
 }
 
 // ---------------------------------------------------------------------------------------------

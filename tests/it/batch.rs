@@ -233,6 +233,16 @@ async fn a_batch_stops_what_is_executing_replays_when_retried_and_a_dry_run_chan
     }
     assert_eq!(admin.calls("StopPipelineExecution").await, 18);
     assert_eq!(count_rows(&db, "stop_requests").await, 18);
+    // Each execution's record says who asked and how the caller was proven.
+    assert_eq!(
+        crate::common::count_where(
+            &db,
+            "stop_requests",
+            "principal = 'ops' AND auth_method = 'token' AND client_token LIKE 'batch-%'"
+        )
+        .await,
+        18
+    );
 
     // The same batch again: the same selection (not listed again), every stop replayed, none
     // sent again.

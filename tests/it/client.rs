@@ -441,6 +441,7 @@ async fn json_output_is_one_proto_json_object_a_line() {
     assert_eq!(records[0]["clientRequestToken"], json!("json-1"));
     assert_eq!(records[0]["reason"], json!("scripted"));
     assert_eq!(records[0]["state"], json!("STOP_REQUEST_STATE_COMPLETED"));
+    assert_eq!(records[0]["authMethod"], json!("anonymous"));
 }
 
 /// Runs `args` under a pseudo-terminal (`script`, of util-linux) of 160 × 60, feeding what it
@@ -648,9 +649,12 @@ async fn stop_pipeline_dry_runs_then_stops_every_executing_execution_and_history
         lines[0].starts_with("REQUESTED (UTC)") && lines[0].contains("PRINCIPAL"),
         "{text}"
     );
+    // How each principal was proven, in a column of its own (padded like the others).
+    let proven_by = lines[0].find("PROVEN BY  ").expect("a PROVEN BY column");
     for line in &lines[1..] {
         assert!(
             line.contains("anonymous")
+                && line[proven_by..].starts_with("anonymous  ")
                 && line.contains("STOP_REQUESTED")
                 && line.ends_with("INC-9"),
             "{line}"

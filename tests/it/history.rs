@@ -186,7 +186,11 @@ async fn pages_cover_every_record_once_and_only_the_callers_own(backend: Backend
     assert_eq!(tokens.len(), 120, "{tokens:?}");
     assert_eq!(unique.len(), 120);
     assert!(tokens.iter().all(|t| t.starts_with("alice-")), "{tokens:?}");
-    assert!(records.iter().all(|r| r.principal == "alice"));
+    assert!(
+        records
+            .iter()
+            .all(|r| r.principal == "alice" && r.auth_method == "token")
+    );
     let times: Vec<_> = records
         .iter()
         .map(|r| {

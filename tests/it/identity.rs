@@ -276,7 +276,8 @@ async fn a_kubernetes_service_account_token_names_its_caller_and_the_policy_deci
         count_where(
             &server.db,
             "stop_requests",
-            "client_token = 'sa-stop' AND principal = 'system:serviceaccount:billing:reporter'",
+            "client_token = 'sa-stop' AND principal = 'system:serviceaccount:billing:reporter' \
+             AND auth_method = 'jwt'",
         )
         .await,
         1
@@ -639,6 +640,19 @@ async fn a_trusted_proxy_names_the_caller_in_xfcc() {
             .unwrap(),
         "anonymous"
     );
+    // How each was proven is recorded with it.
+    for (token, method) in [("xfcc", "mesh"), ("direct", "anonymous")] {
+        assert_eq!(
+            count_where(
+                &server.db,
+                "stop_requests",
+                &format!("client_token = '{token}' AND auth_method = '{method}'"),
+            )
+            .await,
+            1,
+            "{token}"
+        );
+    }
     let metrics = server.app.scrape().await;
     for (method, result, count) in [
         ("mesh", "ok", 2.0),

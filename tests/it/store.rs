@@ -311,13 +311,14 @@ async fn an_unreachable_database_fails_within_the_timeout() {
 }
 
 mod records {
-    //! The stop-request records on both databases: claims, take-overs, fencing, principals.
+    //! The stop-request records on both databases: claims, take-overs, fencing, principals and
+    //! how they were proven.
     use std::time::Duration;
 
     use crate::common::{Backend, TestDb};
     use pipeline_control::store::{
-        self, Completion, ExecutionArn, ExecutionStatus, NewStopRequest, RecordState, RequestKey,
-        StopOutcome, Store, StoreError,
+        self, AuthMethod, Completion, ExecutionArn, ExecutionStatus, ListQuery, NewStopRequest,
+        RecordState, RequestKey, StopOutcome, Store, StoreError,
     };
 
     fn request(principal: &str, token: &str) -> NewStopRequest {
@@ -335,6 +336,7 @@ mod records {
             reason: "test".into(),
             upstream_token: "u".repeat(64),
             force_after: None,
+            auth_method: AuthMethod::Token,
         }
     }
 
@@ -367,7 +369,7 @@ mod records {
         // While the lease lives, nobody else gets it.
         assert!(
             store
-                .take_over(&req.key, "replica-b", LONG)
+                .take_over(&req.key, "replica-b", LONG, None)
                 .await
                 .unwrap()
                 .is_none()
@@ -381,7 +383,7 @@ mod records {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
         let second = store
-            .take_over(&req.key, "replica-b", LONG)
+            .take_over(&req.key, "replica-b", LONG, None)
             .await
             .unwrap()
             .unwrap();
@@ -417,7 +419,7 @@ mod records {
         // Completed records are never taken over.
         assert!(
             store
-                .take_over(&req.key, "replica-c", LONG)
+                .take_over(&req.key, "replica-c", LONG, None)
                 .await
                 .unwrap()
                 .is_none()
@@ -491,6 +493,7 @@ mod records {
             ("error_code", "EXECUTION_ON_FIRE"),
             ("execution_status", "Paused"),
             ("pipeline_execution_arn", "arn:aws:sagemaker:somewhere"),
+            ("auth_method", "kerberos"),
         ] {
             let token = format!("unknown-{column}");
             let req = request("p", &token);
@@ -537,6 +540,7 @@ mod records {
         let event = |days_ago: i64, token: &str| store::AuditEvent {
             at: chrono::Utc::now() - chrono::Duration::days(days_ago),
             principal: "p".into(),
+            auth_method: AuthMethod::Token,
             token: token.into(),
             pipeline_execution_arn: "arn".into(),
             reason: String::new(),
@@ -567,7 +571,177 @@ mod records {
         assert_eq!(crate::common::count_rows(&db, "stop_audit").await, 2);
     }
 
+    /// Rows of `table` where `condition` holds.
+    async fn rows(db: &TestDb, table: &str, condition: &str) -> i64 {
+        crate::common::count_where(db, table, condition).await
+    }
+
+    /// The record keeps how its principal was proven; each audit row keeps how the caller of
+    /// its own call was: a retry that takes the record over, or a replay, proven another way
+    /// says so, while what the service does on the record's behalf carries the record's.
+    async fn the_method_is_recorded_and_each_audit_row_names_its_own_callers(backend: Backend) {
+        let (db, store) = open(backend).await;
+        let req = request("spiffe://example.org/billing", "proven");
+        let received = store
+            .insert_new(&req, "w", Duration::ZERO, LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(received.auth_method, Some(AuthMethod::Token));
+        // The same principal, now with a JWT, retries and takes over the lapsed lease.
+        let taken = store
+            .take_over(&req.key, "w", LONG, Some(AuthMethod::Jwt))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            taken.auth_method,
+            Some(AuthMethod::Token),
+            "the record's stays"
+        );
+        let completed = store
+            .complete(&req.key, taken.epoch, "w", &done())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(completed.auth_method, Some(AuthMethod::Token));
+        // Its replay by a client certificate, written behind.
+        store
+            .audit(&[store::AuditEvent::about(
+                &completed,
+                store::AuditKind::Replayed,
+                AuthMethod::Mtls,
+                "w",
+            )])
+            .await
+            .unwrap();
+        assert_eq!(
+            rows(
+                &db,
+                "stop_requests",
+                "client_token = 'proven' AND auth_method = 'token'"
+            )
+            .await,
+            1
+        );
+        for (event, method) in [
+            ("received", "token"),
+            ("taken_over", "jwt"),
+            ("completed", "token"),
+            ("replayed", "mtls"),
+        ] {
+            assert_eq!(
+                rows(
+                    &db,
+                    "stop_audit",
+                    &format!(
+                        "client_token = 'proven' AND principal = 'spiffe://example.org/billing' \
+                         AND event = '{event}' AND auth_method = '{method}'"
+                    ),
+                )
+                .await,
+                1,
+                "{event} by {method}"
+            );
+        }
+        assert_eq!(rows(&db, "stop_audit", "auth_method IS NULL").await, 0);
+
+        // The completer takes over an anonymous caller's abandoned request: on its behalf.
+        let mut abandoned = request("anonymous", "abandoned");
+        abandoned.auth_method = AuthMethod::Anonymous;
+        store
+            .insert_new(&abandoned, "gone", Duration::ZERO, LONG)
+            .await
+            .unwrap()
+            .unwrap();
+        let resumed = store
+            .take_over(&abandoned.key, "completer", LONG, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resumed.auth_method, Some(AuthMethod::Anonymous));
+        assert_eq!(
+            rows(
+                &db,
+                "stop_audit",
+                "client_token = 'abandoned' AND auth_method = 'anonymous'"
+            )
+            .await,
+            2,
+            "received and taken_over"
+        );
+    }
+
+    /// Rows recorded before the method was kept hold NULL: they read back as unknown, are
+    /// listed, and are worked on like any other (their audit rows unknown too), never an error.
+    async fn a_record_from_before_the_method_was_kept_reads_as_unknown(backend: Backend) {
+        let (db, store) = open(backend).await;
+        let (now, day) = match backend {
+            Backend::Postgres => ("now()", "interval '1 day'"),
+            Backend::Sqlite => ("CAST(unixepoch('subsec') * 1000 AS INTEGER)", "86400000"),
+        };
+        let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/abcdefghijkl";
+        let columns = "principal, client_token, fingerprint, method, pipeline_execution_arn, \
+                       pipeline_arn, reason, upstream_token, state, outcome, execution_status, \
+                       lease_owner, lease_expires_at, attempts, completed_at, expires_at";
+        let pipeline = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p";
+        let completed = format!(
+            "INSERT INTO stop_requests ({columns}) VALUES ('p', 'before', 'f', 'StopExecution', \
+             '{arn}', '{pipeline}', 'old', 'u', 'completed', 'STOP_REQUESTED', 'Stopping', \
+             NULL, NULL, 1, {now}, {now} + {day})"
+        );
+        let pending = format!(
+            "INSERT INTO stop_requests ({columns}) VALUES ('p', 'abandoned', 'f', 'StopExecution', \
+             '{arn}', '{pipeline}', 'old', 'u', 'pending', NULL, NULL, \
+             'gone', {now}, 1, NULL, {now} + {day})"
+        );
+        crate::common::execute(&db, &[&completed, &pending]).await;
+
+        let key = |token: &str| RequestKey {
+            principal: "p".into(),
+            token: token.into(),
+        };
+        let before = store.get(&key("before")).await.unwrap().unwrap();
+        assert_eq!(before.auth_method, None);
+        assert_eq!(before.state, RecordState::Completed(done()));
+        let listed = store
+            .list(&ListQuery {
+                principal: Some("p".into()),
+                limit: 10,
+                ..ListQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|record| record.auth_method.is_none()));
+
+        // The completer resumes the abandoned one; a retry would name its own method.
+        let resumed = store
+            .take_over(&key("abandoned"), "completer", LONG, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resumed.auth_method, None);
+        store
+            .complete(&key("abandoned"), resumed.epoch, "completer", &done())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            rows(
+                &db,
+                "stop_audit",
+                "client_token = 'abandoned' AND auth_method IS NULL"
+            )
+            .await,
+            2,
+            "taken_over and completed"
+        );
+    }
+
     on_both_databases!(
+        the_method_is_recorded_and_each_audit_row_names_its_own_callers,
+        a_record_from_before_the_method_was_kept_reads_as_unknown,
         audit_rows_past_their_retention_are_deleted_in_batches,
         unknown_values_in_a_row_are_decode_errors,
         a_stale_owner_cannot_overwrite_a_newer_epoch,
