@@ -211,3 +211,41 @@ async fn health_turns_not_serving_when_the_database_goes_away() {
     assert_eq!(check(&app, "").await.unwrap(), ServingStatus::NotServing);
     app.shutdown().await.unwrap();
 }
+
+/// The plaintext health port (`--health-listen`) says what the main port's health says: it
+/// turns NOT_SERVING when the database goes away.
+#[tokio::test]
+async fn the_health_port_turns_not_serving_when_the_database_goes_away() {
+    let mut db = TestDb::new(Backend::Postgres).await;
+    let mut args = test_args(&db);
+    args.health_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let app = TestApp::spawn(args).await;
+    let health = app.health.expect("the health port is bound");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let check = || {
+        let mut client = HealthClient::new(channel.clone());
+        async move {
+            client
+                .check(HealthCheckRequest {
+                    service: SERVICE.to_string(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status()
+        }
+    };
+    assert_eq!(check().await, ServingStatus::Serving);
+
+    db.drop_now().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while check().await != ServingStatus::NotServing {
+        assert!(tokio::time::Instant::now() < deadline, "still SERVING");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.shutdown().await.unwrap();
+}
