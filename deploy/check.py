@@ -104,7 +104,7 @@ VALUES = {
         "credentials_expired", "permission_denied",
     },
     ("pipeline_control_authentications_total", "method"): {
-        "token", "mtls", "jwt", "mesh", "anonymous",
+        "token", "mtls", "jwt", "iam", "mesh", "anonymous",
     },
     ("pipeline_control_authentications_total", "result"): {"ok", "refused"},
     ("pipeline_control_jwks_fetches_total", "result"): {"ok", "error"},

@@ -111,6 +111,12 @@ impl Application {
                     policy_file: security.policy_file.clone(),
                     identity_file: security.identity_file.clone(),
                     require_credentials: security.require_auth,
+                    // The STS the service itself uses is the one IAM callers may name.
+                    sts_endpoint: args.sagemaker.sts_endpoint.clone().or_else(|| {
+                        std::env::var("AWS_ENDPOINT_URL_STS")
+                            .ok()
+                            .filter(|url| !url.is_empty())
+                    }),
                 },
                 metrics.clone(),
             )
@@ -118,7 +124,7 @@ impl Application {
         );
         if security.require_auth && !auth.authenticates() {
             anyhow::bail!(
-                "--require-auth is set but no authentication is configured: give --tls-client-ca (with --tls-cert and --tls-key), --auth-tokens-file, or an --identity-file with [[jwt]] issuers or a [mesh]"
+                "--require-auth is set but no authentication is configured: give --tls-client-ca (with --tls-cert and --tls-key), --auth-tokens-file, or an --identity-file with [[jwt]] issuers, [iam] or a [mesh]"
             );
         }
         // With tokens or the platform's identities as well, a client certificate is optional

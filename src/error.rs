@@ -87,6 +87,10 @@ pub(crate) enum Error {
     /// A token that has expired, or is not valid yet.
     #[error("unauthenticated: the credentials have expired or are not valid yet")]
     CredentialsExpired,
+    /// The platform that would prove the caller (AWS STS, for IAM callers) could not be asked,
+    /// or failed: who the caller is is not known, not refused.
+    #[error("the identity provider could not be asked who the caller is; retry")]
+    IdentityProviderUnavailable { retry_after: Duration },
     /// The policy does not allow this principal to do this.
     #[error("{principal} may not {} this pipeline execution", .action.verb())]
     PermissionDenied {
@@ -176,6 +180,7 @@ impl Error {
             Error::Unauthenticated(_) => "UNAUTHENTICATED",
             Error::CredentialsInvalid => "CREDENTIALS_INVALID",
             Error::CredentialsExpired => "CREDENTIALS_EXPIRED",
+            Error::IdentityProviderUnavailable { .. } => "IDENTITY_PROVIDER_UNAVAILABLE",
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
             Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Error::Cancelled => "CANCELLED",
@@ -199,6 +204,7 @@ impl Error {
             | Error::IdempotencyKeyReused => Code::FailedPrecondition,
             Error::RequestInProgress { .. } => Code::Aborted,
             Error::UpstreamUnavailable { .. }
+            | Error::IdentityProviderUnavailable { .. }
             | Error::StoreUnavailable(_)
             | Error::Abandoned(_) => Code::Unavailable,
             Error::LimitExceeded { .. } | Error::MessageTooLarge { .. } => Code::ResourceExhausted,
@@ -312,6 +318,7 @@ impl From<Error> for Status {
             }
             Error::RequestInProgress { retry_after }
             | Error::UpstreamUnavailable { retry_after }
+            | Error::IdentityProviderUnavailable { retry_after }
             | Error::LimitExceeded { retry_after, .. } => {
                 details.set_retry_info(Some(*retry_after));
             }

@@ -33,9 +33,11 @@
 //! - `holding`: what a Callback or Lambda step holding a stop means, in words (the service and
 //!   the command line both say it).
 //! - `auth`: who a caller is (bearer token, client certificate, and what the platform proves:
-//!   a JWT of a configured issuer, whose key sets it fetches and caches, or a trusted mesh
-//!   proxy's header) and how it was proven, and what the policy allows; token, policy and
-//!   identity files reloaded on SIGHUP.
+//!   a JWT of a configured issuer, whose key sets it fetches and caches, a signed
+//!   sts:GetCallerIdentity that STS answers, or a trusted mesh proxy's header) and how it was
+//!   proven, and what the policy allows; token, policy and identity files reloaded on SIGHUP.
+//! - `caller_identity`: the signed sts:GetCallerIdentity an IAM caller presents, as the
+//!   service and the command line both spell it.
 //! - `stop`: StopExecution and GetStopRequest, the idempotency contract: claiming, carrying
 //!   out, waiting for duplicates, completing abandoned requests; `stop::force`: forcing a stuck
 //!   stop when its `force_after` deadline comes.
@@ -80,6 +82,7 @@ mod audit;
 mod auth;
 mod background;
 mod batch;
+mod caller_identity;
 pub mod client;
 pub mod config;
 mod demo;

@@ -12,27 +12,25 @@
 //! [`RETRY_AFTER`]. Whatever happens, a token whose key is not known is refused as invalid
 //! credentials: the issuer being down is never the caller's INTERNAL.
 //!
-//! Fetches go through one HTTP client (hyper-util's pooled client over hyper-rustls with
-//! aws-lc and the platform's roots), each bounded in time ([`FETCH_TIMEOUT`], discovery and key
-//! set together) and in size ([`MAX_DOCUMENT`]); redirects are not followed.
+//! Fetches go through the identity providers' HTTP client ([`super::https`]), each bounded in
+//! time ([`FETCH_TIMEOUT`], discovery and key set together) and in size ([`MAX_DOCUMENT`]);
+//! redirects are not followed.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use http_body_util::{BodyExt as _, Empty, Limited};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use jsonwebtoken::{DecodingKey, jwk::Jwk};
 use serde::Deserialize;
 
-use super::identity::{JwksLocation, usable_url};
+use super::{
+    https::Https,
+    identity::{JwksLocation, usable_url},
+};
 use crate::metrics::Metrics;
 
 /// Between two fetches that an unknown `kid` asks for.
@@ -130,39 +128,13 @@ impl KeySet {
 /// The HTTP client of every key-set fetch, and the count of their outcomes.
 #[derive(Debug)]
 pub(crate) struct Fetcher {
-    /// Made on the first fetch: a service without issuers never reads the platform's roots.
-    client: OnceLock<Result<HttpClient, String>>,
+    https: Arc<Https>,
     metrics: Arc<Metrics>,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
 impl Fetcher {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
-        Self {
-            client: OnceLock::new(),
-            metrics,
-        }
-    }
-
-    fn client(&self) -> Result<&HttpClient, String> {
-        self.client
-            .get_or_init(|| {
-                let mut http = HttpConnector::new();
-                http.enforce_http(false);
-                http.set_connect_timeout(Some(FETCH_TIMEOUT));
-                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-                let https = hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_provider_and_native_roots(provider)
-                    .map_err(|e| format!("the platform's CA certificates cannot be read: {e}"))?
-                    // http only where the identity file allows it: loopback addresses.
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(http);
-                Ok(Client::builder(TokioExecutor::new()).build(https))
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+    pub(crate) fn new(https: Arc<Https>, metrics: Arc<Metrics>) -> Self {
+        Self { https, metrics }
     }
 
     /// The key set at `location`, fetched now.
@@ -198,9 +170,10 @@ impl Fetcher {
         let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
         let request = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
-            .body(Empty::new())
+            .body(Full::default())
             .map_err(|e| format!("{url}: {e}"))?;
         let response = self
+            .https
             .client()?
             .request(request)
             .await

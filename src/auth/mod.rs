@@ -2,14 +2,16 @@
 //!
 //! Authentication ([`Auth::authenticate`]) names the caller's [`Principal`] and how it was
 //! proven ([`Caller::method`]), from, in this order:
-//! 1. a bearer token (`authorization: Bearer <token>`): one of the static tokens
+//! 1. with `[iam]` in the identity file, a signed `sts:GetCallerIdentity` in the metadata
+//!    `x-pipeline-control-iam` (`iam`): a call that carries one is judged by it alone;
+//! 2. a bearer token (`authorization: Bearer <token>`): one of the static tokens
 //!    (`--auth-tokens-file`), else, when it has the shape of a JWT, a token of an issuer of
 //!    the identity file (`jwt`);
-//! 2. a mesh's header (`mesh`), believed only from a trusted proxy;
-//! 3. a verified client certificate (`--tls-client-ca`, `certificate`).
+//! 3. a mesh's header (`mesh`), believed only from a trusted proxy;
+//! 4. a verified client certificate (`--tls-client-ca`, `certificate`).
 //!
-//! Once tokens, client certificates or JWT issuers are configured (or `--require-auth` is
-//! set), a call that proves none of these is refused; otherwise it is `anonymous`.
+//! Once tokens, client certificates, JWT issuers or IAM are configured (or `--require-auth`
+//! is set), a call that proves none of these is refused; otherwise it is `anonymous`.
 //! Authorization ([`Auth::authorize`]) checks the policy (`--policy-file`), if one is
 //! configured, before anything else is done for the call.
 //!
@@ -19,10 +21,14 @@
 //! issuers' keys are fetched and cached apart from the files (`jwks`), so that a reload keeps
 //! the keys of an issuer it does not change.
 //!
-//! Authentication is async because a JWT's issuer keys may have to be fetched; nothing else
-//! waits: static tokens, certificates and mesh headers are checked as before, in place.
+//! Authentication is async because a JWT's issuer keys may have to be fetched, and an IAM
+//! caller's signed request sent to STS (`iam`, whose proven identities are kept apart from the
+//! files too); nothing else waits: static tokens, certificates and mesh headers are checked in
+//! place.
 
 mod certificate;
+mod https;
+mod iam;
 mod identity;
 mod jwks;
 mod jwt;
@@ -34,6 +40,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use tokio::sync::watch;
@@ -42,12 +49,15 @@ use arc_swap::ArcSwap;
 use tonic::transport::CertificateDer;
 
 use crate::{
+    caller_identity,
     domain::{Action, AuthMethod, ExecutionArn, Principal},
     error::Error,
     files::read,
     metrics::Metrics,
 };
 
+use https::Https;
+use iam::Sts;
 use identity::{IamSettings, IdentityFile, MeshSettings};
 use jwks::Fetcher;
 use jwt::Issuers;
@@ -69,6 +79,9 @@ pub(crate) struct AuthSettings {
     /// Refuse calls that prove no identity even when only a mesh is configured
     /// (`--require-auth`).
     pub(crate) require_credentials: bool,
+    /// The STS endpoint the service uses (`--sts-endpoint`, else `AWS_ENDPOINT_URL_STS`):
+    /// IAM callers' requests may go there, besides AWS's own STS endpoints.
+    pub(crate) sts_endpoint: Option<String>,
 }
 
 /// The token, policy and identity files in force: one version, swapped whole, so that a call
@@ -84,7 +97,6 @@ struct Credentials {
 #[derive(Debug)]
 struct Identity {
     issuers: Issuers,
-    /// Checked and kept for IAM authentication, which reads it when it comes.
     iam: Option<IamSettings>,
     mesh: Option<MeshSettings>,
 }
@@ -106,6 +118,12 @@ impl Credentials {
             .as_ref()
             .map(|identity| &identity.issuers)
             .filter(|issuers| !issuers.is_empty())
+    }
+
+    fn iam(&self) -> Option<&IamSettings> {
+        self.identity
+            .as_ref()
+            .and_then(|identity| identity.iam.as_ref())
     }
 
     fn mesh(&self) -> Option<&MeshSettings> {
@@ -144,6 +162,12 @@ enum Credential {
         issuer: Arc<str>,
         expires: u64,
     },
+    /// A signed GetCallerIdentity that STS answered.
+    Iam {
+        account: Arc<str>,
+        /// The session name of an assumed role.
+        session: Option<Arc<str>>,
+    },
     /// A trusted proxy's header.
     Mesh,
 }
@@ -156,6 +180,7 @@ impl Credential {
             Credential::Token(_) => AuthMethod::Token,
             Credential::Certificate => AuthMethod::Mtls,
             Credential::Jwt { .. } => AuthMethod::Jwt,
+            Credential::Iam { .. } => AuthMethod::Iam,
             Credential::Mesh => AuthMethod::Mesh,
         }
     }
@@ -175,9 +200,19 @@ impl Caller {
         &self.principal
     }
 
-    /// How the caller was proven: `mtls`, `token`, `jwt`, `mesh` or `anonymous`.
+    /// How the caller was proven: `mtls`, `token`, `jwt`, `iam`, `mesh` or `anonymous`.
     pub(crate) fn method(&self) -> AuthMethod {
         self.credential.method()
+    }
+
+    /// The session name of a caller proven as an assumed IAM role (its principal names the
+    /// role), for the audit trail.
+    #[allow(dead_code)] // for the audit rows, which have no column for it yet
+    pub(crate) fn session(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Iam { session, .. } => session.as_deref(),
+            _ => None,
+        }
     }
 
     /// Whether the caller may do `action` to `arn`: always, without a policy.
@@ -235,6 +270,8 @@ pub(crate) struct Auth {
     reloads: watch::Sender<u64>,
     /// Fetches JWT issuers' key sets.
     fetcher: Arc<Fetcher>,
+    /// Asks STS who IAM callers are, and keeps the answers.
+    sts: Sts,
     /// Peers whose mesh header was ignored (each logged once).
     ignored: IgnoredPeers,
     metrics: Arc<Metrics>,
@@ -254,7 +291,9 @@ impl Auth {
     pub(crate) fn load(settings: AuthSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let tokens = load(settings.tokens_file.as_ref(), Tokens::parse)?;
         let policy = load(settings.policy_file.as_ref(), Policy::parse)?;
-        let fetcher = Arc::new(Fetcher::new(metrics.clone()));
+        let https = Arc::new(Https::default());
+        let fetcher = Arc::new(Fetcher::new(https.clone(), metrics.clone()));
+        let sts = Sts::new(https, settings.sts_endpoint.as_deref())?;
         let identity = load(settings.identity_file.as_ref(), IdentityFile::parse)?
             .map(|file| Arc::new(Identity::new(file, None, &fetcher)));
         Ok(Self {
@@ -266,18 +305,20 @@ impl Auth {
             }),
             reloads: watch::Sender::new(0),
             fetcher,
+            sts,
             ignored: IgnoredPeers::default(),
             metrics,
         })
     }
 
-    /// Whether callers can identify themselves: tokens, client certificates, or JWT issuers or
-    /// a mesh in the identity file.
+    /// Whether callers can identify themselves: tokens, client certificates, or JWT issuers,
+    /// IAM or a mesh in the identity file.
     pub(crate) fn authenticates(&self) -> bool {
         let current = self.current.load();
         self.settings.tokens_file.is_some()
             || self.settings.client_certificates
             || current.issuers().is_some()
+            || current.iam().is_some()
             || current.mesh().is_some()
     }
 
@@ -287,6 +328,7 @@ impl Auth {
             || credentials.tokens.is_some()
             || self.settings.client_certificates
             || credentials.issuers().is_some()
+            || credentials.iam().is_some()
     }
 
     /// Logs what is in force, at start.
@@ -298,11 +340,13 @@ impl Auth {
         let identity = current.identity.as_ref();
         let issuers = identity.map_or(0, |identity| identity.issuers.len());
         let mesh = current.mesh().map_or("off", |mesh| mesh.header.name());
+        let iam = current.iam().map_or("off", |iam| iam.server_id.as_str());
         if self.authenticates() {
             tracing::info!(
                 client_certificates = self.settings.client_certificates,
                 tokens = tokens.map_or_else(|| "off".to_string(), |n| n.to_string()),
                 jwt_issuers = issuers,
+                iam_server_id = iam,
                 mesh,
                 policy_principals = policy,
                 "authentication on"
@@ -313,14 +357,6 @@ impl Auth {
                 "no authentication configured: every caller is `anonymous`; configure \
                  --tls-client-ca, --auth-tokens-file or --identity-file (and --require-auth) in \
                  production"
-            );
-        }
-        if let Some(iam) = identity.and_then(|identity| identity.iam.as_ref()) {
-            tracing::warn!(
-                server_id = iam.server_id,
-                accounts = iam.accounts.as_ref().map_or(0, Vec::len),
-                "the identity file's [iam] section is read, but this version does not \
-                 authenticate IAM callers yet"
             );
         }
     }
@@ -361,6 +397,7 @@ impl Auth {
                 tracing::info!(
                     file = %path.display(),
                     jwt_issuers = file.jwt.len(),
+                    iam_server_id = file.iam.as_ref().map_or("off", |iam| iam.server_id.as_str()),
                     mesh = file.mesh.as_ref().map_or("off", |mesh| mesh.header.name()),
                     "reloaded the identity file"
                 )
@@ -431,6 +468,11 @@ impl Auth {
         credentials: &Credentials,
         call: Presented<'_>,
     ) -> Result<(Principal, Credential), (&'static str, Error)> {
+        if let Some(iam) = credentials.iam()
+            && let Some(value) = call.headers.get(caller_identity::METADATA)
+        {
+            return self.iam(iam, value).await;
+        }
         let issuers = credentials.issuers();
         if (credentials.tokens.is_some() || issuers.is_some())
             && let Some(header) = call.headers.get(http::header::AUTHORIZATION)
@@ -467,6 +509,9 @@ impl Auth {
         }
         let bearer = credentials.tokens.is_some() || issuers.is_some();
         let why = match (bearer, self.settings.client_certificates) {
+            (false, false) if credentials.iam().is_some() => {
+                "credentials are required: send a signed sts:GetCallerIdentity in `x-pipeline-control-iam`"
+            }
             (true, false) => "credentials are required: send `authorization: Bearer <token>`",
             (false, true) => "credentials are required: connect with a client certificate",
             (true, true) => {
@@ -478,6 +523,40 @@ impl Auth {
             (false, false) => "credentials are required",
         };
         Err(("anonymous", Error::Unauthenticated(why)))
+    }
+
+    /// The caller of a signed GetCallerIdentity (`x-pipeline-control-iam`), as STS names it.
+    async fn iam(
+        &self,
+        settings: &IamSettings,
+        value: &http::HeaderValue,
+    ) -> Result<(Principal, Credential), (&'static str, Error)> {
+        match self.sts.verify(settings, value.as_bytes()).await {
+            Ok(proven) => Ok((
+                proven.principal,
+                Credential::Iam {
+                    account: proven.account,
+                    session: proven.session,
+                },
+            )),
+            Err(iam::Refused::Invalid(why)) => {
+                tracing::info!(%why, "refused an IAM caller");
+                Err(("iam", Error::CredentialsInvalid))
+            }
+            Err(iam::Refused::Expired(why)) => {
+                tracing::info!(%why, "refused an IAM caller: expired");
+                Err(("iam", Error::CredentialsExpired))
+            }
+            Err(iam::Refused::Unavailable(why)) => {
+                tracing::warn!(%why, "could not ask STS who an IAM caller is");
+                Err((
+                    "iam",
+                    Error::IdentityProviderUnavailable {
+                        retry_after: Duration::from_secs(1),
+                    },
+                ))
+            }
+        }
     }
 
     /// The caller of an `authorization` header: a static token, else a JWT.
@@ -522,9 +601,10 @@ impl Auth {
     }
 
     /// Checks a caller again against the credentials now in force: its token must still name
-    /// it, its JWT's issuer or its mesh must still be trusted (and the JWT not expired since),
-    /// and the policy must still allow `action` to `arn`. (A certificate stays valid: the CA
-    /// is not reloaded.)
+    /// it, its JWT's issuer, its IAM account or its mesh must still be trusted (and the JWT not
+    /// expired since), and the policy must still allow `action` to `arn`. (A certificate stays
+    /// valid: the CA is not reloaded. An IAM caller stays proven: its signature's 15 minutes
+    /// bound the reuse of the signed request, not the call it proved.)
     pub(crate) fn recheck(
         &self,
         caller: &Caller,
@@ -555,6 +635,24 @@ impl Auth {
                     return Err(Error::CredentialsExpired);
                 }
             }
+            Credential::Iam { account, .. } => match current.iam() {
+                None => {
+                    return Err(Error::Unauthenticated(
+                        "IAM callers were removed from the identity file",
+                    ));
+                }
+                Some(iam)
+                    if iam
+                        .accounts
+                        .as_ref()
+                        .is_some_and(|accounts| !accounts.iter().any(|a| **a == **account)) =>
+                {
+                    return Err(Error::Unauthenticated(
+                        "the caller's account was removed from the identity file's [iam] accounts",
+                    ));
+                }
+                Some(_) => {}
+            },
             Credential::Mesh => {
                 if current.mesh().is_none() {
                     return Err(Error::Unauthenticated(

@@ -250,7 +250,7 @@ impl Metrics {
         );
         let authentications = counter2(
             "pipeline_control_authentications",
-            "Calls authenticated, by how the caller was proven (token, mtls, jwt, mesh, anonymous) and result (ok, refused)",
+            "Calls authenticated, by how the caller was proven (token, mtls, jwt, iam, mesh, anonymous) and result (ok, refused)",
         );
         let file_reloads = counter2(
             "pipeline_control_file_reloads",
@@ -688,7 +688,7 @@ pub(crate) const AUTH_REFUSALS: [&str; 7] = [
 /// `pipeline_control_file_reloads_total` files.
 pub(crate) const SETTINGS_FILES: [&str; 4] = ["tokens", "policy", "identity", "accounts"];
 
-pub(crate) const AUTH_METHODS: [&str; 5] = ["token", "mtls", "jwt", "mesh", "anonymous"];
+pub(crate) const AUTH_METHODS: [&str; 6] = ["token", "mtls", "jwt", "iam", "mesh", "anonymous"];
 
 /// `pipeline_control_limit_refusals_total` limits.
 pub(crate) const LIMITS: [&str; 4] = ["concurrency", "stop_rate", "watch_streams", "message_size"];

@@ -7,7 +7,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use crate::common::{
-    Admin, Backend, TestApp, TestDb, count_where, spawn_emulator, stack_args, token_file,
+    Admin, Backend, TestApp, TestDb, count_where, spawn_emulator_with, stack_args, token_file,
 };
 use pipeline_control::{
     ERROR_DOMAIN,
@@ -142,13 +142,27 @@ pub(crate) struct Secured {
     pub(crate) app: TestApp,
     pub(crate) admin: Admin,
     pub(crate) sagemaker: aws_sdk_sagemaker::Client,
-    _emulator: sagemaker_emulator::RunningEmulator,
+    pub(crate) emulator: sagemaker_emulator::RunningEmulator,
 }
 
 impl Secured {
     pub(crate) async fn start(backend: Backend, tweak: impl FnOnce(&mut ServeArgs)) -> Self {
+        Self::start_with(
+            backend,
+            &sagemaker_emulator::EmulatorOptions::default(),
+            tweak,
+        )
+        .await
+    }
+
+    /// A server in front of an emulator with `options`.
+    pub(crate) async fn start_with(
+        backend: Backend,
+        options: &sagemaker_emulator::EmulatorOptions,
+        tweak: impl FnOnce(&mut ServeArgs),
+    ) -> Self {
         let db = TestDb::new(backend).await;
-        let emulator = spawn_emulator(1.0, None).await;
+        let emulator = spawn_emulator_with(options).await;
         let mut args = stack_args(&db, &emulator.endpoint_url);
         tweak(&mut args);
         let app = TestApp::spawn(args).await;
@@ -157,7 +171,7 @@ impl Secured {
             app,
             admin: Admin::new(&emulator.endpoint_url),
             sagemaker: crate::common::sagemaker_client(&emulator.endpoint_url, 1),
-            _emulator: emulator,
+            emulator,
         }
     }
 

@@ -783,13 +783,13 @@ async fn a_bad_identity_file_refuses_the_start_in_one_line_naming_the_entry() {
         assert!(line.contains(expected), "{text:?}: {line}");
     }
 
-    // --require-auth takes JWT issuers or a mesh as authentication; IAM alone is not served yet.
+    // --require-auth takes JWT issuers, IAM or a mesh as authentication.
     for (text, starts) in [
         (format!("[[jwt]]\n{issuer}{audiences}"), true),
         ("[mesh]\nheader = \"l5d-client-id\"\n".to_string(), true),
         (
             "[iam]\nserver_id = \"pipeline-control\"\n".to_string(),
-            false,
+            true,
         ),
     ] {
         let path = files.write("identity.toml", &text);
