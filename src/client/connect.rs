@@ -1,40 +1,87 @@
 //! The connection to the service: the generated client of the contract over one HTTP/2
 //! channel (TLS when the server URL is `https://`, a client certificate for mutual TLS), with
-//! the bearer token on every call.
+//! the caller's credentials on every call: a bearer token, or with `--aws-iam-auth` a signed
+//! GetCallerIdentity (`iam`), signed again when it has aged.
 
-use std::{path::Path, time::Duration};
+use std::{
+    future::Future,
+    path::Path,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use http::HeaderValue;
 use tonic::{
-    Request, Status,
-    metadata::{AsciiMetadataValue, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
+    body::Body,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use super::{Failure, args::ClientArgs};
-use crate::pb::pipeline_control_client::PipelineControlClient;
+use super::{Failure, args::ClientArgs, iam::Signer};
+use crate::{caller_identity, pb::pipeline_control_client::PipelineControlClient};
 
 /// The contract's client, as every subcommand uses it.
-pub(crate) type Client = PipelineControlClient<InterceptedService<Channel, Credentials>>;
+pub(crate) type Client = PipelineControlClient<Authenticated>;
 
-/// Puts `authorization: Bearer <token>` on every call, when there is a token.
+/// What proves the caller on each call.
 #[derive(Debug, Clone)]
-pub(crate) struct Credentials(Option<AsciiMetadataValue>);
+enum Credentials {
+    None,
+    /// `authorization: Bearer <token>`.
+    Bearer(HeaderValue),
+    /// A signed GetCallerIdentity in `x-pipeline-control-iam`.
+    Iam(Arc<Signer>),
+}
 
-impl Interceptor for Credentials {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
+/// The channel, putting the caller's credentials on every call. (Not a tonic interceptor:
+/// signing may have to ask the AWS credential chain, which waits.)
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated {
+    channel: Channel,
+    credentials: Credentials,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<Body>> for Authenticated {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.channel.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The channel made ready serves this call; a clone takes its place for the next.
+        let clone = self.channel.clone();
+        let mut channel = std::mem::replace(&mut self.channel, clone);
+        let credentials = self.credentials.clone();
+        Box::pin(async move {
+            let headers = request.headers_mut();
+            match credentials {
+                Credentials::None => {}
+                Credentials::Bearer(value) => {
+                    headers.insert(http::header::AUTHORIZATION, value);
+                }
+                Credentials::Iam(signer) => {
+                    // A Status error keeps its code through tonic (it looks for one).
+                    let value = signer.metadata().await.map_err(Box::new)?;
+                    headers.insert(caller_identity::METADATA, value);
+                }
+            }
+            tower::Service::call(&mut channel, request)
+                .await
+                .map_err(Into::into)
+        })
     }
 }
 
 /// A client for `args.server`. The channel connects on first use, so a server that is not up
-/// yet is an UNAVAILABLE call (retried where retrying is safe), not a failure here.
-pub(crate) fn connect(args: &ClientArgs) -> Result<Client, Failure> {
+/// yet is an UNAVAILABLE call (retried where retrying is safe), not a failure here. With
+/// `--aws-iam-auth`, the AWS default chain must give credentials now.
+pub(crate) async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
     let uri: http::Uri = args
         .server
         .parse()
@@ -76,15 +123,23 @@ pub(crate) fn connect(args: &ClientArgs) -> Result<Client, Failure> {
             "--ca-cert and --client-cert need an https:// --server".to_string(),
         ));
     }
-    let credentials = Credentials(bearer(args)?);
-    Ok(PipelineControlClient::with_interceptor(
-        endpoint.connect_lazy(),
+    let credentials = match (&args.iam_server_id, args.aws_iam_auth) {
+        (Some(server_id), true) => Credentials::Iam(Arc::new(Signer::new(server_id).await?)),
+        (None, true) => {
+            return Err(Failure::usage(
+                "--aws-iam-auth needs --iam-server-id (the server's [iam] server_id)".into(),
+            ));
+        }
+        (_, false) => bearer(args)?.map_or(Credentials::None, Credentials::Bearer),
+    };
+    Ok(PipelineControlClient::new(Authenticated {
+        channel: endpoint.connect_lazy(),
         credentials,
-    ))
+    }))
 }
 
 /// The bearer token: from `--bearer-token-file`, else from PIPELINE_CONTROL_BEARER_TOKEN.
-fn bearer(args: &ClientArgs) -> Result<Option<AsciiMetadataValue>, Failure> {
+fn bearer(args: &ClientArgs) -> Result<Option<HeaderValue>, Failure> {
     let token = match &args.bearer_token_file {
         Some(path) => {
             let text = String::from_utf8(read(path, "--bearer-token-file")?).map_err(|_| {
@@ -107,7 +162,7 @@ fn bearer(args: &ClientArgs) -> Result<Option<AsciiMetadataValue>, Failure> {
             _ => return Ok(None),
         },
     };
-    MetadataValue::try_from(format!("Bearer {token}"))
+    HeaderValue::try_from(format!("Bearer {token}"))
         .map(Some)
         .map_err(|_| {
             Failure::usage("the bearer token has characters a header cannot carry".to_string())
