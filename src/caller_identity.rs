@@ -29,7 +29,6 @@ pub(crate) const SERVER_ID_HEADER: &str = "x-pipeline-control-server-id";
 pub(crate) const BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 
 /// The content type of STS's query protocol, as the SDKs send it.
-#[cfg(test)]
 pub(crate) const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
 /// A signed request, not sent.
@@ -45,7 +44,6 @@ pub(crate) struct SignedRequest {
 
 impl SignedRequest {
     /// The metadata value: standard base64 of the JSON.
-    #[cfg(test)]
     pub(crate) fn encode(&self) -> String {
         // A struct of strings always serializes.
         let json = serde_json::to_vec(self).unwrap_or_default();

@@ -265,12 +265,13 @@ impl Sts {
         }
         match text(SERVER_ID_HEADER) {
             Some(id) if id == settings.server_id => {}
-            id => {
+            Some(id) => {
                 return Err(invalid(format!(
                     "signed for server id {id:?}, not this server's {:?}",
                     settings.server_id
                 )));
             }
+            None => return Err(invalid(format!("no {SERVER_ID_HEADER} header"))),
         }
         let date = text("x-amz-date").ok_or_else(|| invalid("no X-Amz-Date header".into()))?;
         let signed_at = chrono::NaiveDateTime::parse_from_str(date, "%Y%m%dT%H%M%SZ")

@@ -45,6 +45,24 @@ pub struct ClientArgs {
     #[arg(long, env = "PIPELINE_CONTROL_BEARER_TOKEN_FILE", value_name = "FILE")]
     pub bearer_token_file: Option<PathBuf>,
 
+    /// Prove yourself as the AWS principal of your own credentials (the AWS default chain:
+    /// environment, profile, SSO, instance or pod role), for a server with `[iam]` in its
+    /// identity file: each call carries a GetCallerIdentity request signed for
+    /// `--iam-server-id`, which the server sends to STS. Instead of a bearer token. STS is the
+    /// chain's region's (us-east-1 without one), or AWS_ENDPOINT_URL_STS.
+    #[arg(
+        long,
+        env = "PIPELINE_CONTROL_AWS_IAM_AUTH",
+        requires = "iam_server_id",
+        conflicts_with = "bearer_token_file"
+    )]
+    pub aws_iam_auth: bool,
+
+    /// With `--aws-iam-auth`: the server's id, as its identity file's `[iam] server_id` says
+    /// (signed into each request, so that it proves you to that server only).
+    #[arg(long, env = "PIPELINE_CONTROL_IAM_SERVER_ID", value_name = "ID")]
+    pub iam_server_id: Option<String>,
+
     /// `text`: a live view redrawn in place on a terminal, one plain line per change
     /// otherwise; `json`: one JSON object a line (the proto JSON mapping, as grpcurl prints
     /// it), for scripts.

@@ -99,7 +99,7 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
             }
         }
     }
-    let client = connect(&args.client)?;
+    let client = connect(&args.client).await?;
     let started = Instant::now();
     let (token, generated) = client_token(args.client_token.as_ref());
     if let Some(pipeline) = &args.pipeline {
@@ -311,7 +311,7 @@ fn ended(last: Option<&pb::Execution>) -> Result<Exit, Failure> {
 
 /// `get`.
 pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
-    let client = connect(&args.client)?;
+    let client = connect(&args.client).await?;
     let until = Instant::now() + RETRY_BUDGET;
     let execution = with_retries(
         || {
@@ -338,7 +338,7 @@ pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
 
 /// `watch`.
 pub(super) async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
-    let client = connect(&args.client)?;
+    let client = connect(&args.client).await?;
     let deadline = args.wait_timeout.map(|wait| (Instant::now() + wait, wait));
     let view = View::new(args.client.output, true);
     follow(&client, &args.execution_arn, None, deadline, view).await
@@ -346,7 +346,7 @@ pub(super) async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
 
 /// `history`.
 pub(super) async fn history(args: HistoryArgs) -> Result<Exit, Failure> {
-    let client = connect(&args.client)?;
+    let client = connect(&args.client).await?;
     let mut remaining = args.limit;
     let mut page_token = String::new();
     let mut rows = vec![

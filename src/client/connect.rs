@@ -1,80 +1,87 @@
 //! The connection to the service: the generated client of the contract over one HTTP/2
 //! channel (TLS when the server URL is `https://`, a client certificate for mutual TLS), with
-//! the bearer token on every call.
+//! the caller's credentials on every call: a bearer token, or with `--aws-iam-auth` a signed
+//! GetCallerIdentity (`iam`), signed again when it has aged.
 
 use std::{
+    future::Future,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::Duration,
 };
 
+use http::HeaderValue;
 use tonic::{
-    Request, Status,
-    metadata::{AsciiMetadataValue, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
+    body::Body,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
-use super::{Failure, args::ClientArgs};
-use crate::pb::pipeline_control_client::PipelineControlClient;
+use super::{Failure, args::ClientArgs, iam::Signer};
+use crate::{caller_identity, pb::pipeline_control_client::PipelineControlClient};
 
 /// The contract's client, as every subcommand uses it.
-pub(crate) type Client = PipelineControlClient<InterceptedService<Channel, Credentials>>;
+pub(crate) type Client = PipelineControlClient<Authenticated>;
 
-/// Puts `authorization: Bearer <token>` on every call, when there is a token. A token file is
-/// read again when it changes on disk (a projected service-account token is rotated while a
-/// long `--wait` runs); a file that cannot be read meanwhile keeps the token last read.
+/// What proves the caller on each call.
 #[derive(Debug, Clone)]
-pub(crate) struct Credentials(Option<Bearer>);
-
-#[derive(Debug, Clone)]
-enum Bearer {
-    Fixed(AsciiMetadataValue),
-    File {
-        path: PathBuf,
-        read: Arc<Mutex<(Option<Stamp>, AsciiMetadataValue)>>,
-    },
+enum Credentials {
+    None,
+    /// `authorization: Bearer <token>`.
+    Bearer(Bearer),
+    /// A signed GetCallerIdentity in `x-pipeline-control-iam`.
+    Iam(Arc<Signer>),
 }
 
-/// What tells one version of the token file from another.
-type Stamp = (u64, u64, u64, i64, i64);
+/// The channel, putting the caller's credentials on every call. (Not a tonic interceptor:
+/// signing may have to ask the AWS credential chain, which waits.)
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticated {
+    channel: Channel,
+    credentials: Credentials,
+}
 
-impl Bearer {
-    fn value(&self) -> AsciiMetadataValue {
-        match self {
-            Self::Fixed(value) => value.clone(),
-            Self::File { path, read } => {
-                let Ok(mut read) = read.lock() else {
-                    // Poisoned only by a panic elsewhere; the command ends with it.
-                    return AsciiMetadataValue::from_static("");
-                };
-                let stamp = crate::files::stamp(path);
-                if stamp.is_some()
-                    && stamp != read.0
-                    && let Ok(value) = file_token(path)
-                {
-                    *read = (stamp, value);
-                }
-                read.1.clone()
-            }
-        }
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Request<Body>> for Authenticated {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.channel.poll_ready(cx).map_err(Into::into)
     }
-}
 
-impl Interceptor for Credentials {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(bearer) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", bearer.value());
-        }
-        Ok(request)
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The channel made ready serves this call; a clone takes its place for the next.
+        let clone = self.channel.clone();
+        let mut channel = std::mem::replace(&mut self.channel, clone);
+        let credentials = self.credentials.clone();
+        Box::pin(async move {
+            let headers = request.headers_mut();
+            match credentials {
+                Credentials::None => {}
+                Credentials::Bearer(bearer) => {
+                    headers.insert(http::header::AUTHORIZATION, bearer.value());
+                }
+                Credentials::Iam(signer) => {
+                    // A Status error keeps its code through tonic (it looks for one).
+                    let value = signer.metadata().await.map_err(Box::new)?;
+                    headers.insert(caller_identity::METADATA, value);
+                }
+            }
+            tower::Service::call(&mut channel, request)
+                .await
+                .map_err(Into::into)
+        })
     }
 }
 
 /// A client for `args.server`. The channel connects on first use, so a server that is not up
-/// yet is an UNAVAILABLE call (retried where retrying is safe), not a failure here.
-pub(crate) fn connect(args: &ClientArgs) -> Result<Client, Failure> {
+/// yet is an UNAVAILABLE call (retried where retrying is safe), not a failure here. With
+/// `--aws-iam-auth`, the AWS default chain must give credentials now.
+pub(crate) async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
     let uri: http::Uri = args
         .server
         .parse()
@@ -116,23 +123,73 @@ pub(crate) fn connect(args: &ClientArgs) -> Result<Client, Failure> {
             "--ca-cert and --client-cert need an https:// --server".to_string(),
         ));
     }
-    let credentials = Credentials(bearer(args)?);
-    Ok(PipelineControlClient::with_interceptor(
-        endpoint.connect_lazy(),
+    let credentials = match (&args.iam_server_id, args.aws_iam_auth) {
+        (Some(server_id), true) => Credentials::Iam(Arc::new(Signer::new(server_id).await?)),
+        (None, true) => {
+            return Err(Failure::usage(
+                "--aws-iam-auth needs --iam-server-id (the server's [iam] server_id)".into(),
+            ));
+        }
+        (_, false) => bearer(args)?.map_or(Credentials::None, Credentials::Bearer),
+    };
+    Ok(PipelineControlClient::new(Authenticated {
+        channel: endpoint.connect_lazy(),
         credentials,
-    ))
+    }))
+}
+
+/// A bearer token. A token file is read again when it changes on disk (a projected
+/// service-account token is rotated while a long `--wait` runs); a file that cannot be read
+/// meanwhile keeps the token last read.
+#[derive(Debug, Clone)]
+enum Bearer {
+    Fixed(HeaderValue),
+    File {
+        path: PathBuf,
+        read: Arc<Mutex<(Option<Stamp>, HeaderValue)>>,
+    },
+}
+
+/// What tells one version of the token file from another.
+type Stamp = (u64, u64, u64, i64, i64);
+
+impl Bearer {
+    /// The token in `path`, read now and again whenever the file changes.
+    fn from_file(path: &Path) -> Result<Self, Failure> {
+        let stamp = crate::files::stamp(path);
+        let value = file_token(path)?;
+        Ok(Self::File {
+            path: path.to_path_buf(),
+            read: Arc::new(Mutex::new((stamp, value))),
+        })
+    }
+
+    fn value(&self) -> HeaderValue {
+        match self {
+            Self::Fixed(value) => value.clone(),
+            Self::File { path, read } => {
+                let Ok(mut read) = read.lock() else {
+                    // Poisoned only by a panic elsewhere; the command ends with it.
+                    return HeaderValue::from_static("");
+                };
+                let stamp = crate::files::stamp(path);
+                if stamp.is_some()
+                    && stamp != read.0
+                    && let Ok(value) = file_token(path)
+                {
+                    *read = (stamp, value);
+                }
+                read.1.clone()
+            }
+        }
+    }
 }
 
 /// The bearer token: from `--bearer-token-file` (read now, and again when it changes), else
 /// from PIPELINE_CONTROL_BEARER_TOKEN.
 fn bearer(args: &ClientArgs) -> Result<Option<Bearer>, Failure> {
     if let Some(path) = &args.bearer_token_file {
-        let stamp = crate::files::stamp(path);
-        let value = file_token(path)?;
-        return Ok(Some(Bearer::File {
-            path: path.clone(),
-            read: Arc::new(Mutex::new((stamp, value))),
-        }));
+        return Bearer::from_file(path).map(Some);
     }
     match std::env::var("PIPELINE_CONTROL_BEARER_TOKEN") {
         Ok(token) if !token.trim().is_empty() => {
@@ -143,7 +200,7 @@ fn bearer(args: &ClientArgs) -> Result<Option<Bearer>, Failure> {
 }
 
 /// The token in `path`, as a header value.
-fn file_token(path: &Path) -> Result<AsciiMetadataValue, Failure> {
+fn file_token(path: &Path) -> Result<HeaderValue, Failure> {
     let text = String::from_utf8(read(path, "--bearer-token-file")?).map_err(|_| {
         Failure::usage(format!(
             "--bearer-token-file {}: not UTF-8 text",
@@ -160,8 +217,8 @@ fn file_token(path: &Path) -> Result<AsciiMetadataValue, Failure> {
     header(token)
 }
 
-fn header(token: &str) -> Result<AsciiMetadataValue, Failure> {
-    MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+fn header(token: &str) -> Result<HeaderValue, Failure> {
+    HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
         Failure::usage("the bearer token has characters a header cannot carry".to_string())
     })
 }
@@ -180,15 +237,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "first\n").unwrap();
-        let args = ClientArgs {
-            server: "http://127.0.0.1:1".into(),
-            ca_cert: None,
-            client_cert: None,
-            client_key: None,
-            bearer_token_file: Some(path.clone()),
-            output: super::super::args::Output::Text,
-        };
-        let Some(bearer) = bearer(&args).unwrap() else {
+        let Ok(bearer) = Bearer::from_file(&path) else {
             panic!("a bearer token from the file");
         };
         assert_eq!(bearer.value(), "Bearer first");

@@ -2,7 +2,8 @@
 //! service's own contract (its generated gRPC client).
 //!
 //! - `args`: their flags (connection, TLS, bearer token, output).
-//! - `connect`: the channel and the credentials on every call.
+//! - `connect`: the channel and the credentials on every call; `iam`: `--aws-iam-auth`, a
+//!   GetCallerIdentity signed with the AWS default chain's credentials.
 //! - `commands`: each subcommand; `stop` retries UNAVAILABLE and ABORTED with the same client
 //!   token, and a wait reconnects to WatchExecution (re-sending the same stop, which the
 //!   service answers from its record) when the stream breaks.
@@ -18,6 +19,7 @@
 mod args;
 mod commands;
 mod connect;
+mod iam;
 mod json;
 mod view;
 

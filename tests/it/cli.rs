@@ -38,6 +38,10 @@ pub(crate) fn command() -> Command {
         "PIPELINE_CONTROL_CLIENT_KEY",
         "PIPELINE_CONTROL_BEARER_TOKEN",
         "PIPELINE_CONTROL_BEARER_TOKEN_FILE",
+        "PIPELINE_CONTROL_AWS_IAM_AUTH",
+        "PIPELINE_CONTROL_IAM_SERVER_ID",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
     ] {
         command.env_remove(var);
     }

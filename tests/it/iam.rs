@@ -2,7 +2,8 @@
 //! emulator, whose STS checks SigV4 signatures of the keys it knows (`--access-key`, and those
 //! its AssumeRole issues). Each test signs GetCallerIdentity itself with the SDK's own signer
 //! (aws-sigv4) and credentials it holds, as a caller in any language would, and counts the
-//! GetCallerIdentity calls the emulator received to tell what reached STS.
+//! GetCallerIdentity calls the emulator received to tell what reached STS. The command line's
+//! `--aws-iam-auth` signs with the AWS default chain, here the environment's keys.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use std::{
@@ -29,6 +30,7 @@ use tonic_types::StatusExt as _;
 
 use crate::{
     auth::{Files, Secured, assert_refused, stop_request},
+    cli::{assert_clean_failure, command, run_bounded},
     common::{Admin, Backend, count_where, session_keys, sts_client},
 };
 
@@ -503,4 +505,56 @@ async fn sts_that_cannot_be_reached_is_unavailable_with_retry_info() {
             .is_some(),
         "{status:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_signs_with_the_default_chain_and_history_names_the_role() {
+    let files = Files::new();
+    let server = server(&iam_section(""), &files, |_| {}).await;
+    let endpoint = server.emulator.endpoint_url.clone();
+    let arn = server.execution("iam-cli").await;
+    let role = assumed(
+        &endpoint,
+        &format!("arn:aws:iam::{ACCOUNT}:role/deployer"),
+        "laptop",
+    )
+    .await;
+    // The role's keys in the environment, as the default chain finds them.
+    let client = |args: &[&str], server_id: &str| {
+        let mut command = command();
+        command
+            .env("PIPELINE_CONTROL_SERVER", server.app.url())
+            .env("AWS_ACCESS_KEY_ID", role.access_key_id())
+            .env("AWS_SECRET_ACCESS_KEY", role.secret_access_key())
+            .env("AWS_SESSION_TOKEN", role.session_token().unwrap())
+            .env("AWS_ENDPOINT_URL_STS", &endpoint)
+            .args(args)
+            .args(["--aws-iam-auth", "--iam-server-id", server_id]);
+        command
+    };
+    let output = run_bounded(&mut client(
+        &["stop", &arn, "--client-token", "iam-cli"],
+        SERVER_ID,
+    ));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = run_bounded(&mut client(&["history"], SERVER_ID));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.lines().any(
+            |line| line.contains(&format!("arn:aws:iam::{ACCOUNT}:role/deployer"))
+                && line.contains("STOP_REQUESTED")
+        ),
+        "{text}"
+    );
+    // Signed for another server: refused, in one line.
+    let output = run_bounded(&mut client(&["history"], "pipeline-control.other"));
+    assert_clean_failure(&output, "pipeline-control: error: UNAUTHENTICATED");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CREDENTIALS_INVALID"), "{stderr}");
 }
