@@ -684,10 +684,10 @@ pub(crate) const AUTH_REFUSALS: [&str; 7] = [
     "permission_denied",
 ];
 
-/// `pipeline_control_authentications_total` methods: how a caller was proven.
 /// `pipeline_control_file_reloads_total` files.
 pub(crate) const SETTINGS_FILES: [&str; 4] = ["tokens", "policy", "identity", "accounts"];
 
+/// `pipeline_control_authentications_total` methods: how a caller was proven.
 pub(crate) const AUTH_METHODS: [&str; 6] = ["token", "mtls", "jwt", "iam", "mesh", "anonymous"];
 
 /// `pipeline_control_limit_refusals_total` limits.
