@@ -536,3 +536,16 @@ pub async fn until_scraped(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A running execution (a Training step that takes a day unless stopped).
+pub async fn running(sagemaker: &aws_sdk_sagemaker::Client) -> String {
+    let pipeline = create_pipeline(
+        sagemaker,
+        serde_json::json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 86400}}}]),
+    )
+    .await;
+    let arn = start_execution(sagemaker, &pipeline).await;
+    wait_for_status(sagemaker, &arn, "Executing").await;
+    arn
+}

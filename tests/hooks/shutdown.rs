@@ -10,8 +10,8 @@
 use std::time::Duration;
 
 use crate::common::{
-    Admin, Backend, TestApp, TestDb, create_pipeline, sagemaker_client, spawn_emulator, stack_args,
-    start_execution, test_args, until_scraped, wait_for_status,
+    Admin, Backend, TestApp, TestDb, running, sagemaker_client, spawn_emulator, stack_args,
+    test_args, until_scraped,
 };
 use pipeline_control::pb;
 use serde_json::json;
@@ -95,19 +95,6 @@ async fn shutdown_reports_not_serving_and_cuts_off_endless_streams_after_the_gra
         .expect("the stream ends with the server");
     assert!(!matches!(after, Ok(Some(_))), "{after:?}");
     scenario.teardown();
-}
-
-/// A running execution (a Training step that takes a day unless stopped).
-async fn running(sagemaker: &aws_sdk_sagemaker::Client) -> String {
-    let pipeline = create_pipeline(
-        sagemaker,
-        json!([{"Name": "Train", "Type": "Training",
-            "Arguments": {"Emulator": {"DurationSeconds": 86400}}}]),
-    )
-    .await;
-    let arn = start_execution(sagemaker, &pipeline).await;
-    wait_for_status(sagemaker, &arn, "Executing").await;
-    arn
 }
 
 async fn watch(app: &TestApp, arn: &str) -> tonic::Streaming<pb::WatchExecutionResponse> {

@@ -18,7 +18,7 @@ use crate::{
     common::{
         Admin, Backend, Metrics, TestApp, TestDb, create_pipeline,
         proxy::{Proxy, Target},
-        sagemaker_client, spawn_emulator, stack_args, start_execution, until_scraped,
+        running, sagemaker_client, spawn_emulator, stack_args, start_execution, until_scraped,
         wait_for_status,
     },
 };
@@ -30,19 +30,6 @@ fn shared(args: &mut ServeArgs) {
     args.watch_lease = Duration::from_secs(3);
     args.poller_linger = Duration::from_millis(500);
     args.heartbeat_interval = Duration::from_secs(3600);
-}
-
-/// A running execution (a Training step that takes a day unless stopped).
-async fn running(sagemaker: &aws_sdk_sagemaker::Client) -> String {
-    let pipeline = create_pipeline(
-        sagemaker,
-        json!([{"Name": "Train", "Type": "Training",
-            "Arguments": {"Emulator": {"DurationSeconds": 86400}}}]),
-    )
-    .await;
-    let arn = start_execution(sagemaker, &pipeline).await;
-    wait_for_status(sagemaker, &arn, "Executing").await;
-    arn
 }
 
 async fn client(url: String) -> PipelineControlClient<Channel> {
