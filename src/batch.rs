@@ -307,7 +307,7 @@ async fn stop_one(
     rate.wait(caller.principal()).await;
     let stop = StopInput {
         principal: caller.principal().clone(),
-        auth_method: caller.method(),
+        proof: caller.proof(),
         token: execution_token(&input.token, &arn),
         arn,
         reason: input.reason.clone(),

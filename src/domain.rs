@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     fmt,
-    sync::{LazyLock, Mutex},
+    sync::{Arc, LazyLock, Mutex},
 };
 
 use crate::holding;
@@ -473,6 +473,24 @@ impl AuthMethod {
         ]
         .into_iter()
         .find(|m| m.as_str() == value)
+    }
+}
+
+/// How a caller proved who it is, in full: the method, and for an assumed IAM role the session
+/// name (its principal names the role, which a policy can name ahead of time; the session tells
+/// the role's holders apart in the audit trail).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Proof {
+    pub method: AuthMethod,
+    pub session: Option<Arc<str>>,
+}
+
+impl From<AuthMethod> for Proof {
+    fn from(method: AuthMethod) -> Self {
+        Self {
+            method,
+            session: None,
+        }
     }
 }
 

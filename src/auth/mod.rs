@@ -50,7 +50,7 @@ use tonic::transport::CertificateDer;
 
 use crate::{
     caller_identity,
-    domain::{Action, AuthMethod, ExecutionArn, Principal},
+    domain::{Action, AuthMethod, ExecutionArn, Principal, Proof},
     error::Error,
     files::read,
     metrics::Metrics,
@@ -205,13 +205,15 @@ impl Caller {
         self.credential.method()
     }
 
-    /// The session name of a caller proven as an assumed IAM role (its principal names the
-    /// role), for the audit trail.
-    #[allow(dead_code)] // for the audit rows, which have no column for it yet
-    pub(crate) fn session(&self) -> Option<&str> {
-        match &self.credential {
-            Credential::Iam { session, .. } => session.as_deref(),
-            _ => None,
+    /// How the caller was proven, with an assumed IAM role's session name, for the records
+    /// and the audit trail.
+    pub(crate) fn proof(&self) -> Proof {
+        Proof {
+            method: self.method(),
+            session: match &self.credential {
+                Credential::Iam { session, .. } => session.clone(),
+                _ => None,
+            },
         }
     }
 

@@ -106,7 +106,7 @@ impl PipelineControlService {
         }
         let input = StopInput {
             principal: caller.principal().clone(),
-            auth_method: caller.method(),
+            proof: caller.proof(),
             arn,
             token,
             reason,

@@ -28,9 +28,7 @@ mod force;
 
 use crate::{
     audit::AuditLog,
-    domain::{
-        AuthMethod, ClientToken, ExecutionArn, ExecutionStatus, Principal, Reason, StopOutcome,
-    },
+    domain::{ClientToken, ExecutionArn, ExecutionStatus, Principal, Proof, Reason, StopOutcome},
     error::Error,
     estate::Estate,
     hooks,
@@ -83,7 +81,7 @@ pub(crate) struct StopSettings {
 pub(crate) struct StopInput {
     pub(crate) principal: Principal,
     /// How the principal was proven.
-    pub(crate) auth_method: AuthMethod,
+    pub(crate) proof: Proof,
     pub(crate) arn: ExecutionArn,
     pub(crate) token: ClientToken,
     pub(crate) reason: Reason,
@@ -106,7 +104,7 @@ impl StopInput {
             pipeline_execution_arn: self.arn.clone(),
             reason: self.reason.as_str().to_string(),
             force_after: self.force_after,
-            auth_method: self.auth_method,
+            proof: self.proof.clone(),
         }
     }
 }
@@ -312,7 +310,7 @@ impl Stopper {
             Claim::Existing(record)
                 if record.state.is_pending() && record.fingerprint == request.fingerprint =>
             {
-                self.wait_for(record, request.auth_method, deadline).await
+                self.wait_for(record, &request.proof, deadline).await
             }
             Claim::Existing(record) => {
                 self.remember(&record);
@@ -340,7 +338,7 @@ impl Stopper {
             };
             if existing.state.is_pending() && existing.fingerprint == request.fingerprint {
                 // Conditional on the lease having run out; a live lease is left alone.
-                let by = Some(request.auth_method);
+                let by = Some(&request.proof);
                 if let Some(record) = self.store.take_over(&request.key, owner, lease, by).await? {
                     self.metrics.takeover("caller");
                     return Ok(Claim::Acquired(record));
@@ -354,7 +352,7 @@ impl Stopper {
     /// Answers `request` from a record that stands: a replay, or a reused key (audited with
     /// how this request's caller was proven).
     fn existing(&self, record: StopRecord, request: &NewStopRequest) -> Result<Answer, Error> {
-        let by = request.auth_method;
+        let by = &request.proof;
         if record.fingerprint != request.fingerprint {
             self.audit(&record, AuditKind::KeyReused, by);
             return Err(Error::IdempotencyKeyReused);
@@ -423,7 +421,7 @@ impl Stopper {
     }
 
     /// Queues `kind` about `record`, in a call of a caller proven `by`.
-    fn audit(&self, record: &StopRecord, kind: AuditKind, by: AuthMethod) {
+    fn audit(&self, record: &StopRecord, kind: AuditKind, by: &Proof) {
         self.audit
             .record(AuditEvent::about(record, kind, by, &self.worker));
     }
@@ -618,7 +616,7 @@ impl Stopper {
     async fn wait_for(
         self: &Arc<Self>,
         mut record: StopRecord,
-        by: AuthMethod,
+        by: &Proof,
         deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
         let limit = Instant::now() + self.settings.duplicate_wait;
@@ -745,6 +743,7 @@ fn refused(error: RecordedError, status: Option<ExecutionStatus>) -> Completion 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::AuthMethod;
 
     #[tokio::test]
     async fn a_duplicate_whose_caller_goes_away_leaves_no_in_flight_entry() {
@@ -784,7 +783,7 @@ mod tests {
         ));
         let input = StopInput {
             principal: Principal::anonymous(),
-            auth_method: AuthMethod::Anonymous,
+            proof: AuthMethod::Anonymous.into(),
             arn: arn(),
             token: ClientToken::parse("held-elsewhere").unwrap(),
             reason: Reason::default(),
@@ -844,10 +843,10 @@ mod tests {
 
     #[test]
     fn how_the_caller_was_proven_is_recorded_but_keys_nothing() {
-        let by = |auth_method| {
+        let by = |method: AuthMethod| {
             StopInput {
                 principal: Principal::new("spiffe://example.org/billing"),
-                auth_method,
+                proof: method.into(),
                 arn: arn(),
                 token: ClientToken::parse("retry-me").unwrap(),
                 reason: Reason::default(),
@@ -857,7 +856,7 @@ mod tests {
         };
         let (token, mtls) = (by(AuthMethod::Token), by(AuthMethod::Mtls));
         assert_eq!(
-            (token.auth_method, mtls.auth_method),
+            (token.proof.method, mtls.proof.method),
             (AuthMethod::Token, AuthMethod::Mtls)
         );
         assert_eq!(token.key, mtls.key);

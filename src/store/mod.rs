@@ -19,7 +19,9 @@ use std::{sync::Arc, time::Duration};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-pub use crate::domain::{AuthMethod, ExecutionArn, ExecutionStatus, RecordedError, StopOutcome};
+pub use crate::domain::{
+    AuthMethod, ExecutionArn, ExecutionStatus, Proof, RecordedError, StopOutcome,
+};
 use crate::metrics::Metrics;
 use fleet::Fleet;
 use sql::SqlStore;
@@ -98,7 +100,7 @@ pub struct NewStopRequest {
     pub force_after: Option<Duration>,
     /// How the principal was proven (not part of the key nor of the fingerprint: a caller
     /// proven another way replays its own requests).
-    pub auth_method: AuthMethod,
+    pub proof: Proof,
 }
 
 /// How a request ended: what every retry of its key replays.
@@ -331,7 +333,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         key: &RequestKey,
         owner: &str,
         lease: Duration,
-        by: Option<AuthMethod>,
+        by: Option<&Proof>,
     ) -> Result<Option<StopRecord>, StoreError>;
 
     /// Completes the record if `epoch` still holds it; `None` if a newer epoch does (fenced)
@@ -500,7 +502,7 @@ pub struct AuditEvent {
     pub principal: String,
     /// How the caller whose call it records was proven (a replay's own caller, not the
     /// record's).
-    pub auth_method: AuthMethod,
+    pub proof: Proof,
     pub token: String,
     pub pipeline_execution_arn: String,
     pub reason: String,
@@ -513,12 +515,12 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// `kind` about `record`, now, by `worker`, in a call of a caller proven `by`.
-    pub fn about(record: &StopRecord, kind: AuditKind, by: AuthMethod, worker: &str) -> Self {
+    pub fn about(record: &StopRecord, kind: AuditKind, by: &Proof, worker: &str) -> Self {
         let completion = record.state.completion();
         Self {
             at: Utc::now(),
             principal: record.key.principal.clone(),
-            auth_method: by,
+            proof: by.clone(),
             token: record.key.token.clone(),
             pipeline_execution_arn: record.pipeline_execution_arn.to_string(),
             reason: record.reason.clone(),

@@ -14,8 +14,8 @@ use sqlx::{
 
 use super::{
     AuditEvent, AuditKind, AuthMethod, Backend, Completion, ListQuery, NewBatch, NewStopRequest,
-    RecordState, RecordedError, Release, RequestKey, Settings, StopOutcome, StopRecord, Store,
-    StoreError, StoredBatch,
+    Proof, RecordState, RecordedError, Release, RequestKey, Settings, StopOutcome, StopRecord,
+    Store, StoreError, StoredBatch,
     dialect::{Arg, Breaks, Pool, Time, args, on_pool},
     fleet::{Fleet, PostgresFleet},
     meter::Meter,
@@ -27,7 +27,8 @@ const AUDIT_ROWS_PER_STATEMENT: usize = 500;
 
 /// The columns of an audit row about a record.
 const AUDIT_COLUMNS: &str = "principal, client_token, pipeline_execution_arn, reason, event, \
-                             outcome, error_code, epoch, worker, detail, auth_method";
+                             outcome, error_code, epoch, worker, detail, auth_method, \
+                             auth_session";
 
 /// The store on a Postgres or an SQLite pool.
 #[derive(Debug, Clone)]
@@ -121,21 +122,23 @@ impl SqlStore {
                          INSERT INTO stop_audit ({AUDIT_COLUMNS})
                          SELECT principal, client_token, pipeline_execution_arn, reason, ${},
                              outcome, COALESCE(${}, error_code), epoch, ${}, ${},
-                             COALESCE(${}, auth_method)
+                             COALESCE(${}, auth_method), ${}
                          FROM changed)
                      SELECT * FROM changed",
                     n + 1,
                     n + 2,
                     n + 3,
                     n + 4,
-                    n + 5
+                    n + 5,
+                    n + 6
                 );
                 let audit = args![
                     audit.kind.as_str(),
                     audit.error,
                     audit.worker,
                     audit.detail,
-                    audit.by.map(AuthMethod::as_str),
+                    audit.by.map(|by| by.method.as_str()),
+                    audit.session(),
                 ];
                 bind_as(self.pool.sql(statement), &[args, &audit[..]].concat())
                     .fetch_optional(pool)
@@ -213,15 +216,16 @@ struct Audit<'a> {
     /// What the event is about beyond the record (the released callback, what a force could
     /// not do).
     detail: Option<&'a str>,
-    /// How the caller whose call made the change was proven, when it is not the record's own
-    /// (a retry that takes a record over); `None`: the record's.
-    by: Option<AuthMethod>,
+    /// How the caller whose call made the change was proven (the one that made the record, a
+    /// retry that takes a record over); `None` when no caller did (the completer): the row
+    /// carries the record's method, and no session.
+    by: Option<&'a Proof>,
 }
 
 /// One audit row about a record (see [`Audit::about`]).
 const AUDIT_ROW: &str = "INSERT INTO stop_audit (principal, client_token, pipeline_execution_arn,
-         reason, event, outcome, error_code, epoch, worker, detail, auth_method)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+         reason, event, outcome, error_code, epoch, worker, detail, auth_method, auth_session)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 impl<'a> Audit<'a> {
     fn of(kind: AuditKind, worker: &'a str) -> Self {
@@ -234,8 +238,13 @@ impl<'a> Audit<'a> {
         }
     }
 
+    /// The session name of the caller whose call made the change, if it has one.
+    fn session(&self) -> Option<&'a str> {
+        self.by.and_then(|by| by.session.as_deref())
+    }
+
     /// The arguments of [`AUDIT_ROW`] about `row`.
-    fn about(&self, row: &'a StopRow) -> [Arg<'a>; 11] {
+    fn about(&self, row: &'a StopRow) -> [Arg<'a>; 12] {
         args![
             &row.principal,
             &row.client_token,
@@ -248,8 +257,9 @@ impl<'a> Audit<'a> {
             self.worker,
             self.detail,
             self.by
-                .map(AuthMethod::as_str)
+                .map(|by| by.method.as_str())
                 .or(row.auth_method.as_deref()),
+            self.session(),
         ]
     }
 }
@@ -423,9 +433,12 @@ impl Store for SqlStore {
             lease,
             retention,
             request.force_after,
-            request.auth_method.as_str(),
+            request.proof.method.as_str(),
         ];
-        let audit = Audit::of(AuditKind::Received, owner);
+        let audit = Audit {
+            by: Some(&request.proof),
+            ..Audit::of(AuditKind::Received, owner)
+        };
         self.meter
             .run("insert_new", self.change(insert, &args, audit))
             .await
@@ -436,7 +449,7 @@ impl Store for SqlStore {
         key: &RequestKey,
         owner: &str,
         lease: Duration,
-        by: Option<AuthMethod>,
+        by: Option<&Proof>,
     ) -> Result<Option<StopRecord>, StoreError> {
         let update = "UPDATE stop_requests
              SET lease_owner = $3, lease_expires_at = now() + $4,
@@ -801,7 +814,8 @@ impl Store for SqlStore {
                 for chunk in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
                     let mut insert = String::from(
                     "INSERT INTO stop_audit (at, principal, client_token, pipeline_execution_arn,
-                         reason, event, outcome, error_code, epoch, worker, auth_method) VALUES ",
+                         reason, event, outcome, error_code, epoch, worker, auth_method,
+                         auth_session) VALUES ",
                 );
                     let mut args = Vec::new();
                     for event in chunk {
@@ -817,7 +831,8 @@ impl Store for SqlStore {
                             event.error.map(RecordedError::as_str),
                             event.epoch,
                             &event.worker,
-                            event.auth_method.as_str(),
+                            event.proof.method.as_str(),
+                            event.proof.session.as_deref(),
                         ]);
                         let row: Vec<String> =
                             (first..=args.len()).map(|n| format!("${n}")).collect();

@@ -239,6 +239,17 @@ async fn a_role_is_named_by_its_role_arn_a_user_by_its_own_and_the_policy_decide
         .await,
         1
     );
+    // The audit row names the role's session: which holder of the role it was.
+    assert_eq!(
+        count_where(
+            &server.db,
+            "stop_audit",
+            "client_token = 'role-stop' AND event = 'received' AND auth_method = 'iam' \
+             AND auth_session = 'build-42'",
+        )
+        .await,
+        1
+    );
     let denied = client
         .stop_execution(with_proof(
             stop_request(&search, "role-denied"),

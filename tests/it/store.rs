@@ -336,7 +336,7 @@ mod records {
             reason: "test".into(),
             upstream_token: "u".repeat(64),
             force_after: None,
-            auth_method: AuthMethod::Token,
+            proof: AuthMethod::Token.into(),
         }
     }
 
@@ -540,7 +540,7 @@ mod records {
         let event = |days_ago: i64, token: &str| store::AuditEvent {
             at: chrono::Utc::now() - chrono::Duration::days(days_ago),
             principal: "p".into(),
-            auth_method: AuthMethod::Token,
+            proof: AuthMethod::Token.into(),
             token: token.into(),
             pipeline_execution_arn: "arn".into(),
             reason: String::new(),
@@ -588,9 +588,14 @@ mod records {
             .unwrap()
             .unwrap();
         assert_eq!(received.auth_method, Some(AuthMethod::Token));
-        // The same principal, now with a JWT, retries and takes over the lapsed lease.
+        // The same principal, now proven as an assumed IAM role, retries and takes over the
+        // lapsed lease: its session name goes into the row about its own call.
+        let role = store::Proof {
+            method: AuthMethod::Iam,
+            session: Some("i-0abc@billing".into()),
+        };
         let taken = store
-            .take_over(&req.key, "w", LONG, Some(AuthMethod::Jwt))
+            .take_over(&req.key, "w", LONG, Some(&role))
             .await
             .unwrap()
             .unwrap();
@@ -610,7 +615,7 @@ mod records {
             .audit(&[store::AuditEvent::about(
                 &completed,
                 store::AuditKind::Replayed,
-                AuthMethod::Mtls,
+                &AuthMethod::Mtls.into(),
                 "w",
             )])
             .await
@@ -626,7 +631,7 @@ mod records {
         );
         for (event, method) in [
             ("received", "token"),
-            ("taken_over", "jwt"),
+            ("taken_over", "iam"),
             ("completed", "token"),
             ("replayed", "mtls"),
         ] {
@@ -645,10 +650,24 @@ mod records {
             );
         }
         assert_eq!(rows(&db, "stop_audit", "auth_method IS NULL").await, 0);
+        assert_eq!(
+            rows(&db, "stop_audit", "auth_session IS NOT NULL").await,
+            rows(
+                &db,
+                "stop_audit",
+                "event = 'taken_over' AND auth_session = 'i-0abc@billing'"
+            )
+            .await,
+        );
+        assert_eq!(
+            rows(&db, "stop_audit", "auth_session = 'i-0abc@billing'").await,
+            1,
+            "only the role's own call carries its session"
+        );
 
         // The completer takes over an anonymous caller's abandoned request: on its behalf.
         let mut abandoned = request("anonymous", "abandoned");
-        abandoned.auth_method = AuthMethod::Anonymous;
+        abandoned.proof = AuthMethod::Anonymous.into();
         store
             .insert_new(&abandoned, "gone", Duration::ZERO, LONG)
             .await
