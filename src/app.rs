@@ -43,7 +43,9 @@ use crate::{
     demo,
     estate::{Estate, EstateSettings},
     events::{self, Push, Queue},
-    grpc::{Guard, GuardSettings, Observe, PipelineControlService},
+    grpc::{
+        Backoff, Bounded, Deadlines, Guard, GuardSettings, Observe, Open, PipelineControlService,
+    },
     metrics::{Metrics, server::MetricsServer},
     pb,
     sagemaker::CallPolicy,
@@ -84,6 +86,8 @@ pub struct Application {
     cut_off: CancellationToken,
     draining: CancellationToken,
     shutdown_grace: Duration,
+    /// What bounds each accepted connection.
+    deadlines: Deadlines,
 }
 
 impl std::fmt::Debug for Application {
@@ -150,6 +154,8 @@ impl Application {
                     max_message_size: limits.max_message_size as usize,
                     request_timeout: limits.request_timeout,
                     max_concurrent_requests: limits.max_concurrent_requests as usize,
+                    caller_share: limits.max_concurrent_per_caller as usize,
+                    body_deadline: limits.body_deadline,
                     stop_rate: (limits.stop_rate_limit > 0.0)
                         .then_some((limits.stop_rate_limit, limits.stop_rate_burst)),
                 },
@@ -176,6 +182,7 @@ impl Application {
             accounts_file: args.sagemaker.accounts_file.clone(),
             static_credentials: args.sagemaker.static_credentials.clone(),
             region: args.sagemaker.aws_region.clone(),
+            max_connections_per_endpoint: args.limits.upstream_max_connections as usize,
         };
         let mut events_queue_urls = args.events_queue_urls.clone();
         let emulator = if args.emulator {
@@ -275,11 +282,15 @@ impl Application {
         // the other reflection version included.
         let reflection_v1 = reflection()
             .build_v1()
-            .context("cannot build reflection (v1)")?;
+            .context("cannot build reflection (v1)")?
+            .max_decoding_message_size(OPEN_MESSAGE);
         let reflection_v1alpha = reflection()
             .build_v1alpha()
-            .context("cannot build reflection (v1alpha)")?;
+            .context("cannot build reflection (v1alpha)")?
+            .max_decoding_message_size(OPEN_MESSAGE);
+        // Each connection's streams are capped; the rest of its bounds are in `Bounded`.
         let mut server = Server::builder()
+            .max_concurrent_streams(limits.max_streams_per_connection)
             .http2_keepalive_interval(
                 Some(limits.http2_keepalive_interval).filter(|interval| !interval.is_zero()),
             )
@@ -299,10 +310,15 @@ impl Application {
             ],
             args.traces_endpoint().is_some(),
         )?;
+        // Health and reflection are open to every caller, and bounded like the rest.
+        let timeout = limits.request_timeout;
+        let health_open = health_service
+            .clone()
+            .max_decoding_message_size(OPEN_MESSAGE);
         let router = server
-            .add_service(observe.wrap(health_service.clone()))
-            .add_service(observe.wrap(reflection_v1))
-            .add_service(observe.wrap(reflection_v1alpha))
+            .add_service(observe.wrap(Open::new(health_open.clone(), timeout)))
+            .add_service(observe.wrap(Open::new(reflection_v1, timeout)))
+            .add_service(observe.wrap(Open::new(reflection_v1alpha, timeout)))
             .add_service(
                 observe.wrap(
                     guard.wrap(
@@ -320,13 +336,9 @@ impl Application {
                 let listener = TcpListener::bind(address)
                     .await
                     .with_context(|| format!("cannot listen for health checks on {address}"))?;
-                let router = Server::builder().add_service(
-                    observe.wrap(
-                        health_service
-                            .clone()
-                            .max_decoding_message_size(HEALTH_MESSAGE),
-                    ),
-                );
+                let router = Server::builder()
+                    .max_concurrent_streams(limits.max_streams_per_connection)
+                    .add_service(observe.wrap(Open::new(health_open, timeout)));
                 Some((listener, router))
             }
             None => None,
@@ -385,6 +397,10 @@ impl Application {
             cut_off,
             draining,
             shutdown_grace: args.shutdown_grace,
+            deadlines: Deadlines {
+                handshake: limits.handshake_timeout,
+                write: limits.write_timeout,
+            },
         })
     }
 
@@ -435,6 +451,7 @@ impl Application {
             cut_off,
             draining,
             shutdown_grace,
+            deadlines,
         } = self;
         let metrics_address = metrics_server.as_ref().map(MetricsServer::local_addr);
         // Scrapes go on while the server drains: the metrics stop last.
@@ -449,10 +466,14 @@ impl Application {
                 tracing::info!(%address, "serving health checks (plaintext)");
             }
             // A watch on it never ends by itself: its connections are cut when it stops.
-            let stop = metrics_stop.clone();
-            let incoming = TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(move |accepted| accepted.map(|io| CutOffIo::new(io, &stop)));
+            let (stop, metrics) = (metrics_stop.clone(), metrics.clone());
+            let incoming = Backoff::new(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                &metrics,
+            )
+            .map(move |accepted| {
+                accepted.map(|io| Bounded::new(CutOffIo::new(io, &stop), deadlines, &metrics))
+            });
             let stop = metrics_stop.clone();
             tokio::spawn(async move {
                 let served = router
@@ -487,10 +508,14 @@ impl Application {
         );
         let mut background = Some(background.start(draining.child_token()));
         let incoming = {
-            let cut_off = cut_off.clone();
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .map(move |accepted| accepted.map(|io| CutOffIo::new(io, &cut_off)))
+            let (cut_off, metrics) = (cut_off.clone(), metrics.clone());
+            Backoff::new(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                &metrics,
+            )
+            .map(move |accepted| {
+                accepted.map(|io| Bounded::new(CutOffIo::new(io, &cut_off), deadlines, &metrics))
+            })
         };
         let server =
             router.serve_with_incoming_shutdown(incoming, draining.clone().cancelled_owned());
@@ -628,8 +653,8 @@ fn worker_id() -> String {
     format!("{host}-{}-{}", std::process::id(), &suffix[..8])
 }
 
-/// The largest health request the health port reads (a service name).
-const HEALTH_MESSAGE: usize = 4096;
+/// The largest health or reflection request read (a service or symbol name).
+const OPEN_MESSAGE: usize = 4096;
 
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -238,6 +238,38 @@ pub struct LimitArgs {
     #[arg(long, env = "PIPELINE_CONTROL_MAX_CONCURRENT_REQUESTS", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
 
+    /// Calls in progress at most by any one caller (a principal, whichever way it was proven;
+    /// each connection of anonymous callers), out of --max-concurrent-requests: a caller that
+    /// holds its whole share leaves the others theirs. More answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PIPELINE_CONTROL_MAX_CONCURRENT_PER_CALLER", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_per_caller: u32,
+
+    /// How long a request's message may take to arrive once its headers have; a call holds
+    /// nothing of the concurrency limit until it has. Later ones answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PIPELINE_CONTROL_BODY_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub body_deadline: Duration,
+
+    /// HTTP/2 streams one connection may have open at once (MAX_CONCURRENT_STREAMS in the
+    /// server's SETTINGS): what one connection can make the server hold.
+    #[arg(long, env = "PIPELINE_CONTROL_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+
+    /// How long a new connection may take to make its first call (the TLS handshake and
+    /// HTTP/2 preface included) before it is closed.
+    #[arg(long, env = "PIPELINE_CONTROL_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How long the server's writes may wait on a peer that reads nothing before its
+    /// connection is closed (and the responses queued for it freed).
+    #[arg(long, env = "PIPELINE_CONTROL_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Requests in flight at most to each upstream endpoint (a region's SageMaker, STS, SQS),
+    /// and so connections to it: a flood of callers queues here rather than opening a
+    /// connection each.
+    #[arg(long, env = "PIPELINE_CONTROL_UPSTREAM_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_max_connections: u32,
+
     /// StopExecution calls per second per principal (sustained); more answer
     /// RESOURCE_EXHAUSTED with a RetryInfo. 0 turns the limit off.
     #[arg(long, env = "PIPELINE_CONTROL_STOP_RATE_LIMIT", default_value_t = 50.0, value_parser = rate)]

@@ -2,20 +2,23 @@
 //!
 //! 1. authentication: the [`Caller`] goes into the request's extensions, or the call answers
 //!    UNAUTHENTICATED;
-//! 2. the concurrency limit: a permit held until the call has answered (a stream's until its
-//!    first message is ready; streams have their own limit);
-//! 3. the per-principal StopExecution rate (GCRA: a sustained rate and a burst), so no caller
-//!    can spend the SageMaker quota or the database for the others;
-//! 4. the request timeout, covering the next two steps: the caller's `grpc-timeout` is capped
-//!    to it, so waits inside the call stay within it, and the call answers DEADLINE_EXCEEDED
-//!    when it runs out;
-//! 5. the message: every request of this service is one message, so the body is read up to the
+//! 2. the message: every request of this service is one message, so the body is read up to the
 //!    size limit (a larger one answers RESOURCE_EXHAUSTED without being decoded) and must be
 //!    exactly one uncompressed gRPC frame (else INVALID_ARGUMENT, rather than the transport's
-//!    own errors, which carry no ErrorInfo).
+//!    own errors, which carry no ErrorInfo); a message that has not arrived within the body
+//!    deadline answers RESOURCE_EXHAUSTED. Nothing is held for the call meanwhile: a stream
+//!    that sends its headers and never its message costs the others nothing;
+//! 3. the concurrency limit, in fair shares: a permit of the server's limit and of the caller's
+//!    share of it ([`shares`](super::shares)), held until the call has answered (a stream's
+//!    until its first message is ready; streams have their own limit);
+//! 4. the per-principal StopExecution rate (GCRA: a sustained rate and a burst), so no caller
+//!    can spend the SageMaker quota or the database for the others;
+//! 5. the request timeout: the caller's `grpc-timeout` is capped to it, so waits inside the
+//!    call stay within it, and the call answers DEADLINE_EXCEEDED when it runs out.
 //!
-//! Refusals are cheap and come before any database or SageMaker work. Health and reflection are
-//! not behind the guard.
+//! Refusals are cheap and come before any database or SageMaker work; the policy is asked by
+//! each method before it does any. Health and reflection are not behind the guard (they have
+//! message limits and the request timeout of their own, in `app`).
 
 use std::{
     convert::Infallible,
@@ -28,17 +31,15 @@ use std::{
 
 use governor::{Quota, RateLimiter};
 use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{
-    Status,
-    body::Body,
-    server::NamedService,
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
-};
+use tonic::{Status, body::Body, server::NamedService};
 use tower::Service;
 
+use super::{
+    connection::Peer,
+    shares::{Permit, Refused, Sharer, Shares},
+};
 use crate::{
-    auth::{Auth, Presented},
+    auth::{Auth, Caller, Presented},
     domain::{FieldViolation, Principal},
     error::Error,
     metrics::Metrics,
@@ -54,6 +55,10 @@ pub(crate) struct GuardSettings {
     pub(crate) max_message_size: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) max_concurrent_requests: usize,
+    /// Calls in progress at most by any one caller (a principal; an anonymous connection).
+    pub(crate) caller_share: usize,
+    /// The longest a request's message may take to arrive once its headers have.
+    pub(crate) body_deadline: Duration,
     /// StopExecution calls per second per principal, and the burst; `None` for no limit.
     pub(crate) stop_rate: Option<(f64, u32)>,
 }
@@ -62,7 +67,7 @@ pub(crate) struct GuardSettings {
 pub(crate) struct Guard {
     auth: Arc<Auth>,
     settings: GuardSettings,
-    permits: Arc<Semaphore>,
+    shares: Arc<Shares>,
     stop_rate: Arc<StopRate>,
     metrics: Arc<Metrics>,
 }
@@ -71,7 +76,7 @@ impl std::fmt::Debug for Guard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guard")
             .field("settings", &self.settings)
-            .field("available_permits", &self.permits.available_permits())
+            .field("in_progress", &self.shares.in_progress())
             .field("stop_rate", &self.stop_rate)
             .finish_non_exhaustive()
     }
@@ -89,8 +94,12 @@ impl Guard {
             "the request timeout must be longer than zero"
         );
         anyhow::ensure!(
-            settings.max_concurrent_requests > 0,
-            "the concurrency limit must be at least 1"
+            settings.max_concurrent_requests > 0 && settings.caller_share > 0,
+            "the concurrency limit and each caller's share of it must be at least 1"
+        );
+        anyhow::ensure!(
+            !settings.body_deadline.is_zero(),
+            "the body deadline must be longer than zero"
         );
         let stop_rate = match settings.stop_rate {
             None => None,
@@ -111,7 +120,10 @@ impl Guard {
         let stop_rate = Arc::new(StopRate::new(stop_rate));
         Ok(Self {
             auth,
-            permits: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            shares: Arc::new(Shares::new(
+                settings.max_concurrent_requests,
+                settings.caller_share,
+            )),
             settings,
             stop_rate,
             metrics,
@@ -131,17 +143,10 @@ impl Guard {
         }
     }
 
-    /// Steps 1 to 3: who is calling, and whether the call may start now.
-    async fn admit(&self, parts: &mut http::request::Parts) -> Result<OwnedSemaphorePermit, Error> {
-        let tls = parts.extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
-        let certificates = tls.and_then(TlsConnectInfo::peer_certs);
-        let peer = match tls {
-            Some(tls) => tls.get_ref().remote_addr(),
-            None => parts
-                .extensions
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr),
-        };
+    /// Step 1: who is calling (in the request's extensions from then on).
+    async fn authenticate(&self, parts: &mut http::request::Parts) -> Result<(), Error> {
+        let certificates = Peer::certificates(&parts.extensions);
+        let peer = Peer::of(&parts.extensions).and_then(Peer::address);
         let presented = Presented {
             headers: &parts.headers,
             peer,
@@ -160,14 +165,6 @@ impl Guard {
         let span = tracing::Span::current();
         span.record("enduser.id", caller.principal().as_str());
         span.record("auth.method", caller.method().as_str());
-        // The permit first: a call refused for concurrency spends none of the caller's rate.
-        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
-            self.metrics.limit_refused("concurrency");
-            Error::LimitExceeded {
-                what: "calls in progress on this server",
-                retry_after: Duration::from_secs(1),
-            }
-        })?;
         if let Some(encoding) = parts.headers.get("grpc-encoding")
             && encoding.as_bytes() != b"identity"
         {
@@ -176,11 +173,50 @@ impl Guard {
                 "compressed requests are not accepted; send them uncompressed (grpc-encoding identity)",
             )]));
         }
+        parts.extensions.insert(caller);
+        cap_deadline(&mut parts.headers, self.settings.request_timeout);
+        Ok(())
+    }
+
+    /// Step 2: the request's message, within the body deadline.
+    async fn message(&self, body: Body) -> Result<Body, Error> {
+        match tokio::time::timeout(self.settings.body_deadline, self.read_body(body)).await {
+            Ok(read) => read,
+            Err(_) => {
+                self.metrics.limit_refused("body_deadline");
+                Err(Error::LimitExceeded {
+                    what: "time for the request message to arrive",
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+        }
+    }
+
+    /// Steps 3 and 4: whether the call may start now.
+    fn start(&self, parts: &http::request::Parts) -> Result<Permit, Error> {
+        let caller = parts
+            .extensions
+            .get::<Caller>()
+            .ok_or(Error::Unauthenticated("no caller"))?;
+        let peer = Peer::of(&parts.extensions).and_then(Peer::address);
+        // The permit first: a call refused for concurrency spends none of the caller's rate.
+        let permit = self
+            .shares
+            .try_acquire(Sharer::of(caller.principal(), peer))
+            .map_err(|full| {
+                let (limit, what) = match full {
+                    Refused::Server => ("concurrency", "calls in progress on this server"),
+                    Refused::Share => ("caller_share", "calls in progress by this caller"),
+                };
+                self.metrics.limit_refused(limit);
+                Error::LimitExceeded {
+                    what,
+                    retry_after: Duration::from_secs(1),
+                }
+            })?;
         if parts.uri.path() == STOP_EXECUTION {
             self.check_stop_rate(caller.principal())?;
         }
-        parts.extensions.insert(caller);
-        cap_deadline(&mut parts.headers, self.settings.request_timeout);
         Ok(permit)
     }
 
@@ -195,7 +231,7 @@ impl Guard {
         })
     }
 
-    /// Step 5: the request's one message, read whole if it is within the limit.
+    /// The request's one message, read whole if it is within the limit.
     async fn read_body(&self, body: Body) -> Result<Body, Error> {
         // A gRPC message is framed by 5 bytes: a compression flag and its length.
         let limit = self.settings.max_message_size + 5;
@@ -305,25 +341,74 @@ where
         let guard = self.guard.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            let permit = match guard.admit(&mut parts).await {
-                Ok(permit) => permit,
+            let admitted = async {
+                guard.authenticate(&mut parts).await?;
+                let body = guard.message(body).await?;
+                let permit = guard.start(&parts)?;
+                Ok::<_, Error>((body, permit))
+            };
+            let (body, permit) = match admitted.await {
+                Ok(admitted) => admitted,
                 Err(error) => return Ok(Status::from(error).into_http()),
             };
             let timeout = guard.settings.request_timeout;
-            let call = async {
-                let body = guard.read_body(body).await?;
-                match inner.call(http::Request::from_parts(parts, body)).await {
-                    Ok(response) => Ok::<_, Error>(response),
-                    Err(never) => match never {},
-                }
-            };
+            let call = inner.call(http::Request::from_parts(parts, body));
             let response = match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(response)) => response,
-                Ok(Err(error)) => Status::from(error).into_http(),
+                Ok(Err(never)) => match never {},
                 Err(_) => Status::from(Error::DeadlineExceeded(timeout)).into_http(),
             };
             drop(permit);
             Ok(response)
+        })
+    }
+}
+
+/// A service open to every caller (health, reflection): not authenticated, but bounded like
+/// the rest. Its messages are limited where it is made (a few KiB); here the request timeout
+/// bounds the wait for its response (a unary call's whole work; a stream's start).
+#[derive(Debug, Clone)]
+pub(crate) struct Open<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S> Open<S> {
+    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
+        Self { inner, timeout }
+    }
+}
+
+impl<S: NamedService> NamedService for Open<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for Open<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, inner.call(request)).await {
+                Ok(answered) => answered,
+                Err(_) => Ok(Status::from(Error::DeadlineExceeded(timeout)).into_http()),
+            }
         })
     }
 }
@@ -369,6 +454,8 @@ mod tests {
                 max_message_size: 1024,
                 request_timeout: Duration::from_secs(30),
                 max_concurrent_requests: 2,
+                caller_share: 2,
+                body_deadline: Duration::from_secs(5),
                 stop_rate,
             },
             Arc::default(),
@@ -400,32 +487,28 @@ mod tests {
         assert!(self::guard(None).check_stop_rate(&alice).is_ok());
     }
 
+    /// Authenticated, message read: where the call would start.
+    async fn admitted(guard: &Guard) -> Result<Permit, Error> {
+        let mut parts = parts("/pipelinecontrol.v1.PipelineControl/GetExecution");
+        guard.authenticate(&mut parts).await?;
+        guard.start(&parts)
+    }
+
     #[tokio::test]
     async fn calls_beyond_the_concurrency_limit_are_refused_until_a_permit_returns() {
         let guard = guard(None);
-        let first = guard
-            .admit(&mut parts(
-                "/pipelinecontrol.v1.PipelineControl/GetExecution",
-            ))
-            .await;
-        let second = guard
-            .admit(&mut parts(
-                "/pipelinecontrol.v1.PipelineControl/GetExecution",
-            ))
-            .await;
+        let first = admitted(&guard).await;
+        let second = admitted(&guard).await;
         assert!(first.is_ok() && second.is_ok());
-        let third = guard
-            .admit(&mut parts(
-                "/pipelinecontrol.v1.PipelineControl/GetExecution",
-            ))
-            .await;
+        let third = admitted(&guard).await;
         assert_eq!(
             third.map(|_| ()).map_err(|e| e.reason()),
             Err("LIMIT_EXCEEDED")
         );
         drop(first);
         let mut fourth = parts("/pipelinecontrol.v1.PipelineControl/GetExecution");
-        assert!(guard.admit(&mut fourth).await.is_ok());
+        guard.authenticate(&mut fourth).await.unwrap();
+        assert!(guard.start(&fourth).is_ok());
         assert_eq!(
             fourth
                 .extensions
@@ -433,6 +516,30 @@ mod tests {
                 .map(|caller| caller.principal().as_str()),
             Some("anonymous")
         );
+    }
+
+    #[tokio::test]
+    async fn a_message_that_does_not_arrive_in_time_is_refused_and_holds_no_permit() {
+        let mut guard = guard(None);
+        guard.settings.body_deadline = Duration::from_millis(20);
+        let (_sender, never) = futures_channel_body();
+        let refused = guard.message(never).await;
+        assert_eq!(
+            refused.map(|_| ()).map_err(|e| e.reason()),
+            Err("LIMIT_EXCEEDED")
+        );
+        assert_eq!(guard.shares.in_progress(), 0);
+    }
+
+    /// A body whose data never comes while its sender lives.
+    fn futures_channel_body() -> (tokio::sync::mpsc::Sender<()>, Body) {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<()>(1);
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            receiver
+                .poll_recv(cx)
+                .map(|_| None::<Result<http_body::Frame<tonic::codegen::Bytes>, Status>>)
+        });
+        (sender, Body::new(http_body_util::StreamBody::new(stream)))
     }
 
     fn frame(flag: u8, length: u32, message: &[u8]) -> Body {
@@ -467,6 +574,8 @@ mod tests {
             max_message_size: 1024,
             request_timeout: Duration::from_secs(30),
             max_concurrent_requests: 2,
+            caller_share: 2,
+            body_deadline: Duration::from_secs(5),
             stop_rate: Some((1e-30, 10)),
         };
         assert!(Guard::new(auth.clone(), settings.clone(), Arc::default()).is_err());

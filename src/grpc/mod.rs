@@ -2,11 +2,14 @@
 //! method per RPC (validate, authorize, call the domain, convert to proto), behind the
 //! [`Guard`] (authentication and limits). Errors become `Status` only in [`crate::error`].
 
+mod connection;
 mod convert;
 mod guard;
 mod observe;
+mod shares;
 
-pub(crate) use guard::{Guard, GuardSettings};
+pub(crate) use connection::{Backoff, Bounded, Deadlines};
+pub(crate) use guard::{Guard, GuardSettings, Open};
 pub(crate) use observe::Observe;
 
 use std::{pin::Pin, sync::Arc};

@@ -139,6 +139,8 @@ where
         // The clone that was made ready is the one to call (tower's rule); keep a fresh one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        // A call on the connection: its handshake is over.
+        super::connection::Peer::called(request.extensions());
         let Some(method) = self.observe.methods.get(request.uri().path()).cloned() else {
             return Box::pin(inner.call(request));
         };

@@ -181,6 +181,8 @@ pub(crate) struct Metrics {
     file_reloads: Family<Labels2, Counter>,
     jwks_fetches: Family<Labels1, Counter>,
     limit_refusals: Family<Labels1, Counter>,
+    connections_closed: Family<Labels1, Counter>,
+    accept_errors: Counter,
     serving: Gauge,
 }
 
@@ -228,7 +230,17 @@ impl Metrics {
         );
         let limit_refusals = counter(
             "pipeline_control_limit_refusals",
-            "Calls refused with RESOURCE_EXHAUSTED, by limit: concurrency, stop_rate, watch_streams, message_size",
+            "Calls refused with RESOURCE_EXHAUSTED, by limit: concurrency (the server's), caller_share (one caller's share of it), body_deadline (a request message that did not arrive in time), stop_rate, watch_streams, message_size",
+        );
+        let connections_closed = counter(
+            "pipeline_control_connections_closed",
+            "Connections the server closed for a deadline, by reason: handshake_timeout (no call in time after the connection was accepted), write_timeout (the peer read nothing of the server's writes in time)",
+        );
+        let accept_errors = Counter::default();
+        registry.register(
+            "pipeline_control_accept_errors",
+            "Errors accepting a connection (out of file descriptors, of memory); each pauses the accept loop, 5 ms doubling to 1 s",
+            accept_errors.clone(),
         );
 
         let mut counter2 = |name: &str, help: &str| {
@@ -419,6 +431,8 @@ impl Metrics {
             file_reloads,
             jwks_fetches,
             limit_refusals,
+            connections_closed,
+            accept_errors,
             serving,
         };
         metrics.create_zero_series();
@@ -484,6 +498,10 @@ impl Metrics {
         }
         for limit in LIMITS {
             self.limit_refusals.get_or_create_owned(&[("limit", limit)]);
+        }
+        for reason in CONNECTION_CLOSES {
+            self.connections_closed
+                .get_or_create_owned(&[("reason", reason)]);
         }
     }
 
@@ -653,6 +671,18 @@ impl Metrics {
         self.limit_refusals.get_or_create(&[("limit", limit)]).inc();
     }
 
+    /// A connection closed for a deadline (one of [`CONNECTION_CLOSES`]).
+    pub(crate) fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// An error accepting a connection.
+    pub(crate) fn accept_error(&self) {
+        self.accept_errors.inc();
+    }
+
     pub(crate) fn set_serving(&self, serving: bool) {
         self.serving.set(i64::from(serving));
     }
@@ -691,7 +721,17 @@ pub(crate) const SETTINGS_FILES: [&str; 4] = ["tokens", "policy", "identity", "a
 pub(crate) const AUTH_METHODS: [&str; 6] = ["token", "mtls", "jwt", "iam", "mesh", "anonymous"];
 
 /// `pipeline_control_limit_refusals_total` limits.
-pub(crate) const LIMITS: [&str; 4] = ["concurrency", "stop_rate", "watch_streams", "message_size"];
+pub(crate) const LIMITS: [&str; 6] = [
+    "concurrency",
+    "caller_share",
+    "body_deadline",
+    "stop_rate",
+    "watch_streams",
+    "message_size",
+];
+
+/// `pipeline_control_connections_closed_total` reasons.
+pub(crate) const CONNECTION_CLOSES: [&str; 2] = ["handshake_timeout", "write_timeout"];
 
 /// OpenMetrics text to the Prometheus text format (0.0.4), as Prometheus's own client
 /// libraries write it: a counter's family is named with its `_total` suffix, `# UNIT` and

@@ -766,6 +766,7 @@ mod tests {
                         static_credentials: Some(("AKIDTEST".into(), "secret".into())),
                         region: Some("us-east-1".into()),
                         accounts_file: None,
+                        max_connections_per_endpoint: 4,
                     },
                     crate::sagemaker::CallPolicy::default(),
                     Arc::default(),
