@@ -250,8 +250,10 @@ pub struct LimitArgs {
     pub body_deadline: Duration,
 
     /// HTTP/2 streams one connection may have open at once (MAX_CONCURRENT_STREAMS in the
-    /// server's SETTINGS): what one connection can make the server hold.
-    #[arg(long, env = "PIPELINE_CONTROL_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    /// server's SETTINGS): what one connection can make the server hold. Watch streams count
+    /// while they last: a client that follows more executions at once on one connection
+    /// waits for a stream (or opens another connection).
+    #[arg(long, env = "PIPELINE_CONTROL_MAX_STREAMS_PER_CONNECTION", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
 
     /// How long a new connection may take to make its first call (the TLS handshake and

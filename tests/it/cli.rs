@@ -14,7 +14,7 @@ use tonic_health::pb::{
 };
 use tonic_types::StatusExt as _;
 
-const BIN: &str = env!("CARGO_BIN_EXE_pipeline-control");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_pipeline-control");
 
 /// The binary with a clean environment for the settings it reads.
 pub(crate) fn command() -> Command {

@@ -15,6 +15,7 @@ mod executions;
 mod fleet;
 mod force;
 mod history;
+mod hostile;
 mod iam;
 mod identity;
 mod input;

@@ -444,14 +444,15 @@ async fn refusals_by_the_guard_and_the_policy_are_counted() {
     assert_eq!(handled(&metrics, "StopExecution", "PermissionDenied"), 1.0);
     assert_eq!(handled(&metrics, "StopExecution", "ResourceExhausted"), 1.0);
     assert_eq!(handled(&metrics, "StopExecution", "OK"), 1.0);
-    // Refused by the guard: started and handled, never read.
+    // Refused by authentication: started and handled, never read. The rate is spent only once
+    // the message is in (a permit is taken then), so the call refused by it was read.
     assert_eq!(
         per_method(&metrics, "grpc_server_started_total", "StopExecution"),
         5.0
     );
     assert_eq!(
         per_method(&metrics, "grpc_server_msg_received_total", "StopExecution"),
-        2.0
+        3.0
     );
     for (reason, count) in [
         ("no_credentials", 1.0),
