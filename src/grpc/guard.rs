@@ -30,7 +30,8 @@ use std::{
 };
 
 use governor::{Quota, RateLimiter};
-use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, Full};
+use tokio::sync::Semaphore;
 use tonic::{Status, body::Body, server::NamedService};
 use tower::Service;
 
@@ -48,6 +49,10 @@ use crate::{
 
 /// The path of the one rate-limited RPC.
 const STOP_EXECUTION: &str = "/pipelinecontrol.v1.PipelineControl/StopExecution";
+
+/// The bytes of request messages the server receives at once, all connections together: 512
+/// messages of the largest size by default (a message larger than this cannot be configured).
+const RECEIVING_BYTES: usize = 32 << 20;
 
 /// The guard's limits.
 #[derive(Debug, Clone)]
@@ -68,6 +73,8 @@ pub(crate) struct Guard {
     auth: Arc<Auth>,
     settings: GuardSettings,
     shares: Arc<Shares>,
+    /// The bytes of request messages being received, all connections together.
+    receiving: Arc<Semaphore>,
     stop_rate: Arc<StopRate>,
     metrics: Arc<Metrics>,
 }
@@ -124,6 +131,7 @@ impl Guard {
                 settings.max_concurrent_requests,
                 settings.caller_share,
             )),
+            receiving: Arc::new(Semaphore::new(RECEIVING_BYTES)),
             settings,
             stop_rate,
             metrics,
@@ -231,27 +239,57 @@ impl Guard {
         })
     }
 
-    /// The request's one message, read whole if it is within the limit.
-    async fn read_body(&self, body: Body) -> Result<Body, Error> {
+    /// The request's one message, read whole if it is within the limit. A message announced
+    /// larger is refused before its bytes arrive; one within it takes its size from the budget
+    /// of bytes being received by the whole server while it arrives, so that many slow large
+    /// messages on many connections cannot add up without bound.
+    async fn read_body(&self, mut body: Body) -> Result<Body, Error> {
         // A gRPC message is framed by 5 bytes: a compression flag and its length.
         let limit = self.settings.max_message_size + 5;
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
-                check_framing(&bytes)?;
-                Ok(Body::new(Full::new(bytes)))
+        let too_large = || {
+            self.metrics.limit_refused("message_size");
+            Error::MessageTooLarge {
+                limit: self.settings.max_message_size,
             }
-            Err(error) if error.is::<LengthLimitError>() => {
-                self.metrics.limit_refused("message_size");
-                Err(Error::MessageTooLarge {
-                    limit: self.settings.max_message_size,
-                })
-            }
-            Err(error) => {
+        };
+        let mut bytes = Vec::new();
+        let mut budget = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| {
                 tracing::debug!(%error, "could not read a request body");
-                Err(Error::Cancelled)
+                Error::Cancelled
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers: nothing of the message
+            };
+            if bytes.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&data);
+            if budget.is_none()
+                && let Some(header) = bytes.first_chunk::<5>()
+            {
+                let announced = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+                let framed = (announced as usize).saturating_add(5);
+                if framed > limit {
+                    return Err(too_large());
+                }
+                let permit = self
+                    .receiving
+                    .clone()
+                    .try_acquire_many_owned(framed as u32)
+                    .map_err(|_| {
+                        self.metrics.limit_refused("message_bytes");
+                        Error::LimitExceeded {
+                            what: "request bytes being received by this server",
+                            retry_after: Duration::from_secs(1),
+                        }
+                    })?;
+                budget = Some(permit);
             }
         }
+        check_framing(&bytes)?;
+        Ok(Body::new(Full::new(tonic::codegen::Bytes::from(bytes))))
     }
 }
 
@@ -529,6 +567,64 @@ mod tests {
             Err("LIMIT_EXCEEDED")
         );
         assert_eq!(guard.shares.in_progress(), 0);
+    }
+
+    /// A body that sends `first` and then nothing while its sender lives.
+    fn stalled_body(first: Vec<u8>) -> (tokio::sync::mpsc::Sender<()>, Body) {
+        let (sender, mut receiver) = tokio::sync::mpsc::channel::<()>(1);
+        let mut first = Some(first);
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            if let Some(first) = first.take() {
+                let frame = http_body::Frame::data(tonic::codegen::Bytes::from(first));
+                return std::task::Poll::Ready(Some(Ok::<_, Status>(frame)));
+            }
+            receiver.poll_recv(cx).map(|_| None)
+        });
+        (sender, Body::new(http_body_util::StreamBody::new(stream)))
+    }
+
+    #[tokio::test]
+    async fn large_messages_arriving_slowly_share_one_budget_of_bytes() {
+        let mut guard = guard(None);
+        guard.settings.max_message_size = 4 << 20;
+        let guard = Arc::new(guard);
+        let header = |length: u32| {
+            let mut header = vec![0u8];
+            header.extend_from_slice(&length.to_be_bytes());
+            header
+        };
+        // Each announces 4 MiB and sends 5 bytes of it: 7 fit the 32 MiB budget, the 8th not.
+        let mut arriving = Vec::new();
+        for _ in 0..7 {
+            let (sender, body) = stalled_body(header(4 << 20));
+            let guard = guard.clone();
+            arriving.push((
+                sender,
+                tokio::spawn(async move { guard.read_body(body).await.map(|_| ()) }),
+            ));
+        }
+        while guard.receiving.available_permits() > RECEIVING_BYTES - 7 * ((4 << 20) + 5) {
+            tokio::task::yield_now().await;
+        }
+        let (_sender, eighth) = stalled_body(header(4 << 20));
+        assert_eq!(
+            guard
+                .read_body(eighth)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.reason()),
+            Err("LIMIT_EXCEEDED")
+        );
+        // A small message still fits, and one that gives up gives its bytes back.
+        assert!(guard.read_body(frame(0, 3, b"abc")).await.is_ok());
+        let (sender, reading) = arriving.pop().unwrap();
+        reading.abort();
+        drop(sender);
+        let _ = reading.await;
+        assert_eq!(
+            guard.receiving.available_permits(),
+            RECEIVING_BYTES - 6 * ((4 << 20) + 5)
+        );
     }
 
     /// A body whose data never comes while its sender lives.
