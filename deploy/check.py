@@ -93,7 +93,7 @@ GRPC_TYPES = {"unary", "client_stream", "server_stream", "bidi_stream"}
 VALUES = {
     ("pipeline_control_upstream_requests_total", "result"): {
         "ok", "not_found", "not_executing", "throttled", "conflict", "error", "access_denied",
-        "rejected",
+        "invalid", "rejected",
     },
     ("pipeline_control_store_statements_total", "result"): {"ok", "error"},
     ("pipeline_control_stop_requests_total", "replayed"): {"true", "false"},

@@ -21,10 +21,11 @@ use futures_util::{StreamExt as _, stream};
 
 use crate::{
     auth::Caller,
-    domain::{Action, ClientToken, ExecutionArn, PipelineArn, Reason},
+    domain::{Action, ClientToken, ExecutionArn, FieldViolation, PipelineArn, Reason},
     error::Error,
     estate::Estate,
     rate::StopRate,
+    sagemaker::UpstreamError,
     stop::{Answer, StopInput, Stopper, digest},
     store::{Completion, NewBatch, RequestKey, Store},
 };
@@ -191,7 +192,15 @@ pub(crate) async fn start(
             input.created_before,
             input.max_executions,
         )
-        .await?
+        .await
+        .map_err(|error| match error {
+            // SageMaker does not take it for a pipeline (a name of `..`, say): the caller's.
+            UpstreamError::Invalid(_) => Error::InvalidArgument(vec![FieldViolation::new(
+                "pipeline_arn",
+                "SageMaker does not accept it as a pipeline's ARN",
+            )]),
+            other => other.into(),
+        })?
         .ok_or(Error::PipelineNotFound)?;
     let selection = if input.dry_run {
         Selection {

@@ -127,8 +127,9 @@ fn describe(violations: &[FieldViolation]) -> String {
 
 impl From<UpstreamError> for Error {
     /// Transient failures: retry later, longer when SageMaker throttles. The service's own
-    /// credentials refused: the operator's to fix. Anything else: a bug. The cause was logged
-    /// where it happened.
+    /// credentials refused: the operator's to fix. What the caller named found invalid: the
+    /// caller's (every call but a batch's listing, which names its own field, is about the
+    /// execution ARN). Anything else: a bug. The cause was logged where it happened.
     fn from(error: UpstreamError) -> Self {
         match error {
             UpstreamError::Throttled(_) => Error::UpstreamUnavailable {
@@ -142,6 +143,10 @@ impl From<UpstreamError> for Error {
             UpstreamError::AccessDenied {
                 account, region, ..
             } => Error::UpstreamAccessDenied { account, region },
+            UpstreamError::Invalid(_) => Error::InvalidArgument(vec![FieldViolation::new(
+                "pipeline_execution_arn",
+                "SageMaker does not accept it as an execution's ARN",
+            )]),
             UpstreamError::Rejected(cause) => {
                 Error::Internal(format!("SageMaker refused a call: {cause}"))
             }

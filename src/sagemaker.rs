@@ -160,6 +160,10 @@ pub(crate) enum UpstreamError {
         region: String,
         message: String,
     },
+    /// ValidationException: SageMaker does not accept what the call named (a pipeline or an
+    /// execution the caller gave): the caller's to fix, not a fault of the service.
+    #[error("SageMaker found the call invalid ({0})")]
+    Invalid(String),
     /// Any other refusal (a 4xx this service does not expect): a bug to look at, never retried.
     #[error("SageMaker refused the call ({0})")]
     Rejected(String),
@@ -173,6 +177,7 @@ impl UpstreamError {
             Self::Conflict(_) => "conflict",
             Self::Unavailable(_) => "error",
             Self::AccessDenied { .. } => "access_denied",
+            Self::Invalid(_) => "invalid",
             Self::Rejected(_) => "rejected",
         }
     }
@@ -379,7 +384,11 @@ impl SageMaker {
         E: aws_sdk_sagemaker::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
         let classified = self.classify(error);
-        tracing::warn!(execution = %arn, error = %classified, "{operation} failed");
+        if matches!(classified, UpstreamError::Invalid(_)) {
+            tracing::info!(execution = %arn, error = %classified, "{operation} refused what the caller named");
+        } else {
+            tracing::warn!(execution = %arn, error = %classified, "{operation} failed");
+        }
         classified
     }
 
@@ -404,6 +413,7 @@ impl SageMaker {
                     UpstreamError::Throttled(format!("{code}: {message}"))
                 }
                 "ConflictException" => UpstreamError::Conflict(message),
+                "ValidationException" => UpstreamError::Invalid(message),
                 code if ACCESS_DENIED.contains(&code) => access_denied(),
                 _ if context.raw().status().is_server_error() => {
                     UpstreamError::Unavailable(format!("{code}: {message}"))
@@ -553,7 +563,11 @@ impl SageMaker {
                 }
                 Err(error) => {
                     let classified = self.classify(&error);
-                    tracing::warn!(pipeline = pipeline_arn, error = %classified, "{OPERATION} failed");
+                    if matches!(classified, UpstreamError::Invalid(_)) {
+                        tracing::info!(pipeline = pipeline_arn, error = %classified, "{OPERATION} refused what the caller named");
+                    } else {
+                        tracing::warn!(pipeline = pipeline_arn, error = %classified, "{OPERATION} failed");
+                    }
                     self.record(OPERATION, classified.label(), started, &span);
                     return Err(classified);
                 }

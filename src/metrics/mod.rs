@@ -71,7 +71,7 @@ pub(crate) const UPSTREAM_OPERATIONS: [&str; 5] = [
 ];
 
 /// What became of a SageMaker call (`result`).
-const UPSTREAM_RESULTS: [&str; 8] = [
+const UPSTREAM_RESULTS: [&str; 9] = [
     "ok",
     "not_found",
     "not_executing",
@@ -79,6 +79,7 @@ const UPSTREAM_RESULTS: [&str; 8] = [
     "conflict",
     "error",
     "access_denied",
+    "invalid",
     "rejected",
 ];
 
@@ -254,7 +255,7 @@ impl Metrics {
         );
         let upstream_requests = counter2(
             "pipeline_control_upstream_requests",
-            "SageMaker calls by operation and result (ok, not_found, not_executing, throttled, conflict, error, access_denied, rejected), the SDK's retries included in one call",
+            "SageMaker calls by operation and result (ok, not_found, not_executing, throttled, conflict, error, access_denied, invalid, rejected), the SDK's retries included in one call",
         );
         let store_statements = counter2(
             "pipeline_control_store_statements",

@@ -428,3 +428,72 @@ async fn each_execution_of_a_batch_spends_the_callers_stop_rate() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
 }
+
+/// What a test's own thread logs, at INFO and above, as text. With the current-thread
+/// runtime of `#[tokio::test]`, the server and the emulator it spawns run on that thread too.
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures this thread's logs until the guard is dropped; the buffer holds them.
+fn capture_logs() -> (
+    tracing::subscriber::DefaultGuard,
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || Logs(writer.clone()))
+        .finish();
+    (tracing::subscriber::set_default(subscriber), buffer)
+}
+
+/// SageMaker answers ValidationException for a pipeline named `..`: the caller's input, so
+/// INVALID_ARGUMENT naming the field, and nothing logged as an error of the service.
+#[tokio::test]
+async fn a_pipeline_arn_sagemaker_refuses_is_invalid_argument_and_logs_no_error() {
+    let (_logging, logs) = capture_logs();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let emulator = spawn_emulator(1000.0, None).await;
+    let admin = Admin::new(&emulator.endpoint_url);
+    let app = TestApp::spawn(stack_args(&db, &emulator.endpoint_url)).await;
+    let mut client = PipelineControlClient::new(app.channel().await);
+    let error = client
+        .stop_executions(pb::StopExecutionsRequest {
+            pipeline_arn: "arn:aws:sagemaker:us-east-1:123456789012:pipeline/..".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    let details = error.get_error_details();
+    assert_eq!(details.error_info().unwrap().reason, "INVALID_ARGUMENT");
+    assert_eq!(
+        details.bad_request().unwrap().field_violations[0].field,
+        "pipeline_arn"
+    );
+    assert_eq!(
+        admin.calls("ListPipelineExecutions").await,
+        1,
+        "SageMaker was asked, and refused"
+    );
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("ListPipelineExecutions refused what the caller named"),
+        "the refusal is logged, below ERROR:\n{logs}"
+    );
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
