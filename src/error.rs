@@ -105,6 +105,9 @@ pub(crate) enum Error {
         "the call took longer than the server allows ({0:?}); a StopExecution retried with the same client_request_token resumes it"
     )]
     DeadlineExceeded(Duration),
+    /// The caller's own deadline (`grpc-timeout: 0S`) had passed when the call arrived.
+    #[error("the call's deadline had passed before it started")]
+    DeadlinePassed,
     /// The request's body could not be read: the caller went away or broke the stream.
     #[error("the request could not be read")]
     Cancelled,
@@ -187,7 +190,7 @@ impl Error {
             Error::CredentialsExpired => "CREDENTIALS_EXPIRED",
             Error::IdentityProviderUnavailable { .. } => "IDENTITY_PROVIDER_UNAVAILABLE",
             Error::PermissionDenied { .. } => "PERMISSION_DENIED",
-            Error::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
+            Error::DeadlineExceeded(_) | Error::DeadlinePassed => "DEADLINE_EXCEEDED",
             Error::Cancelled => "CANCELLED",
             Error::ShuttingDown => "SHUTTING_DOWN",
             Error::Internal(_) => "INTERNAL",
@@ -217,7 +220,7 @@ impl Error {
                 Code::Unauthenticated
             }
             Error::PermissionDenied { .. } => Code::PermissionDenied,
-            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::DeadlineExceeded(_) | Error::DeadlinePassed => Code::DeadlineExceeded,
             Error::Cancelled => Code::Cancelled,
             Error::ShuttingDown => Code::Unavailable,
             Error::Internal(_) => Code::Internal,

@@ -344,6 +344,15 @@ fn cap_deadline(headers: &mut http::HeaderMap, limit: Duration) {
     }
 }
 
+/// Whether the caller's deadline is zero (`grpc-timeout: 0S`): it has passed before the call
+/// starts. Answered at once, before tonic's own timer ends the call with CANCELLED.
+fn deadline_passed(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("grpc-timeout")
+        .and_then(|value| super::convert::parse_grpc_timeout(value.to_str().ok()?))
+        .is_some_and(|timeout| timeout.is_zero())
+}
+
 /// A service behind the [`Guard`].
 #[derive(Debug, Clone)]
 pub(crate) struct Guarded<S> {
@@ -379,6 +388,9 @@ where
         let guard = self.guard.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
+            if deadline_passed(&parts.headers) {
+                return Ok(Status::from(Error::DeadlinePassed).into_http());
+            }
             let admitted = async {
                 guard.authenticate(&mut parts).await?;
                 let body = guard.message(body).await?;
@@ -443,6 +455,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let timeout = self.timeout;
         Box::pin(async move {
+            if deadline_passed(request.headers()) {
+                return Ok(Status::from(Error::DeadlinePassed).into_http());
+            }
             match tokio::time::timeout(timeout, inner.call(request)).await {
                 Ok(answered) => answered,
                 Err(_) => Ok(Status::from(Error::DeadlineExceeded(timeout)).into_http()),

@@ -438,3 +438,54 @@ async fn bodies_that_are_not_one_plain_message_get_invalid_argument_with_details
     assert!(details);
     assert_eq!(stack.stored_requests().await, 1);
 }
+
+/// A deadline of zero (`grpc-timeout: 0S`) has passed before the call starts: the answer is
+/// DEADLINE_EXCEEDED, not CANCELLED, and nothing is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_of_zero_answers_deadline_exceeded() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let http = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let message = pb::StopExecutionRequest {
+        pipeline_execution_arn: "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/x"
+            .into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut body = vec![0];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    for timeout in ["0S", "0m", "0n"] {
+        let (status, details) = raw_call(
+            &http,
+            &stack.app.url(),
+            body.clone(),
+            &[("grpc-timeout", timeout)],
+        )
+        .await;
+        assert_eq!(status, "4", "{timeout}: DEADLINE_EXCEEDED");
+        assert!(details, "{timeout}: with an ErrorInfo");
+    }
+    assert_eq!(stack.stored_requests().await, 0);
+    assert_eq!(stack.admin.calls("DescribePipelineExecution").await, 0);
+    // Health, open to every caller, too.
+    let health = http
+        .post(format!("{}/grpc.health.v1.Health/Check", stack.app.url()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "0S")
+        .body(vec![0, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        health
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some("4".to_string()),
+        "health: DEADLINE_EXCEEDED"
+    );
+}
