@@ -24,7 +24,7 @@ use crate::{
     domain::{Action, ClientToken, ExecutionArn, FieldViolation, PipelineArn, Reason},
     error::Error,
     estate::Estate,
-    rate::StopRate,
+    rate::Rate,
     sagemaker::UpstreamError,
     stop::{Answer, StopInput, Stopper, digest},
     store::{Completion, NewBatch, RequestKey, Store},
@@ -152,7 +152,7 @@ pub(crate) async fn start(
     stopper: Arc<Stopper>,
     records: &Records,
     estate: &Estate,
-    rate: Arc<StopRate>,
+    rate: Arc<Rate>,
     caller: Caller,
     input: BatchInput,
 ) -> Result<impl futures_util::Stream<Item = BatchEvent> + Send + 'static, Error> {
@@ -241,7 +241,7 @@ pub(crate) async fn start(
 /// `Selected`, then each execution's result as its stop completes, then `Summary`.
 fn events(
     stopper: Arc<Stopper>,
-    rate: Arc<StopRate>,
+    rate: Arc<Rate>,
     caller: Caller,
     input: BatchInput,
     selection: Selection,
@@ -292,7 +292,7 @@ fn events(
 /// StopExecution would stop it.
 async fn stop_one(
     stopper: &Arc<Stopper>,
-    rate: &StopRate,
+    rate: &Rate,
     caller: &Caller,
     input: &BatchInput,
     arn: &str,

@@ -22,14 +22,12 @@
 
 use std::{
     convert::Infallible,
-    num::NonZeroU32,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use governor::{Quota, RateLimiter};
 use http_body_util::{BodyExt as _, Full};
 use tokio::sync::Semaphore;
 use tonic::{Status, body::Body, server::NamedService};
@@ -44,7 +42,7 @@ use crate::{
     domain::{FieldViolation, Principal},
     error::Error,
     metrics::Metrics,
-    rate::StopRate,
+    rate::Rate,
 };
 
 /// The path of the one rate-limited RPC.
@@ -75,7 +73,7 @@ pub(crate) struct Guard {
     shares: Arc<Shares>,
     /// The bytes of request messages being received, all connections together.
     receiving: Arc<Semaphore>,
-    stop_rate: Arc<StopRate>,
+    stop_rate: Arc<Rate>,
     metrics: Arc<Metrics>,
 }
 
@@ -108,23 +106,12 @@ impl Guard {
             !settings.body_deadline.is_zero(),
             "the body deadline must be longer than zero"
         );
-        let stop_rate = match settings.stop_rate {
-            None => None,
-            Some((per_second, burst)) => {
-                let quota = Duration::try_from_secs_f64(1.0 / per_second)
-                    .ok()
-                    .and_then(Quota::with_period)
-                    .zip(NonZeroU32::new(burst))
-                    .map(|(quota, burst)| quota.allow_burst(burst))
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "the StopExecution rate limit ({per_second}/s, burst {burst}) cannot be used: the rate must be above 0 and the burst at least 1"
-                        )
-                    })?;
-                Some(RateLimiter::keyed(quota))
-            }
-        };
-        let stop_rate = Arc::new(StopRate::new(stop_rate));
+        let stop_rate = Arc::new(Rate::per_principal(
+            "stop_rate",
+            "StopExecution calls from this caller",
+            settings.stop_rate,
+            metrics.clone(),
+        )?);
         Ok(Self {
             auth,
             shares: Arc::new(Shares::new(
@@ -139,7 +126,7 @@ impl Guard {
     }
 
     /// The StopExecution rate, for the calls that spend it inside the service.
-    pub(crate) fn stop_rate(&self) -> Arc<StopRate> {
+    pub(crate) fn stop_rate(&self) -> Arc<Rate> {
         self.stop_rate.clone()
     }
 
@@ -229,14 +216,7 @@ impl Guard {
     }
 
     fn check_stop_rate(&self, principal: &Principal) -> Result<(), Error> {
-        self.stop_rate.check(principal).map_err(|wait| {
-            self.metrics.limit_refused("stop_rate");
-            Error::LimitExceeded {
-                what: "StopExecution calls from this caller",
-                // Whole milliseconds, at least one: a zero delay would invite a busy retry.
-                retry_after: wait.max(Duration::from_millis(1)),
-            }
-        })
+        self.stop_rate.spend(principal)
     }
 
     /// The request's one message, read whole if it is within the limit. A message announced

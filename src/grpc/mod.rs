@@ -26,7 +26,7 @@ use crate::{
     estate::Estate,
     history, hooks,
     metrics::Metrics,
-    rate::StopRate,
+    rate::Rate,
     stop::{Answer, StopInput, Stopper},
     store::{Completion, StopRecord},
     watch::{WatchStream, Watcher},
@@ -45,7 +45,7 @@ pub(crate) struct PipelineControlService {
     auth: Arc<Auth>,
     metrics: Arc<Metrics>,
     /// The StopExecution rate, which StopExecutions spends once per execution.
-    rate: Arc<StopRate>,
+    rate: Arc<Rate>,
 }
 
 impl PipelineControlService {
@@ -56,7 +56,7 @@ impl PipelineControlService {
         watcher: Arc<Watcher>,
         auth: Arc<Auth>,
         metrics: Arc<Metrics>,
-        rate: Arc<StopRate>,
+        rate: Arc<Rate>,
     ) -> Self {
         Self {
             stopper,
