@@ -75,6 +75,7 @@ METRICS = {
     "pipeline_control_jwks_fetches_total": ("counter", {"result"}),
     "pipeline_control_file_reloads_total": ("counter", {"file", "result"}),
     "pipeline_control_limit_refusals_total": ("counter", {"limit"}),
+    "pipeline_control_reads_total": ("counter", {"source"}),
     "pipeline_control_trace_spans_dropped_total": ("counter", set()),
     # Prometheus's own, per target
     "up": ("gauge", set()),
@@ -113,6 +114,7 @@ VALUES = {
     ("pipeline_control_limit_refusals_total", "limit"): {
         "concurrency", "stop_rate", "watch_streams", "message_size",
     },
+    ("pipeline_control_reads_total", "source"): {"upstream", "shared", "snapshot"},
 }
 for _name, (_type, _labels) in METRICS.items():
     if _name.startswith("grpc_server_"):

@@ -50,6 +50,9 @@
 //!   `events::push`: whether events flow, per account and region, which pollers read.
 //! - `batch`: StopExecutions: a pipeline's Executing executions selected, recorded and
 //!   stopped a few at a time, each as StopExecution would.
+//! - `reads`: GetExecution's reads of SageMaker, shared: answered from the last read when it
+//!   is younger than the poll interval (a poller's or another GetExecution's), else coalesced
+//!   with a read in flight.
 //! - `rate`: each principal's StopExecution rate, which StopExecutions spends too.
 //! - `audit`: write-behind of audit events that change no record (replays).
 //!
@@ -62,6 +65,9 @@
 //!   region), with roles assumed through STS.
 //! - `sagemaker`: the only code that calls SageMaker through the AWS SDK, one client per
 //!   (account, region), and the sorting of its failures.
+//! - `recent`: what this process lately read of executions and changed (stops, answered
+//!   callbacks): the last read of each, which answers while younger than the poll interval,
+//!   and never once the service changed the execution after the read began.
 //! - `files`: reading the TOML settings files (tokens, policy, accounts) with one-line errors.
 //! - [`telemetry`]: logging, as text or JSON, and traces exported over OTLP/gRPC.
 //! - `metrics`: the registry of one running service and its metrics; `metrics::server`:
@@ -99,6 +105,8 @@ mod jitter;
 mod metrics;
 pub mod pb;
 mod rate;
+mod reads;
+mod recent;
 mod sagemaker;
 pub mod shutdown;
 mod stop;

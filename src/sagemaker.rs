@@ -29,6 +29,7 @@ use crate::{
         ExecutionArn, ExecutionSnapshot, ExecutionStatus, StepDetail, StepSnapshot, StepStatus,
     },
     metrics::{Metrics, UPSTREAM_OPERATIONS},
+    recent::Recent,
 };
 
 /// Steps per ListPipelineExecutionSteps page: the most SageMaker gives.
@@ -327,6 +328,8 @@ pub(crate) struct SageMaker {
     account: String,
     region: String,
     metrics: Arc<Metrics>,
+    /// Where reads and changes of executions are recorded (the estate's, for every client).
+    recent: Arc<Recent>,
 }
 
 impl SageMaker {
@@ -335,12 +338,14 @@ impl SageMaker {
         account: &str,
         region: &str,
         metrics: Arc<Metrics>,
+        recent: Arc<Recent>,
     ) -> Self {
         Self {
             client,
             account: account.to_string(),
             region: region.to_string(),
             metrics,
+            recent,
         }
     }
 
@@ -472,13 +477,15 @@ impl SageMaker {
     }
 
     /// StopPipelineExecution with our own upstream token (never one the SDK makes up, so
-    /// every attempt for one request is the same request to SageMaker).
+    /// every attempt for one request is the same request to SageMaker). Recorded as a change
+    /// of the execution, whatever the answer.
     pub(crate) async fn stop_execution(
         &self,
         arn: &ExecutionArn,
         upstream_token: &str,
     ) -> Result<StopResult, UpstreamError> {
         const OPERATION: &str = "StopPipelineExecution";
+        let _changing = self.recent.changing(arn.as_str());
         let (started, span) = (Instant::now(), self.span(OPERATION));
         let result = self
             .client
@@ -591,6 +598,7 @@ impl SageMaker {
 
     /// SendPipelineExecutionStepFailure: answers a Callback step with a failure, with our own
     /// ClientRequestToken (every attempt for one callback is the same request to SageMaker).
+    /// Recorded as a change of the execution, whatever the answer.
     pub(crate) async fn fail_step(
         &self,
         arn: &ExecutionArn,
@@ -599,6 +607,7 @@ impl SageMaker {
         client_token: &str,
     ) -> Result<StepAnswer, UpstreamError> {
         const OPERATION: &str = "SendPipelineExecutionStepFailure";
+        let _changing = self.recent.changing(arn.as_str());
         let (started, span) = (Instant::now(), self.span(OPERATION));
         let result = self
             .client
@@ -683,11 +692,12 @@ impl SageMaker {
     }
 
     /// DescribePipelineExecution and every page of ListPipelineExecutionSteps; `None` when there
-    /// is no such execution.
+    /// is no such execution. What it finds is kept as the execution's last read.
     pub(crate) async fn execution(
         &self,
         arn: &ExecutionArn,
-    ) -> Result<Option<ExecutionSnapshot>, UpstreamError> {
+    ) -> Result<Option<Arc<ExecutionSnapshot>>, UpstreamError> {
+        let began = self.recent.stamp();
         let Some(described) = self.describe(arn).await? else {
             return Ok(None);
         };
@@ -746,7 +756,7 @@ impl SageMaker {
                 _ => break,
             }
         }
-        Ok(Some(ExecutionSnapshot {
+        let snapshot = Arc::new(ExecutionSnapshot {
             arn: arn.as_str().to_string(),
             pipeline_arn: described.pipeline_arn().unwrap_or_default().to_string(),
             display_name: described
@@ -762,7 +772,9 @@ impl SageMaker {
             last_modified_time: time(described.last_modified_time()),
             steps,
             observed_at,
-        }))
+        });
+        self.recent.read(&snapshot, began);
+        Ok(Some(snapshot))
     }
 }
 

@@ -13,6 +13,10 @@
 //! The file is reloaded on SIGHUP ([`Estate::reload`]); a file that fails to load keeps the
 //! previous one in force. A reload drops the cached clients, so a changed role or endpoint
 //! takes effect at the next call.
+//!
+//! Every client records what it reads of executions and the changes it makes to them in the
+//! estate's [`Recent`], so that reads are shared and none begun before a change answers for
+//! after it.
 
 mod accounts;
 mod ceiling;
@@ -33,6 +37,7 @@ use crate::{
     error::Error,
     files,
     metrics::Metrics,
+    recent::Recent,
     sagemaker::{AttemptMetrics, CallPolicy, SageMaker},
 };
 
@@ -97,6 +102,8 @@ pub(crate) struct Estate {
     metrics: Arc<Metrics>,
     /// Counts every client's attempts (one interceptor for all).
     attempts: SharedInterceptor,
+    /// What every client read of executions and changed lately (kept across reloads).
+    recent: Arc<Recent>,
 }
 
 impl Estate {
@@ -152,6 +159,7 @@ impl Estate {
             clients: DashMap::new(),
             attempts: SharedInterceptor::new(AttemptMetrics::new(metrics.clone())),
             metrics,
+            recent: Arc::default(),
         })
     }
 
@@ -241,7 +249,13 @@ impl Estate {
             account_id,
             region,
             self.metrics.clone(),
+            self.recent.clone(),
         )
+    }
+
+    /// What the service read of executions and changed lately.
+    pub(crate) fn recent(&self) -> &Recent {
+        &self.recent
     }
 
     /// The credentials of the role the accounts file names for `account_id`, if it names one

@@ -27,6 +27,7 @@ use crate::{
     history, hooks,
     metrics::Metrics,
     rate::Rate,
+    reads::Reads,
     stop::{Answer, StopInput, Stopper},
     store::{Completion, StopRecord},
     watch::{WatchStream, Watcher},
@@ -46,6 +47,8 @@ pub(crate) struct PipelineControlService {
     metrics: Arc<Metrics>,
     /// The StopExecution rate, which StopExecutions spends once per execution.
     rate: Arc<Rate>,
+    /// GetExecution's reads, shared.
+    reads: Arc<Reads>,
 }
 
 impl PipelineControlService {
@@ -58,6 +61,11 @@ impl PipelineControlService {
         metrics: Arc<Metrics>,
         rate: Arc<Rate>,
     ) -> Self {
+        let reads = Arc::new(Reads::new(
+            estate.clone(),
+            watcher.poll_interval(),
+            metrics.clone(),
+        ));
         Self {
             stopper,
             records,
@@ -66,6 +74,7 @@ impl PipelineControlService {
             auth,
             metrics,
             rate,
+            reads,
         }
     }
 
@@ -401,14 +410,7 @@ impl PipelineControl for PipelineControlService {
         hooks::handler_entry().await;
         let result = async {
             let (_, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
-            let snapshot = self
-                .estate
-                .client(&arn)
-                .await?
-                .execution(&arn)
-                .await
-                .map_err(Error::from)?
-                .ok_or(Error::ExecutionNotFound)?;
+            let snapshot = self.reads.execution(&arn).await?;
             Ok::<_, Error>(Response::new(convert::execution(&snapshot)))
         };
         self.counted(result.await.map_err(Status::from))

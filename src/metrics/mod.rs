@@ -184,6 +184,7 @@ pub(crate) struct Metrics {
     limit_refusals: Family<Labels1, Counter>,
     connections_closed: Family<Labels1, Counter>,
     accept_errors: Counter,
+    reads: Family<Labels1, Counter>,
     serving: Gauge,
 }
 
@@ -232,6 +233,10 @@ impl Metrics {
         let limit_refusals = counter(
             "pipeline_control_limit_refusals",
             "Calls refused with RESOURCE_EXHAUSTED, by limit: concurrency (the server's), caller_share (one caller's share of it), body_deadline (a request message that did not arrive in time), stop_rate, watch_streams, message_size, message_bytes (the bytes of request messages being received by the whole server)",
+        );
+        let reads = counter(
+            "pipeline_control_reads",
+            "GetExecution answers by where they came from: upstream (this call read SageMaker), shared (it joined a read of the execution in flight), snapshot (a read of it younger than the poll interval: its poller's or another GetExecution's)",
         );
         let connections_closed = counter(
             "pipeline_control_connections_closed",
@@ -434,6 +439,7 @@ impl Metrics {
             limit_refusals,
             connections_closed,
             accept_errors,
+            reads,
             serving,
         };
         metrics.create_zero_series();
@@ -503,6 +509,9 @@ impl Metrics {
         for reason in CONNECTION_CLOSES {
             self.connections_closed
                 .get_or_create_owned(&[("reason", reason)]);
+        }
+        for source in READ_SOURCES {
+            self.reads.get_or_create_owned(&[("source", source)]);
         }
     }
 
@@ -684,6 +693,11 @@ impl Metrics {
         self.accept_errors.inc();
     }
 
+    /// A GetExecution answer from `source` (one of [`READ_SOURCES`]).
+    pub(crate) fn read_answered(&self, source: &'static str) {
+        self.reads.get_or_create(&[("source", source)]).inc();
+    }
+
     pub(crate) fn set_serving(&self, serving: bool) {
         self.serving.set(i64::from(serving));
     }
@@ -734,6 +748,9 @@ pub(crate) const LIMITS: [&str; 7] = [
 
 /// `pipeline_control_connections_closed_total` reasons.
 pub(crate) const CONNECTION_CLOSES: [&str; 2] = ["handshake_timeout", "write_timeout"];
+
+/// `pipeline_control_reads_total` sources: where a GetExecution answer came from.
+pub(crate) const READ_SOURCES: [&str; 3] = ["upstream", "shared", "snapshot"];
 
 /// OpenMetrics text to the Prometheus text format (0.0.4), as Prometheus's own client
 /// libraries write it: a counter's family is named with its `_total` suffix, `# UNIT` and

@@ -218,6 +218,11 @@ impl Watcher {
         }
     }
 
+    /// The poll interval: how long a snapshot tells an execution's state (for reads too).
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.settings.poll_interval
+    }
+
     /// Every follower re-reads its shared row.
     fn wake_all(&self) {
         for poller in &self.pollers {
@@ -409,7 +414,6 @@ impl Watcher {
                     return Read::Same(snapshot.observed_at);
                 }
                 *last_digest = Some(digest);
-                let snapshot = Arc::new(snapshot);
                 poller
                     .tx
                     .send_replace(Published::Snapshot(snapshot.clone()));

@@ -1,5 +1,6 @@
 //! GetExecution against the emulator through the real SDK: the execution with all its steps
-//! (every page), each step's type from its metadata, and what holds a stop up.
+//! (every page), each step's type from its metadata, and what holds a stop up. (How reads are
+//! shared is in `reads`.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use std::time::Duration;
@@ -19,6 +20,24 @@ async fn get(stack: &Stack, arn: &str) -> Result<pb::Execution, tonic::Status> {
         })
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// GetExecution until it shows `status` (within 10 s): a change made outside the service is
+/// seen once the last read of the execution is older than the poll interval.
+async fn get_until(stack: &Stack, arn: &str, status: pb::ExecutionStatus) -> pb::Execution {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let execution = get(stack, arn).await.unwrap();
+        if execution.status() == status {
+            return execution;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {:?}, not {status:?}",
+            execution.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn step<'a>(execution: &'a pb::Execution, name: &str) -> &'a pb::Step {
@@ -94,8 +113,7 @@ async fn a_callback_step_is_named_as_what_holds_a_stop_up() {
         .send()
         .await
         .unwrap();
-    let execution = get(&stack, &arn).await.unwrap();
-    assert_eq!(execution.status(), pb::ExecutionStatus::Stopped);
+    let execution = get_until(&stack, &arn, pb::ExecutionStatus::Stopped).await;
     assert!(execution.steps.iter().all(|s| s.blocking_reason.is_empty()));
 }
 
@@ -123,8 +141,7 @@ async fn a_lambda_step_is_named_until_its_function_ends() {
     assert!(
         matches!(&evaluate.metadata, Some(pb::step::Metadata::Lambda(l)) if l.function_arn == function)
     );
-    crate::common::wait_for_status(&stack.sagemaker, &arn, "Stopped").await;
-    let execution = get(&stack, &arn).await.unwrap();
+    let execution = get_until(&stack, &arn, pb::ExecutionStatus::Stopped).await;
     assert_eq!(
         step(&execution, "Evaluate").status(),
         pb::StepStatus::Stopped

@@ -21,6 +21,7 @@ mod identity;
 mod input;
 mod irsa;
 mod metrics;
+mod reads;
 mod server;
 mod stop;
 mod store;

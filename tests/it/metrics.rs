@@ -496,6 +496,8 @@ async fn throttled_attempts_and_retries_are_counted() {
     })
     .await;
     let arn = stack.callback_execution().await;
+    // Read once the first is kept: the second call is of another execution.
+    let other = stack.callback_execution().await;
     stack.admin.reset_stats().await;
     // Two throttled attempts, then an answer: one call, three attempts.
     stack
@@ -506,10 +508,10 @@ async fn throttled_attempts_and_retries_are_counted() {
         )
         .await;
     let mut client = stack.client.clone();
-    let get = pb::GetExecutionRequest {
-        pipeline_execution_arn: arn.clone(),
+    let get = |arn: &str| pb::GetExecutionRequest {
+        pipeline_execution_arn: arn.to_string(),
     };
-    client.get_execution(get.clone()).await.unwrap();
+    client.get_execution(get(&arn)).await.unwrap();
     // Throttled on every attempt: the call ends throttled.
     stack
         .admin
@@ -518,7 +520,7 @@ async fn throttled_attempts_and_retries_are_counted() {
             json!({"throttle": {"count": 1000}}),
         )
         .await;
-    let error = client.get_execution(get).await.unwrap_err();
+    let error = client.get_execution(get(&other)).await.unwrap_err();
     assert_eq!(error.code(), Code::Unavailable);
 
     let metrics = stack.app.scrape().await;

@@ -289,7 +289,9 @@ async fn a_collector_that_is_down_changes_nothing_for_callers() {
             .into_inner();
         assert_eq!(execution.pipeline_execution_arn, arn);
     }
-    // Three spans a call, four at most queued: the rest were dropped, and counted.
+    // A server span a call, and two SageMaker spans for the first (the others are answered
+    // from its snapshot): 22 spans, four at most queued and as many in the hung export. The
+    // rest were dropped, and counted.
     let page = reqwest::get(format!("http://{}/metrics", metrics.unwrap()))
         .await
         .unwrap()
@@ -297,7 +299,7 @@ async fn a_collector_that_is_down_changes_nothing_for_callers() {
         .await
         .unwrap();
     let dropped = Metrics::parse(&page).value("pipeline_control_trace_spans_dropped_total", &[]);
-    assert!(dropped >= 20.0, "dropped {dropped}");
+    assert!(dropped >= 12.0, "dropped {dropped}");
     // Shutdown does not wait for the collector for long either.
     send_signal(&child, "-TERM");
     assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
