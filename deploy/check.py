@@ -112,7 +112,7 @@ VALUES = {
     ("pipeline_control_file_reloads_total", "file"): {"tokens", "policy", "identity", "accounts"},
     ("pipeline_control_file_reloads_total", "result"): {"ok", "kept_previous"},
     ("pipeline_control_limit_refusals_total", "limit"): {
-        "concurrency", "stop_rate", "watch_streams", "message_size",
+        "concurrency", "stop_rate", "read_rate", "watch_streams", "message_size",
     },
     ("pipeline_control_reads_total", "source"): {"upstream", "shared", "snapshot"},
 }

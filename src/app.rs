@@ -48,6 +48,7 @@ use crate::{
     },
     metrics::{Metrics, server::MetricsServer},
     pb,
+    rate::{Rate, Rates},
     sagemaker::CallPolicy,
     shutdown::{self, CutOffIo},
     stop::{StopSettings, Stopper},
@@ -269,7 +270,19 @@ impl Application {
             watcher.clone(),
             auth.clone(),
             metrics.clone(),
-            guard.stop_rate(),
+            Rates {
+                stop: guard.stop_rate(),
+                read: Arc::new(
+                    Rate::per_principal(
+                        "read_rate",
+                        "calls reading SageMaker from this caller",
+                        (limits.read_rate_limit > 0.0)
+                            .then_some((limits.read_rate_limit, limits.read_rate_burst)),
+                        metrics.clone(),
+                    )
+                    .context("invalid limits")?,
+                ),
+            },
         );
 
         // Health answers from the first call on: SERVING only if the (migrated) store answers

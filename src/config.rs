@@ -282,6 +282,17 @@ pub struct LimitArgs {
     #[arg(long, env = "PIPELINE_CONTROL_STOP_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub stop_rate_burst: u32,
 
+    /// Calls that read SageMaker (GetExecution, and the start of WatchExecution) per second per
+    /// principal (sustained); more answer RESOURCE_EXHAUSTED with a RetryInfo. 0 turns the
+    /// limit off.
+    #[arg(long, env = "PIPELINE_CONTROL_READ_RATE_LIMIT", default_value_t = 50.0, value_parser = rate)]
+    pub read_rate_limit: f64,
+
+    /// Reading calls a principal may make in a burst: the size of its bucket, which refills at
+    /// the sustained rate.
+    #[arg(long, env = "PIPELINE_CONTROL_READ_RATE_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub read_rate_burst: u32,
+
     /// HTTP/2 PING interval on idle connections, to find dead peers (0s turns it off).
     #[arg(long, env = "PIPELINE_CONTROL_HTTP2_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub http2_keepalive_interval: Duration,
@@ -445,6 +456,8 @@ mod tests {
         assert_eq!(built.shutdown_grace, Duration::from_secs(20));
         assert_eq!(built.limits.max_message_size, 65_536);
         assert_eq!(built.limits.stop_rate_burst, 100);
+        assert_eq!(built.limits.read_rate_limit, 50.0);
+        assert_eq!(built.limits.read_rate_burst, 100);
         assert_eq!(built.database.database_timeout, Duration::from_secs(5));
         assert_eq!(built.database.database_url, "x.db");
         assert_eq!(built.emulator_settings.account_id, "123456789012");
@@ -463,6 +476,8 @@ mod tests {
         assert!(parse(&["--tls-key", "k.pem"]).is_err());
         assert!(parse(&["--tls-client-ca", "ca.pem"]).is_err());
         assert!(parse(&["--stop-rate-limit", "-1"]).is_err());
+        assert!(parse(&["--read-rate-limit", "-1"]).is_err());
+        assert!(parse(&["--read-rate-limit", "0", "--read-rate-burst", "5"]).is_ok());
         assert!(parse(&["--max-message-size", "10"]).is_err());
         assert!(parse(&["--stop-rate-limit", "0", "--auth-tokens-file", "t.toml"]).is_ok());
     }

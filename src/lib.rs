@@ -53,7 +53,8 @@
 //! - `reads`: GetExecution's reads of SageMaker, shared: answered from the last read when it
 //!   is younger than the poll interval (a poller's or another GetExecution's), else coalesced
 //!   with a read in flight.
-//! - `rate`: each principal's StopExecution rate, which StopExecutions spends too.
+//! - `rate`: each principal's rates: StopExecution's, which StopExecutions spends too, and the
+//!   reads of SageMaker.
 //! - `audit`: write-behind of audit events that change no record (replays).
 //!
 //! The edges:

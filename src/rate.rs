@@ -90,6 +90,15 @@ impl Rate {
     }
 }
 
+/// The rates the service spends inside calls.
+#[derive(Debug, Clone)]
+pub(crate) struct Rates {
+    /// StopExecution's (the guard spends it), which StopExecutions spends once per execution.
+    pub(crate) stop: Arc<Rate>,
+    /// The calls that read SageMaker: GetExecution, and the start of WatchExecution.
+    pub(crate) read: Arc<Rate>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

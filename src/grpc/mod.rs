@@ -26,7 +26,7 @@ use crate::{
     estate::Estate,
     history, hooks,
     metrics::Metrics,
-    rate::Rate,
+    rate::Rates,
     reads::Reads,
     stop::{Answer, StopInput, Stopper},
     store::{Completion, StopRecord},
@@ -45,8 +45,9 @@ pub(crate) struct PipelineControlService {
     watcher: Arc<Watcher>,
     auth: Arc<Auth>,
     metrics: Arc<Metrics>,
-    /// The StopExecution rate, which StopExecutions spends once per execution.
-    rate: Arc<Rate>,
+    /// The callers' rates: StopExecutions spends the stop rate once per execution; the calls
+    /// that read SageMaker spend the read rate.
+    rates: Rates,
     /// GetExecution's reads, shared.
     reads: Arc<Reads>,
 }
@@ -59,7 +60,7 @@ impl PipelineControlService {
         watcher: Arc<Watcher>,
         auth: Arc<Auth>,
         metrics: Arc<Metrics>,
-        rate: Arc<Rate>,
+        rates: Rates,
     ) -> Self {
         let reads = Arc::new(Reads::new(
             estate.clone(),
@@ -73,7 +74,7 @@ impl PipelineControlService {
             watcher,
             auth,
             metrics,
-            rate,
+            rates,
             reads,
         }
     }
@@ -409,7 +410,8 @@ impl PipelineControl for PipelineControlService {
     ) -> Result<Response<pb::Execution>, Status> {
         hooks::handler_entry().await;
         let result = async {
-            let (_, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
+            let (caller, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
+            self.rates.read.spend(caller.principal())?;
             let snapshot = self.reads.execution(&arn).await?;
             Ok::<_, Error>(Response::new(convert::execution(&snapshot)))
         };
@@ -428,6 +430,8 @@ impl PipelineControl for PipelineControlService {
         let result = async {
             let (caller, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
             self.estate.check(&arn)?;
+            // A stream's start may read SageMaker (its poller's first read); its messages do not.
+            self.rates.read.spend(caller.principal())?;
             let events = self.watcher.watch(arn.clone()).await?;
             Ok::<_, Error>(end_if_revoked(events, self.auth.clone(), caller, arn))
         };
@@ -458,7 +462,7 @@ impl PipelineControl for PipelineControlService {
                 self.stopper.clone(),
                 &self.records,
                 &self.estate,
-                self.rate.clone(),
+                self.rates.stop.clone(),
                 caller,
                 input,
             )

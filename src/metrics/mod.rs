@@ -232,7 +232,7 @@ impl Metrics {
         );
         let limit_refusals = counter(
             "pipeline_control_limit_refusals",
-            "Calls refused with RESOURCE_EXHAUSTED, by limit: concurrency (the server's), caller_share (one caller's share of it), body_deadline (a request message that did not arrive in time), stop_rate, watch_streams, message_size, message_bytes (the bytes of request messages being received by the whole server)",
+            "Calls refused with RESOURCE_EXHAUSTED, by limit: concurrency (the server's), caller_share (one caller's share of it), body_deadline (a request message that did not arrive in time), stop_rate, read_rate (calls reading SageMaker), watch_streams, message_size, message_bytes (the bytes of request messages being received by the whole server)",
         );
         let reads = counter(
             "pipeline_control_reads",
@@ -736,11 +736,12 @@ pub(crate) const SETTINGS_FILES: [&str; 4] = ["tokens", "policy", "identity", "a
 pub(crate) const AUTH_METHODS: [&str; 6] = ["token", "mtls", "jwt", "iam", "mesh", "anonymous"];
 
 /// `pipeline_control_limit_refusals_total` limits.
-pub(crate) const LIMITS: [&str; 7] = [
+pub(crate) const LIMITS: [&str; 8] = [
     "concurrency",
     "caller_share",
     "body_deadline",
     "stop_rate",
+    "read_rate",
     "watch_streams",
     "message_size",
     "message_bytes",

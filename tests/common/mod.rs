@@ -169,8 +169,9 @@ pub fn test_args(db: &TestDb) -> ServeArgs {
     args.health_check_interval = Duration::from_millis(100);
     args.shutdown_grace = Duration::from_secs(30);
     args.sagemaker.aws_region = Some("us-east-1".into());
-    // Tests fire bursts from one principal; the rate limit has its own tests.
+    // Tests fire bursts from one principal; the rate limits have their own tests.
     args.limits.stop_rate_limit = 0.0;
+    args.limits.read_rate_limit = 0.0;
     args
 }
 

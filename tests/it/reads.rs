@@ -1,14 +1,18 @@
 //! GetExecution shares its reads of SageMaker: many readers of one execution cost about one
-//! read per poll interval (the emulator counts them), and a stop made through the service is
-//! seen by the next read.
+//! read per poll interval (the emulator counts them), a stop made through the service is seen
+//! by the next read, and each caller's rate of reads is its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Backend, Stack, running};
+use crate::{
+    auth::{reason_of, with_token},
+    common::{Backend, Stack, running, token_file},
+};
 use futures_util::{StreamExt as _, stream};
 use pipeline_control::pb::{self, pipeline_control_client::PipelineControlClient};
 use tonic::{Code, transport::Channel};
+use tonic_types::StatusExt as _;
 
 async fn get(
     client: &mut PipelineControlClient<Channel>,
@@ -195,4 +199,79 @@ async fn not_found_is_not_kept() {
         assert_eq!(error.code(), Code::NotFound);
     }
     assert_eq!(stack.admin.calls("DescribePipelineExecution").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_over_its_read_rate_is_refused_while_another_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    std::fs::write(
+        &tokens,
+        token_file(&[("looping", "looping-secret"), ("calm", "calm-secret")]),
+    )
+    .unwrap();
+    let stack = Stack::start(Backend::Sqlite, 1.0, |args| {
+        args.security.auth_tokens_file = Some(tokens.clone());
+        // Three reads, then one every two seconds.
+        args.limits.read_rate_limit = 0.5;
+        args.limits.read_rate_burst = 3;
+    })
+    .await;
+    let arn = running(&stack.sagemaker).await;
+    let mut client = stack.client.clone();
+    let request = || pb::GetExecutionRequest {
+        pipeline_execution_arn: arn.clone(),
+    };
+    for _ in 0..3 {
+        client
+            .get_execution(with_token(request(), "looping-secret"))
+            .await
+            .unwrap();
+    }
+    let limited = client
+        .get_execution(with_token(request(), "looping-secret"))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert_eq!(reason_of(&limited), "LIMIT_EXCEEDED");
+    let delay = limited
+        .get_details_retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("a RetryInfo");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(2),
+        "one read comes back every 2 s: {delay:?}"
+    );
+    // A watch starts with a read too.
+    let watch = client
+        .watch_execution(with_token(
+            pb::WatchExecutionRequest {
+                pipeline_execution_arn: arn.clone(),
+            },
+            "looping-secret",
+        ))
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(watch.code(), Code::ResourceExhausted);
+    // Another principal reads on, with a budget of its own.
+    for _ in 0..3 {
+        client
+            .get_execution(with_token(request(), "calm-secret"))
+            .await
+            .unwrap();
+    }
+    let metrics = stack.app.scrape().await;
+    assert_eq!(
+        metrics.value(
+            "pipeline_control_limit_refusals_total",
+            &[("limit", "read_rate")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metrics.sum("pipeline_control_reads_total", &[]),
+        6.0,
+        "a refused call reads nothing"
+    );
 }
