@@ -16,6 +16,10 @@
 //! 5. the request timeout: the caller's `grpc-timeout` is capped to it, so waits inside the
 //!    call stay within it, and the call answers DEADLINE_EXCEEDED when it runs out.
 //!
+//! Before all of them, a call whose deadline is zero (`grpc-timeout: 0S`) answers
+//! DEADLINE_EXCEEDED at once, as does one to health or reflection. (The calls that read
+//! SageMaker spend the caller's read rate in the service, once the policy allows them.)
+//!
 //! Refusals are cheap and come before any database or SageMaker work; the policy is asked by
 //! each method before it does any. Health and reflection are not behind the guard (they have
 //! message limits and the request timeout of their own, in `app`).
