@@ -75,6 +75,8 @@ METRICS = {
     "pipeline_control_jwks_fetches_total": ("counter", {"result"}),
     "pipeline_control_file_reloads_total": ("counter", {"file", "result"}),
     "pipeline_control_limit_refusals_total": ("counter", {"limit"}),
+    "pipeline_control_connections_closed_total": ("counter", {"reason"}),
+    "pipeline_control_accept_errors_total": ("counter", set()),
     "pipeline_control_reads_total": ("counter", {"source"}),
     "pipeline_control_trace_spans_dropped_total": ("counter", set()),
     # Prometheus's own, per target
@@ -112,7 +114,11 @@ VALUES = {
     ("pipeline_control_file_reloads_total", "file"): {"tokens", "policy", "identity", "accounts"},
     ("pipeline_control_file_reloads_total", "result"): {"ok", "kept_previous"},
     ("pipeline_control_limit_refusals_total", "limit"): {
-        "concurrency", "stop_rate", "read_rate", "watch_streams", "message_size",
+        "concurrency", "caller_share", "body_deadline", "stop_rate", "read_rate",
+        "watch_streams", "message_size", "message_bytes",
+    },
+    ("pipeline_control_connections_closed_total", "reason"): {
+        "handshake_timeout", "write_timeout",
     },
     ("pipeline_control_reads_total", "source"): {"upstream", "shared", "snapshot"},
 }
