@@ -105,8 +105,9 @@ pub(crate) enum Error {
         "the call took longer than the server allows ({0:?}); a StopExecution retried with the same client_request_token resumes it"
     )]
     DeadlineExceeded(Duration),
-    /// The caller's own deadline (`grpc-timeout: 0S`) had passed when the call arrived.
-    #[error("the call's deadline had passed before it started")]
+    /// The caller's own deadline (`grpc-timeout`) passed: before the call arrived (`0S`), or
+    /// while it was in the server.
+    #[error("the call's deadline passed")]
     DeadlinePassed,
     /// The request's body could not be read: the caller went away or broke the stream.
     #[error("the request could not be read")]

@@ -331,10 +331,35 @@ fn cap_deadline(headers: &mut http::HeaderMap, limit: Duration) {
 /// Whether the caller's deadline is zero (`grpc-timeout: 0S`): it has passed before the call
 /// starts. Answered at once, before tonic's own timer ends the call with CANCELLED.
 fn deadline_passed(headers: &http::HeaderMap) -> bool {
+    callers_timeout(headers).is_some_and(|timeout| timeout.is_zero())
+}
+
+/// The caller's `grpc-timeout`, if it sent one.
+fn callers_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     headers
         .get("grpc-timeout")
         .and_then(|value| super::convert::parse_grpc_timeout(value.to_str().ok()?))
-        .is_some_and(|timeout| timeout.is_zero())
+}
+
+/// How much before the caller's deadline the guard answers DEADLINE_EXCEEDED itself: tonic's
+/// own timer for `grpc-timeout` would answer CANCELLED ("Timeout expired") at the deadline. Less
+/// than the margin a waiting duplicate stop keeps, so that its answer comes first.
+const BEFORE_THE_CALLERS_DEADLINE: Duration = Duration::from_millis(20);
+
+/// `call` bounded by the caller's `timeout` (read when the call arrived): past it,
+/// DEADLINE_EXCEEDED rather than tonic's CANCELLED.
+async fn within_callers_deadline(
+    timeout: Option<Duration>,
+    call: impl Future<Output = http::Response<Body>>,
+) -> http::Response<Body> {
+    let Some(timeout) = timeout else {
+        return call.await;
+    };
+    let limit = timeout.saturating_sub(BEFORE_THE_CALLERS_DEADLINE);
+    match tokio::time::timeout(limit, call).await {
+        Ok(response) => response,
+        Err(_) => Status::from(Error::DeadlinePassed).into_http(),
+    }
 }
 
 /// A service behind the [`Guard`].
@@ -375,25 +400,29 @@ where
             if deadline_passed(&parts.headers) {
                 return Ok(Status::from(Error::DeadlinePassed).into_http());
             }
-            let admitted = async {
-                guard.authenticate(&mut parts).await?;
-                let body = guard.message(body).await?;
-                let permit = guard.start(&parts)?;
-                Ok::<_, Error>((body, permit))
+            let callers = callers_timeout(&parts.headers);
+            let guarded = async {
+                let admitted = async {
+                    guard.authenticate(&mut parts).await?;
+                    let body = guard.message(body).await?;
+                    let permit = guard.start(&parts)?;
+                    Ok::<_, Error>((body, permit))
+                };
+                let (body, permit) = match admitted.await {
+                    Ok(admitted) => admitted,
+                    Err(error) => return Status::from(error).into_http(),
+                };
+                let timeout = guard.settings.request_timeout;
+                let call = inner.call(http::Request::from_parts(parts, body));
+                let response = match tokio::time::timeout(timeout, call).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => Status::from(Error::DeadlineExceeded(timeout)).into_http(),
+                };
+                drop(permit);
+                response
             };
-            let (body, permit) = match admitted.await {
-                Ok(admitted) => admitted,
-                Err(error) => return Ok(Status::from(error).into_http()),
-            };
-            let timeout = guard.settings.request_timeout;
-            let call = inner.call(http::Request::from_parts(parts, body));
-            let response = match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_) => Status::from(Error::DeadlineExceeded(timeout)).into_http(),
-            };
-            drop(permit);
-            Ok(response)
+            Ok(within_callers_deadline(callers, guarded).await)
         })
     }
 }
@@ -442,10 +471,15 @@ where
             if deadline_passed(request.headers()) {
                 return Ok(Status::from(Error::DeadlinePassed).into_http());
             }
-            match tokio::time::timeout(timeout, inner.call(request)).await {
-                Ok(answered) => answered,
-                Err(_) => Ok(Status::from(Error::DeadlineExceeded(timeout)).into_http()),
-            }
+            let callers = callers_timeout(request.headers());
+            let call = async {
+                match tokio::time::timeout(timeout, inner.call(request)).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_) => Status::from(Error::DeadlineExceeded(timeout)).into_http(),
+                }
+            };
+            Ok(within_callers_deadline(callers, call).await)
         })
     }
 }

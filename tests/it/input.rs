@@ -489,3 +489,32 @@ async fn a_deadline_of_zero_answers_deadline_exceeded() {
         "health: DEADLINE_EXCEEDED"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_passes_in_the_server_answers_deadline_exceeded() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = crate::common::running(&stack.sagemaker).await;
+    // SageMaker answers after the caller's deadline.
+    stack
+        .admin
+        .set_fault(
+            "DescribePipelineExecution",
+            serde_json::json!({"latencyMs": 3000}),
+        )
+        .await;
+    let mut request = tonic::Request::new(pb::GetExecutionRequest {
+        pipeline_execution_arn: arn,
+    });
+    request.set_timeout(std::time::Duration::from_millis(500));
+    let refused = stack
+        .client
+        .clone()
+        .get_execution(request)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::DeadlineExceeded, "{refused:?}");
+    assert_eq!(
+        refused.get_details_error_info().unwrap().reason,
+        "DEADLINE_EXCEEDED"
+    );
+}
