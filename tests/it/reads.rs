@@ -72,7 +72,8 @@ async fn ten_thousand_reads_of_one_execution_cost_about_one_describe_per_poll_in
     println!(
         "10000 reads in {took:?}: {describes} DescribePipelineExecution, {listings} ListPipelineExecutionSteps"
     );
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // How long the reads take depends on the machine (about 3 s here); what they cost upstream
+    // is bounded by that time, not by a clock in the test.
     assert!(
         (1..=allowed).contains(&describes) && describes == listings,
         "{describes} Describe and {listings} List calls for 10000 reads in {took:?}"
