@@ -10,6 +10,7 @@ mod auth;
 mod batch;
 mod cli;
 mod client;
+mod console;
 mod estate;
 mod executions;
 mod fleet;
