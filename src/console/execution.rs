@@ -285,8 +285,9 @@ pub(super) async fn events(
             }) => Event::default().comment("heartbeat"),
             Err(error) => Event::default().event("refused").data(error.to_string()),
         })
+        // An event without data is never dispatched by a browser: `end` says so in words.
         .chain(stream::once(async {
-            Event::default().event("end").data("")
+            Event::default().event("end").data("the execution ended")
         }))
         .map(Ok::<_, Infallible>);
     Ok(Sse::new(events)
