@@ -8,6 +8,7 @@ mod common;
 
 mod auth;
 mod batch;
+mod browser;
 mod cli;
 mod client;
 mod console;
