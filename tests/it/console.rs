@@ -535,3 +535,51 @@ async fn the_live_part_shares_the_watch_poller_and_streams_until_stopped() {
     .await;
     until_event(&mut events, &mut seen, &["event: end"]).await;
 }
+
+#[tokio::test]
+async fn force_from_the_page_releases_the_callback_only_for_those_the_policy_lets_force() {
+    let (_dir, identity, policy) = files(
+        "[console]\nuser_header = \"x-forwarded-user\"\n",
+        Some(
+            "[[allow]]\nprincipal = \"oncall@example.com\"\nread = [\"*\"]\nstop = [\"*\"]\n\n\
+             [[allow]]\nprincipal = \"lead@example.com\"\nread = [\"*\"]\nstop = [\"*\"]\nforce = [\"*\"]\n",
+        ),
+    );
+    let stack = stack(Backend::Sqlite, |args| {
+        args.security.identity_file = Some(identity);
+        args.security.policy_file = policy;
+        args.completer_interval = Duration::from_millis(100);
+    })
+    .await;
+    let arn = stack.callback_execution().await;
+    let path = format!("/executions?{}", encoded(&arn));
+    let oncall = [("x-forwarded-user", "oncall@example.com")];
+    let lead = [("x-forwarded-user", "lead@example.com")];
+    let (_, _, page) = get(&stack, &path, &oncall).await;
+    assert!(
+        page.contains(r#"id="stop-form""#) && !page.contains(r#"name="force""#),
+        "{page}"
+    );
+    let form = |token| {
+        [
+            ("arn", arn.as_str()),
+            ("reason", "release it"),
+            ("client_token", token),
+            ("force", "on"),
+        ]
+    };
+    let refused = form("oncall-force-1");
+    let (status, page) = post(&stack, "/executions/stop", &refused, &oncall).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{page}");
+    assert!(page.contains("oncall@example.com may not force"), "{page}");
+    assert!(stack.admin.stop_tokens(&arn).await.is_empty());
+
+    let (_, _, page) = get(&stack, &path, &lead).await;
+    assert!(page.contains(r#"name="force""#), "{page}");
+    let forced = form("lead-force-1");
+    let (status, page) = post(&stack, "/executions/stop", &forced, &lead).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("Forced at"), "{page}");
+    // The forcer answers the Callback step: the execution reaches Stopped.
+    crate::common::wait_for_status(&stack.sagemaker, &arn, "Stopped").await;
+}
