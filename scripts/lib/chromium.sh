@@ -15,9 +15,9 @@ ensure_chromium() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
         CHROMIUM=$(command -v chromium || true)
         CHROMEDRIVER=$(command -v chromedriver || true)
-        [ -n "$CHROMIUM" ] && [ -n "$CHROMEDRIVER" ] || {
+        if [ -z "$CHROMIUM" ] || [ -z "$CHROMEDRIVER" ]; then
             log "chromium installed but chromium or chromedriver not found"; exit 1
-        }
+        fi
     fi
     export CHROMIUM CHROMEDRIVER
 }
