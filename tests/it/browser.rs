@@ -50,7 +50,21 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The session's Chromium ends with its driver.
+        // Chromium outlives a killed chromedriver: the session is ended first (Drop cannot
+        // await, so by hand, in plain HTTP/1.1), which quits Chromium, then the driver.
+        use std::io::{Read as _, Write as _};
+        let address = self.url.trim_start_matches("http://");
+        if let Ok(mut stream) = std::net::TcpStream::connect(address) {
+            let _ = stream.set_read_timeout(Some(WAIT));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            // The answer comes once Chromium has quit; its first bytes are enough.
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read(&mut [0; 1024]);
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
