@@ -583,3 +583,52 @@ async fn force_from_the_page_releases_the_callback_only_for_those_the_policy_let
     // The forcer answers the Callback step: the execution reaches Stopped.
     crate::common::wait_for_status(&stack.sagemaker, &arn, "Stopped").await;
 }
+
+#[tokio::test]
+async fn a_page_open_beside_a_watch_reads_nothing_more_from_sagemaker() {
+    // Pollers read once, then not for an hour: any read after the first is the page's own.
+    let stack = stack(Backend::Sqlite, |args| {
+        args.poll_interval = Duration::from_secs(3600);
+        args.poller_linger = Duration::from_secs(3600);
+    })
+    .await;
+    let arn = stack.callback_execution().await;
+    let reads = || async {
+        stack.admin.calls("DescribePipelineExecution").await
+            + stack.admin.calls("ListPipelineExecutionSteps").await
+    };
+    let before = reads().await;
+    let mut watch = stack
+        .client
+        .clone()
+        .watch_execution(pb::WatchExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    let with_watch = reads().await;
+    assert!(with_watch > before, "the watch's poller read the execution");
+    for _ in 0..3 {
+        let (status, _, page) = get(&stack, &format!("/executions?{}", encoded(&arn)), &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(page.contains("Approve"));
+        let mut events = client()
+            .get(format!(
+                "{}/executions/events?{}",
+                base(&stack),
+                encoded(&arn)
+            ))
+            .send()
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        until_event(&mut events, &mut seen, &["event: snapshot", "Approve"]).await;
+    }
+    assert_eq!(
+        reads().await,
+        with_watch,
+        "pages and their live parts read nothing"
+    );
+}
