@@ -18,7 +18,12 @@
 //! - watching across replicas: watchers of 100 executions on 1 replica and on 3 (upstream
 //!   calls per interval), and 3 replicas polling alone against events flowing from the
 //!   emulator's SQS (calls a minute, and the delay of a change to the watchers); on servers and
-//!   an emulator of their own. `BENCH_ONLY=fleet` runs this scenario alone.
+//!   an emulator of their own. `BENCH_ONLY=fleet` runs this scenario alone;
+//! - the console's live pages: 200 execution pages open (each loaded, then its Server-Sent
+//!   Events) on 20 executions already watched over gRPC: upstream reads per poll interval
+//!   before and after, and the server's memory per open page; on a server and an emulator of
+//!   their own. `BENCH_ONLY=console` runs this scenario alone (`BENCH_CONSOLE_PAGES`, 200, the
+//!   pages it opens: 0 shows the measurement's own spread).
 //!
 //! Each is run at a fixed concurrency and reported as requests per second, p50 and p99
 //! latency, and the ratio of its throughput to the baseline's. Environment: BENCH_SERVER (the
@@ -417,6 +422,124 @@ async fn watch_scenario(url: &str, emulator: &str, server: u32, streams: usize) 
         pct(0.99),
         pct(1.0)
     )
+}
+
+/// SageMaker reads (DescribePipelineExecution and ListPipelineExecutionSteps) so far.
+async fn reads(emulator: &str) -> u64 {
+    emulator_calls(emulator, "DescribePipelineExecution").await
+        + emulator_calls(emulator, "ListPipelineExecutionSteps").await
+}
+
+/// SageMaker reads per poll interval (2 s), over ten intervals from `since` (whose reads
+/// were `before`).
+async fn reads_per_interval(emulator: &str, since: Instant, before: u64) -> f64 {
+    tokio::time::sleep_until((since + Duration::from_secs(20)).into()).await;
+    (reads(emulator).await - before) as f64 / 10.0
+}
+
+/// The console's live pages: `pages` execution pages (the page, then its events) open on
+/// `executions` executions that one WatchExecution stream each already watches. SageMaker's
+/// reads per interval must not change (the pages share the watch's pollers); the server's
+/// memory per open page is the figure to keep small. One table row.
+async fn console_scenario(
+    binary: &str,
+    database_url: &str,
+    executions: usize,
+    pages: usize,
+) -> String {
+    let (mut emulator_process, emulator) =
+        start(binary, &["emulator", "--listen", "127.0.0.1:0"], "endpoint");
+    let (mut server, addresses) = start_with(
+        binary,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--console-listen",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+            "--sagemaker-endpoint",
+            &emulator,
+            "--aws-region",
+            "us-east-1",
+        ],
+        &[],
+        &[
+            ("serving gRPC", "address"),
+            ("serving the console", "address"),
+        ],
+    );
+    let (url, console) = (
+        format!("http://{}", addresses[0]),
+        format!("http://{}", addresses[1]),
+    );
+    let arns = create_executions_named(&emulator, "console", executions).await;
+    let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+    let mut watches = Vec::new();
+    for arn in &arns {
+        let mut stream = pb::pipeline_control_client::PipelineControlClient::new(channel.clone())
+            .watch_execution(pb::WatchExecutionRequest {
+                pipeline_execution_arn: arn.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().unwrap();
+        watches.push(stream);
+    }
+    let watched = reads_per_interval(&emulator, Instant::now(), reads(&emulator).await).await;
+
+    // The window with the pages starts as they open: opening costs reads too, if anything.
+    let memory_before = rss_kib(server.id());
+    let (since, reads_before) = (Instant::now(), reads(&emulator).await);
+    let http = reqwest::Client::new();
+    let mut open = Vec::with_capacity(pages);
+    for i in 0..pages {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("arn", &arns[i % arns.len()])
+            .finish();
+        let page = http
+            .get(format!("{console}/executions?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(page.status().is_success());
+        page.text().await.unwrap();
+        let mut events = http
+            .get(format!("{console}/executions/events?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(events.status().is_success());
+        // The first snapshot, sent at once.
+        events.chunk().await.unwrap().unwrap();
+        open.push(events);
+    }
+    let opened_in = since.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_page = rss_kib(server.id()).saturating_sub(memory_before) as f64 / pages.max(1) as f64;
+    let with_pages = reads_per_interval(&emulator, since, reads_before).await;
+    drop(open);
+    drop(watches);
+    for child in [&mut server, &mut emulator_process] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+    format!(
+        "| {pages} pages on {executions} executions | {watched:.1} | {with_pages:.1} | {:.1} s | {per_page:.1} KiB |",
+        opened_in.as_secs_f64()
+    )
+}
+
+fn print_console(row: &str) {
+    println!(
+        "| console live pages | SageMaker reads per 2 s interval, watch streams only | with the pages opening and open | pages opened in | server memory per open page |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("{row}");
 }
 
 /// `count` Executing executions of a new pipeline of one long Training step (a stop ends it
@@ -1195,6 +1318,11 @@ async fn main() {
         print_fleet(&fleet_scenario(&binary, &database_url).await);
         return;
     }
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "console") {
+        let pages = env_or("BENCH_CONSOLE_PAGES", 200) as usize;
+        print_console(&console_scenario(&binary, &database_url, 20, pages).await);
+        return;
+    }
 
     // The emulator in a process of its own, so each one's CPU can be told apart.
     let (mut emulator_process, emulator) = start(
@@ -1454,6 +1582,7 @@ async fn main() {
         let telemetry =
             telemetry_scenario(&binary, &database_url, &emulator, concurrency, seconds).await;
         let fleet = fleet_scenario(&binary, &database_url).await;
+        let console = console_scenario(&binary, &database_url, 20, 200).await;
         Some((
             watch_rows,
             estate_phases,
@@ -1461,6 +1590,7 @@ async fn main() {
             incident,
             telemetry,
             fleet,
+            console,
         ))
     };
 
@@ -1502,7 +1632,9 @@ async fn main() {
         commits as f64 / done.max(1) as f64,
         100.0 * first_calls.rate() / database.rate()
     );
-    if let Some((watch_rows, estate_phases, estate_memory, incident, telemetry, fleet)) = &rest {
+    if let Some((watch_rows, estate_phases, estate_memory, incident, telemetry, fleet, console)) =
+        &rest
+    {
         println!();
         println!(
             "| watch streams on one execution | upstream calls per poll interval (1 stream → N) | server memory per stream | change reaches streams, p50 / p99 / max |"
@@ -1525,6 +1657,8 @@ async fn main() {
         print!("{telemetry}");
         println!();
         print_fleet(fleet);
+        println!();
+        print_console(console);
     }
     println!();
     println!("CPU per first call: {first_cpu}");

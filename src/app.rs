@@ -40,6 +40,7 @@ use crate::{
     background::{self, Background, HealthChecker, Intervals, Retention, SettingsFiles},
     batch::Records,
     config::{SecurityArgs, ServeArgs},
+    console::{Console, ConsoleServer},
     demo,
     estate::{Estate, EstateSettings},
     events::{self, Push, Queue},
@@ -82,6 +83,8 @@ pub struct Application {
     metrics_server: Option<MetricsServer>,
     /// With `--health-listen`: the plaintext health port and its server.
     health_port: Option<(TcpListener, Router)>,
+    /// With `--console-listen` (or `--emulator`): the web console, bound, and what it serves.
+    console: Option<(ConsoleServer, Console)>,
     metrics: Arc<Metrics>,
     /// The root of the cancellation tree (see the module doc), and its `draining` child.
     cut_off: CancellationToken,
@@ -145,6 +148,15 @@ impl Application {
         // Bound early: a port that cannot be had stops the start before anything else runs.
         let metrics_server = match args.metrics_listen.0 {
             Some(address) => Some(MetricsServer::bind(address).await?),
+            None => None,
+        };
+        // The demo has the console too, on a free loopback port.
+        let console_address = args.console_listen.or_else(|| {
+            args.emulator
+                .then_some(SocketAddr::from(([127, 0, 0, 1], 0)))
+        });
+        let console_server = match console_address {
+            Some(address) => Some(ConsoleServer::bind(address).await?),
             None => None,
         };
         let limits = &args.limits;
@@ -260,12 +272,25 @@ impl Application {
             push.clone(),
             tasks.clone(),
         );
+        let records = Records {
+            store: store.clone(),
+            retention: args.idempotency_retention,
+        };
+        let console = console_server.map(|server| {
+            let console = Console {
+                stopper: stopper.clone(),
+                records: records.clone(),
+                estate: estate.clone(),
+                watcher: watcher.clone(),
+                auth: auth.clone(),
+                metrics: metrics.clone(),
+                rate: guard.stop_rate(),
+            };
+            (server, console)
+        });
         let service = PipelineControlService::new(
             stopper.clone(),
-            Records {
-                store: store.clone(),
-                retention: args.idempotency_retention,
-            },
+            records,
             estate.clone(),
             watcher.clone(),
             auth.clone(),
@@ -406,6 +431,7 @@ impl Application {
             tls: tls_on,
             metrics_server,
             health_port,
+            console,
             metrics,
             cut_off,
             draining,
@@ -434,6 +460,11 @@ impl Application {
             .and_then(|(listener, _)| listener.local_addr().ok())
     }
 
+    /// Where the web console listens (`None` without `--console-listen` or `--emulator`).
+    pub fn console_addr(&self) -> Option<SocketAddr> {
+        self.console.as_ref().map(|(server, _)| server.local_addr())
+    }
+
     /// Serves until SIGTERM or Ctrl-C, then shuts down gracefully.
     pub async fn run(self) -> anyhow::Result<()> {
         let signal = shutdown::signal()?;
@@ -460,6 +491,7 @@ impl Application {
             tls,
             metrics_server,
             health_port,
+            console,
             metrics,
             cut_off,
             draining,
@@ -514,6 +546,13 @@ impl Application {
             }
             None => (None, None),
         };
+        // The console stops taking requests when the server drains; its live pages end then with
+        // the watcher's streams.
+        let console_address = console.as_ref().map(|(server, _)| server.local_addr());
+        let console_task = console.map(|(server, console)| {
+            tracing::info!(address = %server.local_addr(), "serving the console");
+            server.spawn(console, draining.clone())
+        });
         stopper.start();
         watcher.start();
         events::start(
@@ -538,7 +577,12 @@ impl Application {
             // For the person who ran the demo; standard output stays for logs.
             eprintln!(
                 "{}",
-                demo.banner(&local_addr.to_string(), tls, metrics_address)
+                demo.banner(
+                    &local_addr.to_string(),
+                    tls,
+                    metrics_address,
+                    console_address
+                )
             );
         }
 
@@ -596,7 +640,10 @@ impl Application {
         }
         store.close().await;
         metrics_stop.cancel();
-        for task in [metrics_task, health_task].into_iter().flatten() {
+        for task in [metrics_task, health_task, console_task]
+            .into_iter()
+            .flatten()
+        {
             let _ = task.await;
         }
         tracing::info!("stopped");

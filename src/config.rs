@@ -127,6 +127,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PIPELINE_CONTROL_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
+    /// Serve the web console for people on call here (plain HTTP: put an authenticating proxy
+    /// with TLS in front; port 0 picks a free port). Off when unset, except with --emulator,
+    /// which serves it on a free loopback port and prints its URL.
+    #[arg(long, env = "PIPELINE_CONTROL_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+
     /// Export traces over OTLP/gRPC to this collector (`http://host:4317`); off when unset.
     /// The standard `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables tune the export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]

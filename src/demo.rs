@@ -102,6 +102,7 @@ impl Demo {
         grpc: &str,
         tls: bool,
         metrics: Option<std::net::SocketAddr>,
+        console: Option<std::net::SocketAddr>,
     ) -> String {
         let transport = if tls { "-cacert CA.pem" } else { "-plaintext" };
         let rpc = |method: &str, arn: &str, extra: &str| {
@@ -109,8 +110,14 @@ impl Demo {
                 "  grpcurl {transport} -d '{{\"pipeline_execution_arn\": \"{arn}\"{extra}}}' {grpc} pipelinecontrol.v1.PipelineControl/{method}"
             )
         };
-        let mut lines = vec![
-            String::new(),
+        let mut lines = vec![String::new()];
+        if let Some(console) = console {
+            lines.push(format!(
+                "Console for people on call: http://{console}/    (open demo-callback: http://{console}/executions?arn={})",
+                self.callback_execution
+            ));
+        }
+        lines.extend([
             format!("SageMaker Pipelines emulator: {}", self.emulator_url),
             format!(
                 "  demo-callback execution (waits for a callback): {}",
@@ -136,7 +143,7 @@ impl Demo {
             rpc("StopExecution", &self.lambda_execution, ""),
             String::new(),
             "Or for people, with the command line (in a checkout, `cargo run --release --` does for `pipeline-control`):".to_string(),
-        ];
+        ]);
         let server = match (grpc, tls) {
             ("127.0.0.1:50051", false) => String::new(),
             (address, false) => format!(" --server http://{address}"),

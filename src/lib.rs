@@ -27,6 +27,11 @@
 //!   `traceparent`.
 //! - `error`: the service's errors and the only conversion to `tonic::Status`.
 //!
+//! The web console for people on call (`--console-listen`), beside the gRPC surface:
+//! - `console`: server-rendered pages over the same domain code and policy as the service,
+//!   live over Server-Sent Events from the shared pollers; every state change a same-origin
+//!   POST carrying a client token.
+//!
 //! The domain (no proto, no SDK types):
 //! - `domain`: checked values (ARN, token, reason, principal), how a caller was proven,
 //!   statuses, outcomes, actions.
@@ -80,7 +85,7 @@
 //! - [`client`]: `stop`, `get`, `watch` and `history`, clients of a running service through
 //!   the generated client of the contract ([`pb`]), with a live view on a terminal.
 //!
-//! Imports point one way, downwards: `app` → `grpc` → the domain → the edges → `domain` and
+//! Imports point one way, downwards: `app` → `grpc`/`console` → the domain → the edges → `domain` and
 //! `error`; the command line imports only `pb` and small shared vocabulary. No module imports
 //! one that imports it back: `scripts/check-imports` (run by `scripts/test`) fails if one does.
 
@@ -92,6 +97,7 @@ mod batch;
 mod caller_identity;
 pub mod client;
 pub mod config;
+mod console;
 mod demo;
 mod domain;
 mod error;

@@ -19,6 +19,12 @@
 //! [mesh]
 //! header = "x-forwarded-client-cert"       # or "l5d-client-id"
 //! trusted_proxies = ["127.0.0.1/32"]       # optional: loopback
+//!
+//! [console]                                # people, through an authenticating proxy
+//! jwt_header = "x-forwarded-access-token"  # optional: a JWT of a [[jwt]] issuer; default
+//!                                          # `authorization` (`Bearer <jwt>`)
+//! user_header = "x-forwarded-email"        # optional: the person, as the proxy names them
+//! trusted_proxies = ["10.0.0.0/8"]         # optional: loopback; user_header counts only from these
 //! ```
 //!
 //! Errors are one line naming the entry: `jwt[2] (issuer "https://..."): audiences must not be
@@ -36,6 +42,28 @@ pub(crate) struct IdentityFile {
     pub(crate) jwt: Vec<IssuerSettings>,
     pub(crate) iam: Option<IamSettings>,
     pub(crate) mesh: Option<MeshSettings>,
+    pub(crate) console: ConsoleSettings,
+}
+
+/// `[console]`: how the web console learns who a person is from the authenticating proxy in
+/// front of it (oauth2-proxy, an ALB with OIDC). gRPC callers are not affected by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConsoleSettings {
+    /// The header holding a JWT of a `[[jwt]]` issuer (a value `Bearer <jwt>` or the bare JWT).
+    pub(crate) jwt_header: http::HeaderName,
+    /// The header naming the person, believed only from `trusted_proxies`.
+    pub(crate) user_header: Option<http::HeaderName>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            jwt_header: http::header::AUTHORIZATION,
+            user_header: None,
+            trusted_proxies: LOOPBACK.to_vec(),
+        }
+    }
 }
 
 /// One `[[jwt]]` issuer.
@@ -109,6 +137,15 @@ struct RawFile {
     jwt: Vec<RawIssuer>,
     iam: Option<RawIam>,
     mesh: Option<RawMesh>,
+    console: Option<RawConsole>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    jwt_header: Option<String>,
+    user_header: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,7 +205,18 @@ impl IdentityFile {
             .map(MeshSettings::check)
             .transpose()
             .map_err(|why| format!("mesh: {why}"))?;
-        Ok(Self { jwt, iam, mesh })
+        let console = raw
+            .console
+            .map(ConsoleSettings::check)
+            .transpose()
+            .map_err(|why| format!("console: {why}"))?
+            .unwrap_or_default();
+        Ok(Self {
+            jwt,
+            iam,
+            mesh,
+            console,
+        })
     }
 }
 
@@ -337,30 +385,56 @@ impl MeshSettings {
                 return Err("header is required: \"x-forwarded-client-cert\" (Envoy, Istio) or \"l5d-client-id\" (Linkerd)".into());
             }
         };
-        let trusted_proxies = match raw.trusted_proxies {
-            None => LOOPBACK.to_vec(),
-            Some(list) if list.is_empty() => {
-                return Err("trusted_proxies must not be empty (leave it out for the loopback addresses)".into());
-            }
-            Some(list) => list
-                .iter()
-                .map(|entry| {
-                    entry
-                        .parse::<IpNet>()
-                        .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                        .map(|net| net.trunc())
-                        .map_err(|_| {
-                            format!(
-                                "trusted_proxies entry {entry:?} is neither a network (\"10.0.0.0/8\") nor an address"
-                            )
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
         Ok(Self {
             header,
-            trusted_proxies,
+            trusted_proxies: trusted_proxies(raw.trusted_proxies)?,
         })
+    }
+}
+
+impl ConsoleSettings {
+    fn check(raw: RawConsole) -> Result<Self, String> {
+        let header = |field: &str, name: &str| {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{field} {name:?} is not a header name"))
+        };
+        Ok(Self {
+            jwt_header: match raw.jwt_header.as_deref() {
+                Some(name) => header("jwt_header", name)?,
+                None => http::header::AUTHORIZATION,
+            },
+            user_header: raw
+                .user_header
+                .as_deref()
+                .map(|name| header("user_header", name))
+                .transpose()?,
+            trusted_proxies: trusted_proxies(raw.trusted_proxies)?,
+        })
+    }
+}
+
+/// A `trusted_proxies` list, checked: networks or single addresses; the loopback addresses
+/// when it is left out.
+fn trusted_proxies(list: Option<Vec<String>>) -> Result<Vec<IpNet>, String> {
+    match list {
+        None => Ok(LOOPBACK.to_vec()),
+        Some(list) if list.is_empty() => Err(
+            "trusted_proxies must not be empty (leave it out for the loopback addresses)".into(),
+        ),
+        Some(list) => list
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        format!(
+                            "trusted_proxies entry {entry:?} is neither a network (\"10.0.0.0/8\") nor an address"
+                        )
+                    })
+            })
+            .collect(),
     }
 }
 

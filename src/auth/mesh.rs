@@ -35,7 +35,7 @@ pub(crate) struct IgnoredPeers(Mutex<HashSet<IpAddr>>);
 
 impl IgnoredPeers {
     /// Logs that `peer`'s header was ignored, unless that was logged before.
-    fn note(&self, peer: Option<IpAddr>, header: &str) {
+    pub(crate) fn note(&self, peer: Option<IpAddr>, header: &str) {
         let first = match peer {
             None => true,
             Some(peer) => {

@@ -58,7 +58,7 @@ use crate::{
 
 use https::Https;
 use iam::Sts;
-use identity::{IamSettings, IdentityFile, MeshSettings};
+use identity::{ConsoleSettings, IamSettings, IdentityFile, MeshSettings};
 use jwks::Fetcher;
 use jwt::Issuers;
 use mesh::{IgnoredPeers, MeshWord};
@@ -99,6 +99,7 @@ struct Identity {
     issuers: Issuers,
     iam: Option<IamSettings>,
     mesh: Option<MeshSettings>,
+    console: ConsoleSettings,
 }
 
 impl Identity {
@@ -108,6 +109,7 @@ impl Identity {
             issuers: Issuers::new(file.jwt, previous.map(|p| &p.issuers), fetcher),
             iam: file.iam,
             mesh: file.mesh,
+            console: file.console,
         }
     }
 }
@@ -170,6 +172,8 @@ enum Credential {
     },
     /// A trusted proxy's header.
     Mesh,
+    /// The console's authenticating proxy naming a person in `[console] user_header`.
+    Proxy,
 }
 
 impl Credential {
@@ -181,7 +185,8 @@ impl Credential {
             Credential::Certificate => AuthMethod::Mtls,
             Credential::Jwt { .. } => AuthMethod::Jwt,
             Credential::Iam { .. } => AuthMethod::Iam,
-            Credential::Mesh => AuthMethod::Mesh,
+            // A trusted proxy's word either way.
+            Credential::Mesh | Credential::Proxy => AuthMethod::Mesh,
         }
     }
 }
@@ -662,10 +667,158 @@ impl Auth {
                     ));
                 }
             }
+            Credential::Proxy => {
+                let still = current
+                    .identity
+                    .as_ref()
+                    .is_some_and(|identity| identity.console.user_header.is_some());
+                if !still {
+                    return Err(Error::Unauthenticated(
+                        "the console's user header was removed from the identity file",
+                    ));
+                }
+            }
             Credential::Anonymous | Credential::Certificate => {}
         }
         current.authorize(&caller.principal, action, arn)
     }
+
+    /// The person behind a request to the web console, as the authenticating proxy in front
+    /// of it says (`[console]` in the identity file): a JWT of a `[[jwt]]` issuer in
+    /// `jwt_header`, else the `user_header` when the peer is a trusted proxy, else
+    /// `anonymous` where a gRPC call proving nothing would be; each outcome is counted by
+    /// method, as for gRPC calls.
+    pub(crate) async fn authenticate_person(
+        &self,
+        headers: &http::HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<Caller, Error> {
+        let credentials = self.current.load_full();
+        match self.identify_person(&credentials, headers, peer).await {
+            Ok((principal, credential)) => {
+                self.metrics
+                    .authenticated(credential.method().as_str(), true);
+                Ok(Caller {
+                    principal,
+                    credential,
+                    credentials,
+                })
+            }
+            Err((method, error)) => {
+                self.metrics.authenticated(method, false);
+                Err(error)
+            }
+        }
+    }
+
+    async fn identify_person(
+        &self,
+        credentials: &Credentials,
+        headers: &http::HeaderMap,
+        peer: Option<SocketAddr>,
+    ) -> Result<(Principal, Credential), (&'static str, Error)> {
+        let defaults = ConsoleSettings::default();
+        let console = credentials
+            .identity
+            .as_ref()
+            .map_or(&defaults, |identity| &identity.console);
+        if let Some(issuers) = credentials.issuers()
+            && let Some(value) = headers.get(&console.jwt_header)
+        {
+            let token = value.to_str().unwrap_or_default().trim();
+            let token = token.strip_prefix("Bearer ").unwrap_or(token).trim();
+            if !jwt::is_jwt(token) {
+                tracing::info!(header = %console.jwt_header, "refused a console request: its JWT header holds no JWT");
+                return Err(("jwt", Error::CredentialsInvalid));
+            }
+            return match issuers.verify(token).await {
+                Ok(verified) => Ok((
+                    verified.principal,
+                    Credential::Jwt {
+                        issuer: verified.issuer,
+                        expires: verified.expires,
+                    },
+                )),
+                Err(jwt::Refused::Invalid(why)) => {
+                    tracing::info!(%why, "refused a console JWT");
+                    Err(("jwt", Error::CredentialsInvalid))
+                }
+                Err(jwt::Refused::Expired(why)) => {
+                    tracing::info!(%why, "refused a console JWT: expired or not valid yet");
+                    Err(("jwt", Error::CredentialsExpired))
+                }
+            };
+        }
+        if let Some(name) = &console.user_header
+            && let Some(value) = headers.get(name)
+        {
+            let peer = peer.map(|peer| peer.ip().to_canonical());
+            let trusted =
+                peer.is_some_and(|ip| console.trusted_proxies.iter().any(|net| net.contains(&ip)));
+            if trusted {
+                let principal = value
+                    .to_str()
+                    .map_err(|_| format!("{name} is not visible ASCII"))
+                    .and_then(|person| Principal::parse(person.trim()));
+                return match principal {
+                    Ok(principal) => Ok((principal, Credential::Proxy)),
+                    Err(why) => {
+                        tracing::info!(%why, "refused a console user header from a trusted proxy");
+                        Err(("mesh", Error::CredentialsInvalid))
+                    }
+                };
+            }
+            self.ignored.note(peer, name.as_str());
+        }
+        if !self.requires_credentials(credentials) {
+            return Ok((Principal::anonymous(), Credential::Anonymous));
+        }
+        Err((
+            "anonymous",
+            Error::Unauthenticated(
+                "sign in: the console needs the proxy in front of it to name you",
+            ),
+        ))
+    }
+}
+
+/// Ends `stream` with the refusal as soon as a reload of the token, policy or identity file
+/// takes the caller's right to read `arn` away (a stream may otherwise outlive its rights by
+/// days). Items are still made only when the consumer asks for them.
+pub(crate) fn until_revoked<T: Send + 'static>(
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Error>> + Send>>,
+    auth: Arc<Auth>,
+    caller: Caller,
+    arn: ExecutionArn,
+) -> std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<T, Error>> + Send>> {
+    use futures_util::StreamExt as _;
+    let mut reloads = auth.reloads();
+    let revoked = async move {
+        // Checked once at the start too: a reload may have come between authentication and
+        // this subscription.
+        loop {
+            if let Err(error) = auth.recheck(&caller, Action::Read, &arn) {
+                return error;
+            }
+            if reloads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    };
+    let state = (stream, Box::pin(revoked), false);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut stream, mut revoked, ended)| async move {
+            if ended {
+                return None;
+            }
+            tokio::select! {
+                biased;
+                error = &mut revoked => Some((Err(error), (stream, revoked, true))),
+                item = stream.next() => item.map(|item| (item, (stream, revoked, false))),
+            }
+        },
+    ))
 }
 
 /// Reads a file again for a reload: `None` when it failed (logged; the caller keeps the

@@ -19,7 +19,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataValue};
 use futures_util::StreamExt as _;
 
 use crate::{
-    auth::{Auth, Caller},
+    auth::{self, Auth, Caller},
     batch::{self, BatchEvent, BatchInput, Records},
     domain::{Action, ClientToken, ExecutionArn, FieldViolation, PipelineArn, Reason},
     error::Error,
@@ -28,9 +28,9 @@ use crate::{
     metrics::Metrics,
     rate::Rates,
     reads::Reads,
-    stop::{Answer, StopInput, Stopper},
+    stop::{Answer, StopInput, Stopper, outcome_label},
     store::{Completion, StopRecord},
-    watch::{WatchStream, Watcher},
+    watch::Watcher,
 };
 
 use crate::pb::{self, pipeline_control_server::PipelineControl};
@@ -283,23 +283,6 @@ fn batch_response(event: BatchEvent) -> pb::StopExecutionsResponse {
     }
 }
 
-/// The `outcome` label of a StopExecution answer: the outcome, or the error's reason (the
-/// recorded one for a replayed refusal).
-fn outcome_label(result: &Result<Answer, Error>) -> (&'static str, bool) {
-    match result {
-        Ok(Answer {
-            record, replayed, ..
-        }) => match record.state.completion() {
-            Some(Completion::Stopped { outcome, .. }) => (outcome.as_str(), *replayed),
-            Some(Completion::Refused { error, status }) => {
-                (Error::recorded(*error, status.as_ref()).reason(), *replayed)
-            }
-            None => ("PENDING", *replayed),
-        },
-        Err(error) => (error.reason(), false),
-    }
-}
-
 /// The caller, as the [`Guard`] authenticated it.
 fn caller<T>(request: &Request<T>) -> Result<Caller, Error> {
     request
@@ -318,44 +301,6 @@ fn readable<T>(request: &Request<T>, arn: &str) -> Result<(Caller, ExecutionArn)
         ExecutionArn::parse(arn).map_err(|violation| Error::InvalidArgument(vec![violation]))?;
     caller.authorize(Action::Read, &arn)?;
     Ok((caller, arn))
-}
-
-/// Ends a watch stream with the refusal as soon as a reload of the token or policy file takes
-/// the caller's right to read the execution away (a stream may otherwise outlive its rights
-/// by days). Messages are still made only when the transport asks for them.
-fn end_if_revoked(
-    stream: WatchStream,
-    auth: Arc<Auth>,
-    caller: Caller,
-    arn: ExecutionArn,
-) -> WatchStream {
-    let mut reloads = auth.reloads();
-    let revoked = async move {
-        // Checked once at the start too: a reload may have come between authentication and
-        // this subscription.
-        loop {
-            if let Err(error) = auth.recheck(&caller, Action::Read, &arn) {
-                return error;
-            }
-            if reloads.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
-    };
-    let state = (stream, Box::pin(revoked), false);
-    Box::pin(futures_util::stream::unfold(
-        state,
-        |(mut stream, mut revoked, ended)| async move {
-            if ended {
-                return None;
-            }
-            tokio::select! {
-                biased;
-                error = &mut revoked => Some((Err(error), (stream, revoked, true))),
-                item = stream.next() => item.map(|item| (item, (stream, revoked, false))),
-            }
-        },
-    ))
 }
 
 /// The idempotency metadata every StopExecution answer carries.
@@ -433,7 +378,7 @@ impl PipelineControl for PipelineControlService {
             // A stream's start may read SageMaker (its poller's first read); its messages do not.
             self.rates.read.spend(caller.principal())?;
             let events = self.watcher.watch(arn.clone()).await?;
-            Ok::<_, Error>(end_if_revoked(events, self.auth.clone(), caller, arn))
+            Ok::<_, Error>(auth::until_revoked(events, self.auth.clone(), caller, arn))
         };
         let events = self.counted(result.await.map_err(Status::from))?;
         Ok(Response::new(Box::pin(events.map(|event| {

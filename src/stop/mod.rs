@@ -171,6 +171,23 @@ pub(crate) struct Stopper {
 /// Stops of all StopExecutions batches together at once (each batch runs a few itself).
 const BATCH_STOPS_AT_ONCE: usize = 16;
 
+/// The `outcome` label of a StopExecution answer in the metrics: the outcome, or the error's
+/// reason (the recorded one for a replayed refusal).
+pub(crate) fn outcome_label(result: &Result<Answer, Error>) -> (&'static str, bool) {
+    match result {
+        Ok(Answer {
+            record, replayed, ..
+        }) => match record.state.completion() {
+            Some(Completion::Stopped { outcome, .. }) => (outcome.as_str(), *replayed),
+            Some(Completion::Refused { error, status }) => {
+                (Error::recorded(*error, status.as_ref()).reason(), *replayed)
+            }
+            None => ("PENDING", *replayed),
+        },
+        Err(error) => (error.reason(), false),
+    }
+}
+
 /// SHA-256 of the parts, each length-prefixed so that no two lists of parts collide; hex.
 pub(crate) fn digest(parts: &[&str]) -> String {
     let mut hasher = Sha256::new();

@@ -273,6 +273,16 @@ impl Watcher {
         }
     }
 
+    /// The snapshot this replica's poller of `arn` last published, if one is running: what
+    /// watchers already know, at no cost upstream.
+    pub(crate) fn latest(&self, arn: &str) -> Option<Arc<ExecutionSnapshot>> {
+        let poller = self.pollers.get(arn)?;
+        match &*poller.tx.borrow() {
+            Published::Snapshot(snapshot) => Some(snapshot.clone()),
+            _ => None,
+        }
+    }
+
     /// A stream of the execution's state: the first snapshot is awaited here, so a missing
     /// execution or an unreachable SageMaker is an error status, not a stream.
     pub(crate) async fn watch(self: &Arc<Self>, arn: ExecutionArn) -> Result<WatchStream, Error> {

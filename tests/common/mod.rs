@@ -155,6 +155,8 @@ pub struct TestApp {
     pub metrics: Option<SocketAddr>,
     /// The plaintext health port (`None` without `--health-listen`).
     pub health: Option<SocketAddr>,
+    /// The web console (`None` without `--console-listen`).
+    pub console: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -183,6 +185,7 @@ impl TestApp {
         let addr = app.local_addr();
         let metrics = app.metrics_addr();
         let health = app.health_addr();
+        let console = app.console_addr();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -191,6 +194,7 @@ impl TestApp {
             addr,
             metrics,
             health,
+            console,
             shutdown: Some(tx),
             handle: Some(handle),
         }

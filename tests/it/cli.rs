@@ -422,6 +422,26 @@ async fn serve_with_the_emulator_is_a_complete_demo() {
         "{banner}"
     );
 
+    // The console is on, its URL first in the banner, and shows the demo executions.
+    let console = logs
+        .lines()
+        .find(|l| l.contains("serving the console"))
+        .unwrap();
+    let console: SocketAddr = word_after(console, "address=").parse().unwrap();
+    assert!(
+        banner.contains(&format!("Console for people on call: http://{console}/")),
+        "{banner}"
+    );
+    let page = reqwest::get(format!("http://{console}/executions?arn={callback_arn}"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), reqwest::StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("Callback") && page.contains("stop-form"),
+        "{page}"
+    );
+
     // The demo executions are real, in the emulator the banner names.
     let client = crate::common::sagemaker_client(endpoint, 1);
     assert_eq!(

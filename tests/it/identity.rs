@@ -26,7 +26,7 @@ use crate::common::{Backend, TestDb, count_where, test_args, token_file};
 // An issuer, served by the test
 
 /// A signing key made in the test, and its public JWK.
-struct SigningKey {
+pub(crate) struct SigningKey {
     kid: String,
     algorithm: Algorithm,
     encoding: EncodingKey,
@@ -36,7 +36,7 @@ struct SigningKey {
 }
 
 impl SigningKey {
-    fn rsa(kid: &str) -> Self {
+    pub(crate) fn rsa(kid: &str) -> Self {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
         // jsonwebtoken's aws-lc signer reads PKCS#1; rcgen writes PKCS#8, which wraps it.
         let encoding = EncodingKey::from_rsa_der(&pkcs1_of(&pair.serialize_der()));
@@ -62,7 +62,7 @@ impl SigningKey {
     }
 
     /// A token of `claims` signed with this key, naming it.
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         self.sign_as(&self.kid, claims)
     }
 
@@ -104,7 +104,7 @@ fn pkcs1_of(pkcs8: &[u8]) -> Vec<u8> {
 
 /// An OpenID issuer on loopback: `/.well-known/openid-configuration` names `/keys`, the key
 /// set, whose fetches it counts.
-struct Issuer {
+pub(crate) struct Issuer {
     url: String,
     keys: Arc<Mutex<Vec<Value>>>,
     fetches: Arc<AtomicUsize>,
@@ -113,7 +113,7 @@ struct Issuer {
 }
 
 impl Issuer {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let keys: Arc<Mutex<Vec<Value>>> = Arc::default();
@@ -154,7 +154,7 @@ impl Issuer {
         }
     }
 
-    fn publish(&self, key: &SigningKey) {
+    pub(crate) fn publish(&self, key: &SigningKey) {
         self.keys.lock().unwrap().push(key.jwk.clone());
     }
 
@@ -173,7 +173,7 @@ impl Issuer {
     }
 
     /// An `[[jwt]]` entry for this issuer, audience `pipeline-control`, with `extra` lines.
-    fn entry(&self, extra: &str) -> String {
+    pub(crate) fn entry(&self, extra: &str) -> String {
         format!(
             "[[jwt]]\nissuer = \"{}\"\naudiences = [\"pipeline-control\"]\n{extra}\n",
             self.url
@@ -182,7 +182,7 @@ impl Issuer {
 
     /// The claims of a Kubernetes projected service-account token of this issuer, valid for
     /// an hour.
-    fn service_account(&self, namespace: &str, name: &str) -> Value {
+    pub(crate) fn service_account(&self, namespace: &str, name: &str) -> Value {
         let now = now();
         json!({
             "aud": ["pipeline-control"],

@@ -8,8 +8,10 @@ mod common;
 
 mod auth;
 mod batch;
+mod browser;
 mod cli;
 mod client;
+mod console;
 mod estate;
 mod executions;
 mod fleet;
