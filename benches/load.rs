@@ -23,7 +23,14 @@
 //!   Events) on 20 executions already watched over gRPC: upstream reads per poll interval
 //!   before and after, and the server's memory per open page; on a server and an emulator of
 //!   their own. `BENCH_ONLY=console` runs this scenario alone (`BENCH_CONSOLE_PAGES`, 200, the
-//!   pages it opens: 0 shows the measurement's own spread).
+//!   pages it opens: 0 shows the measurement's own spread);
+//! - caller identity: the same StopExecution replays from a caller proven by a static bearer
+//!   token, by a JWT (a Kubernetes service-account token, RS256, whose issuer's key set this
+//!   process serves on loopback) and by an assumed IAM role's signed GetCallerIdentity, reused
+//!   so that the service answers from its cache of proven identities: the service's CPU per
+//!   call of each against the static token's, in the same run, on a server (a token file and
+//!   an identity file) and an emulator (whose STS checks the role's signature) of their own.
+//!   `BENCH_ONLY=identity` runs this scenario alone.
 //!
 //! Each is run at a fixed concurrency and reported as requests per second, p50 and p99
 //! latency, and the ratio of its throughput to the baseline's. Environment: BENCH_SERVER (the
@@ -40,7 +47,10 @@ use std::{
 use pipeline_control::pb;
 use sqlx::{Connection as _, postgres::PgPoolOptions};
 use tokio::sync::Mutex;
-use tonic::transport::Channel;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 struct Phase {
@@ -775,7 +785,6 @@ async fn fleet_scenario(binary: &str, database_url: &str) -> Vec<String> {
     rows
 }
 
-/// Sets `synchronous_commit` server-wide (superuser only); whether it worked.
 /// GetExecution across the estate: `accounts` accounts (each reached through a role the
 /// service assumes, as an accounts file names them) x `regions`, against one account and
 /// region, on a server of its own. Returns the table rows and the memory line.
@@ -1261,6 +1270,457 @@ async fn telemetry_scenario(
     table
 }
 
+/// A caller's proof of identity as it sends it with every call: a metadata key and value.
+type Proof = (&'static str, MetadataValue<Ascii>);
+
+/// The RSAPrivateKey (PKCS#1) that jsonwebtoken's aws-lc signer reads, inside the PKCS#8 that
+/// rcgen writes: the OCTET STRING after the rsaEncryption AlgorithmIdentifier (its length in
+/// two bytes, as for any key of 2048 bits or more).
+fn pkcs1_of(pkcs8: &[u8]) -> Vec<u8> {
+    const RSA_ENCRYPTION: [u8; 15] = [
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    let at = pkcs8
+        .windows(RSA_ENCRYPTION.len())
+        .position(|window| window == RSA_ENCRYPTION)
+        .expect("an RSA key")
+        + RSA_ENCRYPTION.len();
+    assert_eq!(
+        pkcs8[at..at + 2],
+        [0x04, 0x82],
+        "an OCTET STRING, two length bytes"
+    );
+    let length = usize::from(pkcs8[at + 2]) << 8 | usize::from(pkcs8[at + 3]);
+    pkcs8[at + 4..at + 4 + length].to_vec()
+}
+
+/// A Kubernetes cluster's service-account issuer `issuer`, whose key set (one RSA key) this
+/// process serves on loopback (the issuer's own URL is never contacted: the identity file's
+/// `jwks_uri` says where its keys are).
+struct ServiceAccountIssuer {
+    jwks_uri: String,
+    /// A projected token of the service account `bench:caller`, audience `pipeline-control`,
+    /// RS256, valid for an hour.
+    token: String,
+    /// Key-set requests served.
+    fetches: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServiceAccountIssuer {
+    async fn start(issuer: &str) -> Self {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::Jwk};
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let signing = EncodingKey::from_rsa_der(&pkcs1_of(&pair.serialize_der()));
+        let mut jwk = Jwk::from_encoding_key(&signing, Algorithm::RS256).unwrap();
+        jwk.common.key_id = Some("bench-sa-key".into());
+        let key_set = serde_json::json!({ "keys": [jwk] }).to_string();
+        let fetches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let jwks_uri = format!("http://{}/keys", listener.local_addr().unwrap());
+        let keys = axum::Router::new().route(
+            "/keys",
+            axum::routing::get({
+                let fetches = fetches.clone();
+                move || async move {
+                    fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    ([(http::header::CONTENT_TYPE, "application/json")], key_set)
+                }
+            }),
+        );
+        let task = tokio::spawn(async move { axum::serve(listener, keys).await.unwrap() });
+
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("bench-sa-key".into());
+        let claims = serde_json::json!({
+            "aud": ["pipeline-control"],
+            "exp": now + 3600,
+            "iat": now,
+            "nbf": now,
+            "iss": issuer,
+            "sub": "system:serviceaccount:bench:caller",
+            "kubernetes.io": {
+                "namespace": "bench",
+                "pod": {"name": "caller-7d9f8b6c5-x2x9q", "uid": "b6f2a0a4-0e3c-4d6b-9b1a-5c2f0e9d1a7e"},
+                "serviceaccount": {"name": "caller", "uid": "3f1c2b7e-8a9d-4c1e-b2f3-6d5e4a3b2c1d"},
+            },
+        });
+        Self {
+            jwks_uri,
+            token: jsonwebtoken::encode(&header, &claims, &signing).unwrap(),
+            fetches,
+            task,
+        }
+    }
+}
+
+/// The temporary credentials of `role_arn`, assumed through the emulator's STS with the key
+/// `(id, secret)`, as a pod's or an instance's role has them.
+async fn assume_role(
+    emulator: &str,
+    (id, secret): (&str, &str),
+    role_arn: &str,
+) -> aws_sdk_sts::config::Credentials {
+    use aws_sdk_sts::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(id, secret, None, None, "bench"))
+        .endpoint_url(emulator)
+        .build();
+    let answer = aws_sdk_sts::Client::from_conf(config)
+        .assume_role()
+        .role_arn(role_arn)
+        .role_session_name("bench")
+        .send()
+        .await
+        .unwrap();
+    let keys = answer.credentials().unwrap();
+    Credentials::new(
+        keys.access_key_id(),
+        keys.secret_access_key(),
+        Some(keys.session_token().to_string()),
+        None,
+        "bench",
+    )
+}
+
+/// A GetCallerIdentity request signed now with `credentials` for `server_id` and not sent:
+/// what an IAM caller presents (signed as `tests/it/iam.rs` signs it, with the SDK's own
+/// signer).
+fn iam_proof(credentials: &aws_sdk_sts::config::Credentials, url: &str, server_id: &str) -> Proof {
+    use aws_sigv4::{
+        http_request::{SignableBody, SignableRequest, SigningSettings, sign},
+        sign::v4,
+    };
+    use base64::Engine as _;
+    const BODY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
+    let headers = [
+        (
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        ),
+        ("x-pipeline-control-server-id", server_id),
+    ];
+    let identity = credentials.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("sts")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        url,
+        headers.into_iter(),
+        SignableBody::Bytes(BODY.as_bytes()),
+    )
+    .unwrap();
+    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let mut all: std::collections::BTreeMap<&str, &str> = headers.into_iter().collect();
+    all.extend(instructions.headers());
+    let json = serde_json::json!({"method": "POST", "url": url, "headers": all, "body": BODY});
+    let value = base64::engine::general_purpose::STANDARD.encode(json.to_string());
+    ("x-pipeline-control-iam", value.parse().unwrap())
+}
+
+/// GetCallerIdentity calls the emulator's STS answered, over every account and region.
+async fn caller_identity_calls(emulator: &str) -> u64 {
+    let stats: serde_json::Value = reqwest::get(format!("{emulator}/_emulator/stats/by-account"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut calls = 0;
+    for regions in stats.as_object().unwrap().values() {
+        for operations in regions.as_object().unwrap().values() {
+            calls += operations["GetCallerIdentity"].as_u64().unwrap_or(0);
+        }
+    }
+    calls
+}
+
+/// What proving the caller costs: one call made three ways on a server of its own, whose token
+/// file has one static token and whose identity file has a `[[jwt]]` issuer (an EKS cluster's,
+/// its key set served by this process on loopback) and `[iam]` (the STS of an emulator of its
+/// own, which checks the signatures of one key, `--access-key`). No policy file: the same for
+/// every caller, it would only add to each. The call is a StopExecution replay, a call that
+/// does real work but little of it, so that what authentication adds shows: each caller first
+/// stops executions of its own, then replays them, proven by
+/// - a static bearer token, the baseline;
+/// - a JWT, a Kubernetes projected service-account token (RS256), the same one on every call;
+/// - an assumed IAM role's signed GetCallerIdentity, the same one on every call of a phase
+///   (signed anew before each phase and used once before it, so that STS has proven it and
+///   the phase's calls are answered from the service's cache of proven identities).
+///
+/// The replay phases alternate (static, JWT, IAM, twice) so that drift on the machine spreads
+/// over the three. Returns the table, and notes.
+async fn identity_scenario(
+    binary: &str,
+    database_url: &str,
+    concurrency: usize,
+    seconds: Duration,
+) -> String {
+    const ROUNDS: usize = 2;
+    const PER_CALLER: usize = 2_000;
+    const ACCOUNT: &str = "111111111111";
+    const KEY: (&str, &str) = ("AKIDBENCHIAM", "bench-iam-secret");
+    const SERVER_ID: &str = "pipeline-control.bench";
+    const ISSUER: &str =
+        "https://oidc.eks.us-east-1.amazonaws.com/id/B3NCH5E7C2A4F6D8E0B1C3A5D7F9E1B3";
+    const CALLERS: [&str; 3] = [
+        "static bearer token (baseline)",
+        "JWT: Kubernetes service-account token, RS256",
+        "IAM role: signed GetCallerIdentity, identity cached",
+    ];
+    const IAM: usize = 2;
+    let (mut emulator_process, emulator) = start(
+        binary,
+        &[
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--access-key",
+            &format!("{}:{}:{ACCOUNT}", KEY.0, KEY.1),
+        ],
+        "endpoint",
+    );
+    let issuer = ServiceAccountIssuer::start(ISSUER).await;
+    // A static token, as `openssl rand -hex 32` makes one; the file holds its digest.
+    let sha256 = |text: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text));
+    let token = sha256(b"bench static token");
+    let dir = std::env::temp_dir().join(format!(
+        "pipeline-control-bench-identity-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens_file = dir.join("tokens.toml");
+    let identity_file = dir.join("identity.toml");
+    std::fs::write(
+        &tokens_file,
+        format!(
+            "[[token]]\nprincipal = \"bench-static-caller\"\nsha256 = \"{}\"\n",
+            sha256(token.as_bytes())
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &identity_file,
+        format!(
+            "[[jwt]]\nissuer = \"{ISSUER}\"\njwks_uri = \"{}\"\naudiences = [\"pipeline-control\"]\nalgorithms = [\"RS256\"]\nmax_lifetime = \"24h\"\n\n[iam]\nserver_id = \"{SERVER_ID}\"\naccounts = [\"{ACCOUNT}\"]\n",
+            issuer.jwks_uri
+        ),
+    )
+    .unwrap();
+    let (mut server, address) = start(
+        binary,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            database_url,
+            "--database-max-connections",
+            "32",
+            "--stop-rate-limit",
+            "0",
+            "--max-concurrent-requests",
+            "100000",
+            "--sagemaker-endpoint",
+            &emulator,
+            "--sts-endpoint",
+            &emulator,
+            "--aws-region",
+            "us-east-1",
+            "--auth-tokens-file",
+            tokens_file.to_str().unwrap(),
+            "--identity-file",
+            identity_file.to_str().unwrap(),
+        ],
+        "address",
+    );
+    let (service_pid, emulator_pid) = (server.id(), emulator_process.id());
+    let role = assume_role(
+        &emulator,
+        KEY,
+        &format!("arn:aws:iam::{ACCOUNT}:role/bench-caller"),
+    )
+    .await;
+    let sts_url = format!("{emulator}/");
+    let mut proofs: [Proof; 3] = [
+        ("authorization", format!("Bearer {token}").parse().unwrap()),
+        (
+            "authorization",
+            format!("Bearer {}", issuer.token).parse().unwrap(),
+        ),
+        iam_proof(&role, &sts_url, SERVER_ID),
+    ];
+
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        let channel = Channel::from_shared(format!("http://{address}")).unwrap();
+        channels.push(channel.connect().await.unwrap());
+    }
+    // One StopExecution of `arn` with `token`, proven by `proof`, on the connection of
+    // `worker`.
+    let stop = move |worker: usize, (key, value): &Proof, arn: String, token: String| {
+        let mut request = tonic::Request::new(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn,
+            client_request_token: token,
+            reason: "bench".into(),
+            force_after: None,
+        });
+        request.metadata_mut().insert(*key, value.clone());
+        let channel = channels[worker % channels.len()].clone();
+        let mut client = pb::pipeline_control_client::PipelineControlClient::new(channel);
+        async move { client.stop_execution(request).await.unwrap().into_inner() }
+    };
+
+    // First calls: each caller stops executions of its own once.
+    let executions =
+        create_executions_named(&emulator, "identity", PER_CALLER * CALLERS.len()).await;
+    let mut stopped: Vec<Arc<Vec<(String, String)>>> = Vec::new();
+    for (c, &name) in CALLERS.iter().enumerate() {
+        let runs: Vec<(String, String)> = executions[c * PER_CALLER..(c + 1) * PER_CALLER]
+            .iter()
+            .enumerate()
+            .map(|(i, arn)| (arn.clone(), format!("identity-{c}-{i}")))
+            .collect();
+        let runs = Arc::new(runs);
+        let first = {
+            let (stop, proof, runs) = (stop.clone(), proofs[c].clone(), runs.clone());
+            move |worker: usize, i: usize| {
+                let call = runs
+                    .get(worker + i * concurrency)
+                    .map(|(arn, token)| stop(worker, &proof, arn.clone(), token.clone()));
+                async move {
+                    let Some(call) = call else { return false };
+                    assert_eq!(call.await.outcome(), pb::StopOutcome::StopRequested);
+                    true
+                }
+            }
+        };
+        let phase = run(name, concurrency, Duration::from_secs(600), first).await;
+        assert_eq!(phase.latencies.len(), PER_CALLER, "{name}: first calls");
+        stopped.push(runs);
+    }
+
+    let replay = |c: usize, proof: Proof| {
+        let (stop, stopped) = (stop.clone(), stopped[c].clone());
+        move |worker: usize, i: usize| {
+            let (arn, token) = stopped[(worker * 7919 + i * 104_729) % stopped.len()].clone();
+            let call = stop(worker, &proof, arn, token);
+            async move {
+                assert!(call.await.replayed);
+                true
+            }
+        }
+    };
+    let warm = {
+        let replays: Vec<_> = (0..CALLERS.len())
+            .map(|c| replay(c, proofs[c].clone()))
+            .collect();
+        move |worker: usize, i: usize| replays[worker % replays.len()](worker, i)
+    };
+    let _warm = run("warm-up", concurrency, Duration::from_secs(2), warm).await;
+
+    // By caller, over the rounds: latencies, time, and the service's, the emulator's and
+    // Postgres's CPU.
+    let mut latencies: Vec<Vec<Duration>> = vec![Vec::new(); CALLERS.len()];
+    let mut elapsed = [Duration::ZERO; CALLERS.len()];
+    let mut cpu = [[Duration::ZERO; 3]; CALLERS.len()];
+    let mut sts_during = 0;
+    for round in 0..ROUNDS {
+        for (c, &name) in CALLERS.iter().enumerate() {
+            if c == IAM {
+                proofs[c] = iam_proof(&role, &sts_url, SERVER_ID);
+                let (arn, token) = stopped[c][0].clone();
+                assert!(stop(0, &proofs[c], arn, token).await.replayed);
+            }
+            let sts_before = caller_identity_calls(&emulator).await;
+            let before = Cpu::now(service_pid, emulator_pid);
+            let phase = run(name, concurrency, seconds, replay(c, proofs[c].clone())).await;
+            let after = Cpu::now(service_pid, emulator_pid);
+            sts_during += caller_identity_calls(&emulator).await - sts_before;
+            let spent = [
+                after.service.saturating_sub(before.service),
+                after.emulator.saturating_sub(before.emulator),
+                after.postgres.saturating_sub(before.postgres),
+            ];
+            eprintln!(
+                "bench: identity round {round}, {name}: {:.0} replays/s, service {:.1} µs per call",
+                phase.rate(),
+                spent[0].as_secs_f64() * 1e6 / phase.latencies.len().max(1) as f64
+            );
+            for (sum, spent) in cpu[c].iter_mut().zip(spent) {
+                *sum += spent;
+            }
+            elapsed[c] += phase.elapsed;
+            latencies[c].extend(phase.latencies);
+        }
+    }
+    let fetches = issuer.fetches.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    let _ = emulator_process.kill();
+    let _ = emulator_process.wait();
+    issuer.task.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let phases: Vec<Phase> = CALLERS
+        .iter()
+        .zip(latencies)
+        .zip(elapsed)
+        .map(|((&name, latencies), elapsed)| Phase {
+            name,
+            latencies,
+            elapsed,
+        })
+        .collect();
+    let per_call = |c: usize, k: usize| {
+        cpu[c][k].as_secs_f64() * 1e6 / phases[c].latencies.len().max(1) as f64
+    };
+    let mut table = String::from(
+        "| caller proven by (StopExecution replays) | requests | req/s | p50 ms | p99 ms | service CPU µs/call | vs static token |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let mut notes = String::new();
+    for (c, phase) in phases.iter().enumerate() {
+        table.push_str(&format!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2}x |\n",
+            phase.name,
+            phase.latencies.len(),
+            phase.rate(),
+            phase.percentile(0.50).as_secs_f64() * 1000.0,
+            phase.percentile(0.99).as_secs_f64() * 1000.0,
+            per_call(c, 0),
+            per_call(c, 0) / per_call(0, 0),
+        ));
+        notes.push_str(&format!(
+            "identity: CPU per replay, {}: service {:.1} µs, emulator {:.1} µs, Postgres {:.1} µs\n",
+            phase.name,
+            per_call(c, 0),
+            per_call(c, 1),
+            per_call(c, 2)
+        ));
+    }
+    notes.push_str(&format!(
+        "identity: {ROUNDS} rounds of {} s per caller; STS asked {sts_during} times during the measured phases; the issuer's key set fetched {fetches} times\n",
+        seconds.as_secs()
+    ));
+    table + &notes
+}
+
+/// Sets `synchronous_commit` server-wide (superuser only); whether it worked.
 async fn set_synchronous_commit(database_url: &str, value: &str) -> bool {
     let Ok(mut conn) = sqlx::PgConnection::connect(database_url).await else {
         return false;
@@ -1310,17 +1770,30 @@ async fn main() {
     let database_url = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/bench sets it)");
     let concurrency = env_or("BENCH_CONCURRENCY", 16) as usize;
     let seconds = Duration::from_secs(env_or("BENCH_SECONDS", 8));
-    // BENCH_ONLY=fleet runs the fleet scenario alone; BENCH_ONLY=stop the StopExecution table
-    // alone (with its baseline, and the CPU per call).
-    let only_fleet = std::env::var("BENCH_ONLY").is_ok_and(|only| only == "fleet");
-    let only_stop = std::env::var("BENCH_ONLY").is_ok_and(|only| only == "stop");
-    if only_fleet {
+    // BENCH_ONLY=fleet runs the fleet scenario alone, BENCH_ONLY=identity the caller identity
+    // table alone; BENCH_ONLY=stop the StopExecution table alone (with its baseline, and the
+    // CPU per call).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let only_stop = only == "stop";
+    if only == "fleet" {
         print_fleet(&fleet_scenario(&binary, &database_url).await);
         return;
     }
-    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "console") {
+    if only == "console" {
         let pages = env_or("BENCH_CONSOLE_PAGES", 200) as usize;
         print_console(&console_scenario(&binary, &database_url, 20, pages).await);
+        return;
+    }
+    if only == "identity" {
+        let identity = identity_scenario(&binary, &database_url, concurrency, seconds).await;
+        println!();
+        println!(
+            "machine: {}; concurrency {concurrency}; {} s per phase",
+            machine(),
+            seconds.as_secs()
+        );
+        println!();
+        print!("{identity}");
         return;
     }
 
@@ -1555,7 +2028,8 @@ async fn main() {
         None
     };
 
-    // Watching, the estate, an incident, telemetry and the fleet (not with BENCH_ONLY=stop).
+    // Watching, the estate, an incident, telemetry, the fleet and caller identity (not with
+    // BENCH_ONLY=stop).
     let rest = if only_stop {
         None
     } else {
@@ -1583,6 +2057,7 @@ async fn main() {
             telemetry_scenario(&binary, &database_url, &emulator, concurrency, seconds).await;
         let fleet = fleet_scenario(&binary, &database_url).await;
         let console = console_scenario(&binary, &database_url, 20, 200).await;
+        let identity = identity_scenario(&binary, &database_url, concurrency, seconds).await;
         Some((
             watch_rows,
             estate_phases,
@@ -1591,6 +2066,7 @@ async fn main() {
             telemetry,
             fleet,
             console,
+            identity,
         ))
     };
 
@@ -1632,8 +2108,16 @@ async fn main() {
         commits as f64 / done.max(1) as f64,
         100.0 * first_calls.rate() / database.rate()
     );
-    if let Some((watch_rows, estate_phases, estate_memory, incident, telemetry, fleet, console)) =
-        &rest
+    if let Some((
+        watch_rows,
+        estate_phases,
+        estate_memory,
+        incident,
+        telemetry,
+        fleet,
+        console,
+        identity,
+    )) = &rest
     {
         println!();
         println!(
@@ -1659,6 +2143,8 @@ async fn main() {
         print_fleet(fleet);
         println!();
         print_console(console);
+        println!();
+        print!("{identity}");
     }
     println!();
     println!("CPU per first call: {first_cpu}");
