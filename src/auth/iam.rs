@@ -65,6 +65,10 @@ pub(crate) struct Sts {
     /// `--sts-endpoint` / `AWS_ENDPOINT_URL_STS`: trusted besides AWS's own.
     configured: Option<Endpoint>,
     proven: quick_cache::sync::Cache<[u8; 32], Proven>,
+    /// Metadata values already checked, by their SHA-256: the identity file they were checked
+    /// under and their request's key in `proven`. The same value under the same file needs no
+    /// decoding nor checking again.
+    checked: quick_cache::sync::Cache<[u8; 32], (Arc<IamSettings>, [u8; 32])>,
 }
 
 impl std::fmt::Debug for Sts {
@@ -197,13 +201,14 @@ impl Sts {
             https,
             configured,
             proven: quick_cache::sync::Cache::new(CACHE_ENTRIES),
+            checked: quick_cache::sync::Cache::new(CACHE_ENTRIES),
         })
     }
 
     /// The caller a metadata value proves, or why it proves none.
     pub(crate) async fn verify(
         &self,
-        settings: &IamSettings,
+        settings: &Arc<IamSettings>,
         value: &[u8],
     ) -> Result<Proven, Refused> {
         self.verify_at(settings, value, SystemTime::now()).await
@@ -211,12 +216,22 @@ impl Sts {
 
     async fn verify_at(
         &self,
-        settings: &IamSettings,
+        settings: &Arc<IamSettings>,
         value: &[u8],
         now: SystemTime,
     ) -> Result<Proven, Refused> {
+        // The same value, checked under this very file, and still proven: a hash and lookups.
+        let raw: [u8; 32] = Sha256::digest(value).into();
+        if let Some((under, key)) = self.checked.get(&raw)
+            && Arc::ptr_eq(&under, settings)
+            && let Some(proven) = self.proven.get(&key)
+            && now < proven.expires
+        {
+            return admit(settings, proven);
+        }
         let request = SignedRequest::decode(value).map_err(Refused::Invalid)?;
         let checked = self.check(settings, &request)?;
+        self.checked.insert(raw, (settings.clone(), checked.key));
         if let Some(proven) = self.proven.get(&checked.key)
             && now < proven.expires
         {
@@ -743,10 +758,10 @@ mod tests {
     async fn a_proven_identity_serves_until_its_signature_expires_then_the_date_decides() {
         // Nothing listens at the configured STS: only the cache can prove anyone here.
         let sts = sts(Some("http://127.0.0.1:4566"));
-        let settings = IamSettings {
+        let settings = Arc::new(IamSettings {
             server_id: "pc.test".into(),
             accounts: Some(vec!["111111111111".into()]),
-        };
+        });
         let signed_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_112_000);
         let request = request("20261201T080000Z", "pc.test");
         sts.proven.insert(
@@ -760,7 +775,7 @@ mod tests {
         );
         let value = request.encode();
         let at = |seconds| signed_at + Duration::from_secs(seconds);
-        let verify = async |settings: &IamSettings, now| {
+        let verify = async |settings: &Arc<IamSettings>, now| {
             sts.verify_at(settings, value.as_bytes(), now)
                 .await
                 .map(|proven| proven.principal.as_str().to_string())
@@ -776,21 +791,31 @@ mod tests {
             Err(Refused::Expired(_))
         ));
         // The identity file in force is applied to a cached identity too.
-        let other_account = IamSettings {
+        let other_account = Arc::new(IamSettings {
             accounts: Some(vec!["222222222222".into()]),
-            ..settings.clone()
-        };
+            ..IamSettings::clone(&settings)
+        });
         assert!(matches!(
             verify(&other_account, at(60)).await,
             Err(Refused::Invalid(why)) if why.contains("accounts")
         ));
-        let other_server = IamSettings {
+        let other_server = Arc::new(IamSettings {
             server_id: "pc.other".into(),
             accounts: None,
-        };
+        });
         assert!(matches!(
             verify(&other_server, at(60)).await,
             Err(Refused::Invalid(why)) if why.contains("server id")
+        ));
+        // The first file again: its check of this value is remembered, its identity still
+        // proven, and the date still decides.
+        assert_eq!(
+            verify(&settings, at(60)).await,
+            Ok("arn:aws:iam::111111111111:role/reporter".into())
+        );
+        assert!(matches!(
+            verify(&settings, at(15 * 60)).await,
+            Err(Refused::Expired(_))
         ));
     }
 

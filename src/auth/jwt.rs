@@ -12,6 +12,12 @@
 //!
 //! A refusal tells the caller only that the credentials are invalid, or expired (or not yet
 //! valid); the log says which check failed.
+//!
+//! A token that passed is remembered (by its SHA-256, for at most [`VERIFIED_ENTRIES`] tokens)
+//! until it expires: its caller's next calls cost a hash and a lookup rather than a signature
+//! check, as long as the issuer's key set still holds the very key that verified it (a key
+//! rotated out or replaced makes the token be checked again, and refused). A reload of the
+//! identity file starts afresh.
 
 use std::{
     collections::HashMap,
@@ -26,20 +32,44 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse},
 };
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
 use super::{
     identity::{self, IssuerSettings},
-    jwks::{Fetcher, KeySource},
+    jwks::{Fetcher, Key, KeySource},
 };
 use crate::domain::Principal;
 
 /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
 pub(crate) const LEEWAY: u64 = 60;
 
-/// The configured issuers, by their exact `iss`.
-#[derive(Debug, Default)]
+/// Tokens remembered once verified, at most.
+const VERIFIED_ENTRIES: usize = 10_000;
+
+/// The configured issuers, by their exact `iss`, and the tokens they verified.
+#[derive(Debug)]
 pub(crate) struct Issuers {
     by_issuer: HashMap<String, Issuer>,
+    verified: quick_cache::sync::Cache<[u8; 32], Remembered>,
+}
+
+impl Default for Issuers {
+    fn default() -> Self {
+        Self {
+            by_issuer: HashMap::new(),
+            verified: quick_cache::sync::Cache::new(VERIFIED_ENTRIES),
+        }
+    }
+}
+
+/// A verified token: what it proved, and the key that verified it.
+#[derive(Debug, Clone)]
+struct Remembered {
+    principal: Principal,
+    issuer: Arc<str>,
+    kid: Arc<str>,
+    key: Arc<Key>,
+    expires: u64,
 }
 
 #[derive(Debug)]
@@ -49,7 +79,7 @@ struct Issuer {
 }
 
 /// A token that proved its caller.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Verified {
     pub(crate) principal: Principal,
     pub(crate) issuer: Arc<str>,
@@ -102,7 +132,10 @@ impl Issuers {
                 (settings.issuer.clone(), Issuer { settings, keys })
             })
             .collect();
-        Self { by_issuer }
+        Self {
+            by_issuer,
+            ..Self::default()
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -119,6 +152,43 @@ impl Issuers {
 
     /// The caller a token proves, or why it proves none.
     pub(crate) async fn verify(&self, token: &str) -> Result<Verified, Refused> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(remembered) = self.verified.get(&digest)
+            && let Some(verified) = self.still(&remembered).await
+        {
+            return Ok(verified);
+        }
+        let (verified, kid, key) = self.check(token).await?;
+        self.verified.insert(
+            digest,
+            Remembered {
+                principal: verified.principal.clone(),
+                issuer: verified.issuer.clone(),
+                kid,
+                key,
+                expires: verified.expires,
+            },
+        );
+        Ok(verified)
+    }
+
+    /// What a remembered token proves now: `None` once it has expired (beyond the leeway, as
+    /// the check counts it) or its issuer's key set no longer holds the key that verified it.
+    async fn still(&self, remembered: &Remembered) -> Option<Verified> {
+        if now() > remembered.expires.saturating_add(LEEWAY) {
+            return None;
+        }
+        let issuer = self.by_issuer.get(remembered.issuer.as_ref())?;
+        let current = issuer.keys.key(&remembered.kid).await?;
+        Arc::ptr_eq(&current, &remembered.key).then(|| Verified {
+            principal: remembered.principal.clone(),
+            issuer: remembered.issuer.clone(),
+            expires: remembered.expires,
+        })
+    }
+
+    /// Every check of a token, and the key that verified it.
+    async fn check(&self, token: &str) -> Result<(Verified, Arc<str>, Arc<Key>), Refused> {
         let invalid = |why: String| Refused::Invalid(why);
         let mut parts = token.split('.');
         let (Some(header), Some(payload)) = (parts.next(), parts.next()) else {
@@ -215,11 +285,12 @@ impl Issuers {
             .render(&claims)
             .and_then(|text| Principal::parse(&text))
             .map_err(|why| invalid(format!("principal: {why}")))?;
-        Ok(Verified {
+        let verified = Verified {
             principal,
             issuer: Arc::from(settings.issuer.as_str()),
             expires,
-        })
+        };
+        Ok((verified, Arc::from(kid.as_str()), key))
     }
 }
 

@@ -97,7 +97,7 @@ struct Credentials {
 #[derive(Debug)]
 struct Identity {
     issuers: Issuers,
-    iam: Option<IamSettings>,
+    iam: Option<Arc<IamSettings>>,
     mesh: Option<MeshSettings>,
     console: ConsoleSettings,
 }
@@ -107,7 +107,7 @@ impl Identity {
     fn new(file: IdentityFile, previous: Option<&Identity>, fetcher: &Arc<Fetcher>) -> Self {
         Self {
             issuers: Issuers::new(file.jwt, previous.map(|p| &p.issuers), fetcher),
-            iam: file.iam,
+            iam: file.iam.map(Arc::new),
             mesh: file.mesh,
             console: file.console,
         }
@@ -122,7 +122,7 @@ impl Credentials {
             .filter(|issuers| !issuers.is_empty())
     }
 
-    fn iam(&self) -> Option<&IamSettings> {
+    fn iam(&self) -> Option<&Arc<IamSettings>> {
         self.identity
             .as_ref()
             .and_then(|identity| identity.iam.as_ref())
@@ -535,7 +535,7 @@ impl Auth {
     /// The caller of a signed GetCallerIdentity (`x-pipeline-control-iam`), as STS names it.
     async fn iam(
         &self,
-        settings: &IamSettings,
+        settings: &Arc<IamSettings>,
         value: &http::HeaderValue,
     ) -> Result<(Principal, Credential), (&'static str, Error)> {
         match self.sts.verify(settings, value.as_bytes()).await {

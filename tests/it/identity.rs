@@ -158,6 +158,11 @@ impl Issuer {
         self.keys.lock().unwrap().push(key.jwk.clone());
     }
 
+    /// Publishes `key` alone: the keys published before leave the set.
+    fn replace_with(&self, key: &SigningKey) {
+        *self.keys.lock().unwrap() = vec![key.jwk.clone()];
+    }
+
     fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
     }
@@ -486,6 +491,32 @@ async fn a_rotated_key_is_fetched_at_once() {
     assert_eq!(issuer.fetches(), 2, "the new kid was fetched at once");
     assert_authenticated(probe(&server, &first.sign(&claims)).await);
     assert_eq!(issuer.fetches(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_verified_before_is_refused_once_its_key_leaves_the_set() {
+    let issuer = Issuer::start().await;
+    let first = SigningKey::rsa("2026-01");
+    issuer.publish(&first);
+    let files = Files::new();
+    let server = server(&issuer.entry(""), &files, |_| {}).await;
+    let claims = issuer.service_account("billing", "reporter");
+    let token = first.sign(&claims);
+    // Verified, then answered from what the service remembers of it.
+    assert_authenticated(probe(&server, &token).await);
+    assert_authenticated(probe(&server, &token).await);
+
+    // The issuer rotates its key out (compromised, say); a token of the new key makes the
+    // service fetch the set at once.
+    let second = SigningKey::ec("2026-02");
+    issuer.replace_with(&second);
+    assert_authenticated(probe(&server, &second.sign(&claims)).await);
+    assert_eq!(issuer.fetches(), 2);
+    assert_refused(
+        probe(&server, &token).await,
+        Code::Unauthenticated,
+        "CREDENTIALS_INVALID",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
