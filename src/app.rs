@@ -50,6 +50,7 @@ use crate::{
     metrics::{Metrics, server::MetricsServer},
     pb,
     rate::{Rate, Rates},
+    reads::Reads,
     sagemaker::CallPolicy,
     shutdown::{self, CutOffIo},
     stop::{StopSettings, Stopper},
@@ -285,6 +286,11 @@ impl Application {
                 auth: auth.clone(),
                 metrics: metrics.clone(),
                 rate: guard.stop_rate(),
+                reads: Arc::new(Reads::new(
+                    estate.clone(),
+                    watcher.poll_interval(),
+                    metrics.clone(),
+                )),
             };
             (server, console)
         });

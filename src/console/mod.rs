@@ -46,6 +46,7 @@ use crate::{
     estate::Estate,
     metrics::Metrics,
     rate::Rate,
+    reads::Reads,
     stop::Stopper,
     watch::Watcher,
 };
@@ -61,6 +62,9 @@ pub(crate) struct Console {
     pub(crate) metrics: Arc<Metrics>,
     /// Each principal's StopExecution rate: a stop from a page spends it as a call would.
     pub(crate) rate: Arc<Rate>,
+    /// Reads of executions no poller follows, shared as GetExecution's are (the same
+    /// snapshots, kept for the poll interval).
+    pub(crate) reads: Arc<Reads>,
 }
 
 /// The console bound on its own address, not serving yet.

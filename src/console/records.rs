@@ -20,7 +20,8 @@ use crate::{
 
 /// `GET /`: recorded stops still under way: pending, or whose execution was Stopping right
 /// after the stop and is not known to have ended since. What holds each comes from its shared
-/// poller when one runs (a page or a watch is open on it); nothing is read from SageMaker here.
+/// poller when one runs (a page or a watch is open on it), else from a read shared as
+/// GetExecution's are (a snapshot younger than the poll interval answers it).
 pub(super) async fn now(
     State(console): State<Console>,
     peer: Peer,
@@ -40,7 +41,15 @@ pub(super) async fn now(
         if !stopping || !seen.insert(arn.clone()) {
             continue;
         }
-        let latest = console.watcher.latest(&arn);
+        let latest = match console.watcher.latest(&arn) {
+            Some(latest) => Some(latest),
+            // A read that fails leaves the row as recorded.
+            None => console
+                .reads
+                .execution(&record.pipeline_execution_arn)
+                .await
+                .ok(),
+        };
         if latest
             .as_ref()
             .is_some_and(|snapshot| snapshot.status.is_terminal())
@@ -62,7 +71,7 @@ pub(super) async fn now(
         rows.push((record, status, holding));
     }
     let body = html! {
-        p { "Stops recorded in the last " (history::MAX_PAGE_SIZE) " requests you may see whose execution was still Stopping. Open one to follow it live." }
+        p { "Stops recorded in the last " (history::MAX_PAGE_SIZE) " requests you may see whose execution is still Stopping, and what holds each. Open one to follow it live." }
         @if rows.is_empty() {
             p class="notice" { "Nothing is being stopped." }
         } @else {

@@ -632,3 +632,19 @@ async fn a_page_open_beside_a_watch_reads_nothing_more_from_sagemaker() {
         "pages and their live parts read nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn being_stopped_now_says_what_holds_an_execution_nobody_watches() {
+    let stack = stack(Backend::Sqlite, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    // Stopped over gRPC: no page and no watch has a poller on it.
+    stack.stop(&arn).await;
+    let (status, _, now) = get(&stack, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(now.contains(&arn), "{now}");
+    assert!(now.contains("Stopping"), "{now}");
+    assert!(
+        now.contains("Approve (Callback)"),
+        "what holds it is read, shared as GetExecution's reads are: {now}"
+    );
+}
