@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use pipeline_control::{
     app::Application,
     client::{self, ClientCommand},
@@ -45,6 +45,13 @@ enum Command {
     /// The command line for people: clients of a running service.
     #[command(flatten)]
     Client(ClientCommand),
+    /// Prints the completion script of a shell, e.g. `source <(pipeline-control completions
+    /// bash)`, or into `~/.local/share/bash-completion/completions/pipeline-control`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
@@ -53,6 +60,11 @@ async fn main() -> ExitCode {
     let command = match cli.command {
         // The client commands print for people (or scripts): no service logs.
         Command::Client(command) => return client::run(command).await,
+        Command::Completions { shell } => {
+            let mut cli = Cli::command();
+            clap_complete::generate(shell, &mut cli, "pipeline-control", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
         Command::Service(command) => command,
     };
     let traces = match &command {
@@ -107,7 +119,6 @@ async fn run(command: ServiceCommand) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory as _;
 
     #[test]
     fn command_line_definition_is_consistent() {

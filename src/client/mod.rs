@@ -87,8 +87,13 @@ impl Failure {
         Self { exit, line }
     }
 
+    /// A call that failed: an error (1), or bad usage (2) when the request itself was
+    /// invalid, which no retry mends.
     fn call(status: &Status) -> Self {
-        Self::error(describe(status))
+        match status.code() {
+            Code::InvalidArgument => Self::usage(describe(status)),
+            _ => Self::error(describe(status)),
+        }
     }
 }
 
@@ -110,12 +115,15 @@ pub async fn run(command: ClientCommand) -> ExitCode {
     }
 }
 
-/// One line for a failed call: `CODE (REASON): message`, with the field violations the
-/// message does not already give.
+/// One line for a failed call: `CODE (REASON): message` (the reason only when it says more than
+/// the code), with the field violations the message does not already give.
 pub(crate) fn describe(status: &Status) -> String {
     let details = status.get_error_details();
-    let mut line = code_name(status.code()).to_string();
-    if let Some(info) = details.error_info() {
+    let code = code_name(status.code());
+    let mut line = code.to_string();
+    if let Some(info) = details.error_info()
+        && info.reason != code
+    {
         line.push_str(&format!(" ({})", info.reason));
     }
     let message = status
@@ -271,7 +279,7 @@ mod tests {
         let status = Status::with_error_details(Code::InvalidArgument, "bad\nrequest", details);
         assert_eq!(
             describe(&status),
-            "INVALID_ARGUMENT (INVALID_ARGUMENT): bad request [pipeline_execution_arn: must be a pipeline execution ARN]"
+            "INVALID_ARGUMENT: bad request [pipeline_execution_arn: must be a pipeline execution ARN]"
         );
         assert_eq!(describe(&Status::unavailable("")), "UNAVAILABLE");
     }

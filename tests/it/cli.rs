@@ -105,9 +105,14 @@ pub(crate) fn run_bounded(command: &mut Command) -> Output {
 /// Asserts a clean failure: exit status 1, exactly one line on stderr that starts as expected,
 /// no panic or backtrace anywhere.
 pub(crate) fn assert_clean_failure(output: &Output, expected_start: &str) {
+    assert_clean_exit(output, 1, expected_start);
+}
+
+/// [`assert_clean_failure`] with exit status `status`.
+pub(crate) fn assert_clean_exit(output: &Output, status: i32, expected_start: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(status), "stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr, got: {stderr}");
     assert!(
@@ -956,4 +961,27 @@ async fn sighup_reloads_tokens_and_policy_and_keeps_the_previous_file_when_one_i
     assert!(logs.contains("kept the previous tokens"), "{logs}");
     assert!(logs.contains("kept the previous policy"), "{logs}");
     assert!(logs.contains("reloaded the policy file"), "{logs}");
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish_without_a_server() {
+    for (shell, mark) in [
+        ("bash", "complete -F _pipeline__control"),
+        ("zsh", "#compdef pipeline-control"),
+        ("fish", "complete -c pipeline-control"),
+    ] {
+        let output = run_bounded(command().args(["completions", shell]));
+        assert_eq!(output.status.code(), Some(0), "{shell}");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(script.contains(mark), "{shell}: {script}");
+        for word in ["stop", "watch", "history", "wait-timeout", "server"] {
+            assert!(script.contains(word), "{shell} completes {word}");
+        }
+    }
+    let output = run_bounded(command().args(["completions", "tcsh"]));
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "an unknown shell is bad usage"
+    );
 }
