@@ -452,6 +452,15 @@ impl Auth {
     pub(crate) async fn authenticate(&self, call: Presented<'_>) -> Result<Caller, Error> {
         let credentials = self.current.load_full();
         let outcome = self.identify(&credentials, call).await;
+        self.counted(credentials, outcome)
+    }
+
+    /// The caller an identification made, or its refusal, counted by method.
+    fn counted(
+        &self,
+        credentials: Arc<Credentials>,
+        outcome: Result<(Principal, Credential), (&'static str, Error)>,
+    ) -> Result<Caller, Error> {
         match outcome {
             Ok((principal, credential)) => {
                 self.metrics
@@ -694,21 +703,8 @@ impl Auth {
         peer: Option<SocketAddr>,
     ) -> Result<Caller, Error> {
         let credentials = self.current.load_full();
-        match self.identify_person(&credentials, headers, peer).await {
-            Ok((principal, credential)) => {
-                self.metrics
-                    .authenticated(credential.method().as_str(), true);
-                Ok(Caller {
-                    principal,
-                    credential,
-                    credentials,
-                })
-            }
-            Err((method, error)) => {
-                self.metrics.authenticated(method, false);
-                Err(error)
-            }
-        }
+        let outcome = self.identify_person(&credentials, headers, peer).await;
+        self.counted(credentials, outcome)
     }
 
     async fn identify_person(

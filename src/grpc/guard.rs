@@ -636,8 +636,13 @@ mod tests {
                 tokio::spawn(async move { guard.read_body(body).await.map(|_| ()) }),
             ));
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while guard.receiving.available_permits() > RECEIVING_BYTES - 7 * ((4 << 20) + 5) {
-            tokio::task::yield_now().await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the seven messages take their bytes"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let (_sender, eighth) = stalled_body(header(4 << 20));
         assert_eq!(

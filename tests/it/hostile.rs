@@ -196,12 +196,14 @@ async fn a_caller_at_its_whole_share_leaves_the_others_theirs() {
     })
     .await;
     let arn = crate::common::running(&stack.sagemaker).await;
-    // SageMaker answers slowly: the greedy caller's reads hold their permits meanwhile.
+    // SageMaker answers slowly (4.5 s, within the service's 5 s attempt timeout, so that a
+    // loaded machine has time to start every call): the greedy caller's reads hold their
+    // permits meanwhile.
     stack
         .admin
         .set_fault(
             "DescribePipelineExecution",
-            serde_json::json!({"latencyMs": 3000}),
+            serde_json::json!({"latencyMs": 4500}),
         )
         .await;
     let mut greedy = tokio::task::JoinSet::new();
@@ -221,7 +223,7 @@ async fn a_caller_at_its_whole_share_leaves_the_others_theirs() {
     }
     until_scraped(
         &stack.app,
-        Duration::from_secs(10),
+        Duration::from_secs(15),
         "the greedy caller has run into its share",
         |m| {
             m.value(
