@@ -354,6 +354,8 @@ pub(super) async fn history(args: HistoryArgs) -> Result<Exit, Failure> {
             "REQUESTED (UTC)",
             "PRINCIPAL",
             "PROVEN BY",
+            "ACCOUNT",
+            "REGION",
             "EXECUTION",
             "RESULT",
             "STATUS THEN",
@@ -423,6 +425,7 @@ fn history_row(record: &pb::StopRequest) -> Vec<String> {
     } else {
         record.auth_method.clone()
     };
+    let (account, region) = view::account_and_region(&record.pipeline_execution_arn);
     let mut reason = record.reason.clone();
     if record.forced_at.is_some() {
         reason = format!("(forced) {reason}");
@@ -434,6 +437,8 @@ fn history_row(record: &pb::StopRequest) -> Vec<String> {
         ),
         record.principal.clone(),
         proven_by,
+        account,
+        region,
         view::short_arn(&record.pipeline_execution_arn).to_string(),
         result,
         status,

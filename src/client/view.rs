@@ -502,6 +502,27 @@ pub(crate) fn short_arn(arn: &str) -> &str {
     arn.split_once(":pipeline/").map_or(arn, |(_, rest)| rest)
 }
 
+/// Where an execution lives, from its ARN: its account, and its region, followed by its
+/// partition when that is not `aws` (`cn-north-1 (aws-cn)`), so that executions of the same
+/// name in different places never look alike. `-` for a part the ARN lacks.
+pub(crate) fn account_and_region(arn: &str) -> (String, String) {
+    let Some([_, partition, _, region, account, _]) = crate::domain::arn_fields(arn) else {
+        return ("-".into(), "-".into());
+    };
+    let or_dash = |text: &str| {
+        if text.is_empty() {
+            "-".to_string()
+        } else {
+            text.to_string()
+        }
+    };
+    let mut region = or_dash(region);
+    if partition != "aws" {
+        region.push_str(&format!(" ({partition})"));
+    }
+    (or_dash(account), region)
+}
+
 fn to_chrono(time: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(time.seconds, u32::try_from(time.nanos).ok()?)
 }

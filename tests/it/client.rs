@@ -783,3 +783,65 @@ async fn watch_and_get_show_an_execution_and_help_shows_examples() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_tells_apart_executions_of_other_regions_accounts_and_partitions() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    // The same pipeline and execution names elsewhere: none of them exists there.
+    let elsewhere = [
+        arn.replace(":us-east-1:", ":eu-west-1:"),
+        arn.replace(":123456789012:", ":210987654321:"),
+        arn.replace("arn:aws:", "arn:aws-cn:")
+            .replace(":us-east-1:", ":cn-north-1:"),
+    ];
+    let url = stack.app.url();
+    for (n, target) in std::iter::once(&arn).chain(&elsewhere).enumerate() {
+        let token = format!("place-{n}");
+        let output = run_bounded(client(&url).args(["stop", target, "--client-token", &token]));
+        assert_ne!(output.status.code(), Some(2), "{target}");
+    }
+    let output = run_bounded(client(&url).args(["history"]));
+    succeeded(&output);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    let account = lines[0].find("ACCOUNT  ").expect("an ACCOUNT column");
+    let region = lines[0].find("REGION  ").expect("a REGION column");
+    let row = |token: &str| {
+        let line = lines.iter().find(|line| line.contains(token)).unwrap();
+        (
+            line[account..].split("  ").next().unwrap().to_string(),
+            line[region..].split("  ").next().unwrap().to_string(),
+        )
+    };
+    assert_eq!(
+        row("place-0"),
+        ("123456789012".into(), "us-east-1".into()),
+        "{text}"
+    );
+    assert_eq!(
+        row("place-1"),
+        ("123456789012".into(), "eu-west-1".into()),
+        "{text}"
+    );
+    assert_eq!(
+        row("place-2"),
+        ("210987654321".into(), "us-east-1".into()),
+        "{text}"
+    );
+    assert_eq!(
+        row("place-3"),
+        ("123456789012".into(), "cn-north-1 (aws-cn)".into()),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains("EXECUTION_NOT_FOUND"))
+            .count()
+            == 3,
+        "{text}"
+    );
+}
