@@ -15,6 +15,11 @@ use crate::sagemaker::SageMaker;
 
 const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/PipelineControlDemo";
 
+/// The demo executions' display names, each its own (what `get`, the live view and the console
+/// show first).
+const CALLBACK_DISPLAY_NAME: &str = "demo-callback-waits-for-a-reviewer";
+const LAMBDA_DISPLAY_NAME: &str = "demo-lambda-evaluates-for-two-minutes";
+
 /// What the demo created.
 #[derive(Debug, Clone)]
 pub(crate) struct Demo {
@@ -76,10 +81,14 @@ pub(crate) async fn seed(
         )
         .await?;
     let callback_execution = sagemaker
-        .start_execution("demo-callback", &token("start-callback"))
+        .start_execution(
+            "demo-callback",
+            CALLBACK_DISPLAY_NAME,
+            &token("start-callback"),
+        )
         .await?;
     let lambda_execution = sagemaker
-        .start_execution("demo-lambda", &token("start-lambda"))
+        .start_execution("demo-lambda", LAMBDA_DISPLAY_NAME, &token("start-lambda"))
         .await?;
     let callback_token = emulator
         .callback_tokens(&callback_execution)

@@ -460,12 +460,14 @@ impl SageMaker {
     pub(crate) async fn start_execution(
         &self,
         pipeline: &str,
+        display_name: &str,
         token: &str,
     ) -> anyhow::Result<String> {
         let output = self
             .client
             .start_pipeline_execution()
             .pipeline_name(pipeline)
+            .pipeline_execution_display_name(display_name)
             .client_request_token(token)
             .send()
             .await

@@ -460,6 +460,24 @@ async fn serve_with_the_emulator_is_a_complete_demo() {
     let steps = crate::common::all_steps(&client, &callback_arn).await;
     let token = crate::common::callback_token(&steps[0]);
     assert_eq!(token, callback_token);
+    // Each demo execution has a display name of its own.
+    let mut names = Vec::new();
+    for arn in [&callback_arn, &lambda_arn] {
+        let described = client
+            .describe_pipeline_execution()
+            .pipeline_execution_arn(arn)
+            .send()
+            .await
+            .unwrap();
+        names.push(
+            described
+                .pipeline_execution_display_name()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(names[0].starts_with("demo-callback"), "{names:?}");
+    assert!(names[1].starts_with("demo-lambda"), "{names:?}");
     let lambda_steps = crate::common::all_steps(&client, &lambda_arn).await;
     assert!(lambda_steps[0].metadata().unwrap().lambda().is_some());
     assert_eq!(health(addr).await, ServingStatus::Serving);
