@@ -30,6 +30,8 @@ const RETRY_BUDGET: Duration = Duration::from_secs(120);
 /// How long a wait without `--wait-timeout` goes on reconnecting to a service that stays
 /// unreachable before giving up.
 const RECONNECT_BUDGET: Duration = Duration::from_secs(300);
+/// How long the read after a forced stop is retried (it only refines what is printed).
+const FORCE_READ_BUDGET: Duration = Duration::from_secs(5);
 /// Executions of a pipeline followed at once by `stop --pipeline --wait`.
 const FOLLOWED_AT_ONCE: usize = 16;
 
@@ -120,7 +122,15 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
             view.finish(None);
             stop_failure(&status, &token, generated)
         })?;
-    view.stop_answer(&answer, generated);
+    // What --force-after cannot release is said once, with what it can.
+    let held = if answer.force_at.is_some() && !answer.force_note.is_empty() {
+        read_execution(&client, &arn, Instant::now() + FORCE_READ_BUDGET)
+            .await
+            .ok()
+    } else {
+        None
+    };
+    view.stop_answer(&answer, generated, held.as_ref());
     if !args.wait {
         return Ok(Exit::Done);
     }
@@ -309,16 +319,18 @@ fn ended(last: Option<&pb::Execution>) -> Result<Exit, Failure> {
     }
 }
 
-/// `get`.
-pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
-    let client = connect(&args.client).await?;
-    let until = Instant::now() + RETRY_BUDGET;
-    let execution = with_retries(
+/// GetExecution, retried until `until`.
+async fn read_execution(
+    client: &Client,
+    arn: &str,
+    until: Instant,
+) -> Result<pb::Execution, Status> {
+    with_retries(
         || {
             let mut client = client.clone();
             let request = timed(
                 pb::GetExecutionRequest {
-                    pipeline_execution_arn: args.execution_arn.clone(),
+                    pipeline_execution_arn: arn.to_string(),
                 },
                 Some(until),
             );
@@ -328,7 +340,14 @@ pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
         |_, _| {},
     )
     .await
-    .map_err(|status| Failure::call(&status))?;
+}
+
+/// `get`.
+pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
+    let client = connect(&args.client).await?;
+    let execution = read_execution(&client, &args.execution_arn, Instant::now() + RETRY_BUDGET)
+        .await
+        .map_err(|status| Failure::call(&status))?;
     match args.client.output {
         Output::Json => emit_json(&execution),
         Output::Text => emit(&view::render(&execution, chrono::Utc::now()).join("\n")),

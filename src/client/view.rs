@@ -61,12 +61,20 @@ impl View {
         }
     }
 
-    /// The answer to the stop; `generated` when the client token is one made up here.
-    pub(crate) fn stop_answer(&mut self, answer: &pb::StopExecutionResponse, generated: bool) {
+    /// The answer to the stop; `generated` when the client token is one made up here; `held`
+    /// the execution as read after a forced stop (see [`force_line`]).
+    pub(crate) fn stop_answer(
+        &mut self,
+        answer: &pb::StopExecutionResponse,
+        generated: bool,
+        held: Option<&pb::Execution>,
+    ) {
         match self {
             Self::Json => emit_json(answer),
-            Self::Live(live) => live.println(&stop_answer_lines(answer, generated).join("\n")),
-            Self::Lines(_) => stop_answer_lines(answer, generated)
+            Self::Live(live) => {
+                live.println(&stop_answer_lines(answer, generated, held).join("\n"));
+            }
+            Self::Lines(_) => stop_answer_lines(answer, generated, held)
                 .iter()
                 .for_each(|line| emit(line)),
             Self::Quiet(_) => {}
@@ -247,7 +255,11 @@ impl Lines {
     }
 }
 
-fn stop_answer_lines(answer: &pb::StopExecutionResponse, generated: bool) -> Vec<String> {
+fn stop_answer_lines(
+    answer: &pb::StopExecutionResponse,
+    generated: bool,
+    held: Option<&pb::Execution>,
+) -> Vec<String> {
     let mut lines = vec![format!(
         "{} {} ({}){}",
         outcome_text(answer.outcome()),
@@ -267,16 +279,78 @@ fn stop_answer_lines(answer: &pb::StopExecutionResponse, generated: bool) -> Vec
     } else {
         format!("client token {}", answer.client_request_token)
     });
-    if let Some(at) = &answer.force_at {
-        lines.push(format!(
-            "forced at {} if still Stopping then",
-            time_text(at, SecondsFormat::Secs)
+    lines.extend(force_line(answer, held));
+    lines
+}
+
+/// What `--force-after` will do, said once: at its deadline it releases the Callback steps
+/// still holding the execution; Lambda steps it cannot release (they end when their function
+/// returns). `held` is the execution read after the stop, when the service noted Lambda steps
+/// it cannot force (to tell whether any Callback step is left to release).
+fn force_line(answer: &pb::StopExecutionResponse, held: Option<&pb::Execution>) -> Option<String> {
+    let when = time_text(answer.force_at.as_ref()?, SecondsFormat::Secs);
+    let releases = format!("at {when}, if it is still Stopping,");
+    if answer.force_note.is_empty() {
+        return Some(format!(
+            "--force-after: {releases} the Callback steps holding it are released (answered with SendPipelineExecutionStepFailure)"
         ));
     }
-    if !answer.force_note.is_empty() {
-        lines.push(answer.force_note.clone());
+    let Some(execution) = held else {
+        return Some(format!(
+            "--force-after: {releases} its Callback steps are released; not its Lambda steps: {}",
+            answer.force_note
+        ));
+    };
+    let running = |kind: fn(&Metadata) -> bool| -> Vec<&pb::Step> {
+        in_start_order(execution)
+            .into_iter()
+            .filter(|step| {
+                matches!(
+                    step.status(),
+                    pb::StepStatus::Starting | pb::StepStatus::Executing | pb::StepStatus::Stopping
+                ) && step.metadata.as_ref().is_some_and(kind)
+            })
+            .collect()
+    };
+    let lambdas = running(|m| matches!(m, Metadata::Lambda(_)));
+    let callbacks = running(|m| matches!(m, Metadata::Callback(_)));
+    let names = |steps: &[&pb::Step], kind: &str| {
+        let names: Vec<&str> = steps.iter().map(|step| step.name.as_str()).collect();
+        let plural = if names.len() == 1 { "" } else { "s" };
+        format!("{kind} step{plural} {}", names.join(", "))
+    };
+    if lambdas.is_empty() {
+        // The Lambda steps the service saw have ended since.
+        return Some(format!(
+            "--force-after: {releases} the Callback steps holding it are released (answered with SendPipelineExecutionStepFailure)"
+        ));
     }
-    lines
+    let latest = lambdas
+        .iter()
+        .map(|step| started(step).map(holding::lambda_latest_end))
+        .collect::<Option<Vec<_>>>()
+        .and_then(|ends| ends.into_iter().max())
+        .map(|latest| {
+            format!(
+                ", by {} at the latest (its start plus SageMaker's longest Lambda step timeout, 10 minutes)",
+                holding::when(latest)
+            )
+        })
+        .unwrap_or_default();
+    let lambda_text = names(&lambdas, "Lambda");
+    let returns = if lambdas.len() == 1 {
+        "it stops when its function returns"
+    } else {
+        "they stop when their functions return"
+    };
+    Some(if callbacks.is_empty() {
+        format!("--force-after cannot release {lambda_text}: {returns}{latest}")
+    } else {
+        format!(
+            "--force-after: {releases} {} is released; it cannot release {lambda_text}: {returns}{latest}",
+            names(&callbacks, "Callback")
+        )
+    })
 }
 
 /// The whole snapshot, for the live view and for `get`.
@@ -641,6 +715,50 @@ mod tests {
                 "execution train/execution/abc Stopped".to_string(),
                 "step Approve (Callback) Failed: stopped by pipeline-control".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn force_after_says_once_what_it_releases_and_what_it_cannot() {
+        let answer = |note: &str| pb::StopExecutionResponse {
+            force_at: at(T0 + 120),
+            force_note: note.into(),
+            ..Default::default()
+        };
+        let both = stopping();
+        let text =
+            force_line(&answer("Score (Lambda) cannot be interrupted"), Some(&both)).unwrap();
+        assert_eq!(
+            text,
+            "--force-after: at 2026-12-01T08:02:00Z, if it is still Stopping, Callback step Approve is released; it cannot release Lambda step Score: it stops when its function returns, by 2026-12-01T08:11:00Z at the latest (its start plus SageMaker's longest Lambda step timeout, 10 minutes)"
+        );
+        // Only a Lambda step: no promise, only what it cannot do.
+        let mut lambda_only = stopping();
+        lambda_only.steps.truncate(1);
+        let text = force_line(
+            &answer("Score (Lambda) cannot be interrupted"),
+            Some(&lambda_only),
+        )
+        .unwrap();
+        assert!(text.starts_with("--force-after cannot release Lambda step Score: it stops when its function returns, by 2026-12-01T08:11:00Z"), "{text}");
+        assert!(!text.contains("released"), "{text}");
+        // No Lambda step: the deadline and what it does.
+        let text = force_line(&answer(""), None).unwrap();
+        assert!(text.starts_with("--force-after: at 2026-12-01T08:02:00Z, if it is still Stopping, the Callback steps"), "{text}");
+        assert_eq!(
+            force_line(&pb::StopExecutionResponse::default(), None),
+            None
+        );
+        // One line in all.
+        let lines = stop_answer_lines(
+            &answer("Score (Lambda) cannot be interrupted"),
+            false,
+            Some(&lambda_only),
+        );
+        assert_eq!(
+            lines.iter().filter(|line| line.contains("force")).count(),
+            1,
+            "{lines:#?}"
         );
     }
 

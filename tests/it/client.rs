@@ -845,3 +845,41 @@ async fn history_tells_apart_executions_of_other_regions_accounts_and_partitions
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_after_on_a_lambda_step_says_once_that_it_cannot_release_it() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack
+        .execution(json!([{"Name": "Evaluate", "Type": "Lambda",
+            "FunctionArn": "arn:aws:lambda:us-east-1:123456789012:function:evaluate",
+            "Arguments": {"Emulator": {"DurationSeconds": 600, "TimeoutSeconds": 600}}}]))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !crate::common::all_steps(&stack.sagemaker, &arn)
+        .await
+        .first()
+        .is_some_and(|step| step.start_time().is_some())
+    {
+        assert!(Instant::now() < deadline, "the Lambda step did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = run_bounded(client(&stack.app.url()).args([
+        "stop",
+        &arn,
+        "--force-after",
+        "0s",
+        "--reason",
+        "INC-4",
+    ]));
+    succeeded(&output);
+    let text = String::from_utf8_lossy(&output.stdout);
+    let forced: Vec<&str> = text.lines().filter(|l| l.contains("force")).collect();
+    assert_eq!(forced.len(), 1, "{text}");
+    assert!(
+        forced[0].starts_with(
+            "--force-after cannot release Lambda step Evaluate: it stops when its function returns, by "
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("if still Stopping then"), "{text}");
+}
