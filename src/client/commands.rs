@@ -47,13 +47,27 @@ fn timed<T>(message: T, until: Option<Instant>) -> Request<T> {
     request
 }
 
+/// The SageMaker endpoint the service says it calls, when not AWS's default.
+fn told_endpoint(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    metadata
+        .get(pb::SAGEMAKER_ENDPOINT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        // Only a URL goes into a suggested command.
+        .filter(|url| url.starts_with("http://") || url.starts_with("https://"))
+        .filter(|url| {
+            url.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'\'' && b != b'"')
+        })
+        .map(str::to_string)
+}
+
 /// The opening of a stream, bounded by [`CALL_TIMEOUT`]. (A deadline on the call itself would
 /// bound the whole stream.) No answer in time is UNAVAILABLE, so it is retried.
 async fn opening<T>(
     call: impl Future<Output = Result<tonic::Response<Streaming<T>>, Status>>,
-) -> Result<Streaming<T>, Status> {
+) -> Result<tonic::Response<Streaming<T>>, Status> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(response) => Ok(response?.into_inner()),
+        Ok(response) => response,
         Err(_) => Err(Status::unavailable(format!(
             "no answer within {}s",
             CALL_TIMEOUT.as_secs()
@@ -127,6 +141,7 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
         read_execution(&client, &arn, Instant::now() + FORCE_READ_BUDGET)
             .await
             .ok()
+            .map(tonic::Response::into_inner)
     } else {
         None
     };
@@ -216,7 +231,10 @@ async fn follow(
         )
         .await;
         let mut stream: Streaming<pb::WatchExecutionResponse> = match opened {
-            Ok(stream) => stream,
+            Ok(response) => {
+                view.endpoint(told_endpoint(response.metadata()));
+                response.into_inner()
+            }
             Err(status) => return Err(lost(&mut view, &status, last.as_ref(), deadline)),
         };
         loop {
@@ -324,7 +342,7 @@ async fn read_execution(
     client: &Client,
     arn: &str,
     until: Instant,
-) -> Result<pb::Execution, Status> {
+) -> Result<tonic::Response<pb::Execution>, Status> {
     with_retries(
         || {
             let mut client = client.clone();
@@ -334,7 +352,7 @@ async fn read_execution(
                 },
                 Some(until),
             );
-            async move { Ok(client.get_execution(request).await?.into_inner()) }
+            async move { client.get_execution(request).await }
         },
         until,
         |_, _| {},
@@ -345,12 +363,16 @@ async fn read_execution(
 /// `get`.
 pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
     let client = connect(&args.client).await?;
-    let execution = read_execution(&client, &args.execution_arn, Instant::now() + RETRY_BUDGET)
+    let response = read_execution(&client, &args.execution_arn, Instant::now() + RETRY_BUDGET)
         .await
         .map_err(|status| Failure::call(&status))?;
+    let endpoint = told_endpoint(response.metadata());
+    let execution = response.into_inner();
     match args.client.output {
         Output::Json => emit_json(&execution),
-        Output::Text => emit(&view::render(&execution, chrono::Utc::now()).join("\n")),
+        Output::Text => {
+            emit(&view::render(&execution, chrono::Utc::now(), endpoint.as_deref()).join("\n"))
+        }
     }
     Ok(Exit::Done)
 }
@@ -513,7 +535,9 @@ async fn stop_pipeline(
             },
         )
         .await;
-        let mut stream = opened.map_err(|status| stop_failure(&status, token, generated))?;
+        let mut stream = opened
+            .map_err(|status| stop_failure(&status, token, generated))?
+            .into_inner();
         loop {
             match stream.message().await {
                 Ok(Some(message)) => {

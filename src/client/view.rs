@@ -90,6 +90,20 @@ impl View {
         }
     }
 
+    /// Where the service reaches SageMaker, when it is not AWS's default endpoint (an emulator,
+    /// a private endpoint): the suggested `aws` commands then carry `--endpoint-url`.
+    pub(crate) fn endpoint(&mut self, endpoint: Option<String>) {
+        match self {
+            Self::Live(live) => {
+                if let Ok(mut screen) = live.screen.lock() {
+                    screen.endpoint = endpoint;
+                }
+            }
+            Self::Lines(lines) => lines.endpoint = endpoint,
+            Self::Json | Self::Quiet(_) => {}
+        }
+    }
+
     /// A message of WatchExecution.
     pub(crate) fn watched(&mut self, message: &pb::WatchExecutionResponse) {
         match (self, &message.event) {
@@ -120,8 +134,23 @@ impl View {
 /// the spinner and the elapsed time tick twice a second.
 pub(crate) struct Live {
     bar: ProgressBar,
-    last: Arc<Mutex<Option<pb::Execution>>>,
+    screen: Arc<Mutex<Screen>>,
     refresher: tokio::task::JoinHandle<()>,
+}
+
+/// What the live view shows, shared with the task that redraws it every second.
+#[derive(Default)]
+struct Screen {
+    last: Option<pb::Execution>,
+    endpoint: Option<String>,
+}
+
+impl Screen {
+    /// The snapshot as the live view shows it under its status line.
+    fn body(&self) -> Option<String> {
+        let execution = self.last.as_ref()?;
+        Some(render(execution, Utc::now(), self.endpoint.as_deref()).join("\n"))
+    }
 }
 
 impl Live {
@@ -134,23 +163,23 @@ impl Live {
         }
         bar.set_prefix("connecting");
         bar.enable_steady_tick(Duration::from_millis(500));
-        let last: Arc<Mutex<Option<pb::Execution>>> = Arc::default();
+        let screen: Arc<Mutex<Screen>> = Arc::default();
         let refresher = tokio::spawn({
-            let (bar, last) = (bar.clone(), last.clone());
+            let (bar, screen) = (bar.clone(), screen.clone());
             async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    let snapshot = last.lock().ok().and_then(|last| last.clone());
-                    if let Some(execution) = snapshot {
-                        bar.set_message(body(&execution));
+                    let body = screen.lock().ok().and_then(|screen| screen.body());
+                    if let Some(body) = body {
+                        bar.set_message(body);
                     }
                 }
             }
         });
         Self {
             bar,
-            last,
+            screen,
             refresher,
         }
     }
@@ -161,9 +190,11 @@ impl Live {
 
     fn show(&self, execution: &pb::Execution) {
         self.bar.set_prefix(status_name(execution.status()));
-        self.bar.set_message(body(execution));
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some(execution.clone());
+        if let Ok(mut screen) = self.screen.lock() {
+            screen.last = Some(execution.clone());
+            if let Some(body) = screen.body() {
+                self.bar.set_message(body);
+            }
         }
     }
 
@@ -173,7 +204,8 @@ impl Live {
         let elapsed = self.bar.elapsed();
         self.bar.finish_and_clear();
         if let Some(execution) = last {
-            emit(&body(execution));
+            let endpoint = self.screen.lock().ok().and_then(|s| s.endpoint.clone());
+            emit(&render(execution, Utc::now(), endpoint.as_deref()).join("\n"));
             emit(&format!(
                 "{} after {}",
                 status_name(execution.status()),
@@ -183,11 +215,6 @@ impl Live {
     }
 }
 
-/// The snapshot as the live view shows it under its status line.
-fn body(execution: &pb::Execution) -> String {
-    render(execution, Utc::now()).join("\n")
-}
-
 /// One plain line per change, each with the time since the command started.
 #[derive(Default)]
 pub(crate) struct Lines {
@@ -195,6 +222,7 @@ pub(crate) struct Lines {
     status: Option<pb::ExecutionStatus>,
     steps: BTreeMap<String, (pb::StepStatus, String)>,
     blocking: BTreeMap<String, String>,
+    endpoint: Option<String>,
 }
 
 impl Lines {
@@ -243,7 +271,10 @@ impl Lines {
         let blocking: BTreeMap<String, String> = in_start_order(execution)
             .into_iter()
             .filter(|step| !step.blocking_reason.is_empty())
-            .map(|step| (step.name.clone(), blocking_line(execution, step)))
+            .map(|step| {
+                let line = blocking_line(execution, step, self.endpoint.as_deref());
+                (step.name.clone(), line)
+            })
             .collect();
         for (name, text) in &blocking {
             if self.blocking.get(name) != Some(text) {
@@ -354,7 +385,12 @@ fn force_line(answer: &pb::StopExecutionResponse, held: Option<&pb::Execution>) 
 }
 
 /// The whole snapshot, for the live view and for `get`.
-pub(crate) fn render(execution: &pb::Execution, now: DateTime<Utc>) -> Vec<String> {
+/// `endpoint`: where the service reaches SageMaker, when not AWS's default.
+pub(crate) fn render(
+    execution: &pb::Execution,
+    now: DateTime<Utc>,
+    endpoint: Option<&str>,
+) -> Vec<String> {
     let name = if execution.display_name.is_empty() {
         short_arn(&execution.pipeline_execution_arn).to_string()
     } else {
@@ -414,14 +450,19 @@ pub(crate) fn render(execution: &pb::Execution, now: DateTime<Utc>) -> Vec<Strin
         lines.push(String::new());
         lines.push("What keeps it Stopping:".to_string());
         for step in blocking {
-            lines.extend(blocking_block(execution, step, now));
+            lines.extend(blocking_block(execution, step, now, endpoint));
         }
     }
     lines
 }
 
 /// What a blocking step waits for, in a few lines.
-fn blocking_block(execution: &pb::Execution, step: &pb::Step, now: DateTime<Utc>) -> Vec<String> {
+fn blocking_block(
+    execution: &pb::Execution,
+    step: &pb::Step,
+    now: DateTime<Utc>,
+    endpoint: Option<&str>,
+) -> Vec<String> {
     match &step.metadata {
         Some(Metadata::Callback(callback)) => vec![
             format!("  {} (Callback) {}", step.name, holding::CALLBACK_WAITS),
@@ -429,11 +470,11 @@ fn blocking_block(execution: &pb::Execution, step: &pb::Step, now: DateTime<Utc>
             format!("    queue           {}", callback.sqs_queue_url),
             format!(
                 "    answer it with  {}",
-                answer_command(execution, callback)
+                answer_command(execution, callback, endpoint)
             ),
             format!(
-                "    or release it   pipeline-control stop {} --force-after 0s",
-                execution.pipeline_execution_arn
+                "    or release it   pipeline-control stop {} --force-after 0s --reason 'release the Callback step {}'",
+                execution.pipeline_execution_arn, step.name
             ),
         ],
         Some(Metadata::Lambda(lambda)) => {
@@ -461,7 +502,7 @@ fn blocking_block(execution: &pb::Execution, step: &pb::Step, now: DateTime<Utc>
 }
 
 /// A blocking step in one line, for plain output.
-fn blocking_line(execution: &pb::Execution, step: &pb::Step) -> String {
+fn blocking_line(execution: &pb::Execution, step: &pb::Step, endpoint: Option<&str>) -> String {
     match &step.metadata {
         Some(Metadata::Callback(callback)) => format!(
             "{}; answer it with: {}",
@@ -470,7 +511,7 @@ fn blocking_line(execution: &pb::Execution, step: &pb::Step) -> String {
                 &callback.callback_token,
                 &callback.sqs_queue_url
             ),
-            answer_command(execution, callback)
+            answer_command(execution, callback, endpoint)
         ),
         Some(Metadata::Lambda(lambda)) => {
             holding::lambda(&step.name, &lambda.function_arn, started(step))
@@ -479,8 +520,14 @@ fn blocking_line(execution: &pb::Execution, step: &pb::Step) -> String {
     }
 }
 
-/// The AWS CLI command that answers a Callback step so that a Stopping execution can end.
-fn answer_command(execution: &pb::Execution, callback: &pb::CallbackMetadata) -> String {
+/// The AWS CLI command that answers a Callback step so that a Stopping execution can end: in
+/// the execution's region, at the endpoint the service reaches SageMaker at when that is not
+/// AWS's default.
+fn answer_command(
+    execution: &pb::Execution,
+    callback: &pb::CallbackMetadata,
+    endpoint: Option<&str>,
+) -> String {
     let region = execution
         .pipeline_execution_arn
         .split(':')
@@ -488,8 +535,11 @@ fn answer_command(execution: &pb::Execution, callback: &pb::CallbackMetadata) ->
         .filter(|region| !region.is_empty())
         .map(|region| format!(" --region {region}"))
         .unwrap_or_default();
+    let endpoint = endpoint
+        .map(|url| format!(" --endpoint-url {url}"))
+        .unwrap_or_default();
     format!(
-        "aws sagemaker send-pipeline-execution-step-failure{region} --callback-token {} --failure-reason 'stopped'",
+        "aws sagemaker send-pipeline-execution-step-failure{region}{endpoint} --callback-token {} --failure-reason 'stopped'",
         callback.callback_token
     )
 }
@@ -669,7 +719,7 @@ mod tests {
     #[test]
     fn a_snapshot_shows_steps_in_start_order_and_what_blocks_the_stop() {
         let now = DateTime::from_timestamp(T0 + 90, 0).unwrap();
-        let text = render(&stopping(), now).join("\n");
+        let text = render(&stopping(), now, None).join("\n");
         let approve = text.find("  Approve  Callback").expect(&text);
         let score = text.find("  Score    Lambda").expect(&text);
         assert!(approve < score, "{text}");
@@ -677,6 +727,15 @@ mod tests {
         assert!(text.contains("callback token  tok123"), "{text}");
         assert!(
             text.contains("aws sagemaker send-pipeline-execution-step-failure --region eu-west-1 --callback-token tok123"),
+            "{text}"
+        );
+        assert!(
+            text.contains("--force-after 0s --reason 'release the Callback step Approve'"),
+            "{text}"
+        );
+        let text = render(&stopping(), now, Some("http://127.0.0.1:4566")).join("\n");
+        assert!(
+            text.contains("step-failure --region eu-west-1 --endpoint-url http://127.0.0.1:4566 --callback-token tok123"),
             "{text}"
         );
         // Started at 08:01:00: ends by 08:11:00 at the latest, 9m 30s after now.

@@ -312,4 +312,16 @@ impl Estate {
     pub(crate) fn endpoint(&self) -> Option<&str> {
         self.settings.endpoint.as_deref()
     }
+
+    /// The SageMaker endpoint calls for `account_id` go to, when it is not AWS's default: the
+    /// accounts file's for it, else the service's.
+    pub(crate) fn endpoint_of(&self, account_id: &str) -> Option<String> {
+        let accounts = self.accounts.load();
+        accounts
+            .as_ref()
+            .as_ref()
+            .and_then(|a| a.get(account_id))
+            .and_then(|a| a.endpoint.clone())
+            .or_else(|| self.settings.endpoint.clone())
+    }
 }

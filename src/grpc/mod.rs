@@ -79,6 +79,18 @@ impl PipelineControlService {
         }
     }
 
+    /// Says in `metadata` where the service reaches SageMaker for `arn`, when not at AWS's
+    /// default endpoint, so that the command line's suggested `aws` commands go there too.
+    fn tell_endpoint(&self, arn: &ExecutionArn, metadata: &mut tonic::metadata::MetadataMap) {
+        if let Some(value) = self
+            .estate
+            .endpoint_of(arn.account())
+            .and_then(|url| url.parse().ok())
+        {
+            metadata.insert(pb::SAGEMAKER_ENDPOINT_HEADER, value);
+        }
+    }
+
     /// Counts a call the policy refused.
     fn counted<T>(&self, result: Result<T, Status>) -> Result<T, Status> {
         if let Err(status) = &result
@@ -358,7 +370,9 @@ impl PipelineControl for PipelineControlService {
             let (caller, arn) = readable(&request, &request.get_ref().pipeline_execution_arn)?;
             self.rates.read.spend(caller.principal())?;
             let snapshot = self.reads.execution(&arn).await?;
-            Ok::<_, Error>(Response::new(convert::execution(&snapshot)))
+            let mut response = Response::new(convert::execution(&snapshot));
+            self.tell_endpoint(&arn, response.metadata_mut());
+            Ok::<_, Error>(response)
         };
         self.counted(result.await.map_err(Status::from))
     }
@@ -378,14 +392,19 @@ impl PipelineControl for PipelineControlService {
             // A stream's start may read SageMaker (its poller's first read); its messages do not.
             self.rates.read.spend(caller.principal())?;
             let events = self.watcher.watch(arn.clone()).await?;
-            Ok::<_, Error>(auth::until_revoked(events, self.auth.clone(), caller, arn))
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            self.tell_endpoint(&arn, &mut metadata);
+            let events = auth::until_revoked(events, self.auth.clone(), caller, arn);
+            Ok::<_, Error>((events, metadata))
         };
-        let events = self.counted(result.await.map_err(Status::from))?;
-        Ok(Response::new(Box::pin(events.map(|event| {
+        let (events, metadata) = self.counted(result.await.map_err(Status::from))?;
+        let mut response = Response::new(Box::pin(events.map(|event| {
             event
                 .map(|event| convert::watch_response(&event))
                 .map_err(Status::from)
-        }))))
+        })) as Self::WatchExecutionStream);
+        *response.metadata_mut() = metadata;
+        Ok(response)
     }
 
     type StopExecutionsStream = Pin<

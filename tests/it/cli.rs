@@ -482,6 +482,40 @@ async fn serve_with_the_emulator_is_a_complete_demo() {
     assert!(lambda_steps[0].metadata().unwrap().lambda().is_some());
     assert_eq!(health(addr).await, ServingStatus::Serving);
 
+    // Stopped, the demo's callback execution is held by its Callback step. The command
+    // line's suggested commands work as they are: the answer goes to the demo's emulator (the
+    // service says where it reaches SageMaker), the release has a reason.
+    let server = format!("http://{addr}");
+    let output = run_bounded(command().args([
+        "stop",
+        &callback_arn,
+        "--reason",
+        "demo",
+        "--server",
+        &server,
+    ]));
+    assert_eq!(output.status.code(), Some(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let output = run_bounded(command().args(["get", &callback_arn, "--server", &server]));
+        let shown = String::from_utf8_lossy(&output.stdout).to_string();
+        if shown.contains("answer it with") {
+            break shown;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{shown}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        shown.contains(&format!(
+            "send-pipeline-execution-step-failure --region us-east-1 --endpoint-url {endpoint} --callback-token {callback_token}"
+        )),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("--force-after 0s --reason 'release the Callback step Approve'"),
+        "{shown}"
+    );
+
     send_signal(&child, "-TERM");
     let (_, status) = wait_bounded_async(child).await;
     assert_eq!(status.code(), Some(0));
