@@ -30,8 +30,9 @@ const RETRY_BUDGET: Duration = Duration::from_secs(120);
 /// How long a wait without `--wait-timeout` goes on reconnecting to a service that stays
 /// unreachable before giving up.
 const RECONNECT_BUDGET: Duration = Duration::from_secs(300);
-/// How long the read after a forced stop is retried (it only refines what is printed).
-const FORCE_READ_BUDGET: Duration = Duration::from_secs(5);
+/// How long a read that only refines what is printed is retried (after a forced stop; the
+/// stop a watch counts from).
+const HINT_READ_BUDGET: Duration = Duration::from_secs(5);
 /// Executions of a pipeline followed at once by `stop --pipeline --wait`.
 const FOLLOWED_AT_ONCE: usize = 16;
 
@@ -138,7 +139,7 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
         })?;
     // What --force-after cannot release is said once, with what it can.
     let held = if answer.force_at.is_some() && !answer.force_note.is_empty() {
-        read_execution(&client, &arn, Instant::now() + FORCE_READ_BUDGET)
+        read_execution(&client, &arn, Instant::now() + HINT_READ_BUDGET)
             .await
             .ok()
             .map(tonic::Response::into_inner)
@@ -381,8 +382,34 @@ pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
 pub(super) async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
     let client = connect(&args.client).await?;
     let deadline = args.wait_timeout.map(|wait| (Instant::now() + wait, wait));
-    let view = View::new(args.client.output, true);
+    let mut view = View::new(args.client.output, true);
+    if args.client.output == Output::Text
+        && let Some(origin) = latest_stop(&client, &args.execution_arn).await
+    {
+        view.origin(origin);
+    }
     follow(&client, &args.execution_arn, None, deadline, view).await
+}
+
+/// When the newest stop of `arn` the caller may see was first requested, for the clock of a
+/// watch. Only a hint: without an answer soon, the clock counts from the command's start.
+async fn latest_stop(client: &Client, arn: &str) -> Option<view::Origin> {
+    let request = pb::ListStopRequestsRequest {
+        pipeline_execution_arn: arn.to_string(),
+        page_size: 5,
+        ..Default::default()
+    };
+    let page = client
+        .clone()
+        .list_stop_requests(timed(request, Some(Instant::now() + HINT_READ_BUDGET)))
+        .await
+        .ok()?
+        .into_inner();
+    let stop = page
+        .stop_requests
+        .iter()
+        .find(|record| record.error_code.is_empty())?;
+    view::stop_origin(stop.first_requested_at.as_ref())
 }
 
 /// `history`.

@@ -69,6 +69,9 @@ impl View {
         generated: bool,
         held: Option<&pb::Execution>,
     ) {
+        if let Some(origin) = stop_origin(answer.first_requested_at.as_ref()) {
+            self.origin(origin);
+        }
         match self {
             Self::Json => emit_json(answer),
             Self::Live(live) => {
@@ -90,15 +93,20 @@ impl View {
         }
     }
 
+    /// Where the clock counts from (the stop, once known).
+    pub(crate) fn origin(&mut self, origin: Origin) {
+        match self {
+            Self::Live(live) => live.update(|screen| screen.origin = origin),
+            Self::Lines(lines) => lines.origin = origin,
+            Self::Json | Self::Quiet(_) => {}
+        }
+    }
+
     /// Where the service reaches SageMaker, when it is not AWS's default endpoint (an emulator,
     /// a private endpoint): the suggested `aws` commands then carry `--endpoint-url`.
     pub(crate) fn endpoint(&mut self, endpoint: Option<String>) {
         match self {
-            Self::Live(live) => {
-                if let Ok(mut screen) = live.screen.lock() {
-                    screen.endpoint = endpoint;
-                }
-            }
+            Self::Live(live) => live.update(|screen| screen.endpoint = endpoint),
             Self::Lines(lines) => lines.endpoint = endpoint,
             Self::Json | Self::Quiet(_) => {}
         }
@@ -129,9 +137,66 @@ impl View {
     }
 }
 
+/// Where the views' clock counts from: the stop, as the service recorded its first request
+/// (so that a rerun of the same stop counts from the stop, not from the rerun), or, with no
+/// stop known, the start of the command.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Origin {
+    Stop(DateTime<Utc>),
+    Command(DateTime<Utc>),
+}
+
+impl Origin {
+    fn at(self) -> DateTime<Utc> {
+        match self {
+            Self::Stop(at) | Self::Command(at) => at,
+        }
+    }
+
+    /// The time from the origin to `now`, as `0:00:07` (never below zero: the service's clock
+    /// may run a little ahead of this one).
+    fn clock(self, now: DateTime<Utc>) -> String {
+        clock((now - self.at()).to_std().map_or(0, |d| d.as_secs()))
+    }
+
+    /// What the live view's status line says after the status: `0:00:07 since the stop at
+    /// 2026-12-01T08:00:00Z`.
+    fn since(self, now: DateTime<Utc>) -> String {
+        match self {
+            Self::Stop(at) => format!(
+                "{} since the stop at {}",
+                self.clock(now),
+                holding::when(at)
+            ),
+            Self::Command(_) => format!("{} since this command started", self.clock(now)),
+        }
+    }
+
+    /// The last line: `Stopped after 0:00:11, counted from the stop at ...`.
+    fn ended(self, status: pb::ExecutionStatus, now: DateTime<Utc>) -> String {
+        let status = status_name(status);
+        match self {
+            Self::Stop(at) => format!(
+                "{status} after {}, counted from the stop at {}",
+                self.clock(now),
+                holding::when(at)
+            ),
+            Self::Command(_) => format!(
+                "{status} after {}, counted from the start of this command",
+                self.clock(now)
+            ),
+        }
+    }
+}
+
+/// The stop's time in `answer`, as the service recorded it.
+pub(crate) fn stop_origin(at: Option<&prost_types::Timestamp>) -> Option<Origin> {
+    at.and_then(to_chrono).map(Origin::Stop)
+}
+
 /// The live view: one indicatif bar whose message is the rendered snapshot, redrawn in place
-/// when a snapshot comes, and every second (a task of its own) for the running steps' times;
-/// the spinner and the elapsed time tick twice a second.
+/// when a snapshot comes, and every second (a task of its own) for the running steps' times
+/// and the time since the stop; the spinner turns twice a second.
 pub(crate) struct Live {
     bar: ProgressBar,
     screen: Arc<Mutex<Screen>>,
@@ -139,40 +204,58 @@ pub(crate) struct Live {
 }
 
 /// What the live view shows, shared with the task that redraws it every second.
-#[derive(Default)]
 struct Screen {
     last: Option<pb::Execution>,
     endpoint: Option<String>,
+    origin: Origin,
 }
 
 impl Screen {
+    /// The status line, after the spinner.
+    fn header(&self) -> String {
+        let status = self
+            .last
+            .as_ref()
+            .map_or("connecting", |execution| status_name(execution.status()));
+        format!("{status}  {}", self.origin.since(Utc::now()))
+    }
+
     /// The snapshot as the live view shows it under its status line.
     fn body(&self) -> Option<String> {
         let execution = self.last.as_ref()?;
         Some(render(execution, Utc::now(), self.endpoint.as_deref()).join("\n"))
+    }
+
+    fn draw(&self, bar: &ProgressBar) {
+        bar.set_prefix(self.header());
+        if let Some(body) = self.body() {
+            bar.set_message(body);
+        }
     }
 }
 
 impl Live {
     fn new() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout_with_hz(4));
-        if let Ok(style) =
-            ProgressStyle::with_template("{spinner} {prefix}  {elapsed_precise}\n{msg}")
-        {
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix}\n{msg}") {
             bar.set_style(style.tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ "));
         }
-        bar.set_prefix("connecting");
+        let screen = Screen {
+            last: None,
+            endpoint: None,
+            origin: Origin::Command(Utc::now()),
+        };
+        screen.draw(&bar);
         bar.enable_steady_tick(Duration::from_millis(500));
-        let screen: Arc<Mutex<Screen>> = Arc::default();
+        let screen = Arc::new(Mutex::new(screen));
         let refresher = tokio::spawn({
             let (bar, screen) = (bar.clone(), screen.clone());
             async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     tick.tick().await;
-                    let body = screen.lock().ok().and_then(|screen| screen.body());
-                    if let Some(body) = body {
-                        bar.set_message(body);
+                    if let Ok(screen) = screen.lock() {
+                        screen.draw(&bar);
                     }
                 }
             }
@@ -188,47 +271,58 @@ impl Live {
         self.bar.println(text);
     }
 
-    fn show(&self, execution: &pb::Execution) {
-        self.bar.set_prefix(status_name(execution.status()));
+    /// Changes what is shown, and redraws it at once.
+    fn update(&self, change: impl FnOnce(&mut Screen)) {
         if let Ok(mut screen) = self.screen.lock() {
-            screen.last = Some(execution.clone());
-            if let Some(body) = screen.body() {
-                self.bar.set_message(body);
-            }
+            change(&mut screen);
+            screen.draw(&self.bar);
         }
+    }
+
+    fn show(&self, execution: &pb::Execution) {
+        self.update(|screen| screen.last = Some(execution.clone()));
     }
 
     /// The live part goes; the last snapshot is printed for good, with how long it took.
     fn finish(&self, last: Option<&pb::Execution>) {
         self.refresher.abort();
-        let elapsed = self.bar.elapsed();
         self.bar.finish_and_clear();
+        let Ok(screen) = self.screen.lock() else {
+            return;
+        };
         if let Some(execution) = last {
-            let endpoint = self.screen.lock().ok().and_then(|s| s.endpoint.clone());
-            emit(&render(execution, Utc::now(), endpoint.as_deref()).join("\n"));
-            emit(&format!(
-                "{} after {}",
-                status_name(execution.status()),
-                clock(elapsed.as_secs())
-            ));
+            let now = Utc::now();
+            emit(&render(execution, now, screen.endpoint.as_deref()).join("\n"));
+            emit(&screen.origin.ended(execution.status(), now));
         }
     }
 }
 
-/// One plain line per change, each with the time since the command started.
-#[derive(Default)]
+/// One plain line per change, each with the time since the stop (or, with no stop known, since
+/// the command started).
 pub(crate) struct Lines {
-    started: Option<std::time::Instant>,
+    origin: Origin,
     status: Option<pb::ExecutionStatus>,
     steps: BTreeMap<String, (pb::StepStatus, String)>,
     blocking: BTreeMap<String, String>,
     endpoint: Option<String>,
 }
 
+impl Default for Lines {
+    fn default() -> Self {
+        Self {
+            origin: Origin::Command(Utc::now()),
+            status: None,
+            steps: BTreeMap::new(),
+            blocking: BTreeMap::new(),
+            endpoint: None,
+        }
+    }
+}
+
 impl Lines {
     fn line(&mut self, text: &str) {
-        let started = *self.started.get_or_insert_with(std::time::Instant::now);
-        emit(&format!("[{}] {text}", clock(started.elapsed().as_secs())));
+        emit(&format!("[{}] {text}", self.origin.clock(Utc::now())));
     }
 
     fn show(&mut self, execution: &pb::Execution) {

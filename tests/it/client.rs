@@ -503,65 +503,77 @@ async fn under_a_terminal(
     (status.code(), parser.screen().contents())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_terminal_the_live_view_redraws_in_place_and_ends_on_the_stopped_screen() {
-    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
-    let arn = stack.callback_execution().await;
-    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+/// What the screen shows while the Callback step holds the stop.
+const HELD_BLOCK: [&str; 5] = [
+    "What keeps it Stopping:",
+    "Approve (Callback) waits for SendPipelineExecutionStepSuccess",
+    "answer it with  aws sagemaker send-pipeline-execution-step-failure",
+    "Status     Stopping",
+    "Stopping  0:00:",
+];
+
+/// Runs `args` under a terminal (see [`under_a_terminal`]) while a Callback step holds the
+/// execution, and answers the callback through `sagemaker` once a screen holds the whole
+/// block of what keeps it Stopping and `answer_now` agrees (it sees every such screen). A
+/// redraw arrives in chunks: only a screen that holds all of it counts (with a token of its
+/// full length), never the first one on which the token appears. Returns the exit status,
+/// the screen the token was taken from, and the last screen.
+async fn answered_under_a_terminal(
+    url: &str,
+    sagemaker: &aws_sdk_sagemaker::Client,
+    args: &[&str],
+    mut answer_now: impl FnMut(&str) -> bool,
+) -> (Option<i32>, String, String) {
     let (callback, mut rx) = mpsc::unbounded_channel::<String>();
-    let mut screens = Vec::new();
-    let sagemaker = stack.sagemaker.clone();
-    // Answers the callback the first time the screen shows it.
+    let sagemaker = sagemaker.clone();
     let answering = tokio::spawn(async move {
         if let Some(token) = rx.recv().await {
             answer(&sagemaker, &token).await;
         }
     });
-    // What the screen shows while the Callback step holds the stop. A redraw arrives in
-    // chunks: only a screen that holds all of it counts (with a token of its full length),
-    // never the first one on which the token appears.
-    let held_block = [
-        "What keeps it Stopping:",
-        "Approve (Callback) waits for SendPipelineExecutionStepSuccess",
-        "answer it with  aws sagemaker send-pipeline-execution-step-failure",
-        "Status     Stopping",
-        "Stopping  00:00:",
-    ];
-    let complete = |screen: &str| {
-        held_block.iter().all(|line| screen.contains(line))
-            && screen.find("callback token  ").is_some_and(|at| {
-                screen[at + 16..]
-                    .split_whitespace()
-                    .next()
-                    .is_some_and(|token| token.len() == 10)
-            })
-    };
-    let mut sent = false;
-    let (code, last) = under_a_terminal(&stack.app.url(), &["stop", &arn, "--wait"], |screen| {
-        if !sent
-            && complete(screen)
-            && let Some(at) = screen.find("callback token  ")
-        {
-            let token = screen[at + 16..]
+    let token_on = |screen: &str| {
+        screen.find("callback token  ").and_then(|at| {
+            screen[at + 16..]
                 .split_whitespace()
                 .next()
-                .unwrap()
-                .to_string();
+                .filter(|token| token.len() == 10)
+                .map(str::to_string)
+        })
+    };
+    let mut held = None;
+    let (code, last) = under_a_terminal(url, args, |screen| {
+        if held.is_none()
+            && HELD_BLOCK.iter().all(|line| screen.contains(line))
+            && let Some(token) = token_on(screen)
+            && answer_now(screen)
+        {
             callback.send(token).unwrap();
-            sent = true;
-            screens.push(screen.to_string());
+            held = Some(screen.to_string());
         }
     })
     .await;
     answering.await.unwrap();
+    let held = held.expect("a screen showed the whole block of what keeps it Stopping");
+    (code, held, last)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_live_view_redraws_in_place_and_ends_on_the_stopped_screen() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    let (code, held, last) = answered_under_a_terminal(
+        &stack.app.url(),
+        &stack.sagemaker,
+        &["stop", &arn, "--wait"],
+        |_| true,
+    )
+    .await;
     assert_eq!(code, Some(0), "{last}");
     // While the Callback step held the stop, the screen said so, with the command that
     // answers it, the execution's status and the elapsed time (the callback was answered only
     // once a screen showed all of that: without such a screen, the stop never ends).
-    let held = screens
-        .first()
-        .expect("a screen showed the whole block of what keeps it Stopping");
-    for line in held_block {
+    for line in HELD_BLOCK {
         assert!(held.contains(line), "{line:?} missing from:\n{held}");
     }
     // The last screen: the stop's answer once, the final snapshot once, nothing left of the
@@ -573,6 +585,53 @@ async fn on_a_terminal_the_live_view_redraws_in_place_and_ends_on_the_stopped_sc
     assert!(!last.contains("What keeps it Stopping"), "{last}");
     assert_eq!(last.matches("Execution  ").count(), 1, "{last}");
     assert_eq!(last.matches("Stop requested:").count(), 1, "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_of_a_stop_counts_its_time_from_the_stop_in_one_format() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    // The stop was made earlier; the command re-sends it (the same token) and follows it.
+    let answer = stack
+        .client
+        .clone()
+        .stop_execution(pipeline_control::pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+            client_request_token: "clock-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stopped_at = answer.first_requested_at.unwrap();
+    let stopped_at = chrono::DateTime::from_timestamp(stopped_at.seconds, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let since = format!(" since the stop at {stopped_at}");
+    let (code, held, last) = answered_under_a_terminal(
+        &stack.app.url(),
+        &stack.sagemaker,
+        &["stop", &arn, "--client-token", "clock-1", "--wait"],
+        |screen| screen.contains(&since),
+    )
+    .await;
+    assert_eq!(code, Some(0), "{last}");
+    // The status line counts from the stop the service recorded, as H:MM:SS; so does the end.
+    let status_line = held.lines().find(|line| line.contains(&since)).unwrap();
+    assert!(status_line.contains("Stopping  0:00:"), "{held}");
+    assert!(
+        last.contains(&format!(", counted from the stop at {stopped_at}")),
+        "{last}"
+    );
+    assert!(last.contains("\nStopped after 0:00:"), "{last}");
+    // `watch` finds the stop too, and counts from it.
+    let (code, last) = under_a_terminal(&stack.app.url(), &["watch", &arn], |_| {}).await;
+    assert_eq!(code, Some(0), "{last}");
+    assert!(
+        last.contains(&format!(", counted from the stop at {stopped_at}")),
+        "{last}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
