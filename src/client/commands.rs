@@ -248,6 +248,7 @@ async fn follow(
             };
             match next {
                 Ok(Some(message)) => {
+                    view.live_again();
                     view.watched(&message);
                     if let Some(Event::Execution(execution)) = message.event {
                         let status = execution.status();
@@ -261,17 +262,13 @@ async fn follow(
                 // Ended without a terminal snapshot (the service shutting down cleanly ends
                 // streams with UNAVAILABLE; this is the same news): reconnect, not at once.
                 Ok(None) => {
+                    view.stale("the service ended the stream");
                     tokio::time::sleep(backoff.after(&Status::unavailable(""))).await;
                     break;
                 }
                 Err(status) if retryable(&status) => {
-                    let delay = backoff.after(&status);
-                    view.note(&format!(
-                        "the watch broke ({}); reconnecting in {:.1}s",
-                        describe(&status),
-                        delay.as_secs_f64()
-                    ));
-                    tokio::time::sleep(delay).await;
+                    view.stale(&describe(&status));
+                    tokio::time::sleep(backoff.after(&status)).await;
                     break;
                 }
                 Err(status) => {

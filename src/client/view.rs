@@ -85,10 +85,39 @@ impl View {
     }
 
     /// Something people should know that the service did not send: a retry, a reconnect.
+    /// While the view is stale, its status line says the latest (a pipe gets no more lines).
     pub(crate) fn note(&mut self, text: &str) {
         match self {
+            Self::Live(live) if live.is_stale() => live.stale(text),
             Self::Live(live) => live.println(text),
+            Self::Lines(lines) if lines.stale.is_some() => {}
             Self::Lines(lines) => lines.line(text),
+            Self::Json | Self::Quiet(_) => {}
+        }
+    }
+
+    /// The watch broke (`why`): what is shown is stale until [`View::live_again`].
+    pub(crate) fn stale(&mut self, why: &str) {
+        match self {
+            Self::Live(live) => live.stale(why),
+            Self::Lines(lines) if lines.stale.is_none() => {
+                let now = Utc::now();
+                lines.stale = Some(now);
+                lines.line(&stale_line(now, why));
+            }
+            Self::Lines(_) | Self::Json | Self::Quiet(_) => {}
+        }
+    }
+
+    /// A message came on a watch: if the view was stale, it says it is live again.
+    pub(crate) fn live_again(&mut self) {
+        match self {
+            Self::Live(live) => live.live_again(),
+            Self::Lines(lines) => {
+                if let Some(since) = lines.stale.take() {
+                    lines.line(&live_again_line(since, Utc::now()));
+                }
+            }
             Self::Json | Self::Quiet(_) => {}
         }
     }
@@ -201,6 +230,8 @@ pub(crate) struct Live {
     bar: ProgressBar,
     screen: Arc<Mutex<Screen>>,
     refresher: tokio::task::JoinHandle<()>,
+    /// With a turning spinner while the view is live; without, while it is stale.
+    styles: Option<(ProgressStyle, ProgressStyle)>,
 }
 
 /// What the live view shows, shared with the task that redraws it every second.
@@ -208,6 +239,8 @@ struct Screen {
     last: Option<pb::Execution>,
     endpoint: Option<String>,
     origin: Origin,
+    /// Since when the watch is broken, and the latest word on why.
+    stale: Option<(DateTime<Utc>, String)>,
 }
 
 impl Screen {
@@ -217,13 +250,24 @@ impl Screen {
             .last
             .as_ref()
             .map_or("connecting", |execution| status_name(execution.status()));
-        format!("{status}  {}", self.origin.since(Utc::now()))
+        match &self.stale {
+            None => format!("{status}  {}", self.origin.since(Utc::now())),
+            Some((since, why)) => format!(
+                "STALE since {}: {status} is what was last seen; reconnecting ({why})",
+                holding::when(*since)
+            ),
+        }
     }
 
-    /// The snapshot as the live view shows it under its status line.
+    /// The snapshot as the live view shows it under its status line: while stale, as it was
+    /// when the watch broke (its running steps' times stop rising).
     fn body(&self) -> Option<String> {
         let execution = self.last.as_ref()?;
-        Some(render(execution, Utc::now(), self.endpoint.as_deref()).join("\n"))
+        let now = self
+            .stale
+            .as_ref()
+            .map_or_else(Utc::now, |(since, _)| *since);
+        Some(render(execution, now, self.endpoint.as_deref()).join("\n"))
     }
 
     fn draw(&self, bar: &ProgressBar) {
@@ -237,13 +281,18 @@ impl Screen {
 impl Live {
     fn new() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout_with_hz(4));
-        if let Ok(style) = ProgressStyle::with_template("{spinner} {prefix}\n{msg}") {
-            bar.set_style(style.tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ "));
+        let styles = ProgressStyle::with_template("{spinner} {prefix}\n{msg}")
+            .and_then(|live| Ok((live, ProgressStyle::with_template("! {prefix}\n{msg}")?)))
+            .ok()
+            .map(|(live, stale)| (live.tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ "), stale));
+        if let Some((live, _)) = &styles {
+            bar.set_style(live.clone());
         }
         let screen = Screen {
             last: None,
             endpoint: None,
             origin: Origin::Command(Utc::now()),
+            stale: None,
         };
         screen.draw(&bar);
         bar.enable_steady_tick(Duration::from_millis(500));
@@ -264,6 +313,45 @@ impl Live {
             bar,
             screen,
             refresher,
+            styles,
+        }
+    }
+
+    fn is_stale(&self) -> bool {
+        self.screen
+            .lock()
+            .is_ok_and(|screen| screen.stale.is_some())
+    }
+
+    /// The watch broke: the spinner stops, the status line says since when the view is stale
+    /// and why, and the snapshot stays as it was.
+    fn stale(&self, why: &str) {
+        if !self.is_stale() {
+            self.bar.disable_steady_tick();
+            if let Some((_, stale)) = &self.styles {
+                self.bar.set_style(stale.clone());
+            }
+            self.println(&stale_line(Utc::now(), why));
+        }
+        self.update(|screen| {
+            let since = screen
+                .stale
+                .as_ref()
+                .map_or_else(Utc::now, |(since, _)| *since);
+            screen.stale = Some((since, why.to_string()));
+        });
+    }
+
+    /// The watch is back: said once, and the view turns again.
+    fn live_again(&self) {
+        let mut since = None;
+        self.update(|screen| since = screen.stale.take().map(|(since, _)| since));
+        if let Some(since) = since {
+            self.println(&live_again_line(since, Utc::now()));
+            if let Some((live, _)) = &self.styles {
+                self.bar.set_style(live.clone());
+            }
+            self.bar.enable_steady_tick(Duration::from_millis(500));
         }
     }
 
@@ -298,10 +386,29 @@ impl Live {
     }
 }
 
+/// The line that says the watch broke.
+fn stale_line(since: DateTime<Utc>, why: &str) -> String {
+    format!(
+        "the watch broke at {} ({why}): the view is stale from then on; reconnecting",
+        holding::when(since)
+    )
+}
+
+/// The line that says the watch is back.
+fn live_again_line(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    format!(
+        "live again at {}, after {} stale",
+        holding::when(now),
+        clock((now - since).to_std().map_or(0, |d| d.as_secs()))
+    )
+}
+
 /// One plain line per change, each with the time since the stop (or, with no stop known, since
 /// the command started).
 pub(crate) struct Lines {
     origin: Origin,
+    /// Since when the watch is broken.
+    stale: Option<DateTime<Utc>>,
     status: Option<pb::ExecutionStatus>,
     steps: BTreeMap<String, (pb::StepStatus, String)>,
     blocking: BTreeMap<String, String>,
@@ -312,6 +419,7 @@ impl Default for Lines {
     fn default() -> Self {
         Self {
             origin: Origin::Command(Utc::now()),
+            stale: None,
             status: None,
             steps: BTreeMap::new(),
             blocking: BTreeMap::new(),
@@ -912,6 +1020,27 @@ mod tests {
             lines.iter().filter(|line| line.contains("force")).count(),
             1,
             "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_stale_view_stands_still_and_says_since_when() {
+        let since = DateTime::from_timestamp(T0 + 90, 0).unwrap();
+        let screen = Screen {
+            last: Some(stopping()),
+            endpoint: None,
+            origin: Origin::Stop(DateTime::from_timestamp(T0 + 30, 0).unwrap()),
+            stale: Some((since, "UNAVAILABLE: tcp connect error".into())),
+        };
+        // The steps' times as they were when the watch broke, whatever the time now.
+        assert!(screen.body().unwrap().contains("08:00:00       1m 30s"));
+        assert_eq!(
+            screen.header(),
+            "STALE since 2026-12-01T08:01:30Z: Stopping is what was last seen; reconnecting (UNAVAILABLE: tcp connect error)"
+        );
+        assert_eq!(
+            live_again_line(since, since + chrono::Duration::seconds(7)),
+            "live again at 2026-12-01T08:01:37Z, after 0:00:07 stale"
         );
     }
 

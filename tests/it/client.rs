@@ -329,51 +329,165 @@ async fn a_throttled_stop_is_retried_with_the_same_token_after_the_delay_the_ser
     assert_eq!(stack.stored_requests().await, 1);
 }
 
+/// A server in a process of its own, to kill and start again on the same address, with its
+/// database, its emulator, and an execution a Callback step holds once stopped.
+struct Killable {
+    db: TestDb,
+    emulator: sagemaker_emulator::RunningEmulator,
+    sagemaker: aws_sdk_sagemaker::Client,
+    server: Option<Child>,
+    addr: std::net::SocketAddr,
+    arn: String,
+}
+
+impl Killable {
+    async fn start() -> Self {
+        let db = TestDb::new(Backend::Sqlite).await;
+        let emulator = spawn_emulator(1.0, None).await;
+        let sagemaker = crate::common::sagemaker_client(&emulator.endpoint_url, 1);
+        let pipeline = create_pipeline(
+            &sagemaker,
+            json!([{"Name": "Approve", "Type": "Callback",
+                "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q"}]),
+        )
+        .await;
+        let arn = start_execution(&sagemaker, &pipeline).await;
+        wait_for_status(&sagemaker, &arn, "Executing").await;
+        let mut killable = Self {
+            db,
+            emulator,
+            sagemaker,
+            server: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            arn,
+        };
+        killable.restart();
+        killable
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts the server (again), on the address it had.
+    fn restart(&mut self) {
+        let endpoint = self.emulator.endpoint_url.clone();
+        let extra = [
+            "--sagemaker-endpoint",
+            &endpoint,
+            "--sts-endpoint",
+            &endpoint,
+            "--metrics-listen",
+            "off",
+        ];
+        let (server, addr, _, _) =
+            spawn_server_listening(command(), &self.db, &self.addr.to_string(), &extra);
+        self.server = Some(server);
+        self.addr = addr;
+    }
+
+    /// The server dies without a word (SIGKILL), and is waited for.
+    fn kill(&mut self) {
+        let mut server = self.server.take().unwrap();
+        send_signal(&server, "-KILL");
+        assert!(!server.wait().unwrap().success());
+    }
+
+    async fn stop_server(mut self) {
+        let server = self.server.take().unwrap();
+        send_signal(&server, "-TERM");
+        assert_eq!(wait_bounded_async(server).await.1.code(), Some(0));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_survives_a_server_killed_and_restarted_with_one_upstream_stop() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let emulator = spawn_emulator(1.0, None).await;
-    let sagemaker = crate::common::sagemaker_client(&emulator.endpoint_url, 1);
-    let admin = crate::common::Admin::new(&emulator.endpoint_url);
-    let pipeline = create_pipeline(
-        &sagemaker,
-        json!([{"Name": "Approve", "Type": "Callback",
-            "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q"}]),
-    )
-    .await;
-    let arn = start_execution(&sagemaker, &pipeline).await;
-    wait_for_status(&sagemaker, &arn, "Executing").await;
-    let extra = [
-        "--sagemaker-endpoint",
-        &emulator.endpoint_url,
-        "--sts-endpoint",
-        &emulator.endpoint_url,
-        "--metrics-listen",
-        "off",
-    ];
-    let (server, addr, _, _) = spawn_server_listening(command(), &db, "127.0.0.1:0", &extra);
-
-    let mut stop = client(&format!("http://{addr}"));
+    let mut killable = Killable::start().await;
+    let arn = killable.arn.clone();
+    let admin = crate::common::Admin::new(&killable.emulator.endpoint_url);
+    let mut stop = client(&killable.url());
     stop.args(["stop", &arn, "--client-token", "restart-1", "--wait"]);
     let mut running = Running::spawn(stop);
     let blocked = running.until("blocked: Approve (Callback)").await;
 
-    // The server dies without a word; a new one comes up on the same address.
-    send_signal(&server, "-KILL");
-    let (_, killed) = wait_bounded_async(server).await;
-    assert!(!killed.success());
-    running.until("the watch broke").await;
-    let (server, _, _, _) = spawn_server_listening(command(), &db, &addr.to_string(), &extra);
-
-    // The command is back on the stream (the same stop re-sent, answered from its record).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    answer(&sagemaker, &token_in(&blocked)).await;
+    // The server dies without a word: the command says its view is stale from then on.
+    killable.kill();
+    let broke = running.until("the watch broke at").await;
+    assert!(
+        broke.contains("the view is stale from then on; reconnecting"),
+        "{broke}"
+    );
+    // A new server comes up on the same address; the command is back on the stream (the same
+    // stop re-sent, answered from its record) and says so.
+    killable.restart();
+    running.until("live again at").await;
+    answer(&killable.sagemaker, &token_in(&blocked)).await;
     let (status, lines, stderr) = running.finish().await;
     assert_eq!(status.code(), Some(0), "{}\n{stderr}", lines.join("\n"));
-    assert!(position(&lines, "the watch broke") < position(&lines, " Stopped"));
+    assert!(position(&lines, "the watch broke") < position(&lines, "live again at"));
+    assert!(position(&lines, "live again at") < position(&lines, " Stopped"));
+    // One line each: no retry lines in between.
+    assert_eq!(
+        position(&lines, "the watch broke") + 1,
+        position(&lines, "live again at"),
+        "{lines:#?}"
+    );
     assert_eq!(admin.stop_tokens(&arn).await.len(), 1, "one upstream stop");
-    send_signal(&server, "-TERM");
-    assert_eq!(wait_bounded_async(server).await.1.code(), Some(0));
+    killable.stop_server().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_a_broken_watch_says_it_is_stale_and_when_it_is_live_again() {
+    let mut killable = Killable::start().await;
+    let (url, arn, sagemaker) = (
+        killable.url(),
+        killable.arn.clone(),
+        killable.sagemaker.clone(),
+    );
+    // Killed once the view shows what holds the stop; started again once the view says it is
+    // stale; answered once the view says it is live again.
+    let mut stale_screen = None;
+    let (code, held, last) = answered_under_a_terminal(
+        &url,
+        &sagemaker,
+        &["stop", &arn, "--client-token", "pty-restart", "--wait"],
+        |screen| {
+            if killable.server.is_some()
+                && stale_screen.is_none()
+                && HELD_BLOCK.iter().all(|line| screen.contains(line))
+            {
+                killable.kill();
+            } else if stale_screen.is_none() && screen.contains("! STALE since ") {
+                stale_screen = Some(screen.to_string());
+                killable.restart();
+            }
+            stale_screen.is_some() && screen.contains("live again at") && !screen.contains("STALE")
+        },
+    )
+    .await;
+    assert_eq!(code, Some(0), "{last}");
+    // While stale, the status line said so, with no spinner, and what was last seen.
+    let stale = stale_screen.unwrap();
+    // (A screen's rows may read as one wrapped line: the status line is sought, not split.)
+    assert!(
+        stale.contains("! STALE since ")
+            && stale.contains("Stopping is what was last seen; reconnecting"),
+        "{stale}"
+    );
+    assert!(
+        !"⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+            .chars()
+            .any(|spinner| stale.contains(&format!("{spinner} STALE"))),
+        "{stale}"
+    );
+    assert!(stale.contains("the watch broke at"), "{stale}");
+    // Live again: said once, the spinner back on the status line.
+    assert!(held.contains("live again at"), "{held}");
+    assert!(held.contains("Stopping  0:00:"), "{held}");
+    assert!(last.contains("Status     Stopped"), "{last}");
+    assert_eq!(last.matches("the watch broke at").count(), 1, "{last}");
+    assert_eq!(last.matches("live again at").count(), 1, "{last}");
+    killable.stop_server().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,7 +628,7 @@ const HELD_BLOCK: [&str; 5] = [
 
 /// Runs `args` under a terminal (see [`under_a_terminal`]) while a Callback step holds the
 /// execution, and answers the callback through `sagemaker` once a screen holds the whole
-/// block of what keeps it Stopping and `answer_now` agrees (it sees every such screen). A
+/// block of what keeps it Stopping and `answer_now` agrees (it sees every screen until then). A
 /// redraw arrives in chunks: only a screen that holds all of it counts (with a token of its
 /// full length), never the first one on which the token appears. Returns the exit status,
 /// the screen the token was taken from, and the last screen.
@@ -543,9 +657,9 @@ async fn answered_under_a_terminal(
     let mut held = None;
     let (code, last) = under_a_terminal(url, args, |screen| {
         if held.is_none()
+            && answer_now(screen)
             && HELD_BLOCK.iter().all(|line| screen.contains(line))
             && let Some(token) = token_on(screen)
-            && answer_now(screen)
         {
             callback.send(token).unwrap();
             held = Some(screen.to_string());
