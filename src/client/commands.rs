@@ -14,7 +14,9 @@ use super::{
     Backoff, Exit, Failure, Output,
     args::{GetArgs, HistoryArgs, StopArgs, WatchArgs},
     connect::{Client, connect},
-    describe, reason, retryable,
+    describe,
+    fleet::Fleet,
+    reason, retryable,
     view::{self, View, emit, emit_json},
     with_retries,
 };
@@ -636,9 +638,9 @@ async fn stop_pipeline(
         return Ok(Exit::Done);
     }
     let deadline = args.wait_timeout.map(|wait| (started + wait, wait));
-    let followed: Vec<String> = results
+    let followed: Vec<(String, pb::StopExecutionResponse)> = results
         .into_iter()
-        .filter_map(|(arn, answer)| answer.map(|_| arn))
+        .filter_map(|(arn, answer)| answer.map(|answer| (arn, answer)))
         .collect();
     follow_all(client, followed, deadline, output).await
 }
@@ -723,22 +725,33 @@ fn batch_lines(
     }
 }
 
-/// `stop --pipeline --wait`: follows every stopped execution to its end, a few at a time, and
-/// says how each ended (one line each; with `--output json`, its last snapshot).
+/// `stop --pipeline --wait`: follows every stopped execution to its end, a few at a time: a
+/// row each, shown from the batch's answers on (a table redrawn in place on a terminal, a line
+/// per change elsewhere), then how each ended (with `--output json`, its last snapshot).
 async fn follow_all(
     client: &Client,
-    arns: Vec<String>,
+    stopped: Vec<(String, pb::StopExecutionResponse)>,
     deadline: Option<(Instant, Duration)>,
     output: Output,
 ) -> Result<Exit, Failure> {
-    let ends: Vec<(String, Result<Exit, Failure>)> = futures_util::stream::iter(arns)
-        .map(|arn| async move {
-            let end = follow(client, &arn, None, deadline, View::Quiet(output)).await;
-            (arn, end)
+    let fleet = (output == Output::Text).then(|| Fleet::new(&stopped));
+    let ends: Vec<(String, Result<Exit, Failure>)> = futures_util::stream::iter(stopped)
+        .map(|(arn, _)| {
+            let view = match &fleet {
+                Some(fleet) => View::Row(fleet.clone(), arn.clone()),
+                None => View::Quiet(output),
+            };
+            async move {
+                let end = follow(client, &arn, None, deadline, view).await;
+                (arn, end)
+            }
         })
         .buffer_unordered(FOLLOWED_AT_ONCE)
         .collect()
         .await;
+    if let Some(fleet) = &fleet {
+        fleet.finish();
+    }
     let mut worst = Exit::Done;
     let mut worst_line = String::new();
     for (arn, end) in &ends {

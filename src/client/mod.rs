@@ -19,6 +19,7 @@
 mod args;
 mod commands;
 mod connect;
+mod fleet;
 mod iam;
 mod json;
 mod view;

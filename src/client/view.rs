@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use unicode_width::UnicodeWidthStr as _;
 
-use super::{Output, json};
+use super::{Output, fleet::Fleet, json};
 use crate::{
     holding,
     pb::{self, step::Metadata},
@@ -48,6 +48,8 @@ pub(crate) enum View {
     Json,
     /// One of many followed at once: nothing while it runs; with JSON, the last snapshot.
     Quiet(Output),
+    /// One of many followed at once, a row of their table.
+    Row(Arc<Fleet>, String),
 }
 
 impl View {
@@ -80,7 +82,7 @@ impl View {
             Self::Lines(_) => stop_answer_lines(answer, generated, held)
                 .iter()
                 .for_each(|line| emit(line)),
-            Self::Quiet(_) => {}
+            Self::Quiet(_) | Self::Row(..) => {}
         }
     }
 
@@ -92,7 +94,7 @@ impl View {
             Self::Live(live) => live.println(text),
             Self::Lines(lines) if lines.stale.is_some() => {}
             Self::Lines(lines) => lines.line(text),
-            Self::Json | Self::Quiet(_) => {}
+            Self::Json | Self::Quiet(_) | Self::Row(..) => {}
         }
     }
 
@@ -105,6 +107,7 @@ impl View {
                 lines.stale = Some(now);
                 lines.line(&stale_line(now, why));
             }
+            Self::Row(fleet, arn) => fleet.stale(arn),
             Self::Lines(_) | Self::Json | Self::Quiet(_) => {}
         }
     }
@@ -118,6 +121,7 @@ impl View {
                     lines.line(&live_again_line(since, Utc::now()));
                 }
             }
+            Self::Row(fleet, arn) => fleet.live_again(arn),
             Self::Json | Self::Quiet(_) => {}
         }
     }
@@ -127,7 +131,7 @@ impl View {
         match self {
             Self::Live(live) => live.update(|screen| screen.origin = origin),
             Self::Lines(lines) => lines.origin = origin,
-            Self::Json | Self::Quiet(_) => {}
+            Self::Json | Self::Quiet(_) | Self::Row(..) => {}
         }
     }
 
@@ -137,7 +141,7 @@ impl View {
         match self {
             Self::Live(live) => live.update(|screen| screen.endpoint = endpoint),
             Self::Lines(lines) => lines.endpoint = endpoint,
-            Self::Json | Self::Quiet(_) => {}
+            Self::Json | Self::Quiet(_) | Self::Row(..) => {}
         }
     }
 
@@ -151,8 +155,11 @@ impl View {
             (Self::Lines(lines), Some(pb::watch_execution_response::Event::Execution(e))) => {
                 lines.show(e);
             }
+            (Self::Row(fleet, arn), Some(pb::watch_execution_response::Event::Execution(e))) => {
+                fleet.show(arn, e);
+            }
             // Heartbeats change nothing people see (the live view's clock ticks on its own).
-            (Self::Live(_) | Self::Lines(_) | Self::Quiet(_), _) => {}
+            (Self::Live(_) | Self::Lines(_) | Self::Quiet(_) | Self::Row(..), _) => {}
         }
     }
 
@@ -184,7 +191,7 @@ impl Origin {
 
     /// The time from the origin to `now`, as `0:00:07` (never below zero: the service's clock
     /// may run a little ahead of this one).
-    fn clock(self, now: DateTime<Utc>) -> String {
+    pub(crate) fn clock(self, now: DateTime<Utc>) -> String {
         clock((now - self.at()).to_std().map_or(0, |d| d.as_secs()))
     }
 

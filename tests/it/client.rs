@@ -801,10 +801,22 @@ async fn stop_pipeline_dry_runs_then_stops_every_executing_execution_and_history
         ),
         "{text}"
     );
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let summary = position(&lines, "2 selected: ");
     for arn in [&first, &second] {
         let short = arn.split(":pipeline/").nth(1).unwrap();
         assert!(
             text.contains(&format!("STOP_REQUESTED   {short}")),
+            "{text}"
+        );
+        // A row for it as soon as the batch is answered, with its account and region, then a
+        // line when it changes.
+        let row = position(&lines, &format!("] {short} (123456789012 us-east-1) "));
+        assert!(summary < row, "{text}");
+        assert!(
+            lines[row..]
+                .iter()
+                .any(|line| line.ends_with(&format!("] {short} (123456789012 us-east-1) Stopped"))),
             "{text}"
         );
         assert!(text.contains(&format!("{short}: Stopped")), "{text}");
@@ -1055,4 +1067,90 @@ async fn force_after_on_a_lambda_step_says_once_that_it_cannot_release_it() {
         "{text}"
     );
     assert!(!text.contains("if still Stopping then"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_a_pipeline_stop_shows_a_live_table_of_its_executions() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let name = create_pipeline(
+        &stack.sagemaker,
+        json!([{"Name": "Approve", "Type": "Callback",
+            "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q"}]),
+    )
+    .await;
+    let arns = [
+        start_execution(&stack.sagemaker, &name).await,
+        start_execution(&stack.sagemaker, &name).await,
+    ];
+    for arn in &arns {
+        wait_for_status(&stack.sagemaker, arn, "Executing").await;
+    }
+    let shorts: Vec<&str> = arns
+        .iter()
+        .map(|arn| arn.split(":pipeline/").nth(1).unwrap())
+        .collect();
+    let pipeline = format!("arn:aws:sagemaker:us-east-1:123456789012:pipeline/{name}");
+    // Both callbacks are answered once the table shows both executions held, with their tokens:
+    // without such a screen, the command never ends.
+    let (tokens, mut rx) = mpsc::unbounded_channel::<Vec<String>>();
+    let sagemaker = stack.sagemaker.clone();
+    let answering = tokio::spawn(async move {
+        if let Some(tokens) = rx.recv().await {
+            for token in tokens {
+                answer(&sagemaker, &token).await;
+            }
+        }
+    });
+    let mut table = None;
+    let (code, last) = under_a_terminal(
+        &stack.app.url(),
+        &[
+            "stop",
+            "--pipeline",
+            &pipeline,
+            "--reason",
+            "INC-12",
+            "--wait",
+        ],
+        |screen| {
+            if table.is_some() || !screen.contains("0 of 2 executions ended") {
+                return;
+            }
+            let held: Vec<String> = screen
+                .split("(Callback), callback token ")
+                .skip(1)
+                .filter_map(|rest| rest.split_whitespace().next())
+                .filter(|token| token.len() == 10)
+                .map(str::to_string)
+                .collect();
+            if held.len() == 2
+                && screen.contains("EXECUTION")
+                && screen.contains("WHAT HOLDS IT")
+                && shorts.iter().all(|short| screen.contains(short))
+            {
+                tokens.send(held).unwrap();
+                table = Some(screen.to_string());
+            }
+        },
+    )
+    .await;
+    answering.await.unwrap();
+    assert_eq!(code, Some(0), "{last}");
+    let table = table.expect("a screen showed both executions held");
+    for short in &shorts {
+        assert!(
+            table.contains(&format!("{short}  123456789012  us-east-1  Stopping")),
+            "{table}"
+        );
+    }
+    assert!(table.contains("SINCE THE STOP"), "{table}");
+    // The end: the table once more, for good, both Stopped; nothing of the live part left.
+    for short in &shorts {
+        assert!(
+            last.contains(&format!("{short}  123456789012  us-east-1  Stopped")),
+            "{last}"
+        );
+    }
+    assert_eq!(last.matches("WHAT HOLDS IT").count(), 1, "{last}");
+    assert!(!last.contains("executions ended"), "{last}");
 }
