@@ -1,5 +1,5 @@
 //! `stop --pipeline --wait`: every execution of the batch followed at once, one row each
-//! (execution, account and region, status, what holds it, the time since its stop). On a
+//! (execution, account and region, status, the time since its stop, what holds it). On a
 //! terminal, a table redrawn in place from the moment the batch is answered; elsewhere, one
 //! line per change of a row.
 
@@ -153,13 +153,13 @@ impl Rows {
             account,
             region,
             status,
+            row.origin
+                .map_or_else(|| "-".to_string(), |origin| origin.clock(now)),
             if row.holds.is_empty() {
                 "-".to_string()
             } else {
                 row.holds.clone()
             },
-            row.origin
-                .map_or_else(|| "-".to_string(), |origin| origin.clock(now)),
         ]
     }
 
@@ -171,8 +171,8 @@ impl Rows {
                 "ACCOUNT",
                 "REGION",
                 "STATUS",
+                "SINCE STOP",
                 "WHAT HOLDS IT",
-                "SINCE THE STOP",
             ]
             .map(String::from)
             .to_vec(),
@@ -196,7 +196,7 @@ impl Rows {
         let Some(row) = self.0.get(arn) else {
             return;
         };
-        let [short, account, region, status, holds, since] =
+        let [short, account, region, status, since, holds] =
             <[String; 6]>::try_from(Self::cells(arn, row, Utc::now())).unwrap_or_default();
         let held = if holds == "-" {
             String::new()
@@ -216,10 +216,9 @@ fn holds(execution: &pb::Execution) -> String {
         .iter()
         .filter(|step| !step.blocking_reason.is_empty())
         .map(|step| match &step.metadata {
-            Some(Metadata::Callback(callback)) => format!(
-                "{} (Callback), callback token {}",
-                step.name, callback.callback_token
-            ),
+            Some(Metadata::Callback(callback)) => {
+                format!("{} (Callback) token {}", step.name, callback.callback_token)
+            }
             Some(Metadata::Lambda(_)) => {
                 let latest = step
                     .start_time
