@@ -8,7 +8,9 @@
 //!   token, and a wait reconnects to WatchExecution (re-sending the same stop, which the
 //!   service answers from its record) when the stream breaks.
 //! - `view`: what people see: a live view redrawn in place on a terminal (indicatif), one plain
-//!   line per change elsewhere, tables for listings.
+//!   line per change elsewhere, tables for listings; its clock counts from the stop, and a
+//!   broken watch says it is stale until it is live again.
+//! - `fleet`: `stop --pipeline --wait`'s table of executions, live on a terminal.
 //! - `json`: `--output json`, the proto JSON mapping.
 //!
 //! Exit status: 0 stopped (or the stop accepted without `--wait`; for `get` and `history`,
