@@ -104,27 +104,6 @@ impl Fleet {
         }
     }
 
-    /// A snapshot of `arn`.
-    pub(crate) fn show(&self, arn: &str, execution: &pb::Execution) {
-        self.change(arn, |row| {
-            row.status = view::status_name(execution.status()).to_string();
-            row.holds = holds(execution);
-            row.stale = None;
-        });
-    }
-
-    /// `arn`'s watch broke.
-    pub(crate) fn stale(&self, arn: &str) {
-        self.change(arn, |row| {
-            row.stale.get_or_insert_with(Utc::now);
-        });
-    }
-
-    /// `arn`'s watch is back.
-    pub(crate) fn live_again(&self, arn: &str) {
-        self.change(arn, |row| row.stale = None);
-    }
-
     /// The end: the table is printed once more, for good.
     pub(crate) fn finish(&self) {
         if let Some((bar, refresher)) = &self.live {
@@ -134,6 +113,26 @@ impl Fleet {
                 rows.table().iter().for_each(|line| emit(line));
             }
         }
+    }
+}
+
+impl view::Rows for Fleet {
+    fn show(&self, arn: &str, execution: &pb::Execution) {
+        self.change(arn, |row| {
+            row.status = view::status_name(execution.status()).to_string();
+            row.holds = holds(execution);
+            row.stale = None;
+        });
+    }
+
+    fn stale(&self, arn: &str) {
+        self.change(arn, |row| {
+            row.stale.get_or_insert_with(Utc::now);
+        });
+    }
+
+    fn live_again(&self, arn: &str) {
+        self.change(arn, |row| row.stale = None);
     }
 }
 

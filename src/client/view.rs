@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use unicode_width::UnicodeWidthStr as _;
 
-use super::{Output, fleet::Fleet, json};
+use super::{Output, json};
 use crate::{
     holding,
     pb::{self, step::Metadata},
@@ -43,13 +43,23 @@ pub(crate) fn emit_json<M: json::ProtoName>(message: &M) {
 
 /// How a command that follows one execution shows it.
 pub(crate) enum View {
-    Live(Live),
+    Live(Box<Live>),
     Lines(Lines),
     Json,
     /// One of many followed at once: nothing while it runs; with JSON, the last snapshot.
     Quiet(Output),
     /// One of many followed at once, a row of their table.
-    Row(Arc<Fleet>, String),
+    Row(Arc<dyn Rows>, String),
+}
+
+/// Where the rows of many executions followed at once go (`fleet`'s table), one per ARN.
+pub(crate) trait Rows: Send + Sync {
+    /// A snapshot of `arn`.
+    fn show(&self, arn: &str, execution: &pb::Execution);
+    /// `arn`'s watch broke.
+    fn stale(&self, arn: &str);
+    /// `arn`'s watch is back.
+    fn live_again(&self, arn: &str);
 }
 
 impl View {
@@ -58,7 +68,9 @@ impl View {
     pub(crate) fn new(output: Output, live: bool) -> Self {
         match output {
             Output::Json => Self::Json,
-            Output::Text if live && std::io::stdout().is_terminal() => Self::Live(Live::new()),
+            Output::Text if live && std::io::stdout().is_terminal() => {
+                Self::Live(Box::new(Live::new()))
+            }
             Output::Text => Self::Lines(Lines::default()),
         }
     }

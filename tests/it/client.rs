@@ -1040,10 +1040,10 @@ async fn force_after_on_a_lambda_step_says_once_that_it_cannot_release_it() {
             "Arguments": {"Emulator": {"DurationSeconds": 600, "TimeoutSeconds": 600}}}]))
         .await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !crate::common::all_steps(&stack.sagemaker, &arn)
+    while crate::common::all_steps(&stack.sagemaker, &arn)
         .await
         .first()
-        .is_some_and(|step| step.start_time().is_some())
+        .is_none_or(|step| step.start_time().is_none())
     {
         assert!(Instant::now() < deadline, "the Lambda step did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
