@@ -400,6 +400,16 @@ impl Killable {
     }
 }
 
+/// A test that fails leaves no server behind.
+impl Drop for Killable {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_survives_a_server_killed_and_restarted_with_one_upstream_stop() {
     let mut killable = Killable::start().await;
