@@ -136,7 +136,7 @@ pub struct StopArgs {
 
     /// If the execution is still Stopping this long after the stop, release its running
     /// Callback steps (SendPipelineExecutionStepFailure), so that it can end (`10m`, `0s`).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_force_after)]
     pub force_after: Option<Duration>,
 
     /// Follow the execution until it ends (WatchExecution), showing what blocks the stop.
@@ -145,7 +145,7 @@ pub struct StopArgs {
 
     /// Give up after this long (exit status 4 while waiting). It also bounds the retries of
     /// the stop itself (2 minutes without it).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait_timeout: Option<Duration>,
 
     #[command(flatten)]
@@ -182,7 +182,7 @@ pub struct WatchArgs {
     pub execution_arn: String,
 
     /// Give up after this long (exit status 4).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait_timeout: Option<Duration>,
 
     #[command(flatten)]
@@ -216,6 +216,21 @@ pub struct HistoryArgs {
     pub client: ClientArgs,
 }
 
+/// A duration as people write it (`10m`, `1h30m`, `0s`).
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim())
+        .map_err(|_| "not a duration: write it as 10m, 1h30m, 90s or 0s".to_string())
+}
+
+/// `--force-after`: a duration of at most a week, as the service accepts.
+fn parse_force_after(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration > crate::domain::FORCE_AFTER_MAX {
+        return Err("at most 7 days (7d): the service refuses a longer wait".to_string());
+    }
+    Ok(duration)
+}
+
 /// An RFC 3339 time (`2026-12-01T09:00:00Z`).
 fn parse_time(value: &str) -> Result<prost_types::Timestamp, String> {
     let time = chrono::DateTime::parse_from_rfc3339(value)
@@ -236,5 +251,22 @@ mod tests {
         assert_eq!(time.seconds, 1_796_112_000); // 08:00Z
         assert_eq!(time.nanos, 500_000_000);
         assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn durations_are_checked_with_a_message_for_people() {
+        assert_eq!(parse_force_after("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_force_after("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(
+            parse_force_after("8d")
+                .unwrap_err()
+                .contains("at most 7 days")
+        );
+        assert!(
+            parse_force_after("abc")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(parse_duration("soon").unwrap_err().contains("10m"));
     }
 }

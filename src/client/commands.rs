@@ -18,8 +18,11 @@ use super::{
     view::{self, View, emit, emit_json},
     with_retries,
 };
-use crate::pb::{
-    self, stop_executions_response::Response as BatchMessage, watch_execution_response::Event,
+use crate::{
+    domain::{ExecutionArn, PipelineArn},
+    pb::{
+        self, stop_executions_response::Response as BatchMessage, watch_execution_response::Event,
+    },
 };
 
 /// The deadline of one unary call.
@@ -99,6 +102,16 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
             }
         }
     }
+    if let Some(arn) = &args.execution_arn {
+        execution_arn_given(arn, "`stop --pipeline ARN` stops its Executing executions")?;
+    }
+    if let Some(pipeline) = &args.pipeline
+        && ExecutionArn::parse(pipeline).is_ok()
+    {
+        return Err(Failure::usage(format!(
+            "--pipeline {pipeline}: that is an execution's ARN, not a pipeline's: `stop ARN` stops that one execution"
+        )));
+    }
     let client = connect(&args.client).await?;
     let started = Instant::now();
     let (token, generated) = client_token(args.client_token.as_ref());
@@ -126,6 +139,17 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
     }
     let deadline = args.wait_timeout.map(|wait| (started + wait, wait));
     follow(&client, &arn, Some(&request), deadline, view).await
+}
+
+/// Refuses a pipeline's ARN where an execution's belongs, a common slip, saying what to do
+/// instead. Anything else goes to the service, which names what is wrong with it.
+fn execution_arn_given(arn: &str, instead: &str) -> Result<(), Failure> {
+    if ExecutionArn::parse(arn).is_err() && PipelineArn::parse("", arn).is_ok() {
+        return Err(Failure::usage(format!(
+            "{arn}: that is a pipeline's ARN, not an execution's (…:pipeline/NAME/execution/ID): {instead}"
+        )));
+    }
+    Ok(())
 }
 
 /// StopExecution, retried while the service says to (or cannot be reached) until `until`.
@@ -309,8 +333,12 @@ fn ended(last: Option<&pb::Execution>) -> Result<Exit, Failure> {
     }
 }
 
+/// What to do instead when `get` or `watch` is given a pipeline's ARN.
+const ONE_OF_ITS: &str = "name one of its executions (`history --pipeline ARN` lists those stopped through this service)";
+
 /// `get`.
 pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
+    execution_arn_given(&args.execution_arn, ONE_OF_ITS)?;
     let client = connect(&args.client).await?;
     let until = Instant::now() + RETRY_BUDGET;
     let execution = with_retries(
@@ -338,6 +366,7 @@ pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
 
 /// `watch`.
 pub(super) async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
+    execution_arn_given(&args.execution_arn, ONE_OF_ITS)?;
     let client = connect(&args.client).await?;
     let deadline = args.wait_timeout.map(|wait| (Instant::now() + wait, wait));
     let view = View::new(args.client.output, true);

@@ -985,3 +985,57 @@ fn completions_are_printed_for_bash_zsh_and_fish_without_a_server() {
         "an unknown shell is bad usage"
     );
 }
+
+/// A server address where nothing listens.
+pub(crate) fn nobody_listening() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}")
+}
+
+#[test]
+fn bad_durations_and_a_pipelines_arn_are_bad_usage_that_says_what_to_do() {
+    let pipeline = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train";
+    let execution = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train/execution/x1";
+    // Refused before any call: nothing listens at the server's address.
+    let server = nobody_listening();
+    for (args, says) in [
+        (
+            vec!["stop", execution, "--force-after", "8d"],
+            "at most 7 days",
+        ),
+        (
+            vec!["stop", execution, "--force-after", "abc"],
+            "not a duration: write it as 10m",
+        ),
+        (
+            vec!["stop", execution, "--wait-timeout", "soon"],
+            "not a duration",
+        ),
+        (
+            vec!["stop", pipeline],
+            "that is a pipeline's ARN, not an execution's",
+        ),
+        (
+            vec!["stop", pipeline],
+            "`stop --pipeline ARN` stops its Executing executions",
+        ),
+        (vec!["get", pipeline], "that is a pipeline's ARN"),
+        (vec!["watch", pipeline], "name one of its executions"),
+        (
+            vec!["stop", "--pipeline", execution],
+            "that is an execution's ARN, not a pipeline's",
+        ),
+    ] {
+        let output = run_bounded(
+            command()
+                .env("PIPELINE_CONTROL_SERVER", &server)
+                .args(&args),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("expected number") && !stderr.contains("panicked"));
+    }
+}
