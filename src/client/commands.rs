@@ -126,6 +126,9 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
         force_after: args.force_after.map(duration_proto),
     };
     let mut view = View::new(args.client.output, args.wait);
+    if generated {
+        view.generated_token(&token);
+    }
     let until = started + args.wait_timeout.unwrap_or(RETRY_BUDGET);
     let answer = send_stop(&client, &request, until, &mut view)
         .await
@@ -499,6 +502,9 @@ async fn stop_pipeline(
         created_before: args.created_before,
         max_executions: args.max_executions.map_or(0, i32::from),
     };
+    if generated && output == Output::Text {
+        emit(&view::generated_token_line(token));
+    }
     let until = started + args.wait_timeout.unwrap_or(RETRY_BUDGET);
     let mut selected = false;
     let mut results: BTreeMap<String, Option<pb::StopExecutionResponse>> = BTreeMap::new();
@@ -629,11 +635,10 @@ fn batch_lines(
                 );
             }
             if !selected.dry_run {
-                lines.push(if generated {
-                    format!("client token {token} (generated: retry with --client-token {token})")
-                } else {
-                    format!("client token {token}")
-                });
+                // A generated token was printed before the first attempt.
+                if !generated {
+                    lines.push(format!("client token {token}"));
+                }
             } else {
                 for arn in &selected.pipeline_execution_arns {
                     lines.push(format!("  would stop {}", view::short_arn(arn)));

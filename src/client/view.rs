@@ -61,7 +61,19 @@ impl View {
         }
     }
 
-    /// The answer to the stop; `generated` when the client token is one made up here.
+    /// The client token made up here, printed before the first attempt so that an
+    /// interrupted command never loses it. (JSON carries it in the answer: a script that
+    /// retries passes its own.)
+    pub(crate) fn generated_token(&mut self, token: &str) {
+        match self {
+            Self::Live(live) => live.println(&generated_token_line(token)),
+            Self::Lines(_) => emit(&generated_token_line(token)),
+            Self::Json | Self::Quiet(_) => {}
+        }
+    }
+
+    /// The answer to the stop; `generated` when the client token is one made up here (and
+    /// so printed already).
     pub(crate) fn stop_answer(&mut self, answer: &pb::StopExecutionResponse, generated: bool) {
         match self {
             Self::Json => emit_json(answer),
@@ -247,6 +259,11 @@ impl Lines {
     }
 }
 
+/// The line that gives a client token made up here, and how to retry with it.
+pub(crate) fn generated_token_line(token: &str) -> String {
+    format!("client token {token} (generated: retry with --client-token {token})")
+}
+
 fn stop_answer_lines(answer: &pb::StopExecutionResponse, generated: bool) -> Vec<String> {
     let mut lines = vec![format!(
         "{} {} ({}){}",
@@ -259,14 +276,9 @@ fn stop_answer_lines(answer: &pb::StopExecutionResponse, generated: bool) -> Vec
             ""
         }
     )];
-    lines.push(if generated {
-        format!(
-            "client token {} (generated: retry with --client-token {})",
-            answer.client_request_token, answer.client_request_token
-        )
-    } else {
-        format!("client token {}", answer.client_request_token)
-    });
+    if !generated {
+        lines.push(format!("client token {}", answer.client_request_token));
+    }
     if let Some(at) = &answer.force_at {
         lines.push(format!(
             "forced at {} if still Stopping then",

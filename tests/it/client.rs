@@ -16,8 +16,8 @@ use tokio::{sync::mpsc, time::Instant};
 use crate::{
     auth::tls_server,
     cli::{
-        assert_clean_failure, command, run_bounded, send_signal, spawn_server_listening,
-        wait_bounded_async,
+        assert_clean_failure, command, nobody_listening, run_bounded, send_signal,
+        spawn_server_listening, wait_bounded_async,
     },
     common::{
         Backend, Stack, TestDb, create_pipeline, spawn_emulator, start_execution, token_file,
@@ -155,17 +155,19 @@ async fn stop_wait_shows_the_callback_that_blocks_then_stopped_and_exits_zero() 
 
     assert_eq!(status.code(), Some(0), "{}\n{stderr}", lines.join("\n"));
     assert!(stderr.is_empty(), "{stderr}");
-    assert!(
-        lines[0].starts_with(&format!("Stop requested: {arn}")),
-        "{lines:?}"
-    );
-    // The token was generated, printed, and is the one the service recorded.
-    let printed = lines[1]
+    // The token was generated, printed first (before the stop was sent), and is the one the
+    // service recorded.
+    let printed = lines[0]
         .strip_prefix("client token ")
         .and_then(|rest| rest.split(' ').next())
         .unwrap();
     uuid::Uuid::parse_str(printed).unwrap();
-    assert!(lines[1].contains(&format!("retry with --client-token {printed}")));
+    assert!(lines[0].contains(&format!("retry with --client-token {printed}")));
+    assert!(
+        lines[1].starts_with(&format!("Stop requested: {arn}")),
+        "{lines:?}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.contains(printed)).count(), 1);
     let record = stack
         .client
         .clone()
@@ -279,12 +281,39 @@ async fn the_wait_timeout_gives_exit_four_and_bad_input_one_or_two() {
     assert_eq!(stack.admin.stop_tokens(&arn).await.len(), 1);
 
     // Nobody listening: UNAVAILABLE once the retries run out, naming the token to retry with.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nobody = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let nobody = nobody_listening();
     let output = run_bounded(client(&nobody).args(["stop", &arn, "--wait-timeout", "2s"]));
     assert_clean_failure(&output, "pipeline-control: error: UNAVAILABLE");
     assert!(String::from_utf8_lossy(&output.stderr).contains("retry with --client-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_token_is_printed_before_the_first_attempt_so_ctrl_c_never_loses_it() {
+    let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train/execution/x1";
+    for extra in [&[][..], &["--pipeline"][..]] {
+        let mut stop = client(&nobody_listening());
+        stop.arg("stop").args(extra).arg(match extra {
+            [] => arn,
+            _ => "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train",
+        });
+        // The server is down: the command retries for two minutes; the token comes first.
+        let mut running = Running::spawn(stop);
+        let line = running.until("client token ").await;
+        let token = line
+            .strip_prefix("client token ")
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap()
+            .to_string();
+        uuid::Uuid::parse_str(&token).unwrap();
+        assert!(
+            line.contains(&format!("retry with --client-token {token}")),
+            "{line}"
+        );
+        send_signal(&running.child, "-INT");
+        let (status, lines, _) = running.finish().await;
+        assert!(!status.success());
+        assert_eq!(lines[0], line, "{extra:?}: the token is the first line");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
