@@ -56,7 +56,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return client::refuse(error),
+    };
     let command = match cli.command {
         // The client commands print for people (or scripts): no service logs.
         Command::Client(command) => return client::run(command).await,

@@ -188,9 +188,9 @@ fn stop_failure(status: &Status, token: &str, generated: bool) -> Failure {
             format!("the execution had already ended {ended}: nothing to stop"),
         );
     }
-    let mut failure = Failure::call(status);
+    let failure = Failure::call(status);
     if generated && retryable(status) {
-        failure.line.push_str(&format!(
+        return failure.noting(&format!(
             " (retry with --client-token {token}: the same stop, never a second one)"
         ));
     }
@@ -725,14 +725,17 @@ async fn follow_all(
     }
     match worst {
         Exit::Done => Ok(Exit::Done),
-        exit => Err(Failure {
-            exit,
-            line: format!(
+        exit => {
+            let line = format!(
                 "{} of {} executions did not end Stopped; first: {worst_line}",
                 ends.iter().filter(|(_, end)| end.is_err()).count(),
                 ends.len()
-            ),
-        }),
+            );
+            Err(match exit {
+                Exit::Error | Exit::Usage => Failure::error(line),
+                exit => Failure::outcome(exit, line),
+            })
+        }
     }
 }
 

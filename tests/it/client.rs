@@ -469,6 +469,61 @@ async fn json_output_is_one_proto_json_object_a_line() {
     assert_eq!(records[0]["reason"], json!("scripted"));
     assert_eq!(records[0]["state"], json!("STOP_REQUEST_STATE_COMPLETED"));
     assert_eq!(records[0]["authMethod"], json!("anonymous"));
+
+    // Errors too: one JSON object on standard error (google.rpc.Status, its code named), the
+    // exit status as in text.
+    let missing = format!("{arn}x");
+    let pipeline = arn.split("/execution/").next().unwrap();
+    for (args, exit, code, reason) in [
+        (
+            vec!["get", &missing],
+            1,
+            "NOT_FOUND",
+            Some("EXECUTION_NOT_FOUND"),
+        ),
+        (
+            vec!["stop", "not-an-arn"],
+            2,
+            "INVALID_ARGUMENT",
+            Some("INVALID_ARGUMENT"),
+        ),
+        (vec!["stop", pipeline], 2, "INVALID_ARGUMENT", None),
+        (
+            vec!["stop", &arn, "--force-after", "abc"],
+            2,
+            "INVALID_ARGUMENT",
+            None,
+        ),
+        (
+            vec!["stop", &arn, "--output=json", "--bogus"],
+            2,
+            "INVALID_ARGUMENT",
+            None,
+        ),
+    ] {
+        let output = run_bounded(
+            client(&stack.app.url())
+                .args(&args)
+                .args(["--output", "json"]),
+        );
+        assert_eq!(output.status.code(), Some(exit), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let error: Value = serde_json::from_str(one_line(&stderr)).unwrap();
+        assert_eq!(error["code"], json!(code), "{args:?}: {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty(), "{error}");
+        match reason {
+            Some(reason) => {
+                assert_eq!(error["reason"], json!(reason), "{error}");
+                assert_eq!(
+                    error["details"][0]["@type"],
+                    json!("type.googleapis.com/google.rpc.ErrorInfo"),
+                    "{error}"
+                );
+            }
+            None => assert!(error.get("reason").is_none(), "{error}"),
+        }
+    }
 }
 
 /// Runs `args` under a pseudo-terminal (`script`, of util-linux) of 160 × 60, feeding what it
