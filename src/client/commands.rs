@@ -30,6 +30,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stop (or a read) is retried while the service is unavailable, without
 /// `--wait-timeout`.
 const RETRY_BUDGET: Duration = Duration::from_secs(120);
+/// How long `get` and `history` retry a service that cannot be reached: a person waits for
+/// them, and running one again loses nothing.
+const READ_RETRY_BUDGET: Duration = Duration::from_secs(10);
 /// How long a wait without `--wait-timeout` goes on reconnecting to a service that stays
 /// unreachable before giving up.
 const RECONNECT_BUDGET: Duration = Duration::from_secs(300);
@@ -134,7 +137,7 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
         .await
         .map_err(|status| {
             view.finish(None);
-            stop_failure(&status, &token, generated)
+            stop_failure(&status, &arn, &token, generated)
         })?;
     view.stop_answer(&answer, generated);
     if !args.wait {
@@ -176,7 +179,7 @@ async fn send_stop(
 
 /// A stop that failed. An execution that had already ended is the outcome of exit status 3;
 /// a transient failure that outlasted the retries names the token to retry with.
-fn stop_failure(status: &Status, token: &str, generated: bool) -> Failure {
+fn stop_failure(status: &Status, arn: &str, token: &str, generated: bool) -> Failure {
     if reason(status).as_deref() == Some("EXECUTION_ALREADY_TERMINAL") {
         use tonic_types::StatusExt as _;
         let ended = status
@@ -188,13 +191,33 @@ fn stop_failure(status: &Status, token: &str, generated: bool) -> Failure {
             format!("the execution had already ended {ended}: nothing to stop"),
         );
     }
-    let failure = Failure::call(status);
+    let failure = call_failure(status, arn);
     if generated && retryable(status) {
         return failure.noting(&format!(
             " (retry with --client-token {token}: the same stop, never a second one)"
         ));
     }
     failure
+}
+
+/// A failed call about `arn` (an execution's or a pipeline's): NOT_FOUND names the account and
+/// region it was looked for in, as a wrong account or region is the usual cause.
+fn call_failure(status: &Status, arn: &str) -> Failure {
+    let failure = Failure::call(status);
+    match crate::domain::arn_fields(arn) {
+        Some([_, partition, _, region, account, _]) if status.code() == tonic::Code::NotFound => {
+            let partition = if partition == "aws" {
+                String::new()
+            } else {
+                format!(", partition {partition}")
+            };
+            failure.noting(&format!(
+                " ({} not found in account {account}, region {region}{partition})",
+                view::short_arn(arn)
+            ))
+        }
+        _ => failure,
+    }
 }
 
 /// Follows `arn` until it ends: its snapshots into `view`, reconnecting when the stream
@@ -217,7 +240,7 @@ async fn follow(
             && let Some(request) = restop
             && let Err(status) = send_stop(client, request, until, &mut view).await
         {
-            return Err(lost(&mut view, &status, last.as_ref(), deadline));
+            return Err(lost(&mut view, &status, arn, last.as_ref(), deadline));
         }
         reconnect = true;
         let opened = with_retries(
@@ -234,13 +257,13 @@ async fn follow(
         .await;
         let mut stream: Streaming<pb::WatchExecutionResponse> = match opened {
             Ok(stream) => stream,
-            Err(status) => return Err(lost(&mut view, &status, last.as_ref(), deadline)),
+            Err(status) => return Err(lost(&mut view, &status, arn, last.as_ref(), deadline)),
         };
         loop {
             let next = match deadline {
                 Some((at, wait)) => match tokio::time::timeout_at(at, stream.message()).await {
                     Ok(next) => next,
-                    Err(_) => return Err(timed_out(&mut view, last.as_ref(), wait)),
+                    Err(_) => return Err(timed_out(&mut view, last.as_ref(), wait, None)),
                 },
                 None => stream.message().await,
             };
@@ -274,38 +297,55 @@ async fn follow(
                 }
                 Err(status) => {
                     view.finish(last.as_ref());
-                    return Err(Failure::call(&status));
+                    return Err(call_failure(&status, arn));
                 }
             }
         }
     }
 }
 
-/// The wait could not go on: past the deadline that is a timeout, else an error.
+/// The wait could not go on: past the deadline that is a timeout (which says why the wait
+/// saw no more: the server could not be reached), else an error.
 fn lost(
     view: &mut View,
     status: &Status,
+    arn: &str,
     last: Option<&pb::Execution>,
     deadline: Option<(Instant, Duration)>,
 ) -> Failure {
     match deadline {
         Some((at, wait)) if Instant::now() + Duration::from_secs(1) >= at && retryable(status) => {
-            timed_out(view, last, wait)
+            timed_out(view, last, wait, Some(status))
         }
         _ => {
             view.finish(last);
-            Failure::call(status)
+            call_failure(status, arn)
         }
     }
 }
 
-fn timed_out(view: &mut View, last: Option<&pb::Execution>, wait: Duration) -> Failure {
+/// `--wait-timeout` passed: what the execution was when last seen, and `unreached`, the
+/// failure that kept the wait from seeing more, if one did.
+fn timed_out(
+    view: &mut View,
+    last: Option<&pb::Execution>,
+    wait: Duration,
+    unreached: Option<&Status>,
+) -> Failure {
     view.finish(last);
-    let status = last.map_or("not yet seen", |e| view::status_name(e.status()));
+    let seen = match (last, unreached) {
+        (None, _) => "the execution was not seen".to_string(),
+        (Some(e), None) => format!("the execution is {}", view::status_name(e.status())),
+        (Some(e), Some(_)) => format!(
+            "the execution was {} when last seen",
+            view::status_name(e.status())
+        ),
+    };
+    let why = unreached.map_or_else(String::new, |status| format!(": {}", describe(status)));
     Failure::outcome(
         Exit::TimedOut,
         format!(
-            "--wait-timeout of {} passed; the execution is {status}",
+            "--wait-timeout of {} passed; {seen}{why}",
             humantime::format_duration(wait)
         ),
     )
@@ -343,7 +383,7 @@ const ONE_OF_ITS: &str = "name one of its executions (`history --pipeline ARN` l
 pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
     execution_arn_given(&args.execution_arn, ONE_OF_ITS)?;
     let client = connect(&args.client).await?;
-    let until = Instant::now() + RETRY_BUDGET;
+    let until = Instant::now() + READ_RETRY_BUDGET;
     let execution = with_retries(
         || {
             let mut client = client.clone();
@@ -359,7 +399,7 @@ pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
         |_, _| {},
     )
     .await
-    .map_err(|status| Failure::call(&status))?;
+    .map_err(|status| call_failure(&status, &args.execution_arn))?;
     match args.client.output {
         Output::Json => emit_json(&execution),
         Output::Text => emit(&view::render(&execution, chrono::Utc::now()).join("\n")),
@@ -396,7 +436,7 @@ pub(super) async fn history(args: HistoryArgs) -> Result<Exit, Failure> {
         .to_vec(),
     ];
     loop {
-        let until = Instant::now() + RETRY_BUDGET;
+        let until = Instant::now() + READ_RETRY_BUDGET;
         let request = pb::ListStopRequestsRequest {
             pipeline_arn: args.pipeline.clone().unwrap_or_default(),
             pipeline_execution_arn: args.execution.clone().unwrap_or_default(),
@@ -524,7 +564,8 @@ async fn stop_pipeline(
             },
         )
         .await;
-        let mut stream = opened.map_err(|status| stop_failure(&status, token, generated))?;
+        let mut stream =
+            opened.map_err(|status| stop_failure(&status, pipeline, token, generated))?;
         loop {
             match stream.message().await {
                 Ok(Some(message)) => {
@@ -578,7 +619,7 @@ async fn stop_pipeline(
                     tokio::time::sleep(delay).await;
                     continue 'stream;
                 }
-                Err(status) => return Err(stop_failure(&status, token, generated)),
+                Err(status) => return Err(stop_failure(&status, pipeline, token, generated)),
             }
         }
     };

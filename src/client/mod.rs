@@ -238,30 +238,15 @@ pub(crate) fn reason(status: &Status) -> Option<String> {
 
 /// Whether a call that failed with `status` may be sent again as it was: the service said
 /// so (UNAVAILABLE, ABORTED), or the connection failed under it (a status with a transport
-/// error as its source, which no server sent). Only calls that are safe to repeat (a stop
-/// with the same client token, a read) go through here.
+/// error as its source, which no server sent). Not a TLS handshake that failed (an untrusted
+/// or mismatched certificate, a server without TLS): it would fail again. Only calls that are
+/// safe to repeat (a stop with the same client token, a read) go through here.
 pub(crate) fn retryable(status: &Status) -> bool {
-    if tls_failure(status) {
+    if reason(status).as_deref() == Some(connect::TLS_HANDSHAKE_FAILED) {
         return false;
     }
     matches!(status.code(), Code::Unavailable | Code::Aborted)
         || (status.code() != Code::Cancelled && std::error::Error::source(status).is_some())
-}
-
-/// A TLS handshake that failed (an untrusted or mismatched certificate): the TLS stack
-/// reports it as an `InvalidData` I/O error under the transport's. It will fail again.
-fn tls_failure(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidData)
-        {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// The first wait before a retry the service gave no delay for; it doubles up to

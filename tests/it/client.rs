@@ -317,6 +317,56 @@ async fn the_generated_token_is_printed_before_the_first_attempt_so_ctrl_c_never
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_server_or_the_account_and_region_they_are_about() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    let (_, rest) = arn.split_once(":123456789012:").unwrap();
+    let elsewhere = format!("arn:aws:sagemaker:eu-west-1:111122223333:{rest}");
+    for args in [
+        vec!["get", &elsewhere],
+        vec!["stop", &elsewhere],
+        vec!["watch", &elsewhere],
+    ] {
+        let output = run_bounded(client(&stack.app.url()).args(&args));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("not found in account 111122223333, region eu-west-1"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // A server that does not speak TLS, asked with https://: said so, once, at once.
+    let https = stack.app.url().replace("http://", "https://");
+    let output = run_bounded(client(&https).args(["get", &arn]));
+    assert_clean_failure(
+        &output,
+        &format!(
+            "pipeline-control: error: UNAVAILABLE (TLS_HANDSHAKE_FAILED): the server at {https} does not speak TLS"
+        ),
+    );
+
+    // Nobody listening: the server's address, for reads, stops and waits alike.
+    let nobody = nobody_listening();
+    let unreachable = format!("cannot reach the server at {nobody}: tcp connect error");
+    for args in [
+        vec!["get", &arn],
+        vec!["history"],
+        vec!["stop", &arn, "--wait-timeout", "2s"],
+    ] {
+        let output = run_bounded(client(&nobody).args(&args));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&unreachable), "{args:?}: {stderr}");
+    }
+    let output = run_bounded(client(&nobody).args(["watch", &arn, "--wait-timeout", "2s"]));
+    crate::cli::assert_clean_exit(
+        &output,
+        4,
+        "pipeline-control: --wait-timeout of 2s passed; the execution was not seen: UNAVAILABLE (SERVER_UNREACHABLE): cannot reach the server at",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_stop_is_retried_with_the_same_token_after_the_delay_the_service_gives() {
     let stack = Stack::start(Backend::Sqlite, 1.0, |args| args.upstream_attempts = 1).await;
     let arn = stack
