@@ -402,7 +402,9 @@ pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
     .map_err(|status| call_failure(&status, &args.execution_arn))?;
     match args.client.output {
         Output::Json => emit_json(&execution),
-        Output::Text => emit(&view::render(&execution, chrono::Utc::now()).join("\n")),
+        Output::Text => view::render(&execution, chrono::Utc::now())
+            .iter()
+            .for_each(|line| emit(line)),
     }
     Ok(Exit::Done)
 }

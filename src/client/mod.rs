@@ -141,8 +141,13 @@ pub async fn run(command: ClientCommand) -> ExitCode {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(failure) => {
             match output {
-                Output::Text => eprintln!("pipeline-control: {}", failure.line),
-                Output::Json => eprintln!("{}", failure.json.line()),
+                Output::Text => {
+                    eprintln!(
+                        "pipeline-control: {}",
+                        crate::visible::visible(&failure.line)
+                    );
+                }
+                Output::Json => eprintln!("{}", crate::visible::json(&failure.json.line())),
             }
             ExitCode::from(failure.exit as u8)
         }

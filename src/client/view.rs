@@ -20,21 +20,28 @@ use super::{Output, json};
 use crate::{
     holding,
     pb::{self, step::Metadata},
+    visible,
 };
 
-/// Writes `line` to standard output. A reader that went away (`| head`) ends the command
+/// Writes one line to standard output, with the control, bidirectional and invisible
+/// characters of the text it carries (a reason, a failure reason: anything from a caller or
+/// from SageMaker) shown as escapes. A reader that went away (`| head`) ends the command
 /// quietly, as it would a C tool killed by SIGPIPE.
 pub(crate) fn emit(line: &str) {
+    write_line(&visible::visible(line));
+}
+
+fn write_line(line: &str) {
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
         std::process::exit(super::Exit::Error as i32);
     }
 }
 
-/// Writes `message` as one line of proto JSON.
+/// Writes `message` as one line of proto JSON (its hidden characters as `\uXXXX` escapes).
 pub(crate) fn emit_json<M: json::ProtoName>(message: &M) {
     match json::line(message) {
-        Ok(line) => emit(&line),
+        Ok(line) => write_line(&visible::json(&line)),
         // The contract's own descriptor set lacks a message of the contract: a build defect,
         // reported rather than hidden.
         Err(error) => eprintln!("pipeline-control: cannot print JSON: {error}"),
@@ -66,7 +73,7 @@ impl View {
     /// retries passes its own.)
     pub(crate) fn generated_token(&mut self, token: &str) {
         match self {
-            Self::Live(live) => live.println(&generated_token_line(token)),
+            Self::Live(live) => live.println(&[generated_token_line(token)]),
             Self::Lines(_) => emit(&generated_token_line(token)),
             Self::Json | Self::Quiet(_) => {}
         }
@@ -77,7 +84,7 @@ impl View {
     pub(crate) fn stop_answer(&mut self, answer: &pb::StopExecutionResponse, generated: bool) {
         match self {
             Self::Json => emit_json(answer),
-            Self::Live(live) => live.println(&stop_answer_lines(answer, generated).join("\n")),
+            Self::Live(live) => live.println(&stop_answer_lines(answer, generated)),
             Self::Lines(_) => stop_answer_lines(answer, generated)
                 .iter()
                 .for_each(|line| emit(line)),
@@ -88,7 +95,7 @@ impl View {
     /// Something people should know that the service did not send: a retry, a reconnect.
     pub(crate) fn note(&mut self, text: &str) {
         match self {
-            Self::Live(live) => live.println(text),
+            Self::Live(live) => live.println(&[text.to_string()]),
             Self::Lines(lines) => lines.line(text),
             Self::Json | Self::Quiet(_) => {}
         }
@@ -159,8 +166,10 @@ impl Live {
         }
     }
 
-    fn println(&self, text: &str) {
-        self.bar.println(text);
+    /// Lines printed above the live part, for good (each with its hidden characters escaped).
+    fn println(&self, lines: &[String]) {
+        let shown: Vec<_> = lines.iter().map(|line| visible::visible(line)).collect();
+        self.bar.println(shown.join("\n"));
     }
 
     fn show(&self, execution: &pb::Execution) {
@@ -177,7 +186,9 @@ impl Live {
         let elapsed = self.bar.elapsed();
         self.bar.finish_and_clear();
         if let Some(execution) = last {
-            emit(&body(execution));
+            render(execution, Utc::now())
+                .iter()
+                .for_each(|line| emit(line));
             emit(&format!(
                 "{} after {}",
                 status_name(execution.status()),
@@ -187,9 +198,12 @@ impl Live {
     }
 }
 
-/// The snapshot as the live view shows it under its status line.
+/// The snapshot as the live view shows it under its status line (its lines' hidden
+/// characters escaped; the line breaks between them are the view's own).
 fn body(execution: &pb::Execution) -> String {
-    render(execution, Utc::now()).join("\n")
+    let lines = render(execution, Utc::now());
+    let shown: Vec<_> = lines.iter().map(|line| visible::visible(line)).collect();
+    shown.join("\n")
 }
 
 /// One plain line per change, each with the time since the command started.
@@ -449,8 +463,13 @@ fn in_start_order(execution: &pb::Execution) -> Vec<&pb::Step> {
     steps
 }
 
-/// Rows padded to common column widths (by display width), two spaces apart.
+/// Rows padded to common column widths (by display width, once each cell's hidden
+/// characters are escaped), two spaces apart.
 pub(crate) fn table(rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| visible::visible(cell)).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

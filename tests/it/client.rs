@@ -576,6 +576,67 @@ async fn json_output_is_one_proto_json_object_a_line() {
     }
 }
 
+/// A reason a caller may give (the service accepts line breaks, bidirectional and invisible
+/// characters in it): a line feed that would forge a row, a carriage return that would
+/// rewrite one, a right-to-left override and a zero-width space.
+const HOSTILE_REASON: &str = "INC-1\nadmin  fake/execution/zzz\rforged\u{202e}gnp.exe\u{200b}end";
+/// The same as the command line shows it.
+const HOSTILE_REASON_SHOWN: &str =
+    "INC-1\\nadmin  fake/execution/zzz\\rforged\\u{202e}gnp.exe\\u{200b}end";
+/// A step's failure reason that would retitle the terminal, clear it and colour it.
+const HOSTILE_FAILURE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred\u{9b}0m";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_from_callers_and_sagemaker_is_shown_escaped_in_a_pipe_and_on_a_terminal() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    let output =
+        run_bounded(client(&stack.app.url()).args(["stop", &arn, "--reason", HOSTILE_REASON]));
+    succeeded(&output);
+
+    // In a pipe: the header and one row, the reason's characters as escapes.
+    let output = run_bounded(client(&stack.app.url()).arg("history"));
+    succeeded(&output);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[1].contains(HOSTILE_REASON_SHOWN), "{text}");
+    assert!(!text.contains(['\r', '\u{202e}', '\u{200b}']), "{text:?}");
+    // On a terminal: the same single row.
+    let (code, screen) = under_a_terminal(&stack.app.url(), &["history"], |_| {}).await;
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains(HOSTILE_REASON_SHOWN), "{screen}");
+    assert_eq!(screen.matches("fake/execution/zzz").count(), 1, "{screen}");
+    // As JSON: the same data, with nothing hidden.
+    let output = run_bounded(client(&stack.app.url()).args(["history", "--output", "json"]));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains(r"forged\u202egnp.exe\u200bend"), "{text}");
+    let record: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(record["reason"], json!(HOSTILE_REASON));
+
+    // A step's failure reason from SageMaker, followed in a pipe.
+    let failing = stack
+        .execution(
+            json!([{"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {
+            "DurationSeconds": 1, "FailAttempts": 1, "FailureReason": HOSTILE_FAILURE}}}]),
+        )
+        .await;
+    let output = run_bounded(client(&stack.app.url()).args(["watch", &failing]));
+    let (stdout, stderr) = (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    );
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(r"Failed: \u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred\u{9b}0m"),
+        "{stdout}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(['\u{1b}', '\u{7}', '\u{9b}']), "{text:?}");
+    }
+}
+
 /// Runs `args` under a pseudo-terminal (`script`, of util-linux) of 160 × 60, feeding what it
 /// draws to a terminal emulator; `on_screen` sees each screen as it changes and may act on
 /// it. Returns the exit status and the last screen.
