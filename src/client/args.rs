@@ -98,11 +98,26 @@ Exit status: 0 stopped (without --wait: the stop accepted), 1 an error, 2 bad us
 /// `stop`: StopExecution of one execution, or StopExecutions of a pipeline.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = STOP_EXAMPLES)]
-#[command(group(ArgGroup::new("target").required(true).args(["execution_arn", "pipeline"])))]
+#[command(group(ArgGroup::new("target").args(["execution_arn", "pipeline_execution_arn", "pipeline"])))]
 pub struct StopArgs {
     /// The pipeline execution to stop.
     #[arg(value_name = "ARN")]
     pub execution_arn: Option<String>,
+
+    /// The pipeline execution to stop, as `aws sagemaker stop-pipeline-execution` takes it.
+    #[arg(long, value_name = "ARN")]
+    pub pipeline_execution_arn: Option<String>,
+
+    /// The stop's input as `aws sagemaker stop-pipeline-execution` takes it:
+    /// `{"PipelineExecutionArn": "...", "ClientRequestToken": "..."}`, inline or
+    /// `file://path`. Options on the command line override its values.
+    #[arg(long, value_name = "JSON", conflicts_with = "pipeline")]
+    pub cli_input_json: Option<String>,
+
+    /// Print the JSON skeleton of `--cli-input-json` (`input`) or of the answer's shape as
+    /// `aws sagemaker stop-pipeline-execution` gives it (`output`), and stop nothing.
+    #[arg(long, value_name = "input|output", value_enum, num_args = 0..=1, default_missing_value = "input")]
+    pub generate_cli_skeleton: Option<Skeleton>,
 
     /// Stop every Executing execution of this pipeline instead (at most `--max-executions`).
     #[arg(long, value_name = "PIPELINE_ARN")]
@@ -127,7 +142,7 @@ pub struct StopArgs {
 
     /// The stop's idempotency key: a retry with the same token is answered from the first
     /// stop's record. Generated and printed when absent, so that a retry can reuse it.
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN", visible_alias = "client-request-token")]
     pub client_token: Option<String>,
 
     /// Why, for the audit trail (at most 1024 characters).
@@ -150,6 +165,50 @@ pub struct StopArgs {
 
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// What `--generate-cli-skeleton` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Skeleton {
+    /// The input `--cli-input-json` takes, with empty values.
+    Input,
+    /// The shape of the answer, as `aws sagemaker stop-pipeline-execution` gives it.
+    Output,
+}
+
+impl Skeleton {
+    /// The skeleton, as the AWS CLI prints it (four spaces of indent).
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Self::Input => {
+                "{\n    \"PipelineExecutionArn\": \"\",\n    \"ClientRequestToken\": \"\"\n}"
+            }
+            Self::Output => "{\n    \"PipelineExecutionArn\": \"PipelineExecutionArn\"\n}",
+        }
+    }
+}
+
+/// `--cli-input-json`: the input of `aws sagemaker stop-pipeline-execution`. An empty value
+/// (as the skeleton has) is no value.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub(crate) struct SeedInput {
+    #[serde(default)]
+    pub(crate) pipeline_execution_arn: String,
+    #[serde(default)]
+    pub(crate) client_request_token: String,
+}
+
+impl SeedInput {
+    /// The JSON given, inline or in the file `file://path` names.
+    pub(crate) fn read(given: &str) -> Result<Self, String> {
+        let text = match given.strip_prefix("file://") {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--cli-input-json: cannot read {path}: {e}"))?,
+            None => given.to_string(),
+        };
+        serde_json::from_str(&text).map_err(|e| format!("--cli-input-json: {e}"))
+    }
 }
 
 /// `get`: GetExecution, once.
@@ -251,6 +310,37 @@ mod tests {
         assert_eq!(time.seconds, 1_796_112_000); // 08:00Z
         assert_eq!(time.nanos, 500_000_000);
         assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn the_seeds_input_is_read_inline_or_from_a_file_and_unknown_keys_are_refused() {
+        let input =
+            SeedInput::read(r#"{"PipelineExecutionArn": "arn:x", "ClientRequestToken": "t"}"#)
+                .unwrap();
+        assert_eq!(
+            (
+                input.pipeline_execution_arn.as_str(),
+                input.client_request_token.as_str()
+            ),
+            ("arn:x", "t")
+        );
+        let skeleton: SeedInput = serde_json::from_str(Skeleton::Input.text()).unwrap();
+        assert!(skeleton.pipeline_execution_arn.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input.json");
+        std::fs::write(&path, r#"{"ClientRequestToken": "from-file"}"#).unwrap();
+        let input = SeedInput::read(&format!("file://{}", path.display())).unwrap();
+        assert_eq!(input.client_request_token, "from-file");
+        assert!(
+            SeedInput::read(r#"{"Reason": "x"}"#)
+                .unwrap_err()
+                .contains("unknown field `Reason`")
+        );
+        assert!(
+            SeedInput::read("file:///nonexistent/input.json")
+                .unwrap_err()
+                .contains("cannot read")
+        );
     }
 
     #[test]

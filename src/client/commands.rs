@@ -12,7 +12,7 @@ use tonic::{Request, Status, Streaming};
 
 use super::{
     Backoff, Exit, Failure, Output,
-    args::{GetArgs, HistoryArgs, StopArgs, WatchArgs},
+    args::{GetArgs, HistoryArgs, SeedInput, StopArgs, WatchArgs},
     connect::{Client, connect},
     describe, reason, retryable,
     view::{self, View, emit, emit_json},
@@ -89,7 +89,12 @@ fn client_token(given: Option<&String>) -> (String, bool) {
 }
 
 /// `stop`.
-pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
+pub(super) async fn stop(mut args: StopArgs) -> Result<Exit, Failure> {
+    if let Some(skeleton) = args.generate_cli_skeleton {
+        skeleton.text().lines().for_each(emit);
+        return Ok(Exit::Done);
+    }
+    seed_input(&mut args)?;
     // clap does not hold `requires` against an argument of a group another member satisfied.
     if args.pipeline.is_none() {
         for (given, flag) in [
@@ -145,6 +150,32 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
     }
     let deadline = args.wait_timeout.map(|wait| (started + wait, wait));
     follow(&client, &arn, Some(&request), deadline, view).await
+}
+
+/// The execution ARN and client token of `aws sagemaker stop-pipeline-execution`'s options and
+/// `--cli-input-json`, merged into ours: options on the command line win over the JSON.
+fn seed_input(args: &mut StopArgs) -> Result<(), Failure> {
+    if let Some(given) = &args.cli_input_json {
+        let input = SeedInput::read(given).map_err(Failure::usage)?;
+        if args.execution_arn.is_none()
+            && args.pipeline_execution_arn.is_none()
+            && !input.pipeline_execution_arn.is_empty()
+        {
+            args.execution_arn = Some(input.pipeline_execution_arn);
+        }
+        if args.client_token.is_none() && !input.client_request_token.is_empty() {
+            args.client_token = Some(input.client_request_token);
+        }
+    }
+    if args.execution_arn.is_none() {
+        args.execution_arn = args.pipeline_execution_arn.take();
+    }
+    if args.execution_arn.is_none() && args.pipeline.is_none() {
+        return Err(Failure::usage(
+            "stop what? Give the execution's ARN (or --pipeline PIPELINE_ARN to stop every Executing execution of a pipeline)".to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses a pipeline's ARN where an execution's belongs, a common slip, saying what to do

@@ -23,7 +23,7 @@ mod iam;
 mod json;
 mod view;
 
-pub use args::{ClientArgs, GetArgs, HistoryArgs, Output, StopArgs, WatchArgs};
+pub use args::{ClientArgs, GetArgs, HistoryArgs, Output, Skeleton, StopArgs, WatchArgs};
 
 use std::{future::Future, process::ExitCode, time::Duration};
 

@@ -367,6 +367,93 @@ async fn errors_name_the_server_or_the_account_and_region_they_are_about() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_speaks_the_aws_clis_options_input_json_and_skeletons() {
+    // The skeletons, printed without a server.
+    for (args, printed) in [
+        (
+            &["--generate-cli-skeleton"][..],
+            "{\n    \"PipelineExecutionArn\": \"\",\n    \"ClientRequestToken\": \"\"\n}\n",
+        ),
+        (
+            &["--generate-cli-skeleton", "input"][..],
+            "{\n    \"PipelineExecutionArn\": \"\",\n    \"ClientRequestToken\": \"\"\n}\n",
+        ),
+        (
+            &["--generate-cli-skeleton", "output"][..],
+            "{\n    \"PipelineExecutionArn\": \"PipelineExecutionArn\"\n}\n",
+        ),
+    ] {
+        let output = run_bounded(client(&nobody_listening()).arg("stop").args(args));
+        succeeded(&output);
+        assert_eq!(String::from_utf8_lossy(&output.stdout), printed, "{args:?}");
+    }
+    for json in [
+        r#"{"PipelineExecutionArn": "x", "Reason": "no"}"#,
+        "not json",
+        "file:///nonexistent.json",
+    ] {
+        let output =
+            run_bounded(client(&nobody_listening()).args(["stop", "--cli-input-json", json]));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{json}: {stderr}");
+        assert!(
+            one_line(&stderr).starts_with("pipeline-control: error: --cli-input-json: "),
+            "{stderr}"
+        );
+    }
+
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |_| {}).await;
+    let recorded = async |token: &str| {
+        stack
+            .client
+            .clone()
+            .get_stop_request(pipeline_control::pb::GetStopRequestRequest {
+                client_request_token: token.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pipeline_execution_arn
+    };
+    // The AWS CLI's own names of the options.
+    let first = stack.callback_execution().await;
+    let output = run_bounded(client(&stack.app.url()).args([
+        "stop",
+        "--pipeline-execution-arn",
+        &first,
+        "--client-request-token",
+        "seed-1",
+    ]));
+    succeeded(&output);
+    assert_eq!(recorded("seed-1").await, first);
+    // Its input JSON, from a file; an option on the command line wins over it.
+    let second = stack.callback_execution().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.json");
+    std::fs::write(
+        &path,
+        json!({"PipelineExecutionArn": second, "ClientRequestToken": "from-json"}).to_string(),
+    )
+    .unwrap();
+    let output = run_bounded(client(&stack.app.url()).args([
+        "stop",
+        "--cli-input-json",
+        &format!("file://{}", path.display()),
+        "--client-request-token",
+        "from-flag",
+    ]));
+    succeeded(&output);
+    assert_eq!(recorded("from-flag").await, second);
+    // Inline.
+    let third = stack.callback_execution().await;
+    let inline =
+        json!({"PipelineExecutionArn": third, "ClientRequestToken": "inline-1"}).to_string();
+    let output = run_bounded(client(&stack.app.url()).args(["stop", "--cli-input-json", &inline]));
+    succeeded(&output);
+    assert_eq!(recorded("inline-1").await, third);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttled_stop_is_retried_with_the_same_token_after_the_delay_the_service_gives() {
     let stack = Stack::start(Backend::Sqlite, 1.0, |args| args.upstream_attempts = 1).await;
     let arn = stack
