@@ -7,6 +7,7 @@ use clap::{ArgGroup, Args, ValueEnum};
 /// Where the service is, how to reach it, and what to print: every client subcommand takes
 /// these.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection and output")]
 pub struct ClientArgs {
     /// The service; `https://` turns on TLS, verified against the system's roots (or
     /// `--ca-cert`).
@@ -63,9 +64,8 @@ pub struct ClientArgs {
     #[arg(long, env = "PIPELINE_CONTROL_IAM_SERVER_ID", value_name = "ID")]
     pub iam_server_id: Option<String>,
 
-    /// `text`: a live view redrawn in place on a terminal, one plain line per change
-    /// otherwise; `json`: one JSON object a line (the proto JSON mapping, as grpcurl prints
-    /// it), for scripts.
+    /// `text` for people; `json`: one JSON object a line (the proto JSON mapping, as grpcurl
+    /// prints it; an error, one object on standard error), for scripts.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -73,7 +73,7 @@ pub struct ClientArgs {
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
-    /// For people: a live view on a terminal, plain lines in a pipe or a log.
+    /// For people.
     Text,
     /// For scripts: one JSON object a line.
     Json,
@@ -95,9 +95,15 @@ Examples:
 Exit status: 0 stopped (without --wait: the stop accepted), 1 an error, 2 bad usage,
 3 the execution ended in another status (Failed, Succeeded), 4 --wait-timeout passed.";
 
+/// The heading, in `stop --help`, of the options `aws sagemaker stop-pipeline-execution` has.
+const AWS_CLI: &str = "As aws sagemaker stop-pipeline-execution takes them";
+
 /// `stop`: StopExecution of one execution, or StopExecutions of a pipeline.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = STOP_EXAMPLES)]
+#[command(
+    override_usage = "pipeline-control stop [OPTIONS] <ARN>\n       pipeline-control stop [OPTIONS] --pipeline <PIPELINE_ARN>"
+)]
 #[command(group(ArgGroup::new("target").args(["execution_arn", "pipeline_execution_arn", "pipeline"])))]
 pub struct StopArgs {
     /// The pipeline execution to stop.
@@ -105,18 +111,25 @@ pub struct StopArgs {
     pub execution_arn: Option<String>,
 
     /// The pipeline execution to stop, as `aws sagemaker stop-pipeline-execution` takes it.
-    #[arg(long, value_name = "ARN")]
+    #[arg(long, value_name = "ARN", help_heading = AWS_CLI)]
     pub pipeline_execution_arn: Option<String>,
 
     /// The stop's input as `aws sagemaker stop-pipeline-execution` takes it:
     /// `{"PipelineExecutionArn": "...", "ClientRequestToken": "..."}`, inline or
     /// `file://path`. Options on the command line override its values.
-    #[arg(long, value_name = "JSON", conflicts_with = "pipeline")]
+    #[arg(long, value_name = "JSON", conflicts_with = "pipeline", help_heading = AWS_CLI)]
     pub cli_input_json: Option<String>,
 
     /// Print the JSON skeleton of `--cli-input-json` (`input`) or of the answer's shape as
     /// `aws sagemaker stop-pipeline-execution` gives it (`output`), and stop nothing.
-    #[arg(long, value_name = "input|output", value_enum, num_args = 0..=1, default_missing_value = "input")]
+    #[arg(
+        long,
+        value_name = "input|output",
+        value_enum,
+        num_args = 0..=1,
+        default_missing_value = "input",
+        help_heading = AWS_CLI
+    )]
     pub generate_cli_skeleton: Option<Skeleton>,
 
     /// Stop every Executing execution of this pipeline instead (at most `--max-executions`).
@@ -146,7 +159,7 @@ pub struct StopArgs {
     pub client_token: Option<String>,
 
     /// Why, for the audit trail (at most 1024 characters).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub reason: String,
 
     /// If the execution is still Stopping this long after the stop, release its running
@@ -218,6 +231,7 @@ Example:
   pipeline-control get arn:aws:sagemaker:us-east-1:123456789012:pipeline/train/execution/4f2kq3b1x9zc
 
 Exit status: 0 shown, 1 an error, 2 bad usage.")]
+#[command(override_usage = "pipeline-control get [OPTIONS] <ARN>")]
 pub struct GetArgs {
     /// The pipeline execution to show.
     #[arg(value_name = "ARN")]
@@ -235,6 +249,7 @@ Example:
 
 Exit status: 0 it ended Stopped, 1 an error, 2 bad usage, 3 it ended in another status
 (Failed, Succeeded), 4 --wait-timeout passed.")]
+#[command(override_usage = "pipeline-control watch [OPTIONS] <ARN>")]
 pub struct WatchArgs {
     /// The pipeline execution to follow.
     #[arg(value_name = "ARN")]
@@ -258,6 +273,7 @@ Examples:
   pipeline-control history --pipeline arn:aws:sagemaker:us-east-1:123456789012:pipeline/train --output json
 
 Exit status: 0 listed, 1 an error, 2 bad usage.")]
+#[command(override_usage = "pipeline-control history [OPTIONS]")]
 pub struct HistoryArgs {
     /// Only stops of this pipeline's executions.
     #[arg(long, value_name = "PIPELINE_ARN", conflicts_with = "execution")]

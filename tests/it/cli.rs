@@ -1039,3 +1039,67 @@ fn bad_durations_and_a_pipelines_arn_are_bad_usage_that_says_what_to_do() {
         assert!(!stderr.contains("expected number") && !stderr.contains("panicked"));
     }
 }
+
+#[test]
+fn client_help_keeps_logging_apart_shows_no_empty_default_and_promises_only_what_it_does() {
+    for server in [None, Some("http://127.0.0.1:1")] {
+        let with = |args: &[&str]| {
+            let mut command = command();
+            match server {
+                Some(server) => command.env("PIPELINE_CONTROL_SERVER", server),
+                None => command.env_remove("PIPELINE_CONTROL_SERVER"),
+            };
+            run_bounded(command.args(args))
+        };
+        for subcommand in ["stop", "get", "watch", "history"] {
+            let output = with(&[subcommand, "--help"]);
+            assert!(output.status.success(), "{subcommand}");
+            let help = String::from_utf8_lossy(&output.stdout);
+            // The client's options, then logging under a heading of its own.
+            let connection = help.find("\nConnection and output:\n").expect("a heading");
+            let logging = help
+                .find("\nLogging (of serve")
+                .expect("a heading of its own");
+            let at = |flag: &str| help.find(flag).unwrap_or_else(|| panic!("{flag}: {help}"));
+            assert!(
+                connection < at("--server <SERVER>") && at("--output") < logging,
+                "{help}"
+            );
+            assert!(
+                at("--log-format") > logging && at("--log-filter") > logging,
+                "{help}"
+            );
+            assert!(!help.contains("[default: \"\"]"), "{subcommand}: {help}");
+            assert!(!help.contains("--server <SERVER> "), "{help}");
+            if matches!(subcommand, "get" | "history") {
+                assert!(!help.contains("live view"), "{subcommand}: {help}");
+            }
+        }
+        // A usage error's usage line shows --server as optional even when it is set in the
+        // environment.
+        for (args, usage) in [
+            (&["get"][..], "Usage: pipeline-control get [OPTIONS] <ARN>"),
+            (
+                &["watch"][..],
+                "Usage: pipeline-control watch [OPTIONS] <ARN>",
+            ),
+            (
+                &["history", "extra"][..],
+                "Usage: pipeline-control history [OPTIONS]",
+            ),
+            (
+                &["stop", "a", "--pipeline", "b"][..],
+                "Usage: pipeline-control stop [OPTIONS] <ARN>",
+            ),
+        ] {
+            let output = with(args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{args:?}");
+            assert!(stderr.contains(usage), "{server:?} {args:?}: {stderr}");
+            assert!(
+                !stderr.contains("--server <SERVER>"),
+                "{server:?} {args:?}: {stderr}"
+            );
+        }
+    }
+}
