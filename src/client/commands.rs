@@ -138,13 +138,14 @@ pub(super) async fn stop(mut args: StopArgs) -> Result<Exit, Failure> {
         view.generated_token(&token);
     }
     let until = started + args.wait_timeout.unwrap_or(RETRY_BUDGET);
-    let answer = send_stop(&client, &request, until, &mut view)
+    let mut attempts = 0;
+    let answer = send_stop(&client, &request, until, &mut view, &mut attempts)
         .await
         .map_err(|status| {
             view.finish(None);
             stop_failure(&status, &arn, &token, generated)
         })?;
-    view.stop_answer(&answer, generated);
+    view.stop_answer(&answer, generated, attempts > 1);
     if !args.wait {
         return Ok(Exit::Done);
     }
@@ -189,15 +190,18 @@ fn execution_arn_given(arn: &str, instead: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// StopExecution, retried while the service says to (or cannot be reached) until `until`.
+/// StopExecution, retried while the service says to (or cannot be reached) until `until`;
+/// `attempts` counts the requests sent.
 async fn send_stop(
     client: &Client,
     request: &pb::StopExecutionRequest,
     until: Instant,
     view: &mut View,
+    attempts: &mut u32,
 ) -> Result<pb::StopExecutionResponse, Status> {
     with_retries(
         || {
+            *attempts += 1;
             let mut client = client.clone();
             let request = timed(request.clone(), Some(until));
             async move { Ok(client.stop_execution(request).await?.into_inner()) }
@@ -269,7 +273,7 @@ async fn follow(
         let until = deadline.map_or_else(|| Instant::now() + RECONNECT_BUDGET, |(at, _)| at);
         if reconnect
             && let Some(request) = restop
-            && let Err(status) = send_stop(client, request, until, &mut view).await
+            && let Err(status) = send_stop(client, request, until, &mut view, &mut 0).await
         {
             return Err(lost(&mut view, &status, arn, last.as_ref(), deadline));
         }

@@ -80,12 +80,17 @@ impl View {
     }
 
     /// The answer to the stop; `generated` when the client token is one made up here (and
-    /// so printed already).
-    pub(crate) fn stop_answer(&mut self, answer: &pb::StopExecutionResponse, generated: bool) {
+    /// so printed already); `retried` when it answers a retry of this command's own.
+    pub(crate) fn stop_answer(
+        &mut self,
+        answer: &pb::StopExecutionResponse,
+        generated: bool,
+        retried: bool,
+    ) {
         match self {
             Self::Json => emit_json(answer),
-            Self::Live(live) => live.println(&stop_answer_lines(answer, generated)),
-            Self::Lines(_) => stop_answer_lines(answer, generated)
+            Self::Live(live) => live.println(&stop_answer_lines(answer, generated, retried)),
+            Self::Lines(_) => stop_answer_lines(answer, generated, retried)
                 .iter()
                 .for_each(|line| emit(line)),
             Self::Quiet(_) => {}
@@ -278,16 +283,23 @@ pub(crate) fn generated_token_line(token: &str) -> String {
     format!("client token {token} (generated: retry with --client-token {token})")
 }
 
-fn stop_answer_lines(answer: &pb::StopExecutionResponse, generated: bool) -> Vec<String> {
+/// The lines that give the answer to a stop. A replayed answer to a retry of this command's
+/// own (the first attempt reached the service, its answer did not reach here) comes from the
+/// record of that attempt, not of an earlier stop.
+fn stop_answer_lines(
+    answer: &pb::StopExecutionResponse,
+    generated: bool,
+    retried: bool,
+) -> Vec<String> {
     let mut lines = vec![format!(
         "{} {} ({}){}",
         outcome_text(answer.outcome()),
         answer.pipeline_execution_arn,
         status_name(answer.status()),
-        if answer.replayed {
-            ", answered from the record of an earlier identical stop"
-        } else {
-            ""
+        match (answer.replayed, retried) {
+            (false, _) => "",
+            (true, true) => ", answered from the record of this command's earlier attempt",
+            (true, false) => ", answered from the record of an earlier identical stop",
         }
     )];
     if !generated {

@@ -488,6 +488,15 @@ async fn a_throttled_stop_is_retried_with_the_same_token_after_the_delay_the_ser
     assert!(asked >= 1.0, "{}", retries[0]);
     assert!(started.elapsed().as_secs_f64() >= asked, "{text}");
     assert!(text.contains(" Stopped"), "{text}");
+    // The retry was answered from the record of the command's own first attempt, which is
+    // what it says (not an earlier identical stop of someone's).
+    assert!(
+        text.contains(&format!(
+            "{arn} (Stopping), answered from the record of this command's earlier attempt"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("earlier identical stop"), "{text}");
     // The stops that reached SageMaker all carried the one token derived from the command's.
     let tokens = stack.admin.stop_tokens(&arn).await;
     assert!(!tokens.is_empty());
