@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     net::SocketAddr,
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
@@ -1102,4 +1102,73 @@ fn client_help_keeps_logging_apart_shows_no_empty_default_and_promises_only_what
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_emulator_demo_restarted_over_its_old_database_warns_that_its_records_are_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let note = "the database holds stop requests of an earlier run";
+    // Starts the demo over `db`: the child, its gRPC address, its banner's callback execution.
+    let start = || {
+        let mut child = command()
+            .args(["serve", "--emulator", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--time-scale", "100"])
+            .args(["--database-url", db.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let logs = read_until(&mut stdout, "serving gRPC");
+        let serving = logs.lines().find(|l| l.contains("serving gRPC")).unwrap();
+        let addr: SocketAddr = word_after(serving, "address=").parse().unwrap();
+        let banner = read_until(&mut stderr, "/metrics");
+        let arn = banner
+            .lines()
+            .find(|l| l.contains("demo-callback execution"))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap()
+            .to_string();
+        // The rest of both, until the end.
+        let rest = std::thread::spawn(move || {
+            let mut rest = logs;
+            let _ = stdout.read_to_string(&mut rest);
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
+        (child, addr, arn, rest)
+    };
+    let (child, addr, arn, rest) = start();
+    let output = run_bounded(
+        command()
+            .env("PIPELINE_CONTROL_SERVER", format!("http://{addr}"))
+            .args(["stop", &arn, "--reason", "first run"]),
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    send_signal(&child, "-TERM");
+    let (_, status) = wait_bounded_async(child).await;
+    assert_eq!(status.code(), Some(0));
+    let first = rest.join().unwrap();
+    assert!(
+        !first.contains(note),
+        "a fresh database holds nothing: {first}"
+    );
+
+    // Again over the same file: the logs and the banner both say so.
+    let (child, _, _, rest) = start();
+    send_signal(&child, "-TERM");
+    let (_, status) = wait_bounded_async(child).await;
+    assert_eq!(status.code(), Some(0));
+    let second = rest.join().unwrap();
+    assert!(
+        second.contains(&format!("WARN pipeline_control::app: {note}")),
+        "{second}"
+    );
+    assert!(second.contains(&format!("Note: {note}")), "{second}");
+    assert!(
+        second.contains("give --database-url a new file"),
+        "{second}"
+    );
 }
