@@ -175,7 +175,8 @@ pub fn refuse(error: clap::Error) -> ExitCode {
     let text = error.render().to_string();
     let first = text.lines().next().unwrap_or_default();
     let message = first.strip_prefix("error: ").unwrap_or(first);
-    eprintln!("{}", json::Failure::new("INVALID_ARGUMENT", message).line());
+    let line = json::Failure::new("INVALID_ARGUMENT", message).line();
+    eprintln!("{}", crate::visible::json(&line));
     ExitCode::from(Exit::Usage as u8)
 }
 
