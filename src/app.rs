@@ -535,6 +535,10 @@ impl Application {
                 }
             })
         });
+        let earlier_records = emulator.is_some() && holds_records(store.as_ref()).await;
+        if earlier_records {
+            tracing::warn!("{EARLIER_RECORDS}");
+        }
         let (emulator, demo) = match emulator {
             Some((emulator, place)) => {
                 let emulator = emulator.spawn();
@@ -590,6 +594,9 @@ impl Application {
                     console_address
                 )
             );
+            if earlier_records {
+                eprintln!("Note: {EARLIER_RECORDS}\n");
+            }
         }
 
         let mut shutdown_started = None;
@@ -734,4 +741,25 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+/// What `serve --emulator` says when its database holds stop requests of an earlier run.
+const EARLIER_RECORDS: &str = "the database holds stop requests of an earlier run, but the in-process emulator starts with new executions: those records name executions it does not have, and a stop replayed from one ends NOT_FOUND. For a fresh demo, give --database-url a new file (or start in an empty folder).";
+
+/// Whether the store holds any stop request (an emulator restarted over its old database).
+async fn holds_records(store: &dyn Store) -> bool {
+    let query = store::ListQuery {
+        principal: None,
+        pipeline_arn: None,
+        execution_arn: None,
+        after: None,
+        limit: 1,
+    };
+    match store.list(&query).await {
+        Ok(records) => !records.is_empty(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot tell whether the database holds earlier records");
+            false
+        }
+    }
 }

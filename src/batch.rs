@@ -37,6 +37,9 @@ pub(crate) const DEFAULT_MAX: usize = 100;
 pub(crate) const MAX: usize = 1000;
 /// The RPC, in fingerprints.
 const METHOD: &str = "StopExecutions";
+/// What may have differed from the first use of a batch's token (its record keeps only a
+/// digest of the request).
+const BATCH_DIFFERS: &str = "pipeline, reason, dry_run, time range, max_executions or force_after";
 
 /// A checked StopExecutions request.
 #[derive(Debug, Clone)]
@@ -171,7 +174,9 @@ pub(crate) async fn start(
         && let Some(stored) = records.store.batch(&key).await?
     {
         if stored.fingerprint != fingerprint {
-            return Err(Error::IdempotencyKeyReused);
+            return Err(Error::IdempotencyKeyReused {
+                differs: BATCH_DIFFERS.to_string(),
+            });
         }
         let selection = Selection {
             arns: stored.selected,
@@ -225,7 +230,9 @@ pub(crate) async fn start(
             )
             .await?;
         if stored.fingerprint != fingerprint {
-            return Err(Error::IdempotencyKeyReused);
+            return Err(Error::IdempotencyKeyReused {
+                differs: BATCH_DIFFERS.to_string(),
+            });
         }
         Selection {
             arns: stored.selected,

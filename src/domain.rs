@@ -60,6 +60,10 @@ impl Action {
     }
 }
 
+/// The longest `force_after` accepted: a week.
+pub(crate) const FORCE_AFTER_MAX: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// A SageMaker pipeline execution ARN, as SageMaker's API model constrains it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ExecutionArn(String);

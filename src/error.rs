@@ -49,11 +49,12 @@ pub(crate) enum Error {
         "SageMaker refused this service's credentials for account {account} in {region}; an operator must fix its IAM setup, then retry"
     )]
     UpstreamAccessDenied { account: String, region: String },
-    /// The token was used before with another execution or reason.
+    /// The token was used before with another request; `differs` names what differed (`the
+    /// execution`, `the reason`, `force_after`).
     #[error(
-        "this client_request_token was already used with a different request (another execution or reason); use a new token"
+        "this client_request_token was already used with a different request ({differs} differed); use a new token"
     )]
-    IdempotencyKeyReused,
+    IdempotencyKeyReused { differs: String },
     /// An earlier request with the same token is still being carried out.
     #[error(
         "a request with this client_request_token is still in progress; retry with the same token"
@@ -180,7 +181,7 @@ impl Error {
             Error::AccountNotServed { .. } => "ACCOUNT_NOT_SERVED",
             Error::RegionNotServed { .. } => "REGION_NOT_SERVED",
             Error::UpstreamAccessDenied { .. } => "UPSTREAM_ACCESS_DENIED",
-            Error::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Error::IdempotencyKeyReused { .. } => "IDEMPOTENCY_KEY_REUSED",
             Error::RequestInProgress { .. } => "IDEMPOTENCY_REQUEST_IN_PROGRESS",
             Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
@@ -210,7 +211,7 @@ impl Error {
             | Error::AccountNotServed { .. }
             | Error::RegionNotServed { .. }
             | Error::UpstreamAccessDenied { .. }
-            | Error::IdempotencyKeyReused => Code::FailedPrecondition,
+            | Error::IdempotencyKeyReused { .. } => Code::FailedPrecondition,
             Error::RequestInProgress { .. } => Code::Aborted,
             Error::UpstreamUnavailable { .. }
             | Error::IdentityProviderUnavailable { .. }
@@ -318,11 +319,11 @@ impl From<Error> for Status {
                     "SageMaker or STS refused the service's credentials for this account and region",
                 );
             }
-            Error::IdempotencyKeyReused => {
+            Error::IdempotencyKeyReused { differs } => {
                 details.add_precondition_failure_violation(
                     "IDEMPOTENCY_KEY",
                     "client_request_token",
-                    "the token was first used with another execution or reason",
+                    format!("the token was first used with a request whose {differs} differed"),
                 );
             }
             Error::RequestInProgress { retry_after }

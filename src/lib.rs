@@ -79,6 +79,8 @@
 //! - `metrics`: the registry of one running service and its metrics; `metrics::server`:
 //!   `GET /metrics` on a port of its own.
 //! - `jitter`: spreading retries and polls.
+//! - `visible`: text from callers and from SageMaker made visible and harmless (control,
+//!   bidirectional and invisible characters as escapes) wherever people see it.
 //! - `hooks`: named points that tests can pause or fail (compiled out of release builds).
 //!
 //! The command line for people:
@@ -119,6 +121,7 @@ pub mod shutdown;
 mod stop;
 pub mod store;
 pub mod telemetry;
+mod visible;
 mod watch;
 
 pub use error::ERROR_DOMAIN;

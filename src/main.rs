@@ -12,13 +12,16 @@ use pipeline_control::{
     telemetry::{self, LogFormat},
 };
 
+/// The heading of the logging options in `--help`, apart from the clients' own.
+const LOGGING: &str = "Logging (of serve, migrate and emulator; the client commands print no logs)";
+
 /// Stop Amazon SageMaker pipeline executions safely: durable idempotency, honest progress,
 /// upstream economy.
 #[derive(Debug, Parser)]
 #[command(name = "pipeline-control", version, about, long_about = None)]
 struct Cli {
     /// Log format: `text` for people, `json` for log pipelines (one object a line).
-    #[arg(long, env = "PIPELINE_CONTROL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "PIPELINE_CONTROL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, help_heading = LOGGING)]
     log_format: LogFormat,
 
     /// Which logs to write, as a tracing filter (`info`, `debug`, `pipeline_control=debug,info`).
@@ -26,7 +29,8 @@ struct Cli {
         long,
         env = "PIPELINE_CONTROL_LOG",
         default_value = "info",
-        global = true
+        global = true,
+        help_heading = LOGGING
     )]
     log_filter: String,
 
@@ -56,7 +60,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return client::refuse(error),
+    };
     let command = match cli.command {
         // The client commands print for people (or scripts): no service logs.
         Command::Client(command) => return client::run(command).await,

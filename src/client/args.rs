@@ -7,6 +7,7 @@ use clap::{ArgGroup, Args, ValueEnum};
 /// Where the service is, how to reach it, and what to print: every client subcommand takes
 /// these.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Connection and output")]
 pub struct ClientArgs {
     /// The service; `https://` turns on TLS, verified against the system's roots (or
     /// `--ca-cert`).
@@ -63,9 +64,8 @@ pub struct ClientArgs {
     #[arg(long, env = "PIPELINE_CONTROL_IAM_SERVER_ID", value_name = "ID")]
     pub iam_server_id: Option<String>,
 
-    /// `text`: a live view redrawn in place on a terminal, one plain line per change
-    /// otherwise; `json`: one JSON object a line (the proto JSON mapping, as grpcurl prints
-    /// it), for scripts.
+    /// `text` for people; `json`: one JSON object a line (the proto JSON mapping, as grpcurl
+    /// prints it; an error, one object on standard error), for scripts.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }
@@ -73,7 +73,7 @@ pub struct ClientArgs {
 /// How results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
-    /// For people: a live view on a terminal, plain lines in a pipe or a log.
+    /// For people.
     Text,
     /// For scripts: one JSON object a line.
     Json,
@@ -95,14 +95,42 @@ Examples:
 Exit status: 0 stopped (without --wait: the stop accepted), 1 an error, 2 bad usage,
 3 the execution ended in another status (Failed, Succeeded), 4 --wait-timeout passed.";
 
+/// The heading, in `stop --help`, of the options `aws sagemaker stop-pipeline-execution` has.
+const AWS_CLI: &str = "As aws sagemaker stop-pipeline-execution takes them";
+
 /// `stop`: StopExecution of one execution, or StopExecutions of a pipeline.
 #[derive(Debug, Clone, Args)]
 #[command(after_help = STOP_EXAMPLES)]
-#[command(group(ArgGroup::new("target").required(true).args(["execution_arn", "pipeline"])))]
+#[command(
+    override_usage = "pipeline-control stop [OPTIONS] <ARN>\n       pipeline-control stop [OPTIONS] --pipeline <PIPELINE_ARN>"
+)]
+#[command(group(ArgGroup::new("target").args(["execution_arn", "pipeline_execution_arn", "pipeline"])))]
 pub struct StopArgs {
     /// The pipeline execution to stop.
     #[arg(value_name = "ARN")]
     pub execution_arn: Option<String>,
+
+    /// The pipeline execution to stop, as `aws sagemaker stop-pipeline-execution` takes it.
+    #[arg(long, value_name = "ARN", help_heading = AWS_CLI)]
+    pub pipeline_execution_arn: Option<String>,
+
+    /// The stop's input as `aws sagemaker stop-pipeline-execution` takes it:
+    /// `{"PipelineExecutionArn": "...", "ClientRequestToken": "..."}`, inline or
+    /// `file://path`. Options on the command line override its values.
+    #[arg(long, value_name = "JSON", conflicts_with = "pipeline", help_heading = AWS_CLI)]
+    pub cli_input_json: Option<String>,
+
+    /// Print the JSON skeleton of `--cli-input-json` (`input`) or of the answer's shape as
+    /// `aws sagemaker stop-pipeline-execution` gives it (`output`), and stop nothing.
+    #[arg(
+        long,
+        value_name = "input|output",
+        value_enum,
+        num_args = 0..=1,
+        default_missing_value = "input",
+        help_heading = AWS_CLI
+    )]
+    pub generate_cli_skeleton: Option<Skeleton>,
 
     /// Stop every Executing execution of this pipeline instead (at most `--max-executions`).
     #[arg(long, value_name = "PIPELINE_ARN")]
@@ -127,16 +155,16 @@ pub struct StopArgs {
 
     /// The stop's idempotency key: a retry with the same token is answered from the first
     /// stop's record. Generated and printed when absent, so that a retry can reuse it.
-    #[arg(long, value_name = "TOKEN")]
+    #[arg(long, value_name = "TOKEN", visible_alias = "client-request-token")]
     pub client_token: Option<String>,
 
     /// Why, for the audit trail (at most 1024 characters).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub reason: String,
 
     /// If the execution is still Stopping this long after the stop, release its running
     /// Callback steps (SendPipelineExecutionStepFailure), so that it can end (`10m`, `0s`).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_force_after)]
     pub force_after: Option<Duration>,
 
     /// Follow the execution until it ends (WatchExecution), showing what blocks the stop.
@@ -145,11 +173,55 @@ pub struct StopArgs {
 
     /// Give up after this long (exit status 4 while waiting). It also bounds the retries of
     /// the stop itself (2 minutes without it).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait_timeout: Option<Duration>,
 
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// What `--generate-cli-skeleton` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Skeleton {
+    /// The input `--cli-input-json` takes, with empty values.
+    Input,
+    /// The shape of the answer, as `aws sagemaker stop-pipeline-execution` gives it.
+    Output,
+}
+
+impl Skeleton {
+    /// The skeleton, as the AWS CLI prints it (four spaces of indent).
+    pub(crate) fn text(self) -> &'static str {
+        match self {
+            Self::Input => {
+                "{\n    \"PipelineExecutionArn\": \"\",\n    \"ClientRequestToken\": \"\"\n}"
+            }
+            Self::Output => "{\n    \"PipelineExecutionArn\": \"PipelineExecutionArn\"\n}",
+        }
+    }
+}
+
+/// `--cli-input-json`: the input of `aws sagemaker stop-pipeline-execution`. An empty value
+/// (as the skeleton has) is no value.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "PascalCase")]
+pub(crate) struct SeedInput {
+    #[serde(default)]
+    pub(crate) pipeline_execution_arn: String,
+    #[serde(default)]
+    pub(crate) client_request_token: String,
+}
+
+impl SeedInput {
+    /// The JSON given, inline or in the file `file://path` names.
+    pub(crate) fn read(given: &str) -> Result<Self, String> {
+        let text = match given.strip_prefix("file://") {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--cli-input-json: cannot read {path}: {e}"))?,
+            None => given.to_string(),
+        };
+        serde_json::from_str(&text).map_err(|e| format!("--cli-input-json: {e}"))
+    }
 }
 
 /// `get`: GetExecution, once.
@@ -159,6 +231,7 @@ Example:
   pipeline-control get arn:aws:sagemaker:us-east-1:123456789012:pipeline/train/execution/4f2kq3b1x9zc
 
 Exit status: 0 shown, 1 an error, 2 bad usage.")]
+#[command(override_usage = "pipeline-control get [OPTIONS] <ARN>")]
 pub struct GetArgs {
     /// The pipeline execution to show.
     #[arg(value_name = "ARN")]
@@ -176,13 +249,14 @@ Example:
 
 Exit status: 0 it ended Stopped, 1 an error, 2 bad usage, 3 it ended in another status
 (Failed, Succeeded), 4 --wait-timeout passed.")]
+#[command(override_usage = "pipeline-control watch [OPTIONS] <ARN>")]
 pub struct WatchArgs {
     /// The pipeline execution to follow.
     #[arg(value_name = "ARN")]
     pub execution_arn: String,
 
     /// Give up after this long (exit status 4).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait_timeout: Option<Duration>,
 
     #[command(flatten)]
@@ -199,6 +273,7 @@ Examples:
   pipeline-control history --pipeline arn:aws:sagemaker:us-east-1:123456789012:pipeline/train --output json
 
 Exit status: 0 listed, 1 an error, 2 bad usage.")]
+#[command(override_usage = "pipeline-control history [OPTIONS]")]
 pub struct HistoryArgs {
     /// Only stops of this pipeline's executions.
     #[arg(long, value_name = "PIPELINE_ARN", conflicts_with = "execution")]
@@ -214,6 +289,21 @@ pub struct HistoryArgs {
 
     #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// A duration as people write it (`10m`, `1h30m`, `0s`).
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim())
+        .map_err(|_| "not a duration: write it as 10m, 1h30m, 90s or 0s".to_string())
+}
+
+/// `--force-after`: a duration of at most a week, as the service accepts.
+fn parse_force_after(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration > crate::domain::FORCE_AFTER_MAX {
+        return Err("at most 7 days (7d): the service refuses a longer wait".to_string());
+    }
+    Ok(duration)
 }
 
 /// An RFC 3339 time (`2026-12-01T09:00:00Z`).
@@ -236,5 +326,53 @@ mod tests {
         assert_eq!(time.seconds, 1_796_112_000); // 08:00Z
         assert_eq!(time.nanos, 500_000_000);
         assert!(parse_time("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn the_seeds_input_is_read_inline_or_from_a_file_and_unknown_keys_are_refused() {
+        let input =
+            SeedInput::read(r#"{"PipelineExecutionArn": "arn:x", "ClientRequestToken": "t"}"#)
+                .unwrap();
+        assert_eq!(
+            (
+                input.pipeline_execution_arn.as_str(),
+                input.client_request_token.as_str()
+            ),
+            ("arn:x", "t")
+        );
+        let skeleton: SeedInput = serde_json::from_str(Skeleton::Input.text()).unwrap();
+        assert!(skeleton.pipeline_execution_arn.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input.json");
+        std::fs::write(&path, r#"{"ClientRequestToken": "from-file"}"#).unwrap();
+        let input = SeedInput::read(&format!("file://{}", path.display())).unwrap();
+        assert_eq!(input.client_request_token, "from-file");
+        assert!(
+            SeedInput::read(r#"{"Reason": "x"}"#)
+                .unwrap_err()
+                .contains("unknown field `Reason`")
+        );
+        assert!(
+            SeedInput::read("file:///nonexistent/input.json")
+                .unwrap_err()
+                .contains("cannot read")
+        );
+    }
+
+    #[test]
+    fn durations_are_checked_with_a_message_for_people() {
+        assert_eq!(parse_force_after("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_force_after("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(
+            parse_force_after("8d")
+                .unwrap_err()
+                .contains("at most 7 days")
+        );
+        assert!(
+            parse_force_after("abc")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(parse_duration("soon").unwrap_err().contains("10m"));
     }
 }

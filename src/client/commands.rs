@@ -12,7 +12,7 @@ use tonic::{Request, Status, Streaming};
 
 use super::{
     Backoff, Exit, Failure, Output,
-    args::{GetArgs, HistoryArgs, StopArgs, WatchArgs},
+    args::{GetArgs, HistoryArgs, SeedInput, StopArgs, WatchArgs},
     connect::{Client, connect},
     describe,
     fleet::Fleet,
@@ -20,8 +20,11 @@ use super::{
     view::{self, View, emit, emit_json},
     with_retries,
 };
-use crate::pb::{
-    self, stop_executions_response::Response as BatchMessage, watch_execution_response::Event,
+use crate::{
+    domain::{ExecutionArn, PipelineArn},
+    pb::{
+        self, stop_executions_response::Response as BatchMessage, watch_execution_response::Event,
+    },
 };
 
 /// The deadline of one unary call.
@@ -29,6 +32,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stop (or a read) is retried while the service is unavailable, without
 /// `--wait-timeout`.
 const RETRY_BUDGET: Duration = Duration::from_secs(120);
+/// How long `get` and `history` retry a service that cannot be reached: a person waits for
+/// them, and running one again loses nothing.
+const READ_RETRY_BUDGET: Duration = Duration::from_secs(10);
 /// How long a wait without `--wait-timeout` goes on reconnecting to a service that stays
 /// unreachable before giving up.
 const RECONNECT_BUDGET: Duration = Duration::from_secs(300);
@@ -102,7 +108,12 @@ fn client_token(given: Option<&String>) -> (String, bool) {
 }
 
 /// `stop`.
-pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
+pub(super) async fn stop(mut args: StopArgs) -> Result<Exit, Failure> {
+    if let Some(skeleton) = args.generate_cli_skeleton {
+        skeleton.text().lines().for_each(emit);
+        return Ok(Exit::Done);
+    }
+    seed_input(&mut args)?;
     // clap does not hold `requires` against an argument of a group another member satisfied.
     if args.pipeline.is_none() {
         for (given, flag) in [
@@ -118,6 +129,16 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
             }
         }
     }
+    if let Some(arn) = &args.execution_arn {
+        execution_arn_given(arn, "`stop --pipeline ARN` stops its Executing executions")?;
+    }
+    if let Some(pipeline) = &args.pipeline
+        && ExecutionArn::parse(pipeline).is_ok()
+    {
+        return Err(Failure::usage(format!(
+            "--pipeline {pipeline}: that is an execution's ARN, not a pipeline's: `stop ARN` stops that one execution"
+        )));
+    }
     let client = connect(&args.client).await?;
     let started = Instant::now();
     let (token, generated) = client_token(args.client_token.as_ref());
@@ -132,12 +153,16 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
         force_after: args.force_after.map(duration_proto),
     };
     let mut view = View::new(args.client.output, args.wait);
+    if generated {
+        view.generated_token(&token);
+    }
     let until = started + args.wait_timeout.unwrap_or(RETRY_BUDGET);
-    let answer = send_stop(&client, &request, until, &mut view)
+    let mut attempts = 0;
+    let answer = send_stop(&client, &request, until, &mut view, &mut attempts)
         .await
         .map_err(|status| {
             view.finish(None);
-            stop_failure(&status, &token, generated)
+            stop_failure(&status, &arn, &token, generated)
         })?;
     // What --force-after cannot release is said once, with what it can.
     let held = if answer.force_at.is_some() && !answer.force_note.is_empty() {
@@ -148,7 +173,7 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
     } else {
         None
     };
-    view.stop_answer(&answer, generated, held.as_ref());
+    view.stop_answer(&answer, generated, held.as_ref(), attempts > 1);
     if !args.wait {
         return Ok(Exit::Done);
     }
@@ -156,15 +181,55 @@ pub(super) async fn stop(args: StopArgs) -> Result<Exit, Failure> {
     follow(&client, &arn, Some(&request), deadline, view).await
 }
 
-/// StopExecution, retried while the service says to (or cannot be reached) until `until`.
+/// The execution ARN and client token of `aws sagemaker stop-pipeline-execution`'s options and
+/// `--cli-input-json`, merged into ours: options on the command line win over the JSON.
+fn seed_input(args: &mut StopArgs) -> Result<(), Failure> {
+    if let Some(given) = &args.cli_input_json {
+        let input = SeedInput::read(given).map_err(Failure::usage)?;
+        if args.execution_arn.is_none()
+            && args.pipeline_execution_arn.is_none()
+            && !input.pipeline_execution_arn.is_empty()
+        {
+            args.execution_arn = Some(input.pipeline_execution_arn);
+        }
+        if args.client_token.is_none() && !input.client_request_token.is_empty() {
+            args.client_token = Some(input.client_request_token);
+        }
+    }
+    if args.execution_arn.is_none() {
+        args.execution_arn = args.pipeline_execution_arn.take();
+    }
+    if args.execution_arn.is_none() && args.pipeline.is_none() {
+        return Err(Failure::usage(
+            "stop what? Give the execution's ARN (or --pipeline PIPELINE_ARN to stop every Executing execution of a pipeline)".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a pipeline's ARN where an execution's belongs, a common slip, saying what to do
+/// instead. Anything else goes to the service, which names what is wrong with it.
+fn execution_arn_given(arn: &str, instead: &str) -> Result<(), Failure> {
+    if ExecutionArn::parse(arn).is_err() && PipelineArn::parse("", arn).is_ok() {
+        return Err(Failure::usage(format!(
+            "{arn}: that is a pipeline's ARN, not an execution's (…:pipeline/NAME/execution/ID): {instead}"
+        )));
+    }
+    Ok(())
+}
+
+/// StopExecution, retried while the service says to (or cannot be reached) until `until`;
+/// `attempts` counts the requests sent.
 async fn send_stop(
     client: &Client,
     request: &pb::StopExecutionRequest,
     until: Instant,
     view: &mut View,
+    attempts: &mut u32,
 ) -> Result<pb::StopExecutionResponse, Status> {
     with_retries(
         || {
+            *attempts += 1;
             let mut client = client.clone();
             let request = timed(request.clone(), Some(until));
             async move { Ok(client.stop_execution(request).await?.into_inner()) }
@@ -177,7 +242,7 @@ async fn send_stop(
 
 /// A stop that failed. An execution that had already ended is the outcome of exit status 3;
 /// a transient failure that outlasted the retries names the token to retry with.
-fn stop_failure(status: &Status, token: &str, generated: bool) -> Failure {
+fn stop_failure(status: &Status, arn: &str, token: &str, generated: bool) -> Failure {
     if reason(status).as_deref() == Some("EXECUTION_ALREADY_TERMINAL") {
         use tonic_types::StatusExt as _;
         let ended = status
@@ -189,13 +254,33 @@ fn stop_failure(status: &Status, token: &str, generated: bool) -> Failure {
             format!("the execution had already ended {ended}: nothing to stop"),
         );
     }
-    let mut failure = Failure::call(status);
+    let failure = call_failure(status, arn);
     if generated && retryable(status) {
-        failure.line.push_str(&format!(
+        return failure.noting(&format!(
             " (retry with --client-token {token}: the same stop, never a second one)"
         ));
     }
     failure
+}
+
+/// A failed call about `arn` (an execution's or a pipeline's): NOT_FOUND names the account and
+/// region it was looked for in, as a wrong account or region is the usual cause.
+fn call_failure(status: &Status, arn: &str) -> Failure {
+    let failure = Failure::call(status);
+    match crate::domain::arn_fields(arn) {
+        Some([_, partition, _, region, account, _]) if status.code() == tonic::Code::NotFound => {
+            let partition = if partition == "aws" {
+                String::new()
+            } else {
+                format!(", partition {partition}")
+            };
+            failure.noting(&format!(
+                " ({} not found in account {account}, region {region}{partition})",
+                view::short_arn(arn)
+            ))
+        }
+        _ => failure,
+    }
 }
 
 /// Follows `arn` until it ends: its snapshots into `view`, reconnecting when the stream
@@ -216,9 +301,9 @@ async fn follow(
         let until = deadline.map_or_else(|| Instant::now() + RECONNECT_BUDGET, |(at, _)| at);
         if reconnect
             && let Some(request) = restop
-            && let Err(status) = send_stop(client, request, until, &mut view).await
+            && let Err(status) = send_stop(client, request, until, &mut view, &mut 0).await
         {
-            return Err(lost(&mut view, &status, last.as_ref(), deadline));
+            return Err(lost(&mut view, &status, arn, last.as_ref(), deadline));
         }
         reconnect = true;
         let opened = with_retries(
@@ -238,13 +323,13 @@ async fn follow(
                 view.endpoint(told_endpoint(response.metadata()));
                 response.into_inner()
             }
-            Err(status) => return Err(lost(&mut view, &status, last.as_ref(), deadline)),
+            Err(status) => return Err(lost(&mut view, &status, arn, last.as_ref(), deadline)),
         };
         loop {
             let next = match deadline {
                 Some((at, wait)) => match tokio::time::timeout_at(at, stream.message()).await {
                     Ok(next) => next,
-                    Err(_) => return Err(timed_out(&mut view, last.as_ref(), wait)),
+                    Err(_) => return Err(timed_out(&mut view, last.as_ref(), wait, None)),
                 },
                 None => stream.message().await,
             };
@@ -275,38 +360,55 @@ async fn follow(
                 }
                 Err(status) => {
                     view.finish(last.as_ref());
-                    return Err(Failure::call(&status));
+                    return Err(call_failure(&status, arn));
                 }
             }
         }
     }
 }
 
-/// The wait could not go on: past the deadline that is a timeout, else an error.
+/// The wait could not go on: past the deadline that is a timeout (which says why the wait
+/// saw no more: the server could not be reached), else an error.
 fn lost(
     view: &mut View,
     status: &Status,
+    arn: &str,
     last: Option<&pb::Execution>,
     deadline: Option<(Instant, Duration)>,
 ) -> Failure {
     match deadline {
         Some((at, wait)) if Instant::now() + Duration::from_secs(1) >= at && retryable(status) => {
-            timed_out(view, last, wait)
+            timed_out(view, last, wait, Some(status))
         }
         _ => {
             view.finish(last);
-            Failure::call(status)
+            call_failure(status, arn)
         }
     }
 }
 
-fn timed_out(view: &mut View, last: Option<&pb::Execution>, wait: Duration) -> Failure {
+/// `--wait-timeout` passed: what the execution was when last seen, and `unreached`, the
+/// failure that kept the wait from seeing more, if one did.
+fn timed_out(
+    view: &mut View,
+    last: Option<&pb::Execution>,
+    wait: Duration,
+    unreached: Option<&Status>,
+) -> Failure {
     view.finish(last);
-    let status = last.map_or("not yet seen", |e| view::status_name(e.status()));
+    let seen = match (last, unreached) {
+        (None, _) => "the execution was not seen".to_string(),
+        (Some(e), None) => format!("the execution is {}", view::status_name(e.status())),
+        (Some(e), Some(_)) => format!(
+            "the execution was {} when last seen",
+            view::status_name(e.status())
+        ),
+    };
+    let why = unreached.map_or_else(String::new, |status| format!(": {}", describe(status)));
     Failure::outcome(
         Exit::TimedOut,
         format!(
-            "--wait-timeout of {} passed; the execution is {status}",
+            "--wait-timeout of {} passed; {seen}{why}",
             humantime::format_duration(wait)
         ),
     )
@@ -360,25 +462,34 @@ async fn read_execution(
     .await
 }
 
+/// What to do instead when `get` or `watch` is given a pipeline's ARN.
+const ONE_OF_ITS: &str = "name one of its executions (`history --pipeline ARN` lists those stopped through this service)";
+
 /// `get`.
 pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
+    execution_arn_given(&args.execution_arn, ONE_OF_ITS)?;
     let client = connect(&args.client).await?;
-    let response = read_execution(&client, &args.execution_arn, Instant::now() + RETRY_BUDGET)
-        .await
-        .map_err(|status| Failure::call(&status))?;
+    let response = read_execution(
+        &client,
+        &args.execution_arn,
+        Instant::now() + READ_RETRY_BUDGET,
+    )
+    .await
+    .map_err(|status| call_failure(&status, &args.execution_arn))?;
     let endpoint = told_endpoint(response.metadata());
     let execution = response.into_inner();
     match args.client.output {
         Output::Json => emit_json(&execution),
-        Output::Text => {
-            emit(&view::render(&execution, chrono::Utc::now(), endpoint.as_deref()).join("\n"))
-        }
+        Output::Text => view::render(&execution, chrono::Utc::now(), endpoint.as_deref())
+            .iter()
+            .for_each(|line| emit(line)),
     }
     Ok(Exit::Done)
 }
 
 /// `watch`.
 pub(super) async fn watch(args: WatchArgs) -> Result<Exit, Failure> {
+    execution_arn_given(&args.execution_arn, ONE_OF_ITS)?;
     let client = connect(&args.client).await?;
     let deadline = args.wait_timeout.map(|wait| (Instant::now() + wait, wait));
     let mut view = View::new(args.client.output, true);
@@ -433,7 +544,7 @@ pub(super) async fn history(args: HistoryArgs) -> Result<Exit, Failure> {
         .to_vec(),
     ];
     loop {
-        let until = Instant::now() + RETRY_BUDGET;
+        let until = Instant::now() + READ_RETRY_BUDGET;
         let request = pb::ListStopRequestsRequest {
             pipeline_arn: args.pipeline.clone().unwrap_or_default(),
             pipeline_execution_arn: args.execution.clone().unwrap_or_default(),
@@ -542,6 +653,9 @@ async fn stop_pipeline(
         created_before: args.created_before,
         max_executions: args.max_executions.map_or(0, i32::from),
     };
+    if generated && output == Output::Text {
+        emit(&view::generated_token_line(token));
+    }
     let until = started + args.wait_timeout.unwrap_or(RETRY_BUDGET);
     let mut selected = false;
     let mut results: BTreeMap<String, Option<pb::StopExecutionResponse>> = BTreeMap::new();
@@ -562,7 +676,7 @@ async fn stop_pipeline(
         )
         .await;
         let mut stream = opened
-            .map_err(|status| stop_failure(&status, token, generated))?
+            .map_err(|status| stop_failure(&status, pipeline, token, generated))?
             .into_inner();
         loop {
             match stream.message().await {
@@ -617,7 +731,7 @@ async fn stop_pipeline(
                     tokio::time::sleep(delay).await;
                     continue 'stream;
                 }
-                Err(status) => return Err(stop_failure(&status, token, generated)),
+                Err(status) => return Err(stop_failure(&status, pipeline, token, generated)),
             }
         }
     };
@@ -674,11 +788,10 @@ fn batch_lines(
                 );
             }
             if !selected.dry_run {
-                lines.push(if generated {
-                    format!("client token {token} (generated: retry with --client-token {token})")
-                } else {
-                    format!("client token {token}")
-                });
+                // A generated token was printed before the first attempt.
+                if !generated {
+                    lines.push(format!("client token {token}"));
+                }
             } else {
                 for arn in &selected.pipeline_execution_arns {
                     lines.push(format!("  would stop {}", view::short_arn(arn)));
@@ -776,14 +889,17 @@ async fn follow_all(
     }
     match worst {
         Exit::Done => Ok(Exit::Done),
-        exit => Err(Failure {
-            exit,
-            line: format!(
+        exit => {
+            let line = format!(
                 "{} of {} executions did not end Stopped; first: {worst_line}",
                 ends.iter().filter(|(_, end)| end.is_err()).count(),
                 ends.len()
-            ),
-        }),
+            );
+            Err(match exit {
+                Exit::Error | Exit::Usage => Failure::error(line),
+                exit => Failure::outcome(exit, line),
+            })
+        }
     }
 }
 

@@ -40,6 +40,8 @@ enum Credentials {
 pub(crate) struct Authenticated {
     channel: Channel,
     credentials: Credentials,
+    /// `--server`, as given: failures to reach it name it.
+    server: Arc<str>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,7 +52,10 @@ impl tower::Service<http::Request<Body>> for Authenticated {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.channel.poll_ready(cx).map_err(Into::into)
+        let server = &self.server;
+        self.channel
+            .poll_ready(cx)
+            .map_err(|error| unreached(server, &error))
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
@@ -58,6 +63,7 @@ impl tower::Service<http::Request<Body>> for Authenticated {
         let clone = self.channel.clone();
         let mut channel = std::mem::replace(&mut self.channel, clone);
         let credentials = self.credentials.clone();
+        let server = self.server.clone();
         Box::pin(async move {
             let headers = request.headers_mut();
             match credentials {
@@ -73,9 +79,71 @@ impl tower::Service<http::Request<Body>> for Authenticated {
             }
             tower::Service::call(&mut channel, request)
                 .await
-                .map_err(Into::into)
+                .map_err(|error| unreached(&server, &error))
         })
     }
+}
+
+/// The ErrorInfo reason of a call that could not reach the server (retried where retrying is
+/// safe).
+pub(crate) const SERVER_UNREACHABLE: &str = "SERVER_UNREACHABLE";
+/// The ErrorInfo reason of a TLS handshake that failed: it will fail again.
+pub(crate) const TLS_HANDSHAKE_FAILED: &str = "TLS_HANDSHAKE_FAILED";
+/// The ErrorInfo domain of the failures the client itself finds.
+const CLIENT_DOMAIN: &str = "pipeline-control.client";
+
+/// A call the channel could not make, as an UNAVAILABLE status that names the server and
+/// what failed (`tcp connect error: Connection refused`), with a reason that tells a TLS
+/// handshake that failed (an untrusted certificate, a server without TLS) from a server that
+/// could not be reached. (tonic keeps a status it finds in the error.)
+fn unreached(server: &str, error: &(dyn std::error::Error + 'static)) -> BoxError {
+    let mut causes: Vec<String> = Vec::new();
+    let mut tls = false;
+    let mut next = Some(error);
+    while let Some(error) = next {
+        tls |= error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidData);
+        let text = error.to_string();
+        // Wrappers repeat their source, or say only that they wrap one.
+        if !matches!(text.as_str(), "transport error" | "client error (Connect)")
+            && !causes.iter().any(|cause| cause.contains(&text))
+        {
+            causes.push(text);
+        }
+        next = error.source();
+    }
+    let cause = causes.join(": ");
+    let (reason, message) = if !tls {
+        (
+            SERVER_UNREACHABLE,
+            format!("cannot reach the server at {server}: {cause}"),
+        )
+    } else if cause.contains("InvalidContentType") || cause.contains("corrupt message") {
+        (
+            TLS_HANDSHAKE_FAILED,
+            format!(
+                "the server at {server} does not speak TLS (is it {}?): {cause}",
+                server.replacen("https://", "http://", 1)
+            ),
+        )
+    } else {
+        (
+            TLS_HANDSHAKE_FAILED,
+            format!("the TLS handshake with the server at {server} failed: {cause}"),
+        )
+    };
+    let details = tonic_types::ErrorDetails::with_error_info(
+        reason,
+        CLIENT_DOMAIN,
+        [("server".to_string(), server.to_string())],
+    );
+    use tonic_types::StatusExt as _;
+    Box::new(tonic::Status::with_error_details(
+        tonic::Code::Unavailable,
+        message,
+        details,
+    ))
 }
 
 /// A client for `args.server`. The channel connects on first use, so a server that is not up
@@ -135,6 +203,7 @@ pub(crate) async fn connect(args: &ClientArgs) -> Result<Client, Failure> {
     Ok(PipelineControlClient::new(Authenticated {
         channel: endpoint.connect_lazy(),
         credentials,
+        server: args.server.as_str().into(),
     }))
 }
 

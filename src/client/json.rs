@@ -47,6 +47,67 @@ pub(crate) fn line<M: ProtoName>(message: &M) -> Result<String, String> {
     serde_json::to_string(&dynamic).map_err(|e| format!("{}: {e}", M::NAME))
 }
 
+/// A failure for `--output json`: `google.rpc.Status` in the proto JSON mapping (its
+/// `details` with their `@type`), except that the code is named (`NOT_FOUND`, as grpcurl and
+/// the docs spell it), with the ErrorInfo reason beside it for scripts that branch on it.
+#[derive(Debug)]
+pub(crate) struct Failure(serde_json::Map<String, serde_json::Value>);
+
+impl Failure {
+    /// A failure of the command itself, with a code that says what kind it is.
+    pub(crate) fn new(code: &str, message: &str) -> Self {
+        let mut fields = serde_json::Map::new();
+        fields.insert("code".into(), code.into());
+        fields.insert("message".into(), message.into());
+        Self(fields)
+    }
+
+    /// A call that failed with `status`.
+    pub(crate) fn of_status(status: &tonic::Status) -> Self {
+        let message = status.message().split_whitespace().collect::<Vec<_>>();
+        let mut failure = Self::new(super::code_name(status.code()), &message.join(" "));
+        if let Some(reason) = super::reason(status) {
+            failure.0.insert("reason".into(), reason.into());
+        }
+        if let Some(details) = status_details(status)
+            && !details.is_empty()
+        {
+            failure.0.insert("details".into(), details.into());
+        }
+        failure
+    }
+
+    /// Adds `note` to the message.
+    pub(crate) fn note(&mut self, note: &str) {
+        if let Some(serde_json::Value::String(message)) = self.0.get_mut("message") {
+            message.push_str(note);
+        }
+    }
+
+    /// The failure as one line of JSON.
+    pub(crate) fn line(&self) -> String {
+        serde_json::Value::Object(self.0.clone()).to_string()
+    }
+}
+
+/// The details of `status` (the `google.rpc.Status` tonic carries in `grpc-status-details-bin`)
+/// in the proto JSON mapping, each with its `@type`.
+fn status_details(status: &tonic::Status) -> Option<Vec<serde_json::Value>> {
+    if status.details().is_empty() {
+        return None;
+    }
+    let pool = POOL.as_ref().ok()?;
+    let descriptor = pool.get_message_by_name("google.rpc.Status")?;
+    let dynamic = DynamicMessage::decode(descriptor, status.details()).ok()?;
+    match serde_json::to_value(&dynamic).ok()? {
+        serde_json::Value::Object(mut fields) => match fields.remove("details")? {
+            serde_json::Value::Array(details) => Some(details),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +146,42 @@ mod tests {
             )),
         };
         assert_eq!(line(&watch).unwrap(), r#"{"sequence":"7","heartbeat":{}}"#);
+    }
+
+    #[test]
+    fn a_failed_call_is_a_status_with_its_code_named_and_its_reason_beside_it() {
+        use tonic_types::{ErrorDetails, StatusExt as _};
+        let status = tonic::Status::with_error_details(
+            tonic::Code::NotFound,
+            "the pipeline execution\ndoes not exist",
+            ErrorDetails::with_error_info(
+                "EXECUTION_NOT_FOUND",
+                "pipelinecontrol.v1",
+                [("region".to_string(), "eu-west-1".to_string())],
+            ),
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&Failure::of_status(&status).line()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "code": "NOT_FOUND",
+                "message": "the pipeline execution does not exist",
+                "reason": "EXECUTION_NOT_FOUND",
+                "details": [{
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "EXECUTION_NOT_FOUND",
+                    "domain": "pipelinecontrol.v1",
+                    "metadata": {"region": "eu-west-1"},
+                }],
+            })
+        );
+        let mut usage = Failure::new("INVALID_ARGUMENT", "--force-after: at most 7 days");
+        usage.note(" (see --help)");
+        assert_eq!(
+            usage.line(),
+            r#"{"code":"INVALID_ARGUMENT","message":"--force-after: at most 7 days (see --help)"}"#
+        );
     }
 
     #[test]

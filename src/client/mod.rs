@@ -26,7 +26,7 @@ mod iam;
 mod json;
 mod view;
 
-pub use args::{ClientArgs, GetArgs, HistoryArgs, Output, StopArgs, WatchArgs};
+pub use args::{ClientArgs, GetArgs, HistoryArgs, Output, Skeleton, StopArgs, WatchArgs};
 
 use std::{future::Future, process::ExitCode, time::Duration};
 
@@ -63,46 +63,77 @@ pub(crate) enum Exit {
     TimedOut = 4,
 }
 
-/// A command that did not end in success: its exit status and the one line that says why.
+/// A command that did not end in success: its exit status and the one line that says why
+/// (for `--output json`, the same as one JSON object).
 #[derive(Debug)]
 pub(crate) struct Failure {
     exit: Exit,
     line: String,
+    json: json::Failure,
 }
 
 impl Failure {
     fn error(line: String) -> Self {
-        Self {
-            exit: Exit::Error,
-            line: format!("error: {line}"),
-        }
+        Self::with_code(Exit::Error, "UNKNOWN", line)
     }
 
     fn usage(line: String) -> Self {
+        Self::with_code(Exit::Usage, "INVALID_ARGUMENT", line)
+    }
+
+    fn with_code(exit: Exit, code: &'static str, line: String) -> Self {
         Self {
-            exit: Exit::Usage,
+            exit,
+            json: json::Failure::new(code, &line),
             line: format!("error: {line}"),
         }
     }
 
-    /// Not an error: the outcome a status other than 0 reports (3, 4).
+    /// Not an error: the outcome a status other than 0 reports (3, 4). In JSON, the gRPC
+    /// code that says the same: FAILED_PRECONDITION, DEADLINE_EXCEEDED.
     fn outcome(exit: Exit, line: String) -> Self {
-        Self { exit, line }
+        let code = match exit {
+            Exit::TimedOut => "DEADLINE_EXCEEDED",
+            _ => "FAILED_PRECONDITION",
+        };
+        Self {
+            exit,
+            json: json::Failure::new(code, &line),
+            line,
+        }
     }
 
     /// A call that failed: an error (1), or bad usage (2) when the request itself was
     /// invalid, which no retry mends.
     fn call(status: &Status) -> Self {
-        match status.code() {
-            Code::InvalidArgument => Self::usage(describe(status)),
-            _ => Self::error(describe(status)),
+        let exit = match status.code() {
+            Code::InvalidArgument => Exit::Usage,
+            _ => Exit::Error,
+        };
+        Self {
+            exit,
+            line: format!("error: {}", describe(status)),
+            json: json::Failure::of_status(status),
         }
+    }
+
+    /// The same failure with `note` added to what it says.
+    fn noting(mut self, note: &str) -> Self {
+        self.line.push_str(note);
+        self.json.note(note);
+        self
     }
 }
 
 /// Runs `command` and returns the process's exit status; the last word goes to standard error
 /// as one line.
 pub async fn run(command: ClientCommand) -> ExitCode {
+    let output = match &command {
+        ClientCommand::Stop(args) => args.client.output,
+        ClientCommand::Get(args) => args.client.output,
+        ClientCommand::Watch(args) => args.client.output,
+        ClientCommand::History(args) => args.client.output,
+    };
     let result = match command {
         ClientCommand::Stop(args) => commands::stop(args).await,
         ClientCommand::Get(args) => commands::get(args).await,
@@ -112,10 +143,44 @@ pub async fn run(command: ClientCommand) -> ExitCode {
     match result {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(failure) => {
-            eprintln!("pipeline-control: {}", failure.line);
+            match output {
+                Output::Text => {
+                    eprintln!(
+                        "pipeline-control: {}",
+                        crate::visible::visible(&failure.line)
+                    );
+                }
+                Output::Json => eprintln!("{}", crate::visible::json(&failure.json.line())),
+            }
             ExitCode::from(failure.exit as u8)
         }
     }
+}
+
+/// A command line clap refused: as clap says it, or with `--output json` among the arguments
+/// as one JSON object (bad usage, exit status 2, all the same). Help and version are printed.
+pub fn refuse(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let args: Vec<String> = std::env::args().collect();
+    let json = args.iter().any(|arg| arg == "--output=json")
+        || args
+            .windows(2)
+            .any(|pair| pair[0] == "--output" && pair[1] == "json");
+    let shown = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !json || shown {
+        error.exit();
+    }
+    let text = error.render().to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let message = first.strip_prefix("error: ").unwrap_or(first);
+    let line = json::Failure::new("INVALID_ARGUMENT", message).line();
+    eprintln!("{}", crate::visible::json(&line));
+    ExitCode::from(Exit::Usage as u8)
 }
 
 /// One line for a failed call: `CODE (REASON): message` (the reason only when it says more than
@@ -182,30 +247,15 @@ pub(crate) fn reason(status: &Status) -> Option<String> {
 
 /// Whether a call that failed with `status` may be sent again as it was: the service said
 /// so (UNAVAILABLE, ABORTED), or the connection failed under it (a status with a transport
-/// error as its source, which no server sent). Only calls that are safe to repeat (a stop
-/// with the same client token, a read) go through here.
+/// error as its source, which no server sent). Not a TLS handshake that failed (an untrusted
+/// or mismatched certificate, a server without TLS): it would fail again. Only calls that are
+/// safe to repeat (a stop with the same client token, a read) go through here.
 pub(crate) fn retryable(status: &Status) -> bool {
-    if tls_failure(status) {
+    if reason(status).as_deref() == Some(connect::TLS_HANDSHAKE_FAILED) {
         return false;
     }
     matches!(status.code(), Code::Unavailable | Code::Aborted)
         || (status.code() != Code::Cancelled && std::error::Error::source(status).is_some())
-}
-
-/// A TLS handshake that failed (an untrusted or mismatched certificate): the TLS stack
-/// reports it as an `InvalidData` I/O error under the transport's. It will fail again.
-fn tls_failure(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidData)
-        {
-            return true;
-        }
-        source = error.source();
-    }
-    false
 }
 
 /// The first wait before a retry the service gave no delay for; it doubles up to

@@ -20,21 +20,28 @@ use super::{Output, json};
 use crate::{
     holding,
     pb::{self, step::Metadata},
+    visible,
 };
 
-/// Writes `line` to standard output. A reader that went away (`| head`) ends the command
+/// Writes one line to standard output, with the control, bidirectional and invisible
+/// characters of the text it carries (a reason, a failure reason: anything from a caller or
+/// from SageMaker) shown as escapes. A reader that went away (`| head`) ends the command
 /// quietly, as it would a C tool killed by SIGPIPE.
 pub(crate) fn emit(line: &str) {
+    write_line(&visible::visible(line));
+}
+
+fn write_line(line: &str) {
     let mut out = std::io::stdout().lock();
     if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
         std::process::exit(super::Exit::Error as i32);
     }
 }
 
-/// Writes `message` as one line of proto JSON.
+/// Writes `message` as one line of proto JSON (its hidden characters as `\uXXXX` escapes).
 pub(crate) fn emit_json<M: json::ProtoName>(message: &M) {
     match json::line(message) {
-        Ok(line) => emit(&line),
+        Ok(line) => write_line(&visible::json(&line)),
         // The contract's own descriptor set lacks a message of the contract: a build defect,
         // reported rather than hidden.
         Err(error) => eprintln!("pipeline-control: cannot print JSON: {error}"),
@@ -75,23 +82,34 @@ impl View {
         }
     }
 
-    /// The answer to the stop; `generated` when the client token is one made up here; `held`
-    /// the execution as read after a forced stop (see [`force_line`]).
+    /// The client token made up here, printed before the first attempt so that an
+    /// interrupted command never loses it. (JSON carries it in the answer: a script that
+    /// retries passes its own.)
+    pub(crate) fn generated_token(&mut self, token: &str) {
+        match self {
+            Self::Live(live) => live.println(&[generated_token_line(token)]),
+            Self::Lines(_) => emit(&generated_token_line(token)),
+            Self::Json | Self::Quiet(_) | Self::Row(..) => {}
+        }
+    }
+
+    /// The answer to the stop; `generated` when the client token is one made up here (and
+    /// so printed already); `held` the execution as read after a forced stop (see
+    /// [`force_line`]); `retried` when it answers a retry of this command's own.
     pub(crate) fn stop_answer(
         &mut self,
         answer: &pb::StopExecutionResponse,
         generated: bool,
         held: Option<&pb::Execution>,
+        retried: bool,
     ) {
         if let Some(origin) = stop_origin(answer.first_requested_at.as_ref()) {
             self.origin(origin);
         }
         match self {
             Self::Json => emit_json(answer),
-            Self::Live(live) => {
-                live.println(&stop_answer_lines(answer, generated, held).join("\n"));
-            }
-            Self::Lines(_) => stop_answer_lines(answer, generated, held)
+            Self::Live(live) => live.println(&stop_answer_lines(answer, generated, held, retried)),
+            Self::Lines(_) => stop_answer_lines(answer, generated, held, retried)
                 .iter()
                 .for_each(|line| emit(line)),
             Self::Quiet(_) | Self::Row(..) => {}
@@ -103,7 +121,7 @@ impl View {
     pub(crate) fn note(&mut self, text: &str) {
         match self {
             Self::Live(live) if live.is_stale() => live.stale(text),
-            Self::Live(live) => live.println(text),
+            Self::Live(live) => live.println(&[text.to_string()]),
             Self::Lines(lines) if lines.stale.is_some() => {}
             Self::Lines(lines) => lines.line(text),
             Self::Json | Self::Quiet(_) | Self::Row(..) => {}
@@ -286,11 +304,13 @@ impl Screen {
             .stale
             .as_ref()
             .map_or_else(Utc::now, |(since, _)| *since);
-        Some(render(execution, now, self.endpoint.as_deref()).join("\n"))
+        let lines = render(execution, now, self.endpoint.as_deref());
+        let shown: Vec<_> = lines.iter().map(|line| visible::visible(line)).collect();
+        Some(shown.join("\n"))
     }
 
     fn draw(&self, bar: &ProgressBar) {
-        bar.set_prefix(self.header());
+        bar.set_prefix(visible::visible(&self.header()).into_owned());
         if let Some(body) = self.body() {
             bar.set_message(body);
         }
@@ -350,7 +370,7 @@ impl Live {
             if let Some((_, stale)) = &self.styles {
                 self.bar.set_style(stale.clone());
             }
-            self.println(&stale_line(Utc::now(), why));
+            self.println(&[stale_line(Utc::now(), why)]);
         }
         self.update(|screen| {
             let since = screen
@@ -366,7 +386,7 @@ impl Live {
         let mut since = None;
         self.update(|screen| since = screen.stale.take().map(|(since, _)| since));
         if let Some(since) = since {
-            self.println(&live_again_line(since, Utc::now()));
+            self.println(&[live_again_line(since, Utc::now())]);
             if let Some((live, _)) = &self.styles {
                 self.bar.set_style(live.clone());
             }
@@ -374,8 +394,10 @@ impl Live {
         }
     }
 
-    fn println(&self, text: &str) {
-        self.bar.println(text);
+    /// Lines printed above the live part, for good (each with its hidden characters escaped).
+    fn println(&self, lines: &[String]) {
+        let shown: Vec<_> = lines.iter().map(|line| visible::visible(line)).collect();
+        self.bar.println(shown.join("\n"));
     }
 
     /// Changes what is shown, and redraws it at once.
@@ -399,7 +421,9 @@ impl Live {
         };
         if let Some(execution) = last {
             let now = Utc::now();
-            emit(&render(execution, now, screen.endpoint.as_deref()).join("\n"));
+            render(execution, now, screen.endpoint.as_deref())
+                .iter()
+                .for_each(|line| emit(line));
             emit(&screen.origin.ended(execution.status(), now));
         }
     }
@@ -507,30 +531,34 @@ impl Lines {
     }
 }
 
+/// The line that gives a client token made up here, and how to retry with it.
+pub(crate) fn generated_token_line(token: &str) -> String {
+    format!("client token {token} (generated: retry with --client-token {token})")
+}
+
+/// The lines that give the answer to a stop. A replayed answer to a retry of this command's
+/// own (the first attempt reached the service, its answer did not reach here) comes from the
+/// record of that attempt, not of an earlier stop.
 fn stop_answer_lines(
     answer: &pb::StopExecutionResponse,
     generated: bool,
     held: Option<&pb::Execution>,
+    retried: bool,
 ) -> Vec<String> {
     let mut lines = vec![format!(
         "{} {} ({}){}",
         outcome_text(answer.outcome()),
         answer.pipeline_execution_arn,
         status_name(answer.status()),
-        if answer.replayed {
-            ", answered from the record of an earlier identical stop"
-        } else {
-            ""
+        match (answer.replayed, retried) {
+            (false, _) => "",
+            (true, true) => ", answered from the record of this command's earlier attempt",
+            (true, false) => ", answered from the record of an earlier identical stop",
         }
     )];
-    lines.push(if generated {
-        format!(
-            "client token {} (generated: retry with --client-token {})",
-            answer.client_request_token, answer.client_request_token
-        )
-    } else {
-        format!("client token {}", answer.client_request_token)
-    });
+    if !generated {
+        lines.push(format!("client token {}", answer.client_request_token));
+    }
     lines.extend(force_line(answer, held));
     lines
 }
@@ -782,8 +810,13 @@ fn in_start_order(execution: &pb::Execution) -> Vec<&pb::Step> {
     steps
 }
 
-/// Rows padded to common column widths (by display width), two spaces apart.
+/// Rows padded to common column widths (by display width, once each cell's hidden
+/// characters are escaped), two spaces apart.
 pub(crate) fn table(rows: &[Vec<String>]) -> Vec<String> {
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| visible::visible(cell)).collect())
+        .collect();
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
@@ -1034,6 +1067,7 @@ mod tests {
             &answer("Score (Lambda) cannot be interrupted"),
             false,
             Some(&lambda_only),
+            false,
         );
         assert_eq!(
             lines.iter().filter(|line| line.contains("force")).count(),

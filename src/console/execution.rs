@@ -169,7 +169,7 @@ pub(super) async fn confirm(
             @if let Some(snapshot) = &known {
                 tr { th { "Status" } td { (page::status(snapshot.status.as_str())) } }
             }
-            tr { th { "Reason" } td { (stop.reason.as_str()) } }
+            tr { th { "Reason" } td { (page::shown(stop.reason.as_str())) } }
             tr { th { "Client token" } td class="token" { (stop.token.as_str()) } }
             @if stop.force {
                 tr { th { "Force" } td { "Callback steps holding the stop are answered with SendPipelineExecutionStepFailure at once (Lambda steps cannot be forced)." } }
@@ -341,20 +341,20 @@ fn live(snapshot: &ExecutionSnapshot) -> Markup {
             " · read from SageMaker at " (page::time(Some(snapshot.observed_at)))
         }
         @if !snapshot.failure_reason.is_empty() {
-            p class="refusal" { "Failure reason: " (snapshot.failure_reason) }
+            p class="refusal" { "Failure reason: " (page::shown(&snapshot.failure_reason)) }
         }
         @if !holding.is_empty() {
             h2 { "What keeps it Stopping" }
             @for (step, reason) in &holding {
                 div class="holding" {
-                    p { (reason) }
+                    p { (page::shown(reason)) }
                     @match &step.detail {
                         StepDetail::Callback { token, queue_url } => {
-                            p { "Callback token " code class="callback-token" { (token) } }
-                            p { "Queue " code { (queue_url) } }
+                            p { "Callback token " code class="callback-token" { (page::shown(token)) } }
+                            p { "Queue " code { (page::shown(queue_url)) } }
                         }
                         StepDetail::Lambda { function_arn } => {
-                            p { "Function " code { (function_arn) } }
+                            p { "Function " code { (page::shown(function_arn)) } }
                             @if let Some(start) = step.start_time {
                                 p { "Ends at the latest by " strong class="lambda-latest-end" { (holding::when(holding::lambda_latest_end(start))) } }
                             }
@@ -371,17 +371,17 @@ fn live(snapshot: &ExecutionSnapshot) -> Markup {
                 @for step in &snapshot.steps {
                     tr {
                         td class="step-name" {
-                            (step.name)
+                            (page::shown(&step.name))
                             @if !step.display_name.is_empty() && step.display_name != step.name {
-                                br; small { (step.display_name) }
+                                br; small { (page::shown(&step.display_name)) }
                             }
                         }
-                        td { (step.step_type) }
+                        td { (page::shown(&step.step_type)) }
                         td { (page::status(step.status.as_str())) }
                         td { (page::time(step.start_time)) }
                         td { (page::time(step.end_time)) }
                         td { (step.attempt_count) }
-                        td class="failure-reason" { (step.failure_reason) }
+                        td class="failure-reason" { (page::shown(&step.failure_reason)) }
                     }
                 }
             }

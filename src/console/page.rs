@@ -1,10 +1,11 @@
 //! The layout every console page shares, and the small pieces several pages show (an
-//! execution's status, a time). maud escapes every value inserted here: a step name or a
-//! failure reason holding markup is shown as text.
+//! execution's status, a time, a caller's or SageMaker's text). maud escapes every value
+//! inserted here: a step name or a failure reason holding markup is shown as text; [`shown`]
+//! also shows its control, bidirectional and invisible characters as escapes.
 
 use maud::{DOCTYPE, Markup, html};
 
-use crate::holding;
+use crate::{holding, visible};
 
 /// A whole page: `title`, the navigation, and `body`. The only script is the console's own
 /// file, which only makes the live parts live: every page works without it.
@@ -15,7 +16,7 @@ pub(super) fn layout(title: &str, who: Option<&str>, body: Markup) -> Markup {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · pipeline-control" }
+                title { (shown(title)) " · pipeline-control" }
                 link rel="stylesheet" href="/assets/console.css";
                 script src="/assets/console.js" defer {}
             }
@@ -30,11 +31,11 @@ pub(super) fn layout(title: &str, who: Option<&str>, body: Markup) -> Markup {
                         }
                     }
                     @if let Some(who) = who {
-                        p class="who" { "Signed in as " span class="principal" { (who) } }
+                        p class="who" { "Signed in as " span class="principal" { (shown(who)) } }
                     }
                 }
                 main {
-                    h1 { (title) }
+                    h1 { (shown(title)) }
                     (body)
                 }
             }
@@ -48,7 +49,7 @@ pub(super) fn refusal(title: &str, text: &str) -> Markup {
         title,
         None,
         html! {
-            p class="refusal" role="alert" { (text) }
+            p class="refusal" role="alert" { (shown(text)) }
         },
     )
 }
@@ -61,4 +62,12 @@ pub(super) fn status(status: &str) -> Markup {
 /// A time as the pages show it (UTC, to the second).
 pub(super) fn time(time: Option<chrono::DateTime<chrono::Utc>>) -> String {
     time.map(holding::when).unwrap_or_default()
+}
+
+/// Text from a caller or from SageMaker (a reason, a step's name or failure reason), with
+/// its control, bidirectional and invisible characters shown as escapes (`\n`, `\u{202e}`):
+/// a right-to-left override cannot make one name read as another. Not for form values,
+/// which must carry the text as it is.
+pub(super) fn shown(text: &str) -> Markup {
+    html! { (visible::visible(text).as_ref()) }
 }

@@ -148,7 +148,7 @@ pub(super) async fn confirm(
         }
         (executions(&arns))
         table {
-            tr { th { "Reason" } td { (reason.as_str()) } }
+            tr { th { "Reason" } td { (page::shown(reason.as_str())) } }
             tr { th { "Client token" } td class="token" { (token.as_str()) } }
         }
         @if !arns.is_empty() {

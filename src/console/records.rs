@@ -91,11 +91,11 @@ pub(super) async fn now(
                             }
                             td {
                                 @if status.is_none() { "open it to see" }
-                                @for reason in holding { p { (reason) } }
+                                @for reason in holding { p { (page::shown(reason)) } }
                             }
                             td { (page::time(Some(record.created_at))) }
-                            td { (record.key.principal) }
-                            td { (record.reason) }
+                            td { (page::shown(record.key.principal.as_str())) }
+                            td { (page::shown(record.reason.as_str())) }
                         }
                     }
                 }
@@ -159,9 +159,9 @@ pub(super) async fn history(
                         td class="arn" { (execution_link(record)) }
                         td { (record.pipeline_execution_arn.account()) }
                         td { (record.pipeline_execution_arn.region()) }
-                        td { (record.key.principal) }
+                        td { (page::shown(record.key.principal.as_str())) }
                         td { (record.auth_method.map_or("", |method| method.as_str())) }
-                        td { (record.reason) }
+                        td { (page::shown(record.reason.as_str())) }
                         td { (outcome(record)) }
                         td class="token" { (record.key.token) }
                     }

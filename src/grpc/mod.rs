@@ -21,7 +21,7 @@ use futures_util::StreamExt as _;
 use crate::{
     auth::{self, Auth, Caller},
     batch::{self, BatchEvent, BatchInput, Records},
-    domain::{Action, ClientToken, ExecutionArn, FieldViolation, PipelineArn, Reason},
+    domain::{self, Action, ClientToken, ExecutionArn, FieldViolation, PipelineArn, Reason},
     error::Error,
     estate::Estate,
     history, hooks,
@@ -141,10 +141,7 @@ impl PipelineControlService {
     }
 }
 
-/// The longest `force_after` accepted.
-const FORCE_AFTER_MAX: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-
-/// `force_after`, checked: zero or more, at most [`FORCE_AFTER_MAX`].
+/// `force_after`, checked: zero or more, at most [`domain::FORCE_AFTER_MAX`].
 fn force_after(
     value: Option<&prost_types::Duration>,
 ) -> Result<Option<std::time::Duration>, Error> {
@@ -159,7 +156,7 @@ fn force_after(
                 .filter(|n| *n < 1_000_000_000),
         )
         .map(|(seconds, nanos)| std::time::Duration::new(seconds, nanos))
-        .filter(|d| *d <= FORCE_AFTER_MAX);
+        .filter(|d| *d <= domain::FORCE_AFTER_MAX);
     converted.map(Some).ok_or_else(|| {
         Error::InvalidArgument(vec![FieldViolation::new(
             "force_after",

@@ -217,6 +217,23 @@ pub(crate) fn fingerprint(
     }
 }
 
+/// What differs between the request a token was first used with and `request` (whose
+/// fingerprint differs): the execution, the reason, or else what only the fingerprint holds,
+/// `force_after`.
+fn differences(record: &StopRecord, request: &NewStopRequest) -> String {
+    let mut differs = Vec::new();
+    if record.pipeline_execution_arn != request.pipeline_execution_arn {
+        differs.push("execution");
+    }
+    if record.reason != request.reason {
+        differs.push("reason");
+    }
+    if differs.is_empty() {
+        differs.push("force_after");
+    }
+    differs.join(" and ")
+}
+
 /// SageMaker's ClientRequestToken for a request: 64 hex characters (SageMaker takes 32 to
 /// 128), derived from the key and the request's fingerprint. Every attempt at one request
 /// sends the same one; a token reused for another request once its record has expired gets
@@ -372,7 +389,9 @@ impl Stopper {
         let by = &request.proof;
         if record.fingerprint != request.fingerprint {
             self.audit(&record, AuditKind::KeyReused, by);
-            return Err(Error::IdempotencyKeyReused);
+            return Err(Error::IdempotencyKeyReused {
+                differs: differences(&record, request),
+            });
         }
         self.audit(&record, AuditKind::Replayed, by);
         Ok(Answer {

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     net::SocketAddr,
     process::{Child, Command, ExitStatus, Output, Stdio},
     time::{Duration, Instant},
@@ -1035,5 +1035,192 @@ fn completions_are_printed_for_bash_zsh_and_fish_without_a_server() {
         output.status.code(),
         Some(2),
         "an unknown shell is bad usage"
+    );
+}
+
+/// A server address where nothing listens.
+pub(crate) fn nobody_listening() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{address}")
+}
+
+#[test]
+fn bad_durations_and_a_pipelines_arn_are_bad_usage_that_says_what_to_do() {
+    let pipeline = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train";
+    let execution = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train/execution/x1";
+    // Refused before any call: nothing listens at the server's address.
+    let server = nobody_listening();
+    for (args, says) in [
+        (
+            vec!["stop", execution, "--force-after", "8d"],
+            "at most 7 days",
+        ),
+        (
+            vec!["stop", execution, "--force-after", "abc"],
+            "not a duration: write it as 10m",
+        ),
+        (
+            vec!["stop", execution, "--wait-timeout", "soon"],
+            "not a duration",
+        ),
+        (
+            vec!["stop", pipeline],
+            "that is a pipeline's ARN, not an execution's",
+        ),
+        (
+            vec!["stop", pipeline],
+            "`stop --pipeline ARN` stops its Executing executions",
+        ),
+        (vec!["get", pipeline], "that is a pipeline's ARN"),
+        (vec!["watch", pipeline], "name one of its executions"),
+        (
+            vec!["stop", "--pipeline", execution],
+            "that is an execution's ARN, not a pipeline's",
+        ),
+    ] {
+        let output = run_bounded(
+            command()
+                .env("PIPELINE_CONTROL_SERVER", &server)
+                .args(&args),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("expected number") && !stderr.contains("panicked"));
+    }
+}
+
+#[test]
+fn client_help_keeps_logging_apart_shows_no_empty_default_and_promises_only_what_it_does() {
+    for server in [None, Some("http://127.0.0.1:1")] {
+        let with = |args: &[&str]| {
+            let mut command = command();
+            match server {
+                Some(server) => command.env("PIPELINE_CONTROL_SERVER", server),
+                None => command.env_remove("PIPELINE_CONTROL_SERVER"),
+            };
+            run_bounded(command.args(args))
+        };
+        for subcommand in ["stop", "get", "watch", "history"] {
+            let output = with(&[subcommand, "--help"]);
+            assert!(output.status.success(), "{subcommand}");
+            let help = String::from_utf8_lossy(&output.stdout);
+            // The client's options, then logging under a heading of its own.
+            let connection = help.find("\nConnection and output:\n").expect("a heading");
+            let logging = help
+                .find("\nLogging (of serve")
+                .expect("a heading of its own");
+            let at = |flag: &str| help.find(flag).unwrap_or_else(|| panic!("{flag}: {help}"));
+            assert!(
+                connection < at("--server <SERVER>") && at("--output") < logging,
+                "{help}"
+            );
+            assert!(
+                at("--log-format") > logging && at("--log-filter") > logging,
+                "{help}"
+            );
+            assert!(!help.contains("[default: \"\"]"), "{subcommand}: {help}");
+            assert!(!help.contains("--server <SERVER> "), "{help}");
+            if matches!(subcommand, "get" | "history") {
+                assert!(!help.contains("live view"), "{subcommand}: {help}");
+            }
+        }
+        // A usage error's usage line shows --server as optional even when it is set in the
+        // environment.
+        for (args, usage) in [
+            (&["get"][..], "Usage: pipeline-control get [OPTIONS] <ARN>"),
+            (
+                &["watch"][..],
+                "Usage: pipeline-control watch [OPTIONS] <ARN>",
+            ),
+            (
+                &["history", "extra"][..],
+                "Usage: pipeline-control history [OPTIONS]",
+            ),
+            (
+                &["stop", "a", "--pipeline", "b"][..],
+                "Usage: pipeline-control stop [OPTIONS] <ARN>",
+            ),
+        ] {
+            let output = with(args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{args:?}");
+            assert!(stderr.contains(usage), "{server:?} {args:?}: {stderr}");
+            assert!(
+                !stderr.contains("--server <SERVER>"),
+                "{server:?} {args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_emulator_demo_restarted_over_its_old_database_warns_that_its_records_are_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let note = "the database holds stop requests of an earlier run";
+    // Starts the demo over `db`: the child, its gRPC address, its banner's callback execution.
+    let start = || {
+        let mut child = command()
+            .args(["serve", "--emulator", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--time-scale", "100"])
+            .args(["--database-url", db.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let logs = read_until(&mut stdout, "serving gRPC");
+        let serving = logs.lines().find(|l| l.contains("serving gRPC")).unwrap();
+        let addr: SocketAddr = word_after(serving, "address=").parse().unwrap();
+        let banner = read_until(&mut stderr, "/metrics");
+        let arn = banner
+            .lines()
+            .find(|l| l.contains("demo-callback execution"))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap()
+            .to_string();
+        // The rest of both, until the end.
+        let rest = std::thread::spawn(move || {
+            let mut rest = logs;
+            let _ = stdout.read_to_string(&mut rest);
+            let _ = stderr.read_to_string(&mut rest);
+            rest
+        });
+        (child, addr, arn, rest)
+    };
+    let (child, addr, arn, rest) = start();
+    let output = run_bounded(
+        command()
+            .env("PIPELINE_CONTROL_SERVER", format!("http://{addr}"))
+            .args(["stop", &arn, "--reason", "first run"]),
+    );
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    send_signal(&child, "-TERM");
+    let (_, status) = wait_bounded_async(child).await;
+    assert_eq!(status.code(), Some(0));
+    let first = rest.join().unwrap();
+    assert!(
+        !first.contains(note),
+        "a fresh database holds nothing: {first}"
+    );
+
+    // Again over the same file: the logs and the banner both say so.
+    let (child, _, _, rest) = start();
+    send_signal(&child, "-TERM");
+    let (_, status) = wait_bounded_async(child).await;
+    assert_eq!(status.code(), Some(0));
+    let second = rest.join().unwrap();
+    assert!(
+        second.contains(&format!("WARN pipeline_control::app: {note}")),
+        "{second}"
+    );
+    assert!(second.contains(&format!("Note: {note}")), "{second}");
+    assert!(
+        second.contains("give --database-url a new file"),
+        "{second}"
     );
 }

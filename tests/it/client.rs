@@ -16,8 +16,8 @@ use tokio::{sync::mpsc, time::Instant};
 use crate::{
     auth::tls_server,
     cli::{
-        assert_clean_failure, command, run_bounded, send_signal, spawn_server_listening,
-        wait_bounded_async,
+        assert_clean_failure, command, nobody_listening, run_bounded, send_signal,
+        spawn_server_listening, wait_bounded_async,
     },
     common::{
         Backend, Stack, TestDb, create_pipeline, spawn_emulator, start_execution, token_file,
@@ -155,17 +155,19 @@ async fn stop_wait_shows_the_callback_that_blocks_then_stopped_and_exits_zero() 
 
     assert_eq!(status.code(), Some(0), "{}\n{stderr}", lines.join("\n"));
     assert!(stderr.is_empty(), "{stderr}");
-    assert!(
-        lines[0].starts_with(&format!("Stop requested: {arn}")),
-        "{lines:?}"
-    );
-    // The token was generated, printed, and is the one the service recorded.
-    let printed = lines[1]
+    // The token was generated, printed first (before the stop was sent), and is the one the
+    // service recorded.
+    let printed = lines[0]
         .strip_prefix("client token ")
         .and_then(|rest| rest.split(' ').next())
         .unwrap();
     uuid::Uuid::parse_str(printed).unwrap();
-    assert!(lines[1].contains(&format!("retry with --client-token {printed}")));
+    assert!(lines[0].contains(&format!("retry with --client-token {printed}")));
+    assert!(
+        lines[1].starts_with(&format!("Stop requested: {arn}")),
+        "{lines:?}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.contains(printed)).count(), 1);
     let record = stack
         .client
         .clone()
@@ -279,12 +281,176 @@ async fn the_wait_timeout_gives_exit_four_and_bad_input_one_or_two() {
     assert_eq!(stack.admin.stop_tokens(&arn).await.len(), 1);
 
     // Nobody listening: UNAVAILABLE once the retries run out, naming the token to retry with.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nobody = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let nobody = nobody_listening();
     let output = run_bounded(client(&nobody).args(["stop", &arn, "--wait-timeout", "2s"]));
     assert_clean_failure(&output, "pipeline-control: error: UNAVAILABLE");
     assert!(String::from_utf8_lossy(&output.stderr).contains("retry with --client-token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_token_is_printed_before_the_first_attempt_so_ctrl_c_never_loses_it() {
+    let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train/execution/x1";
+    for extra in [&[][..], &["--pipeline"][..]] {
+        let mut stop = client(&nobody_listening());
+        stop.arg("stop").args(extra).arg(match extra {
+            [] => arn,
+            _ => "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train",
+        });
+        // The server is down: the command retries for two minutes; the token comes first.
+        let mut running = Running::spawn(stop);
+        let line = running.until("client token ").await;
+        let token = line
+            .strip_prefix("client token ")
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap()
+            .to_string();
+        uuid::Uuid::parse_str(&token).unwrap();
+        assert!(
+            line.contains(&format!("retry with --client-token {token}")),
+            "{line}"
+        );
+        send_signal(&running.child, "-INT");
+        let (status, lines, _) = running.finish().await;
+        assert!(!status.success());
+        assert_eq!(lines[0], line, "{extra:?}: the token is the first line");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_server_or_the_account_and_region_they_are_about() {
+    let stack = Stack::start(Backend::Sqlite, 1.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    let (_, rest) = arn.split_once(":123456789012:").unwrap();
+    let elsewhere = format!("arn:aws:sagemaker:eu-west-1:111122223333:{rest}");
+    for args in [
+        vec!["get", &elsewhere],
+        vec!["stop", &elsewhere],
+        vec!["watch", &elsewhere],
+    ] {
+        let output = run_bounded(client(&stack.app.url()).args(&args));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("not found in account 111122223333, region eu-west-1"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // A server that does not speak TLS, asked with https://: said so, once, at once.
+    let https = stack.app.url().replace("http://", "https://");
+    let output = run_bounded(client(&https).args(["get", &arn]));
+    assert_clean_failure(
+        &output,
+        &format!(
+            "pipeline-control: error: UNAVAILABLE (TLS_HANDSHAKE_FAILED): the server at {https} does not speak TLS"
+        ),
+    );
+
+    // Nobody listening: the server's address, for reads, stops and waits alike.
+    let nobody = nobody_listening();
+    let unreachable = format!("cannot reach the server at {nobody}: tcp connect error");
+    for args in [
+        vec!["get", &arn],
+        vec!["history"],
+        vec!["stop", &arn, "--wait-timeout", "2s"],
+    ] {
+        let output = run_bounded(client(&nobody).args(&args));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&unreachable), "{args:?}: {stderr}");
+    }
+    let output = run_bounded(client(&nobody).args(["watch", &arn, "--wait-timeout", "2s"]));
+    crate::cli::assert_clean_exit(
+        &output,
+        4,
+        "pipeline-control: --wait-timeout of 2s passed; the execution was not seen: UNAVAILABLE (SERVER_UNREACHABLE): cannot reach the server at",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_speaks_the_aws_clis_options_input_json_and_skeletons() {
+    // The skeletons, printed without a server.
+    for (args, printed) in [
+        (
+            &["--generate-cli-skeleton"][..],
+            "{\n    \"PipelineExecutionArn\": \"\",\n    \"ClientRequestToken\": \"\"\n}\n",
+        ),
+        (
+            &["--generate-cli-skeleton", "input"][..],
+            "{\n    \"PipelineExecutionArn\": \"\",\n    \"ClientRequestToken\": \"\"\n}\n",
+        ),
+        (
+            &["--generate-cli-skeleton", "output"][..],
+            "{\n    \"PipelineExecutionArn\": \"PipelineExecutionArn\"\n}\n",
+        ),
+    ] {
+        let output = run_bounded(client(&nobody_listening()).arg("stop").args(args));
+        succeeded(&output);
+        assert_eq!(String::from_utf8_lossy(&output.stdout), printed, "{args:?}");
+    }
+    for json in [
+        r#"{"PipelineExecutionArn": "x", "Reason": "no"}"#,
+        "not json",
+        "file:///nonexistent.json",
+    ] {
+        let output =
+            run_bounded(client(&nobody_listening()).args(["stop", "--cli-input-json", json]));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{json}: {stderr}");
+        assert!(
+            one_line(&stderr).starts_with("pipeline-control: error: --cli-input-json: "),
+            "{stderr}"
+        );
+    }
+
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |_| {}).await;
+    let recorded = async |token: &str| {
+        stack
+            .client
+            .clone()
+            .get_stop_request(pipeline_control::pb::GetStopRequestRequest {
+                client_request_token: token.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pipeline_execution_arn
+    };
+    // The AWS CLI's own names of the options.
+    let first = stack.callback_execution().await;
+    let output = run_bounded(client(&stack.app.url()).args([
+        "stop",
+        "--pipeline-execution-arn",
+        &first,
+        "--client-request-token",
+        "seed-1",
+    ]));
+    succeeded(&output);
+    assert_eq!(recorded("seed-1").await, first);
+    // Its input JSON, from a file; an option on the command line wins over it.
+    let second = stack.callback_execution().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("input.json");
+    std::fs::write(
+        &path,
+        json!({"PipelineExecutionArn": second, "ClientRequestToken": "from-json"}).to_string(),
+    )
+    .unwrap();
+    let output = run_bounded(client(&stack.app.url()).args([
+        "stop",
+        "--cli-input-json",
+        &format!("file://{}", path.display()),
+        "--client-request-token",
+        "from-flag",
+    ]));
+    succeeded(&output);
+    assert_eq!(recorded("from-flag").await, second);
+    // Inline.
+    let third = stack.callback_execution().await;
+    let inline =
+        json!({"PipelineExecutionArn": third, "ClientRequestToken": "inline-1"}).to_string();
+    let output = run_bounded(client(&stack.app.url()).args(["stop", "--cli-input-json", &inline]));
+    succeeded(&output);
+    assert_eq!(recorded("inline-1").await, third);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,6 +488,15 @@ async fn a_throttled_stop_is_retried_with_the_same_token_after_the_delay_the_ser
     assert!(asked >= 1.0, "{}", retries[0]);
     assert!(started.elapsed().as_secs_f64() >= asked, "{text}");
     assert!(text.contains(" Stopped"), "{text}");
+    // The retry was answered from the record of the command's own first attempt, which is
+    // what it says (not an earlier identical stop of someone's).
+    assert!(
+        text.contains(&format!(
+            "{arn} (Stopping), answered from the record of this command's earlier attempt"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("earlier identical stop"), "{text}");
     // The stops that reached SageMaker all carried the one token derived from the command's.
     let tokens = stack.admin.stop_tokens(&arn).await;
     assert!(!tokens.is_empty());
@@ -564,6 +739,122 @@ async fn json_output_is_one_proto_json_object_a_line() {
     assert_eq!(records[0]["reason"], json!("scripted"));
     assert_eq!(records[0]["state"], json!("STOP_REQUEST_STATE_COMPLETED"));
     assert_eq!(records[0]["authMethod"], json!("anonymous"));
+
+    // Errors too: one JSON object on standard error (google.rpc.Status, its code named), the
+    // exit status as in text.
+    let missing = format!("{arn}x");
+    let pipeline = arn.split("/execution/").next().unwrap();
+    for (args, exit, code, reason) in [
+        (
+            vec!["get", &missing],
+            1,
+            "NOT_FOUND",
+            Some("EXECUTION_NOT_FOUND"),
+        ),
+        (
+            vec!["stop", "not-an-arn"],
+            2,
+            "INVALID_ARGUMENT",
+            Some("INVALID_ARGUMENT"),
+        ),
+        (vec!["stop", pipeline], 2, "INVALID_ARGUMENT", None),
+        (
+            vec!["stop", &arn, "--force-after", "abc"],
+            2,
+            "INVALID_ARGUMENT",
+            None,
+        ),
+        (
+            vec!["stop", &arn, "--output=json", "--bogus"],
+            2,
+            "INVALID_ARGUMENT",
+            None,
+        ),
+    ] {
+        let output = run_bounded(
+            client(&stack.app.url())
+                .args(&args)
+                .args(["--output", "json"]),
+        );
+        assert_eq!(output.status.code(), Some(exit), "{args:?}");
+        assert!(output.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let error: Value = serde_json::from_str(one_line(&stderr)).unwrap();
+        assert_eq!(error["code"], json!(code), "{args:?}: {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty(), "{error}");
+        match reason {
+            Some(reason) => {
+                assert_eq!(error["reason"], json!(reason), "{error}");
+                assert_eq!(
+                    error["details"][0]["@type"],
+                    json!("type.googleapis.com/google.rpc.ErrorInfo"),
+                    "{error}"
+                );
+            }
+            None => assert!(error.get("reason").is_none(), "{error}"),
+        }
+    }
+}
+
+/// A reason a caller may give (the service accepts line breaks, bidirectional and invisible
+/// characters in it): a line feed that would forge a row, a carriage return that would
+/// rewrite one, a right-to-left override and a zero-width space.
+const HOSTILE_REASON: &str = "INC-1\nadmin  fake/execution/zzz\rforged\u{202e}gnp.exe\u{200b}end";
+/// The same as the command line shows it.
+const HOSTILE_REASON_SHOWN: &str =
+    "INC-1\\nadmin  fake/execution/zzz\\rforged\\u{202e}gnp.exe\\u{200b}end";
+/// A step's failure reason that would retitle the terminal, clear it and colour it.
+const HOSTILE_FAILURE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred\u{9b}0m";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_from_callers_and_sagemaker_is_shown_escaped_in_a_pipe_and_on_a_terminal() {
+    let stack = Stack::start(Backend::Sqlite, 1000.0, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    wait_for_status(&stack.sagemaker, &arn, "Executing").await;
+    let output =
+        run_bounded(client(&stack.app.url()).args(["stop", &arn, "--reason", HOSTILE_REASON]));
+    succeeded(&output);
+
+    // In a pipe: the header and one row, the reason's characters as escapes.
+    let output = run_bounded(client(&stack.app.url()).arg("history"));
+    succeeded(&output);
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[1].contains(HOSTILE_REASON_SHOWN), "{text}");
+    assert!(!text.contains(['\r', '\u{202e}', '\u{200b}']), "{text:?}");
+    // On a terminal: the same single row.
+    let (code, screen) = under_a_terminal(&stack.app.url(), &["history"], |_| {}).await;
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains(HOSTILE_REASON_SHOWN), "{screen}");
+    assert_eq!(screen.matches("fake/execution/zzz").count(), 1, "{screen}");
+    // As JSON: the same data, with nothing hidden.
+    let output = run_bounded(client(&stack.app.url()).args(["history", "--output", "json"]));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains(r"forged\u202egnp.exe\u200bend"), "{text}");
+    let record: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(record["reason"], json!(HOSTILE_REASON));
+
+    // A step's failure reason from SageMaker, followed in a pipe.
+    let failing = stack
+        .execution(
+            json!([{"Name": "Train", "Type": "Training", "Arguments": {"Emulator": {
+            "DurationSeconds": 1, "FailAttempts": 1, "FailureReason": HOSTILE_FAILURE}}}]),
+        )
+        .await;
+    let output = run_bounded(client(&stack.app.url()).args(["watch", &failing]));
+    let (stdout, stderr) = (
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    );
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(r"Failed: \u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}[31mred\u{9b}0m"),
+        "{stdout}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains(['\u{1b}', '\u{7}', '\u{9b}']), "{text:?}");
+    }
 }
 
 /// Runs `args` under a pseudo-terminal (`script`, of util-linux) of 160 × 60, feeding what it

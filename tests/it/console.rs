@@ -157,6 +157,64 @@ async fn pages_render_with_a_strict_content_security_policy_and_no_inline_script
 }
 
 #[tokio::test]
+async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_shown_escaped() {
+    let stack = stack(Backend::Sqlite, |_| {}).await;
+    let arn = stack.callback_execution().await;
+    stack
+        .client
+        .clone()
+        .stop_execution(pb::StopExecutionRequest {
+            pipeline_execution_arn: arn.clone(),
+            reason: "INC-1\nforged\rrow\u{202e}gnp.exe\u{200b}end".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    stack
+        .admin
+        .set_fault(
+            "DescribePipelineExecution",
+            json!({"replace": {"FailureReason": "\u{1b}]0;pwned\u{7}\u{1b}[2Jcleared"}}),
+        )
+        .await;
+    stack
+        .admin
+        .set_fault(
+            "ListPipelineExecutionSteps",
+            json!({"replace": {"PipelineExecutionSteps": [{
+                "StepName": "Train\u{2066}ing",
+                "StepStatus": "Failed",
+                "FailureReason": "oom\u{9b}31m\u{feff}",
+                "AttemptCount": 1,
+                "Metadata": {}
+            }]}}),
+        )
+        .await;
+    let (status, _, page) = get(&stack, &format!("/executions?{}", encoded(&arn)), &[]).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    for shown in [
+        r"\u{1b}]0;pwned\u{7}\u{1b}[2Jcleared",
+        r"Train\u{2066}ing",
+        r"oom\u{9b}31m\u{feff}",
+    ] {
+        assert!(page.contains(shown), "{shown} in {page}");
+    }
+    let (_, _, history) = get(&stack, "/history", &[]).await;
+    assert!(
+        history.contains(r"INC-1\nforged\rrow\u{202e}gnp.exe\u{200b}end"),
+        "{history}"
+    );
+    for text in [&page, &history] {
+        assert!(
+            !text.contains([
+                '\u{1b}', '\u{7}', '\u{9b}', '\u{feff}', '\u{2066}', '\u{202e}', '\u{200b}', '\r'
+            ]),
+            "{text:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn markup_from_sagemaker_or_a_caller_is_shown_as_text() {
     let stack = stack(Backend::Sqlite, |_| {}).await;
     let arn = stack.callback_execution().await;

@@ -327,6 +327,12 @@ async fn force_after_needs_the_policy_and_is_part_of_the_request(backend: Backen
             reused.get_error_details().error_info().unwrap().reason,
             "IDEMPOTENCY_KEY_REUSED"
         );
+        // What differed is said: only force_after.
+        assert!(
+            reused.message().contains("(force_after differed)"),
+            "{}",
+            reused.message()
+        );
     }
     let replay = client
         .stop_execution(signed(

@@ -445,10 +445,15 @@ async fn a_token_reused_for_another_request_is_refused(backend: Backend) {
     let arn = stack.callback_execution().await;
     let other = stack.callback_execution().await;
     stop(&stack, &arn, "mine", "first reason").await.unwrap();
-    for (target, reason) in [(&other, "first reason"), (&arn, "another reason")] {
+    for (target, reason, differs) in [
+        (&other, "first reason", "(execution differed)"),
+        (&arn, "another reason", "(reason differed)"),
+        (&other, "another reason", "(execution and reason differed)"),
+    ] {
         let error = stop(&stack, target, "mine", reason).await.unwrap_err();
         assert_eq!(error.code(), Code::FailedPrecondition);
         assert_eq!(reason_of(&error), "IDEMPOTENCY_KEY_REUSED");
+        assert!(error.message().contains(differs), "{}", error.message());
         assert!(error.get_details_precondition_failure().is_some());
     }
     assert_eq!(stack.admin.calls("StopPipelineExecution").await, 1);
