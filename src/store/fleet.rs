@@ -20,7 +20,10 @@ use std::{
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row as _, postgres::PgListener};
+use sqlx::{
+    PgPool, Row as _,
+    postgres::{PgListener, PgPoolOptions},
+};
 
 use super::{StoreError, meter::Meter};
 
@@ -123,8 +126,14 @@ pub trait Fleet: Send + Sync + fmt::Debug + 'static {
     /// a live lease on it (nobody watches it: nothing to do).
     async fn wake(&self, arn: &str) -> Result<bool, StoreError>;
 
-    /// A listener of both channels, on a connection of its own.
+    /// A listener of both channels, on a connection of its own (outside the store's pool, so
+    /// that one which stops answering holds none of the pool's connections).
     async fn listen(&self) -> Result<PgListener, StoreError>;
+
+    /// Whether `listener`'s connection still answers, within `within`: a connection that
+    /// died without a word (half-open: the network dropped, a failover moved the address)
+    /// would otherwise go on waiting for notifications that never come.
+    async fn check(&self, listener: &mut PgListener, within: Duration) -> Result<(), StoreError>;
 
     /// Deletes the rows of executions nobody has held for `idle`.
     async fn forget_idle(&self, idle: Duration) -> Result<u64, StoreError>;
@@ -314,7 +323,12 @@ impl Fleet for PostgresFleet {
     async fn listen(&self) -> Result<PgListener, StoreError> {
         self.meter
             .run("fleet_listen", async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
+                // A pool of one connection: a listener that stops answering is dropped with it.
+                let own = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(self.pool.options().get_acquire_timeout())
+                    .connect_lazy_with((*self.pool.connect_options()).clone());
+                let mut listener = PgListener::connect_with(&own).await?;
                 listener.listen_all([SNAPSHOTS, WAKEUPS]).await?;
                 // Holders name this session from now on (a lease renewed with it, at most a
                 // third of a lease from now).
@@ -323,6 +337,24 @@ impl Fleet for PostgresFleet {
                     .await?;
                 self.session.store(pid, Ordering::Relaxed);
                 Ok(listener)
+            })
+            .await
+    }
+
+    async fn check(&self, listener: &mut PgListener, within: Duration) -> Result<(), StoreError> {
+        self.meter
+            .run("fleet_listen_check", async {
+                match tokio::time::timeout(within, sqlx::query("SELECT 1").execute(listener)).await
+                {
+                    Ok(done) => done.map(drop).map_err(StoreError::from),
+                    // Counted as the connection's failure: those idle since are suspect too.
+                    Err(_) => Err(StoreError::Unavailable(sqlx::Error::Io(
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the listening connection did not answer",
+                        ),
+                    ))),
+                }
             })
             .await
     }

@@ -62,10 +62,14 @@ enum Turn {
 
 impl Watcher {
     /// Passes the database's notifications to this replica's pollers, reconnecting when the
-    /// connection drops (every poller then re-reads the shared row, in case one was lost), and
-    /// forgets executions nobody has watched for an hour.
+    /// connection drops or stops answering (checked every third of a lease: a connection that
+    /// died without a word is replaced within a lease), every poller then re-reading the
+    /// shared row in case a notification was lost; and forgets executions nobody has watched
+    /// for an hour.
     pub(super) async fn listen(self: Arc<Self>, fleet: Arc<dyn Fleet>) {
         let mut forget = tokio::time::interval(Duration::from_secs(600));
+        let every = self.settings.lease / 3;
+        let within = every.min(Duration::from_secs(2));
         loop {
             let mut listener = tokio::select! {
                 listener = fleet.listen() => match listener {
@@ -81,6 +85,8 @@ impl Watcher {
                 () = self.stopping.cancelled() => return,
             };
             self.wake_all();
+            let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     received = listener.try_recv() => match received {
@@ -99,13 +105,23 @@ impl Watcher {
                                 None => {}
                             }
                         }
-                        // The connection dropped and came back: what was sent meanwhile is lost.
-                        Ok(None) => self.wake_all(),
+                        // The connection dropped: listen anew (the new session is the one holders
+                        // name), and what was sent meanwhile is looked for.
+                        Ok(None) => {
+                            tracing::warn!("lost the shared watch notifications' connection; reconnecting");
+                            break;
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "lost the shared watch notifications; reconnecting");
                             break;
                         }
                     },
+                    _ = check.tick() => {
+                        if let Err(error) = fleet.check(&mut listener, within).await {
+                            tracing::warn!(%error, "the shared watch notifications' connection does not answer; replacing it");
+                            break;
+                        }
+                    }
                     _ = forget.tick() => {
                         if let Err(error) = fleet.forget_idle(Duration::from_secs(3600)).await {
                             tracing::debug!(%error, "cannot forget idle shared watches");

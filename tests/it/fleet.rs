@@ -886,3 +886,82 @@ async fn a_holder_that_does_not_answer_a_wake_up_is_not_waited_for() {
     assert!(fleet.unanswered(1).await >= 1.0);
     fleet.end(0).await;
 }
+
+/// Store operations `operation` of `metrics` that ended in `result`.
+fn store_operations(metrics: &Metrics, operation: &str, result: &str) -> f64 {
+    metrics.sum(
+        "pipeline_control_store_statements_total",
+        &[("operation", operation), ("result", result)],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_connection_that_stops_answering_is_replaced_within_a_lease() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = emulator.endpoint_url.clone();
+    let sagemaker = sagemaker_client(&endpoint, 1);
+    let queue = events_queue(&endpoint, "half-open-events").await;
+    // The default lease (10 s), and reads once a minute: only a wake-up brings a change
+    // early. A reaches the database through a proxy and reads no events; B reads them.
+    let settings = |args: &mut ServeArgs| {
+        shared(args);
+        args.watch_lease = Duration::from_secs(10);
+        args.poll_interval = Duration::from_secs(60);
+        args.poll_fallback_interval = Duration::from_secs(60);
+    };
+    let (url, proxy) = crate::common::postgres_through_proxy(&db).await;
+    let mut args = stack_args(&db, &endpoint);
+    settings(&mut args);
+    args.database.database_url = url;
+    let a = TestApp::spawn(args).await;
+    let mut args = stack_args(&db, &endpoint);
+    settings(&mut args);
+    args.sagemaker.sqs_endpoint = Some(endpoint.clone());
+    args.events_queue_urls = vec![queue];
+    let b = TestApp::spawn(args).await;
+    until_scraped(&b, Duration::from_secs(20), "events never flowed", |m| {
+        flowing(m) == 1.0
+    })
+    .await;
+    // A holds the execution (watched there first); B follows.
+    let arn = running(&sagemaker).await;
+    let (a_client, b_client) = (client(a.url()).await, client(b.url()).await);
+    let mut a_stream = watching(&a_client, &arn).await;
+    until_scraped(&a, Duration::from_secs(20), "A never held", |m| {
+        role(m, "holder") == 1.0
+    })
+    .await;
+    let _b_stream = watching(&b_client, &arn).await;
+    until_scraped(&a, Duration::from_secs(20), "A never listened", |m| {
+        store_operations(m, "fleet_listen", "ok") == 1.0
+    })
+    .await;
+
+    // A's listening connection goes half-open: nothing passes, nothing closes.
+    proxy.blackhole(b"LISTEN");
+    let holed = Instant::now();
+    until_scraped(
+        &a,
+        Duration::from_secs(10),
+        "the half-open listening connection was not replaced within a lease",
+        |m| store_operations(m, "fleet_listen", "ok") == 2.0,
+    )
+    .await;
+    println!(
+        "the listening connection was replaced {:?} after it went half-open",
+        holed.elapsed()
+    );
+    let metrics = a.scrape().await;
+    assert!(store_operations(&metrics, "fleet_listen_check", "error") >= 1.0);
+    assert_eq!(role(&metrics, "holder"), 1.0);
+
+    // Wake-ups reach A again: B's events about the stop make A read at once, not a minute on.
+    stop(&b_client, &arn).await;
+    until_status(
+        &mut a_stream,
+        pb::ExecutionStatus::Stopped,
+        Duration::from_secs(20),
+    )
+    .await;
+}
