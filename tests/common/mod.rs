@@ -73,6 +73,16 @@ pub fn with_database(url: &str, name: &str) -> String {
 }
 
 impl TestDb {
+    /// A Postgres database the test made itself (a cluster of its own, say), at `url`.
+    pub fn at(url: String) -> Self {
+        Self {
+            backend: Backend::Postgres,
+            url,
+            postgres_name: None,
+            _dir: None,
+        }
+    }
+
     pub async fn new(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => {
