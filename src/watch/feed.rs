@@ -160,7 +160,7 @@ impl Watcher {
             next_read: Instant::now(),
             idle_since: None,
             // A holder reads within a couple of seconds of a wake-up.
-            answer_within: (lease / 5).min(Duration::from_secs(2)),
+            answer_within: Duration::from_secs(2),
             woken: None,
             last_woken: None,
             written: None,
