@@ -63,6 +63,7 @@ METRICS = {
     "pipeline_control_pollers": ("gauge", set()),
     "pipeline_control_watch_pollers": ("gauge", {"role"}),
     "pipeline_control_watch_fallbacks_total": ("counter", set()),
+    "pipeline_control_watch_unanswered_wakeups_total": ("counter", set()),
     "pipeline_control_events_total": ("counter", {"result"}),
     "pipeline_control_events_flowing": ("gauge", set()),
     "pipeline_control_snapshots_published_total": ("counter", set()),

@@ -170,6 +170,7 @@ pub(crate) struct Metrics {
     pollers: Gauge,
     watch_roles: Family<Labels1, Gauge>,
     watch_fallbacks: Counter,
+    watch_unanswered: Counter,
     events: Family<Labels1, Counter>,
     events_flowing: Gauge,
     snapshots: Counter,
@@ -344,6 +345,13 @@ impl Metrics {
             watch_fallbacks.clone(),
         );
 
+        let watch_unanswered = Counter::default();
+        registry.register(
+            "pipeline_control_watch_unanswered_wakeups",
+            "Events that woke a follower whose holder did not answer them within a couple of seconds (it died, or is stuck): the follower read SageMaker itself",
+            watch_unanswered.clone(),
+        );
+
         let events = Family::<Labels1, Counter>::default();
         registry.register(
             "pipeline_control_events",
@@ -425,6 +433,7 @@ impl Metrics {
             pollers,
             watch_roles,
             watch_fallbacks,
+            watch_unanswered,
             events,
             events_flowing,
             snapshots,
@@ -620,6 +629,10 @@ impl Metrics {
 
     pub(crate) fn watch_fallback(&self) {
         self.watch_fallbacks.inc();
+    }
+
+    pub(crate) fn watch_unanswered(&self) {
+        self.watch_unanswered.inc();
     }
 
     pub(crate) fn snapshot_published(&self) {

@@ -9,11 +9,21 @@
 //! lease cannot publish over the one that took it. Its queries are measured with the
 //! store's, as `fleet_*` operations.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicI32, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row as _, postgres::PgListener};
+use sqlx::{
+    PgPool, Row as _,
+    postgres::{PgListener, PgPoolOptions},
+};
 
 use super::{StoreError, meter::Meter};
 
@@ -25,6 +35,12 @@ fn seconds(d: Duration) -> f64 {
 pub(crate) const SNAPSHOTS: &str = "pipeline_control_snapshots";
 /// The channel of wake-ups (an event arrived for the execution): the payload is its ARN.
 pub(crate) const WAKEUPS: &str = "pipeline_control_wakeups";
+
+/// Whether the holder of a row holds it: its lease runs, and the session of its listening
+/// connection is alive (a holder killed with its connections frees the lease at once).
+const HELD: &str = "(watch_pollers.lease_expires_at >= now()
+     AND (watch_pollers.holder_pid IS NULL
+          OR EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = watch_pollers.holder_pid)))";
 
 /// The shared state of one watched execution.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +55,9 @@ pub struct Shared {
     pub(crate) held: bool,
     /// The replica that holds or last held it.
     pub(crate) owner: String,
+    /// How long ago the row was last written (a claim, a publication, a renewal, a release),
+    /// by the database's clock: a holder that answered a wake-up wrote since.
+    pub(crate) quiet: Duration,
 }
 
 /// A notification, as the listener receives it.
@@ -107,8 +126,14 @@ pub trait Fleet: Send + Sync + fmt::Debug + 'static {
     /// a live lease on it (nobody watches it: nothing to do).
     async fn wake(&self, arn: &str) -> Result<bool, StoreError>;
 
-    /// A listener of both channels, on a connection of its own.
+    /// A listener of both channels, on a connection of its own (outside the store's pool, so
+    /// that one which stops answering holds none of the pool's connections).
     async fn listen(&self) -> Result<PgListener, StoreError>;
+
+    /// Whether `listener`'s connection still answers, within `within`: a connection that
+    /// died without a word (half-open: the network dropped, a failover moved the address)
+    /// would otherwise go on waiting for notifications that never come.
+    async fn check(&self, listener: &mut PgListener, within: Duration) -> Result<(), StoreError>;
 
     /// Deletes the rows of executions nobody has held for `idle`.
     async fn forget_idle(&self, idle: Duration) -> Result<u64, StoreError>;
@@ -119,11 +144,23 @@ pub trait Fleet: Send + Sync + fmt::Debug + 'static {
 pub(super) struct PostgresFleet {
     pool: PgPool,
     meter: Meter,
+    /// The backend pid of this replica's listening connection (0 before the first): the
+    /// rows it holds name it, so that the others know when this replica is gone.
+    session: Arc<AtomicI32>,
 }
 
 impl PostgresFleet {
     pub(super) fn new(pool: PgPool, meter: Meter) -> Self {
-        Self { pool, meter }
+        Self {
+            pool,
+            meter,
+            session: Arc::new(AtomicI32::new(0)),
+        }
+    }
+
+    /// The session that holders record, if listening began.
+    fn session(&self) -> Option<i32> {
+        Some(self.session.load(Ordering::Relaxed)).filter(|pid| *pid != 0)
     }
 }
 
@@ -132,19 +169,19 @@ impl Fleet for PostgresFleet {
     async fn claim(&self, arn: &str, owner: &str, lease: Duration) -> Result<bool, StoreError> {
         self.meter
             .run("fleet_claim", async {
-                let row = sqlx::query(
-                    "INSERT INTO watch_pollers (execution_arn, owner, lease_expires_at)
-                 VALUES ($1, $2, now() + make_interval(secs => $3))
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO watch_pollers (execution_arn, owner, lease_expires_at, holder_pid)
+                 VALUES ($1, $2, now() + make_interval(secs => $3), $4)
                  ON CONFLICT (execution_arn) DO UPDATE
                     SET owner = EXCLUDED.owner, lease_expires_at = EXCLUDED.lease_expires_at,
-                        updated_at = now()
-                  WHERE watch_pollers.owner = EXCLUDED.owner
-                     OR watch_pollers.lease_expires_at < now()
+                        holder_pid = EXCLUDED.holder_pid, updated_at = now()
+                  WHERE watch_pollers.owner = EXCLUDED.owner OR NOT {HELD}
                  RETURNING 1",
-                )
+                )))
                 .bind(arn)
                 .bind(owner)
                 .bind(seconds(lease))
+                .bind(self.session())
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row.is_some())
@@ -167,7 +204,8 @@ impl Fleet for PostgresFleet {
                     "WITH published AS (
                      UPDATE watch_pollers
                         SET version = version + 1, snapshot = $3, observed_at = $4,
-                            lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
+                            lease_expires_at = now() + make_interval(secs => $5),
+                            holder_pid = COALESCE($7, holder_pid), updated_at = now()
                       WHERE execution_arn = $1 AND owner = $2
                   RETURNING version)
                  SELECT version, pg_notify($6, version::text || ' ' || $1) FROM published",
@@ -178,6 +216,7 @@ impl Fleet for PostgresFleet {
                 .bind(observed_at)
                 .bind(seconds(lease))
                 .bind(SNAPSHOTS)
+                .bind(self.session())
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(row
@@ -199,13 +238,15 @@ impl Fleet for PostgresFleet {
                 let done = sqlx::query(
                     "UPDATE watch_pollers
                     SET lease_expires_at = now() + make_interval(secs => $3),
-                        observed_at = COALESCE($4, observed_at), updated_at = now()
+                        observed_at = COALESCE($4, observed_at),
+                        holder_pid = COALESCE($5, holder_pid), updated_at = now()
                   WHERE execution_arn = $1 AND owner = $2",
                 )
                 .bind(arn)
                 .bind(owner)
                 .bind(seconds(lease))
                 .bind(observed_at)
+                .bind(self.session())
                 .execute(&self.pool)
                 .await?;
                 Ok(done.rows_affected() == 1)
@@ -238,13 +279,14 @@ impl Fleet for PostgresFleet {
     async fn shared(&self, arn: &str) -> Result<Option<Shared>, StoreError> {
         self.meter
             .run("fleet_shared", async {
-                let row = sqlx::query(
-                "SELECT version, snapshot, observed_at, lease_expires_at >= now() AS held, owner
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT version, snapshot, observed_at, {HELD} AS held, owner,
+                        GREATEST(EXTRACT(EPOCH FROM now() - updated_at), 0)::float8 AS quiet
                    FROM watch_pollers WHERE execution_arn = $1",
-            )
-            .bind(arn)
-            .fetch_optional(&self.pool)
-            .await?;
+                )))
+                .bind(arn)
+                .fetch_optional(&self.pool)
+                .await?;
                 row.map(|row| {
                     Ok(Shared {
                         version: row.try_get("version")?,
@@ -252,6 +294,8 @@ impl Fleet for PostgresFleet {
                         observed_at: row.try_get("observed_at")?,
                         held: row.try_get("held")?,
                         owner: row.try_get("owner")?,
+                        quiet: Duration::try_from_secs_f64(row.try_get("quiet")?)
+                            .unwrap_or_default(),
                     })
                 })
                 .transpose()
@@ -279,9 +323,38 @@ impl Fleet for PostgresFleet {
     async fn listen(&self) -> Result<PgListener, StoreError> {
         self.meter
             .run("fleet_listen", async {
-                let mut listener = PgListener::connect_with(&self.pool).await?;
+                // A pool of one connection: a listener that stops answering is dropped with it.
+                let own = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(self.pool.options().get_acquire_timeout())
+                    .connect_lazy_with((*self.pool.connect_options()).clone());
+                let mut listener = PgListener::connect_with(&own).await?;
                 listener.listen_all([SNAPSHOTS, WAKEUPS]).await?;
+                // Holders name this session from now on (a lease renewed with it, at most a
+                // third of a lease from now).
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut listener)
+                    .await?;
+                self.session.store(pid, Ordering::Relaxed);
                 Ok(listener)
+            })
+            .await
+    }
+
+    async fn check(&self, listener: &mut PgListener, within: Duration) -> Result<(), StoreError> {
+        self.meter
+            .run("fleet_listen_check", async {
+                match tokio::time::timeout(within, sqlx::query("SELECT 1").execute(listener)).await
+                {
+                    Ok(done) => done.map(drop).map_err(StoreError::from),
+                    // Counted as the connection's failure: those idle since are suspect too.
+                    Err(_) => Err(StoreError::Unavailable(sqlx::Error::Io(
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the listening connection did not answer",
+                        ),
+                    ))),
+                }
             })
             .await
     }

@@ -62,10 +62,14 @@ enum Turn {
 
 impl Watcher {
     /// Passes the database's notifications to this replica's pollers, reconnecting when the
-    /// connection drops (every poller then re-reads the shared row, in case one was lost), and
-    /// forgets executions nobody has watched for an hour.
+    /// connection drops or stops answering (checked every third of a lease: a connection that
+    /// died without a word is replaced within a lease), every poller then re-reading the
+    /// shared row in case a notification was lost; and forgets executions nobody has watched
+    /// for an hour.
     pub(super) async fn listen(self: Arc<Self>, fleet: Arc<dyn Fleet>) {
         let mut forget = tokio::time::interval(Duration::from_secs(600));
+        let every = self.settings.lease / 3;
+        let within = every.min(Duration::from_secs(2));
         loop {
             let mut listener = tokio::select! {
                 listener = fleet.listen() => match listener {
@@ -81,6 +85,8 @@ impl Watcher {
                 () = self.stopping.cancelled() => return,
             };
             self.wake_all();
+            let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     received = listener.try_recv() => match received {
@@ -99,13 +105,23 @@ impl Watcher {
                                 None => {}
                             }
                         }
-                        // The connection dropped and came back: what was sent meanwhile is lost.
-                        Ok(None) => self.wake_all(),
+                        // The connection dropped: listen anew (the new session is the one holders
+                        // name), and what was sent meanwhile is looked for.
+                        Ok(None) => {
+                            tracing::warn!("lost the shared watch notifications' connection; reconnecting");
+                            break;
+                        }
                         Err(error) => {
                             tracing::warn!(%error, "lost the shared watch notifications; reconnecting");
                             break;
                         }
                     },
+                    _ = check.tick() => {
+                        if let Err(error) = fleet.check(&mut listener, within).await {
+                            tracing::warn!(%error, "the shared watch notifications' connection does not answer; replacing it");
+                            break;
+                        }
+                    }
                     _ = forget.tick() => {
                         if let Err(error) = fleet.forget_idle(Duration::from_secs(3600)).await {
                             tracing::debug!(%error, "cannot forget idle shared watches");
@@ -143,6 +159,11 @@ impl Watcher {
             backing_off: false,
             next_read: Instant::now(),
             idle_since: None,
+            // A holder reads within a couple of seconds of a wake-up.
+            answer_within: Duration::from_secs(2),
+            woken: None,
+            last_woken: None,
+            written: None,
             watcher: self.clone(),
             arn,
             poller,
@@ -184,6 +205,15 @@ struct Feed {
     next_read: Instant,
     /// When the last watcher left.
     idle_since: Option<Instant>,
+    /// How long a follower woken by an event gives the holder to answer (to write the shared
+    /// row) before it reads SageMaker itself.
+    answer_within: Duration,
+    /// The first wake-up of this follower by an event that the holder is not known to have
+    /// answered yet, and the latest one.
+    woken: Option<Instant>,
+    last_woken: Option<Instant>,
+    /// When the shared row was last written, as of this poller's last look at it.
+    written: Option<Instant>,
 }
 
 impl Feed {
@@ -200,7 +230,8 @@ impl Feed {
                 Ok(Ok(Turn::Hold)) => self.hold(),
                 Ok(Err(_)) | Err(_) => self.alone(),
             }
-            let read = if self.role.get() != Role::Follower && Instant::now() >= self.next_read {
+            let due = self.role.get() != Role::Follower && Instant::now() >= self.next_read;
+            let read = if due || self.unanswered() {
                 Some(self.read().await)
             } else {
                 None
@@ -246,6 +277,7 @@ impl Feed {
             return Ok(Turn::Hold);
         }
         if let Some(shared) = self.fleet.shared(self.arn.as_str()).await? {
+            self.written = Instant::now().checked_sub(shared.quiet);
             if let Some(at) = shared.observed_at {
                 self.poller
                     .last_observed
@@ -301,6 +333,39 @@ impl Feed {
                 Turn::Follow
             },
         )
+    }
+
+    /// A follower woken by an event whose holder did not answer in time (it wrote nothing to
+    /// the shared row since: it died, or is stuck): this poller reads SageMaker itself, so its
+    /// watchers hear of the change now rather than when the holder's lease runs out (then it
+    /// takes the lease over, at its next look).
+    fn unanswered(&mut self) -> bool {
+        let (Some(woken), Some(last)) = (self.woken, self.last_woken) else {
+            return false;
+        };
+        if self.role.get() != Role::Follower {
+            self.woken = None;
+            return false;
+        }
+        // A write since a wake-up answers it, and every earlier one; the later ones wait.
+        match self.written {
+            Some(written) if written >= last => {
+                self.woken = None;
+                return false;
+            }
+            Some(written) if written >= woken => {
+                self.woken = Some(last);
+                return false;
+            }
+            _ => {}
+        }
+        if woken.elapsed() < self.answer_within {
+            return false;
+        }
+        self.woken = None;
+        tracing::info!(execution = %self.arn, "the holder did not answer a wake-up: reading SageMaker here");
+        self.watcher.metrics.watch_unanswered();
+        true
     }
 
     /// This poller holds the lease.
@@ -412,7 +477,8 @@ impl Feed {
         let check = Instant::now() + self.lease / 3;
         let follower = self.role.get() == Role::Follower;
         let until = if follower {
-            check
+            self.woken
+                .map_or(check, |woken| check.min(woken + self.answer_within))
         } else {
             self.next_read.min(check)
         };
@@ -421,8 +487,13 @@ impl Feed {
             () = tokio::time::sleep_until(watcher.wake_at(until, self.idle_since)) => {}
             () = self.poller.shared.notified(), if follower => {}
             // An event does not hurry a poller that backs off from a failing SageMaker.
+            // A follower gives the holder a moment to answer (see `unanswered`).
             () = self.poller.read.notified() => {
-                if !self.backing_off {
+                if follower {
+                    let now = Instant::now();
+                    self.woken.get_or_insert(now);
+                    self.last_woken = Some(now);
+                } else if !self.backing_off {
                     self.next_read = Instant::now();
                 }
             }

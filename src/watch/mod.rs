@@ -12,10 +12,12 @@
 //! one replica holds a lease and reads SageMaker (the *holder*); it publishes each changed
 //! snapshot to the database, which notifies every replica, and the others (*followers*) feed
 //! their watchers from there. Followers check the shared row every third of a lease as well,
-//! so a lost notification costs at most that delay, and take the lease over when it ran out
-//! (its holder died) or was given up (its last watcher left). When the database does not
-//! answer, a poller reads SageMaker on its own (*alone*; logged and counted) and rejoins when
-//! the database is back: watchers never go without news.
+//! so a lost notification costs at most that delay, and take the lease over when it ran out,
+//! when the holder's database session is gone (it died), or when it was given up (its last
+//! watcher left); a follower woken by an event that its holder does not answer within 2 s
+//! reads SageMaker itself. When the database does not answer, a poller reads SageMaker on its
+//! own (*alone*; logged and counted) and rejoins when the database is back: watchers never go
+//! without news.
 //!
 //! Pollers run on the server's tracked tasks: shutdown waits for them (a holder gives its lease
 //! up) before the store closes, and a reading in progress does not hold it.

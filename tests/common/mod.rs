@@ -73,6 +73,16 @@ pub fn with_database(url: &str, name: &str) -> String {
 }
 
 impl TestDb {
+    /// A Postgres database the test made itself (a cluster of its own, say), at `url`.
+    pub fn at(url: String) -> Self {
+        Self {
+            backend: Backend::Postgres,
+            url,
+            postgres_name: None,
+            _dir: None,
+        }
+    }
+
     pub async fn new(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => {
@@ -419,11 +429,7 @@ impl Stack {
 
     /// An execution that stays Stopping once stopped (a Callback step waits).
     pub async fn callback_execution(&self) -> String {
-        self.execution(serde_json::json!([
-            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q"},
-            {"Name": "Train", "Type": "Training", "DependsOn": ["Approve"]}
-        ]))
-        .await
+        callback_execution(&self.sagemaker).await
     }
 
     /// StopExecution with a generated token; panics unless it succeeds.
@@ -540,6 +546,19 @@ pub async fn until_scraped(
         assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An execution that stays Stopping once stopped (a Callback step waits).
+pub async fn callback_execution(sagemaker: &aws_sdk_sagemaker::Client) -> String {
+    let pipeline = create_pipeline(
+        sagemaker,
+        serde_json::json!([
+            {"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q"},
+            {"Name": "Train", "Type": "Training", "DependsOn": ["Approve"]}
+        ]),
+    )
+    .await;
+    start_execution(sagemaker, &pipeline).await
 }
 
 /// A running execution (a Training step that takes a day unless stopped).

@@ -14,6 +14,7 @@ mod client;
 mod console;
 mod estate;
 mod executions;
+mod failover;
 mod fleet;
 mod force;
 mod history;
