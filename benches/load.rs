@@ -37,7 +37,8 @@
 //!   replica with its pacing, on one without, and on 3 replicas (one Postgres) each stopping
 //!   a pipeline of each account: the wall time against the floor 500 / (5 x 10) = 10 s, and
 //!   the share of StopPipelineExecution attempts throttled; on servers and an emulator of
-//!   their own. `BENCH_ONLY=quotas` runs this scenario alone.
+//!   their own. `BENCH_ONLY=quotas` runs this scenario alone (`BENCH_QUOTA_RATE`, 10, the quota
+//!   and its burst).
 //!
 //! Each is run at a fixed concurrency and reported as requests per second, p50 and p99
 //! latency, and the ratio of its throughput to the baseline's. Environment: BENCH_SERVER (the
@@ -1065,10 +1066,8 @@ async fn batch_scenario(url: &str, emulator: &str, count: usize) -> String {
     )
 }
 
-/// The quota scenario's accounts, rate and burst.
+/// The quota scenario's accounts.
 const QUOTA_ACCOUNTS: usize = 5;
-const QUOTA_RATE: f64 = 10.0;
-const QUOTA_BURST: f64 = 10.0;
 const QUOTA_EXECUTIONS: usize = 500;
 const QUOTA_PIPELINES: usize = 3;
 
@@ -1110,6 +1109,7 @@ async fn scoped_calls(emulator: &str, path: &str, operation: &str) -> u64 {
 /// pacing, on one without, and on 3 replicas each stopping one pipeline of each account. Rows
 /// of a table.
 async fn quotas_scenario(binary: &str, database_url: &str) -> Vec<String> {
+    let rate = quota_rate();
     let (mut emulator_process, emulator) =
         start(binary, &["emulator", "--listen", "127.0.0.1:0"], "endpoint");
     let dir = std::env::temp_dir().join(format!("pipeline-control-quotas-{}", std::process::id()));
@@ -1134,7 +1134,7 @@ async fn quotas_scenario(binary: &str, database_url: &str) -> Vec<String> {
         let credentials = assume_role(&emulator, ("bench", "bench"), &role(id)).await;
         clients.push(sagemaker_as(&emulator, credentials));
     }
-    let floor = QUOTA_EXECUTIONS as f64 / (QUOTA_ACCOUNTS as f64 * QUOTA_RATE);
+    let floor = QUOTA_EXECUTIONS as f64 / (QUOTA_ACCOUNTS as f64 * rate);
     let mut rows = Vec::new();
     for (name, replicas_count, pacing) in [
         ("1 replica, paced", 1usize, "true"),
@@ -1161,9 +1161,13 @@ async fn quotas_scenario(binary: &str, database_url: &str) -> Vec<String> {
             file.to_str().unwrap(),
             "--upstream-pacing",
             pacing,
+            // The caller's own StopExecution rate (50 a second) would bound it before 100
+            // calls a second of quota: only the quotas here.
+            "--stop-rate-limit",
+            "0",
         ];
         let mut servers = replicas(binary, database_url, &emulator, replicas_count, &extra);
-        set_quota(&emulator, Some((QUOTA_RATE, QUOTA_BURST))).await;
+        set_quota(&emulator, Some((rate, rate))).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let _ = reqwest::Client::new()
             .delete(format!("{emulator}/_emulator/stats"))
@@ -1223,10 +1227,17 @@ async fn quotas_scenario(binary: &str, database_url: &str) -> Vec<String> {
     rows
 }
 
+/// The quota of the scenario's accounts, calls a second and the burst alike
+/// (`BENCH_QUOTA_RATE`, 10).
+fn quota_rate() -> f64 {
+    env_or("BENCH_QUOTA_RATE", 10).max(1) as f64
+}
+
 fn print_quotas(rows: &[String]) {
+    let rate = quota_rate();
     println!(
-        "| {QUOTA_EXECUTIONS} executions, {QUOTA_ACCOUNTS} accounts, quota {QUOTA_RATE}/s (burst {QUOTA_BURST}) each: one StopExecutions per pipeline | stopped | wall time | vs floor ({:.0} s) | StopPipelineExecution attempts | throttled | share throttled |",
-        QUOTA_EXECUTIONS as f64 / (QUOTA_ACCOUNTS as f64 * QUOTA_RATE)
+        "| {QUOTA_EXECUTIONS} executions, {QUOTA_ACCOUNTS} accounts, quota {rate}/s (burst {rate}) each: one StopExecutions per pipeline | stopped | wall time | vs floor ({:.0} s) | StopPipelineExecution attempts | throttled | share throttled |",
+        QUOTA_EXECUTIONS as f64 / (QUOTA_ACCOUNTS as f64 * rate)
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {

@@ -350,7 +350,7 @@ impl Metrics {
             Family::<PaceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "pipeline_control_upstream_pace",
-            "The calls per second this replica lets go to an operation of an (account, region) since SageMaker first throttled it there: halved on each throttling, growing by one per second while calls are answered (no series: never throttled, not paced)",
+            "The calls per second this replica lets go to an operation of an (account, region) since SageMaker first throttled it there: halved on each throttling, growing back while calls are answered (no series: never throttled, not paced)",
             upstream_pace.clone(),
         );
 
