@@ -31,6 +31,14 @@
 //!   call of each against the static token's, in the same run, on a server (a token file and
 //!   an identity file) and an emulator (whose STS checks the role's signature) of their own.
 //!   `BENCH_ONLY=identity` runs this scenario alone.
+//! - upstream quotas: 500 executions over 5 accounts (each reached through an assumed role),
+//!   100 each in 3 pipelines, against an emulator whose quota is 10 calls a second (bursts of
+//!   10) per account and operation: one StopExecutions per pipeline, all at once, on one
+//!   replica with its pacing, on one without, and on 3 replicas (one Postgres) each stopping
+//!   a pipeline of each account: the wall time against the floor 500 / (5 x 10) = 10 s, and
+//!   the share of StopPipelineExecution attempts throttled; on servers and an emulator of
+//!   their own. `BENCH_ONLY=quotas` runs this scenario alone (`BENCH_QUOTA_RATE`, 10, the quota
+//!   and its burst).
 //!
 //! Each is run at a fixed concurrency and reported as requests per second, p50 and p99
 //! latency, and the ratio of its throughput to the baseline's. Environment: BENCH_SERVER (the
@@ -246,8 +254,7 @@ async fn create_executions(emulator: &str, count: usize) -> Vec<String> {
 }
 
 async fn create_executions_named(emulator: &str, pipeline: &str, count: usize) -> Vec<String> {
-    let definition = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/bench"}]}"#;
-    create_executions_of(emulator, pipeline, definition, count).await
+    executions_in(&sagemaker(emulator), pipeline, count).await
 }
 
 /// `count` executions of a new pipeline `pipeline` of `definition`, started 16 at a time.
@@ -257,7 +264,27 @@ async fn create_executions_of(
     definition: &str,
     count: usize,
 ) -> Vec<String> {
-    let client = sagemaker(emulator);
+    executions_with(&sagemaker(emulator), pipeline, definition, count).await
+}
+
+/// `count` Callback executions of a new pipeline `pipeline`, made by `client` (in its account).
+async fn executions_in(
+    client: &aws_sdk_sagemaker::Client,
+    pipeline: &str,
+    count: usize,
+) -> Vec<String> {
+    let definition = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/bench"}]}"#;
+    executions_with(client, pipeline, definition, count).await
+}
+
+/// `count` executions of a new pipeline `pipeline` of `definition`, made by `client`, started
+/// 16 at a time.
+async fn executions_with(
+    client: &aws_sdk_sagemaker::Client,
+    pipeline: &str,
+    definition: &str,
+    count: usize,
+) -> Vec<String> {
     client
         .create_pipeline()
         .pipeline_name(pipeline)
@@ -1039,6 +1066,200 @@ async fn batch_scenario(url: &str, emulator: &str, count: usize) -> String {
     )
 }
 
+/// The quota scenario's accounts.
+const QUOTA_ACCOUNTS: usize = 5;
+const QUOTA_EXECUTIONS: usize = 500;
+const QUOTA_PIPELINES: usize = 3;
+
+/// `PUT` (or, with `None`, `DELETE`) the emulator's quota of every operation.
+async fn set_quota(emulator: &str, quota: Option<(f64, f64)>) {
+    let http = reqwest::Client::new();
+    let url = format!("{emulator}/_emulator/quotas/*");
+    let response = match quota {
+        Some((rate, burst)) => {
+            http.put(url)
+                .json(&serde_json::json!({"rate": rate, "burst": burst}))
+                .send()
+                .await
+        }
+        None => http.delete(url).send().await,
+    };
+    assert!(response.unwrap().status().is_success());
+}
+
+/// The emulator's counts at `path` (`stats/by-account` or `stats/throttled`) of `operation`,
+/// summed over every account and region.
+async fn scoped_calls(emulator: &str, path: &str, operation: &str) -> u64 {
+    let stats: serde_json::Value = reqwest::get(format!("{emulator}/_emulator/{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let accounts = stats.as_object().cloned().unwrap_or_default();
+    accounts
+        .values()
+        .flat_map(|regions| regions.as_object().cloned().unwrap_or_default())
+        .map(|(_, calls)| calls[operation].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Upstream quotas: one StopExecutions per pipeline over 500 executions in 5 accounts, 3
+/// pipelines each, the emulator's quota 10 calls a second per account: on one replica with its
+/// pacing, on one without, and on 3 replicas each stopping one pipeline of each account. Rows
+/// of a table.
+async fn quotas_scenario(binary: &str, database_url: &str) -> Vec<String> {
+    let rate = quota_rate();
+    let (mut emulator_process, emulator) =
+        start(binary, &["emulator", "--listen", "127.0.0.1:0"], "endpoint");
+    let dir = std::env::temp_dir().join(format!("pipeline-control-quotas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("accounts.toml");
+    let ids: Vec<String> = (0..QUOTA_ACCOUNTS)
+        .map(|i| format!("{:012}", 400_000_000_000u64 + i as u64))
+        .collect();
+    let role = |id: &str| format!("arn:aws:iam::{id}:role/pipeline-control");
+    let text: String = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "[[account]]\nid = \"{id}\"\nrole_arn = \"{}\"\n\n",
+                role(id)
+            )
+        })
+        .collect();
+    std::fs::write(&file, text).unwrap();
+    let mut clients = Vec::new();
+    for id in &ids {
+        let credentials = assume_role(&emulator, ("bench", "bench"), &role(id)).await;
+        clients.push(sagemaker_as(&emulator, credentials));
+    }
+    let floor = QUOTA_EXECUTIONS as f64 / (QUOTA_ACCOUNTS as f64 * rate);
+    let mut rows = Vec::new();
+    for (name, replicas_count, pacing) in [
+        ("1 replica, paced", 1usize, "true"),
+        ("1 replica, not paced", 1, "false"),
+        ("3 replicas, paced", 3, "true"),
+    ] {
+        // Executions made without a quota; the buckets fill while the servers start.
+        set_quota(&emulator, None).await;
+        let tag = format!("quota-{replicas_count}-{pacing}");
+        let mut pipelines = Vec::new();
+        let per_account = QUOTA_EXECUTIONS / QUOTA_ACCOUNTS;
+        for client in &clients {
+            for p in 0..QUOTA_PIPELINES {
+                let count =
+                    per_account / QUOTA_PIPELINES + usize::from(p < per_account % QUOTA_PIPELINES);
+                let arns = executions_in(client, &format!("{tag}-{p}"), count).await;
+                pipelines.push((p, arns[0].split("/execution/").next().unwrap().to_string()));
+            }
+        }
+        let extra = [
+            "--sts-endpoint",
+            emulator.as_str(),
+            "--accounts-file",
+            file.to_str().unwrap(),
+            "--upstream-pacing",
+            pacing,
+            // The caller's own StopExecution rate (50 a second) would bound it before 100
+            // calls a second of quota: only the quotas here.
+            "--stop-rate-limit",
+            "0",
+        ];
+        let mut servers = replicas(binary, database_url, &emulator, replicas_count, &extra);
+        set_quota(&emulator, Some((rate, rate))).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = reqwest::Client::new()
+            .delete(format!("{emulator}/_emulator/stats"))
+            .send()
+            .await;
+
+        let started = Instant::now();
+        let mut batches = Vec::new();
+        for (p, pipeline_arn) in pipelines {
+            // Replica k stops the k-th pipeline of each account (all on one replica alone).
+            let url = servers[p % replicas_count].1.clone();
+            batches.push(tokio::spawn(async move {
+                let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+                let mut stream = pb::pipeline_control_client::PipelineControlClient::new(channel)
+                    .stop_executions(pb::StopExecutionsRequest {
+                        pipeline_arn,
+                        client_request_token: uuid::Uuid::new_v4().to_string(),
+                        reason: "bench".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let mut stopped = 0;
+                while let Some(message) = stream.message().await.unwrap() {
+                    if let Some(pb::stop_executions_response::Response::Summary(summary)) =
+                        message.response
+                    {
+                        stopped = summary.stop_requested;
+                    }
+                }
+                stopped as usize
+            }));
+        }
+        let mut stopped = 0;
+        for batch in batches {
+            stopped += batch.await.unwrap();
+        }
+        let wall = started.elapsed().as_secs_f64();
+        let attempts = scoped_calls(&emulator, "stats/by-account", "StopPipelineExecution").await;
+        let throttled = scoped_calls(&emulator, "stats/throttled", "StopPipelineExecution").await;
+        rows.push(format!(
+            "| {name} | {stopped} | {wall:.2} s | {:.2}x | {attempts} | {throttled} | {:.1} % |",
+            wall / floor,
+            100.0 * throttled as f64 / attempts.max(1) as f64
+        ));
+        for (child, _) in &mut servers {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+    let _ = emulator_process.kill();
+    let _ = emulator_process.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    rows
+}
+
+/// The quota of the scenario's accounts, calls a second and the burst alike
+/// (`BENCH_QUOTA_RATE`, 10).
+fn quota_rate() -> f64 {
+    env_or("BENCH_QUOTA_RATE", 10).max(1) as f64
+}
+
+fn print_quotas(rows: &[String]) {
+    let rate = quota_rate();
+    println!(
+        "| {QUOTA_EXECUTIONS} executions, {QUOTA_ACCOUNTS} accounts, quota {rate}/s (burst {rate}) each: one StopExecutions per pipeline | stopped | wall time | vs floor ({:.0} s) | StopPipelineExecution attempts | throttled | share throttled |",
+        QUOTA_EXECUTIONS as f64 / (QUOTA_ACCOUNTS as f64 * rate)
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
+/// A SageMaker client of the emulator acting with `credentials` (an assumed role's account).
+fn sagemaker_as(
+    emulator: &str,
+    credentials: aws_sdk_sts::config::Credentials,
+) -> aws_sdk_sagemaker::Client {
+    use aws_sdk_sagemaker::config::{BehaviorVersion, Region};
+    let config = aws_sdk_sagemaker::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(credentials)
+        .endpoint_url(emulator)
+        .build();
+    aws_sdk_sagemaker::Client::from_conf(config)
+}
+
 /// Receives spans as an OpenTelemetry collector does, and counts them.
 #[derive(Clone, Default)]
 struct Collector {
@@ -1779,6 +2000,10 @@ async fn main() {
         print_fleet(&fleet_scenario(&binary, &database_url).await);
         return;
     }
+    if only == "quotas" {
+        print_quotas(&quotas_scenario(&binary, &database_url).await);
+        return;
+    }
     if only == "console" {
         let pages = env_or("BENCH_CONSOLE_PAGES", 200) as usize;
         print_console(&console_scenario(&binary, &database_url, 20, pages).await);
@@ -2058,6 +2283,7 @@ async fn main() {
         let fleet = fleet_scenario(&binary, &database_url).await;
         let console = console_scenario(&binary, &database_url, 20, 200).await;
         let identity = identity_scenario(&binary, &database_url, concurrency, seconds).await;
+        let quotas = quotas_scenario(&binary, &database_url).await;
         Some((
             watch_rows,
             estate_phases,
@@ -2067,6 +2293,7 @@ async fn main() {
             fleet,
             console,
             identity,
+            quotas,
         ))
     };
 
@@ -2117,6 +2344,7 @@ async fn main() {
         fleet,
         console,
         identity,
+        quotas,
     )) = &rest
     {
         println!();
@@ -2145,6 +2373,8 @@ async fn main() {
         print_console(console);
         println!();
         print!("{identity}");
+        println!();
+        print_quotas(quotas);
     }
     println!();
     println!("CPU per first call: {first_cpu}");

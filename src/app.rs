@@ -187,6 +187,7 @@ impl Application {
         // One client, with the configured attempts, for stops, reads and pollers alike.
         let policy = CallPolicy {
             max_attempts: args.upstream_attempts,
+            pacing: args.upstream_pacing,
             ..CallPolicy::default()
         };
         let mut estate = EstateSettings {

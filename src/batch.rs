@@ -8,8 +8,10 @@
 //! replays what was done and carries out the rest; each stop is claimed and completed by the
 //! stop machinery (on a task of its own), so a caller that goes away leaves every execution
 //! either stopped and recorded or untouched. A few stops run at a time (four per batch, and
-//! at most sixteen for all the batches of a server together), each spending one of the
-//! caller's StopExecution rate, and each is authorized on its own.
+//! at most sixteen for all the batches of a server in one account and region together), each
+//! spending one of the caller's StopExecution rate, and each is authorized on its own. Their
+//! calls to SageMaker go at the pace of their (account, region) (see `pace`): batches of
+//! several accounts run in parallel, each account at its own quota.
 
 use std::{
     collections::BTreeMap,
@@ -319,7 +321,7 @@ async fn stop_one(
     if input.dry_run {
         return None;
     }
-    let _permit = stopper.batch_stop_permit().await;
+    let _permit = stopper.batch_stop_permit(&arn).await;
     rate.wait(caller.principal()).await;
     let stop = StopInput {
         principal: caller.principal().clone(),

@@ -66,9 +66,16 @@ pub struct ServeArgs {
     pub retention_interval: Duration,
 
     /// Attempts per SageMaker call: throttling, 5xx and network errors are retried with
-    /// exponential backoff and jitter.
+    /// exponential backoff and jitter, each attempt in its turn of the pace.
     #[arg(long, env = "PIPELINE_CONTROL_UPSTREAM_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub upstream_attempts: u32,
+
+    /// Pace the calls to each (account, region) of SageMaker: once SageMaker throttles an
+    /// operation there, its calls (and their attempts) go one after the other at a rate that
+    /// halves on each throttling and grows back while calls are answered. `false`: every call
+    /// goes at once, as many as ask.
+    #[arg(long, env = "PIPELINE_CONTROL_UPSTREAM_PACING", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub upstream_pacing: bool,
 
     /// How often a watched execution is read from SageMaker (once per interval however many
     /// watch it; with jitter, and backing off up to 30 s while SageMaker throttles or fails).

@@ -70,7 +70,9 @@
 //!   refusal of what it does not list, and the cached SageMaker client of each (account,
 //!   region), with roles assumed through STS.
 //! - `sagemaker`: the only code that calls SageMaker through the AWS SDK, one client per
-//!   (account, region), and the sorting of its failures.
+//!   (account, region), its attempts and the sorting of its failures.
+//! - `pace`: the pace of the calls to each (account, region), one lane per operation, that
+//!   slows down when SageMaker throttles and grows back while it answers.
 //! - `recent`: what this process lately read of executions and changed (stops, answered
 //!   callbacks): the last read of each, which answers while younger than the poll interval,
 //!   and never once the service changed the execution after the read began.
@@ -112,6 +114,7 @@ mod holding;
 mod hooks;
 mod jitter;
 mod metrics;
+mod pace;
 pub mod pb;
 mod rate;
 mod reads;

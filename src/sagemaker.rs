@@ -9,18 +9,8 @@ use std::{
 
 use anyhow::Context as _;
 use aws_sdk_sagemaker::{
-    config::{
-        ConfigBag, Intercept, RuntimeComponents,
-        http::HttpResponse,
-        interceptors::{BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef},
-        retry::RetryConfig,
-        timeout::TimeoutConfig,
-    },
-    error::{ProvideErrorMetadata as _, SdkError},
-};
-use aws_smithy_runtime_api::{
-    box_error::BoxError,
-    client::{orchestrator::Metadata, retries::RequestAttempts},
+    config::{http::HttpResponse, retry::RetryConfig, timeout::TimeoutConfig},
+    error::{ProvideErrorMetadata, SdkError},
 };
 use tracing::Instrument as _;
 
@@ -28,7 +18,9 @@ use crate::{
     domain::{
         ExecutionArn, ExecutionSnapshot, ExecutionStatus, StepDetail, StepSnapshot, StepStatus,
     },
-    metrics::{Metrics, UPSTREAM_OPERATIONS},
+    jitter::jittered,
+    metrics::Metrics,
+    pace::Pace,
     recent::Recent,
 };
 
@@ -205,15 +197,22 @@ const ACCESS_DENIED: &[&str] = &[
     "MissingAuthenticationToken",
 ];
 
-/// How long and how often the SDK tries one call (throttling, 5xx and network errors are
-/// retried by the SDK, with exponential backoff and jitter).
+/// How long and how often one call is tried: throttling, 5xx and network errors are tried
+/// again, each attempt in its turn of the (account, region)'s pace, after an exponential
+/// backoff with jitter. The attempts are the service's own (the SDK makes one each), so that
+/// every attempt waits for its turn and each throttled one slows the pace.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallPolicy {
     pub(crate) max_attempts: u32,
     pub(crate) initial_backoff: Duration,
     pub(crate) attempt_timeout: Duration,
     pub(crate) operation_timeout: Duration,
+    /// `--upstream-pacing`: calls wait for their turn in their (account, region)'s pace.
+    pub(crate) pacing: bool,
 }
+
+/// The longest backoff between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(20);
 
 impl Default for CallPolicy {
     fn default() -> Self {
@@ -222,15 +221,15 @@ impl Default for CallPolicy {
             initial_backoff: Duration::from_millis(200),
             attempt_timeout: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(20),
+            pacing: true,
         }
     }
 }
 
 impl CallPolicy {
+    /// The SDK's: one attempt per send (the service tries again itself).
     pub(crate) fn retry(&self) -> RetryConfig {
-        RetryConfig::standard()
-            .with_max_attempts(self.max_attempts.max(1))
-            .with_initial_backoff(self.initial_backoff)
+        RetryConfig::disabled()
     }
 
     pub(crate) fn timeouts(&self) -> TimeoutConfig {
@@ -238,6 +237,15 @@ impl CallPolicy {
             .operation_attempt_timeout(self.attempt_timeout)
             .operation_timeout(self.operation_timeout)
             .build()
+    }
+
+    /// How long to wait before attempt `attempt` + 1: the initial backoff, doubled per
+    /// attempt, anywhere between nothing and twice that.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        jittered(base.min(MAX_BACKOFF), 1.0)
     }
 }
 
@@ -250,75 +258,27 @@ const THROTTLING: &[&str] = &[
     "ProvisionedThroughputExceededException",
 ];
 
-/// Counts each attempt of the service's SageMaker calls: the ones after the first (the SDK's
-/// retries) and the ones SageMaker answered with throttling. One per client configuration.
-#[derive(Debug)]
-pub(crate) struct AttemptMetrics {
-    metrics: Arc<Metrics>,
+/// Whether an attempt's failure is worth another attempt: throttling, 5xx, timeouts and
+/// network failures, unless the credentials were refused.
+fn worth_retrying<E>(error: &SdkError<E, HttpResponse>) -> bool
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error {
+        SdkError::ServiceError(context) => {
+            is_throttling(error) || context.raw().status().is_server_error()
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            !credentials_refused(error)
+        }
+        _ => false,
+    }
 }
 
-impl AttemptMetrics {
-    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
-    }
-
-    /// The operation of the call, if it is one the metrics know.
-    fn operation(cfg: &ConfigBag) -> Option<&'static str> {
-        let name = cfg.load::<Metadata>()?.name();
-        UPSTREAM_OPERATIONS.into_iter().find(|known| *known == name)
-    }
-}
-
-impl Intercept for AttemptMetrics {
-    fn name(&self) -> &'static str {
-        "AttemptMetrics"
-    }
-
-    fn read_before_attempt(
-        &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
-        if attempt > 1
-            && let Some(operation) = Self::operation(cfg)
-        {
-            self.metrics.upstream_retry(operation);
-        }
-        Ok(())
-    }
-
-    fn read_after_attempt(
-        &self,
-        context: &FinalizerInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let Some(response) = context.response() else {
-            return Ok(());
-        };
-        if !matches!(response.status().as_u16(), 400 | 429 | 503) {
-            return Ok(());
-        }
-        // The error's code is in a header or the JSON body (which is in memory by now).
-        let header = response
-            .headers()
-            .get("x-amzn-errortype")
-            .unwrap_or_default();
-        let body = response
-            .body()
-            .bytes()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
-        let throttled = THROTTLING
-            .iter()
-            .any(|code| header.contains(code) || body.contains(code));
-        if throttled && let Some(operation) = Self::operation(cfg) {
-            self.metrics.upstream_throttle(operation);
-        }
-        Ok(())
-    }
+/// Whether SageMaker answered with throttling.
+fn is_throttling<E: ProvideErrorMetadata>(error: &SdkError<E, HttpResponse>) -> bool {
+    matches!(error, SdkError::ServiceError(_))
+        && error.code().is_some_and(|code| THROTTLING.contains(&code))
 }
 
 /// The SageMaker client of one (account, region).
@@ -327,6 +287,9 @@ pub(crate) struct SageMaker {
     client: aws_sdk_sagemaker::Client,
     account: String,
     region: String,
+    policy: CallPolicy,
+    /// The pace of this (account, region)'s calls (the client's, kept across clones).
+    pace: Arc<Pace>,
     metrics: Arc<Metrics>,
     /// Where reads and changes of executions are recorded (the estate's, for every client).
     recent: Arc<Recent>,
@@ -337,6 +300,7 @@ impl SageMaker {
         client: aws_sdk_sagemaker::Client,
         account: &str,
         region: &str,
+        policy: CallPolicy,
         metrics: Arc<Metrics>,
         recent: Arc<Recent>,
     ) -> Self {
@@ -344,8 +308,43 @@ impl SageMaker {
             client,
             account: account.to_string(),
             region: region.to_string(),
+            policy,
+            pace: Arc::new(Pace::new(account, region, policy.pacing, metrics.clone())),
             metrics,
             recent,
+        }
+    }
+
+    /// Makes one call, attempt after attempt (see [`CallPolicy`]): each waits for its turn in
+    /// the pace of `operation`, and its answer paces the ones after it. `attempt` sends one.
+    async fn send<T, E, F>(
+        &self,
+        operation: &'static str,
+        span: &tracing::Span,
+        attempt: impl Fn() -> F,
+    ) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let ticket = self.pace.ready(operation).await;
+            let result = attempt().instrument(span.clone()).await;
+            let throttled = result.as_ref().err().is_some_and(is_throttling);
+            self.pace.answered(ticket, throttled);
+            if throttled {
+                self.metrics.upstream_throttle(operation);
+            }
+            match result {
+                Err(error) if attempts < self.policy.max_attempts && worth_retrying(&error) => {
+                    tracing::debug!(operation, attempts, error = %aws_sdk_sagemaker::error::DisplayErrorContext(&error), "trying again");
+                    self.metrics.upstream_retry(operation);
+                    tokio::time::sleep(self.policy.backoff(attempts)).await;
+                }
+                result => return result,
+            }
         }
     }
 
@@ -490,12 +489,13 @@ impl SageMaker {
         let _changing = self.recent.changing(arn.as_str());
         let (started, span) = (Instant::now(), self.span(OPERATION));
         let result = self
-            .client
-            .stop_pipeline_execution()
-            .pipeline_execution_arn(arn.as_str())
-            .client_request_token(upstream_token)
-            .send()
-            .instrument(span.clone())
+            .send(OPERATION, &span, || {
+                self.client
+                    .stop_pipeline_execution()
+                    .pipeline_execution_arn(arn.as_str())
+                    .client_request_token(upstream_token)
+                    .send()
+            })
             .await;
         let answer = match result {
             Ok(_) => Ok(StopResult::Requested),
@@ -545,17 +545,18 @@ impl SageMaker {
         loop {
             let (started, span) = (Instant::now(), self.span(OPERATION));
             let page = self
-                .client
-                .list_pipeline_executions()
-                .pipeline_name(pipeline_arn)
-                .set_created_after(created_after.map(time))
-                .set_created_before(created_before.map(time))
-                .sort_by(aws_sdk_sagemaker::types::SortPipelineExecutionsBy::CreationTime)
-                .sort_order(aws_sdk_sagemaker::types::SortOrder::Descending)
-                .max_results(100)
-                .set_next_token(next_token.take())
-                .send()
-                .instrument(span.clone())
+                .send(OPERATION, &span, || {
+                    self.client
+                        .list_pipeline_executions()
+                        .pipeline_name(pipeline_arn)
+                        .set_created_after(created_after.map(time))
+                        .set_created_before(created_before.map(time))
+                        .sort_by(aws_sdk_sagemaker::types::SortPipelineExecutionsBy::CreationTime)
+                        .sort_order(aws_sdk_sagemaker::types::SortOrder::Descending)
+                        .max_results(100)
+                        .set_next_token(next_token.clone())
+                        .send()
+                })
                 .await;
             let page = match page {
                 Ok(page) => {
@@ -612,13 +613,14 @@ impl SageMaker {
         let _changing = self.recent.changing(arn.as_str());
         let (started, span) = (Instant::now(), self.span(OPERATION));
         let result = self
-            .client
-            .send_pipeline_execution_step_failure()
-            .callback_token(callback_token)
-            .failure_reason(failure_reason)
-            .client_request_token(client_token)
-            .send()
-            .instrument(span.clone())
+            .send(OPERATION, &span, || {
+                self.client
+                    .send_pipeline_execution_step_failure()
+                    .callback_token(callback_token)
+                    .failure_reason(failure_reason)
+                    .client_request_token(client_token)
+                    .send()
+            })
             .await;
         let (answer, result) = match result {
             Ok(_) => (Ok(StepAnswer::Answered), "ok"),
@@ -655,11 +657,12 @@ impl SageMaker {
         const OPERATION: &str = "DescribePipelineExecution";
         let (started, span) = (Instant::now(), self.span(OPERATION));
         let result = self
-            .client
-            .describe_pipeline_execution()
-            .pipeline_execution_arn(arn.as_str())
-            .send()
-            .instrument(span.clone())
+            .send(OPERATION, &span, || {
+                self.client
+                    .describe_pipeline_execution()
+                    .pipeline_execution_arn(arn.as_str())
+                    .send()
+            })
             .await;
         let (answer, result) = match result {
             Ok(output) => (Ok(Some(output)), "ok"),
@@ -710,13 +713,14 @@ impl SageMaker {
             const OPERATION: &str = "ListPipelineExecutionSteps";
             let (started, span) = (Instant::now(), self.span(OPERATION));
             let page = self
-                .client
-                .list_pipeline_execution_steps()
-                .pipeline_execution_arn(arn.as_str())
-                .max_results(STEPS_PAGE)
-                .set_next_token(next_token.take())
-                .send()
-                .instrument(span.clone())
+                .send(OPERATION, &span, || {
+                    self.client
+                        .list_pipeline_execution_steps()
+                        .pipeline_execution_arn(arn.as_str())
+                        .max_results(STEPS_PAGE)
+                        .set_next_token(next_token.clone())
+                        .send()
+                })
                 .await;
             let page = match page {
                 Ok(page) => {

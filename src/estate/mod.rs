@@ -14,6 +14,9 @@
 //! previous one in force. A reload drops the cached clients, so a changed role or endpoint
 //! takes effect at the next call.
 //!
+//! Each client paces its calls (see `pace`): the pace lives with the cached client, so a
+//! reload that drops the clients starts every (account, region) afresh.
+//!
 //! Every client records what it reads of executions and the changes it makes to them in the
 //! estate's [`Recent`], so that reads are shared and none begun before a change answers for
 //! after it.
@@ -25,7 +28,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use arc_swap::ArcSwap;
 use aws_config::{BehaviorVersion, Region, SdkConfig, sts::AssumeRoleProvider};
-use aws_sdk_sagemaker::config::{Credentials, SharedInterceptor};
+use aws_sdk_sagemaker::config::Credentials;
 use dashmap::DashMap;
 
 use self::ceiling::Ceiling;
@@ -38,7 +41,7 @@ use crate::{
     files,
     metrics::Metrics,
     recent::Recent,
-    sagemaker::{AttemptMetrics, CallPolicy, SageMaker},
+    sagemaker::{CallPolicy, SageMaker},
 };
 
 /// The HTTP client every SageMaker and STS client shares: one connection pool and one TLS
@@ -100,8 +103,6 @@ pub(crate) struct Estate {
     accounts: ArcSwap<Option<Accounts>>,
     clients: DashMap<(String, String), SageMaker>,
     metrics: Arc<Metrics>,
-    /// Counts every client's attempts (one interceptor for all).
-    attempts: SharedInterceptor,
     /// What every client read of executions and changed lately (kept across reloads).
     recent: Arc<Recent>,
 }
@@ -157,7 +158,6 @@ impl Estate {
             settings,
             accounts: ArcSwap::from_pointee(accounts),
             clients: DashMap::new(),
-            attempts: SharedInterceptor::new(AttemptMetrics::new(metrics.clone())),
             metrics,
             recent: Arc::default(),
         })
@@ -232,8 +232,7 @@ impl Estate {
         let mut config = aws_sdk_sagemaker::config::Builder::from(&self.base)
             .region(Region::new(region.to_string()))
             .retry_config(self.policy.retry())
-            .timeout_config(self.policy.timeouts())
-            .interceptor(self.attempts.clone());
+            .timeout_config(self.policy.timeouts());
         let endpoint = account
             .and_then(|a| a.endpoint.clone())
             .or_else(|| self.settings.endpoint.clone());
@@ -248,6 +247,7 @@ impl Estate {
             aws_sdk_sagemaker::Client::from_conf(config.build()),
             account_id,
             region,
+            self.policy,
             self.metrics.clone(),
             self.recent.clone(),
         )

@@ -106,6 +106,15 @@ pub(crate) const STORE_OPERATIONS: [&str; 19] = [
     "ping",
 ];
 
+/// The most (account, region) label pairs the per-account series take; the calls of any other
+/// are counted under `account="other", region="other"`. An accounts file bounds the pairs
+/// anyway (its accounts times their regions); without one, this does.
+pub(crate) const LABELLED_SCOPES: usize = 100;
+
+/// An (account, region) as labels: `account`, `region`, and (for the pace) `operation`.
+type ScopeLabels = [(&'static str, String); 2];
+type PaceLabels = [(&'static str, String); 3];
+
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -165,6 +174,10 @@ pub(crate) struct Metrics {
     upstream_duration: Histograms<Labels1>,
     upstream_retries: Family<Labels1, Counter>,
     upstream_throttles: Family<Labels1, Counter>,
+    upstream_account_throttles: Family<ScopeLabels, Counter>,
+    upstream_pace: Family<PaceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The (account, region)s with labels of their own, at most [`LABELLED_SCOPES`].
+    labelled_scopes: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
     watch_streams: Gauge,
     watch_streams_limit: Gauge,
     pollers: Gauge,
@@ -328,6 +341,19 @@ impl Metrics {
         build_info
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
+        let upstream_account_throttles = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "pipeline_control_upstream_account_throttles",
+            "SageMaker call attempts answered with throttling, by account and region (at most 100 pairs; the others as account=\"other\")",
+            upstream_account_throttles.clone(),
+        );
+        let upstream_pace =
+            Family::<PaceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "pipeline_control_upstream_pace",
+            "The calls per second this replica lets go to an operation of an (account, region) since SageMaker first throttled it there: halved on each throttling, growing back while calls are answered (no series: never throttled, not paced)",
+            upstream_pace.clone(),
+        );
 
         let watch_roles = Family::<Labels1, Gauge>::default();
         registry.register(
@@ -428,6 +454,9 @@ impl Metrics {
             upstream_duration,
             upstream_retries,
             upstream_throttles,
+            upstream_account_throttles,
+            upstream_pace,
+            labelled_scopes: Default::default(),
             watch_streams,
             watch_streams_limit,
             pollers,
@@ -596,6 +625,46 @@ impl Metrics {
         self.upstream_throttles
             .get_or_create(&[("operation", operation)])
             .inc();
+    }
+
+    /// The labels of (`account`, `region`): their own while there are few enough, else
+    /// `other`'s.
+    fn scope_labels(&self, account: &str, region: &str) -> Option<ScopeLabels> {
+        let mut labelled = self
+            .labelled_scopes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let key = (account.to_string(), region.to_string());
+        if labelled.contains(&key) || labelled.len() < LABELLED_SCOPES {
+            labelled.insert(key);
+            Some([
+                ("account", account.to_string()),
+                ("region", region.to_string()),
+            ])
+        } else {
+            None
+        }
+    }
+
+    /// An attempt SageMaker answered with throttling, by account and region.
+    pub(crate) fn upstream_account_throttle(&self, account: &str, region: &str) {
+        let labels = self
+            .scope_labels(account, region)
+            .unwrap_or_else(|| [("account", "other".into()), ("region", "other".into())]);
+        self.upstream_account_throttles.get_or_create(&labels).inc();
+    }
+
+    /// The series of the pace of `operation` in (`account`, `region`), unless that pair is
+    /// beyond [`LABELLED_SCOPES`] (a rate of `other` would mean nothing).
+    pub(crate) fn upstream_pace(
+        &self,
+        account: &str,
+        region: &str,
+        operation: &'static str,
+    ) -> Option<Gauge<f64, std::sync::atomic::AtomicU64>> {
+        let [account, region] = self.scope_labels(account, region)?;
+        let labels = [account, region, ("operation", operation.to_string())];
+        Some(self.upstream_pace.get_or_create(&labels).clone())
     }
 
     pub(crate) fn watch_streams(&self) -> &Gauge {

@@ -162,13 +162,16 @@ pub(crate) struct Stopper {
     /// so that shutdown can wait for them.
     tasks: TaskTracker,
     metrics: Arc<Metrics>,
-    /// Stops of StopExecutions batches running at once, all batches together: a stream holds
-    /// no permit of the guard's once its first message is out, so this bounds what many
-    /// batches together ask of SageMaker and the database.
-    batch_stops: Arc<tokio::sync::Semaphore>,
+    /// Stops of StopExecutions batches running at once, all batches of an (account, region)
+    /// together: a stream holds no permit of the guard's once its first message is out, so
+    /// this bounds what many batches together ask of SageMaker and the database. Per
+    /// (account, region), as SageMaker's quotas are: stops waiting for a throttled account's
+    /// pace hold none of another account's permits.
+    batch_stops: DashMap<(String, String), Arc<tokio::sync::Semaphore>>,
 }
 
-/// Stops of all StopExecutions batches together at once (each batch runs a few itself).
+/// Stops of all StopExecutions batches of one (account, region) together at once (each batch
+/// runs a few itself).
 const BATCH_STOPS_AT_ONCE: usize = 16;
 
 /// The `outcome` label of a StopExecution answer in the metrics: the outcome, or the error's
@@ -264,7 +267,7 @@ impl Stopper {
             inflight: DashMap::new(),
             completed: quick_cache::sync::Cache::new(REPLAY_CACHE),
             tasks: TaskTracker::new(),
-            batch_stops: Arc::new(tokio::sync::Semaphore::new(BATCH_STOPS_AT_ONCE)),
+            batch_stops: DashMap::new(),
         }
     }
 
@@ -417,9 +420,19 @@ impl Stopper {
             .ok_or(Error::StopRequestNotFound)
     }
 
-    /// A permit to run one stop of a batch, waiting for one when all are in use.
-    pub(crate) async fn batch_stop_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.batch_stops.clone().acquire_owned().await.ok()
+    /// A permit to run one stop of a batch in the execution's (account, region), waiting for
+    /// one when all are in use.
+    pub(crate) async fn batch_stop_permit(
+        &self,
+        arn: &ExecutionArn,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let scope = (arn.account().to_string(), arn.region().to_string());
+        let permits = self
+            .batch_stops
+            .entry(scope)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(BATCH_STOPS_AT_ONCE)))
+            .clone();
+        permits.acquire_owned().await.ok()
     }
 
     /// The callbacks the force of `record` released (none without `force_after`).

@@ -25,7 +25,10 @@ on_both_databases!(
 const CALLBACK: &str = r#"{"Version": "2020-12-01", "Steps": [{"Name": "Approve", "Type": "Callback", "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q"}]}"#;
 
 /// A pipeline named `fleet-…` of Callback executions, and `count` of them, oldest first.
-async fn pipeline(sagemaker: &aws_sdk_sagemaker::Client, count: usize) -> (String, Vec<String>) {
+pub(crate) async fn pipeline(
+    sagemaker: &aws_sdk_sagemaker::Client,
+    count: usize,
+) -> (String, Vec<String>) {
     let name = format!("fleet-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let arn = sagemaker
         .create_pipeline()
@@ -69,14 +72,14 @@ async fn batch(
     Ok(events)
 }
 
-struct Run {
+pub(crate) struct Run {
     selected: pb::SelectedExecutions,
-    results: Vec<pb::ExecutionStopResult>,
-    summary: pb::StopExecutionsSummary,
+    pub(crate) results: Vec<pb::ExecutionStopResult>,
+    pub(crate) summary: pb::StopExecutionsSummary,
 }
 
 /// The stream's shape: `selected` first, `summary` last, results between.
-fn shape(events: Vec<Event>) -> Run {
+pub(crate) fn shape(events: Vec<Event>) -> Run {
     let mut events = events.into_iter();
     let Some(Event::Selected(selected)) = events.next() else {
         panic!("selected comes first");

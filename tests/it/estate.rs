@@ -12,8 +12,8 @@ use serde_json::json;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 
-const OWN: &str = "123456789012";
-const OTHER: &str = "222222222222";
+pub(crate) const OWN: &str = "123456789012";
+pub(crate) const OTHER: &str = "222222222222";
 const ROLE: &str = "arn:aws:iam::222222222222:role/pipeline-control";
 const EXTERNAL_ID: &str = "stop-them-safely";
 
@@ -23,7 +23,7 @@ on_both_databases!(
 );
 
 /// An accounts file: the service's own account in two regions, another through a role.
-fn accounts_file() -> tempfile::NamedTempFile {
+pub(crate) fn accounts_file() -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         file.path(),
@@ -36,7 +36,11 @@ fn accounts_file() -> tempfile::NamedTempFile {
     file
 }
 
-async fn stack(backend: Backend, time_scale: f64, accounts: &tempfile::NamedTempFile) -> Stack {
+pub(crate) async fn stack(
+    backend: Backend,
+    time_scale: f64,
+    accounts: &tempfile::NamedTempFile,
+) -> Stack {
     let path = accounts.path().to_path_buf();
     let stack = Stack::start(backend, time_scale, |args| {
         args.sagemaker.accounts_file = Some(path);
@@ -53,7 +57,11 @@ async fn stack(backend: Backend, time_scale: f64, accounts: &tempfile::NamedTemp
 
 /// A SageMaker client acting in `account` (the emulator's default keys, or the role's) and
 /// signing for `region`.
-async fn client_in(stack: &Stack, account: &str, region: &str) -> aws_sdk_sagemaker::Client {
+pub(crate) async fn client_in(
+    stack: &Stack,
+    account: &str,
+    region: &str,
+) -> aws_sdk_sagemaker::Client {
     let endpoint = &stack.emulator.endpoint_url;
     let credentials = if account == OWN {
         default_keys()

@@ -24,6 +24,7 @@ mod identity;
 mod input;
 mod irsa;
 mod metrics;
+mod quotas;
 mod reads;
 mod server;
 mod stop;

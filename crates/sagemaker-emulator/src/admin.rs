@@ -4,7 +4,9 @@
 //!   account and region, `{"StopPipelineExecution": 3, ...}`. `GET /_emulator/stats/by-account`:
 //!   the calls made per account, region and operation, STS's and SQS's included,
 //!   `{"111111111111": {"eu-west-1": {"AssumeRole": 1, "DescribePipeline": 2}}}` (calls never
-//!   made left out). `DELETE /_emulator/stats` resets both.
+//!   made left out). `GET /_emulator/stats/throttled`: of those, the calls answered
+//!   ThrottlingException (by a quota or a fault), in the same shape. `DELETE
+//!   /_emulator/stats` resets all three.
 //! - `GET /_emulator/callbacks[?pipelineExecutionArn=ARN]`: the messages Callback steps sent
 //!   (the first one, and the `"status": "Stopping"` one on stop), oldest first; of every
 //!   account and region, or of the one the ARN names. Each also went to the emulator's SQS
@@ -20,6 +22,14 @@
 //!   every successful answer) sets them, for ACCOUNT's calls only when given. `DELETE
 //!   /_emulator/faults/{Operation}[?account=ACCOUNT]` clears one rule; `DELETE
 //!   /_emulator/faults` clears every rule (with `?account=ACCOUNT`, every rule of ACCOUNT).
+//! - `GET /_emulator/quotas[?account=ACCOUNT]`: the request quotas in force for every account
+//!   (or those set for ACCOUNT alone), `{"*": {"rate": 10.0, "burst": 10.0}}`. `PUT` (or `POST`)
+//!   `/_emulator/quotas/{Operation}[?account=ACCOUNT]` (or `*` for every operation without a
+//!   quota of its own) with `{"rate": 10, "burst": 20}` (`rate` calls per second, more than 0;
+//!   `burst` at least 1, by default one second's calls) sets one, for ACCOUNT's calls only
+//!   when given (a raised quota); each (account, region, operation) has a bucket of its own.
+//!   `DELETE /_emulator/quotas/{Operation}[?account=ACCOUNT]` lifts one; `DELETE
+//!   /_emulator/quotas` lifts every quota (with `?account=ACCOUNT`, every quota of ACCOUNT).
 //! - `PUT /_emulator/roles` with `{"roleArn": ARN, "externalId": "..." (optional),
 //!   "refuse": false}` sets what AssumeRole of that role demands: exactly this ExternalId, or
 //!   (`refuse`) nothing will do. `GET /_emulator/roles` lists the rules (those of
@@ -65,6 +75,7 @@ use super::{
     faults::{EventFaultConfig, FaultConfig},
     identity::RoleRule,
     queue::valid_queue_name,
+    quotas::Quota,
     state::{Emulator, Operation, ScopedCounts},
     sts,
 };
@@ -87,6 +98,10 @@ pub(crate) async fn stats(State(emulator): State<Arc<Emulator>>) -> Json<BTreeMa
 
 pub(crate) async fn stats_by_account(State(emulator): State<Arc<Emulator>>) -> Json<ScopedCounts> {
     Json(emulator.stats.by_scope())
+}
+
+pub(crate) async fn stats_throttled(State(emulator): State<Arc<Emulator>>) -> Json<ScopedCounts> {
+    Json(emulator.stats.throttled_by_scope())
 }
 
 pub(crate) async fn reset_stats(State(emulator): State<Arc<Emulator>>) -> StatusCode {
@@ -212,11 +227,8 @@ pub(crate) async fn set_fault(
     Account(account): Account,
     Json(config): Json<FaultConfig>,
 ) -> Response {
-    if operation != "*" && Operation::from_name(&operation).is_none() {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            format!("unknown operation {operation}"),
-        );
+    if let Some(refusal) = unknown_operation(&operation) {
+        return refusal;
     }
     if let Err(message) = config.check() {
         return refuse(StatusCode::BAD_REQUEST, message);
@@ -239,6 +251,72 @@ pub(crate) async fn clear_faults(
     Account(account): Account,
 ) -> StatusCode {
     emulator.faults.clear(None, account.as_deref());
+    StatusCode::NO_CONTENT
+}
+
+/// Refuses an operation the emulator does not serve (`*` is every operation).
+fn unknown_operation(operation: &str) -> Option<Response> {
+    (operation != "*" && Operation::from_name(operation).is_none()).then(|| {
+        refuse(
+            StatusCode::NOT_FOUND,
+            format!("unknown operation {operation}"),
+        )
+    })
+}
+
+pub(crate) async fn list_quotas(
+    State(emulator): State<Arc<Emulator>>,
+    Account(account): Account,
+) -> Json<BTreeMap<String, Quota>> {
+    let quotas = emulator.quotas.snapshot(account.as_deref());
+    Json(
+        quotas
+            .into_iter()
+            .map(|(op, quota)| {
+                let shown = Quota {
+                    burst: Some(quota.burst()),
+                    ..quota
+                };
+                (op, shown)
+            })
+            .collect(),
+    )
+}
+
+pub(crate) async fn set_quota(
+    State(emulator): State<Arc<Emulator>>,
+    Path(operation): Path<String>,
+    Account(account): Account,
+    Json(quota): Json<Quota>,
+) -> Response {
+    if let Some(refusal) = unknown_operation(&operation) {
+        return refusal;
+    }
+    if let Err(message) = quota.check() {
+        return refuse(StatusCode::BAD_REQUEST, message);
+    }
+    emulator.quotas.set(&operation, account.as_deref(), quota);
+    let shown = Quota {
+        burst: Some(quota.burst()),
+        ..quota
+    };
+    (StatusCode::OK, Json(shown)).into_response()
+}
+
+pub(crate) async fn clear_quota(
+    State(emulator): State<Arc<Emulator>>,
+    Path(operation): Path<String>,
+    Account(account): Account,
+) -> StatusCode {
+    emulator.quotas.clear(Some(&operation), account.as_deref());
+    StatusCode::NO_CONTENT
+}
+
+pub(crate) async fn clear_quotas(
+    State(emulator): State<Arc<Emulator>>,
+    Account(account): Account,
+) -> StatusCode {
+    emulator.quotas.clear(None, account.as_deref());
     StatusCode::NO_CONTENT
 }
 

@@ -18,15 +18,19 @@
 //!   `--access-key` gives to another), and
 //!   `--events-queue NAME`, repeatable (`PIPELINE_CONTROL_EMULATOR_EVENTS_QUEUES`, names
 //!   separated by commas or spaces): SQS queues of the default account and region that
-//!   receive SageMaker's EventBridge events (as `PUT /_emulator/events/queues` adds them).
+//!   receive SageMaker's EventBridge events (as `PUT /_emulator/events/queues` adds them), and
+//!   `--quota OPERATION=RATE[/BURST]`, repeatable (`PIPELINE_CONTROL_EMULATOR_QUOTAS`, separated
+//!   by commas): the request quota of an operation (`*`: every operation without
+//!   one of its own) in every account and region, as `PUT /_emulator/quotas/{Operation}` sets
+//!   it.
 
 use std::{future::Future, net::SocketAddr, str::FromStr as _};
 
 use clap::Args;
 
 use crate::{
-    AccessKey, EmulatorOptions, EmulatorServer, identity::RoleRule,
-    options::check_web_identity_issuer, queue::valid_queue_name, sts,
+    AccessKey, EmulatorOptions, EmulatorServer, QuotaSetting, identity::RoleRule,
+    options::check_web_identity_issuer, queue::valid_queue_name, state::Operation, sts,
 };
 
 /// Settings of a standalone emulator.
@@ -121,6 +125,29 @@ pub struct EmulatorSettings {
         value_delimiter = ','
     )]
     pub events_queues: Vec<String>,
+
+    /// The request quota of an operation (`*`: every operation without one of its own) in
+    /// each account and region, RATE calls per second with bursts of BURST (default: one
+    /// second's calls); beyond it calls are answered ThrottlingException, as SageMaker's are
+    /// (repeatable; separated by commas, in the environment too).
+    #[arg(
+        long = "quota",
+        env = "PIPELINE_CONTROL_EMULATOR_QUOTAS",
+        value_name = "OPERATION=RATE[/BURST]",
+        value_parser = quota,
+        value_delimiter = ','
+    )]
+    pub quotas: Vec<QuotaSetting>,
+}
+
+/// `OPERATION=RATE[/BURST]`, of an operation the emulator serves or `*`.
+fn quota(text: &str) -> Result<QuotaSetting, String> {
+    let setting: QuotaSetting = text.trim().parse()?;
+    let op = &setting.operation;
+    if op != "*" && Operation::from_name(op).is_none() {
+        return Err(format!("no operation {op} (a SageMaker operation, or *)"));
+    }
+    Ok(setting)
 }
 
 fn positive_scale(text: &str) -> Result<f64, String> {
@@ -183,6 +210,7 @@ impl EmulatorSettings {
             role_external_ids: Vec::new(),
             events_queues: self.events_queue_names(),
             web_identity_issuers: Vec::new(),
+            quotas: self.quotas.clone(),
         }
     }
 
@@ -256,9 +284,32 @@ mod tests {
                 "--role-external-id",
                 "arn:aws:iam::222222222222:role/R=x",
             ],
+            vec!["e", "--quota", "StopPipeline=10"],
+            vec!["e", "--quota", "*=0"],
+            vec!["e", "--quota", "*=10/0.5"],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
+        let cli = Cli::try_parse_from([
+            "e",
+            "--quota",
+            "*=10",
+            "--quota",
+            "StopPipelineExecution=2/4,DescribePipeline=0.5",
+        ])
+        .unwrap();
+        let quotas: Vec<String> = cli
+            .args
+            .settings
+            .options("us-east-1")
+            .quotas
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            quotas,
+            ["*=10", "StopPipelineExecution=2/4", "DescribePipeline=0.5"]
+        );
         let cli = Cli::try_parse_from(["e", "--time-scale", "60", "--seed", "7"]).unwrap();
         assert_eq!(cli.args.settings.time_scale, 60.0);
         assert_eq!(cli.args.settings.seed, Some(7));

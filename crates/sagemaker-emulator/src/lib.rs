@@ -12,7 +12,8 @@
 //! documents as simulated work, scripted per step (see [`definition`] for the keys), in
 //! emulated time that `time_scale` speeds up. A small admin surface under `/_emulator/` counts
 //! calls, shows the messages Callback steps would have sent and the events executions made,
-//! injects faults and sets what roles demand.
+//! injects faults, sets request quotas and what roles demand. Beyond a quota of its
+//! (account, region, operation), a call is answered ThrottlingException, as SageMaker does.
 //!
 //! One emulator plays every account and region, kept apart as SageMaker keeps them: a call
 //! acts in the region of its SigV4 credential scope and in the account of its access key, and
@@ -52,12 +53,13 @@
 //!   rules; `queue`: an SQS queue (messages, visibility, long polling); `clock`: time and ids;
 //!   `sigv4`: AWS Signature Version 4 as a service checks it; `jwt`: the claims of a web
 //!   identity token.
-//! - `faults` and `admin`: fault injection and the admin surface.
+//! - `faults` and `admin`: fault injection and the admin surface; `quotas`: request quotas,
+//!   a token bucket per (account, region, operation).
 //!
 //! A module imports only modules of the groups after its own, in this order, so none imports
 //! one that imports it back: `cli`; this file; `wire`, `admin`; `ops`, `sts`, `sqs`; `state`,
 //! `validate`; `events`; `engine`, `error`; `definition`, `faults`, `identity`, `options`,
-//! `queue`; `clock`, `jwt`, `sigv4`.
+//! `queue`; `clock`, `jwt`, `quotas`, `sigv4`.
 //! Inside `ops` likewise: `ops.rs`; `pipelines`, `executions`; `common`.
 
 mod admin;
@@ -73,6 +75,7 @@ mod jwt;
 mod ops;
 mod options;
 mod queue;
+mod quotas;
 mod sigv4;
 mod sqs;
 mod state;
@@ -81,6 +84,7 @@ mod validate;
 mod wire;
 
 pub use options::{AccessKey, EmulatorOptions};
+pub use quotas::{Quota, QuotaSetting};
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
@@ -102,6 +106,7 @@ fn router(emulator: Arc<Emulator>) -> Router {
             get(admin::stats).delete(admin::reset_stats),
         )
         .route("/_emulator/stats/by-account", get(admin::stats_by_account))
+        .route("/_emulator/stats/throttled", get(admin::stats_throttled))
         .route("/_emulator/callbacks", get(admin::callbacks))
         .route("/_emulator/stop-requests", get(admin::stop_requests))
         .route(
@@ -131,6 +136,16 @@ fn router(emulator: Arc<Emulator>) -> Router {
                 .put(admin::set_event_faults)
                 .delete(admin::clear_event_faults),
         )
+        .route(
+            "/_emulator/quotas",
+            get(admin::list_quotas).delete(admin::clear_quotas),
+        )
+        .route(
+            "/_emulator/quotas/{operation}",
+            put(admin::set_quota)
+                .post(admin::set_quota)
+                .delete(admin::clear_quota),
+        )
         .route("/_emulator/config", get(admin::config))
         .with_state(emulator)
 }
@@ -145,8 +160,8 @@ pub struct EmulatorServer {
 
 impl EmulatorServer {
     /// Binds `addr` (port 0 picks a free port). An `events_queues` name that is no SQS queue
-    /// name, an access key that is malformed or given twice, and a web identity issuer that is
-    /// no http(s) URL are `InvalidInput` errors.
+    /// name, an access key that is malformed or given twice, a web identity issuer that is
+    /// no http(s) URL, and a quota of no operation or out of bounds are `InvalidInput` errors.
     pub async fn bind(addr: SocketAddr, options: &EmulatorOptions) -> io::Result<Self> {
         let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
         if let Some(name) = options.events_queues.iter().find(|n| !valid_queue_name(n)) {
@@ -167,6 +182,16 @@ impl EmulatorServer {
         }
         for issuer in &options.web_identity_issuers {
             options::check_web_identity_issuer(issuer).map_err(invalid)?;
+        }
+        for setting in &options.quotas {
+            let op = &setting.operation;
+            if op != "*" && state::Operation::from_name(op).is_none() {
+                return Err(invalid(format!("quota {setting}: no operation {op}")));
+            }
+            setting
+                .quota
+                .check()
+                .map_err(|reason| invalid(format!("quota {setting}: {reason}")))?;
         }
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;

@@ -1,9 +1,11 @@
 //! How an emulator behaves: the settings the crate root's server and the state are built from,
 //! the keys whose secrets it knows ([`AccessKey`], `--access-key`) and the issuers of web
-//! identity tokens it trusts (`--web-identity-issuer`). A module of its own so that the state
+//! identity tokens it trusts (`--web-identity-issuer`), and its request quotas (`--quota`). A module of its own so that the state
 //! does not import the crate root that imports it.
 
 use std::{fmt, str::FromStr};
+
+use super::quotas::QuotaSetting;
 
 /// How an emulator behaves.
 #[derive(Debug, Clone)]
@@ -33,6 +35,9 @@ pub struct EmulatorOptions {
     /// AssumeRoleWithWebIdentity accepts, as the OpenID Connect providers of an account would;
     /// empty: every issuer.
     pub web_identity_issuers: Vec<String>,
+    /// Request quotas of every account (`--quota`): calls beyond them are answered
+    /// ThrottlingException, as SageMaker answers an account beyond its quota.
+    pub quotas: Vec<QuotaSetting>,
 }
 
 impl Default for EmulatorOptions {
@@ -46,6 +51,7 @@ impl Default for EmulatorOptions {
             role_external_ids: Vec::new(),
             events_queues: Vec::new(),
             web_identity_issuers: Vec::new(),
+            quotas: Vec::new(),
         }
     }
 }

@@ -37,6 +37,7 @@ use super::{
     identity::{Identity, Principal, RoleRule, Scope, StaticKey},
     options::EmulatorOptions,
     queue::{Queue, QueueAttributes, parse_queue_url},
+    quotas::Quotas,
 };
 
 /// The operations the emulator serves, in the order stats list them: the 18 SageMaker
@@ -230,6 +231,8 @@ impl Call {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     by_scope: DashMap<Scope, Arc<[AtomicU64; Call::COUNT]>>,
+    /// Of those, the calls answered ThrottlingException (by a quota or a fault).
+    throttled: DashMap<Scope, Arc<[AtomicU64; Call::COUNT]>>,
 }
 
 /// Calls per account, then region, then call name.
@@ -237,10 +240,18 @@ pub(crate) type ScopedCounts = BTreeMap<String, BTreeMap<String, BTreeMap<&'stat
 
 impl Stats {
     pub(crate) fn count(&self, scope: &Scope, call: Call) {
-        let counts = match self.by_scope.get(scope) {
+        Self::add(&self.by_scope, scope, call);
+    }
+
+    /// Counts a call answered ThrottlingException.
+    pub(crate) fn count_throttled(&self, scope: &Scope, call: Call) {
+        Self::add(&self.throttled, scope, call);
+    }
+
+    fn add(counts: &DashMap<Scope, Arc<[AtomicU64; Call::COUNT]>>, scope: &Scope, call: Call) {
+        let counts = match counts.get(scope) {
             Some(counts) => counts.clone(),
-            None => self
-                .by_scope
+            None => counts
                 .entry(scope.clone())
                 .or_insert_with(|| Arc::new(Default::default()))
                 .clone(),
@@ -262,8 +273,17 @@ impl Stats {
 
     /// The calls made, STS's and SQS's included, by account and region; calls never made are left out.
     pub(crate) fn by_scope(&self) -> ScopedCounts {
+        Self::scoped(&self.by_scope)
+    }
+
+    /// The calls answered ThrottlingException, by account and region, likewise.
+    pub(crate) fn throttled_by_scope(&self) -> ScopedCounts {
+        Self::scoped(&self.throttled)
+    }
+
+    fn scoped(counts: &DashMap<Scope, Arc<[AtomicU64; Call::COUNT]>>) -> ScopedCounts {
         let mut out = ScopedCounts::new();
-        for entry in &self.by_scope {
+        for entry in counts {
             let (scope, counts) = (entry.key(), entry.value());
             let made: BTreeMap<&'static str, u64> = Call::all()
                 .map(|call| (call.name(), counts[call.index()].load(Ordering::Relaxed)))
@@ -281,7 +301,7 @@ impl Stats {
     /// Sets every count to zero. The counters stay in place, so a call counted while this runs
     /// is either before the reset or after it, never lost in a counter no one reads.
     pub(crate) fn reset(&self) {
-        for counts in &self.by_scope {
+        for counts in self.by_scope.iter().chain(self.throttled.iter()) {
             for count in counts.iter() {
                 count.store(0, Ordering::Relaxed);
             }
@@ -627,6 +647,7 @@ pub(crate) struct Emulator {
     pub(crate) identity: Identity,
     pub(crate) stats: Stats,
     pub(crate) faults: Faults,
+    pub(crate) quotas: Quotas,
     /// The queues that receive events, and the faults of their delivery.
     pub(crate) events: Events,
     /// To the event pump: executions to lock when their next step change is due.
@@ -681,6 +702,13 @@ impl Emulator {
             scopes: DashMap::new(),
             stats: Stats::default(),
             faults: Faults::default(),
+            quotas: {
+                let quotas = Quotas::default();
+                for setting in &options.quotas {
+                    quotas.set(&setting.operation, None, setting.quota);
+                }
+                quotas
+            },
             events: Events::new(&default_scope, &options.events_queues),
             due,
             due_receiver: Mutex::new(Some(due_receiver)),

@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 
 use super::{
     error::AwsError,
+    faults::Fault,
     identity::{CallTime, Caller},
     ops,
     sigv4::Request,
@@ -158,13 +159,27 @@ async fn answer(
         return Err(AwsError::refused(refusal));
     }
 
+    // Beyond the quota of its (account, region, operation), a call is throttled before
+    // anything else happens to it, as SageMaker does.
+    let scope = &caller.scope;
+    let now = std::time::Instant::now();
+    if !emulator
+        .quotas
+        .admit(&scope.account, &scope.region, op.name(), now)
+    {
+        emulator.stats.count_throttled(scope, Call::SageMaker(op));
+        return Err(AwsError::from_fault(Fault::Throttle, String::new));
+    }
     let verdict = emulator
         .faults
-        .judge(op.name(), &caller.scope.account, &emulator.ids);
+        .judge(op.name(), &scope.account, &emulator.ids);
     if let Some(latency) = verdict.latency {
         tokio::time::sleep(latency).await;
     }
     if let Some(fault) = verdict.fault {
+        if fault == Fault::Throttle {
+            emulator.stats.count_throttled(scope, Call::SageMaker(op));
+        }
         return Err(AwsError::from_fault(fault, || denial(caller, op, body)));
     }
 

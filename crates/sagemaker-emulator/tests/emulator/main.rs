@@ -2,8 +2,8 @@
 //! aws-sdk-sts clients (and, for what an SDK cannot send, plain HTTP): lifecycles, stop
 //! semantics, errors, pagination, faults, scale, ClientRequestToken replays under
 //! concurrency, accounts, regions and STS credentials (for a web identity token too), the
-//! SigV4 signatures of the keys it knows, pipeline versions, updates and deletion, and the
-//! EventBridge events delivered to SQS queues, with their faults. One binary, one module per
+//! SigV4 signatures of the keys it knows, pipeline versions, updates and deletion, the
+//! EventBridge events delivered to SQS queues, with their faults, and request quotas. One binary, one module per
 //! surface.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test fails
 
@@ -17,6 +17,7 @@ mod events;
 mod executions;
 mod pipelines;
 mod protocol;
+mod quotas;
 mod replays;
 mod signatures;
 mod sqs;

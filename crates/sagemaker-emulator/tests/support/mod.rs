@@ -166,6 +166,34 @@ impl Admin {
         assert!(response.status().is_success());
     }
 
+    /// `{ACCOUNT: {REGION: {OPERATION: calls}}}` of the calls answered ThrottlingException.
+    pub async fn stats_throttled(&self) -> serde_json::Value {
+        self.get("stats/throttled").await
+    }
+
+    /// The request quotas in force for every account (`None`), or for one account's calls only.
+    pub async fn quotas(&self, account: Option<&str>) -> serde_json::Value {
+        match account {
+            Some(account) => self.get(&format!("quotas?account={account}")).await,
+            None => self.get("quotas").await,
+        }
+    }
+
+    /// Sets the request quota of `operation` (or `*`), `{"rate": ..., "burst": ...}`, for every
+    /// account or for one.
+    pub async fn set_quota(
+        &self,
+        operation: &str,
+        account: Option<&str>,
+        quota: serde_json::Value,
+    ) {
+        let path = match account {
+            Some(account) => format!("quotas/{operation}?account={account}"),
+            None => format!("quotas/{operation}"),
+        };
+        self.put(&path, &quota).await;
+    }
+
     pub async fn set_fault(&self, operation: &str, fault: serde_json::Value) {
         self.put(&format!("faults/{operation}"), &fault).await;
     }
