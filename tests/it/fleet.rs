@@ -622,7 +622,12 @@ async fn a_retried_execution_is_watched_afresh_not_from_the_shared_end_of_its_fi
     let Some(Event::Execution(execution)) = first.event else {
         panic!("a snapshot first");
     };
-    assert_eq!(execution.status(), pb::ExecutionStatus::Executing);
+    // Not the Failed of the first run; Executing, or already Succeeded on a slow machine.
+    assert_ne!(
+        execution.status(),
+        pb::ExecutionStatus::Failed,
+        "the retried execution was shown from the end of its first run"
+    );
     assert_eq!(last_status(stream).await, pb::ExecutionStatus::Succeeded);
 }
 
