@@ -653,7 +653,7 @@ async fn stop_pipeline(
         created_before: args.created_before,
         max_executions: args.max_executions.map_or(0, i32::from),
     };
-    if generated && output == Output::Text {
+    if generated && !args.dry_run && output == Output::Text {
         emit(&view::generated_token_line(token));
     }
     let until = started + args.wait_timeout.unwrap_or(RETRY_BUDGET);

@@ -1073,6 +1073,8 @@ async fn stop_pipeline_dry_runs_then_stops_every_executing_execution_and_history
         text.contains("Selected 2 Executing execution(s)") && text.contains("dry run"),
         "{text}"
     );
+    // Nothing is recorded: no client token to retry with.
+    assert!(!text.contains("client token"), "{text}");
     for arn in [&first, &second] {
         let short = arn.split(":pipeline/").nth(1).unwrap();
         assert!(text.contains(&format!("would stop {short}")), "{text}");
