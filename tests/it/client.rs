@@ -642,7 +642,12 @@ async fn on_a_terminal_a_broken_watch_says_it_is_stale_and_when_it_is_live_again
                 && HELD_BLOCK.iter().all(|line| screen.contains(line))
             {
                 killable.kill();
-            } else if stale_screen.is_none() && screen.contains("! STALE since ") {
+            } else if stale_screen.is_none()
+                && screen.contains("! STALE since ")
+                && screen.contains("Stopping is what was last seen; reconnecting (")
+                && HELD_BLOCK[..4].iter().all(|line| screen.contains(line))
+            {
+                // The whole stale screen, not a redraw half written.
                 stale_screen = Some(screen.to_string());
                 killable.restart();
             }
