@@ -156,8 +156,11 @@ async fn pages_render_with_a_strict_content_security_policy_and_no_inline_script
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_shown_escaped() {
+/// Text from a caller and from SageMaker, as the console shows it: a stop recorded with
+/// `reason`; the execution's failure reason and its one step's name and failure reason as
+/// SageMaker gives them (no poller has read the execution yet: the page's own read gets these).
+/// Returns the execution's page and the history page.
+async fn shown(reason: &str, failure: &str, step: &str, step_failure: &str) -> (String, String) {
     let stack = stack(Backend::Sqlite, |_| {}).await;
     let arn = stack.callback_execution().await;
     stack
@@ -165,7 +168,7 @@ async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_sh
         .clone()
         .stop_execution(pb::StopExecutionRequest {
             pipeline_execution_arn: arn.clone(),
-            reason: "INC-1\nforged\rrow\u{202e}gnp.exe\u{200b}end".into(),
+            reason: reason.into(),
             ..Default::default()
         })
         .await
@@ -174,7 +177,7 @@ async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_sh
         .admin
         .set_fault(
             "DescribePipelineExecution",
-            json!({"replace": {"FailureReason": "\u{1b}]0;pwned\u{7}\u{1b}[2Jcleared"}}),
+            json!({"replace": {"FailureReason": failure}}),
         )
         .await;
     stack
@@ -182,9 +185,9 @@ async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_sh
         .set_fault(
             "ListPipelineExecutionSteps",
             json!({"replace": {"PipelineExecutionSteps": [{
-                "StepName": "Train\u{2066}ing",
+                "StepName": step,
                 "StepStatus": "Failed",
-                "FailureReason": "oom\u{9b}31m\u{feff}",
+                "FailureReason": step_failure,
                 "AttemptCount": 1,
                 "Metadata": {}
             }]}}),
@@ -192,6 +195,19 @@ async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_sh
         .await;
     let (status, _, page) = get(&stack, &format!("/executions?{}", encoded(&arn)), &[]).await;
     assert_eq!(status, StatusCode::OK, "{page}");
+    let (_, _, history) = get(&stack, "/history", &[]).await;
+    (page, history)
+}
+
+#[tokio::test]
+async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_shown_escaped() {
+    let (page, history) = shown(
+        "INC-1\nforged\rrow\u{202e}gnp.exe\u{200b}end",
+        "\u{1b}]0;pwned\u{7}\u{1b}[2Jcleared",
+        "Train\u{2066}ing",
+        "oom\u{9b}31m\u{feff}",
+    )
+    .await;
     for shown in [
         r"\u{1b}]0;pwned\u{7}\u{1b}[2Jcleared",
         r"Train\u{2066}ing",
@@ -199,7 +215,6 @@ async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_sh
     ] {
         assert!(page.contains(shown), "{shown} in {page}");
     }
-    let (_, _, history) = get(&stack, "/history", &[]).await;
     assert!(
         history.contains(r"INC-1\nforged\rrow\u{202e}gnp.exe\u{200b}end"),
         "{history}"
@@ -216,42 +231,13 @@ async fn control_bidi_and_invisible_characters_from_sagemaker_or_a_caller_are_sh
 
 #[tokio::test]
 async fn markup_from_sagemaker_or_a_caller_is_shown_as_text() {
-    let stack = stack(Backend::Sqlite, |_| {}).await;
-    let arn = stack.callback_execution().await;
-    // A reason with markup, recorded by a stop.
-    stack
-        .client
-        .clone()
-        .stop_execution(pb::StopExecutionRequest {
-            pipeline_execution_arn: arn.clone(),
-            reason: "<i>maintenance</i>".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    stack
-        .admin
-        .set_fault(
-            "DescribePipelineExecution",
-            json!({"replace": {"FailureReason": "<script>alert(1)</script>"}}),
-        )
-        .await;
-    stack
-        .admin
-        .set_fault(
-            "ListPipelineExecutionSteps",
-            json!({"replace": {"PipelineExecutionSteps": [{
-                "StepName": "<img src=x onerror=alert(2)>",
-                "StepStatus": "Failed",
-                "FailureReason": "<b>bold</b> & \"quoted\"",
-                "AttemptCount": 1,
-                "Metadata": {}
-            }]}}),
-        )
-        .await;
-    // No poller has read the execution yet: the page's own reads the faulted answers.
-    let (status, _, page) = get(&stack, &format!("/executions?{}", encoded(&arn)), &[]).await;
-    assert_eq!(status, StatusCode::OK, "{page}");
+    let (page, history) = shown(
+        "<i>maintenance</i>",
+        "<script>alert(1)</script>",
+        "<img src=x onerror=alert(2)>",
+        "<b>bold</b> & \"quoted\"",
+    )
+    .await;
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "{page}"
@@ -265,7 +251,6 @@ async fn markup_from_sagemaker_or_a_caller_is_shown_as_text() {
         "{page}"
     );
     assert!(!page.contains("<img") && !page.contains("<b>") && !page.contains("<script>"));
-    let (_, _, history) = get(&stack, "/history", &[]).await;
     assert!(
         history.contains("&lt;i&gt;maintenance&lt;/i&gt;"),
         "{history}"
