@@ -25,7 +25,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use arc_swap::ArcSwap;
 use aws_config::{BehaviorVersion, Region, SdkConfig, sts::AssumeRoleProvider};
-use aws_sdk_sagemaker::config::{Credentials, SharedInterceptor};
+use aws_sdk_sagemaker::config::{Credentials, IdentityCache, SharedInterceptor};
 use dashmap::DashMap;
 
 use self::ceiling::Ceiling;
@@ -241,7 +241,13 @@ impl Estate {
             config = config.endpoint_url(endpoint);
         }
         if let Some(provider) = self.role_credentials(account_id, region).await {
-            config = config.credentials_provider(provider);
+            // A cache of its own for the role's credentials: the shared one (the base
+            // configuration's) keeps at most 64 providers and evicts beyond, so an estate of
+            // more (account, region) than that would assume its roles again on nearly every
+            // call.
+            config = config
+                .credentials_provider(provider)
+                .identity_cache(IdentityCache::lazy().build());
         }
         tracing::debug!(account = account_id, region, "SageMaker client made");
         SageMaker::new(
