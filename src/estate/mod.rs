@@ -6,7 +6,8 @@
 //! standard `AWS_ENDPOINT_URL_SAGEMAKER` / `AWS_ENDPOINT_URL`), and credentials for the
 //! account: a role assumed through aws-config's STS provider (cached by the SDK and refreshed
 //! before it expires) when the account has one, else the service's own credential chain. Every
-//! client shares one HTTP connector and one identity cache (the base `SdkConfig`'s).
+//! client shares one HTTP connector; the service's own credentials are cached once for all (the
+//! base `SdkConfig`'s identity cache), a role's in its client's cache of its own.
 //!
 //! Without `--accounts-file` every account and region is served. With it, an ARN whose account
 //! or region is not listed is refused ([`Estate::check`]) before anything is recorded or sent.
