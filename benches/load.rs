@@ -833,10 +833,17 @@ async fn estate_scenario(
     let ids: Vec<String> = (0..accounts)
         .map(|i| format!("{:012}", 300_000_000_000u64 + i as u64))
         .collect();
+    // BENCH_ESTATE_ROLES=0: the accounts reached with the service's own credentials, no role
+    // (which tells the cost of 300 clients from that of 100 assumed roles).
+    let roles = env_or("BENCH_ESTATE_ROLES", 1) != 0;
     for id in &ids {
-        text.push_str(&format!(
-            "[[account]]\nid = \"{id}\"\nrole_arn = \"arn:aws:iam::{id}:role/pipeline-control\"\n\n"
-        ));
+        text.push_str(&format!("[[account]]\nid = \"{id}\"\n"));
+        if roles {
+            text.push_str(&format!(
+                "role_arn = \"arn:aws:iam::{id}:role/pipeline-control\"\n"
+            ));
+        }
+        text.push('\n');
     }
     std::fs::write(&file, text).unwrap();
     let (mut server, address) = start(
@@ -855,6 +862,9 @@ async fn estate_scenario(
             file.to_str().unwrap(),
             "--max-concurrent-requests",
             "100000",
+            // One caller measuring the service: the per-caller read rate would measure itself.
+            "--read-rate-limit",
+            "0",
         ],
         "address",
     );
@@ -900,7 +910,7 @@ async fn estate_scenario(
         "GetExecution, one account and region",
         concurrency,
         seconds,
-        one,
+        one.clone(),
     )
     .await;
     let one_cpu = cpu_before.per_request(
@@ -960,19 +970,36 @@ async fn estate_scenario(
         &Cpu::now(server.id(), emulator_pid),
         later_calls.latencies.len(),
     );
+    // One account and region again, after the estate: what changed between the first phase
+    // and the last is then the spread over 300 clients, not the machine's other load.
+    let cpu_before = Cpu::now(server.id(), emulator_pid);
+    let one_again = run(
+        "GetExecution, one account and region, again",
+        concurrency,
+        seconds,
+        one,
+    )
+    .await;
+    let again_cpu = cpu_before.per_request(
+        &Cpu::now(server.id(), emulator_pid),
+        one_again.latencies.len(),
+    );
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&dir);
     let memory = format!(
-        "estate: {} (account, region) clients cached: server memory {:.1} MiB before, {:.1} MiB after: {:.1} KiB per cached client\nestate: CPU per call, one account and region: {one_cpu}; across the estate: {later_cpu}",
+        "estate: {} (account, region) clients cached: server memory {:.1} MiB before, {:.1} MiB after: {:.1} KiB per cached client\nestate: CPU per call, one account and region: {one_cpu}; across the estate: {later_cpu}; one account and region again: {again_cpu}",
         pairs.len(),
         rss_before as f64 / 1024.0,
         rss_after as f64 / 1024.0,
         (rss_after.saturating_sub(rss_before)) as f64 / pairs.len().max(1) as f64
     );
-    (vec![one_account, first_calls, later_calls], memory)
+    (
+        vec![one_account, first_calls, later_calls, one_again],
+        memory,
+    )
 }
 
 /// A pipeline's incident, stopped two ways on the main server: one StopExecutions over
@@ -1992,7 +2019,7 @@ async fn main() {
     let concurrency = env_or("BENCH_CONCURRENCY", 16) as usize;
     let seconds = Duration::from_secs(env_or("BENCH_SECONDS", 8));
     // BENCH_ONLY=fleet runs the fleet scenario alone, BENCH_ONLY=identity the caller identity
-    // table alone; BENCH_ONLY=stop the StopExecution table alone (with its baseline, and the
+    // table alone, BENCH_ONLY=estate the estate's (on an emulator of its own); BENCH_ONLY=stop the StopExecution table alone (with its baseline, and the
     // CPU per call).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let only_stop = only == "stop";
@@ -2007,6 +2034,50 @@ async fn main() {
     if only == "console" {
         let pages = env_or("BENCH_CONSOLE_PAGES", 200) as usize;
         print_console(&console_scenario(&binary, &database_url, 20, pages).await);
+        return;
+    }
+    if only == "estate" {
+        let (mut emulator_process, emulator) = start(
+            &binary,
+            &["emulator", "--listen", "127.0.0.1:0"],
+            "endpoint",
+        );
+        let (phases, memory) = estate_scenario(
+            &binary,
+            &database_url,
+            &emulator,
+            emulator_process.id(),
+            100,
+            &["us-east-1", "eu-west-1", "ap-southeast-2"],
+            concurrency,
+            seconds,
+        )
+        .await;
+        let _ = Command::new("kill")
+            .args(["-TERM", &emulator_process.id().to_string()])
+            .status();
+        let _ = emulator_process.wait();
+        println!();
+        println!(
+            "machine: {}; concurrency {concurrency}; {} s per phase",
+            machine(),
+            seconds.as_secs()
+        );
+        println!();
+        println!("| scenario | requests | req/s | p50 ms | p99 ms |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        for phase in &phases {
+            println!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} |",
+                phase.name,
+                phase.latencies.len(),
+                phase.rate(),
+                phase.percentile(0.50).as_secs_f64() * 1000.0,
+                phase.percentile(0.99).as_secs_f64() * 1000.0,
+            );
+        }
+        println!();
+        println!("{memory}");
         return;
     }
     if only == "identity" {

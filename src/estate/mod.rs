@@ -6,7 +6,8 @@
 //! standard `AWS_ENDPOINT_URL_SAGEMAKER` / `AWS_ENDPOINT_URL`), and credentials for the
 //! account: a role assumed through aws-config's STS provider (cached by the SDK and refreshed
 //! before it expires) when the account has one, else the service's own credential chain. Every
-//! client shares one HTTP connector and one identity cache (the base `SdkConfig`'s).
+//! client shares one HTTP connector; the service's own credentials are cached once for all (the
+//! base `SdkConfig`'s identity cache), a role's in its client's cache of its own.
 //!
 //! Without `--accounts-file` every account and region is served. With it, an ARN whose account
 //! or region is not listed is refused ([`Estate::check`]) before anything is recorded or sent.
@@ -28,7 +29,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use arc_swap::ArcSwap;
 use aws_config::{BehaviorVersion, Region, SdkConfig, sts::AssumeRoleProvider};
-use aws_sdk_sagemaker::config::Credentials;
+use aws_sdk_sagemaker::config::{Credentials, IdentityCache};
 use dashmap::DashMap;
 
 use self::ceiling::Ceiling;
@@ -240,7 +241,13 @@ impl Estate {
             config = config.endpoint_url(endpoint);
         }
         if let Some(provider) = self.role_credentials(account_id, region).await {
-            config = config.credentials_provider(provider);
+            // A cache of its own for the role's credentials: the shared one (the base
+            // configuration's) keeps at most 64 providers and evicts beyond, so an estate of
+            // more (account, region) than that would assume its roles again on nearly every
+            // call.
+            config = config
+                .credentials_provider(provider)
+                .identity_cache(IdentityCache::lazy().build());
         }
         tracing::debug!(account = account_id, region, "SageMaker client made");
         SageMaker::new(

@@ -323,3 +323,57 @@ async fn an_assumed_roles_credentials_are_renewed_during_a_long_watch() {
     .expect("the stop shows in the watch");
     assert_eq!(stopping.pipeline_execution_arn, arn);
 }
+
+/// More accounts reached through roles than the SDK's shared cache of credentials holds (64):
+/// each is assumed once, and the second call to each uses the credentials of the first.
+#[tokio::test]
+async fn each_role_of_a_large_estate_is_assumed_once() {
+    const ACCOUNTS: u64 = 70;
+    let ids: Vec<String> = (0..ACCOUNTS)
+        .map(|i| format!("{:012}", 300_000_000_000 + i))
+        .collect();
+    let accounts = tempfile::NamedTempFile::new().unwrap();
+    let mut text = format!("[[account]]\nid = \"{OWN}\"\n\n");
+    for id in &ids {
+        text.push_str(&format!(
+            "[[account]]\nid = \"{id}\"\nrole_arn = \"arn:aws:iam::{id}:role/pipeline-control\"\n\n"
+        ));
+    }
+    std::fs::write(accounts.path(), text).unwrap();
+    // Real time: the credentials outlive the test.
+    let path = accounts.path().to_path_buf();
+    let stack = Stack::start(Backend::Sqlite, 1.0, |args| {
+        args.sagemaker.accounts_file = Some(path);
+    })
+    .await;
+    let missing = |id: &str| format!("arn:aws:sagemaker:us-east-1:{id}:pipeline/p/execution/none");
+    for id in &ids {
+        assert_eq!(
+            get(&stack, &missing(id)).await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+    let stats = stack.admin.stats_by_account().await;
+    assert_eq!(
+        calls(&stats, OWN, "us-east-1", "AssumeRole"),
+        ACCOUNTS,
+        "{stats}"
+    );
+    stack.admin.reset_stats().await;
+
+    for id in &ids {
+        assert_eq!(
+            get(&stack, &missing(id)).await.unwrap_err().code(),
+            Code::NotFound
+        );
+    }
+    let stats = stack.admin.stats_by_account().await;
+    assert_eq!(calls(&stats, OWN, "us-east-1", "AssumeRole"), 0, "{stats}");
+    for id in &ids {
+        assert_eq!(
+            calls(&stats, id, "us-east-1", "DescribePipelineExecution"),
+            1,
+            "{id}: {stats}"
+        );
+    }
+}
