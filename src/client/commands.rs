@@ -367,8 +367,10 @@ async fn follow(
     }
 }
 
-/// The wait could not go on: past the deadline that is a timeout (which says why the wait
-/// saw no more: the server could not be reached), else an error.
+/// The wait could not go on. A transient failure under a deadline is a timeout (which says
+/// why the wait saw no more: the server could not be reached): the retries give one up only
+/// when the next attempt would come after the deadline, however far off that still is (a
+/// service that asks for a 5 s pause, a backoff that has grown). Else an error.
 fn lost(
     view: &mut View,
     status: &Status,
@@ -377,9 +379,7 @@ fn lost(
     deadline: Option<(Instant, Duration)>,
 ) -> Failure {
     match deadline {
-        Some((at, wait)) if Instant::now() + Duration::from_secs(1) >= at && retryable(status) => {
-            timed_out(view, last, wait, Some(status))
-        }
+        Some((_, wait)) if retryable(status) => timed_out(view, last, wait, Some(status)),
         _ => {
             view.finish(last);
             call_failure(status, arn)
@@ -917,5 +917,30 @@ mod tests {
         assert_eq!(history_row(&record("token"))[1..3], ["billing", "token"]);
         // Recorded before the service kept it.
         assert_eq!(history_row(&record(""))[1..3], ["billing", "-"]);
+    }
+
+    #[test]
+    fn a_wait_given_up_for_an_unreachable_server_is_a_timeout_however_early() {
+        // The retries stop when the next one would come after the deadline: with a backoff
+        // of a second or a RetryInfo of five, that can be well before it.
+        let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/e";
+        let far = Some((
+            Instant::now() + Duration::from_secs(5),
+            Duration::from_secs(5),
+        ));
+        let unreachable = Status::unavailable("tcp connect error");
+        let mut view = View::new(Output::Json, true);
+        let failure = lost(&mut view, &unreachable, arn, None, far);
+        assert_eq!(failure.exit, Exit::TimedOut);
+        assert!(
+            failure.line.contains("--wait-timeout of 5s passed"),
+            "{}",
+            failure.line
+        );
+        // Without a deadline, or for a failure a retry cannot help, it is an error.
+        let failure = lost(&mut view, &unreachable, arn, None, None);
+        assert_eq!(failure.exit, Exit::Error);
+        let denied = Status::permission_denied("no");
+        assert_eq!(lost(&mut view, &denied, arn, None, far).exit, Exit::Error);
     }
 }
