@@ -25,6 +25,9 @@ pub(crate) const STOP_AFTER_RECORD: &str = "stop::after_record";
 /// Before a shared poller that holds its lease gives it up (its watchers left, or shutdown):
 /// a test configures `return(<ms>)` to make the release late.
 pub(crate) const WATCH_BEFORE_RELEASE: &str = "watch::before_release";
+/// Before a shared poller that holds its lease publishes what it read (its own watchers have
+/// it already): a test configures `return(<ms>)` to make the publication late.
+pub(crate) const WATCH_BEFORE_PUBLISH: &str = "watch::before_publish";
 /// After a forced stop answered a Callback step upstream, before the release is recorded.
 pub(crate) const FORCE_AFTER_RELEASE: &str = "force::after_release";
 

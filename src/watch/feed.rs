@@ -154,6 +154,7 @@ impl Watcher {
             last_digest: None,
             version: 0,
             baseline: None,
+            began: Utc::now(),
             pending: None,
             observed: None,
             backing_off: false,
@@ -195,6 +196,11 @@ struct Feed {
     /// instead.
     version: i64,
     baseline: Option<i64>,
+    /// When this poller began. A final word read from SageMaker before then is not taken,
+    /// even from a version newer than the baseline: its holder may have read it before a
+    /// retry of the execution and published it late (its watchers hear first, the row
+    /// after), so SageMaker says.
+    began: DateTime<Utc>,
     /// What this poller read and has not yet got into the shared row (a publication that
     /// failed, a change read alone during an outage): published once it holds the lease.
     pending: Option<SharedState>,
@@ -295,7 +301,10 @@ impl Feed {
             // looked at again next time.
             let newer = shared.version > first;
             let fresh = match &state {
-                Some(Ok(state)) => newer || (shared.held && !state.is_final()),
+                Some(Ok(state)) if state.is_final() => {
+                    newer && shared.observed_at.is_some_and(|at| at >= self.began)
+                }
+                Some(Ok(_)) => newer || shared.held,
                 _ => newer || shared.held,
             };
             if shared.version != self.version && fresh {
@@ -425,7 +434,10 @@ impl Feed {
                 self.pending = Some(SharedState::Snapshot((**snapshot).clone()));
                 self.observed = Some(snapshot.observed_at);
             }
-            Read::NotFound => self.pending = Some(SharedState::NotFound),
+            Read::NotFound => {
+                self.pending = Some(SharedState::NotFound);
+                self.observed = Some(Utc::now());
+            }
             Read::Same(at) => self.observed = Some(*at),
             Read::Failed | Read::Ended => {}
         }
@@ -435,6 +447,9 @@ impl Feed {
     /// The holder publishes what is pending, or keeps the lease (with when SageMaker was read).
     async fn keep(&mut self) {
         let publishing = self.pending.is_some();
+        if publishing {
+            hooks::pause(hooks::WATCH_BEFORE_PUBLISH).await;
+        }
         let kept = tokio::time::timeout(self.bound, async {
             match &self.pending {
                 Some(state) => {

@@ -561,6 +561,18 @@ pub async fn callback_execution(sagemaker: &aws_sdk_sagemaker::Client) -> String
     start_execution(sagemaker, &pipeline).await
 }
 
+/// An execution whose Training step fails its first attempt and succeeds when retried, ten
+/// emulated seconds each (a second of an emulator at ten times the speed).
+pub async fn failing_once(sagemaker: &aws_sdk_sagemaker::Client) -> String {
+    let pipeline = create_pipeline(
+        sagemaker,
+        serde_json::json!([{"Name": "Train", "Type": "Training",
+            "Arguments": {"Emulator": {"DurationSeconds": 10, "FailAttempts": 1}}}]),
+    )
+    .await;
+    start_execution(sagemaker, &pipeline).await
+}
+
 /// A running execution (a Training step that takes a day unless stopped).
 pub async fn running(sagemaker: &aws_sdk_sagemaker::Client) -> String {
     let pipeline = create_pipeline(

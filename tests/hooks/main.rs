@@ -9,3 +9,4 @@ mod common;
 mod crash;
 mod force;
 mod shutdown;
+mod watch;

@@ -16,10 +16,9 @@ use tonic::{Streaming, transport::Channel};
 use crate::{
     cli::{command, send_signal, spawn_server_listening, wait_bounded_async},
     common::{
-        Admin, Backend, Metrics, TestApp, TestDb, create_pipeline,
+        Admin, Backend, Metrics, TestApp, TestDb,
         proxy::{Proxy, Target},
-        running, sagemaker_client, spawn_emulator, stack_args, start_execution, until_scraped,
-        wait_for_status,
+        running, sagemaker_client, spawn_emulator, stack_args, until_scraped, wait_for_status,
     },
 };
 
@@ -589,13 +588,7 @@ async fn a_retried_execution_is_watched_afresh_not_from_the_shared_end_of_its_fi
     let mut args = stack_args(&db, &emulator.endpoint_url);
     shared(&mut args);
     let app = TestApp::spawn(args).await;
-    let pipeline = create_pipeline(
-        &sagemaker,
-        json!([{"Name": "Train", "Type": "Training",
-            "Arguments": {"Emulator": {"DurationSeconds": 10, "FailAttempts": 1}}}]),
-    )
-    .await;
-    let arn = start_execution(&sagemaker, &pipeline).await;
+    let arn = crate::common::failing_once(&sagemaker).await;
     let client = client(app.url()).await;
     assert_eq!(
         last_status(watching(&client, &arn).await).await,
