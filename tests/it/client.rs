@@ -287,6 +287,24 @@ async fn the_wait_timeout_gives_exit_four_and_bad_input_one_or_two() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("retry with --client-token"));
 }
 
+/// `command` with Ctrl-C's default action (ending the process) restored: a shell that starts
+/// the tests in the background has its children ignore SIGINT, and they pass that on. `env`
+/// execs the program, so the process keeps its id.
+fn interruptible(command: &Command) -> Command {
+    let mut wrapped = Command::new("env");
+    wrapped
+        .arg("--default-signal=INT")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_generated_token_is_printed_before_the_first_attempt_so_ctrl_c_never_loses_it() {
     let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train/execution/x1";
@@ -297,7 +315,7 @@ async fn the_generated_token_is_printed_before_the_first_attempt_so_ctrl_c_never
             _ => "arn:aws:sagemaker:us-east-1:123456789012:pipeline/train",
         });
         // The server is down: the command retries for two minutes; the token comes first.
-        let mut running = Running::spawn(stop);
+        let mut running = Running::spawn(interruptible(&stop));
         let line = running.until("client token ").await;
         let token = line
             .strip_prefix("client token ")
