@@ -279,9 +279,9 @@ pub struct LimitArgs {
     #[arg(long, env = "PIPELINE_CONTROL_WRITE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
 
-    /// Requests in flight at most to each upstream endpoint (a region's SageMaker, STS, SQS),
-    /// and so connections to it: a flood of callers queues here rather than opening a
-    /// connection each.
+    /// Requests in flight at most to each upstream endpoint (a region's SageMaker, STS), and
+    /// so connections to it: a flood of callers queues here rather than opening a connection
+    /// each. The events queues' long polls (one per queue) are outside it.
     #[arg(long, env = "PIPELINE_CONTROL_UPSTREAM_MAX_CONNECTIONS", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub upstream_max_connections: u32,
 

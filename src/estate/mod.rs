@@ -6,8 +6,9 @@
 //! standard `AWS_ENDPOINT_URL_SAGEMAKER` / `AWS_ENDPOINT_URL`), and credentials for the
 //! account: a role assumed through aws-config's STS provider (cached by the SDK and refreshed
 //! before it expires) when the account has one, else the service's own credential chain. Every
-//! client shares one HTTP connector; the service's own credentials are cached once for all (the
-//! base `SdkConfig`'s identity cache), a role's in its client's cache of its own.
+//! SageMaker and STS client shares one HTTP connector (the events readers another, outside its
+//! ceiling); the service's own credentials are cached once for all (the base `SdkConfig`'s
+//! identity cache), a role's in its client's cache of its own.
 //!
 //! Without `--accounts-file` every account and region is served. With it, an ARN whose account
 //! or region is not listed is refused ([`Estate::check`]) before anything is recorded or sent.
@@ -50,22 +51,25 @@ use crate::{
 /// aws-lc, the proxy of the environment), which it would otherwise make once per client.
 /// At most `per_endpoint` requests are in flight to each endpoint ([`Ceiling`]).
 fn shared_http_client(per_endpoint: usize) -> aws_sdk_sagemaker::config::SharedHttpClient {
+    Ceiling::client(pooled_http_client(), per_endpoint)
+}
+
+/// An HTTP client with a connection pool of its own, made as the SDK makes its default one.
+fn pooled_http_client() -> aws_sdk_sagemaker::config::SharedHttpClient {
     use aws_smithy_http_client::{ConnectorBuilder, proxy::ProxyConfig, tls};
-    let pooled =
-        aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
-            let mut connector = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::AwsLc,
-            ));
-            connector.set_connector_settings(settings.cloned());
-            if let Some(components) = components {
-                connector.set_sleep_impl(components.sleep_impl());
-            }
-            connector.set_proxy_config(Some(ProxyConfig::from_env()));
-            // Idle connections left by a burst go after 30 s rather than hyper's 90 s.
-            connector.set_pool_idle_timeout(Some(Some(std::time::Duration::from_secs(30))));
-            connector.build()
-        });
-    Ceiling::client(pooled, per_endpoint)
+    aws_smithy_http_client::Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector = ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        // Idle connections left by a burst go after 30 s rather than hyper's 90 s.
+        connector.set_pool_idle_timeout(Some(Some(std::time::Duration::from_secs(30))));
+        connector.build()
+    })
 }
 
 /// The session name of every role the service assumes (it shows in CloudTrail).
@@ -103,6 +107,12 @@ pub(crate) struct Estate {
     /// The accounts file in force; `None` without one (everything served).
     accounts: ArcSwap<Option<Accounts>>,
     clients: DashMap<(String, String), SageMaker>,
+    /// The events readers' HTTP client: outside the ceiling of `--upstream-max-connections`.
+    /// Each reader's long poll holds a request for 20 s, and there is one reader per queue
+    /// given: under the ceiling, more queues than it in one region's SQS would wait for one
+    /// another's polls (and time out), and where SQS and SageMaker share an endpoint (the
+    /// emulator) the polls would hold SageMaker's calls up.
+    events_http: aws_sdk_sagemaker::config::SharedHttpClient,
     metrics: Arc<Metrics>,
     /// What every client read of executions and changed lately (kept across reloads).
     recent: Arc<Recent>,
@@ -159,6 +169,7 @@ impl Estate {
             settings,
             accounts: ArcSwap::from_pointee(accounts),
             clients: DashMap::new(),
+            events_http: pooled_http_client(),
             metrics,
             recent: Arc::default(),
         })
@@ -288,9 +299,10 @@ impl Estate {
     }
 
     /// An SQS client for a queue of `account_id` in `region`, with that account's credentials
-    /// (those SageMaker calls of the account use) and the estate's HTTP client.
+    /// (those SageMaker calls of the account use) and the events readers' HTTP client.
     pub(crate) async fn sqs(&self, account_id: &str, region: &str) -> aws_sdk_sqs::Client {
         let mut config = aws_sdk_sqs::config::Builder::from(&self.base)
+            .http_client(self.events_http.clone())
             .region(Region::new(region.to_string()))
             .timeout_config(
                 // Long polls wait 20 s for a message: the operation may take longer than that.
@@ -303,7 +315,10 @@ impl Estate {
             config = config.endpoint_url(endpoint);
         }
         if let Some(provider) = self.role_credentials(account_id, region).await {
-            config = config.credentials_provider(provider);
+            // A cache of its own, as a SageMaker client's (see `build`).
+            config = config
+                .credentials_provider(provider)
+                .identity_cache(aws_sdk_sqs::config::IdentityCache::lazy().build());
         }
         aws_sdk_sqs::Client::from_conf(config.build())
     }

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use crate::common::{Backend, Stack, default_keys, sagemaker_client_in};
+use crate::common::{
+    Admin, Backend, Stack, TestApp, TestDb, assume, default_keys, sagemaker_client_in,
+    spawn_emulator, stack_args,
+};
 use pipeline_control::pb;
 use serde_json::json;
 use tonic::Code;
@@ -324,22 +327,32 @@ async fn an_assumed_roles_credentials_are_renewed_during_a_long_watch() {
     assert_eq!(stopping.pipeline_execution_arn, arn);
 }
 
+/// The ids of `count` accounts from `first`, and an accounts file of the service's own account
+/// and those, each reached through its role `arn:aws:iam::ID:role/pipeline-control`.
+fn estate_of_roles(first: u64, count: u64) -> (Vec<String>, tempfile::NamedTempFile) {
+    let ids: Vec<String> = (0..count).map(|i| format!("{:012}", first + i)).collect();
+    let accounts = tempfile::NamedTempFile::new().unwrap();
+    let mut text = format!("[[account]]\nid = \"{OWN}\"\n\n");
+    for id in &ids {
+        text.push_str(&format!(
+            "[[account]]\nid = \"{id}\"\nrole_arn = \"{}\"\n\n",
+            role_of(id)
+        ));
+    }
+    std::fs::write(accounts.path(), text).unwrap();
+    (ids, accounts)
+}
+
+fn role_of(id: &str) -> String {
+    format!("arn:aws:iam::{id}:role/pipeline-control")
+}
+
 /// More accounts reached through roles than the SDK's shared cache of credentials holds (64):
 /// each is assumed once, and the second call to each uses the credentials of the first.
 #[tokio::test]
 async fn each_role_of_a_large_estate_is_assumed_once() {
     const ACCOUNTS: u64 = 70;
-    let ids: Vec<String> = (0..ACCOUNTS)
-        .map(|i| format!("{:012}", 300_000_000_000 + i))
-        .collect();
-    let accounts = tempfile::NamedTempFile::new().unwrap();
-    let mut text = format!("[[account]]\nid = \"{OWN}\"\n\n");
-    for id in &ids {
-        text.push_str(&format!(
-            "[[account]]\nid = \"{id}\"\nrole_arn = \"arn:aws:iam::{id}:role/pipeline-control\"\n\n"
-        ));
-    }
-    std::fs::write(accounts.path(), text).unwrap();
+    let (ids, accounts) = estate_of_roles(300_000_000_000, ACCOUNTS);
     // Real time: the credentials outlive the test.
     let path = accounts.path().to_path_buf();
     let stack = Stack::start(Backend::Sqlite, 1.0, |args| {
@@ -376,4 +389,70 @@ async fn each_role_of_a_large_estate_is_assumed_once() {
             "{id}: {stats}"
         );
     }
+}
+
+/// Readers of events queues in more accounts reached through roles than the SDK's shared cache
+/// of credentials holds (64), and than `--upstream-max-connections` (64) lets requests go to
+/// one endpoint at once: every reader long-polls at once, and each role is assumed once,
+/// though every reader asks for its credentials again at each receive.
+#[tokio::test]
+async fn each_events_queue_of_a_large_estate_is_read_at_once_and_assumes_its_role_once() {
+    const ACCOUNTS: u64 = 70;
+    let (ids, accounts) = estate_of_roles(400_000_000_000, ACCOUNTS);
+
+    let db = TestDb::new(Backend::Sqlite).await;
+    let emulator = spawn_emulator(1.0, None).await;
+    let endpoint = emulator.endpoint_url.clone();
+    let admin = Admin::new(&endpoint);
+    // A queue in each account, made with that account's own credentials.
+    let mut queues = Vec::new();
+    for id in &ids {
+        let keys = assume(&endpoint, &role_of(id)).await;
+        let sqs = aws_sdk_sqs::Client::from_conf(
+            aws_sdk_sqs::Config::builder()
+                .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+                .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+                .credentials_provider(keys)
+                .endpoint_url(&endpoint)
+                .build(),
+        );
+        let created = sqs
+            .create_queue()
+            .queue_name("events")
+            .send()
+            .await
+            .unwrap();
+        let url = created.queue_url().unwrap().to_string();
+        assert!(url.contains(&format!("/{id}/")), "{url}");
+        queues.push(url);
+    }
+    admin.reset_stats().await;
+
+    let mut args = stack_args(&db, &endpoint);
+    args.sagemaker.accounts_file = Some(accounts.path().to_path_buf());
+    args.sagemaker.sqs_endpoint = Some(endpoint.clone());
+    args.events_queue_urls = queues;
+    let _app = TestApp::spawn(args).await;
+    // Each reader's first receive answers at once; its second (a long poll) asks for the
+    // credentials again right after.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let stats = admin.stats_by_account().await;
+        if ids
+            .iter()
+            .all(|id| calls(&stats, id, "us-east-1", "ReceiveMessage") >= 2)
+        {
+            break stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the readers did not receive twice within a minute: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        calls(&stats, OWN, "us-east-1", "AssumeRole"),
+        ACCOUNTS,
+        "{stats}"
+    );
 }
