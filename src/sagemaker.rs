@@ -288,7 +288,7 @@ pub(crate) struct SageMaker {
     account: String,
     region: String,
     policy: CallPolicy,
-    /// The pace of this (account, region)'s calls (the client's, kept across clones).
+    /// The pace of this (account, region)'s calls (the estate's, kept across reloads).
     pace: Arc<Pace>,
     metrics: Arc<Metrics>,
     /// Where reads and changes of executions are recorded (the estate's, for every client).
@@ -296,11 +296,13 @@ pub(crate) struct SageMaker {
 }
 
 impl SageMaker {
+    /// A client of `account` in `region`, its calls paced by `pace` (that (account, region)'s).
     pub(crate) fn new(
         client: aws_sdk_sagemaker::Client,
         account: &str,
         region: &str,
         policy: CallPolicy,
+        pace: Arc<Pace>,
         metrics: Arc<Metrics>,
         recent: Arc<Recent>,
     ) -> Self {
@@ -309,10 +311,16 @@ impl SageMaker {
             account: account.to_string(),
             region: region.to_string(),
             policy,
-            pace: Arc::new(Pace::new(account, region, policy.pacing, metrics.clone())),
+            pace,
             metrics,
             recent,
         }
+    }
+
+    /// The pace this client's calls wait for.
+    #[cfg(test)]
+    pub(crate) fn pace(&self) -> &Arc<Pace> {
+        &self.pace
     }
 
     /// Makes one call, attempt after attempt (see [`CallPolicy`]): each waits for its turn in

@@ -16,8 +16,9 @@
 //! previous one in force. A reload drops the cached clients, so a changed role or endpoint
 //! takes effect at the next call.
 //!
-//! Each client paces its calls (see `pace`): the pace lives with the cached client, so a
-//! reload that drops the clients starts every (account, region) afresh.
+//! Each client paces its calls (see `pace`) with its (account, region)'s pace, which the estate
+//! keeps across reloads: a reload (say, an account added during an incident) drops the clients
+//! but not what was learnt of every quota.
 //!
 //! Every client records what it reads of executions and the changes it makes to them in the
 //! estate's [`Recent`], so that reads are shared and none begun before a change answers for
@@ -42,6 +43,7 @@ use crate::{
     error::Error,
     files,
     metrics::Metrics,
+    pace::Pace,
     recent::Recent,
     sagemaker::{CallPolicy, SageMaker},
 };
@@ -107,6 +109,8 @@ pub(crate) struct Estate {
     /// The accounts file in force; `None` without one (everything served).
     accounts: ArcSwap<Option<Accounts>>,
     clients: DashMap<(String, String), SageMaker>,
+    /// The pace of each (account, region) reached, kept when a reload drops the clients.
+    paces: DashMap<(String, String), Arc<Pace>>,
     /// The events readers' HTTP client: outside the ceiling of `--upstream-max-connections`.
     /// Each reader's long poll holds a request for 20 s, and there is one reader per queue
     /// given: under the ceiling, more queues than it in one region's SQS would wait for one
@@ -169,6 +173,7 @@ impl Estate {
             settings,
             accounts: ArcSwap::from_pointee(accounts),
             clients: DashMap::new(),
+            paces: DashMap::new(),
             events_http: pooled_http_client(),
             metrics,
             recent: Arc::default(),
@@ -261,11 +266,24 @@ impl Estate {
                 .identity_cache(IdentityCache::lazy().build());
         }
         tracing::debug!(account = account_id, region, "SageMaker client made");
+        let pace = self
+            .paces
+            .entry((account_id.to_string(), region.to_string()))
+            .or_insert_with(|| {
+                Arc::new(Pace::new(
+                    account_id,
+                    region,
+                    self.policy.pacing,
+                    self.metrics.clone(),
+                ))
+            })
+            .clone();
         SageMaker::new(
             aws_sdk_sagemaker::Client::from_conf(config.build()),
             account_id,
             region,
             self.policy,
+            pace,
             self.metrics.clone(),
             self.recent.clone(),
         )
@@ -345,5 +363,48 @@ impl Estate {
             .and_then(|a| a.get(account_id))
             .and_then(|a| a.endpoint.clone())
             .or_else(|| self.settings.endpoint.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An estate of one account, whose SageMaker nobody answers (no call is made).
+    async fn estate(accounts: &std::path::Path) -> Estate {
+        let settings = EstateSettings {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            accounts_file: Some(accounts.to_path_buf()),
+            static_credentials: Some(("AKIDTEST".into(), "secret".into())),
+            region: Some("us-east-1".into()),
+            max_connections_per_endpoint: 4,
+            ..EstateSettings::default()
+        };
+        Estate::load(settings, CallPolicy::default(), Arc::new(Metrics::new()))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reload_makes_new_clients_that_keep_each_accounts_pace() {
+        let accounts = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(accounts.path(), "[[account]]\nid = \"123456789012\"\n").unwrap();
+        let estate = estate(accounts.path()).await;
+        let before = estate.client_in("123456789012", "us-east-1").await;
+        let elsewhere = estate.client_in("123456789012", "eu-west-1").await;
+        assert!(!Arc::ptr_eq(before.pace(), elsewhere.pace()));
+
+        // An account added (as during an incident), and the file reloaded.
+        std::fs::write(
+            accounts.path(),
+            "[[account]]\nid = \"123456789012\"\n\n[[account]]\nid = \"333333333333\"\n",
+        )
+        .unwrap();
+        estate.reload();
+        assert!(estate.clients.is_empty(), "the clients are made anew");
+        let after = estate.client_in("123456789012", "us-east-1").await;
+        assert!(Arc::ptr_eq(before.pace(), after.pace()));
+        let added = estate.client_in("333333333333", "us-east-1").await;
+        assert!(!Arc::ptr_eq(before.pace(), added.pace()));
     }
 }
