@@ -92,6 +92,21 @@ fn retry_note(status: &Status, delay: Duration) -> String {
     )
 }
 
+/// What a read without a view (`get`, `history`) does with its retries: says each on standard
+/// error when that is a terminal and the output is text, so a person is not left waiting in
+/// silence; a script sees only the outcome.
+fn said_on_a_terminal(output: Output) -> impl FnMut(&Status, Duration) {
+    let say = output == Output::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    move |status, delay| {
+        if say {
+            eprintln!(
+                "pipeline-control: {}",
+                crate::visible::visible(&retry_note(status, delay))
+            );
+        }
+    }
+}
+
 fn duration_proto(duration: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
@@ -166,7 +181,7 @@ pub(super) async fn stop(mut args: StopArgs) -> Result<Exit, Failure> {
         })?;
     // What --force-after cannot release is said once, with what it can.
     let held = if answer.force_at.is_some() && !answer.force_note.is_empty() {
-        read_execution(&client, &arn, Instant::now() + HINT_READ_BUDGET)
+        read_execution(&client, &arn, Instant::now() + HINT_READ_BUDGET, |_, _| {})
             .await
             .ok()
             .map(tonic::Response::into_inner)
@@ -439,11 +454,12 @@ fn ended(last: Option<&pb::Execution>) -> Result<Exit, Failure> {
     }
 }
 
-/// GetExecution, retried until `until`.
+/// GetExecution, retried until `until`; `retrying` hears of each retry.
 async fn read_execution(
     client: &Client,
     arn: &str,
     until: Instant,
+    retrying: impl FnMut(&Status, Duration),
 ) -> Result<tonic::Response<pb::Execution>, Status> {
     with_retries(
         || {
@@ -457,7 +473,7 @@ async fn read_execution(
             async move { client.get_execution(request).await }
         },
         until,
-        |_, _| {},
+        retrying,
     )
     .await
 }
@@ -473,6 +489,7 @@ pub(super) async fn get(args: GetArgs) -> Result<Exit, Failure> {
         &client,
         &args.execution_arn,
         Instant::now() + READ_RETRY_BUDGET,
+        said_on_a_terminal(args.client.output),
     )
     .await
     .map_err(|status| call_failure(&status, &args.execution_arn))?;
@@ -558,7 +575,7 @@ pub(super) async fn history(args: HistoryArgs) -> Result<Exit, Failure> {
                 async move { Ok(client.list_stop_requests(request).await?.into_inner()) }
             },
             until,
-            |_, _| {},
+            said_on_a_terminal(args.client.output),
         )
         .await
         .map_err(|status| Failure::call(&status))?;

@@ -375,6 +375,8 @@ async fn errors_name_the_server_or_the_account_and_region_they_are_about() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains(&unreachable), "{args:?}: {stderr}");
+        // In a pipe, the outcome alone: no retry notes.
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
     let output = run_bounded(client(&nobody).args(["watch", &arn, "--wait-timeout", "2s"]));
     crate::cli::assert_clean_exit(
@@ -382,6 +384,28 @@ async fn errors_name_the_server_or_the_account_and_region_they_are_about() {
         4,
         "pipeline-control: --wait-timeout of 2s passed; the execution was not seen: UNAVAILABLE (SERVER_UNREACHABLE): cannot reach the server at",
     );
+}
+
+/// On a terminal, `get` and `history` say each retry of a server they cannot reach, rather
+/// than leave a person ten seconds in silence (in a pipe they do not: see above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_get_and_history_say_that_they_retry() {
+    let nobody = nobody_listening();
+    let arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/p/execution/e";
+    for args in [vec!["get", arn], vec!["history"]] {
+        let (code, screen) = under_a_terminal(&nobody, &args, |_| {}).await;
+        assert_eq!(code, Some(1), "{args:?}: {screen}");
+        assert!(
+            screen.contains(
+                "pipeline-control: UNAVAILABLE (SERVER_UNREACHABLE): cannot reach the server at "
+            ) && screen.contains("; retrying in "),
+            "{args:?}: {screen}"
+        );
+        assert!(
+            screen.contains("pipeline-control: error: UNAVAILABLE (SERVER_UNREACHABLE)"),
+            "{args:?}: {screen}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
