@@ -207,6 +207,25 @@ fn cpu_time(pick: impl Fn(u32, &str) -> bool) -> Duration {
     Duration::from_secs_f64(ticks as f64 / ticks_per_second)
 }
 
+/// [`run`], with the CPU per call that the service (pid `service`), the emulator (pid
+/// `emulator`) and Postgres spent meanwhile.
+async fn run_measured<F, Fut>(
+    name: &'static str,
+    concurrency: usize,
+    duration: Duration,
+    work: F,
+    (service, emulator): (u32, u32),
+) -> (Phase, String)
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let before = Cpu::now(service, emulator);
+    let phase = run(name, concurrency, duration, work).await;
+    let cpu = before.per_request(&Cpu::now(service, emulator), phase.latencies.len());
+    (phase, cpu)
+}
+
 /// CPU used by the service, the emulator and Postgres.
 #[derive(Clone, Copy)]
 struct Cpu {
@@ -905,18 +924,14 @@ async fn estate_scenario(
         }
     };
     let _warm = run("warm-up", concurrency, Duration::from_secs(1), one.clone()).await;
-    let cpu_before = Cpu::now(server.id(), emulator_pid);
-    let one_account = run(
+    let (one_account, one_cpu) = run_measured(
         "GetExecution, one account and region",
         concurrency,
         seconds,
         one.clone(),
+        (server.id(), emulator_pid),
     )
     .await;
-    let one_cpu = cpu_before.per_request(
-        &Cpu::now(server.id(), emulator_pid),
-        one_account.latencies.len(),
-    );
 
     let pairs: Arc<Vec<(String, String)>> = Arc::new(
         ids.iter()
@@ -958,32 +973,24 @@ async fn estate_scenario(
             }
         }
     };
-    let cpu_before = Cpu::now(server.id(), emulator_pid);
-    let later_calls = run(
+    let (later_calls, later_cpu) = run_measured(
         "GetExecution, later calls across the estate",
         concurrency,
         seconds,
         later,
+        (server.id(), emulator_pid),
     )
     .await;
-    let later_cpu = cpu_before.per_request(
-        &Cpu::now(server.id(), emulator_pid),
-        later_calls.latencies.len(),
-    );
     // One account and region again, after the estate: what changed between the first phase
     // and the last is then the spread over 300 clients, not the machine's other load.
-    let cpu_before = Cpu::now(server.id(), emulator_pid);
-    let one_again = run(
+    let (one_again, again_cpu) = run_measured(
         "GetExecution, one account and region, again",
         concurrency,
         seconds,
         one,
+        (server.id(), emulator_pid),
     )
     .await;
-    let again_cpu = cpu_before.per_request(
-        &Cpu::now(server.id(), emulator_pid),
-        one_again.latencies.len(),
-    );
     let _ = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status();
@@ -2196,19 +2203,15 @@ async fn main() {
         }
     };
     let before = xact_commits(&database_url).await;
-    let cpu_before = Cpu::now(service_pid, emulator_pid);
-    let first_calls = run(
+    let (first_calls, first_cpu) = run_measured(
         "StopExecution, first calls",
         concurrency,
         seconds,
         first_calls_from(0),
+        (service_pid, emulator_pid),
     )
     .await;
     let commits = xact_commits(&database_url).await - before;
-    let first_cpu = cpu_before.per_request(
-        &Cpu::now(service_pid, emulator_pid),
-        first_calls.latencies.len(),
-    );
     let done = first_calls.latencies.len();
     let stopped: Arc<Vec<usize>> = Arc::new(std::mem::take(&mut *stopped.lock().unwrap()));
 
@@ -2237,12 +2240,14 @@ async fn main() {
             }
         }
     };
-    let cpu_before = Cpu::now(service_pid, emulator_pid);
-    let replays = run("StopExecution, replays", concurrency, seconds, replay).await;
-    let replay_cpu = cpu_before.per_request(
-        &Cpu::now(service_pid, emulator_pid),
-        replays.latencies.len(),
-    );
+    let (replays, replay_cpu) = run_measured(
+        "StopExecution, replays",
+        concurrency,
+        seconds,
+        replay,
+        (service_pid, emulator_pid),
+    )
+    .await;
 
     // The database alone doing a first call's writes: two transactions, as the service does.
     let pool = PgPoolOptions::new()

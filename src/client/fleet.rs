@@ -61,18 +61,7 @@ impl Fleet {
                 bar.set_style(style.tick_chars("⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏ "));
             }
             bar.enable_steady_tick(Duration::from_millis(500));
-            let refresher = tokio::spawn({
-                let (bar, rows) = (bar.clone(), rows.clone());
-                async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(1));
-                    loop {
-                        tick.tick().await;
-                        if let Ok(rows) = rows.lock() {
-                            rows.draw(&bar);
-                        }
-                    }
-                }
-            });
+            let refresher = super::view::redraw_every_second(&bar, &rows, Rows::draw);
             (bar, refresher)
         });
         let fleet = Arc::new(Self { rows, live });

@@ -317,6 +317,25 @@ impl Screen {
     }
 }
 
+/// A task that redraws `shown` on `bar` each second (its clocks move on between changes),
+/// until aborted.
+pub(super) fn redraw_every_second<T: Send + 'static>(
+    bar: &ProgressBar,
+    shown: &Arc<Mutex<T>>,
+    draw: fn(&T, &ProgressBar),
+) -> tokio::task::JoinHandle<()> {
+    let (bar, shown) = (bar.clone(), shown.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if let Ok(shown) = shown.lock() {
+                draw(&shown, &bar);
+            }
+        }
+    })
+}
+
 impl Live {
     fn new() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout_with_hz(4));
@@ -336,18 +355,7 @@ impl Live {
         screen.draw(&bar);
         bar.enable_steady_tick(Duration::from_millis(500));
         let screen = Arc::new(Mutex::new(screen));
-        let refresher = tokio::spawn({
-            let (bar, screen) = (bar.clone(), screen.clone());
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    tick.tick().await;
-                    if let Ok(screen) = screen.lock() {
-                        screen.draw(&bar);
-                    }
-                }
-            }
-        });
+        let refresher = redraw_every_second(&bar, &screen, Screen::draw);
         Self {
             bar,
             screen,

@@ -573,6 +573,19 @@ pub async fn failing_once(sagemaker: &aws_sdk_sagemaker::Client) -> String {
     start_execution(sagemaker, &pipeline).await
 }
 
+/// Retries the failed execution `arn` in SageMaker (the same ARN runs again) and returns once
+/// it is Executing.
+pub async fn retried(sagemaker: &aws_sdk_sagemaker::Client, arn: &str) {
+    sagemaker
+        .retry_pipeline_execution()
+        .pipeline_execution_arn(arn)
+        .client_request_token(token())
+        .send()
+        .await
+        .unwrap();
+    wait_for_status(sagemaker, arn, "Executing").await;
+}
+
 /// A running execution (a Training step that takes a day unless stopped).
 pub async fn running(sagemaker: &aws_sdk_sagemaker::Client) -> String {
     let pipeline = create_pipeline(

@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::{
-    Backend, TestApp, TestDb, sagemaker_client, spawn_emulator, stack_args, wait_for_status,
-};
+use crate::common::{Backend, TestApp, TestDb, sagemaker_client, spawn_emulator, stack_args};
 use pipeline_control::pb::{self, watch_execution_response::Event};
 use tokio::time::Instant;
 use tonic::Streaming;
@@ -68,14 +66,7 @@ async fn a_final_word_published_late_is_not_taken_for_an_execution_retried_since
         "{first:?}"
     );
     // The first run's holder is still holding its Failed back from the shared row.
-    sagemaker
-        .retry_pipeline_execution()
-        .pipeline_execution_arn(&arn)
-        .client_request_token(crate::common::token())
-        .send()
-        .await
-        .unwrap();
-    wait_for_status(&sagemaker, &arn, "Executing").await;
+    crate::common::retried(&sagemaker, &arn).await;
     let again = statuses(watch(&app, &arn).await).await;
     assert!(
         !again.contains(&pb::ExecutionStatus::Failed),

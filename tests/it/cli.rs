@@ -374,29 +374,60 @@ fn word_after<'a>(text: &'a str, prefix: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {prefix} in {text}"))
 }
 
+/// `serve --emulator` at a hundred times the speed over the SQLite file `db` (with `extra`
+/// arguments), read until it serves gRPC.
+struct Demo {
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: BufReader<std::process::ChildStderr>,
+    /// Its logs until gRPC was served.
+    logs: String,
+    /// Where gRPC is served.
+    addr: SocketAddr,
+}
+
+impl Demo {
+    fn spawn(db: &std::path::Path, extra: &[&str]) -> Self {
+        let mut child = command()
+            .args(["serve", "--emulator", "--listen", "127.0.0.1:0"])
+            .args([
+                "--time-scale",
+                "100",
+                "--database-url",
+                db.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let logs = read_until(&mut stdout, "serving gRPC");
+        let serving = logs.lines().find(|l| l.contains("serving gRPC")).unwrap();
+        let addr = word_after(serving, "address=").parse().unwrap();
+        Self {
+            child,
+            stdout,
+            stderr,
+            logs,
+            addr,
+        }
+    }
+}
+
 #[tokio::test]
 async fn serve_with_the_emulator_is_a_complete_demo() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("demo.db");
-    let mut child = command()
-        .args([
-            "serve",
-            "--emulator",
-            "--listen",
-            "127.0.0.1:0",
-            "--time-scale",
-            "100",
-        ])
-        .args(["--database-url", db.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let logs = read_until(&mut stdout, "serving gRPC");
-    let serving = logs.lines().find(|l| l.contains("serving gRPC")).unwrap();
-    let addr: SocketAddr = word_after(serving, "address=").parse().unwrap();
+    // Its standard output is kept open to the end: the demo logs there until it exits.
+    let Demo {
+        child,
+        stdout: _stdout,
+        mut stderr,
+        logs,
+        addr,
+    } = Demo::spawn(&db, &[]);
     let metrics = logs
         .lines()
         .find(|l| l.contains("serving metrics"))
@@ -1163,19 +1194,13 @@ async fn the_emulator_demo_restarted_over_its_old_database_warns_that_its_record
     let note = "the database holds stop requests of an earlier run";
     // Starts the demo over `db`: the child, its gRPC address, its banner's callback execution.
     let start = || {
-        let mut child = command()
-            .args(["serve", "--emulator", "--listen", "127.0.0.1:0"])
-            .args(["--metrics-listen", "127.0.0.1:0", "--time-scale", "100"])
-            .args(["--database-url", db.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let logs = read_until(&mut stdout, "serving gRPC");
-        let serving = logs.lines().find(|l| l.contains("serving gRPC")).unwrap();
-        let addr: SocketAddr = word_after(serving, "address=").parse().unwrap();
+        let Demo {
+            child,
+            mut stdout,
+            mut stderr,
+            logs,
+            addr,
+        } = Demo::spawn(&db, &["--metrics-listen", "127.0.0.1:0"]);
         let banner = read_until(&mut stderr, "/metrics");
         let arn = banner
             .lines()

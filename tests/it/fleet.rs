@@ -595,14 +595,7 @@ async fn a_retried_execution_is_watched_afresh_not_from_the_shared_end_of_its_fi
         pb::ExecutionStatus::Failed
     );
     // The shared row says Failed; SageMaker runs it again under the same ARN.
-    sagemaker
-        .retry_pipeline_execution()
-        .pipeline_execution_arn(&arn)
-        .client_request_token(crate::common::token())
-        .send()
-        .await
-        .unwrap();
-    wait_for_status(&sagemaker, &arn, "Executing").await;
+    crate::common::retried(&sagemaker, &arn).await;
     let mut stream = client
         .clone()
         .watch_execution(pb::WatchExecutionRequest {

@@ -272,13 +272,7 @@ pub(crate) async fn list_quotas(
     Json(
         quotas
             .into_iter()
-            .map(|(op, quota)| {
-                let shown = Quota {
-                    burst: Some(quota.burst()),
-                    ..quota
-                };
-                (op, shown)
-            })
+            .map(|(op, quota)| (op, quota.shown()))
             .collect(),
     )
 }
@@ -296,11 +290,7 @@ pub(crate) async fn set_quota(
         return refuse(StatusCode::BAD_REQUEST, message);
     }
     emulator.quotas.set(&operation, account.as_deref(), quota);
-    let shown = Quota {
-        burst: Some(quota.burst()),
-        ..quota
-    };
-    (StatusCode::OK, Json(shown)).into_response()
+    (StatusCode::OK, Json(quota.shown())).into_response()
 }
 
 pub(crate) async fn clear_quota(

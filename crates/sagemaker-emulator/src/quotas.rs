@@ -36,6 +36,14 @@ impl Quota {
         self.burst.unwrap_or_else(|| self.rate.ceil().max(1.0))
     }
 
+    /// As the admin surface shows it: with the burst in force.
+    pub(crate) fn shown(self) -> Self {
+        Self {
+            burst: Some(self.burst()),
+            ..self
+        }
+    }
+
     /// Checks the rate and burst; the error is for whoever set them.
     pub(crate) fn check(&self) -> Result<(), String> {
         if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= MAX_RATE) {
