@@ -156,6 +156,7 @@ pub(super) async fn stop(mut args: StopArgs) -> Result<Exit, Failure> {
     }
     let client = connect(&args.client).await?;
     let started = Instant::now();
+    let started_at = chrono::Utc::now();
     let (token, generated) = client_token(args.client_token.as_ref());
     if let Some(pipeline) = &args.pipeline {
         return stop_pipeline(&client, &args, pipeline, &token, generated, started).await;
@@ -188,7 +189,8 @@ pub(super) async fn stop(mut args: StopArgs) -> Result<Exit, Failure> {
     } else {
         None
     };
-    view.stop_answer(&answer, generated, held.as_ref(), attempts > 1);
+    let retried = attempts > 1 && ours(&answer, generated, started_at);
+    view.stop_answer(&answer, generated, held.as_ref(), retried);
     if !args.wait {
         return Ok(Exit::Done);
     }
@@ -255,6 +257,23 @@ async fn send_stop(
     .await
 }
 
+/// Whether a replayed `answer` can only be of this command's own earlier attempt: its token was
+/// made up here, or the record was first asked for after the command began. (A token given
+/// by the caller may be an earlier run's, whose record an attempt that never reached the
+/// server would replay.)
+fn ours(
+    answer: &pb::StopExecutionResponse,
+    generated: bool,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    generated
+        || answer
+            .first_requested_at
+            .as_ref()
+            .and_then(view::to_chrono)
+            .is_some_and(|first| first >= started_at)
+}
+
 /// A stop that failed. An execution that had already ended is the outcome of exit status 3;
 /// a transient failure that outlasted the retries names the token to retry with.
 fn stop_failure(status: &Status, arn: &str, token: &str, generated: bool) -> Failure {
@@ -282,20 +301,15 @@ fn stop_failure(status: &Status, arn: &str, token: &str, generated: bool) -> Fai
 /// region it was looked for in, as a wrong account or region is the usual cause.
 fn call_failure(status: &Status, arn: &str) -> Failure {
     let failure = Failure::call(status);
-    match crate::domain::arn_fields(arn) {
-        Some([_, partition, _, region, account, _]) if status.code() == tonic::Code::NotFound => {
-            let partition = if partition == "aws" {
-                String::new()
-            } else {
-                format!(", partition {partition}")
-            };
-            failure.noting(&format!(
-                " ({} not found in account {account}, region {region}{partition})",
-                view::short_arn(arn)
-            ))
-        }
-        _ => failure,
+    if status.code() != tonic::Code::NotFound || crate::domain::arn_fields(arn).is_none() {
+        return failure;
     }
+    // As history shows where an execution lives: the partition after the region, if not aws.
+    let (account, region) = view::account_and_region(arn);
+    failure.noting(&format!(
+        " ({} not found in account {account}, region {region})",
+        view::short_arn(arn)
+    ))
 }
 
 /// Follows `arn` until it ends: its snapshots into `view`, reconnecting when the stream
@@ -913,7 +927,8 @@ async fn follow_all(
                 ends.len()
             );
             Err(match exit {
-                Exit::Error | Exit::Usage => Failure::error(line),
+                Exit::Error => Failure::error(line),
+                Exit::Usage => Failure::usage(line),
                 exit => Failure::outcome(exit, line),
             })
         }
@@ -934,6 +949,26 @@ mod tests {
         assert_eq!(history_row(&record("token"))[1..3], ["billing", "token"]);
         // Recorded before the service kept it.
         assert_eq!(history_row(&record(""))[1..3], ["billing", "-"]);
+    }
+
+    #[test]
+    fn a_replay_is_called_this_commands_own_only_when_it_can_be_nothing_else() {
+        let started_at = chrono::Utc::now();
+        let first = |at: chrono::DateTime<chrono::Utc>| pb::StopExecutionResponse {
+            replayed: true,
+            first_requested_at: Some(prost_types::Timestamp {
+                seconds: at.timestamp(),
+                nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap(),
+            }),
+            ..Default::default()
+        };
+        let before = first(started_at - chrono::Duration::minutes(5));
+        let during = first(started_at + chrono::Duration::milliseconds(300));
+        // A token made up here: no earlier run can have used it.
+        assert!(ours(&before, true, started_at));
+        // A token given: an earlier run's record, unless first asked for during this command.
+        assert!(!ours(&before, false, started_at));
+        assert!(ours(&during, false, started_at));
     }
 
     #[test]

@@ -208,10 +208,7 @@ fn holds(execution: &pb::Execution) -> String {
                 format!("{} (Callback) token {}", step.name, callback.callback_token)
             }
             Some(Metadata::Lambda(_)) => {
-                let latest = step
-                    .start_time
-                    .as_ref()
-                    .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
+                let latest = super::view::started(step)
                     .map(|start| {
                         format!(
                             ", ends by {}",

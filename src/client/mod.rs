@@ -161,7 +161,8 @@ pub async fn run(command: ClientCommand) -> ExitCode {
 /// as one JSON object (bad usage, exit status 2, all the same). Help and version are printed.
 pub fn refuse(error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    let args: Vec<String> = std::env::args().collect();
+    // As the OS gave them: an argument that is not UTF-8 is one reason clap refuses.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let json = args.iter().any(|arg| arg == "--output=json")
         || args
             .windows(2)

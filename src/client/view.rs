@@ -802,7 +802,7 @@ fn answer_command(
 }
 
 /// When a step started.
-fn started(step: &pb::Step) -> Option<DateTime<Utc>> {
+pub(super) fn started(step: &pb::Step) -> Option<DateTime<Utc>> {
     to_chrono(step.start_time.as_ref()?)
 }
 
@@ -909,7 +909,7 @@ pub(crate) fn account_and_region(arn: &str) -> (String, String) {
     (or_dash(account), region)
 }
 
-fn to_chrono(time: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
+pub(super) fn to_chrono(time: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(time.seconds, u32::try_from(time.nanos).ok()?)
 }
 

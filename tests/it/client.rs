@@ -818,11 +818,13 @@ async fn json_output_is_one_proto_json_object_a_line() {
             None,
         ),
     ] {
-        let output = run_bounded(
-            client(&stack.app.url())
-                .args(&args)
-                .args(["--output", "json"]),
-        );
+        // `--output=json` alone where it is given in that form.
+        let suffix = if args.contains(&"--output=json") {
+            &[][..]
+        } else {
+            &["--output", "json"][..]
+        };
+        let output = run_bounded(client(&stack.app.url()).args(&args).args(suffix));
         assert_eq!(output.status.code(), Some(exit), "{args:?}");
         assert!(output.stdout.is_empty(), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -841,6 +843,17 @@ async fn json_output_is_one_proto_json_object_a_line() {
             None => assert!(error.get("reason").is_none(), "{error}"),
         }
     }
+    // An argument that is not UTF-8: refused as bad usage in JSON too, not a panic.
+    let output = run_bounded(
+        client(&stack.app.url())
+            .arg("stop")
+            .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"arn-\xff"))
+            .args(["--output", "json"]),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let error: Value = serde_json::from_str(one_line(&stderr)).unwrap();
+    assert_eq!(error["code"], json!("INVALID_ARGUMENT"), "{error}");
 }
 
 /// A reason a caller may give (the service accepts line breaks, bidirectional and invisible
