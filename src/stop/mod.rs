@@ -164,9 +164,11 @@ pub(crate) struct Stopper {
     metrics: Arc<Metrics>,
     /// Stops of StopExecutions batches running at once, all batches of an (account, region)
     /// together: a stream holds no permit of the guard's once its first message is out, so
-    /// this bounds what many batches together ask of SageMaker and the database. Per
+    /// this bounds what many batches together ask of one (account, region)'s SageMaker. Per
     /// (account, region), as SageMaker's quotas are: stops waiting for a throttled account's
-    /// pace hold none of another account's permits.
+    /// pace hold none of another account's permits. Across accounts nothing here bounds
+    /// them: batches over N accounts run up to N x 16 stops at once, and what they ask of
+    /// the database waits for the store's pool (`--database-max-connections`).
     batch_stops: DashMap<(String, String), Arc<tokio::sync::Semaphore>>,
 }
 

@@ -94,6 +94,15 @@ async fn a_batch_in_a_throttled_account_does_not_slow_a_batch_in_another(backend
         throttled_batches.push(stream);
     }
     let own_run = run(stop_all(&stack, &own_pipeline).await).await;
+    // Done while the throttled account is still far from through its 48 stops (after its
+    // first throttling its pace allows a call a second): had they held permits the other
+    // account needs, the own batch would have waited for most of them (37 attempts and 70 s,
+    // measured so, against 3 to 5 attempts and 3 s).
+    let other_attempts = throttled(&stack, OTHER, STOP).await;
+    assert!(
+        other_attempts < 24,
+        "the own batch waited for {other_attempts} throttled attempts of the other account"
+    );
 
     assert_eq!(own_run.results.len(), own_executions.len());
     assert!(all_stopped(&own_run), "{:?}", own_run.results);
