@@ -40,7 +40,7 @@ async fn statuses(mut stream: Streaming<pb::WatchExecutionResponse>) -> Vec<pb::
     }
 }
 
-/// The holder of a failed execution publishes its Failed three seconds after its watchers saw
+/// The holder of a failed execution publishes its Failed eight seconds after its watchers saw
 /// it; meanwhile the execution is retried and watched again. The new watch shows the retry to
 /// its end, not the first run's Failed arriving late in the shared row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,7 +57,7 @@ async fn a_final_word_published_late_is_not_taken_for_an_execution_retried_since
     args.heartbeat_interval = Duration::from_secs(3600);
     let app = TestApp::spawn(args).await;
     let arn = crate::common::failing_once(&sagemaker).await;
-    fail::cfg(PUBLISH, "return(3000)").unwrap();
+    fail::cfg(PUBLISH, "return(8000)").unwrap();
 
     let first = statuses(watch(&app, &arn).await).await;
     assert_eq!(
@@ -67,7 +67,28 @@ async fn a_final_word_published_late_is_not_taken_for_an_execution_retried_since
     );
     // The first run's holder is still holding its Failed back from the shared row.
     crate::common::retried(&sagemaker, &arn).await;
-    let again = statuses(watch(&app, &arn).await).await;
+    let mut stream = watch(&app, &arn).await;
+    let first_again = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("a first snapshot in time")
+        .unwrap()
+        .expect("a first snapshot");
+    // What this test is about happened: the new watch began before the Failed was shared.
+    assert_eq!(
+        crate::common::count_where(
+            &db,
+            "watch_pollers",
+            "snapshot::jsonb -> 'Snapshot' ->> 'status' = 'Failed'"
+        )
+        .await,
+        0,
+        "the first run's Failed was shared before the new watch began: too slow a machine for this test"
+    );
+    let mut again: Vec<pb::ExecutionStatus> = match first_again.event {
+        Some(Event::Execution(execution)) => vec![execution.status()],
+        _ => Vec::new(),
+    };
+    again.extend(statuses(stream).await);
     assert!(
         !again.contains(&pb::ExecutionStatus::Failed),
         "the retried execution was shown the first run's end: {again:?}"

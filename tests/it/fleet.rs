@@ -830,10 +830,24 @@ impl CallbackHeld {
     }
 
     /// Ends the replicas from `first` on cleanly.
-    async fn end(self, first: usize) {
-        for (child, _, _) in self.servers.into_iter().skip(first) {
+    async fn end(mut self, first: usize) {
+        for (child, _, _) in std::mem::take(&mut self.servers).into_iter().skip(first) {
             send_signal(&child, "-TERM");
             assert_eq!(wait_bounded_async(child).await.1.code(), Some(0));
+        }
+    }
+}
+
+impl Drop for CallbackHeld {
+    /// A test that failed midway leaves no replica behind, running or frozen.
+    fn drop(&mut self) {
+        for (child, _, _) in &mut self.servers {
+            // Not `send_signal`, which asserts: this may run while a test panics.
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
